@@ -1,0 +1,107 @@
+//! What the cache stores: the serialized response body, its ETag, and the facts
+//! XFetch needs (when it expires, how long it took to load) — as one byte frame, so a
+//! hit hands the stored bytes to the client without deserializing anything.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+
+/// Frame version; a reader that finds another version treats the entry as a miss.
+const VERSION: u8 = 1;
+
+/// One cached response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// 200 for a found resource, 404 for a negative entry.
+    pub status: u16,
+    /// Strong ETag of `body`, quoted.
+    pub etag: String,
+    /// The serialized JSON body.
+    pub body: Bytes,
+    /// Unix milliseconds after which the entry is dead (the L2 TTL, jittered).
+    pub expires_at_ms: u64,
+    /// How long the load took (XFetch's Δ), milliseconds.
+    pub delta_ms: u32,
+}
+
+impl Entry {
+    /// A found resource: computes the ETag once, at load time.
+    pub fn found(body: Bytes, expires_at_ms: u64, delta_ms: u32) -> Self {
+        Self { status: 200, etag: etag_of(&body), body, expires_at_ms, delta_ms }
+    }
+
+    /// A remembered 404.
+    pub fn not_found(expires_at_ms: u64, delta_ms: u32) -> Self {
+        Self { status: 404, etag: String::new(), body: Bytes::new(), expires_at_ms, delta_ms }
+    }
+
+    pub fn is_negative(&self) -> bool {
+        self.status == 404
+    }
+
+    /// Bytes held in memory, for the L1 weigher.
+    pub fn weight(&self) -> u32 {
+        (self.body.len() + self.etag.len() + 64).try_into().unwrap_or(u32::MAX)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = BytesMut::with_capacity(1 + 8 + 4 + 2 + 1 + self.etag.len() + self.body.len());
+        buf.put_u8(VERSION);
+        buf.put_u64(self.expires_at_ms);
+        buf.put_u32(self.delta_ms);
+        buf.put_u16(self.status);
+        buf.put_u8(self.etag.len() as u8);
+        buf.put_slice(self.etag.as_bytes());
+        buf.put_slice(&self.body);
+        buf.to_vec()
+    }
+
+    /// Decodes a frame; `None` for anything malformed (treated as a miss).
+    pub fn decode(raw: Bytes) -> Option<Self> {
+        let mut cur = raw.clone();
+        if cur.remaining() < 16 || cur.get_u8() != VERSION {
+            return None;
+        }
+        let expires_at_ms = cur.get_u64();
+        let delta_ms = cur.get_u32();
+        let status = cur.get_u16();
+        let etag_len = cur.get_u8() as usize;
+        if cur.remaining() < etag_len {
+            return None;
+        }
+        let etag = String::from_utf8(cur.copy_to_bytes(etag_len).to_vec()).ok()?;
+        let body = raw.slice(raw.len() - cur.remaining()..);
+        Some(Self { status, etag, body, expires_at_ms, delta_ms })
+    }
+}
+
+/// A strong ETag: the first 128 bits of the body's SHA-256, hex, quoted.
+pub fn etag_of(body: &[u8]) -> String {
+    let digest = Sha256::digest(body);
+    format!("\"{}\"", hex::encode(&digest[..16]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn frames_round_trip(body in proptest::collection::vec(any::<u8>(), 0..2048), exp in any::<u64>(), delta in any::<u32>(), negative in any::<bool>()) {
+            let e = if negative { Entry::not_found(exp, delta) } else { Entry::found(Bytes::from(body), exp, delta) };
+            prop_assert_eq!(Entry::decode(Bytes::from(e.encode())), Some(e));
+        }
+
+        #[test]
+        fn garbage_never_panics(raw in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = Entry::decode(Bytes::from(raw));
+        }
+    }
+
+    #[test]
+    fn etag_changes_with_the_body() {
+        assert_ne!(etag_of(b"{\"a\":1}"), etag_of(b"{\"a\":2}"));
+        assert_eq!(etag_of(b"x"), etag_of(b"x"));
+        assert!(etag_of(b"x").starts_with('"'));
+    }
+}

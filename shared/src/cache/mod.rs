@@ -1,0 +1,519 @@
+//! The cache engine: one small API — [`Cache::get_or_load`] and
+//! [`Cache::invalidate`] — that every service uses for every cacheable read.
+//!
+//! # What it guarantees (SPEC §6)
+//!
+//! 1. **Read-your-writes.** Entries live under their scope's *generation*
+//!    ([`keys`]); a write moves the scope to a new generation before its response
+//!    is sent. The writing replica learns the new generation at once; the others
+//!    hear it on Redis pub/sub ([`invalidation`]) within milliseconds.
+//! 2. **No stale set.** A reader reads the generation *before* it queries
+//!    PostgreSQL and stores what it loaded under that generation. If a write
+//!    commits in between, the write's new generation makes the reader's late store
+//!    unreachable: it lands under a dead generation.
+//! 3. **O(1) invalidation.** One Lua script sets one counter and publishes one
+//!    message; no `KEYS`, no `SCAN` on any request path. Counters are seeded from
+//!    the Redis server clock, never 0, so a counter evicted by `allkeys-lru` never
+//!    repeats an old generation.
+//! 4. **Stampede protection.** Concurrent misses of one key on one instance run
+//!    one loader ([`singleflight`]); its result — or its error, never cached —
+//!    reaches every waiter. Hot keys are refreshed early by one request (XFetch,
+//!    Vattani et al., VLDB 2015) so they do not expire under load.
+//! 5. **Graceful degradation.** Every Redis command is bounded by
+//!    `REDIS_TIMEOUT_MS`; a failure opens a circuit breaker and requests go
+//!    straight to PostgreSQL until a probe succeeds. Invalidations made meanwhile
+//!    are replayed before the circuit closes, so a Redis that kept its data through
+//!    the outage serves nothing older than an acknowledged write.
+//! 6. **Two tiers.** A byte-bounded moka L1 in front of Redis; an L1 hit costs no
+//!    network round trip while the pub/sub subscription is healthy, and is not
+//!    used on remembered generations otherwise.
+//! 7. **Cheap hits.** Entries are the serialized body plus its ETag
+//!    ([`entry::Entry`]); a hit copies no JSON and serializes nothing.
+//! 8. **Hygiene.** TTL per namespace with ±10 % jitter, short negative caching of
+//!    404s, per-namespace `kai_cache_{hits,misses,errors}_total`.
+//!
+//! With `REDIS_URL` unset the same API runs on L1 alone (one replica); with
+//! `CACHE_ENABLED=false` every read goes to the loader (`X-Cache: BYPASS`).
+
+pub mod entry;
+mod generations;
+pub mod invalidation;
+pub mod keys;
+mod local;
+mod redis;
+pub mod singleflight;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use secrecy::ExposeSecret;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+pub use entry::Entry;
+pub use keys::Scope;
+
+use crate::config::Settings;
+use crate::http::errors::ApiError;
+use crate::metrics::Metrics;
+use generations::{Generations, now_micros};
+use local::L1;
+use redis::L2;
+use singleflight::SingleFlight;
+
+/// L1 size bound.
+const L1_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// XFetch β: 1 is the paper's optimum for an exponential recompute-time model.
+const XFETCH_BETA: f64 = 1.0;
+/// How long a remembered 404 lives.
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(30);
+
+/// How one kind of data is cached: its metric namespace and TTL.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub namespace: &'static str,
+    pub ttl: Duration,
+    pub negative_ttl: Duration,
+}
+
+impl Policy {
+    pub const fn new(namespace: &'static str, ttl: Duration) -> Self {
+        Self { namespace, ttl, negative_ttl: NEGATIVE_TTL }
+    }
+}
+
+/// What `X-Cache` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    Hit,
+    Miss,
+    Bypass,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "HIT",
+            Self::Miss => "MISS",
+            Self::Bypass => "BYPASS",
+        }
+    }
+}
+
+/// A cacheable read's answer: the stored bytes and where they came from.
+#[derive(Debug, Clone)]
+pub struct Cached {
+    pub entry: Arc<Entry>,
+    pub status: CacheStatus,
+}
+
+/// Totals for `/health/detailed`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CacheTotals {
+    pub hits: u64,
+    pub misses: u64,
+    pub errors: u64,
+    pub hit_rate: f64,
+}
+
+/// Redis as `/health/detailed` sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RedisHealth {
+    pub status: &'static str,
+    pub response_time_ms: Option<f64>,
+}
+
+type LoadResult = Result<Arc<Entry>, Arc<ApiError>>;
+type StoreHook = Arc<dyn Fn(String) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// The two-tier cache. Cheap to clone.
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    enabled: bool,
+    prefix: String,
+    l1: L1,
+    l2: Option<Arc<L2>>,
+    generations: Arc<Generations>,
+    flights: SingleFlight<LoadResult>,
+    metrics: Metrics,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    errors: AtomicU64,
+    store_hook: RwLock<Option<StoreHook>>,
+}
+
+impl Cache {
+    /// Builds the cache; with Redis configured, starts the invalidation subscriber
+    /// (stopped by `stop`). Must run inside a Tokio runtime.
+    pub fn new(
+        settings: &Settings,
+        metrics: &Metrics,
+        on_revoked: invalidation::OnRevoked,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let prefix = settings.cache_prefix.clone();
+        let (l2, generations) = match &settings.redis_url {
+            None => (None, Arc::new(Generations::local_only())),
+            Some(url) => {
+                let generations = Arc::new(Generations::shared());
+                let l2 = Arc::new(L2::new(
+                    url.expose_secret(),
+                    settings.redis_pool_size,
+                    settings.redis_timeout,
+                    prefix.clone(),
+                    generations.clone(),
+                    metrics.clone(),
+                )?);
+                tokio::spawn(invalidation::subscribe(
+                    l2.client.clone(),
+                    prefix.clone(),
+                    settings.redis_timeout,
+                    generations.clone(),
+                    on_revoked,
+                    stop,
+                ));
+                (Some(l2), generations)
+            }
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                enabled: settings.cache_enabled,
+                prefix,
+                l1: L1::new(L1_MAX_BYTES),
+                l2,
+                generations,
+                flights: SingleFlight::default(),
+                metrics: metrics.clone(),
+                hits: AtomicU64::new(0),
+                misses: AtomicU64::new(0),
+                errors: AtomicU64::new(0),
+                store_hook: RwLock::new(None),
+            }),
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.inner.enabled
+    }
+
+    /// The cached answer for `logical` in `scope`, or the loader's (then stored).
+    ///
+    /// `load` returns `Ok(None)` for "not found", which is cached briefly and
+    /// answered as a 404. Loader errors reach every waiter and are not cached.
+    pub async fn get_or_load<T, F, Fut>(
+        &self,
+        scope: &Scope,
+        policy: &Policy,
+        logical: &str,
+        load: F,
+    ) -> Result<Cached, ApiError>
+    where
+        T: Serialize,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, ApiError>>,
+    {
+        let inner = &self.inner;
+        if !inner.enabled {
+            let entry = load_entry(policy, load).await?;
+            return answer(Arc::new(entry), CacheStatus::Bypass);
+        }
+
+        // 1. The generation, read before any database work (guarantee 2). Asking
+        //    Redis for it also fetches the entry, in the same round trip.
+        let mut from_l2: Option<Option<Bytes>> = None;
+        let generation = match &inner.l2 {
+            None => inner.generations.local(scope),
+            Some(l2) if !l2.available() => return self.uncached(policy, load).await,
+            Some(l2) => match inner.generations.get(scope) {
+                Some(generation) => generation,
+                None => {
+                    let epoch = inner.generations.epoch();
+                    match l2.generation_and_get(scope, Some(logical)).await {
+                        Ok((generation, raw)) => {
+                            inner.generations.remember(scope, generation, epoch);
+                            from_l2 = Some(raw);
+                            generation
+                        }
+                        Err(e) => {
+                            self.count_error(policy, &e);
+                            return self.uncached(policy, load).await;
+                        }
+                    }
+                }
+            },
+        };
+        let key = keys::entry_key(&inner.prefix, scope, generation, logical);
+
+        // 2. L1, then L2. An entry due for early refresh is kept as a fallback.
+        let mut due: Option<Arc<Entry>> = None;
+        if let Some(entry) = inner.l1.get(&key).await {
+            if !refresh_early(&entry) {
+                return self.hit(policy, entry);
+            }
+            due = Some(entry);
+        }
+        if due.is_none()
+            && let Some(l2) = &inner.l2
+        {
+            let raw = match from_l2 {
+                Some(raw) => raw,
+                None => l2.get(&key).await.unwrap_or_else(|e| {
+                    self.count_error(policy, &e);
+                    None
+                }),
+            };
+            if let Some(entry) = raw.and_then(Entry::decode).filter(|e| e.expires_at_ms > now_millis()) {
+                let entry = Arc::new(entry);
+                inner.l1.insert(key.clone(), entry.clone()).await;
+                if !refresh_early(&entry) {
+                    return self.hit(policy, entry);
+                }
+                due = Some(entry);
+            }
+        }
+
+        // 3. Miss (or this request won the early refresh): one loader per key.
+        let (result, _led) = inner.flights.run(&key, self.load_and_store(key.clone(), policy, load)).await;
+        match (result, due) {
+            (Ok(entry), _) => {
+                self.count(policy, CacheStatus::Miss);
+                answer(entry, CacheStatus::Miss)
+            }
+            // The early refresh failed but the entry is still alive: serve it.
+            (Err(_), Some(entry)) => self.hit(policy, entry),
+            (Err(e), None) => Err(e.duplicate()),
+        }
+    }
+
+    /// Makes every entry of `scope` unreachable, on every replica. Call it after
+    /// the write commits and before answering.
+    pub async fn invalidate(&self, scope: &Scope) {
+        let inner = &self.inner;
+        if !inner.enabled {
+            return;
+        }
+        match &inner.l2 {
+            None => {
+                inner.generations.next_local(scope);
+            }
+            Some(l2) => match l2.bump(scope).await {
+                Ok(generation) => inner.generations.raise(scope, generation),
+                Err(e) => {
+                    tracing::warn!(error = %e, "invalidation deferred until Redis answers");
+                    inner.errors.fetch_add(1, Ordering::Relaxed);
+                    inner.generations.forget(scope);
+                }
+            },
+        }
+    }
+
+    /// Redis unreachable (circuit open or a failed read): straight to PostgreSQL.
+    async fn uncached<T, F, Fut>(&self, policy: &Policy, load: F) -> Result<Cached, ApiError>
+    where
+        T: Serialize,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, ApiError>>,
+    {
+        let entry = load_entry(policy, load).await?;
+        self.count(policy, CacheStatus::Miss);
+        answer(Arc::new(entry), CacheStatus::Miss)
+    }
+
+    fn load_and_store<'a, T, F, Fut>(
+        &'a self,
+        key: String,
+        policy: &'a Policy,
+        load: F,
+    ) -> impl Future<Output = LoadResult> + 'a
+    where
+        T: Serialize,
+        F: FnOnce() -> Fut + 'a,
+        Fut: Future<Output = Result<Option<T>, ApiError>> + 'a,
+    {
+        async move {
+            let entry = load_entry(policy, load).await.map_err(Arc::new)?;
+            let hook = self.inner.store_hook.read().expect("hook lock").clone();
+            if let Some(hook) = hook {
+                hook(key.clone()).await;
+            }
+            let entry = Arc::new(entry);
+            if let Some(l2) = &self.inner.l2 {
+                let ttl = Duration::from_millis(entry.expires_at_ms.saturating_sub(now_millis()));
+                if let Err(e) = l2.set(&key, &entry.encode(), ttl).await {
+                    self.count_error(policy, &e);
+                }
+            }
+            self.inner.l1.insert(key, entry.clone()).await;
+            Ok(entry)
+        }
+    }
+
+    fn hit(&self, policy: &Policy, entry: Arc<Entry>) -> Result<Cached, ApiError> {
+        self.count(policy, CacheStatus::Hit);
+        answer(entry, CacheStatus::Hit)
+    }
+
+    fn count(&self, policy: &Policy, status: CacheStatus) {
+        let m = &self.inner.metrics;
+        match status {
+            CacheStatus::Hit => {
+                self.inner.hits.fetch_add(1, Ordering::Relaxed);
+                m.cache_hits.with_label_values(&[policy.namespace]).inc();
+            }
+            CacheStatus::Miss => {
+                self.inner.misses.fetch_add(1, Ordering::Relaxed);
+                m.cache_misses.with_label_values(&[policy.namespace]).inc();
+            }
+            CacheStatus::Bypass => {}
+        }
+    }
+
+    fn count_error(&self, policy: &Policy, e: &redis::L2Error) {
+        if !matches!(e, redis::L2Error::Open) {
+            tracing::debug!(error = %e, namespace = policy.namespace, "cache error, falling back to PostgreSQL");
+        }
+        self.inner.errors.fetch_add(1, Ordering::Relaxed);
+        self.inner.metrics.cache_errors.with_label_values(&[policy.namespace]).inc();
+    }
+
+    pub fn totals(&self) -> CacheTotals {
+        let hits = self.inner.hits.load(Ordering::Relaxed);
+        let misses = self.inner.misses.load(Ordering::Relaxed);
+        let errors = self.inner.errors.load(Ordering::Relaxed);
+        let lookups = hits + misses;
+        CacheTotals { hits, misses, errors, hit_rate: if lookups == 0 { 0.0 } else { hits as f64 / lookups as f64 } }
+    }
+
+    /// Announces a logout to every replica (no-op without Redis: the local set is
+    /// all there is). Returns false if Redis could not be told.
+    pub async fn announce_revocation(&self, session_id: uuid::Uuid, expires_at: i64) -> bool {
+        match &self.inner.l2 {
+            None => true,
+            Some(l2) => l2.revoke(&session_id.to_string(), expires_at).await.is_ok(),
+        }
+    }
+
+    /// `None` when no Redis is configured.
+    pub async fn redis_health(&self) -> Option<RedisHealth> {
+        let l2 = self.inner.l2.as_ref()?;
+        Some(match l2.ping().await {
+            Ok(rtt) if l2.available() => {
+                RedisHealth { status: "healthy", response_time_ms: Some(rtt.as_secs_f64() * 1000.0) }
+            }
+            Ok(rtt) => RedisHealth { status: "recovering", response_time_ms: Some(rtt.as_secs_f64() * 1000.0) },
+            Err(_) => RedisHealth { status: "unhealthy", response_time_ms: None },
+        })
+    }
+
+    /// Whether Redis is configured and currently used (circuit closed).
+    pub fn redis_available(&self) -> Option<bool> {
+        self.inner.l2.as_ref().map(|l2| l2.available())
+    }
+
+    /// Whether remembered generations are trusted (pub/sub subscribed, or no Redis).
+    pub fn l1_trusted(&self) -> bool {
+        self.inner.generations.is_trusted()
+    }
+
+    /// Test seam: runs between a loader's database read and its cache store, so a
+    /// test can force the reader/writer interleaving of guarantee 2.
+    pub fn set_store_hook(&self, hook: Option<StoreHook>) {
+        *self.inner.store_hook.write().expect("hook lock") = hook;
+    }
+
+    /// Drops every L1 entry (tests, and operators via nothing else).
+    pub fn clear_l1(&self) {
+        self.inner.l1.clear();
+    }
+}
+
+/// Runs the loader and turns its answer into a stored entry.
+async fn load_entry<T, F, Fut>(policy: &Policy, load: F) -> Result<Entry, ApiError>
+where
+    T: Serialize,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Option<T>, ApiError>>,
+{
+    let started = Instant::now();
+    let loaded = load().await?;
+    let delta_ms = started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32;
+    Ok(match loaded {
+        Some(value) => {
+            let body = serde_json::to_vec(&value).map_err(ApiError::internal)?;
+            Entry::found(Bytes::from(body), expiry(policy.ttl), delta_ms)
+        }
+        None => Entry::not_found(expiry(policy.negative_ttl), delta_ms),
+    })
+}
+
+fn answer(entry: Arc<Entry>, status: CacheStatus) -> Result<Cached, ApiError> {
+    if entry.is_negative() {
+        return Err(ApiError::not_found());
+    }
+    Ok(Cached { entry, status })
+}
+
+/// Expiry with ±10 % jitter, so keys written together do not expire together.
+fn expiry(ttl: Duration) -> u64 {
+    now_millis() + jittered(ttl).as_millis() as u64
+}
+
+pub fn jittered(ttl: Duration) -> Duration {
+    ttl.mul_f64(rand::random_range(0.9..=1.1))
+}
+
+/// XFetch: refresh early with a probability that rises as expiry nears and with
+/// how long the value took to load: `now − Δ·β·ln(rand()) ≥ expiry`.
+fn refresh_early(entry: &Entry) -> bool {
+    xfetch(now_millis(), entry.delta_ms, entry.expires_at_ms, rand::random::<f64>())
+}
+
+fn xfetch(now_ms: u64, delta_ms: u32, expires_at_ms: u64, rand: f64) -> bool {
+    let rand = rand.max(f64::MIN_POSITIVE);
+    now_ms as f64 - f64::from(delta_ms) * XFETCH_BETA * rand.ln() >= expires_at_ms as f64
+}
+
+fn now_millis() -> u64 {
+    now_micros() / 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        let ttl = Duration::from_secs(300);
+        for _ in 0..1000 {
+            let j = jittered(ttl);
+            assert!(j >= Duration::from_secs(270) && j <= Duration::from_secs(330), "{j:?}");
+        }
+    }
+
+    #[test]
+    fn xfetch_refreshes_only_near_expiry() {
+        // Far from expiry: never, whatever the draw.
+        assert!(!xfetch(1_000, 10, 1_000_000, 1e-9));
+        // At expiry: always.
+        assert!(xfetch(1_000_000, 10, 1_000_000, 0.5));
+        // 20 ms before expiry with Δ = 100 ms: refreshes when −ln(r)·100 ≥ 20, i.e. r ≤ e^−0.2 ≈ 0.82.
+        assert!(xfetch(999_980, 100, 1_000_000, 0.5));
+        assert!(!xfetch(999_980, 100, 1_000_000, 0.9));
+    }
+
+    #[test]
+    fn early_refresh_probability_matches_the_formula() {
+        // 50 ms before expiry, Δ = 50 ms: P = P(−ln r ≥ 1) = e^−1 ≈ 0.368.
+        let n = 20_000;
+        let hits = (0..n).filter(|_| xfetch(999_950, 50, 1_000_000, rand::random())).count();
+        let p = hits as f64 / n as f64;
+        assert!((0.33..0.41).contains(&p), "p = {p}");
+    }
+}

@@ -1,0 +1,401 @@
+//! L2: Redis through a bb8 pool, every command bounded by `REDIS_TIMEOUT_MS`, behind
+//! a circuit breaker.
+//!
+//! * A timeout or connection error opens the circuit: from then on requests skip
+//!   Redis at once (they go to PostgreSQL) and a background probe PINGs Redis every
+//!   [`PROBE_EVERY`] until it answers.
+//! * Invalidations that could not reach Redis while it was unreachable are kept
+//!   (`pending`) and replayed by the probe *before* the circuit closes, so a Redis
+//!   that kept its data through a partition or a pause never serves an entry older
+//!   than a write acknowledged meanwhile.
+//! * bb8-redis never reports a connection as broken; [`Manager`] wraps its
+//!   connection with a flag that a failed command sets, so the pool drops that
+//!   connection instead of handing it out again — and no PING per checkout is needed.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bb8_redis::RedisConnectionManager;
+use redis::aio::MultiplexedConnection;
+use redis::{FromRedisValue, Script};
+
+use super::generations::Generations;
+use super::keys::{self, Scope};
+use crate::metrics::Metrics;
+
+/// How often the probe retries an open circuit.
+pub const PROBE_EVERY: Duration = Duration::from_millis(200);
+/// At most this many scopes are remembered for replay; beyond it, recovery drops
+/// every generation counter of this service instead (re-seeded from the clock).
+const MAX_PENDING: usize = 50_000;
+/// Generation counters outlive every entry (the longest TTL is 24 h).
+const GENERATION_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// Reads a scope's generation (seeding it from the server clock if absent — never
+/// from 0, so a counter evicted by `allkeys-lru` never repeats a generation) and
+/// the entry under it, in one round trip.
+const GENERATION_AND_GET: &str = r"
+local g = redis.call('GET', KEYS[1])
+if not g then
+  local t = redis.call('TIME')
+  g = string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+  if not redis.call('SET', KEYS[1], g, 'NX', 'EX', ARGV[3]) then
+    g = redis.call('GET', KEYS[1])
+  end
+end
+if ARGV[2] == '' then return {g, false} end
+return {g, redis.call('GET', ARGV[1] .. g .. ARGV[2])}
+";
+
+/// Moves a scope to a new generation, above both the old one and the server clock,
+/// and announces it to every replica.
+const BUMP: &str = r"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local nxt = string.format('%.0f', math.max(cur + 1, now))
+redis.call('SET', KEYS[1], nxt, 'EX', ARGV[3])
+redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. nxt)
+return nxt
+";
+
+/// A pooled connection that remembers whether a command failed on it.
+pub struct Conn {
+    inner: MultiplexedConnection,
+    broken: bool,
+}
+
+/// bb8 manager: bb8-redis's, plus the broken flag.
+pub struct Manager(RedisConnectionManager);
+
+impl bb8::ManageConnection for Manager {
+    type Connection = Conn;
+    type Error = redis::RedisError;
+
+    async fn connect(&self) -> Result<Conn, redis::RedisError> {
+        Ok(Conn { inner: self.0.connect().await?, broken: false })
+    }
+
+    async fn is_valid(&self, conn: &mut Conn) -> Result<(), redis::RedisError> {
+        self.0.is_valid(&mut conn.inner).await
+    }
+
+    fn has_broken(&self, conn: &mut Conn) -> bool {
+        conn.broken
+    }
+}
+
+/// Logs pool errors (bb8 otherwise drops them silently).
+#[derive(Debug, Clone, Copy)]
+struct LogSink;
+
+impl bb8::ErrorSink<redis::RedisError> for LogSink {
+    fn sink(&self, e: redis::RedisError) {
+        tracing::debug!(error = %e, "redis pool could not connect");
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<redis::RedisError>> {
+        Box::new(*self)
+    }
+}
+
+/// Why an L2 call gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum L2Error {
+    #[error("redis circuit open")]
+    Open,
+    #[error("redis timed out")]
+    Timeout,
+    #[error("redis error: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis pool: {0}")]
+    Pool(String),
+}
+
+pub struct L2 {
+    pool: bb8::Pool<Manager>,
+    pub(super) client: redis::Client,
+    pub(super) prefix: String,
+    pub(super) timeout: Duration,
+    open: AtomicBool,
+    probing: AtomicBool,
+    pending: Mutex<HashSet<Scope>>,
+    overflowed: AtomicBool,
+    generation_and_get: Script,
+    bump: Script,
+    generations: Arc<Generations>,
+    metrics: Metrics,
+}
+
+impl L2 {
+    pub fn new(
+        url: &str,
+        pool_size: u32,
+        timeout: Duration,
+        prefix: String,
+        generations: Arc<Generations>,
+        metrics: Metrics,
+    ) -> Result<Self, redis::RedisError> {
+        let client = redis::Client::open(url)?;
+        let pool = bb8::Pool::builder()
+            .max_size(pool_size)
+            .min_idle(Some(1))
+            .connection_timeout(timeout)
+            .test_on_check_out(false)
+            .retry_connection(false)
+            .error_sink(Box::new(LogSink))
+            .build_unchecked(Manager(RedisConnectionManager::new(url)?));
+        metrics.redis_up.set(1);
+        Ok(Self {
+            pool,
+            client,
+            prefix,
+            timeout,
+            open: AtomicBool::new(false),
+            probing: AtomicBool::new(false),
+            pending: Mutex::default(),
+            overflowed: AtomicBool::new(false),
+            generation_and_get: Script::new(GENERATION_AND_GET),
+            bump: Script::new(BUMP),
+            generations,
+            metrics,
+        })
+    }
+
+    /// False while the circuit is open: callers skip Redis entirely.
+    pub fn available(&self) -> bool {
+        !self.open.load(Ordering::Acquire)
+    }
+
+    async fn conn(&self) -> Result<bb8::PooledConnection<'_, Manager>, L2Error> {
+        match tokio::time::timeout(self.timeout, self.pool.get()).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(L2Error::Pool(e.to_string())),
+            Err(_) => Err(L2Error::Timeout),
+        }
+    }
+
+    /// Runs one command within the timeout; any failure marks the connection
+    /// broken and opens the circuit.
+    async fn run<T: FromRedisValue>(self: &Arc<Self>, cmd: Command<'_>) -> Result<T, L2Error> {
+        if !self.available() {
+            return Err(L2Error::Open);
+        }
+        let result = async {
+            let mut conn = self.conn().await?;
+            let outcome = tokio::time::timeout(self.timeout, async {
+                match &cmd {
+                    Command::Plain(c) => c.query_async::<T>(&mut conn.inner).await,
+                    Command::Pipeline(p) => p.query_async::<T>(&mut conn.inner).await,
+                    Command::Script(s, keys, args) => {
+                        let mut inv = s.prepare_invoke();
+                        for k in *keys {
+                            inv.key(k);
+                        }
+                        for a in *args {
+                            inv.arg(a);
+                        }
+                        inv.invoke_async::<T>(&mut conn.inner).await
+                    }
+                }
+            })
+            .await;
+            match outcome {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => {
+                    conn.broken = e.is_io_error() || e.is_connection_dropped() || e.is_timeout();
+                    Err(L2Error::Redis(e))
+                }
+                Err(_) => {
+                    conn.broken = true;
+                    Err(L2Error::Timeout)
+                }
+            }
+        }
+        .await;
+        if let Err(e) = &result {
+            self.trip(e);
+        }
+        result
+    }
+
+    fn trip(self: &Arc<Self>, e: &L2Error) {
+        let connectivity = match e {
+            L2Error::Open => false,
+            L2Error::Timeout | L2Error::Pool(_) => true,
+            L2Error::Redis(r) => r.is_io_error() || r.is_connection_dropped() || r.is_connection_refusal() || r.is_timeout(),
+        };
+        if !connectivity {
+            return;
+        }
+        if !self.open.swap(true, Ordering::AcqRel) {
+            tracing::warn!(error = %e, "redis unavailable: circuit open, serving from PostgreSQL");
+            self.metrics.redis_up.set(0);
+            // Invalidations may be missed from now on: stop trusting remembered generations.
+            self.generations.set_trusted(false);
+        }
+        if !self.probing.swap(true, Ordering::AcqRel) {
+            let this = self.clone();
+            tokio::spawn(async move { this.probe_until_recovered().await });
+        }
+    }
+
+    /// PINGs until Redis answers, replays pending invalidations, then closes the circuit.
+    async fn probe_until_recovered(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(PROBE_EVERY).await;
+            let ping = async {
+                let mut conn = self.conn().await?;
+                let r = tokio::time::timeout(self.timeout, redis::cmd("PING").query_async::<String>(&mut conn.inner)).await;
+                match r {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => {
+                        conn.broken = true;
+                        Err(L2Error::Redis(e))
+                    }
+                    Err(_) => {
+                        conn.broken = true;
+                        Err(L2Error::Timeout)
+                    }
+                }
+            };
+            if ping.await.is_err() {
+                continue;
+            }
+            match self.replay_pending().await {
+                Ok(replayed) => {
+                    self.open.store(false, Ordering::Release);
+                    self.probing.store(false, Ordering::Release);
+                    self.metrics.redis_up.set(1);
+                    tracing::info!(replayed, "redis answers again: circuit closed");
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "redis recovery replay failed; probing on"),
+            }
+        }
+    }
+
+    /// Re-applies the invalidations made while Redis was unreachable.
+    async fn replay_pending(&self) -> Result<usize, L2Error> {
+        let scopes: Vec<Scope> = self.pending.lock().expect("pending lock").iter().cloned().collect();
+        let mut conn = self.conn().await?;
+        for scope in &scopes {
+            let gen_key = keys::generation_key(&self.prefix, scope);
+            let mut inv = self.bump.prepare_invoke();
+            inv.key(&gen_key).arg(keys::invalidation_channel(&self.prefix)).arg(scope.tag()).arg(GENERATION_TTL_SECS);
+            tokio::time::timeout(self.timeout * 4, inv.invoke_async::<String>(&mut conn.inner))
+                .await
+                .map_err(|_| L2Error::Timeout)??;
+            self.pending.lock().expect("pending lock").remove(scope);
+        }
+        if self.overflowed.swap(false, Ordering::AcqRel) {
+            // Too many scopes to remember: drop every generation of this service
+            // (recovery only, never on a request path). Re-seeded counters start at
+            // the clock, above every generation handed out before.
+            let pattern = format!("{}:{{*}}:gen", self.prefix);
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, found): (u64, Vec<String>) =
+                    redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query_async(&mut conn.inner).await?;
+                if !found.is_empty() {
+                    redis::cmd("UNLINK").arg(&found).query_async::<()>(&mut conn.inner).await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(scopes.len())
+    }
+
+    /// The scope's generation and, if `logical` is given, the entry under it.
+    pub async fn generation_and_get(
+        self: &Arc<Self>,
+        scope: &Scope,
+        logical: Option<&str>,
+    ) -> Result<(u64, Option<bytes::Bytes>), L2Error> {
+        let gen_key = keys::generation_key(&self.prefix, scope);
+        let head = keys::entry_key_head(&self.prefix, scope);
+        let tail = logical.map(|l| format!(":{l}")).unwrap_or_default();
+        let ttl = GENERATION_TTL_SECS.to_string();
+        let (generation, value): (String, Option<Vec<u8>>) = self
+            .run(Command::Script(&self.generation_and_get, &[gen_key.as_str()], &[head.as_str(), tail.as_str(), ttl.as_str()]))
+            .await?;
+        let generation = generation.parse().map_err(|_| L2Error::Pool(format!("bad generation {generation:?}")))?;
+        Ok((generation, value.map(bytes::Bytes::from)))
+    }
+
+    pub async fn get(self: &Arc<Self>, key: &str) -> Result<Option<bytes::Bytes>, L2Error> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(key);
+        let value: Option<Vec<u8>> = self.run(Command::Plain(cmd)).await?;
+        Ok(value.map(bytes::Bytes::from))
+    }
+
+    pub async fn set(self: &Arc<Self>, key: &str, value: &[u8], ttl: Duration) -> Result<(), L2Error> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(value).arg("PX").arg(ttl.as_millis().max(1) as u64);
+        self.run(Command::Plain(cmd)).await
+    }
+
+    /// Moves the scope to a new generation and announces it. If Redis cannot be
+    /// reached the scope is remembered and replayed on recovery.
+    pub async fn bump(self: &Arc<Self>, scope: &Scope) -> Result<u64, L2Error> {
+        let gen_key = keys::generation_key(&self.prefix, scope);
+        let channel = keys::invalidation_channel(&self.prefix);
+        let ttl = GENERATION_TTL_SECS.to_string();
+        let result: Result<String, L2Error> =
+            self.run(Command::Script(&self.bump, &[gen_key.as_str()], &[channel.as_str(), scope.tag(), ttl.as_str()])).await;
+        match result {
+            Ok(g) => g.parse().map_err(|_| L2Error::Pool(format!("bad generation {g:?}"))),
+            Err(e) => {
+                self.remember_pending(scope);
+                Err(e)
+            }
+        }
+    }
+
+    fn remember_pending(&self, scope: &Scope) {
+        let mut pending = self.pending.lock().expect("pending lock");
+        if pending.len() < MAX_PENDING {
+            pending.insert(scope.clone());
+        } else {
+            self.overflowed.store(true, Ordering::Release);
+        }
+    }
+
+    /// Announces a revoked session to every replica of every service and keeps it
+    /// (until the token's expiry) for replicas that subscribe later.
+    pub async fn revoke(self: &Arc<Self>, session_id: &str, expires_at: i64) -> Result<(), L2Error> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZADD").arg(keys::revoked_sessions(&self.prefix)).arg(expires_at).arg(session_id).ignore();
+        pipe.cmd("PUBLISH").arg(keys::revocation_channel(&self.prefix)).arg(session_id).ignore();
+        self.run(Command::Pipeline(pipe)).await
+    }
+
+    /// Round-trip time of a PING (detailed health); does not touch the circuit.
+    pub async fn ping(&self) -> Result<Duration, L2Error> {
+        let started = std::time::Instant::now();
+        let mut conn = self.conn().await?;
+        match tokio::time::timeout(self.timeout, redis::cmd("PING").query_async::<String>(&mut conn.inner)).await {
+            Ok(Ok(_)) => Ok(started.elapsed()),
+            Ok(Err(e)) => {
+                conn.broken = true;
+                Err(e.into())
+            }
+            Err(_) => {
+                conn.broken = true;
+                Err(L2Error::Timeout)
+            }
+        }
+    }
+}
+
+enum Command<'a> {
+    Plain(redis::Cmd),
+    Pipeline(redis::Pipeline),
+    Script(&'a Script, &'a [&'a str], &'a [&'a str]),
+}

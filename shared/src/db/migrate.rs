@@ -1,0 +1,57 @@
+//! Migrations: each service's refinery set, applied into its own schema with its
+//! own history table (`<schema>.refinery_history`), so three services can share one
+//! database without touching each other's tables.
+//!
+//! Replicas that start together serialize on a PostgreSQL advisory lock keyed by the
+//! schema name: one applies, the others find nothing pending.
+
+use anyhow::Context;
+
+use super::Db;
+
+/// A service's migrations: its schema and the embedded refinery runner.
+#[derive(Clone, Copy)]
+pub struct MigrationSet {
+    pub schema: &'static str,
+    pub runner: fn() -> refinery::Runner,
+}
+
+impl MigrationSet {
+    /// The newest version this binary embeds; readiness requires the database to have it.
+    pub fn latest_version(&self) -> i32 {
+        (self.runner)().get_migrations().iter().map(|m| m.version()).max().unwrap_or(0)
+    }
+}
+
+/// Applies pending migrations; returns how many were applied.
+pub async fn migrate(db: &Db, set: MigrationSet) -> anyhow::Result<usize> {
+    let mut conn = db.conn().await.context("connecting to PostgreSQL to migrate")?;
+    let client: &mut tokio_postgres::Client = &mut conn;
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {s}; SELECT pg_advisory_lock(hashtext('kai-migrate-{s}'))",
+            s = set.schema
+        ))
+        .await
+        .with_context(|| format!("preparing schema {}", set.schema))?;
+    let mut runner = (set.runner)();
+    runner.set_migration_table_name(format!("{}.refinery_history", set.schema));
+    let result = runner.run_async(client).await;
+    let unlock = client
+        .batch_execute(&format!("SELECT pg_advisory_unlock(hashtext('kai-migrate-{}'))", set.schema))
+        .await;
+    let report = result.with_context(|| format!("applying migrations for schema {}", set.schema))?;
+    unlock.context("releasing the migration lock")?;
+    for m in report.applied_migrations() {
+        tracing::info!(schema = set.schema, version = m.version(), name = m.name(), "migration applied");
+    }
+    Ok(report.applied_migrations().len())
+}
+
+/// Whether the database has this binary's newest migration.
+pub async fn is_current(db: &Db, set: MigrationSet) -> Result<bool, super::DbError> {
+    let conn = db.conn().await?;
+    let sql = format!("SELECT coalesce(max(version), 0) FROM {}.refinery_history", set.schema);
+    let row = conn.query_one(sql.as_str(), &[]).await?;
+    Ok(row.get::<_, i32>(0) >= set.latest_version())
+}

@@ -1,0 +1,16 @@
+//! PostgreSQL access: the pool, timed statements and migrations.
+//!
+//! Every statement a service runs goes through [`Db`], which prepares it once per
+//! connection (deadpool's statement cache), times it into
+//! `kai_db_query_duration_seconds`, counts it (tests assert "a constant number of
+//! statements per request" with [`Db::statements_executed`]), and logs it as
+//! `slow query` with its SQL text — never its parameters, which carry personal
+//! data — when it is slower than `SLOW_QUERY_THRESHOLD_MS`.
+
+mod migrate;
+mod pool;
+
+pub use migrate::{MigrationSet, is_current, migrate};
+pub use pool::{Db, DbError, PoolStatus, SlowQuery};
+pub use tokio_postgres::Row;
+pub use tokio_postgres::types::ToSql;

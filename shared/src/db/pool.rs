@@ -1,0 +1,242 @@
+//! The pool ([`Db`]) and the timing wrapper around every statement.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{IntGaugeVec, Opts};
+use serde::Serialize;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+use crate::config::Settings;
+use crate::http::errors::ApiError;
+use crate::metrics::Metrics;
+
+/// How many recent slow queries `/health/detailed` shows.
+const SLOW_LOG_LEN: usize = 20;
+
+/// A database failure: getting a connection, or running a statement.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("could not get a database connection")]
+    Pool(#[from] PoolError),
+    #[error("database statement failed")]
+    Query(#[from] tokio_postgres::Error),
+}
+
+impl DbError {
+    /// The violated constraint's name, when a statement broke one.
+    pub fn constraint(&self) -> Option<&str> {
+        match self {
+            Self::Query(e) => e.as_db_error().and_then(|d| d.constraint()),
+            Self::Pool(_) => None,
+        }
+    }
+
+    /// True when the database could not be reached (as opposed to a bad statement).
+    fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Pool(_) => true,
+            Self::Query(e) => e.is_closed() || e.as_db_error().is_none(),
+        }
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        if e.is_unavailable() { ApiError::Unavailable(e.into()) } else { ApiError::Internal(e.into()) }
+    }
+}
+
+/// One slow statement, as `/health/detailed` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlowQuery {
+    pub sql: String,
+    pub duration_ms: f64,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Pool occupancy, as `/health/detailed` reports it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PoolStatus {
+    pub size: usize,
+    pub max_size: usize,
+    pub available: usize,
+    pub waiting: usize,
+}
+
+/// The PostgreSQL pool plus statement instrumentation. Cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    metrics: Metrics,
+    slow_threshold: Duration,
+    statements: AtomicU64,
+    slow_log: Mutex<VecDeque<SlowQuery>>,
+}
+
+impl Db {
+    /// Builds the pool (connections are opened lazily) and registers its gauges.
+    pub fn new(settings: &Settings, metrics: &Metrics) -> Self {
+        let mut pg = settings.pg_config();
+        // A stopped PostgreSQL must turn into a 503 within the pool timeout, not a hang.
+        pg.connect_timeout(settings.db_pool_timeout.min(Duration::from_secs(5)));
+        if pg.get_application_name().is_none() {
+            pg.application_name("kai");
+        }
+        let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Verified });
+        let pool = Pool::builder(manager)
+            .max_size(settings.db_pool_size)
+            .wait_timeout(Some(settings.db_pool_timeout))
+            .create_timeout(Some(settings.db_pool_timeout))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .expect("pool settings validated at start");
+        let _ = metrics.registry.register(Box::new(PoolCollector::new(pool.clone())));
+        Self {
+            pool,
+            inner: Arc::new(Inner {
+                metrics: metrics.clone(),
+                slow_threshold: settings.slow_query_threshold,
+                statements: AtomicU64::new(0),
+                slow_log: Mutex::new(VecDeque::with_capacity(SLOW_LOG_LEN)),
+            }),
+        }
+    }
+
+    /// A pooled connection; waits at most `DB_POOL_TIMEOUT_SECS`, then 503.
+    pub async fn conn(&self) -> Result<Object, DbError> {
+        Ok(self.pool.get().await?)
+    }
+
+    pub async fn query(&self, c: &impl GenericClient, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, DbError> {
+        self.timed(sql, async {
+            let stmt = c.prepare_cached(sql).await?;
+            c.query(&stmt, params).await
+        })
+        .await
+    }
+
+    pub async fn query_opt(&self, c: &impl GenericClient, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, DbError> {
+        self.timed(sql, async {
+            let stmt = c.prepare_cached(sql).await?;
+            c.query_opt(&stmt, params).await
+        })
+        .await
+    }
+
+    pub async fn query_one(&self, c: &impl GenericClient, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, DbError> {
+        self.timed(sql, async {
+            let stmt = c.prepare_cached(sql).await?;
+            c.query_one(&stmt, params).await
+        })
+        .await
+    }
+
+    pub async fn execute(&self, c: &impl GenericClient, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, DbError> {
+        self.timed(sql, async {
+            let stmt = c.prepare_cached(sql).await?;
+            c.execute(&stmt, params).await
+        })
+        .await
+    }
+
+    async fn timed<T>(
+        &self,
+        sql: &str,
+        work: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, DbError> {
+        let started = Instant::now();
+        let result = work.await;
+        let elapsed = started.elapsed();
+        self.inner.statements.fetch_add(1, Ordering::Relaxed);
+        self.inner.metrics.db_query_duration.observe(elapsed.as_secs_f64());
+        if elapsed >= self.inner.slow_threshold {
+            self.record_slow(sql, elapsed);
+        }
+        Ok(result?)
+    }
+
+    fn record_slow(&self, sql: &str, elapsed: Duration) {
+        let sql = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+        let duration_ms = elapsed.as_secs_f64() * 1000.0;
+        // The SQL text only: parameters carry personal data and never reach a log.
+        tracing::warn!(sql = %sql, duration_ms, "slow query");
+        self.inner.metrics.db_slow_queries.inc();
+        let mut log = self.inner.slow_log.lock().expect("slow log lock");
+        if log.len() == SLOW_LOG_LEN {
+            log.pop_front();
+        }
+        log.push_back(SlowQuery { sql, duration_ms, at: chrono::Utc::now() });
+    }
+
+    /// Statements run since start (every `query*`/`execute` counts one).
+    pub fn statements_executed(&self) -> u64 {
+        self.inner.statements.load(Ordering::Relaxed)
+    }
+
+    pub fn slow_queries(&self) -> (u64, Vec<SlowQuery>) {
+        let log = self.inner.slow_log.lock().expect("slow log lock");
+        (self.inner.metrics.db_slow_queries.get(), log.iter().cloned().collect())
+    }
+
+    pub fn status(&self) -> PoolStatus {
+        let s = self.pool.status();
+        PoolStatus { size: s.size, max_size: s.max_size, available: s.available, waiting: s.waiting }
+    }
+
+    /// Round trip to PostgreSQL (readiness, detailed health).
+    pub async fn ping(&self) -> Result<Duration, DbError> {
+        let started = Instant::now();
+        let conn = self.conn().await?;
+        conn.simple_query("SELECT 1").await?;
+        Ok(started.elapsed())
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+/// Reports `kai_db_pool_connections{state}` from the pool's own counters at scrape
+/// time, so the gauge is never stale and costs nothing between scrapes.
+struct PoolCollector {
+    pool: Pool,
+    gauge: IntGaugeVec,
+}
+
+impl PoolCollector {
+    fn new(pool: Pool) -> Self {
+        let gauge = IntGaugeVec::new(
+            Opts::new("kai_db_pool_connections", "PostgreSQL pool connections by state"),
+            &["state"],
+        )
+        .expect("valid metric");
+        Self { pool, gauge }
+    }
+}
+
+impl Collector for PoolCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let s = self.pool.status();
+        let in_use = s.size.saturating_sub(s.available);
+        self.gauge.with_label_values(&["idle"]).set(s.available as i64);
+        self.gauge.with_label_values(&["in_use"]).set(in_use as i64);
+        self.gauge.with_label_values(&["waiting"]).set(s.waiting as i64);
+        self.gauge.collect()
+    }
+}

@@ -1,0 +1,141 @@
+//! HTTP plumbing shared by every service: the request stamp (id, timing, per-route
+//! statistics, slow-request warnings), compression only where it pays, problem+json
+//! for every extractor failure, and cached-response rendering with ETags.
+
+pub mod errors;
+pub mod respond;
+pub mod stats;
+
+use std::time::Instant;
+
+use actix_web::body::{BodySize, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{HttpRequest, HttpResponse, web};
+use tracing::Instrument;
+
+use crate::Platform;
+use errors::{ApiError, FieldError};
+
+/// Largest accepted request body (SPEC §3).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Smaller responses are not worth compressing (SPEC §3).
+pub const COMPRESS_MIN_BYTES: u64 = 500;
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_RESPONSE_TIME: HeaderName = HeaderName::from_static("x-response-time");
+pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+/// Outermost middleware: request id, response time, per-route statistics,
+/// slow-request warnings. Also removes the `identity` marker [`skip_small_bodies`]
+/// set, so clients never see it.
+pub async fn stamp(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let request_id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let method = req.method().clone();
+    let platform = req.app_data::<web::Data<Platform>>().cloned();
+    let span = tracing::info_span!("request", request_id = %request_id, method = %method);
+    let mut res = next.call(req).instrument(span.clone()).await?;
+
+    let elapsed = started.elapsed();
+    let status = res.status();
+    let route = res.request().match_pattern().unwrap_or_else(|| "UNMATCHED".to_owned());
+    if let Some(platform) = &platform {
+        if route.starts_with("/api/") {
+            platform.stats.record(&format!("{method} {route}"), elapsed, status.is_server_error());
+        }
+        if elapsed >= platform.settings.slow_request_threshold {
+            span.in_scope(|| {
+                tracing::warn!(route = %route, status = status.as_u16(), duration_ms = elapsed.as_secs_f64() * 1000.0, "slow request");
+            });
+        }
+    }
+    let headers = res.headers_mut();
+    if headers.get(header::CONTENT_ENCODING).is_some_and(|v| v == "identity") {
+        headers.remove(header::CONTENT_ENCODING);
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        headers.insert(X_REQUEST_ID.clone(), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("{:.3}ms", elapsed.as_secs_f64() * 1000.0)) {
+        headers.insert(X_RESPONSE_TIME.clone(), v);
+    }
+    Ok(res)
+}
+
+/// Innermost middleware: marks bodies under [`COMPRESS_MIN_BYTES`] so actix's
+/// `Compress` leaves them alone (it skips any response that names an encoding).
+pub async fn skip_small_bodies(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let mut res = next.call(req).await?;
+    if let BodySize::Sized(n) = res.response().body().size()
+        && n < COMPRESS_MIN_BYTES
+        && !res.headers().contains_key(header::CONTENT_ENCODING)
+    {
+        res.headers_mut().insert(header::CONTENT_ENCODING, HeaderValue::from_static("identity"));
+    }
+    Ok(res)
+}
+
+/// JSON bodies: 64 KiB limit, problem+json for every failure.
+pub fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default().limit(MAX_BODY_BYTES).error_handler(|err, _req| {
+        let api = match &err {
+            JsonPayloadError::ContentType => ApiError::UnsupportedMediaType("expected Content-Type: application/json".into()),
+            JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
+                ApiError::PayloadTooLarge(format!("the body is larger than {MAX_BODY_BYTES} bytes"))
+            }
+            JsonPayloadError::Deserialize(e) if e.is_data() => {
+                ApiError::validation(vec![FieldError::new(field_of(e), strip_position(&e.to_string()))])
+            }
+            JsonPayloadError::Deserialize(e) => ApiError::bad_request(format!("malformed JSON: {}", strip_position(&e.to_string()))),
+            other => ApiError::bad_request(format!("unreadable body: {other}")),
+        };
+        api.into()
+    })
+}
+
+/// Query strings: problem+json on failure.
+pub fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|err, _req| {
+        let QueryPayloadError::Deserialize(e) = &err else {
+            return ApiError::bad_request("bad query string").into();
+        };
+        ApiError::bad_request(format!("bad query parameter: {e}")).into()
+    })
+}
+
+/// Path parameters: problem+json on failure.
+pub fn path_config() -> web::PathConfig {
+    web::PathConfig::default().error_handler(|err, _req| {
+        let PathError::Deserialize(e) = &err else { return ApiError::bad_request("bad path").into() };
+        ApiError::BadRequest { detail: format!("bad path parameter: {e}"), errors: vec![FieldError::new("id", "must be a UUID")] }.into()
+    })
+}
+
+/// Raw bodies (anything not JSON): the same limit.
+pub fn payload_config() -> web::PayloadConfig {
+    web::PayloadConfig::new(MAX_BODY_BYTES)
+}
+
+/// Unknown routes.
+pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!("no route for {} {}", req.method(), req.path())))
+}
+
+fn field_of(e: &serde_json::Error) -> String {
+    // serde names the field in "missing field `x`" / "unknown field `x`".
+    let msg = e.to_string();
+    msg.split('`').nth(1).filter(|_| msg.contains("field")).unwrap_or("body").to_owned()
+}
+
+fn strip_position(msg: &str) -> String {
+    msg.split(" at line ").next().unwrap_or(msg).to_owned()
+}

@@ -1,0 +1,273 @@
+//! Server bootstrap: the CLI every binary shares (`serve`, `migrate`, `--help`),
+//! the [`Platform`] state every handler can reach, and [`Application`], which binds
+//! (port 0 in tests), wires middleware and routes, and shuts down gracefully.
+//!
+//! Shutdown: on SIGTERM/SIGINT actix stops accepting, lets in-flight requests
+//! finish (up to [`DRAIN`]), then the background tasks are cancelled through one
+//! `CancellationToken`.
+
+use std::net::TcpListener;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_cors::Cors;
+use actix_web::dev::Server;
+use actix_web::middleware::{Compress, DefaultHeaders, from_fn};
+use actix_web::{App, HttpServer, web};
+use actix_web_prom::PrometheusMetricsBuilder;
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use futures_util::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+use utoipa_swagger_ui::SwaggerUi;
+use uuid::Uuid;
+
+use crate::auth::Authenticator;
+use crate::cache::Cache;
+use crate::config::{ENV_HELP, Settings};
+use crate::db::{Db, MigrationSet};
+use crate::http::errors::ApiError;
+use crate::http::stats::EndpointStats;
+use crate::metrics::{LATENCY_BUCKETS, Metrics};
+
+/// How long in-flight requests may take to finish after SIGTERM.
+pub const DRAIN: Duration = Duration::from_secs(30);
+
+/// A service-specific check of a session (profile-service owns the sessions table).
+pub type SessionCheck = Arc<dyn Fn(Uuid) -> BoxFuture<'static, Result<(), ApiError>> + Send + Sync>;
+
+/// What a service tells the platform about itself.
+#[derive(Clone)]
+pub struct ServiceDef {
+    /// `journal`, `conversation` or `profile`: metric label, key namespace, logs.
+    pub name: &'static str,
+    pub default_port: u16,
+    pub migrations: MigrationSet,
+    /// Registers the service's routes (and its own app data).
+    pub routes: Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>,
+    pub openapi: utoipa::openapi::OpenApi,
+    /// Builds an extra per-request session check from the pool.
+    pub session_check: Option<fn(Db) -> SessionCheck>,
+}
+
+/// Shared state every handler can reach (`web::Data<Platform>`).
+pub struct Platform {
+    pub service: &'static str,
+    pub settings: Settings,
+    pub db: Db,
+    pub cache: Cache,
+    pub auth: Arc<Authenticator>,
+    pub metrics: Metrics,
+    pub stats: EndpointStats,
+    pub migrations: MigrationSet,
+    pub started: Instant,
+    pub session_check: Option<SessionCheck>,
+}
+
+impl Platform {
+    /// Ends a session everywhere: this replica at once, every other replica of
+    /// every service through Redis pub/sub.
+    pub async fn revoke_session(&self, session_id: Uuid, expires_at: i64) {
+        self.auth.mark_revoked(session_id);
+        if !self.cache.announce_revocation(session_id, expires_at).await {
+            tracing::warn!("logout could not be announced through Redis; other services learn it when it answers");
+        }
+    }
+}
+
+/// How the server runs: signals and workers differ between a binary and a test.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    pub handle_signals: bool,
+    pub workers: Option<usize>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self { handle_signals: true, workers: None }
+    }
+}
+
+/// A bound, ready-to-run service.
+pub struct Application {
+    port: u16,
+    server: Server,
+    platform: web::Data<Platform>,
+    stop: CancellationToken,
+}
+
+impl Application {
+    /// Connects, migrates (unless `RUN_MIGRATIONS=false`), binds and wires everything.
+    pub async fn build(settings: Settings, def: ServiceDef, opts: RunOptions) -> anyhow::Result<Self> {
+        let metrics = Metrics::new(def.name);
+        let db = Db::new(&settings, &metrics);
+        if settings.run_migrations {
+            crate::db::migrate(&db, def.migrations).await?;
+        }
+        let stop = CancellationToken::new();
+        let auth = Arc::new(Authenticator::new(&settings.auth_secret, settings.auth_token_ttl));
+        let on_revoked = {
+            let auth = auth.clone();
+            Arc::new(move |sid: &str| {
+                if let Ok(sid) = sid.parse() {
+                    auth.mark_revoked(sid);
+                }
+            })
+        };
+        let cache = Cache::new(&settings, &metrics, on_revoked, stop.clone()).context("configuring the cache")?;
+        let listener = TcpListener::bind((settings.host, settings.port))
+            .with_context(|| format!("binding {}:{}", settings.host, settings.port))?;
+        let port = listener.local_addr()?.port();
+
+        let platform = web::Data::new(Platform {
+            service: def.name,
+            session_check: def.session_check.map(|make| make(db.clone())),
+            settings,
+            db,
+            cache,
+            auth,
+            metrics,
+            stats: EndpointStats::default(),
+            migrations: def.migrations,
+            started: Instant::now(),
+        });
+        let prometheus = PrometheusMetricsBuilder::new("kai")
+            .registry(platform.metrics.registry.clone())
+            .endpoint("/metrics")
+            .buckets(LATENCY_BUCKETS)
+            .mask_unmatched_patterns("UNMATCHED")
+            .exclude_regex("^/docs")
+            .build()
+            .map_err(|e| anyhow::anyhow!("building HTTP metrics: {e}"))?;
+
+        let server_platform = platform.clone();
+        let mut server = HttpServer::new(move || {
+            let platform = server_platform.clone();
+            let mut cors = Cors::default()
+                .allow_any_method()
+                .allow_any_header()
+                .expose_headers(["x-request-id", "x-response-time", "x-cache", "etag"])
+                .max_age(3600);
+            for origin in &platform.settings.cors_allowed_origins {
+                cors = cors.allowed_origin(origin);
+            }
+            let routes = def.routes.clone();
+            App::new()
+                .app_data(platform)
+                .app_data(crate::http::json_config())
+                .app_data(crate::http::query_config())
+                .app_data(crate::http::path_config())
+                .app_data(crate::http::payload_config())
+                .wrap(from_fn(crate::http::skip_small_bodies))
+                .wrap(Compress::default())
+                .wrap(prometheus.clone())
+                .wrap(cors)
+                .wrap(
+                    DefaultHeaders::new()
+                        .add(("X-Content-Type-Options", "nosniff"))
+                        .add(("X-Frame-Options", "DENY"))
+                        .add(("Referrer-Policy", "no-referrer")),
+                )
+                .wrap(from_fn(crate::http::stamp))
+                .configure(crate::health::routes)
+                .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", def.openapi.clone()))
+                .configure(|cfg| routes(cfg))
+                .default_service(web::to(crate::http::not_found))
+        })
+        .listen(listener)?
+        .shutdown_timeout(DRAIN.as_secs())
+        .client_request_timeout(Duration::from_secs(10))
+        .max_connection_rate(1024);
+        if !opts.handle_signals {
+            server = server.disable_signals();
+        }
+        if let Some(workers) = opts.workers {
+            server = server.workers(workers);
+        }
+        Ok(Self { port, server: server.run(), platform, stop })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The shared state (tests read counters from it).
+    pub fn platform(&self) -> web::Data<Platform> {
+        self.platform.clone()
+    }
+
+    /// A handle to stop the server gracefully (tests).
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until a signal (or the handle) stops the server and in-flight
+    /// requests have finished.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        self.stop.cancel();
+        result
+    }
+}
+
+#[derive(Parser)]
+#[command(version, after_help = ENV_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply pending migrations (unless RUN_MIGRATIONS=false), then serve HTTP (the default).
+    Serve,
+    /// Apply pending migrations and exit.
+    Migrate,
+}
+
+/// The whole of a service's `main`: parse the CLI, read and validate settings (one
+/// clear line and exit code 2 on a bad one), start telemetry, then serve or migrate.
+pub fn main(name: &'static str, default_port: u16, def: impl FnOnce(&Settings) -> anyhow::Result<ServiceDef>) -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::from_env(default_port) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{name}-service: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init(&settings.rust_log, settings.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}-service: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let def = def(&settings)?;
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Migrate => {
+                let metrics = Metrics::new(def.name);
+                let db = Db::new(&settings, &metrics);
+                let applied = crate::db::migrate(&db, def.migrations).await?;
+                tracing::info!(applied, "migrations up to date");
+                Ok(())
+            }
+            Command::Serve => {
+                let app = Application::build(settings, def, RunOptions::default()).await?;
+                tracing::info!(port = app.port(), "{name}-service listening");
+                app.run_until_stopped().await.context("serving")
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "{name}-service stopped with an error");
+            eprintln!("{name}-service: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
