@@ -1,0 +1,94 @@
+"""The deployment contract (SPEC §2, §4, §5, §8) in one place.
+
+Everything the tests assert about names, ports and metrics comes from here,
+so a contract change is a one-line change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+K8S = REPO / "k8s"
+DOCKER = REPO / "docker"
+TESTS = Path(__file__).resolve().parent
+
+# service short name -> (binary / cargo package, port)
+SERVICES: dict[str, tuple[str, int]] = {
+    "journal": ("journal-service", 8081),
+    "conversation": ("conversation-service", 8082),
+    "profile": ("profile-service", 8083),
+}
+BINARIES = {binary: port for binary, port in SERVICES.values()}
+
+# SPEC §2: the complete set of environment variables a service reads.
+LLM_ENV = {"LLM_BASE_URL", "LLM_API_KEY", "LLM_MODEL", "LLM_TIMEOUT_MS"}
+SERVICE_ENV = {
+    "DATABASE_URL",
+    "REDIS_URL",
+    "HOST",
+    "PORT",
+    "AUTH_SECRET",
+    "AUTH_TOKEN_TTL_SECS",
+    "CACHE_ENABLED",
+    "DB_POOL_SIZE",
+    "DB_POOL_TIMEOUT_SECS",
+    "REDIS_POOL_SIZE",
+    "REDIS_TIMEOUT_MS",
+    "SLOW_QUERY_THRESHOLD_MS",
+    "SLOW_REQUEST_THRESHOLD_MS",
+    "CORS_ALLOWED_ORIGINS",
+    "RUST_LOG",
+    "LOG_FORMAT",
+} | LLM_ENV
+REQUIRED_ENV = {"DATABASE_URL", "AUTH_SECRET"}
+SECRET_ENV = {"DATABASE_URL", "REDIS_URL", "AUTH_SECRET", "LLM_API_KEY"}
+
+# SPEC §4 health routes.
+LIVENESS_PATH = "/health"
+READINESS_PATH = "/health/ready"
+METRICS_PATH = "/metrics"
+
+# Ingress: path prefix -> service binary.
+INGRESS_ROUTES = {
+    "/api/auth": "profile-service",
+    "/api/profile": "profile-service",
+    "/api/journal": "journal-service",
+    "/api/conversations": "conversation-service",
+}
+# Must never be reachable through the ingress.
+INTERNAL_PATHS = ("/metrics", "/health", "/health/ready", "/health/detailed", "/docs", "/openapi.json")
+
+# SPEC §5 (plus kai_redis_up). Histograms are exposed as _bucket/_sum/_count.
+COUNTERS = {
+    "kai_http_requests_total",
+    "kai_cache_hits_total",
+    "kai_cache_misses_total",
+    "kai_cache_errors_total",
+    "kai_db_slow_queries_total",
+    "kai_llm_requests_total",
+}
+GAUGES = {"kai_db_pool_connections", "kai_redis_up"}
+HISTOGRAMS = {"kai_http_requests_duration_seconds", "kai_db_query_duration_seconds"}
+METRICS = COUNTERS | GAUGES | HISTOGRAMS
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+
+# CRDs of the Prometheus operator: no schema in kubernetes-validate, checked
+# by hand instead.
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "PodMonitor"}
+
+OVERLAYS = ("dev", "prod")
+
+
+def base_metric_name(name: str) -> str:
+    """Map an exposed series name to its contract metric name.
+
+    kai_http_requests_duration_seconds_bucket -> kai_http_requests_duration_seconds;
+    anything that is not a known metric is returned unchanged.
+    """
+    if name in METRICS:
+        return name
+    for suffix in HISTOGRAM_SUFFIXES:
+        if name.endswith(suffix) and name[: -len(suffix)] in HISTOGRAMS:
+            return name[: -len(suffix)]
+    return name

@@ -1,0 +1,313 @@
+"""The SPEC §8 facts about the Kubernetes workloads, on the rendered YAML."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import by_name, objects, render
+from contract import (
+    BINARIES,
+    LIVENESS_PATH,
+    LLM_ENV,
+    READINESS_PATH,
+    SECRET_ENV,
+    SERVICE_ENV,
+)
+
+DRAIN_SECONDS = 30  # SPEC: a service drains in-flight requests for up to 30 s
+
+
+@pytest.fixture(scope="module", params=sorted(BINARIES))
+def binary(request) -> str:
+    return request.param
+
+
+def deployment(target: str, binary: str) -> dict:
+    deps = by_name(target, "Deployment")
+    assert binary in deps, f"no Deployment {binary} in k8s/{target}"
+    return deps[binary]
+
+
+def container(obj: dict) -> dict:
+    containers = obj["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def configmaps(target: str) -> dict[str, dict]:
+    return by_name(target, "ConfigMap")
+
+
+def secrets(target: str) -> dict[str, dict]:
+    return by_name(target, "Secret")
+
+
+def env_names(target: str, pod_template: dict) -> set[str]:
+    """All env var names a container gets, resolving envFrom ConfigMaps/Secrets
+    that are part of the rendered output."""
+    c = pod_template["spec"]["containers"][0]
+    names = {e["name"] for e in c.get("env", [])}
+    cms, secs = configmaps(target), secrets(target)
+    for src in c.get("envFrom", []):
+        if "configMapRef" in src:
+            ref = src["configMapRef"]
+            if ref["name"] in cms:
+                names |= set(cms[ref["name"]].get("data", {}))
+            else:
+                assert ref.get("optional"), f"ConfigMap {ref['name']} is not rendered and not optional"
+        if "secretRef" in src:
+            ref = src["secretRef"]
+            if ref["name"] in secs:
+                s = secs[ref["name"]]
+                names |= set(s.get("data", {})) | set(s.get("stringData", {}))
+    return names
+
+
+# --- Deployments ---------------------------------------------------------------
+
+
+def test_one_deployment_per_service(target):
+    assert set(by_name(target, "Deployment")) >= set(BINARIES)
+
+
+def test_rolling_update(target, binary):
+    strategy = deployment(target, binary)["spec"]["strategy"]
+    assert strategy["type"] == "RollingUpdate"
+    assert strategy["rollingUpdate"]["maxUnavailable"] == 0
+    assert strategy["rollingUpdate"]["maxSurge"] == 1
+
+
+def test_prometheus_annotations(target, binary):
+    ann = deployment(target, binary)["spec"]["template"]["metadata"]["annotations"]
+    assert ann["prometheus.io/scrape"] == "true"
+    assert ann["prometheus.io/port"] == str(BINARIES[binary])
+    assert ann["prometheus.io/path"] == "/metrics"
+
+
+def test_container_port_and_env_port(target, binary):
+    c = container(deployment(target, binary))
+    assert [p["containerPort"] for p in c["ports"]] == [BINARIES[binary]]
+    env = {e["name"]: e.get("value") for e in c.get("env", [])}
+    assert env.get("PORT") == str(BINARIES[binary])
+
+
+def test_runs_the_binary(target, binary):
+    c = container(deployment(target, binary))
+    assert c["command"] == [binary]
+    assert c.get("args", ["serve"]) == ["serve"]
+
+
+def test_probes(target, binary):
+    c = container(deployment(target, binary))
+    port = c["ports"][0]["name"]
+    for probe, path in (("startupProbe", READINESS_PATH), ("readinessProbe", READINESS_PATH), ("livenessProbe", LIVENESS_PATH)):
+        get = c[probe]["httpGet"]
+        assert get["path"] == path, f"{probe} of {binary} must probe {path}"
+        assert get["port"] in (port, BINARIES[binary])
+    # A startup probe that covers a first start with migrations (>= 2 min).
+    sp = c["startupProbe"]
+    assert sp.get("periodSeconds", 10) * sp.get("failureThreshold", 3) >= 120
+
+
+def test_resources(target, binary):
+    res = container(deployment(target, binary))["resources"]
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= res[kind].keys(), f"{binary}: {kind} must set cpu and memory"
+
+
+def test_security_context(target, binary):
+    spec = deployment(target, binary)["spec"]["template"]["spec"]
+    pod = spec["securityContext"]
+    assert pod["runAsNonRoot"] is True
+    assert isinstance(pod["runAsUser"], int) and pod["runAsUser"] > 0
+    assert pod["seccompProfile"]["type"] == "RuntimeDefault"
+    sc = container(deployment(target, binary))["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert not sc.get("capabilities", {}).get("add")
+    assert spec.get("automountServiceAccountToken") is False
+
+
+def test_graceful_termination(target, binary):
+    spec = deployment(target, binary)["spec"]["template"]["spec"]
+    grace = spec["terminationGracePeriodSeconds"]
+    assert grace == 45
+    pre_stop = container(deployment(target, binary))["lifecycle"]["preStop"]
+    if "sleep" in pre_stop:
+        sleep = int(pre_stop["sleep"]["seconds"])
+    else:
+        cmd = pre_stop["exec"]["command"]
+        assert cmd[0] in ("sleep", "/bin/sleep"), cmd
+        sleep = int(cmd[1])
+    assert sleep > 0
+    assert sleep + DRAIN_SECONDS < grace, "preStop sleep + drain must fit in the grace period"
+
+
+def test_env_from_config_and_secret(target, binary):
+    c = container(deployment(target, binary))
+    kinds = {next(iter(k for k in src if k in ("configMapRef", "secretRef"))) for src in c["envFrom"]}
+    assert kinds == {"configMapRef", "secretRef"}
+
+
+def test_env_names_are_the_contract(target, binary):
+    tmpl = deployment(target, binary)["spec"]["template"]
+    names = env_names(target, tmpl)
+    unknown = names - SERVICE_ENV
+    assert not unknown, f"{binary} gets env vars outside SPEC §2: {sorted(unknown)}"
+    if binary != "conversation-service":
+        assert not names & LLM_ENV, f"LLM_* are for conversation-service only ({binary})"
+
+
+def test_no_secret_in_configmaps(target):
+    for name, cm in configmaps(target).items():
+        leaked = set(cm.get("data", {})) & SECRET_ENV
+        assert not leaked, f"ConfigMap {name} carries secrets {leaked}"
+
+
+def test_no_plain_env_secrets(target):
+    for kind in ("Deployment", "Job"):
+        for o in objects(target, kind):
+            for e in container(o).get("env", []):
+                assert e["name"] not in SECRET_ENV or "valueFrom" in e, f"{kind}/{o['metadata']['name']}: {e['name']} inline"
+
+
+def test_secrets_are_examples_only(target):
+    """Secrets committed to the repository hold example values, never real ones."""
+    for name, s in secrets(target).items():
+        if name.startswith("kai-postgres"):
+            continue
+        values = " ".join(str(v) for v in s.get("stringData", {}).values()).lower()
+        if "AUTH_SECRET" in s.get("stringData", {}):
+            assert "example" in values or "dev-only" in values, f"Secret {name} does not look like an example"
+            assert len(s["stringData"]["AUTH_SECRET"].encode()) >= 32
+
+
+def test_prod_ships_no_secrets():
+    assert not objects("overlays/prod", "Secret"), "prod must take its Secrets from outside the repository"
+
+
+# --- replicas, images ----------------------------------------------------------
+
+
+def test_dev_single_replica(binary):
+    assert deployment("overlays/dev", binary)["spec"]["replicas"] == 1
+
+
+def test_prod_more_replicas_than_dev(binary):
+    dev = deployment("overlays/dev", binary)["spec"]["replicas"]
+    prod = deployment("overlays/prod", binary)["spec"]["replicas"]
+    assert prod > dev
+    assert prod >= 2, "prod needs at least two replicas to survive a pod loss"
+
+
+def test_prod_bigger_limits(binary):
+    def mem(v: str) -> int:
+        units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+        for u, f in units.items():
+            if v.endswith(u):
+                return int(v[: -len(u)]) * f
+        return int(v)
+
+    dev = container(deployment("overlays/dev", binary))["resources"]["limits"]
+    prod = container(deployment("overlays/prod", binary))["resources"]["limits"]
+    assert mem(prod["memory"]) > mem(dev["memory"])
+
+
+def _image_tag(image: str) -> str | None:
+    if "@sha256:" in image:
+        return image.split("@", 1)[1]
+    last = image.rsplit("/", 1)[-1]
+    return last.split(":", 1)[1] if ":" in last else None
+
+
+def test_prod_images_pinned():
+    imgs = [container(o)["image"] for kind in ("Deployment", "Job") for o in objects("overlays/prod", kind)]
+    assert imgs
+    for image in imgs:
+        tag = _image_tag(image)
+        assert tag and tag != "latest", f"prod image {image} is not pinned"
+
+
+def _image_repo(image: str) -> str:
+    image = image.split("@", 1)[0]
+    head, _, last = image.rpartition("/")
+    return f"{head}/{last.split(':', 1)[0]}" if head else last.split(":", 1)[0]
+
+
+def test_images_match_service(target):
+    for kind in ("Deployment", "Job"):
+        for o in objects(target, kind):
+            name = o["metadata"]["labels"]["app.kubernetes.io/name"]
+            if name not in BINARIES:
+                continue
+            repo = _image_repo(container(o)["image"])
+            assert repo.endswith("/" + name), f"{kind}/{o['metadata']['name']} runs {repo}"
+
+
+# --- Service, HPA, PDB, Jobs ---------------------------------------------------
+
+
+def test_services(target, binary):
+    svc = by_name(target, "Service")[binary]
+    assert [p["port"] for p in svc["spec"]["ports"]] == [BINARIES[binary]]
+    assert svc["spec"]["ports"][0]["name"] == "http"
+    sel = svc["spec"]["selector"]
+    labels = deployment(target, binary)["spec"]["template"]["metadata"]["labels"]
+    assert sel.items() <= labels.items(), "Service selector must match the pods"
+    # and only the API pods, not the migration Job
+    assert sel.get("app.kubernetes.io/component") == "api"
+
+
+def test_hpa(target, binary):
+    hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in objects(target, "HorizontalPodAutoscaler")}
+    hpa = hpas[binary]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"]["kind"] == "Deployment"
+    assert [m["resource"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Resource"] == ["cpu"]
+    assert hpa["spec"]["minReplicas"] <= deployment(target, binary)["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
+
+
+def test_pdb(target, binary):
+    pdbs = [p for p in objects(target, "PodDisruptionBudget")
+            if p["spec"]["selector"]["matchLabels"].get("app.kubernetes.io/name") == binary]
+    assert len(pdbs) == 1
+    pdb = pdbs[0]
+    assert pdb["apiVersion"] == "policy/v1"
+    labels = deployment(target, binary)["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert ("maxUnavailable" in pdb["spec"]) != ("minAvailable" in pdb["spec"])
+
+
+def test_migration_job(target, binary):
+    jobs = [j for j in objects(target, "Job") if container(j)["command"][:1] == [binary]]
+    assert len(jobs) == 1, f"expected one migration Job for {binary}"
+    job = jobs[0]
+    c = container(job)
+    assert c["command"] + c.get("args", []) == [binary, "migrate"]
+    spec = job["spec"]["template"]["spec"]
+    assert spec["restartPolicy"] in ("OnFailure", "Never")
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    names = env_names(target, job["spec"]["template"])
+    assert not names - SERVICE_ENV
+    assert {"DATABASE_URL", "AUTH_SECRET"} <= names or target == "overlays/prod"
+    # same image as the service it migrates
+    assert c["image"] == container(deployment(target, binary))["image"]
+
+
+def test_all_pods_restricted(target):
+    """Every pod in the rendered output (also dev PostgreSQL/Redis) passes the
+    core of the 'restricted' Pod Security Standard, which the namespaces enforce."""
+    for o in render(target):
+        if o["kind"] not in ("Deployment", "StatefulSet", "Job", "DaemonSet"):
+            continue
+        spec = o["spec"]["template"]["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True, o["metadata"]["name"]
+        assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", o["metadata"]["name"]
+        for c in spec["containers"]:
+            assert c["securityContext"]["allowPrivilegeEscalation"] is False, o["metadata"]["name"]
+            assert c["securityContext"]["capabilities"]["drop"] == ["ALL"], o["metadata"]["name"]

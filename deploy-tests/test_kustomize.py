@@ -1,0 +1,70 @@
+"""kustomize renders, and every rendered object is valid Kubernetes."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+import pytest
+
+from conftest import render
+from contract import CRD_KINDS
+
+
+def test_renders(target):
+    objs = render(target)
+    assert objs, f"k8s/{target} rendered nothing"
+    for o in objs:
+        assert {"apiVersion", "kind", "metadata"} <= o.keys(), o
+        assert o["metadata"].get("name"), o
+
+
+def test_names_unique(target):
+    seen = set()
+    for o in render(target):
+        key = (o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"])
+        assert key not in seen, f"duplicate object {key}"
+        seen.add(key)
+
+
+def test_overlays_set_namespace(overlay):
+    namespaces = {o["metadata"].get("namespace") for o in render(overlay) if o["kind"] != "Namespace"}
+    assert len(namespaces) == 1 and None not in namespaces, namespaces
+    (ns,) = namespaces
+    ns_objs = [o for o in render(overlay) if o["kind"] == "Namespace"]
+    assert [o["metadata"]["name"] for o in ns_objs] == [ns]
+    # Pod Security Admission: everything in the namespace runs "restricted".
+    assert ns_objs[0]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_schema_version_available(k8s_schema_version):
+    # Reported in the pytest header by scripts/check-deploy as well.
+    print(f"kubernetes-validate {version('kubernetes-validate')}: schemas for Kubernetes {k8s_schema_version}")
+    assert k8s_schema_version
+
+
+def test_schema_valid(target, k8s_schema_version):
+    """Strict offline validation (unknown fields rejected) of every built-in kind."""
+    from kubernetes_validate.utils import ValidationError, validate
+
+    checked = 0
+    errors = []
+    for o in render(target):
+        if o["kind"] in CRD_KINDS:
+            continue
+        try:
+            validate(o, k8s_schema_version, strict=True)
+            checked += 1
+        except ValidationError as e:
+            path = "/".join(str(p) for p in e.path)
+            errors.append(f"{o['kind']}/{o['metadata']['name']}: {path}: {e.message}")
+    assert not errors, "\n".join(errors)
+    assert checked > 0
+
+
+@pytest.mark.parametrize("kind", sorted(CRD_KINDS - {"PodMonitor"}))
+def test_crds_present_with_expected_api(target, kind):
+    objs = [o for o in render(target) if o["kind"] == kind]
+    assert objs, f"no {kind} in k8s/{target}"
+    for o in objs:
+        assert o["apiVersion"] == "monitoring.coreos.com/v1"
+        assert isinstance(o.get("spec"), dict) and o["spec"], f"{kind}/{o['metadata']['name']} has no spec"

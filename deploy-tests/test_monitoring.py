@@ -1,0 +1,296 @@
+"""Prometheus operator objects, alert rules, the compose Prometheus config and
+the Grafana dashboard: structure, promtool, and the metric-name contract.
+
+Also writes deploy-tests/metric_names.txt: the contract metrics the dashboard
+and the alerts depend on (base names, histograms without _bucket/_sum/_count),
+one per line, for the Rust end-to-end suite to check against a live /metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import objects
+from contract import BINARIES, DOCKER, HISTOGRAMS, METRICS, TESTS, base_metric_name
+from promql import metric_names, substitute_grafana_variables
+
+DASHBOARD = DOCKER / "grafana" / "dashboards" / "kai.json"
+PROMETHEUS_YML = DOCKER / "prometheus" / "prometheus.yml"
+METRIC_NAMES_FILE = TESTS / "metric_names.txt"
+ALERT_UNIT_TESTS = TESTS / "promtool" / "kai-alerts.test.yml"
+
+
+def run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+# --- ServiceMonitor ------------------------------------------------------------
+
+
+def test_one_servicemonitor_per_service(target):
+    sms = objects(target, "ServiceMonitor")
+    services = {s["metadata"]["name"]: s for s in objects(target, "Service")}
+    covered = set()
+    for sm in sms:
+        sel = sm["spec"]["selector"]["matchLabels"]
+        matched = [n for n, s in services.items() if sel.items() <= s["metadata"].get("labels", {}).items()]
+        assert len(matched) == 1, f"ServiceMonitor {sm['metadata']['name']} selects {matched}"
+        svc = services[matched[0]]
+        port_names = {p["name"] for p in svc["spec"]["ports"]}
+        (endpoint,) = sm["spec"]["endpoints"]
+        assert endpoint["port"] in port_names
+        assert endpoint["path"] == "/metrics"
+        # keep the services' own `service` label (journal, ...), otherwise the
+        # operator's target label (the Service name) replaces it
+        assert endpoint["honorLabels"] is True
+        covered.add(matched[0])
+    assert covered == set(BINARIES)
+
+
+# --- PrometheusRule ------------------------------------------------------------
+
+
+def prometheus_rule(target: str = "base") -> dict:
+    (rule,) = objects(target, "PrometheusRule")
+    return rule
+
+
+def all_rules(target: str = "base") -> list[dict]:
+    return [r for g in prometheus_rule(target)["spec"]["groups"] for r in g["rules"]]
+
+
+def test_prometheusrule_structure(target):
+    spec = prometheus_rule(target)["spec"]
+    names = [g["name"] for g in spec["groups"]]
+    assert len(names) == len(set(names)), "group names must be unique"
+    for g in spec["groups"]:
+        assert g["rules"], g["name"]
+        for r in g["rules"]:
+            assert ("alert" in r) != ("record" in r)
+            assert isinstance(r["expr"], str) and r["expr"].strip()
+            if "alert" in r:
+                assert re.fullmatch(r"[A-Z][A-Za-z0-9]+", r["alert"])
+                assert r["labels"]["severity"] in ("info", "warning", "critical")
+                assert {"summary", "description"} <= r["annotations"].keys()
+                assert re.fullmatch(r"\d+[smh]", r.get("for", "0s"))
+
+
+REQUIRED_ALERTS = {
+    # alert name -> metric it must be based on
+    "KaiHighP95Latency": "kai_http_requests_duration_seconds",
+    "KaiHighErrorRatio": "kai_http_requests_total",
+    "KaiCacheHitRateLow": "kai_cache_hits_total",
+    "KaiDbPoolWaiting": "kai_db_pool_connections",
+    "KaiDbPoolSaturated": "kai_db_pool_connections",
+    "KaiRedisDegraded": "kai_redis_up",
+}
+
+
+@pytest.mark.parametrize("alert,metric", sorted(REQUIRED_ALERTS.items()))
+def test_required_alerts(alert, metric):
+    rules = {r["alert"]: r for r in all_rules() if "alert" in r}
+    assert alert in rules
+    used = {base_metric_name(m) for m in metric_names(rules[alert]["expr"])}
+    assert metric in used
+
+
+def test_latency_alert_is_p95_over_histogram():
+    (r,) = [r for r in all_rules() if r.get("alert") == "KaiHighP95Latency"]
+    assert re.search(r"histogram_quantile\(\s*0\.95\s*,", r["expr"])
+    assert "kai_http_requests_duration_seconds_bucket" in r["expr"]
+
+
+def test_error_alert_counts_5xx():
+    (r,) = [r for r in all_rules() if r.get("alert") == "KaiHighErrorRatio"]
+    assert 'status=~"5.."' in r["expr"]
+
+
+def test_alert_expressions_use_contract_metrics_only():
+    for r in all_rules():
+        unknown = {m for m in metric_names(r["expr"]) if base_metric_name(m) not in METRICS}
+        assert not unknown, f"{r.get('alert') or r.get('record')}: unknown metrics {unknown}"
+        for m in metric_names(r["expr"]):
+            if base_metric_name(m) in HISTOGRAMS:
+                assert m != base_metric_name(m), f"histogram {m} must be used with _bucket/_sum/_count"
+
+
+@pytest.fixture(scope="module")
+def rules_dir(tmp_path_factory) -> Path:
+    """The PrometheusRule spec written out as a plain Prometheus rules file."""
+    d = tmp_path_factory.mktemp("rules")
+    (d / "kai-rules.yml").write_text(yaml.safe_dump(prometheus_rule()["spec"], sort_keys=False))
+    return d
+
+
+def test_promtool_check_rules(promtool, rules_dir):
+    proc = run([promtool, "check", "rules", str(rules_dir / "kai-rules.yml")])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS" in proc.stdout
+
+
+def test_promtool_alert_unit_tests(promtool, rules_dir):
+    shutil.copy(ALERT_UNIT_TESTS, rules_dir / ALERT_UNIT_TESTS.name)
+    proc = run([promtool, "test", "rules", ALERT_UNIT_TESTS.name], cwd=rules_dir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_alert_has_a_unit_test():
+    tested = {t["alertname"] for case in yaml.safe_load(ALERT_UNIT_TESTS.read_text())["tests"]
+              for t in case.get("alert_rule_test", [])}
+    missing = set(REQUIRED_ALERTS) - tested
+    assert not missing, f"alerts without promtool unit tests: {missing}"
+
+
+def test_overlays_keep_rules(overlay):
+    assert prometheus_rule(overlay)["spec"] == prometheus_rule("base")["spec"]
+
+
+# --- compose Prometheus --------------------------------------------------------
+
+
+def test_prometheus_config_scrapes_all_services():
+    cfg = yaml.safe_load(PROMETHEUS_YML.read_text())
+    targets = {}
+    for job in cfg["scrape_configs"]:
+        for sc in job.get("static_configs", []):
+            for t in sc["targets"]:
+                targets[t] = job.get("metrics_path", "/metrics")
+    for binary, port in BINARIES.items():
+        host = binary.removesuffix("-service")
+        assert targets.get(f"{host}:{port}") == "/metrics", f"{host}:{port} not scraped at /metrics"
+
+
+def test_promtool_check_config(promtool):
+    proc = run([promtool, "check", "config", str(PROMETHEUS_YML)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# --- Grafana -------------------------------------------------------------------
+
+
+def dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+def panel_exprs(d: dict) -> list[tuple[str, str]]:
+    out = []
+
+    def walk(panels):
+        for p in panels:
+            for t in p.get("targets", []):
+                if t.get("expr"):
+                    out.append((p.get("title", "?"), t["expr"]))
+            walk(p.get("panels", []))
+
+    walk(d["panels"])
+    return out
+
+
+def variable_exprs(d: dict) -> list[tuple[str, str]]:
+    out = []
+    for v in d.get("templating", {}).get("list", []):
+        if v.get("type") != "query":
+            continue
+        q = v["query"]["query"] if isinstance(v["query"], dict) else v["query"]
+        m = re.fullmatch(r"\s*label_values\((.*),\s*[A-Za-z_][A-Za-z0-9_]*\)\s*", q)
+        out.append((f"${v['name']}", m.group(1) if m else q))
+    return out
+
+
+def dashboard_exprs() -> list[tuple[str, str]]:
+    d = dashboard()
+    return panel_exprs(d) + variable_exprs(d)
+
+
+def test_dashboard_is_valid_json_with_panels():
+    d = dashboard()
+    assert d["uid"] and d["title"]
+    assert panel_exprs(d), "dashboard has no queries"
+    ids = [p["id"] for p in d["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+
+
+def test_dashboard_provisioning():
+    ds = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    (prom,) = [s for s in ds["datasources"] if s["type"] == "prometheus"]
+    assert prom["url"] == "http://prometheus:9090"
+    prov = yaml.safe_load((DOCKER / "grafana/provisioning/dashboards/kai.yml").read_text())
+    (provider,) = prov["providers"]
+    assert provider["type"] == "file"
+    # the compose file mounts docker/grafana/dashboards there
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+    d = dashboard()
+    var_default = [v for v in d["templating"]["list"] if v["type"] == "datasource"][0]["current"]["value"]
+    assert var_default == prom["uid"]
+
+
+@pytest.mark.parametrize("needle", [
+    "kai_http_requests_total",                      # request rate
+    'status=~"5.."',                                # 5xx error rate
+    "histogram_quantile(0.50",                      # p50
+    "histogram_quantile(0.95",                      # p95
+    "histogram_quantile(0.99",                      # p99
+    "kai_http_requests_duration_seconds_bucket",
+    "sum by (namespace) (rate(kai_cache_hits_total",  # hit rate per namespace
+    "kai_cache_misses_total",
+    "kai_db_pool_connections",                      # pool usage
+    "kai_db_slow_queries_total",                    # slow queries
+    "sum by (outcome) (rate(kai_llm_requests_total",  # LLM calls by outcome
+])
+def test_dashboard_covers(needle):
+    assert any(needle in e for _, e in panel_exprs(dashboard())), needle
+
+
+def test_latency_per_endpoint():
+    exprs = [e for _, e in panel_exprs(dashboard()) if "kai_http_requests_duration_seconds_bucket" in e]
+    for q in ("0.50", "0.95", "0.99"):
+        assert any(f"histogram_quantile({q}" in e and "endpoint" in e.split("by (")[1].split(")")[0] for e in exprs), q
+
+
+def test_dashboard_uses_contract_metrics_only():
+    for where, expr in dashboard_exprs():
+        names = metric_names(expr)
+        assert names, f"{where}: no metric in {expr!r}"
+        unknown = {m for m in names if base_metric_name(m) not in METRICS}
+        assert not unknown, f"{where}: unknown metrics {unknown} in {expr!r}"
+        for m in names:
+            if base_metric_name(m) in HISTOGRAMS:
+                assert m != base_metric_name(m), f"{where}: histogram {m} without _bucket/_sum/_count"
+
+
+def test_dashboard_queries_parse(promtool, tmp_path):
+    """promtool parses every dashboard query (Grafana variables substituted),
+    by checking them as recording rules."""
+    rules = [{"record": f"kai:dashboard:{i}", "expr": substitute_grafana_variables(expr)}
+             for i, (_, expr) in enumerate(panel_exprs(dashboard()))]
+    f = tmp_path / "dashboard-rules.yml"
+    f.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    proc = run([promtool, "check", "rules", str(f)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# --- metric_names.txt ------------------------------------------------------------
+
+
+def used_metric_names() -> list[str]:
+    exprs = [e for _, e in dashboard_exprs()] + [r["expr"] for r in all_rules()]
+    return sorted({base_metric_name(m) for e in exprs for m in metric_names(e)})
+
+
+def test_metric_names_file():
+    """Write (when it changed) and check deploy-tests/metric_names.txt."""
+    names = used_metric_names()
+    assert set(names) <= METRICS
+    content = "\n".join(names) + "\n"
+    if not METRIC_NAMES_FILE.exists() or METRIC_NAMES_FILE.read_text() != content:
+        METRIC_NAMES_FILE.write_text(content)
+    assert METRIC_NAMES_FILE.read_text().splitlines() == names
+    # everything the contract promises is watched somewhere
+    assert set(names) == METRICS, f"contract metrics not on the dashboard or in alerts: {METRICS - set(names)}"
