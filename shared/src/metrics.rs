@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// Buckets for sub-millisecond to multi-second work.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -23,7 +23,6 @@ pub struct Metrics {
     pub cache_errors: IntCounterVec,
     pub db_query_duration: Histogram,
     pub db_slow_queries: IntCounter,
-    pub db_pool_connections: IntGaugeVec,
     pub llm_requests: IntCounterVec,
     pub redis_up: IntGauge,
 }
@@ -53,14 +52,9 @@ impl Metrics {
             IntCounter::new("kai_db_slow_queries_total", "Statements slower than SLOW_QUERY_THRESHOLD_MS")
                 .expect("valid metric");
         registry.register(Box::new(db_slow_queries.clone())).expect("metric registered once");
-        let db_pool_connections = IntGaugeVec::new(
-            Opts::new("kai_db_pool_connections", "PostgreSQL pool connections by state"),
-            &["state"],
-        )
-        .expect("valid metric");
-        registry.register(Box::new(db_pool_connections.clone())).expect("metric registered once");
+        // Registered only when Redis is configured (see cache::redis): absent, not 0,
+        // for a service that runs without Redis, so the "Redis degraded" alert stays quiet.
         let redis_up = IntGauge::new("kai_redis_up", "1 when Redis answers (circuit closed), else 0").expect("valid metric");
-        registry.register(Box::new(redis_up.clone())).expect("metric registered once");
 
         Self {
             registry,
@@ -69,7 +63,6 @@ impl Metrics {
             cache_errors,
             db_query_duration,
             db_slow_queries,
-            db_pool_connections,
             llm_requests,
             redis_up,
         }

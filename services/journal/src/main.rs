@@ -1,1 +1,5 @@
-fn main(){}
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    kai_shared::server::main("journal", journal_service::DEFAULT_PORT, |_| Ok(journal_service::service()))
+}

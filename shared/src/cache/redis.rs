@@ -147,6 +147,7 @@ impl L2 {
             .retry_connection(false)
             .error_sink(Box::new(LogSink))
             .build_unchecked(Manager(RedisConnectionManager::new(url)?));
+        let _ = metrics.registry.register(Box::new(metrics.redis_up.clone()));
         metrics.redis_up.set(1);
         Ok(Self {
             pool,

@@ -3,6 +3,7 @@
 //! for every extractor failure, and cached-response rendering with ETags.
 
 pub mod errors;
+pub mod openapi;
 pub mod respond;
 pub mod stats;
 
@@ -138,4 +139,14 @@ fn field_of(e: &serde_json::Error) -> String {
 
 fn strip_position(msg: &str) -> String {
     msg.split(" at line ").next().unwrap_or(msg).to_owned()
+}
+
+/// For PATCH bodies: tells "absent" (`None`) from "null" (`Some(None)`).
+/// Use with `#[serde(default, deserialize_with = "kai_shared::http::double_option")]`.
+pub fn double_option<'de, T, D>(de: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    serde::Deserialize::deserialize(de).map(Some)
 }

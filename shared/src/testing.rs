@@ -1,0 +1,271 @@
+//! Test helpers: every test gets its own PostgreSQL database (created empty,
+//! migrated by the application under test, dropped afterwards) and its own Redis
+//! key prefix (deleted afterwards), so tests run in parallel and leave nothing
+//! behind. [`PrivateRedis`] starts a redis-server of the test's own, which the test
+//! may pause, kill and restart.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use crate::config::Settings;
+use crate::server::{Application, RunOptions, ServiceDef};
+
+pub const TEST_SECRET: &str = "kai-test-secret-kai-test-secret-0123456789";
+
+/// The maintenance database URL (`TEST_DATABASE_URL`, default local trust auth).
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// The shared Redis (`TEST_REDIS_URL`, default local).
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A throwaway database, dropped (with its connections) when this is dropped.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn create() -> Self {
+        let name = format!("kai_test_{}", Uuid::new_v4().simple());
+        let (client, conn) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL must be running (see README: scripts/test starts it)");
+        tokio::spawn(conn);
+        client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create test database");
+        let base = admin_url();
+        let url = match base.rsplit_once('/') {
+            Some((head, _)) => format!("{head}/{name}"),
+            None => base,
+        };
+        Self { name, url }
+    }
+
+    /// A direct connection for assertions (outside the pool under test).
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await.expect("connect");
+        tokio::spawn(conn);
+        client
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop may run inside a runtime: do the async work on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async {
+                if let Ok((client, conn)) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls).await {
+                    tokio::spawn(conn);
+                    let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A private key prefix on a Redis server; its keys are deleted on drop.
+pub struct TestPrefix {
+    pub prefix: String,
+    pub url: String,
+}
+
+impl TestPrefix {
+    pub fn new(url: &str) -> Self {
+        Self { prefix: format!("kai-test-{}", Uuid::new_v4().simple()), url: url.to_owned() }
+    }
+}
+
+impl Drop for TestPrefix {
+    fn drop(&mut self) {
+        let Ok(client) = redis::Client::open(self.url.as_str()) else { return };
+        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(1)) else { return };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        // Cleanup only (never a request path): SCAN is fine here.
+        let keys: Vec<String> = match redis::cmd("KEYS").arg(format!("{}:*", self.prefix)).query(&mut conn) {
+            Ok(k) => k,
+            Err(_) => return,
+        };
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+        }
+    }
+}
+
+/// A redis-server of the test's own, on a free port; killed on drop.
+pub struct PrivateRedis {
+    pub port: u16,
+    child: Child,
+}
+
+impl PrivateRedis {
+    pub fn start() -> Self {
+        let port = free_port();
+        let child = Self::spawn(port);
+        let me = Self { port, child };
+        me.wait_ready();
+        me
+    }
+
+    fn spawn(port: u16) -> Child {
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed")
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(client) = redis::Client::open(self.url())
+                && let Ok(mut c) = client.get_connection_with_timeout(Duration::from_millis(200))
+                && redis::cmd("PING").query::<String>(&mut c).is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("private redis-server did not start on port {}", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGSTOP: the process keeps its sockets and data but answers nothing.
+    pub fn pause(&self) {
+        signal(self.child.id(), "STOP");
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        signal(self.child.id(), "CONT");
+    }
+
+    /// Kills the server (its data is lost).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a fresh, empty server on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Self::spawn(self.port);
+        self.wait_ready();
+    }
+
+    /// A synchronous connection for assertions (`INFO commandstats`, …).
+    pub fn connection(&self) -> redis::Connection {
+        let c = redis::Client::open(self.url()).expect("url").get_connection_with_timeout(Duration::from_secs(2)).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        c
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        signal(self.child.id(), "CONT");
+        self.kill();
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status();
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Settings for a test: port 0, quiet pool timeouts, a private cache prefix.
+pub fn settings(database_url: &str, redis_url: Option<&str>, prefix: &str, extra: &[(&str, &str)]) -> Settings {
+    let mut env: std::collections::HashMap<String, String> = [
+        ("DATABASE_URL", database_url),
+        ("AUTH_SECRET", TEST_SECRET),
+        ("HOST", "127.0.0.1"),
+        ("PORT", "0"),
+        ("DB_POOL_SIZE", "8"),
+        ("DB_POOL_TIMEOUT_SECS", "5"),
+        ("REDIS_TIMEOUT_MS", "250"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    if let Some(url) = redis_url {
+        env.insert("REDIS_URL".into(), url.into());
+    }
+    for (k, v) in extra {
+        env.insert((*k).into(), (*v).into());
+    }
+    let mut s = Settings::from_lookup(0, |k| env.get(k).cloned()).expect("valid test settings");
+    s.cache_prefix = prefix.to_owned();
+    s
+}
+
+/// Mints an access token the services accept.
+pub fn token(user_id: Uuid) -> String {
+    let auth = crate::auth::Authenticator::new(&secrecy::SecretString::from(TEST_SECRET), Duration::from_secs(3600));
+    auth.mint(user_id, Uuid::new_v4()).expect("mint").0
+}
+
+/// One running service under test.
+pub struct TestApp {
+    pub address: String,
+    pub platform: actix_web::web::Data<crate::Platform>,
+    pub client: reqwest::Client,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl TestApp {
+    /// Builds and starts `def` with `settings` (migrations applied) on a free port.
+    pub async fn start(def: ServiceDef, settings: Settings) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let app = Application::build(settings, def, RunOptions { handle_signals: false, workers: Some(2) })
+            .await
+            .expect("application builds");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let platform = app.platform();
+        let handle = app.handle();
+        tokio::spawn(app.run_until_stopped());
+        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+        let me = Self { address, platform, client, handle };
+        me.wait_for_redis_subscription().await;
+        me
+    }
+
+    /// With Redis, waits until the invalidation subscription is up, so a test's
+    /// first cross-replica write is heard.
+    async fn wait_for_redis_subscription(&self) {
+        if self.platform.cache.redis_available().is_none() {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.platform.cache.l1_trusted() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    /// Statements this service has run so far.
+    pub fn statements(&self) -> u64 {
+        self.platform.db.statements_executed()
+    }
+
+    pub async fn stop(&self) {
+        self.handle.stop(true).await;
+    }
+}
