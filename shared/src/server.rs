@@ -47,6 +47,9 @@ pub struct ServiceDef {
     /// Registers the service's routes (and its own app data).
     pub routes: Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>,
     pub openapi: utoipa::openapi::OpenApi,
+    /// Cache namespaces, exported at zero from the start so dashboards and alerts
+    /// see every series before its first event.
+    pub cache_namespaces: &'static [&'static str],
     /// Builds an extra per-request session check from the pool.
     pub session_check: Option<fn(Db) -> SessionCheck>,
 }
@@ -101,6 +104,11 @@ impl Application {
     /// Connects, migrates (unless `RUN_MIGRATIONS=false`), binds and wires everything.
     pub async fn build(settings: Settings, def: ServiceDef, opts: RunOptions) -> anyhow::Result<Self> {
         let metrics = Metrics::new(def.name);
+        for ns in def.cache_namespaces {
+            metrics.cache_hits.with_label_values(&[ns]);
+            metrics.cache_misses.with_label_values(&[ns]);
+            metrics.cache_errors.with_label_values(&[ns]);
+        }
         let db = Db::new(&settings, &metrics);
         if settings.run_migrations {
             crate::db::migrate(&db, def.migrations).await?;

@@ -34,6 +34,7 @@ pub fn service() -> ServiceDef {
         migrations: MIGRATIONS,
         routes: Arc::new(routes::configure),
         openapi: routes::ApiDoc::openapi(),
+        cache_namespaces: &[cache_rules::LIST.namespace, cache_rules::ENTRY.namespace, cache_rules::STATS.namespace],
         session_check: None,
     }
 }

@@ -1,0 +1,164 @@
+use std::collections::HashSet;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{User, assert_problem, read, spawn};
+
+#[tokio::test]
+async fn page_mode_lists_newest_first_with_totals() {
+    let j = spawn().await;
+    let user = User::new();
+    for i in 0..25 {
+        j.entry(&user, &format!("entry {i}")).await;
+    }
+    let (status, _, page1) = read(&j.app, &user, "/api/journal/entries?page=1&page_size=10").await;
+    assert_eq!(status, 200);
+    assert_eq!((page1["total"].clone(), page1["page"].clone(), page1["page_size"].clone(), page1["has_more"].clone()), (json!(25), json!(1), json!(10), json!(true)));
+    assert_eq!(page1["entries"][0]["content"], "entry 24");
+    let (_, _, page3) = read(&j.app, &user, "/api/journal/entries?page=3&page_size=10").await;
+    assert_eq!(page3["entries"].as_array().unwrap().len(), 5);
+    assert_eq!(page3["has_more"], false);
+    assert_eq!(page3["entries"][4]["content"], "entry 0");
+    let (_, _, past) = read(&j.app, &user, "/api/journal/entries?page=9").await;
+    assert_eq!((past["entries"].clone(), past["has_more"].clone()), (json!([]), json!(false)));
+    let (_, _, default) = read(&j.app, &user, "/api/journal/entries").await;
+    assert_eq!(default["page_size"], 20);
+}
+
+#[tokio::test]
+async fn bad_list_parameters_are_rejected() {
+    let j = spawn().await;
+    let user = User::new();
+    for q in ["page=0", "page_size=0", "page_size=101", "page=abc", "limit=0", "limit=101", "cursor=bogus", "sort=evil"] {
+        assert_problem(j.get(&user, &format!("/api/journal/entries?{q}")).send().await.unwrap(), 400).await;
+    }
+}
+
+#[tokio::test]
+async fn cursor_paging_never_skips_or_repeats_even_with_equal_timestamps() {
+    let j = spawn().await;
+    let user = User::new();
+    // 23 entries sharing one created_at, plus 4 others around them.
+    let conn = j.db.connect().await;
+    conn.execute(
+        "INSERT INTO journal.journal_entries (id, user_id, content, created_at)
+         SELECT gen_random_uuid(), $1, 'same ' || g, timestamptz '2026-01-01 12:00:00+00' FROM generate_series(1, 23) g",
+        &[&user.id],
+    )
+    .await
+    .unwrap();
+    conn.execute(
+        "INSERT INTO journal.journal_entries (id, user_id, content, created_at)
+         SELECT gen_random_uuid(), $1, 'other ' || g, timestamptz '2026-01-01 12:00:00+00' + g * interval '1 hour' * (CASE WHEN g % 2 = 0 THEN 1 ELSE -1 END)
+         FROM generate_series(1, 4) g",
+        &[&user.id],
+    )
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            None => "/api/journal/entries?limit=7".to_owned(),
+            Some(c) => format!("/api/journal/entries?limit=7&cursor={c}"),
+        };
+        let (status, _, page) = read(&j.app, &user, &path).await;
+        assert_eq!(status, 200, "{page}");
+        pages += 1;
+        for e in page["entries"].as_array().unwrap() {
+            seen.push((e["created_at"].as_str().unwrap().to_owned(), e["id"].as_str().unwrap().to_owned()));
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => {
+                assert_eq!(page["has_more"], true);
+                cursor = Some(c.to_owned());
+            }
+            None => {
+                assert_eq!(page["has_more"], false);
+                break;
+            }
+        }
+        assert!(pages < 10, "paging does not terminate");
+    }
+    assert_eq!(seen.len(), 27, "every entry exactly once");
+    assert_eq!(seen.iter().map(|(_, id)| id).collect::<HashSet<_>>().len(), 27);
+    let mut sorted = seen.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(seen, sorted, "newest first, id descending within a timestamp");
+    assert_eq!(pages, 4);
+}
+
+#[tokio::test]
+async fn a_page_costs_the_same_statements_whatever_the_table_holds() {
+    let j = spawn().await;
+    let (small, big) = (User::new(), User::new());
+    let conn = j.db.connect().await;
+    for (user, n) in [(&small, 25), (&big, 2_000)] {
+        conn.execute(
+            "INSERT INTO journal.journal_entries (id, user_id, content, mood, created_at)
+             SELECT gen_random_uuid(), $1, 'entry ' || g, 1 + g % 10, now() - g * interval '1 minute' FROM generate_series(1, $2::int) g",
+            &[&user.id, &n],
+        )
+        .await
+        .unwrap();
+    }
+    let mut costs = Vec::new();
+    for user in [&small, &big] {
+        for path in ["/api/journal/entries?page=1&page_size=20", "/api/journal/entries?limit=20", "/api/journal/stats"] {
+            let before = j.app.statements();
+            let (status, cache, _) = read(&j.app, user, path).await;
+            assert_eq!((status, cache.as_str()), (200, "MISS"));
+            costs.push(j.app.statements() - before);
+        }
+    }
+    assert_eq!(&costs[..3], &costs[3..], "statement counts depend on the table size: {costs:?}");
+    assert!(costs.iter().all(|&c| c <= 2), "{costs:?}");
+    // And a hit costs none.
+    let before = j.app.statements();
+    let (_, cache, body) = read(&j.app, &big, "/api/journal/entries?page=1&page_size=20").await;
+    assert_eq!((cache.as_str(), body["entries"].as_array().unwrap().len()), ("HIT", 20));
+    assert_eq!(j.app.statements(), before);
+}
+
+#[tokio::test]
+async fn hot_queries_use_indexes_on_a_large_table() {
+    let j = spawn().await;
+    let user = User::new();
+    let conn = j.db.connect().await;
+    // 100k rows over 1,000 users, as SPEC §7 asks.
+    conn.batch_execute(
+        "INSERT INTO journal.journal_entries (id, user_id, content, mood, created_at)
+         SELECT gen_random_uuid(), ('00000000-0000-0000-0000-' || lpad((g % 1000)::text, 12, '0'))::uuid,
+                'entry number ' || g || ' about the garden and the sea', 1 + g % 10, now() - g * interval '1 minute'
+         FROM generate_series(1, 100000) g;
+         ANALYZE journal.journal_entries;",
+    )
+    .await
+    .unwrap();
+    let probe = uuid::Uuid::parse_str("00000000-0000-0000-0000-000000000042").unwrap();
+    let _ = user;
+    for (name, sql) in journal_service::queries::HOT_QUERIES {
+        let explain = format!("EXPLAIN (FORMAT JSON) {sql}");
+        let stmt = conn.prepare(&explain).await.unwrap();
+        let params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync>> = stmt
+            .params()
+            .iter()
+            .map(|t| -> Box<dyn tokio_postgres::types::ToSql + Sync> {
+                match t.name() {
+                    "uuid" => Box::new(probe),
+                    "int8" => Box::new(20i64),
+                    "int4" => Box::new(30i32),
+                    "text" => Box::new("garden".to_owned()),
+                    "timestamptz" => Box::new(chrono::Utc::now()),
+                    other => panic!("no sample value for {other}"),
+                }
+            })
+            .collect();
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.iter().map(|p| p.as_ref()).collect();
+        let plan: Value = conn.query_one(&stmt, &refs).await.unwrap().get(0);
+        let text = plan.to_string();
+        assert!(!text.contains("\"Seq Scan\""), "{name} scans the table: {text}");
+        assert!(text.contains("Index"), "{name} uses no index: {text}");
+    }
+}

@@ -1,0 +1,8 @@
+//! journal-service end to end: the real application on a random port, a fresh
+//! PostgreSQL database and a private Redis key prefix per test.
+
+mod cache;
+mod entries;
+mod helpers;
+mod lists;
+mod platform;
