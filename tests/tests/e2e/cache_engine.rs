@@ -1,0 +1,349 @@
+//! The cache engine's guarantees, each proven against a real Redis — the shared
+//! one with a private key prefix, or a private redis-server the test can pause,
+//! kill and restart.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use kai_shared::cache::{Cache, CacheStatus, Policy, Scope, keys};
+use kai_shared::metrics::Metrics;
+use kai_shared::testing::{self, PrivateRedis, TestPrefix};
+use kai_shared::{ApiError, config::Settings};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Stops a replica's background subscriber when the test drops it.
+struct StopOnDrop(CancellationToken);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+const POLICY: Policy = Policy::new("test_ns", Duration::from_secs(60));
+
+struct Replica {
+    cache: Cache,
+    _stop: StopOnDrop,
+}
+
+fn settings(redis: Option<&str>, prefix: &str, timeout_ms: &str) -> Settings {
+    testing::settings("postgres://postgres@127.0.0.1/unused", redis, prefix, &[("REDIS_TIMEOUT_MS", timeout_ms)])
+}
+
+async fn replica(redis: Option<&str>, prefix: &str) -> Replica {
+    replica_with(redis, prefix, "100").await
+}
+
+async fn replica_with(redis: Option<&str>, prefix: &str, timeout_ms: &str) -> Replica {
+    let stop = CancellationToken::new();
+    let metrics = Metrics::new("test");
+    let cache = Cache::new(&settings(redis, prefix, timeout_ms), &metrics, Arc::new(|_: &str| {}), stop.clone()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.is_some() && !cache.l1_trusted() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Replica { cache, _stop: StopOnDrop(stop) }
+}
+
+/// Reads `key`, loading `value` (and counting the load) on a miss.
+async fn read(cache: &Cache, scope: &Scope, key: &str, value: &str, loads: &AtomicUsize) -> (String, CacheStatus) {
+    let cached = cache
+        .get_or_load(scope, &POLICY, key, || async {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, ApiError>(Some(value.to_owned()))
+        })
+        .await
+        .unwrap();
+    (serde_json::from_slice(&cached.entry.body).unwrap(), cached.status)
+}
+
+fn scope() -> Scope {
+    Scope::user("test", Uuid::new_v4())
+}
+
+fn commandstats(conn: &mut redis::Connection) -> String {
+    redis::cmd("INFO").arg("commandstats").query(conn).unwrap()
+}
+
+fn calls(stats: &str, command: &str) -> u64 {
+    stats
+        .lines()
+        .find(|l| l.starts_with(&format!("cmdstat_{command}:")))
+        .and_then(|l| l.split("calls=").nth(1))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn total_calls(stats: &str) -> u64 {
+    stats.lines().filter(|l| l.starts_with("cmdstat_")).filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok()).sum()
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_misses_run_one_loader() {
+    let prefix = TestPrefix::new(&testing::redis_url());
+    let r = replica(Some(&testing::redis_url()), &prefix.prefix).await;
+    let (s, loads) = (scope(), Arc::new(AtomicUsize::new(0)));
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let (cache, s, loads) = (r.cache.clone(), s.clone(), loads.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_load(&s, &POLICY, "hot", || async {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Ok::<_, ApiError>(Some("loaded once"))
+                    })
+                    .await
+                    .map(|c| c.entry.body.clone())
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(&t.await.unwrap().unwrap()[..], br#""loaded once""#);
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_loader_error_reaches_every_waiter_and_is_not_cached() {
+    let prefix = TestPrefix::new(&testing::redis_url());
+    let r = replica(Some(&testing::redis_url()), &prefix.prefix).await;
+    let (s, loads) = (scope(), Arc::new(AtomicUsize::new(0)));
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (cache, s, loads) = (r.cache.clone(), s.clone(), loads.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_load(&s, &POLICY, "k", || async {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Err::<Option<String>, _>(ApiError::Unavailable(anyhow_free("db down")))
+                    })
+                    .await
+                    .map(|_| ())
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert!(matches!(t.await.unwrap(), Err(ApiError::Unavailable(_))));
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+    let (v, status) = read(&r.cache, &s, "k", "recovered", &loads).await;
+    assert_eq!((v.as_str(), status, loads.load(Ordering::SeqCst)), ("recovered", CacheStatus::Miss, 2));
+}
+
+fn anyhow_free(msg: &str) -> anyhow::Error {
+    anyhow::anyhow!(msg.to_owned())
+}
+
+/// The Memcache-at-Facebook race, forced: the reader loads the old row, the writer
+/// commits and invalidates, then the reader stores what it loaded.
+#[tokio::test]
+async fn a_store_that_raced_a_write_lands_under_a_dead_generation() {
+    let prefix = TestPrefix::new(&testing::redis_url());
+    let r = replica(Some(&testing::redis_url()), &prefix.prefix).await;
+    let other = replica(Some(&testing::redis_url()), &prefix.prefix).await;
+    let s = scope();
+    let loaded = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    {
+        let (loaded, release) = (loaded.clone(), release.clone());
+        r.cache.set_store_hook(Some(Arc::new(move |_key| {
+            let (loaded, release) = (loaded.clone(), release.clone());
+            Box::pin(async move {
+                loaded.notify_one();
+                release.notified().await;
+            })
+        })));
+    }
+    let reader = {
+        let (cache, s) = (r.cache.clone(), s.clone());
+        tokio::spawn(async move {
+            let loads = AtomicUsize::new(0);
+            read(&cache, &s, "row", "old", &loads).await
+        })
+    };
+    loaded.notified().await; // the reader has read "old" from the database
+    r.cache.invalidate(&s).await; // the writer commits "new" and invalidates
+    release.notify_one(); // the reader's delayed store happens now
+    assert_eq!(reader.await.unwrap().0, "old", "the racing reader itself answered what it read");
+    r.cache.set_store_hook(None);
+
+    let loads = AtomicUsize::new(0);
+    assert_eq!(read(&r.cache, &s, "row", "new", &loads).await, ("new".to_owned(), CacheStatus::Miss));
+    assert_eq!(read(&other.cache, &s, "row", "new", &loads).await.0, "new", "nor does another replica see the old row");
+}
+
+#[tokio::test]
+async fn an_evicted_generation_counter_is_recreated_above_every_old_generation() {
+    let redis = PrivateRedis::start();
+    let prefix = "evict";
+    let r = replica(Some(&redis.url()), prefix).await;
+    let s = scope();
+    let loads = AtomicUsize::new(0);
+    read(&r.cache, &s, "row", "v1", &loads).await;
+    r.cache.invalidate(&s).await;
+    read(&r.cache, &s, "row", "v2", &loads).await;
+    let mut conn = redis.connection();
+    let gen_key = keys::generation_key(prefix, &s);
+    let before: u64 = redis::cmd("GET").arg(&gen_key).query(&mut conn).unwrap();
+    assert!(before > 1_600_000_000_000_000, "generations are seeded from the clock, not from 0: {before}");
+    // allkeys-lru evicts the counter; the entries stay.
+    let _: () = redis::cmd("DEL").arg(&gen_key).query(&mut conn).unwrap();
+    let fresh = replica(Some(&redis.url()), prefix).await;
+    let (value, status) = read(&fresh.cache, &s, "row", "v3", &loads).await;
+    assert_eq!((value.as_str(), status), ("v3", CacheStatus::Miss), "no old entry resurfaces");
+    let after: u64 = redis::cmd("GET").arg(&gen_key).query(&mut conn).unwrap();
+    assert!(after > before, "re-created counter {after} must exceed {before}");
+}
+
+#[tokio::test]
+async fn invalidation_never_uses_keys_or_scan_and_costs_one_command() {
+    let redis = PrivateRedis::start();
+    let r = replica(Some(&redis.url()), "o1").await;
+    let mut conn = redis.connection();
+    let scopes: Vec<Scope> = (0..20).map(|_| scope()).collect();
+    let loads = AtomicUsize::new(0);
+    for s in &scopes {
+        for page in 0..5 {
+            read(&r.cache, s, &format!("page:{page}"), "x", &loads).await;
+        }
+    }
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut conn).unwrap();
+    for _ in 0..10 {
+        for s in &scopes {
+            r.cache.invalidate(s).await;
+        }
+    }
+    let stats = commandstats(&mut conn);
+    assert_eq!(calls(&stats, "keys"), 0, "{stats}");
+    assert_eq!(calls(&stats, "scan"), 0, "{stats}");
+    let commands = calls(&stats, "evalsha") + calls(&stats, "eval") + calls(&stats, "script|load") + calls(&stats, "script");
+    assert!(calls(&stats, "evalsha") >= 200 && commands <= 202, "one script call per invalidation: {stats}");
+    // Every page of every scope is now unreachable: the next reads all miss.
+    for s in &scopes {
+        for page in 0..5 {
+            assert_eq!(read(&r.cache, s, &format!("page:{page}"), "y", &loads).await, ("y".to_owned(), CacheStatus::Miss));
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_l1_hit_costs_no_redis_round_trip() {
+    let redis = PrivateRedis::start();
+    let r = replica(Some(&redis.url()), "l1").await;
+    let mut conn = redis.connection();
+    let (s, loads) = (scope(), AtomicUsize::new(0));
+    read(&r.cache, &s, "k", "v", &loads).await;
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut conn).unwrap();
+    for _ in 0..50 {
+        assert_eq!(read(&r.cache, &s, "k", "v", &loads).await.1, CacheStatus::Hit);
+    }
+    let stats = commandstats(&mut conn);
+    // Only our own INFO/CONFIG calls (and the subscriber's 1 s PING) show up.
+    assert!(calls(&stats, "get") + calls(&stats, "evalsha") == 0, "{stats}");
+    assert!(total_calls(&stats) <= 4, "{stats}");
+}
+
+#[tokio::test]
+async fn a_second_replica_hits_l2_and_sees_invalidations() {
+    let prefix = TestPrefix::new(&testing::redis_url());
+    let (a, b) = (replica(Some(&testing::redis_url()), &prefix.prefix).await, replica(Some(&testing::redis_url()), &prefix.prefix).await);
+    let (s, loads) = (scope(), AtomicUsize::new(0));
+    read(&a.cache, &s, "k", "v1", &loads).await;
+    assert_eq!(read(&b.cache, &s, "k", "v1", &loads).await.1, CacheStatus::Hit, "B reads A's entry from Redis");
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+    read(&b.cache, &s, "k", "v1", &loads).await; // B's L1
+    a.cache.invalidate(&s).await;
+    let started = Instant::now();
+    loop {
+        let (v, _) = read(&b.cache, &s, "k", "v2", &loads).await;
+        if v == "v2" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "B never saw the invalidation");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    eprintln!("replica B saw the invalidation after {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_replica_that_lost_its_subscription_does_not_trust_its_l1() {
+    let redis = PrivateRedis::start();
+    let (a, b) = (replica(Some(&redis.url()), "sub").await, replica(Some(&redis.url()), "sub").await);
+    let (s, loads) = (scope(), AtomicUsize::new(0));
+    read(&b.cache, &s, "k", "v1", &loads).await;
+    assert_eq!(read(&b.cache, &s, "k", "v1", &loads).await.1, CacheStatus::Hit);
+    let mut conn = redis.connection();
+    // Drop every subscriber connection, then write while B cannot hear it.
+    let _: () = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query(&mut conn).unwrap();
+    a.cache.invalidate(&s).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(read(&b.cache, &s, "k", "v2", &loads).await.0, "v2", "B re-read the generation instead of trusting its L1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !b.cache.l1_trusted() {
+        assert!(Instant::now() < deadline, "B never resubscribed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A paused Redis keeps its data: after SIGCONT it still holds the entry written
+/// before the pause. The write made during the pause must win.
+#[tokio::test]
+async fn a_paused_redis_serves_nothing_stale_when_it_resumes() {
+    let redis = PrivateRedis::start();
+    let a = replica_with(Some(&redis.url()), "pause", "100").await;
+    let (s, loads) = (scope(), AtomicUsize::new(0));
+    read(&a.cache, &s, "k", "before", &loads).await;
+    redis.pause();
+    let started = Instant::now();
+    a.cache.invalidate(&s).await; // the write: Redis cannot hear it
+    let (v, _) = read(&a.cache, &s, "k", "during", &loads).await;
+    assert_eq!(v, "during");
+    let took = started.elapsed();
+    eprintln!("invalidate + read with Redis paused took {took:?} (REDIS_TIMEOUT_MS=100)");
+    assert_eq!(a.cache.redis_available(), Some(false), "the circuit is open");
+    // While open, reads do not wait for Redis at all.
+    for _ in 0..20 {
+        assert_eq!(read(&a.cache, &s, "k", "during", &loads).await.1, CacheStatus::Miss);
+    }
+    redis.resume();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.cache.redis_available() != Some(true) {
+        assert!(Instant::now() < deadline, "the circuit never closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fresh = replica(Some(&redis.url()), "pause").await;
+    assert_eq!(read(&fresh.cache, &s, "k", "after", &loads).await.0, "after", "a replica without L1 must not get the pre-pause entry");
+    assert_eq!(read(&a.cache, &s, "k", "after", &loads).await.0, "after");
+}
+
+#[tokio::test]
+async fn caching_resumes_after_redis_is_killed_and_restarted() {
+    let mut redis = PrivateRedis::start();
+    let a = replica(Some(&redis.url()), "restart").await;
+    let (s, loads) = (scope(), AtomicUsize::new(0));
+    read(&a.cache, &s, "k", "v", &loads).await;
+    redis.kill();
+    for _ in 0..5 {
+        assert_eq!(read(&a.cache, &s, "k", "v", &loads).await.0, "v");
+    }
+    redis.restart();
+    // The first commands after the restart may fail on dead pooled connections
+    // (opening the circuit); within a few probe intervals caching is back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let fresh = replica(Some(&redis.url()), "restart").await;
+    loop {
+        read(&a.cache, &s, "k2", "w", &loads).await;
+        if read(&fresh.cache, &s, "k2", "w", &loads).await.1 == CacheStatus::Hit {
+            break;
+        }
+        assert!(Instant::now() < deadline, "caching never resumed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(a.cache.redis_available(), Some(true));
+}

@@ -1,0 +1,4 @@
+//! Whole-system tests, one binary: the cache engine's guarantees (SPEC §6) against
+//! real and private Redis servers, and the services together.
+
+mod cache_engine;
