@@ -1,0 +1,253 @@
+//! Request and response shapes. Request bodies deny unknown fields, so a client
+//! cannot set `user_id`, `email`, `id` or timestamps through them (mass
+//! assignment) — it gets a 400.
+//!
+//! Passwords appear only in request bodies, whose `Debug` redacts them, so no log
+//! line or span can carry one.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use kai_shared::{ApiError, FieldError};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+pub const MIN_PASSWORD_CHARS: usize = 8;
+/// Argon2 would hash anything; the cap keeps one request from buying seconds of CPU.
+pub const MAX_PASSWORD_CHARS: usize = 1024;
+pub const MAX_EMAIL_CHARS: usize = 254;
+pub const MAX_DISPLAY_NAME_CHARS: usize = 100;
+pub const MAX_COMMUNICATION_STYLE_CHARS: usize = 200;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Register {
+    pub email: String,
+    /// 8–1024 characters.
+    pub password: String,
+    /// 1–100 characters.
+    pub display_name: Option<String>,
+}
+
+impl fmt::Debug for Register {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Register")
+            .field("email", &self.email)
+            .field("password", &"[redacted]")
+            .finish_non_exhaustive()
+    }
+}
+
+impl Register {
+    /// Trims the e-mail and display name, then checks every field.
+    pub fn validate(&mut self) -> Result<(), ApiError> {
+        let mut errors = Vec::new();
+        self.email = self.email.trim().to_owned();
+        if !is_email(&self.email) {
+            errors.push(FieldError::new("email", "must be an e-mail address"));
+        }
+        let n = self.password.chars().count();
+        if !(MIN_PASSWORD_CHARS..=MAX_PASSWORD_CHARS).contains(&n) {
+            errors.push(FieldError::new(
+                "password",
+                format!("must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"),
+            ));
+        }
+        if let Some(name) = &mut self.display_name {
+            *name = name.trim().to_owned();
+            check_display_name(name, &mut errors);
+        }
+        finish(errors)
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Registered {
+    pub user_id: Uuid,
+    pub email: String,
+    pub display_name: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    pub email: String,
+    pub password: String,
+}
+
+impl fmt::Debug for Login {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Login")
+            .field("email", &self.email)
+            .field("password", &"[redacted]")
+            .finish()
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Token {
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until the token expires.
+    pub expires_in: u64,
+    pub user_id: Uuid,
+}
+
+/// A user's profile as clients see it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Profile {
+    pub user_id: Uuid,
+    pub email: String,
+    pub display_name: Option<String>,
+    /// A JSON object.
+    #[schema(value_type = Object)]
+    pub traits: Value,
+    /// A JSON object.
+    #[schema(value_type = Object)]
+    pub preferences: Value,
+    pub communication_style: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Any of the profile's own fields. `traits` and `preferences` replace the stored
+/// object whole; `display_name` and `communication_style` may be set to null.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchProfile {
+    #[serde(default, deserialize_with = "kai_shared::http::double_option")]
+    #[schema(value_type = Option<String>)]
+    pub display_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>)]
+    pub traits: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>)]
+    pub preferences: Option<Value>,
+    #[serde(default, deserialize_with = "kai_shared::http::double_option")]
+    #[schema(value_type = Option<String>)]
+    pub communication_style: Option<Option<String>>,
+}
+
+impl PatchProfile {
+    pub fn validate(&mut self) -> Result<(), ApiError> {
+        if self.display_name.is_none()
+            && self.traits.is_none()
+            && self.preferences.is_none()
+            && self.communication_style.is_none()
+        {
+            return Err(ApiError::bad_request(
+                "nothing to update: give display_name, traits, preferences or communication_style",
+            ));
+        }
+        let mut errors = Vec::new();
+        if let Some(Some(name)) = &mut self.display_name {
+            *name = name.trim().to_owned();
+            check_display_name(name, &mut errors);
+        }
+        for (field, value) in [("traits", &self.traits), ("preferences", &self.preferences)] {
+            if value.as_ref().is_some_and(|v| !v.is_object()) {
+                errors.push(FieldError::new(field, "must be a JSON object"));
+            }
+        }
+        if let Some(Some(style)) = &self.communication_style
+            && style.chars().count() > MAX_COMMUNICATION_STYLE_CHARS
+        {
+            errors.push(FieldError::new(
+                "communication_style",
+                format!("must be at most {MAX_COMMUNICATION_STYLE_CHARS} characters"),
+            ));
+        }
+        finish(errors)
+    }
+}
+
+/// A field that is present — even as `null` — is `Some` (a null object field is
+/// then rejected by validation instead of silently ignored).
+fn present<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(de).map(Some)
+}
+
+/// Deliberately simple: one `@`, something before it, a dotted domain after it, no
+/// spaces. The only real check of an address is mail that arrives.
+pub fn is_email(email: &str) -> bool {
+    let Some((local, domain)) = email.split_once('@') else {
+        return false;
+    };
+    email.chars().count() <= MAX_EMAIL_CHARS
+        && !local.is_empty()
+        && !domain.contains('@')
+        && domain.split('.').count() >= 2
+        && domain.split('.').all(|label| !label.is_empty())
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+fn check_display_name(name: &str, errors: &mut Vec<FieldError>) {
+    let n = name.chars().count();
+    if !(1..=MAX_DISPLAY_NAME_CHARS).contains(&n) {
+        errors.push(FieldError::new(
+            "display_name",
+            format!("must be 1 to {MAX_DISPLAY_NAME_CHARS} characters"),
+        ));
+    }
+}
+
+fn finish(errors: Vec<FieldError>) -> Result<(), ApiError> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(errors))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plausible_addresses_pass_and_others_do_not() {
+        for ok in ["a@b.co", "first.last+tag@example.org", "Ünï@exämple.de"] {
+            assert!(is_email(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "plain",
+            "@example.org",
+            "a@",
+            "a@b",
+            "a@b.",
+            "a@.b",
+            "a b@c.de",
+            "a@b@c.de",
+        ] {
+            assert!(!is_email(bad), "{bad}");
+        }
+        assert!(!is_email(&format!("{}@example.org", "a".repeat(250))));
+    }
+
+    #[test]
+    fn passwords_never_reach_debug_output() {
+        let r = Register {
+            email: "a@b.co".into(),
+            password: "hunter2hunter2".into(),
+            display_name: None,
+        };
+        let l = Login {
+            email: "a@b.co".into(),
+            password: "hunter2hunter2".into(),
+        };
+        assert!(!format!("{r:?}{l:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn null_objects_are_rejected_not_ignored() {
+        let mut p: PatchProfile = serde_json::from_str(r#"{"traits": null}"#).unwrap();
+        assert!(p.validate().is_err());
+        let mut p: PatchProfile = serde_json::from_str(r#"{"display_name": null}"#).unwrap();
+        assert!(p.validate().is_ok(), "display_name may be cleared");
+        assert!(serde_json::from_str::<PatchProfile>(r#"{"email": "x@y.z"}"#).is_err());
+    }
+}

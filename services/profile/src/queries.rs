@@ -1,0 +1,176 @@
+//! profile-service's SQL: one `const` per statement (readable and `EXPLAIN`able as
+//! is), one function per use. Every profile read and write is keyed by the
+//! caller's `user_id`, taken from the token.
+
+use chrono::{DateTime, Utc};
+use kai_shared::ApiError;
+use kai_shared::db::{Db, DbError, Row};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::model::{PatchProfile, Profile, Registered};
+
+/// The unique index that makes e-mail addresses case-insensitively unique (V2).
+pub const EMAIL_UNIQUE: &str = "users_email_lower_key";
+
+pub const INSERT_USER: &str = "INSERT INTO profile.users (id, email, password_hash)
+     VALUES ($1, $2, $3)
+     RETURNING created_at";
+
+pub const INSERT_PROFILE: &str =
+    "INSERT INTO profile.profiles (user_id, display_name) VALUES ($1, $2)";
+
+/// Login: served by `users_email_lower_key`.
+pub const CREDENTIALS_BY_EMAIL: &str =
+    "SELECT id, password_hash FROM profile.users WHERE lower(email) = lower($1)";
+
+pub const INSERT_SESSION: &str =
+    "INSERT INTO profile.sessions (id, user_id, token_hash, expires_at)
+     VALUES ($1, $2, $3, $4)";
+
+pub const REVOKE_SESSION: &str = "UPDATE profile.sessions SET revoked_at = now()
+     WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL";
+
+pub const GET_PROFILE: &str = "SELECT p.user_id, u.email, p.display_name, p.traits, p.preferences,
+            p.communication_style, p.updated_at
+     FROM profile.profiles p JOIN profile.users u ON u.id = p.user_id
+     WHERE p.user_id = $1";
+
+/// One statement: the update, then the joined row it produced.
+pub const PATCH_PROFILE: &str = "WITH updated AS (
+         UPDATE profile.profiles SET
+             display_name        = CASE WHEN $2 THEN $3 ELSE display_name END,
+             traits              = coalesce($4, traits),
+             preferences         = coalesce($5, preferences),
+             communication_style = CASE WHEN $6 THEN $7 ELSE communication_style END
+         WHERE user_id = $1
+         RETURNING *
+     )
+     SELECT p.user_id, u.email, p.display_name, p.traits, p.preferences, p.communication_style, p.updated_at
+     FROM updated p JOIN profile.users u ON u.id = p.user_id";
+
+fn profile(row: &Row) -> Profile {
+    Profile {
+        user_id: row.get("user_id"),
+        email: row.get("email"),
+        display_name: row.get("display_name"),
+        traits: row.get("traits"),
+        preferences: row.get("preferences"),
+        communication_style: row.get("communication_style"),
+        updated_at: row.get("updated_at"),
+    }
+}
+
+/// Creates the user and their empty profile in one transaction. An address
+/// already taken (in any case) is a 409: the unique index decides, so two
+/// concurrent registrations cannot both win.
+pub async fn insert_user(
+    db: &Db,
+    email: &str,
+    password_hash: &str,
+    display_name: Option<&str>,
+) -> Result<Registered, ApiError> {
+    let mut conn = db.conn().await?;
+    let tx = conn.transaction().await.map_err(DbError::from)?;
+    let user_id = Uuid::now_v7();
+    let row = db
+        .query_one(&tx, INSERT_USER, &[&user_id, &email, &password_hash])
+        .await
+        .map_err(|e| {
+            if e.constraint() == Some(EMAIL_UNIQUE) {
+                ApiError::Conflict("an account with this e-mail address already exists".into())
+            } else {
+                e.into()
+            }
+        })?;
+    db.execute(&tx, INSERT_PROFILE, &[&user_id, &display_name])
+        .await?;
+    tx.commit().await.map_err(DbError::from)?;
+    Ok(Registered {
+        user_id,
+        email: email.to_owned(),
+        display_name: display_name.map(str::to_owned),
+        created_at: row.get(0),
+    })
+}
+
+/// The user id and password hash registered for an e-mail (any case).
+pub async fn credentials(db: &Db, email: &str) -> Result<Option<(Uuid, String)>, ApiError> {
+    let conn = db.conn().await?;
+    Ok(db
+        .query_opt(&conn, CREDENTIALS_BY_EMAIL, &[&email])
+        .await?
+        .map(|r| (r.get(0), r.get(1))))
+}
+
+pub async fn insert_session(
+    db: &Db,
+    session_id: Uuid,
+    user_id: Uuid,
+    token_hash: &str,
+    expires_at: DateTime<Utc>,
+) -> Result<(), ApiError> {
+    let conn = db.conn().await?;
+    db.execute(
+        &conn,
+        INSERT_SESSION,
+        &[&session_id, &user_id, &token_hash, &expires_at],
+    )
+    .await?;
+    Ok(())
+}
+
+/// True if a live session was revoked.
+pub async fn revoke_session(db: &Db, session_id: Uuid, user_id: Uuid) -> Result<bool, ApiError> {
+    let conn = db.conn().await?;
+    Ok(db
+        .execute(&conn, REVOKE_SESSION, &[&session_id, &user_id])
+        .await?
+        == 1)
+}
+
+pub async fn get_profile(db: &Db, user_id: Uuid) -> Result<Option<Profile>, ApiError> {
+    let conn = db.conn().await?;
+    Ok(db
+        .query_opt(&conn, GET_PROFILE, &[&user_id])
+        .await?
+        .as_ref()
+        .map(profile))
+}
+
+pub async fn patch_profile(
+    db: &Db,
+    user_id: Uuid,
+    patch: &PatchProfile,
+) -> Result<Option<Profile>, ApiError> {
+    let conn = db.conn().await?;
+    let set_name = patch.display_name.is_some();
+    let name = patch.display_name.clone().flatten();
+    let set_style = patch.communication_style.is_some();
+    let style = patch.communication_style.clone().flatten();
+    let traits: Option<&Value> = patch.traits.as_ref();
+    let preferences: Option<&Value> = patch.preferences.as_ref();
+    let row = db
+        .query_opt(
+            &conn,
+            PATCH_PROFILE,
+            &[
+                &user_id,
+                &set_name,
+                &name,
+                &traits,
+                &preferences,
+                &set_style,
+                &style,
+            ],
+        )
+        .await?;
+    Ok(row.as_ref().map(profile))
+}
+
+/// Statements the hot paths run, for `EXPLAIN` checks.
+pub const HOT_QUERIES: &[(&str, &str)] = &[
+    ("login", CREDENTIALS_BY_EMAIL),
+    ("session check", crate::sessions::SESSION_LIVE),
+    ("get profile", GET_PROFILE),
+];

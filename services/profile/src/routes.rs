@@ -1,0 +1,145 @@
+//! HTTP handlers: accounts (register, login, logout) and the caller's profile.
+//! Each handler validates, then delegates to [`password`], [`queries`] and the
+//! platform (tokens, revocation, cache).
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use kai_shared::auth::AuthUser;
+use kai_shared::cache::keys;
+use kai_shared::http::openapi::BearerAuth;
+use kai_shared::http::respond;
+use kai_shared::{ApiError, FieldError, Platform};
+use utoipa::OpenApi;
+
+use crate::cache_rules::{PROFILE, user_scope};
+use crate::model::{Login, MAX_PASSWORD_CHARS, PatchProfile, Profile, Register, Registered, Token};
+use crate::{password, queries, sessions};
+
+/// The one answer to every failed login: an unknown e-mail and a wrong password
+/// must be indistinguishable.
+const BAD_CREDENTIALS: &str = "the e-mail address or password is incorrect";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Kai profile-service", description = "Accounts, sessions and access tokens; the profile that shapes how the assistant speaks."),
+    paths(register, login, logout, get_profile, patch_profile),
+    components(schemas(Register, Registered, Login, Token, Profile, PatchProfile, kai_shared::http::errors::Problem, FieldError)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/auth/register", web::post().to(register))
+        .route("/api/auth/login", web::post().to(login))
+        .route("/api/auth/logout", web::post().to(logout))
+        .service(
+            web::resource("/api/profile")
+                .route(web::get().to(get_profile))
+                .route(web::patch().to(patch_profile)),
+        );
+}
+
+/// Create an account (and its empty profile).
+#[utoipa::path(post, path = "/api/auth/register", request_body = Register, security(()),
+    responses((status = 201, body = Registered), (status = 400, body = kai_shared::http::errors::Problem), (status = 409, body = kai_shared::http::errors::Problem)))]
+#[tracing::instrument(skip_all, fields(user_id = tracing::field::Empty))]
+async fn register(
+    p: web::Data<Platform>,
+    body: web::Json<Register>,
+) -> Result<HttpResponse, ApiError> {
+    let mut new = body.into_inner();
+    new.validate()?;
+    let hash = password::hash(new.password).await?;
+    let user = queries::insert_user(&p.db, &new.email, &hash, new.display_name.as_deref()).await?;
+    tracing::Span::current().record("user_id", tracing::field::display(user.user_id));
+    Ok(HttpResponse::Created().json(user))
+}
+
+/// Exchange e-mail and password for an access token (a new session).
+#[utoipa::path(post, path = "/api/auth/login", request_body = Login, security(()),
+    responses((status = 200, body = Token), (status = 400), (status = 401, body = kai_shared::http::errors::Problem)))]
+#[tracing::instrument(skip_all, fields(user_id = tracing::field::Empty))]
+async fn login(p: web::Data<Platform>, body: web::Json<Login>) -> Result<HttpResponse, ApiError> {
+    let Login { email, password } = body.into_inner();
+    if password.chars().count() > MAX_PASSWORD_CHARS {
+        return Err(ApiError::Unauthorized(BAD_CREDENTIALS.into()));
+    }
+    // Unknown e-mail or not, the same hash work is done and the same answer given.
+    let account = queries::credentials(&p.db, email.trim()).await?;
+    let (user_id, stored) = match account {
+        Some((id, hash)) => (Some(id), Some(hash)),
+        None => (None, None),
+    };
+    let user_id = match (password::verify(password, stored).await?, user_id) {
+        (true, Some(id)) => id,
+        _ => return Err(ApiError::Unauthorized(BAD_CREDENTIALS.into())),
+    };
+    tracing::Span::current().record("user_id", tracing::field::display(user_id));
+
+    let session_id = uuid::Uuid::new_v4();
+    let (access_token, claims) = p.auth.mint(user_id, session_id)?;
+    let expires_at = chrono::DateTime::from_timestamp(claims.exp, 0)
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("token expiry out of range")))?;
+    queries::insert_session(
+        &p.db,
+        session_id,
+        user_id,
+        &sessions::token_hash(&access_token),
+        expires_at,
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(Token {
+        access_token,
+        token_type: "Bearer".into(),
+        expires_in: p.auth.ttl().as_secs(),
+        user_id,
+    }))
+}
+
+/// End the caller's session: from then on every Kai service answers its token with 401.
+#[utoipa::path(post, path = "/api/auth/logout", responses((status = 204), (status = 401)))]
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
+async fn logout(p: web::Data<Platform>, user: AuthUser) -> Result<HttpResponse, ApiError> {
+    // The row first: once it says revoked, this service refuses the token even if
+    // the announcement below never reaches Redis.
+    queries::revoke_session(&p.db, user.session_id, user.user_id).await?;
+    p.revoke_session(user.session_id, user.expires_at).await;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// The caller's profile.
+#[utoipa::path(get, path = "/api/profile",
+    responses((status = 200, body = Profile), (status = 304), (status = 401), (status = 404)))]
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
+async fn get_profile(
+    req: HttpRequest,
+    p: web::Data<Platform>,
+    user: AuthUser,
+) -> Result<HttpResponse, ApiError> {
+    let uid = user.user_id;
+    let cached = p
+        .cache
+        .get_or_load(&user_scope(uid), &PROFILE, &keys::user_profile(uid), || {
+            queries::get_profile(&p.db, uid)
+        })
+        .await?;
+    Ok(respond::cached(&req, &cached))
+}
+
+/// Change any of display_name, traits, preferences, communication_style.
+#[utoipa::path(patch, path = "/api/profile", request_body = PatchProfile,
+    responses((status = 200, body = Profile), (status = 400, body = kai_shared::http::errors::Problem), (status = 401), (status = 404)))]
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
+async fn patch_profile(
+    p: web::Data<Platform>,
+    user: AuthUser,
+    body: web::Json<PatchProfile>,
+) -> Result<HttpResponse, ApiError> {
+    let mut patch = body.into_inner();
+    patch.validate()?;
+    let profile = queries::patch_profile(&p.db, user.user_id, &patch)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    p.cache.invalidate(&user_scope(user.user_id)).await;
+    Ok(HttpResponse::Ok().json(profile))
+}

@@ -1,0 +1,158 @@
+use kai_shared::testing::{self, TestApp, TestDb, TestPrefix};
+use reqwest::Response;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// A running profile-service with its own database and Redis prefix.
+pub struct Profiles {
+    pub app: TestApp,
+    pub db: TestDb,
+    pub prefix: TestPrefix,
+    redis: Option<String>,
+}
+
+/// A registered, logged-in user.
+#[derive(Clone)]
+pub struct Account {
+    pub id: Uuid,
+    pub email: String,
+    pub token: String,
+}
+
+pub async fn spawn() -> Profiles {
+    spawn_with(Some(&testing::redis_url())).await
+}
+
+pub async fn spawn_with(redis: Option<&str>) -> Profiles {
+    let db = TestDb::create().await;
+    let prefix = TestPrefix::new(redis.unwrap_or(&testing::redis_url()));
+    let settings = testing::settings(&db.url, redis, &prefix.prefix, &[]);
+    let app = TestApp::start(profile_service::service(), settings).await;
+    Profiles {
+        app,
+        db,
+        prefix,
+        redis: redis.map(str::to_owned),
+    }
+}
+
+/// A unique, valid e-mail address.
+pub fn email() -> String {
+    format!("user-{}@example.org", Uuid::new_v4().simple())
+}
+
+impl Profiles {
+    fn settings(&self) -> kai_shared::config::Settings {
+        testing::settings(
+            &self.db.url,
+            self.redis.as_deref(),
+            &self.prefix.prefix,
+            &[],
+        )
+    }
+
+    /// Another replica on the same database and Redis prefix.
+    pub async fn replica(&self) -> TestApp {
+        TestApp::start(profile_service::service(), self.settings()).await
+    }
+
+    /// A journal-service on the same database and Redis prefix.
+    pub async fn journal(&self) -> TestApp {
+        TestApp::start(journal_service::service(), self.settings()).await
+    }
+
+    pub async fn register(&self, body: Value) -> Response {
+        self.app
+            .client
+            .post(self.app.url("/api/auth/register"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Response {
+        self.app
+            .client
+            .post(self.app.url("/api/auth/login"))
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn logout(&self, token: &str) -> Response {
+        self.app
+            .client
+            .post(self.app.url("/api/auth/logout"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn patch(&self, token: &str, body: Value) -> Response {
+        self.app
+            .client
+            .patch(self.app.url("/api/profile"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Registers a fresh user and logs them in.
+    pub async fn account(&self) -> Account {
+        let email = email();
+        let res = self
+            .register(json!({"email": email, "password": PASSWORD}))
+            .await;
+        assert_eq!(res.status(), 201);
+        let res = self.login(&email, PASSWORD).await;
+        assert_eq!(res.status(), 200);
+        let token: Value = res.json().await.unwrap();
+        Account {
+            id: token["user_id"].as_str().unwrap().parse().unwrap(),
+            email,
+            token: token["access_token"].as_str().unwrap().to_owned(),
+        }
+    }
+}
+
+/// GETs on `app` with `token`; returns status, X-Cache and JSON body.
+pub async fn read(app: &TestApp, token: &str, path: &str) -> (u16, String, Value) {
+    let res = app
+        .client
+        .get(app.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let cache = res
+        .headers()
+        .get("x-cache")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = res.json().await.unwrap_or(Value::Null);
+    (status, cache, body)
+}
+
+/// Asserts an RFC 9457 problem answer with the given status; returns its body.
+pub async fn assert_problem(res: Response, status: u16) -> Value {
+    assert_eq!(res.status().as_u16(), status, "unexpected status");
+    assert_eq!(
+        res.headers().get("content-type").unwrap(),
+        "application/problem+json"
+    );
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["status"], status);
+    assert!(
+        body["title"].is_string() && body["type"].is_string() && body["detail"].is_string(),
+        "{body}"
+    );
+    body
+}

@@ -1,0 +1,8 @@
+//! profile-service end to end: the real application on a random port, a fresh
+//! PostgreSQL database and a private Redis key prefix per test.
+
+mod auth;
+mod helpers;
+mod platform;
+mod profile;
+mod revocation;

@@ -1,0 +1,142 @@
+use serde_json::Value;
+
+use crate::helpers::spawn;
+
+#[tokio::test]
+async fn metrics_count_profile_cache_hits_by_namespace() {
+    let p = spawn().await;
+    let a = p.account().await;
+    for _ in 0..2 {
+        crate::helpers::read(&p.app, &a.token, "/api/profile").await;
+    }
+    let text = p
+        .app
+        .client
+        .get(p.app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"kai_cache_hits_total{namespace="user_profile",service="profile"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"kai_cache_misses_total{namespace="user_profile",service="profile"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"endpoint="/api/profile""#),
+        "route pattern label"
+    );
+    assert!(text.contains(r#"endpoint="/api/auth/login""#));
+    assert!(
+        !text.contains(&a.token) && !text.contains(&a.email),
+        "no personal data in metrics"
+    );
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_auth_and_profile_paths() {
+    let p = spawn().await;
+    let doc: Value = p
+        .app
+        .client
+        .get(p.app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/api/auth/register",
+        "/api/auth/login",
+        "/api/auth/logout",
+        "/api/profile",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} missing");
+    }
+    assert!(doc["paths"]["/api/profile"]["patch"].is_object());
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    // Register and login are the routes that need no token.
+    assert_eq!(
+        doc["paths"]["/api/auth/login"]["post"]["security"],
+        serde_json::json!([{}])
+    );
+}
+
+#[tokio::test]
+async fn health_reports_the_profile_service_ready() {
+    let p = spawn().await;
+    assert_eq!(
+        p.app
+            .client
+            .get(p.app.url("/health/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let d: Value = p
+        .app
+        .client
+        .get(p.app.url("/health/detailed"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(d["service"], "profile");
+    assert_eq!(d["status"], "healthy", "{d}");
+}
+
+#[tokio::test]
+async fn hot_queries_use_indexes_on_a_large_table() {
+    let p = spawn().await;
+    let conn = p.db.connect().await;
+    // 100k users, profiles and sessions, as SPEC §7 asks.
+    conn.batch_execute(
+        "INSERT INTO profile.users (id, email, password_hash)
+         SELECT ('00000000-0000-0000-0000-' || lpad(g::text, 12, '0'))::uuid, 'user' || g || '@example.org', '$argon2id$v=19$x'
+         FROM generate_series(1, 100000) g;
+         INSERT INTO profile.profiles (user_id, traits) SELECT id, jsonb_build_object('n', random()) FROM profile.users;
+         INSERT INTO profile.sessions (id, user_id, token_hash, expires_at)
+         SELECT gen_random_uuid(), id, encode(sha256(id::text::bytea), 'hex'), now() + interval '1 hour' FROM profile.users;
+         ANALYZE profile.users; ANALYZE profile.profiles; ANALYZE profile.sessions;",
+    )
+    .await
+    .unwrap();
+    let probe = uuid::Uuid::parse_str("00000000-0000-0000-0000-000000000042").unwrap();
+    for (name, sql) in profile_service::queries::HOT_QUERIES {
+        let stmt = conn
+            .prepare(&format!("EXPLAIN (FORMAT JSON) {sql}"))
+            .await
+            .unwrap();
+        let params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync>> = stmt
+            .params()
+            .iter()
+            .map(|t| -> Box<dyn tokio_postgres::types::ToSql + Sync> {
+                match t.name() {
+                    "uuid" => Box::new(probe),
+                    "text" => Box::new("User42@example.org".to_owned()),
+                    other => panic!("no sample value for {other}"),
+                }
+            })
+            .collect();
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            params.iter().map(|p| p.as_ref()).collect();
+        let plan: Value = conn.query_one(&stmt, &refs).await.unwrap().get(0);
+        let text = plan.to_string();
+        assert!(
+            !text.contains("\"Seq Scan\""),
+            "{name} scans the table: {text}"
+        );
+        assert!(text.contains("Index"), "{name} uses no index: {text}");
+    }
+}
