@@ -44,8 +44,14 @@ fn page() -> Vec<Item> {
 
 fn settings(redis: Option<&str>) -> Settings {
     let mut env = std::collections::HashMap::from([
-        ("DATABASE_URL".to_owned(), "postgres://postgres@127.0.0.1/unused".to_owned()),
-        ("AUTH_SECRET".to_owned(), "bench-secret-bench-secret-bench-secret".to_owned()),
+        (
+            "DATABASE_URL".to_owned(),
+            "postgres://postgres@127.0.0.1/unused".to_owned(),
+        ),
+        (
+            "AUTH_SECRET".to_owned(),
+            "bench-secret-bench-secret-bench-secret".to_owned(),
+        ),
     ]);
     if let Some(url) = redis {
         env.insert("REDIS_URL".into(), url.into());
@@ -71,29 +77,66 @@ fn hit_paths(c: &mut Criterion) {
             black_box(etag_of(&body));
         })
     });
-    g.bench_function("stored_bytes_hit", |b| b.iter(|| black_box((stored.body.clone(), stored.etag.as_str()))));
+    g.bench_function("stored_bytes_hit", |b| {
+        b.iter(|| black_box((stored.body.clone(), stored.etag.as_str())))
+    });
 
     let metrics = Metrics::new("bench");
-    let l1 = rt.block_on(async { Cache::new(&settings(None), &metrics, Arc::new(|_: &str| {}), CancellationToken::new()).unwrap() });
+    let l1 = rt.block_on(async {
+        Cache::new(
+            &settings(None),
+            &metrics,
+            Arc::new(|_: &str| {}),
+            CancellationToken::new(),
+        )
+        .unwrap()
+    });
     let scope = Scope::user("bench", Uuid::new_v4());
-    rt.block_on(l1.get_or_load(&scope, &POLICY, "page", || async { Ok::<_, ApiError>(Some(items.clone())) })).unwrap();
+    rt.block_on(l1.get_or_load(&scope, &POLICY, "page", || async {
+        Ok::<_, ApiError>(Some(items.clone()))
+    }))
+    .unwrap();
     g.bench_function("get_or_load_l1_hit", |b| {
         b.to_async(&rt).iter(|| async {
-            black_box(l1.get_or_load(&scope, &POLICY, "page", || async { Ok::<Option<Vec<Item>>, ApiError>(None) }).await.unwrap())
+            black_box(
+                l1.get_or_load(&scope, &POLICY, "page", || async {
+                    Ok::<Option<Vec<Item>>, ApiError>(None)
+                })
+                .await
+                .unwrap(),
+            )
         })
     });
 
     let redis = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let stop = CancellationToken::new();
-    let l2 = rt.block_on(async { Cache::new(&settings(Some(&redis)), &Metrics::new("bench"), Arc::new(|_: &str| {}), stop.clone()).unwrap() });
+    let l2 = rt.block_on(async {
+        Cache::new(
+            &settings(Some(&redis)),
+            &Metrics::new("bench"),
+            Arc::new(|_: &str| {}),
+            stop.clone(),
+        )
+        .unwrap()
+    });
     rt.block_on(async {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        l2.get_or_load(&scope, &POLICY, "page", || async { Ok::<_, ApiError>(Some(items.clone())) }).await.unwrap();
+        l2.get_or_load(&scope, &POLICY, "page", || async {
+            Ok::<_, ApiError>(Some(items.clone()))
+        })
+        .await
+        .unwrap();
     });
     g.bench_function("get_or_load_l2_hit", |b| {
         b.to_async(&rt).iter(|| async {
             l2.clear_l1();
-            black_box(l2.get_or_load(&scope, &POLICY, "page", || async { Ok::<Option<Vec<Item>>, ApiError>(None) }).await.unwrap())
+            black_box(
+                l2.get_or_load(&scope, &POLICY, "page", || async {
+                    Ok::<Option<Vec<Item>>, ApiError>(None)
+                })
+                .await
+                .unwrap(),
+            )
         })
     });
     g.finish();
@@ -104,7 +147,14 @@ fn small_paths(c: &mut Criterion) {
     let user = Uuid::new_v4();
     let scope = Scope::user("journal", user);
     c.bench_function("key_build_list_page", |b| {
-        b.iter(|| black_box(keys::entry_key("kai", &scope, 1_763_000_000_000_000, &keys::journal_list_page(user, 3, 20))))
+        b.iter(|| {
+            black_box(keys::entry_key(
+                "kai",
+                &scope,
+                1_763_000_000_000_000,
+                &keys::journal_list_page(user, 3, 20),
+            ))
+        })
     });
     c.bench_function("problem_json_render", |b| {
         b.iter(|| {

@@ -58,7 +58,10 @@ impl Authenticator {
             validation,
             ttl,
             // A revoked token is forgotten once it would have expired anyway.
-            revoked: moka::sync::Cache::builder().max_capacity(1_000_000).time_to_live(ttl + Duration::from_secs(60)).build(),
+            revoked: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(ttl + Duration::from_secs(60))
+                .build(),
         }
     }
 
@@ -77,7 +80,8 @@ impl Authenticator {
             iss: ISSUER.into(),
             aud: AUDIENCE.into(),
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(ApiError::internal)?;
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(ApiError::internal)?;
         Ok((token, claims))
     }
 
@@ -137,12 +141,21 @@ impl FromRequest for AuthUser {
             let token = header
                 .to_str()
                 .ok()
-                .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+                .and_then(|h| {
+                    h.strip_prefix("Bearer ")
+                        .or_else(|| h.strip_prefix("bearer "))
+                })
                 .map(str::trim)
                 .filter(|t| !t.is_empty())
-                .ok_or_else(|| ApiError::Unauthorized("expected `Authorization: Bearer <token>`".into()))?;
+                .ok_or_else(|| {
+                    ApiError::Unauthorized("expected `Authorization: Bearer <token>`".into())
+                })?;
             let claims = platform.auth.verify(token)?;
-            Ok(AuthUser { user_id: claims.sub, session_id: claims.sid, expires_at: claims.exp })
+            Ok(AuthUser {
+                user_id: claims.sub,
+                session_id: claims.sid,
+                expires_at: claims.exp,
+            })
         })();
         match result {
             Err(e) => Box::pin(ready(Err(e))),
@@ -165,7 +178,10 @@ mod tests {
     use super::*;
 
     fn auth() -> Authenticator {
-        Authenticator::new(&SecretString::from("0123456789abcdef0123456789abcdef"), Duration::from_secs(60))
+        Authenticator::new(
+            &SecretString::from("0123456789abcdef0123456789abcdef"),
+            Duration::from_secs(60),
+        )
     }
 
     #[test]
@@ -185,7 +201,10 @@ mod tests {
         tampered.pop();
         tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
         assert!(a.verify(&tampered).is_err());
-        let other = Authenticator::new(&SecretString::from("another-secret-another-secret-xx"), Duration::from_secs(60));
+        let other = Authenticator::new(
+            &SecretString::from("another-secret-another-secret-xx"),
+            Duration::from_secs(60),
+        );
         assert!(other.verify(&token).is_err());
         a.mark_revoked(claims.sid);
         assert!(matches!(a.verify(&token), Err(ApiError::Unauthorized(_))));
@@ -198,8 +217,13 @@ mod tests {
         let now = chrono::Utc::now().timestamp();
         let header = b64.encode(br#"{"alg":"none","typ":"JWT"}"#);
         let body = b64.encode(
-            format!(r#"{{"sub":"{}","sid":"{}","iat":{now},"exp":{},"iss":"kai","aud":"kai-api"}}"#, Uuid::new_v4(), Uuid::new_v4(), now + 60)
-                .as_bytes(),
+            format!(
+                r#"{{"sub":"{}","sid":"{}","iat":{now},"exp":{},"iss":"kai","aud":"kai-api"}}"#,
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+                now + 60
+            )
+            .as_bytes(),
         );
         assert!(auth().verify(&format!("{header}.{body}.")).is_err());
     }
@@ -208,8 +232,16 @@ mod tests {
     fn expired_tokens_are_refused() {
         let a = auth();
         let now = chrono::Utc::now().timestamp();
-        let claims = Claims { sub: Uuid::new_v4(), sid: Uuid::new_v4(), iat: now - 120, exp: now - 60, iss: ISSUER.into(), aud: AUDIENCE.into() };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &a.encoding).unwrap();
+        let claims = Claims {
+            sub: Uuid::new_v4(),
+            sid: Uuid::new_v4(),
+            iat: now - 120,
+            exp: now - 60,
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+        };
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &a.encoding).unwrap();
         let err = a.verify(&token).unwrap_err();
         assert!(err.to_string().contains("expired"), "{err}");
     }

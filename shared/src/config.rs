@@ -92,7 +92,10 @@ impl Settings {
         if let Err(e) = dotenvy::dotenv()
             && !e.not_found()
         {
-            return Err(ConfigError { var: ".env", message: e.to_string() });
+            return Err(ConfigError {
+                var: ".env",
+                message: e.to_string(),
+            });
         }
         Self::from_lookup(default_port, |k| std::env::var(k).ok())
     }
@@ -102,11 +105,19 @@ impl Settings {
         default_port: u16,
         get: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let get = |k: &str| get(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let get = |k: &str| {
+            get(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
         let err = |var: &'static str, message: String| ConfigError { var, message };
 
-        let database_url = get("DATABASE_URL")
-            .ok_or_else(|| err("DATABASE_URL", "required (e.g. postgres://postgres@127.0.0.1:5432/kai)".into()))?;
+        let database_url = get("DATABASE_URL").ok_or_else(|| {
+            err(
+                "DATABASE_URL",
+                "required (e.g. postgres://postgres@127.0.0.1:5432/kai)".into(),
+            )
+        })?;
         database_url
             .parse::<tokio_postgres::Config>()
             .map_err(|e| err("DATABASE_URL", format!("not a PostgreSQL URL: {e}")))?;
@@ -120,8 +131,12 @@ impl Settings {
             }
         };
 
-        let auth_secret = get("AUTH_SECRET")
-            .ok_or_else(|| err("AUTH_SECRET", "required: an HS256 key of at least 32 bytes".into()))?;
+        let auth_secret = get("AUTH_SECRET").ok_or_else(|| {
+            err(
+                "AUTH_SECRET",
+                "required: an HS256 key of at least 32 bytes".into(),
+            )
+        })?;
         if auth_secret.len() < 32 {
             return Err(err(
                 "AUTH_SECRET",
@@ -148,7 +163,10 @@ impl Settings {
             None | Some("json") => LogFormat::Json,
             Some("pretty") => LogFormat::Pretty,
             Some(other) => {
-                return Err(err("LOG_FORMAT", format!("expected json or pretty, got {other:?}")));
+                return Err(err(
+                    "LOG_FORMAT",
+                    format!("expected json or pretty, got {other:?}"),
+                ));
             }
         };
 
@@ -156,7 +174,10 @@ impl Settings {
         if let Some(url) = &llm_base_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
-            return Err(err("LLM_BASE_URL", "must start with http:// or https://".into()));
+            return Err(err(
+                "LLM_BASE_URL",
+                "must start with http:// or https://".into(),
+            ));
         }
 
         Ok(Self {
@@ -171,8 +192,16 @@ impl Settings {
             db_pool_timeout: Duration::from_secs(db_pool_timeout_secs),
             redis_pool_size,
             redis_timeout: Duration::from_millis(redis_timeout_ms),
-            slow_query_threshold: Duration::from_millis(parse(&get, "SLOW_QUERY_THRESHOLD_MS", 100)?),
-            slow_request_threshold: Duration::from_millis(parse(&get, "SLOW_REQUEST_THRESHOLD_MS", 1000)?),
+            slow_query_threshold: Duration::from_millis(parse(
+                &get,
+                "SLOW_QUERY_THRESHOLD_MS",
+                100,
+            )?),
+            slow_request_threshold: Duration::from_millis(parse(
+                &get,
+                "SLOW_REQUEST_THRESHOLD_MS",
+                1000,
+            )?),
             cors_allowed_origins: get("CORS_ALLOWED_ORIGINS")
                 .map(|v| {
                     v.split(',')
@@ -229,13 +258,19 @@ fn parse_bool(
         None => Ok(default),
         Some("true" | "1" | "yes" | "on") => Ok(true),
         Some("false" | "0" | "no" | "off") => Ok(false),
-        Some(other) => Err(ConfigError { var, message: format!("expected true or false, got {other:?}") }),
+        Some(other) => Err(ConfigError {
+            var,
+            message: format!("expected true or false, got {other:?}"),
+        }),
     }
 }
 
 fn positive(var: &'static str, value: u64) -> Result<(), ConfigError> {
     if value == 0 {
-        return Err(ConfigError { var, message: "must be greater than 0".into() });
+        return Err(ConfigError {
+            var,
+            message: "must be greater than 0".into(),
+        });
     }
     Ok(())
 }
@@ -249,7 +284,10 @@ mod tests {
 
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         let mut env: HashMap<String, String> = HashMap::from([
-            ("DATABASE_URL".into(), "postgres://postgres@127.0.0.1:5432/kai".into()),
+            (
+                "DATABASE_URL".into(),
+                "postgres://postgres@127.0.0.1:5432/kai".into(),
+            ),
             ("AUTH_SECRET".into(), SECRET.into()),
         ]);
         for (k, v) in pairs {
@@ -280,7 +318,8 @@ mod tests {
 
     #[test]
     fn missing_database_url_names_the_variable() {
-        let e = Settings::from_lookup(8081, |k| (k == "AUTH_SECRET").then(|| SECRET.to_owned())).unwrap_err();
+        let e = Settings::from_lookup(8081, |k| (k == "AUTH_SECRET").then(|| SECRET.to_owned()))
+            .unwrap_err();
         assert_eq!(e.var, "DATABASE_URL");
     }
 
@@ -312,20 +351,29 @@ mod tests {
         ] {
             let e = settings(&[(var, value)]).unwrap_err();
             assert_eq!(e.var, var, "{var}={value} gave {e}");
-            assert!(e.to_string().starts_with(&format!("configuration error: {var}: ")));
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("configuration error: {var}: "))
+            );
         }
     }
 
     #[test]
     fn lists_and_booleans_parse() {
         let s = settings(&[
-            ("CORS_ALLOWED_ORIGINS", "https://a.example, https://b.example,"),
+            (
+                "CORS_ALLOWED_ORIGINS",
+                "https://a.example, https://b.example,",
+            ),
             ("CACHE_ENABLED", "false"),
             ("LOG_FORMAT", "pretty"),
             ("REDIS_URL", "redis://127.0.0.1:6379/3"),
         ])
         .unwrap();
-        assert_eq!(s.cors_allowed_origins, vec!["https://a.example", "https://b.example"]);
+        assert_eq!(
+            s.cors_allowed_origins,
+            vec!["https://a.example", "https://b.example"]
+        );
         assert!(!s.cache_enabled);
         assert_eq!(s.log_format, LogFormat::Pretty);
         assert!(s.redis_url.is_some());

@@ -61,10 +61,21 @@ struct Performance {
 async fn detailed(platform: web::Data<Platform>) -> HttpResponse {
     let (db_ping, redis) = tokio::join!(platform.db.ping(), platform.cache.redis_health());
     let database = match db_ping {
-        Ok(rtt) => DatabaseHealth { status: "healthy", response_time_ms: Some(rtt.as_secs_f64() * 1000.0), pool: platform.db.status() },
-        Err(_) => DatabaseHealth { status: "unhealthy", response_time_ms: None, pool: platform.db.status() },
+        Ok(rtt) => DatabaseHealth {
+            status: "healthy",
+            response_time_ms: Some(rtt.as_secs_f64() * 1000.0),
+            pool: platform.db.status(),
+        },
+        Err(_) => DatabaseHealth {
+            status: "unhealthy",
+            response_time_ms: None,
+            pool: platform.db.status(),
+        },
     };
-    let redis = redis.unwrap_or(RedisHealth { status: "disabled", response_time_ms: None });
+    let redis = redis.unwrap_or(RedisHealth {
+        status: "disabled",
+        response_time_ms: None,
+    });
     let status = if database.status != "healthy" {
         "unhealthy"
     } else if redis.status == "healthy" || redis.status == "disabled" {
@@ -81,9 +92,17 @@ async fn detailed(platform: web::Data<Platform>) -> HttpResponse {
         database,
         redis,
         cache: platform.cache.totals(),
-        performance: Performance { endpoints: platform.stats.summary(), slow_query_count, slow_queries },
+        performance: Performance {
+            endpoints: platform.stats.summary(),
+            slow_query_count,
+            slow_queries,
+        },
     };
-    let code = if status == "unhealthy" { HttpResponse::ServiceUnavailable() } else { HttpResponse::Ok() };
+    let code = if status == "unhealthy" {
+        HttpResponse::ServiceUnavailable()
+    } else {
+        HttpResponse::Ok()
+    };
     let mut res = code;
     res.json(body)
 }

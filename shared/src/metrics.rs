@@ -7,11 +7,14 @@
 
 use std::collections::HashMap;
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 /// Buckets for sub-millisecond to multi-second work.
 pub const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
 ];
 
 /// All of Kai's own metrics; cheap to clone (every field is an `Arc` inside).
@@ -33,28 +36,58 @@ impl Metrics {
         let registry = Registry::new_custom(None, Some(labels)).expect("valid registry labels");
         let counter = |name: &str, help: &str, label: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), label).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("metric registered once");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("metric registered once");
             c
         };
-        let cache_hits = counter("kai_cache_hits_total", "Cache hits (L1 or L2) by namespace", &["namespace"]);
-        let cache_misses = counter("kai_cache_misses_total", "Cache misses by namespace", &["namespace"]);
-        let cache_errors =
-            counter("kai_cache_errors_total", "Cache (Redis) errors and timeouts by namespace", &["namespace"]);
-        let llm_requests = counter("kai_llm_requests_total", "LLM requests by outcome", &["outcome"]);
+        let cache_hits = counter(
+            "kai_cache_hits_total",
+            "Cache hits (L1 or L2) by namespace",
+            &["namespace"],
+        );
+        let cache_misses = counter(
+            "kai_cache_misses_total",
+            "Cache misses by namespace",
+            &["namespace"],
+        );
+        let cache_errors = counter(
+            "kai_cache_errors_total",
+            "Cache (Redis) errors and timeouts by namespace",
+            &["namespace"],
+        );
+        let llm_requests = counter(
+            "kai_llm_requests_total",
+            "LLM requests by outcome",
+            &["outcome"],
+        );
 
         let db_query_duration = Histogram::with_opts(
-            HistogramOpts::new("kai_db_query_duration_seconds", "PostgreSQL statement duration")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "kai_db_query_duration_seconds",
+                "PostgreSQL statement duration",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
         )
         .expect("valid metric");
-        registry.register(Box::new(db_query_duration.clone())).expect("metric registered once");
-        let db_slow_queries =
-            IntCounter::new("kai_db_slow_queries_total", "Statements slower than SLOW_QUERY_THRESHOLD_MS")
-                .expect("valid metric");
-        registry.register(Box::new(db_slow_queries.clone())).expect("metric registered once");
+        registry
+            .register(Box::new(db_query_duration.clone()))
+            .expect("metric registered once");
+        let db_slow_queries = IntCounter::new(
+            "kai_db_slow_queries_total",
+            "Statements slower than SLOW_QUERY_THRESHOLD_MS",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(db_slow_queries.clone()))
+            .expect("metric registered once");
         // Registered only when Redis is configured (see cache::redis): absent, not 0,
         // for a service that runs without Redis, so the "Redis degraded" alert stays quiet.
-        let redis_up = IntGauge::new("kai_redis_up", "1 when Redis answers (circuit closed), else 0").expect("valid metric");
+        let redis_up = IntGauge::new(
+            "kai_redis_up",
+            "1 when Redis answers (circuit closed), else 0",
+        )
+        .expect("valid metric");
 
         Self {
             registry,
@@ -70,15 +103,22 @@ impl Metrics {
 
     /// A histogram in this registry (for services that add their own).
     pub fn histogram_vec(&self, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-        let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels)
-            .expect("valid metric");
-        self.registry.register(Box::new(h.clone())).expect("metric registered once");
+        let h = HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+            labels,
+        )
+        .expect("valid metric");
+        self.registry
+            .register(Box::new(h.clone()))
+            .expect("metric registered once");
         h
     }
 
     /// The text exposition of everything in the registry.
     pub fn render(&self) -> String {
         let encoder = prometheus::TextEncoder::new();
-        encoder.encode_to_string(&self.registry.gather()).unwrap_or_default()
+        encoder
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
     }
 }

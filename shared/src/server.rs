@@ -74,7 +74,9 @@ impl Platform {
     pub async fn revoke_session(&self, session_id: Uuid, expires_at: i64) {
         self.auth.mark_revoked(session_id);
         if !self.cache.announce_revocation(session_id, expires_at).await {
-            tracing::warn!("logout could not be announced through Redis; other services learn it when it answers");
+            tracing::warn!(
+                "logout could not be announced through Redis; other services learn it when it answers"
+            );
         }
     }
 }
@@ -88,7 +90,10 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        Self { handle_signals: true, workers: None }
+        Self {
+            handle_signals: true,
+            workers: None,
+        }
     }
 }
 
@@ -102,7 +107,11 @@ pub struct Application {
 
 impl Application {
     /// Connects, migrates (unless `RUN_MIGRATIONS=false`), binds and wires everything.
-    pub async fn build(settings: Settings, def: ServiceDef, opts: RunOptions) -> anyhow::Result<Self> {
+    pub async fn build(
+        settings: Settings,
+        def: ServiceDef,
+        opts: RunOptions,
+    ) -> anyhow::Result<Self> {
         let metrics = Metrics::new(def.name);
         for ns in def.cache_namespaces {
             metrics.cache_hits.with_label_values(&[ns]);
@@ -114,7 +123,10 @@ impl Application {
             crate::db::migrate(&db, def.migrations).await?;
         }
         let stop = CancellationToken::new();
-        let auth = Arc::new(Authenticator::new(&settings.auth_secret, settings.auth_token_ttl));
+        let auth = Arc::new(Authenticator::new(
+            &settings.auth_secret,
+            settings.auth_token_ttl,
+        ));
         let on_revoked = {
             let auth = auth.clone();
             Arc::new(move |sid: &str| {
@@ -123,7 +135,8 @@ impl Application {
                 }
             })
         };
-        let cache = Cache::new(&settings, &metrics, on_revoked, stop.clone()).context("configuring the cache")?;
+        let cache = Cache::new(&settings, &metrics, on_revoked, stop.clone())
+            .context("configuring the cache")?;
         let listener = TcpListener::bind((settings.host, settings.port))
             .with_context(|| format!("binding {}:{}", settings.host, settings.port))?;
         let port = listener.local_addr()?.port();
@@ -193,7 +206,12 @@ impl Application {
         if let Some(workers) = opts.workers {
             server = server.workers(workers);
         }
-        Ok(Self { port, server: server.run(), platform, stop })
+        Ok(Self {
+            port,
+            server: server.run(),
+            platform,
+            stop,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -236,7 +254,11 @@ enum Command {
 
 /// The whole of a service's `main`: parse the CLI, read and validate settings (one
 /// clear line and exit code 2 on a bad one), start telemetry, then serve or migrate.
-pub fn main(name: &'static str, default_port: u16, def: impl FnOnce(&Settings) -> anyhow::Result<ServiceDef>) -> ExitCode {
+pub fn main(
+    name: &'static str,
+    default_port: u16,
+    def: impl FnOnce(&Settings) -> anyhow::Result<ServiceDef>,
+) -> ExitCode {
     let cli = Cli::parse();
     let settings = match Settings::from_env(default_port) {
         Ok(s) => s,
@@ -246,7 +268,10 @@ pub fn main(name: &'static str, default_port: u16, def: impl FnOnce(&Settings) -
         }
     };
     crate::telemetry::init(&settings.rust_log, settings.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{name}-service: cannot start the runtime: {e}");
@@ -273,7 +298,10 @@ pub fn main(name: &'static str, default_port: u16, def: impl FnOnce(&Settings) -
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "{name}-service stopped with an error");
+            tracing::error!(
+                error = format!("{e:#}"),
+                "{name}-service stopped with an error"
+            );
             eprintln!("{name}-service: {e:#}");
             ExitCode::FAILURE
         }

@@ -17,7 +17,8 @@ pub const TEST_SECRET: &str = "kai-test-secret-kai-test-secret-0123456789";
 
 /// The maintenance database URL (`TEST_DATABASE_URL`, default local trust auth).
 pub fn admin_url() -> String {
-    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// The shared Redis (`TEST_REDIS_URL`, default local).
@@ -38,7 +39,10 @@ impl TestDb {
             .await
             .expect("PostgreSQL must be running (see README: scripts/test starts it)");
         tokio::spawn(conn);
-        client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create test database");
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
         let base = admin_url();
         let url = match base.rsplit_once('/') {
             Some((head, _)) => format!("{head}/{name}"),
@@ -49,7 +53,9 @@ impl TestDb {
 
     /// A direct connection for assertions (outside the pool under test).
     pub async fn connect(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await.expect("connect");
+        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
         tokio::spawn(conn);
         client
     }
@@ -60,11 +66,18 @@ impl Drop for TestDb {
         let name = self.name.clone();
         // Drop may run inside a runtime: do the async work on a thread of its own.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
             rt.block_on(async {
-                if let Ok((client, conn)) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls).await {
+                if let Ok((client, conn)) =
+                    tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls).await
+                {
                     tokio::spawn(conn);
-                    let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
                 }
             });
         })
@@ -80,17 +93,27 @@ pub struct TestPrefix {
 
 impl TestPrefix {
     pub fn new(url: &str) -> Self {
-        Self { prefix: format!("kai-test-{}", Uuid::new_v4().simple()), url: url.to_owned() }
+        Self {
+            prefix: format!("kai-test-{}", Uuid::new_v4().simple()),
+            url: url.to_owned(),
+        }
     }
 }
 
 impl Drop for TestPrefix {
     fn drop(&mut self) {
-        let Ok(client) = redis::Client::open(self.url.as_str()) else { return };
-        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(1)) else { return };
+        let Ok(client) = redis::Client::open(self.url.as_str()) else {
+            return;
+        };
+        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(1)) else {
+            return;
+        };
         let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
         // Cleanup only (never a request path): SCAN is fine here.
-        let keys: Vec<String> = match redis::cmd("KEYS").arg(format!("{}:*", self.prefix)).query(&mut conn) {
+        let keys: Vec<String> = match redis::cmd("KEYS")
+            .arg(format!("{}:*", self.prefix))
+            .query(&mut conn)
+        {
             Ok(k) => k,
             Err(_) => return,
         };
@@ -117,7 +140,16 @@ impl PrivateRedis {
 
     fn spawn(port: u16) -> Child {
         Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -167,8 +199,12 @@ impl PrivateRedis {
 
     /// A synchronous connection for assertions (`INFO commandstats`, …).
     pub fn connection(&self) -> redis::Connection {
-        let c = redis::Client::open(self.url()).expect("url").get_connection_with_timeout(Duration::from_secs(2)).expect("connect");
-        c.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        let c = redis::Client::open(self.url())
+            .expect("url")
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
         c
     }
 }
@@ -181,15 +217,26 @@ impl Drop for PrivateRedis {
 }
 
 fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status();
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// Settings for a test: port 0, quiet pool timeouts, a private cache prefix.
-pub fn settings(database_url: &str, redis_url: Option<&str>, prefix: &str, extra: &[(&str, &str)]) -> Settings {
+pub fn settings(
+    database_url: &str,
+    redis_url: Option<&str>,
+    prefix: &str,
+    extra: &[(&str, &str)],
+) -> Settings {
     let mut env: std::collections::HashMap<String, String> = [
         ("DATABASE_URL", database_url),
         ("AUTH_SECRET", TEST_SECRET),
@@ -215,7 +262,10 @@ pub fn settings(database_url: &str, redis_url: Option<&str>, prefix: &str, extra
 
 /// Mints an access token the services accept.
 pub fn token(user_id: Uuid) -> String {
-    let auth = crate::auth::Authenticator::new(&secrecy::SecretString::from(TEST_SECRET), Duration::from_secs(3600));
+    let auth = crate::auth::Authenticator::new(
+        &secrecy::SecretString::from(TEST_SECRET),
+        Duration::from_secs(3600),
+    );
     auth.mint(user_id, Uuid::new_v4()).expect("mint").0
 }
 
@@ -231,15 +281,30 @@ impl TestApp {
     /// Builds and starts `def` with `settings` (migrations applied) on a free port.
     pub async fn start(def: ServiceDef, settings: Settings) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let app = Application::build(settings, def, RunOptions { handle_signals: false, workers: Some(2) })
-            .await
-            .expect("application builds");
+        let app = Application::build(
+            settings,
+            def,
+            RunOptions {
+                handle_signals: false,
+                workers: Some(2),
+            },
+        )
+        .await
+        .expect("application builds");
         let address = format!("http://127.0.0.1:{}", app.port());
         let platform = app.platform();
         let handle = app.handle();
         tokio::spawn(app.run_until_stopped());
-        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
-        let me = Self { address, platform, client, handle };
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        let me = Self {
+            address,
+            platform,
+            client,
+            handle,
+        };
         me.wait_for_redis_subscription().await;
         me
     }

@@ -15,14 +15,21 @@ pub struct Cursor {
 
 impl Cursor {
     pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(format!("{}|{}", self.created_at.timestamp_micros(), self.id.simple()))
+        URL_SAFE_NO_PAD.encode(format!(
+            "{}|{}",
+            self.created_at.timestamp_micros(),
+            self.id.simple()
+        ))
     }
 
     pub fn decode(raw: &str) -> Option<Self> {
         let bytes = URL_SAFE_NO_PAD.decode(raw).ok()?;
         let text = std::str::from_utf8(&bytes).ok()?;
         let (micros, id) = text.split_once('|')?;
-        Some(Self { created_at: DateTime::from_timestamp_micros(micros.parse().ok()?)?, id: Uuid::parse_str(id).ok()? })
+        Some(Self {
+            created_at: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+            id: Uuid::parse_str(id).ok()?,
+        })
     }
 }
 
@@ -46,7 +53,14 @@ mod tests {
 
     #[test]
     fn cursors_are_url_safe() {
-        let c = Cursor { created_at: Utc::now(), id: Uuid::new_v4() };
-        assert!(c.encode().chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_'));
+        let c = Cursor {
+            created_at: Utc::now(),
+            id: Uuid::new_v4(),
+        };
+        assert!(
+            c.encode()
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+        );
     }
 }

@@ -24,7 +24,10 @@ mod embedded {
     refinery::embed_migrations!("../../migrations/journal");
 }
 
-pub const MIGRATIONS: MigrationSet = MigrationSet { schema: "journal", runner: embedded::migrations::runner };
+pub const MIGRATIONS: MigrationSet = MigrationSet {
+    schema: "journal",
+    runner: embedded::migrations::runner,
+};
 
 /// The service as the platform runs it.
 pub fn service() -> ServiceDef {
@@ -34,7 +37,11 @@ pub fn service() -> ServiceDef {
         migrations: MIGRATIONS,
         routes: Arc::new(routes::configure),
         openapi: routes::ApiDoc::openapi(),
-        cache_namespaces: &[cache_rules::LIST.namespace, cache_rules::ENTRY.namespace, cache_rules::STATS.namespace],
+        cache_namespaces: &[
+            cache_rules::LIST.namespace,
+            cache_rules::ENTRY.namespace,
+            cache_rules::STATS.namespace,
+        ],
         session_check: None,
     }
 }

@@ -69,8 +69,14 @@ impl CreateEntry {
 impl PatchEntry {
     pub fn validate(&mut self) -> Result<(), ApiError> {
         let mut errors = Vec::new();
-        if self.content.is_none() && self.title.is_none() && self.mood.is_none() && self.tags.is_none() {
-            return Err(ApiError::bad_request("nothing to update: give content, title, mood or tags"));
+        if self.content.is_none()
+            && self.title.is_none()
+            && self.mood.is_none()
+            && self.tags.is_none()
+        {
+            return Err(ApiError::bad_request(
+                "nothing to update: give content, title, mood or tags",
+            ));
         }
         if let Some(content) = &self.content {
             check_content(content, &mut errors);
@@ -91,13 +97,19 @@ impl PatchEntry {
 fn check_content(content: &str, errors: &mut Vec<FieldError>) {
     let n = content.chars().count();
     if content.trim().is_empty() || n > MAX_CONTENT_CHARS {
-        errors.push(FieldError::new("content", format!("must be 1 to {MAX_CONTENT_CHARS} characters (got {n})")));
+        errors.push(FieldError::new(
+            "content",
+            format!("must be 1 to {MAX_CONTENT_CHARS} characters (got {n})"),
+        ));
     }
 }
 
 fn check_title(title: &str, errors: &mut Vec<FieldError>) {
     if title.chars().count() > MAX_TITLE_CHARS {
-        errors.push(FieldError::new("title", format!("must be at most {MAX_TITLE_CHARS} characters")));
+        errors.push(FieldError::new(
+            "title",
+            format!("must be at most {MAX_TITLE_CHARS} characters"),
+        ));
     }
 }
 
@@ -115,13 +127,23 @@ fn check_tags(tags: &mut Vec<String>, errors: &mut Vec<FieldError>) {
     if tags.len() > MAX_TAGS {
         errors.push(FieldError::new("tags", format!("at most {MAX_TAGS} tags")));
     }
-    if tags.iter().any(|t| t.is_empty() || t.chars().count() > MAX_TAG_CHARS) {
-        errors.push(FieldError::new("tags", format!("each tag must be 1 to {MAX_TAG_CHARS} characters")));
+    if tags
+        .iter()
+        .any(|t| t.is_empty() || t.chars().count() > MAX_TAG_CHARS)
+    {
+        errors.push(FieldError::new(
+            "tags",
+            format!("each tag must be 1 to {MAX_TAG_CHARS} characters"),
+        ));
     }
 }
 
 fn finish(errors: Vec<FieldError>) -> Result<(), ApiError> {
-    if errors.is_empty() { Ok(()) } else { Err(ApiError::validation(errors)) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(errors))
+    }
 }
 
 /// `GET /api/journal/entries`: page mode (`page`, `page_size`) unless `limit` or
@@ -191,11 +213,20 @@ pub struct Stats {
 }
 
 /// Checks an integer query parameter against its range.
-pub fn in_range(name: &str, value: Option<i64>, default: i64, min: i64, max: i64) -> Result<i64, ApiError> {
+pub fn in_range(
+    name: &str,
+    value: Option<i64>,
+    default: i64,
+    min: i64,
+    max: i64,
+) -> Result<i64, ApiError> {
     let v = value.unwrap_or(default);
     if (min..=max).contains(&v) {
         Ok(v)
     } else {
-        Err(ApiError::validation(vec![FieldError::new(name, format!("must be between {min} and {max}"))]))
+        Err(ApiError::validation(vec![FieldError::new(
+            name,
+            format!("must be between {min} and {max}"),
+        )]))
     }
 }

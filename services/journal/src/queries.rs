@@ -10,8 +10,8 @@ use uuid::Uuid;
 use crate::cursor::Cursor;
 use crate::model::{CreateEntry, DayStats, Entry, EntryCursorPage, EntryPage, PatchEntry, Stats};
 
-
-pub const INSERT: &str = "INSERT INTO journal.journal_entries (id, user_id, title, content, mood, tags)
+pub const INSERT: &str =
+    "INSERT INTO journal.journal_entries (id, user_id, title, content, mood, tags)
      VALUES ($1, $2, $3, $4, $5, $6)
      RETURNING id, title, content, mood, tags, created_at, updated_at";
 
@@ -19,7 +19,8 @@ pub const GET: &str = "SELECT id, title, content, mood, tags, created_at, update
      FROM journal.journal_entries
      WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL";
 
-pub const COUNT_LIVE: &str = "SELECT count(*) FROM journal.journal_entries WHERE user_id = $1 AND deleted_at IS NULL";
+pub const COUNT_LIVE: &str =
+    "SELECT count(*) FROM journal.journal_entries WHERE user_id = $1 AND deleted_at IS NULL";
 
 pub const PAGE: &str = "SELECT id, title, content, mood, tags, created_at, updated_at
      FROM journal.journal_entries
@@ -27,13 +28,15 @@ pub const PAGE: &str = "SELECT id, title, content, mood, tags, created_at, updat
      ORDER BY created_at DESC, id DESC
      LIMIT $2 OFFSET $3";
 
-pub const FIRST_PAGE_BY_CURSOR: &str = "SELECT id, title, content, mood, tags, created_at, updated_at
+pub const FIRST_PAGE_BY_CURSOR: &str =
+    "SELECT id, title, content, mood, tags, created_at, updated_at
      FROM journal.journal_entries
      WHERE user_id = $1 AND deleted_at IS NULL
      ORDER BY created_at DESC, id DESC
      LIMIT $2";
 
-pub const NEXT_PAGE_BY_CURSOR: &str = "SELECT id, title, content, mood, tags, created_at, updated_at
+pub const NEXT_PAGE_BY_CURSOR: &str =
+    "SELECT id, title, content, mood, tags, created_at, updated_at
      FROM journal.journal_entries
      WHERE user_id = $1 AND deleted_at IS NULL AND (created_at, id) < ($3, $4)
      ORDER BY created_at DESC, id DESC
@@ -81,56 +84,131 @@ fn entry(row: &Row) -> Entry {
 pub async fn insert_entry(db: &Db, user_id: Uuid, new: &CreateEntry) -> Result<Entry, ApiError> {
     let conn = db.conn().await?;
     let id = Uuid::now_v7();
-    let row = db.query_one(&conn, INSERT, &[&id, &user_id, &new.title, &new.content, &new.mood, &new.tags]).await?;
+    let row = db
+        .query_one(
+            &conn,
+            INSERT,
+            &[
+                &id,
+                &user_id,
+                &new.title,
+                &new.content,
+                &new.mood,
+                &new.tags,
+            ],
+        )
+        .await?;
     Ok(entry(&row))
 }
 
 pub async fn get_entry(db: &Db, user_id: Uuid, id: Uuid) -> Result<Option<Entry>, ApiError> {
     let conn = db.conn().await?;
-    Ok(db.query_opt(&conn, GET, &[&id, &user_id]).await?.as_ref().map(entry))
+    Ok(db
+        .query_opt(&conn, GET, &[&id, &user_id])
+        .await?
+        .as_ref()
+        .map(entry))
 }
 
 /// Page mode: two statements (count, page) whatever the table holds.
-pub async fn list_entries_page(db: &Db, user_id: Uuid, page: i64, page_size: i64) -> Result<EntryPage, ApiError> {
+pub async fn list_entries_page(
+    db: &Db,
+    user_id: Uuid,
+    page: i64,
+    page_size: i64,
+) -> Result<EntryPage, ApiError> {
     let conn = db.conn().await?;
     let total: i64 = db.query_one(&conn, COUNT_LIVE, &[&user_id]).await?.get(0);
     let offset = (page - 1) * page_size;
     let entries: Vec<Entry> = if offset >= total {
         Vec::new()
     } else {
-        db.query(&conn, PAGE, &[&user_id, &page_size, &offset]).await?.iter().map(entry).collect()
+        db.query(&conn, PAGE, &[&user_id, &page_size, &offset])
+            .await?
+            .iter()
+            .map(entry)
+            .collect()
     };
-    Ok(EntryPage { has_more: offset + (entries.len() as i64) < total, entries, total, page, page_size })
+    Ok(EntryPage {
+        has_more: offset + (entries.len() as i64) < total,
+        entries,
+        total,
+        page,
+        page_size,
+    })
 }
 
 /// Cursor mode: one statement, asking for one row more than the page to learn
 /// whether another page exists.
-pub async fn list_entries_after(db: &Db, user_id: Uuid, cursor: Option<Cursor>, limit: i64) -> Result<EntryCursorPage, ApiError> {
+pub async fn list_entries_after(
+    db: &Db,
+    user_id: Uuid,
+    cursor: Option<Cursor>,
+    limit: i64,
+) -> Result<EntryCursorPage, ApiError> {
     let conn = db.conn().await?;
     let fetch = limit + 1;
     let rows = match cursor {
-        None => db.query(&conn, FIRST_PAGE_BY_CURSOR, &[&user_id, &fetch]).await?,
-        Some(c) => db.query(&conn, NEXT_PAGE_BY_CURSOR, &[&user_id, &fetch, &c.created_at, &c.id]).await?,
+        None => {
+            db.query(&conn, FIRST_PAGE_BY_CURSOR, &[&user_id, &fetch])
+                .await?
+        }
+        Some(c) => {
+            db.query(
+                &conn,
+                NEXT_PAGE_BY_CURSOR,
+                &[&user_id, &fetch, &c.created_at, &c.id],
+            )
+            .await?
+        }
     };
     let mut entries: Vec<Entry> = rows.iter().map(entry).collect();
     let has_more = entries.len() as i64 > limit;
     entries.truncate(limit as usize);
     let next_cursor = if has_more {
-        entries.last().map(|e| Cursor { created_at: e.created_at, id: e.id }.encode())
+        entries.last().map(|e| {
+            Cursor {
+                created_at: e.created_at,
+                id: e.id,
+            }
+            .encode()
+        })
     } else {
         None
     };
-    Ok(EntryCursorPage { entries, next_cursor, has_more })
+    Ok(EntryCursorPage {
+        entries,
+        next_cursor,
+        has_more,
+    })
 }
 
-pub async fn patch_entry(db: &Db, user_id: Uuid, id: Uuid, patch: &PatchEntry) -> Result<Option<Entry>, ApiError> {
+pub async fn patch_entry(
+    db: &Db,
+    user_id: Uuid,
+    id: Uuid,
+    patch: &PatchEntry,
+) -> Result<Option<Entry>, ApiError> {
     let conn = db.conn().await?;
     let set_title = patch.title.is_some();
     let title = patch.title.clone().flatten();
     let set_mood = patch.mood.is_some();
     let mood = patch.mood.flatten();
     let row = db
-        .query_opt(&conn, PATCH, &[&id, &user_id, &patch.content, &set_title, &title, &set_mood, &mood, &patch.tags])
+        .query_opt(
+            &conn,
+            PATCH,
+            &[
+                &id,
+                &user_id,
+                &patch.content,
+                &set_title,
+                &title,
+                &set_mood,
+                &mood,
+                &patch.tags,
+            ],
+        )
         .await?;
     Ok(row.as_ref().map(entry))
 }
@@ -141,27 +219,48 @@ pub async fn soft_delete_entry(db: &Db, user_id: Uuid, id: Uuid) -> Result<bool,
     Ok(db.execute(&conn, SOFT_DELETE, &[&id, &user_id]).await? == 1)
 }
 
-pub async fn search_entries(db: &Db, user_id: Uuid, q: &str, limit: i64) -> Result<Vec<Entry>, ApiError> {
+pub async fn search_entries(
+    db: &Db,
+    user_id: Uuid,
+    q: &str,
+    limit: i64,
+) -> Result<Vec<Entry>, ApiError> {
     let conn = db.conn().await?;
-    Ok(db.query(&conn, SEARCH, &[&user_id, &q, &limit]).await?.iter().map(entry).collect())
+    Ok(db
+        .query(&conn, SEARCH, &[&user_id, &q, &limit])
+        .await?
+        .iter()
+        .map(entry)
+        .collect())
 }
 
 pub async fn entry_stats(db: &Db, user_id: Uuid, days: i64) -> Result<Stats, ApiError> {
     let conn = db.conn().await?;
     let days_i32 = days as i32;
-    let rows = db.query(&conn, STATS_BY_DAY, &[&user_id, &days_i32]).await?;
+    let rows = db
+        .query(&conn, STATS_BY_DAY, &[&user_id, &days_i32])
+        .await?;
     let (mut total, mut mood_sum, mut mood_count) = (0i64, 0i64, 0i64);
     let days = rows
         .iter()
         .map(|r| {
-            let (count, sum, moods): (i64, i64, i64) = (r.get("entries"), r.get("mood_sum"), r.get("mood_count"));
+            let (count, sum, moods): (i64, i64, i64) =
+                (r.get("entries"), r.get("mood_sum"), r.get("mood_count"));
             total += count;
             mood_sum += sum;
             mood_count += moods;
-            DayStats { date: r.get::<_, NaiveDate>("day"), count, average_mood: average(sum, moods) }
+            DayStats {
+                date: r.get::<_, NaiveDate>("day"),
+                count,
+                average_mood: average(sum, moods),
+            }
         })
         .collect();
-    Ok(Stats { total_entries: total, average_mood: average(mood_sum, mood_count), days })
+    Ok(Stats {
+        total_entries: total,
+        average_mood: average(mood_sum, mood_count),
+        days,
+    })
 }
 
 fn average(sum: i64, count: i64) -> Option<f64> {
@@ -169,5 +268,10 @@ fn average(sum: i64, count: i64) -> Option<f64> {
 }
 
 /// Statements the hot paths run, for `EXPLAIN` checks (kai-verify and tests).
-pub const HOT_QUERIES: &[(&str, &str)] = &[("list page", PAGE), ("list by cursor", NEXT_PAGE_BY_CURSOR), ("get", GET), ("search", SEARCH), ("stats", STATS_BY_DAY)];
-
+pub const HOT_QUERIES: &[(&str, &str)] = &[
+    ("list page", PAGE),
+    ("list by cursor", NEXT_PAGE_BY_CURSOR),
+    ("get", GET),
+    ("search", SEARCH),
+    ("stats", STATS_BY_DAY),
+];

@@ -13,8 +13,8 @@ use uuid::Uuid;
 use crate::cache_rules::{ENTRY, LIST, STATS, user_scope};
 use crate::cursor::Cursor;
 use crate::model::{
-    CreateEntry, DayStats, Entry, EntryCursorPage, EntryPage, ListQuery, PatchEntry, SearchQuery, SearchResults, Stats,
-    StatsQuery, in_range,
+    CreateEntry, DayStats, Entry, EntryCursorPage, EntryPage, ListQuery, PatchEntry, SearchQuery,
+    SearchResults, Stats, StatsQuery, in_range,
 };
 use crate::queries;
 
@@ -48,7 +48,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[utoipa::path(post, path = "/api/journal/entries", request_body = CreateEntry,
     responses((status = 201, body = Entry), (status = 400, body = kai_shared::http::errors::Problem), (status = 401), (status = 413), (status = 415)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
-async fn create_entry(p: web::Data<Platform>, user: AuthUser, body: web::Json<CreateEntry>) -> Result<HttpResponse, ApiError> {
+async fn create_entry(
+    p: web::Data<Platform>,
+    user: AuthUser,
+    body: web::Json<CreateEntry>,
+) -> Result<HttpResponse, ApiError> {
     let mut new = body.into_inner();
     new.validate()?;
     let entry = queries::insert_entry(&p.db, user.user_id, &new).await?;
@@ -60,7 +64,12 @@ async fn create_entry(p: web::Data<Platform>, user: AuthUser, body: web::Json<Cr
 #[utoipa::path(get, path = "/api/journal/entries", params(ListQuery),
     responses((status = 200, description = "EntryPage in page mode, EntryCursorPage in cursor mode", body = EntryPage), (status = 400), (status = 401)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
-async fn list_entries(req: HttpRequest, p: web::Data<Platform>, user: AuthUser, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
+async fn list_entries(
+    req: HttpRequest,
+    p: web::Data<Platform>,
+    user: AuthUser,
+    q: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
     let uid = user.user_id;
     let cached = if q.limit.is_some() || q.cursor.is_some() {
@@ -68,13 +77,18 @@ async fn list_entries(req: HttpRequest, p: web::Data<Platform>, user: AuthUser, 
         let cursor = match q.cursor.as_deref() {
             None => None,
             Some(raw) => Some(Cursor::decode(raw).ok_or_else(|| {
-                ApiError::validation(vec![FieldError::new("cursor", "not a cursor this service issued")])
+                ApiError::validation(vec![FieldError::new(
+                    "cursor",
+                    "not a cursor this service issued",
+                )])
             })?),
         };
         let key = keys::journal_list_cursor(uid, q.cursor.as_deref(), limit);
         p.cache
             .get_or_load(&user_scope(uid), &LIST, &key, || async {
-                queries::list_entries_after(&p.db, uid, cursor, limit).await.map(Some)
+                queries::list_entries_after(&p.db, uid, cursor, limit)
+                    .await
+                    .map(Some)
             })
             .await?
     } else {
@@ -83,7 +97,9 @@ async fn list_entries(req: HttpRequest, p: web::Data<Platform>, user: AuthUser, 
         let key = keys::journal_list_page(uid, page, page_size);
         p.cache
             .get_or_load(&user_scope(uid), &LIST, &key, || async {
-                queries::list_entries_page(&p.db, uid, page, page_size).await.map(Some)
+                queries::list_entries_page(&p.db, uid, page, page_size)
+                    .await
+                    .map(Some)
             })
             .await?
     };
@@ -94,12 +110,19 @@ async fn list_entries(req: HttpRequest, p: web::Data<Platform>, user: AuthUser, 
 #[utoipa::path(get, path = "/api/journal/entries/{id}", params(("id" = Uuid, Path)),
     responses((status = 200, body = Entry), (status = 304), (status = 404), (status = 401)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
-async fn get_entry(req: HttpRequest, p: web::Data<Platform>, user: AuthUser, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+async fn get_entry(
+    req: HttpRequest,
+    p: web::Data<Platform>,
+    user: AuthUser,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let uid = user.user_id;
     let cached = p
         .cache
-        .get_or_load(&user_scope(uid), &ENTRY, &keys::journal_entry(id), || queries::get_entry(&p.db, uid, id))
+        .get_or_load(&user_scope(uid), &ENTRY, &keys::journal_entry(id), || {
+            queries::get_entry(&p.db, uid, id)
+        })
         .await?;
     Ok(respond::cached(&req, &cached))
 }
@@ -108,10 +131,17 @@ async fn get_entry(req: HttpRequest, p: web::Data<Platform>, user: AuthUser, id:
 #[utoipa::path(patch, path = "/api/journal/entries/{id}", params(("id" = Uuid, Path)), request_body = PatchEntry,
     responses((status = 200, body = Entry), (status = 400), (status = 404), (status = 401)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
-async fn patch_entry(p: web::Data<Platform>, user: AuthUser, id: web::Path<Uuid>, body: web::Json<PatchEntry>) -> Result<HttpResponse, ApiError> {
+async fn patch_entry(
+    p: web::Data<Platform>,
+    user: AuthUser,
+    id: web::Path<Uuid>,
+    body: web::Json<PatchEntry>,
+) -> Result<HttpResponse, ApiError> {
     let mut patch = body.into_inner();
     patch.validate()?;
-    let entry = queries::patch_entry(&p.db, user.user_id, id.into_inner(), &patch).await?.ok_or_else(ApiError::not_found)?;
+    let entry = queries::patch_entry(&p.db, user.user_id, id.into_inner(), &patch)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
     p.cache.invalidate(&user_scope(user.user_id)).await;
     Ok(HttpResponse::Ok().json(entry))
 }
@@ -120,7 +150,11 @@ async fn patch_entry(p: web::Data<Platform>, user: AuthUser, id: web::Path<Uuid>
 #[utoipa::path(delete, path = "/api/journal/entries/{id}", params(("id" = Uuid, Path)),
     responses((status = 204), (status = 404), (status = 401)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
-async fn delete_entry(p: web::Data<Platform>, user: AuthUser, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+async fn delete_entry(
+    p: web::Data<Platform>,
+    user: AuthUser,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
     if !queries::soft_delete_entry(&p.db, user.user_id, id.into_inner()).await? {
         return Err(ApiError::not_found());
     }
@@ -132,11 +166,18 @@ async fn delete_entry(p: web::Data<Platform>, user: AuthUser, id: web::Path<Uuid
 #[utoipa::path(get, path = "/api/journal/search", params(SearchQuery),
     responses((status = 200, body = SearchResults), (status = 400), (status = 401)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
-async fn search_entries(p: web::Data<Platform>, user: AuthUser, q: web::Query<SearchQuery>) -> Result<HttpResponse, ApiError> {
+async fn search_entries(
+    p: web::Data<Platform>,
+    user: AuthUser,
+    q: web::Query<SearchQuery>,
+) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
     let text = q.q.trim();
     if text.is_empty() || text.chars().count() > 200 {
-        return Err(ApiError::validation(vec![FieldError::new("q", "must be 1 to 200 characters")]));
+        return Err(ApiError::validation(vec![FieldError::new(
+            "q",
+            "must be 1 to 200 characters",
+        )]));
     }
     let limit = in_range("limit", q.limit, 20, 1, 100)?;
     let entries = queries::search_entries(&p.db, user.user_id, text, limit).await?;
@@ -147,14 +188,22 @@ async fn search_entries(p: web::Data<Platform>, user: AuthUser, q: web::Query<Se
 #[utoipa::path(get, path = "/api/journal/stats", params(StatsQuery),
     responses((status = 200, body = Stats), (status = 400), (status = 401)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
-async fn entry_stats(req: HttpRequest, p: web::Data<Platform>, user: AuthUser, q: web::Query<StatsQuery>) -> Result<HttpResponse, ApiError> {
+async fn entry_stats(
+    req: HttpRequest,
+    p: web::Data<Platform>,
+    user: AuthUser,
+    q: web::Query<StatsQuery>,
+) -> Result<HttpResponse, ApiError> {
     let days = in_range("days", q.days, 30, 1, 365)?;
     let uid = user.user_id;
     let cached = p
         .cache
-        .get_or_load(&user_scope(uid), &STATS, &keys::journal_stats(uid, days), || async {
-            queries::entry_stats(&p.db, uid, days).await.map(Some)
-        })
+        .get_or_load(
+            &user_scope(uid),
+            &STATS,
+            &keys::journal_stats(uid, days),
+            || async { queries::entry_stats(&p.db, uid, days).await.map(Some) },
+        )
         .await?;
     Ok(respond::cached(&req, &cached))
 }

@@ -26,12 +26,24 @@ pub struct Entry {
 impl Entry {
     /// A found resource: computes the ETag once, at load time.
     pub fn found(body: Bytes, expires_at_ms: u64, delta_ms: u32) -> Self {
-        Self { status: 200, etag: etag_of(&body), body, expires_at_ms, delta_ms }
+        Self {
+            status: 200,
+            etag: etag_of(&body),
+            body,
+            expires_at_ms,
+            delta_ms,
+        }
     }
 
     /// A remembered 404.
     pub fn not_found(expires_at_ms: u64, delta_ms: u32) -> Self {
-        Self { status: 404, etag: String::new(), body: Bytes::new(), expires_at_ms, delta_ms }
+        Self {
+            status: 404,
+            etag: String::new(),
+            body: Bytes::new(),
+            expires_at_ms,
+            delta_ms,
+        }
     }
 
     pub fn is_negative(&self) -> bool {
@@ -40,11 +52,14 @@ impl Entry {
 
     /// Bytes held in memory, for the L1 weigher.
     pub fn weight(&self) -> u32 {
-        (self.body.len() + self.etag.len() + 64).try_into().unwrap_or(u32::MAX)
+        (self.body.len() + self.etag.len() + 64)
+            .try_into()
+            .unwrap_or(u32::MAX)
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut buf = BytesMut::with_capacity(1 + 8 + 4 + 2 + 1 + self.etag.len() + self.body.len());
+        let mut buf =
+            BytesMut::with_capacity(1 + 8 + 4 + 2 + 1 + self.etag.len() + self.body.len());
         buf.put_u8(VERSION);
         buf.put_u64(self.expires_at_ms);
         buf.put_u32(self.delta_ms);
@@ -70,7 +85,13 @@ impl Entry {
         }
         let etag = String::from_utf8(cur.copy_to_bytes(etag_len).to_vec()).ok()?;
         let body = raw.slice(raw.len() - cur.remaining()..);
-        Some(Self { status, etag, body, expires_at_ms, delta_ms })
+        Some(Self {
+            status,
+            etag,
+            body,
+            expires_at_ms,
+            delta_ms,
+        })
     }
 }
 

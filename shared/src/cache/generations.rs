@@ -30,13 +30,22 @@ impl Generations {
     /// With Redis: untrusted until subscribed, each generation remembered for at
     /// most 30 s.
     pub fn shared() -> Self {
-        Self::build(false, moka::sync::Cache::builder().max_capacity(200_000).time_to_live(REMEMBER_FOR).build())
+        Self::build(
+            false,
+            moka::sync::Cache::builder()
+                .max_capacity(200_000)
+                .time_to_live(REMEMBER_FOR)
+                .build(),
+        )
     }
 
     /// Without Redis this replica is the only one: its map is the truth (an evicted
     /// scope is re-seeded from the clock, above every generation it had).
     pub fn local_only() -> Self {
-        Self::build(true, moka::sync::Cache::builder().max_capacity(200_000).build())
+        Self::build(
+            true,
+            moka::sync::Cache::builder().max_capacity(200_000).build(),
+        )
     }
 
     fn build(trusted: bool, map: moka::sync::Cache<Scope, u64>) -> Self {
@@ -49,7 +58,11 @@ impl Generations {
 
     /// The remembered generation, if it may be used.
     pub fn get(&self, scope: &Scope) -> Option<u64> {
-        if self.trusted.load(Ordering::Acquire) { self.map.get(scope) } else { None }
+        if self.trusted.load(Ordering::Acquire) {
+            self.map.get(scope)
+        } else {
+            None
+        }
     }
 
     /// Marks the start of a read that will fetch a generation from Redis.
@@ -113,7 +126,11 @@ impl Generations {
 
     /// The generation of a scope on a replica without Redis (seeded from the clock).
     pub fn local(&self, scope: &Scope) -> u64 {
-        *self.map.entry(scope.clone()).or_insert_with(now_micros).value()
+        *self
+            .map
+            .entry(scope.clone())
+            .or_insert_with(now_micros)
+            .value()
     }
 }
 
@@ -152,7 +169,11 @@ mod tests {
         g.raise(&scope(), 15);
         assert_eq!(g.get(&scope()), Some(20));
         g.on_message(&scope(), 19);
-        assert_eq!(g.get(&scope()), Some(20), "an older announcement does not drop a newer generation");
+        assert_eq!(
+            g.get(&scope()),
+            Some(20),
+            "an older announcement does not drop a newer generation"
+        );
     }
 
     #[test]

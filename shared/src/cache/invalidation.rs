@@ -60,22 +60,36 @@ async fn listen(
     let invalidations = keys::invalidation_channel(prefix);
     let revocations = keys::revocation_channel(prefix);
     let patience = timeout.max(Duration::from_millis(500));
-    let (mut sink, mut stream) = tokio::time::timeout(patience, client.get_async_pubsub()).await??.split();
+    let (mut sink, mut stream) = tokio::time::timeout(patience, client.get_async_pubsub())
+        .await??
+        .split();
     tokio::time::timeout(patience, sink.subscribe(&[&invalidations, &revocations])).await??;
     // Sessions revoked before we subscribed (start-up, or while disconnected).
-    let mut conn = tokio::time::timeout(patience, client.get_multiplexed_async_connection()).await??;
+    let mut conn =
+        tokio::time::timeout(patience, client.get_multiplexed_async_connection()).await??;
     let now = chrono::Utc::now().timestamp();
     let mut pipe = redis::pipe();
-    pipe.cmd("ZREMRANGEBYSCORE").arg(keys::revoked_sessions(prefix)).arg("-inf").arg(now).ignore();
-    pipe.cmd("ZRANGE").arg(keys::revoked_sessions(prefix)).arg(0).arg(-1);
-    let (revoked,): (Vec<String>,) = tokio::time::timeout(patience, pipe.query_async(&mut conn)).await??;
+    pipe.cmd("ZREMRANGEBYSCORE")
+        .arg(keys::revoked_sessions(prefix))
+        .arg("-inf")
+        .arg(now)
+        .ignore();
+    pipe.cmd("ZRANGE")
+        .arg(keys::revoked_sessions(prefix))
+        .arg(0)
+        .arg(-1);
+    let (revoked,): (Vec<String>,) =
+        tokio::time::timeout(patience, pipe.query_async(&mut conn)).await??;
     for session in &revoked {
         on_revoked(session);
     }
     // Subscribed: from here on we hear every announcement, so remembered
     // generations (fetched from now on) can be trusted.
     generations.set_trusted(true);
-    tracing::info!(revoked = revoked.len(), "invalidation subscription established");
+    tracing::info!(
+        revoked = revoked.len(),
+        "invalidation subscription established"
+    );
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     loop {

@@ -80,7 +80,10 @@ pub fn journal_list_page(user_id: Uuid, page: i64, page_size: i64) -> String {
 
 /// Cursor-mode journal list.
 pub fn journal_list_cursor(user_id: Uuid, cursor: Option<&str>, limit: i64) -> String {
-    format!("journal:list:{user_id}:cursor:{}:limit:{limit}", cursor.unwrap_or("-"))
+    format!(
+        "journal:list:{user_id}:cursor:{}:limit:{limit}",
+        cursor.unwrap_or("-")
+    )
 }
 
 pub fn journal_entry(entry_id: Uuid) -> String {
@@ -102,7 +105,10 @@ pub fn conversation(conversation_id: Uuid, limit: i64) -> String {
 }
 
 pub fn conversation_list(user_id: Uuid, cursor: Option<&str>, limit: i64) -> String {
-    format!("conversation:list:{user_id}:cursor:{}:limit:{limit}", cursor.unwrap_or("-"))
+    format!(
+        "conversation:list:{user_id}:cursor:{}:limit:{limit}",
+        cursor.unwrap_or("-")
+    )
 }
 
 /// SPEC §4 key: `ai:response:{user_id}:{hash}`.
@@ -132,7 +138,11 @@ fn crc16_xmodem(data: &[u8]) -> u16 {
     for &byte in data {
         crc ^= u16::from(byte) << 8;
         for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
         }
     }
     crc
@@ -150,17 +160,31 @@ mod tests {
             journal_list_page(USER, 2, 20),
             "journal:list:01234567-89ab-cdef-0123-456789abcdef:page:2:size:20"
         );
-        assert_eq!(user_profile(USER), "user:profile:01234567-89ab-cdef-0123-456789abcdef");
-        assert!(conversation(USER, 50).starts_with("conversation:01234567-89ab-cdef-0123-456789abcdef"));
-        assert_eq!(ai_response(USER, "abc"), "ai:response:01234567-89ab-cdef-0123-456789abcdef:abc");
+        assert_eq!(
+            user_profile(USER),
+            "user:profile:01234567-89ab-cdef-0123-456789abcdef"
+        );
+        assert!(
+            conversation(USER, 50).starts_with("conversation:01234567-89ab-cdef-0123-456789abcdef")
+        );
+        assert_eq!(
+            ai_response(USER, "abc"),
+            "ai:response:01234567-89ab-cdef-0123-456789abcdef:abc"
+        );
     }
 
     #[test]
     fn entry_keys_embed_the_generation_under_the_scope_tag() {
         let scope = Scope::user("journal", USER);
         let key = entry_key("kai", &scope, 42, &journal_entry(USER));
-        assert_eq!(key, format!("kai:{{journal:{USER}}}:42:journal:entry:{USER}"));
-        assert_eq!(generation_key("kai", &scope), format!("kai:{{journal:{USER}}}:gen"));
+        assert_eq!(
+            key,
+            format!("kai:{{journal:{USER}}}:42:journal:entry:{USER}")
+        );
+        assert_eq!(
+            generation_key("kai", &scope),
+            format!("kai:{{journal:{USER}}}:gen")
+        );
         assert!(key.starts_with(&entry_key_head("kai", &scope)));
     }
 
@@ -174,7 +198,10 @@ mod tests {
         }
         // Known vector from the Redis Cluster specification.
         assert_eq!(crc16_xmodem(b"123456789"), 0x31C3);
-        assert_eq!(cluster_slot("{user1000}.following"), cluster_slot("{user1000}.followers"));
+        assert_eq!(
+            cluster_slot("{user1000}.following"),
+            cluster_slot("{user1000}.followers")
+        );
     }
 
     #[test]

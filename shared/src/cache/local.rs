@@ -16,7 +16,12 @@ const L1_MAX_TTL: Duration = Duration::from_secs(300);
 struct UntilEntryExpires;
 
 impl Expiry<String, Arc<Entry>> for UntilEntryExpires {
-    fn expire_after_create(&self, _key: &String, value: &Arc<Entry>, _created_at: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &Arc<Entry>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
         let now_ms = now_micros() / 1000;
         let left = Duration::from_millis(value.expires_at_ms.saturating_sub(now_ms));
         Some(left.min(L1_MAX_TTL))

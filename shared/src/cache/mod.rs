@@ -81,7 +81,11 @@ pub struct Policy {
 
 impl Policy {
     pub const fn new(namespace: &'static str, ttl: Duration) -> Self {
-        Self { namespace, ttl, negative_ttl: NEGATIVE_TTL }
+        Self {
+            namespace,
+            ttl,
+            negative_ttl: NEGATIVE_TTL,
+        }
     }
 }
 
@@ -269,7 +273,10 @@ impl Cache {
                     None
                 }),
             };
-            if let Some(entry) = raw.and_then(Entry::decode).filter(|e| e.expires_at_ms > now_millis()) {
+            if let Some(entry) = raw
+                .and_then(Entry::decode)
+                .filter(|e| e.expires_at_ms > now_millis())
+            {
                 let entry = Arc::new(entry);
                 inner.l1.insert(key.clone(), entry.clone()).await;
                 if !refresh_early(&entry) {
@@ -280,7 +287,10 @@ impl Cache {
         }
 
         // 3. Miss (or this request won the early refresh): one loader per key.
-        let (result, _led) = inner.flights.run(&key, self.load_and_store(key.clone(), policy, load)).await;
+        let (result, _led) = inner
+            .flights
+            .run(&key, self.load_and_store(key.clone(), policy, load))
+            .await;
         match (result, due) {
             (Ok(entry), _) => {
                 self.count(policy, CacheStatus::Miss);
@@ -326,33 +336,26 @@ impl Cache {
         answer(Arc::new(entry), CacheStatus::Miss)
     }
 
-    fn load_and_store<'a, T, F, Fut>(
-        &'a self,
-        key: String,
-        policy: &'a Policy,
-        load: F,
-    ) -> impl Future<Output = LoadResult> + 'a
+    async fn load_and_store<T, F, Fut>(&self, key: String, policy: &Policy, load: F) -> LoadResult
     where
         T: Serialize,
-        F: FnOnce() -> Fut + 'a,
-        Fut: Future<Output = Result<Option<T>, ApiError>> + 'a,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, ApiError>>,
     {
-        async move {
-            let entry = load_entry(policy, load).await.map_err(Arc::new)?;
-            let hook = self.inner.store_hook.read().expect("hook lock").clone();
-            if let Some(hook) = hook {
-                hook(key.clone()).await;
-            }
-            let entry = Arc::new(entry);
-            if let Some(l2) = &self.inner.l2 {
-                let ttl = Duration::from_millis(entry.expires_at_ms.saturating_sub(now_millis()));
-                if let Err(e) = l2.set(&key, &entry.encode(), ttl).await {
-                    self.count_error(policy, &e);
-                }
-            }
-            self.inner.l1.insert(key, entry.clone()).await;
-            Ok(entry)
+        let entry = load_entry(policy, load).await.map_err(Arc::new)?;
+        let hook = self.inner.store_hook.read().expect("hook lock").clone();
+        if let Some(hook) = hook {
+            hook(key.clone()).await;
         }
+        let entry = Arc::new(entry);
+        if let Some(l2) = &self.inner.l2 {
+            let ttl = Duration::from_millis(entry.expires_at_ms.saturating_sub(now_millis()));
+            if let Err(e) = l2.set(&key, &entry.encode(), ttl).await {
+                self.count_error(policy, &e);
+            }
+        }
+        self.inner.l1.insert(key, entry.clone()).await;
+        Ok(entry)
     }
 
     fn hit(&self, policy: &Policy, entry: Arc<Entry>) -> Result<Cached, ApiError> {
@@ -380,7 +383,11 @@ impl Cache {
             tracing::debug!(error = %e, namespace = policy.namespace, "cache error, falling back to PostgreSQL");
         }
         self.inner.errors.fetch_add(1, Ordering::Relaxed);
-        self.inner.metrics.cache_errors.with_label_values(&[policy.namespace]).inc();
+        self.inner
+            .metrics
+            .cache_errors
+            .with_label_values(&[policy.namespace])
+            .inc();
     }
 
     pub fn totals(&self) -> CacheTotals {
@@ -388,7 +395,16 @@ impl Cache {
         let misses = self.inner.misses.load(Ordering::Relaxed);
         let errors = self.inner.errors.load(Ordering::Relaxed);
         let lookups = hits + misses;
-        CacheTotals { hits, misses, errors, hit_rate: if lookups == 0 { 0.0 } else { hits as f64 / lookups as f64 } }
+        CacheTotals {
+            hits,
+            misses,
+            errors,
+            hit_rate: if lookups == 0 {
+                0.0
+            } else {
+                hits as f64 / lookups as f64
+            },
+        }
     }
 
     /// Announces a logout to every replica (no-op without Redis: the local set is
@@ -404,11 +420,18 @@ impl Cache {
     pub async fn redis_health(&self) -> Option<RedisHealth> {
         let l2 = self.inner.l2.as_ref()?;
         Some(match l2.ping().await {
-            Ok(rtt) if l2.available() => {
-                RedisHealth { status: "healthy", response_time_ms: Some(rtt.as_secs_f64() * 1000.0) }
-            }
-            Ok(rtt) => RedisHealth { status: "recovering", response_time_ms: Some(rtt.as_secs_f64() * 1000.0) },
-            Err(_) => RedisHealth { status: "unhealthy", response_time_ms: None },
+            Ok(rtt) if l2.available() => RedisHealth {
+                status: "healthy",
+                response_time_ms: Some(rtt.as_secs_f64() * 1000.0),
+            },
+            Ok(rtt) => RedisHealth {
+                status: "recovering",
+                response_time_ms: Some(rtt.as_secs_f64() * 1000.0),
+            },
+            Err(_) => RedisHealth {
+                status: "unhealthy",
+                response_time_ms: None,
+            },
         })
     }
 
@@ -472,7 +495,12 @@ pub fn jittered(ttl: Duration) -> Duration {
 /// XFetch: refresh early with a probability that rises as expiry nears and with
 /// how long the value took to load: `now − Δ·β·ln(rand()) ≥ expiry`.
 fn refresh_early(entry: &Entry) -> bool {
-    xfetch(now_millis(), entry.delta_ms, entry.expires_at_ms, rand::random::<f64>())
+    xfetch(
+        now_millis(),
+        entry.delta_ms,
+        entry.expires_at_ms,
+        rand::random::<f64>(),
+    )
 }
 
 fn xfetch(now_ms: u64, delta_ms: u32, expires_at_ms: u64, rand: f64) -> bool {
@@ -493,7 +521,10 @@ mod tests {
         let ttl = Duration::from_secs(300);
         for _ in 0..1000 {
             let j = jittered(ttl);
-            assert!(j >= Duration::from_secs(270) && j <= Duration::from_secs(330), "{j:?}");
+            assert!(
+                j >= Duration::from_secs(270) && j <= Duration::from_secs(330),
+                "{j:?}"
+            );
         }
     }
 
@@ -512,7 +543,9 @@ mod tests {
     fn early_refresh_probability_matches_the_formula() {
         // 50 ms before expiry, Δ = 50 ms: P = P(−ln r ≥ 1) = e^−1 ≈ 0.368.
         let n = 20_000;
-        let hits = (0..n).filter(|_| xfetch(999_950, 50, 1_000_000, rand::random())).count();
+        let hits = (0..n)
+            .filter(|_| xfetch(999_950, 50, 1_000_000, rand::random()))
+            .count();
         let p = hits as f64 / n as f64;
         assert!((0.33..0.41).contains(&p), "p = {p}");
     }

@@ -75,7 +75,10 @@ impl bb8::ManageConnection for Manager {
     type Error = redis::RedisError;
 
     async fn connect(&self) -> Result<Conn, redis::RedisError> {
-        Ok(Conn { inner: self.0.connect().await?, broken: false })
+        Ok(Conn {
+            inner: self.0.connect().await?,
+            broken: false,
+        })
     }
 
     async fn is_valid(&self, conn: &mut Conn) -> Result<(), redis::RedisError> {
@@ -147,7 +150,9 @@ impl L2 {
             .retry_connection(false)
             .error_sink(Box::new(LogSink))
             .build_unchecked(Manager(RedisConnectionManager::new(url)?));
-        let _ = metrics.registry.register(Box::new(metrics.redis_up.clone()));
+        let _ = metrics
+            .registry
+            .register(Box::new(metrics.redis_up.clone()));
         metrics.redis_up.set(1);
         Ok(Self {
             pool,
@@ -226,7 +231,12 @@ impl L2 {
         let connectivity = match e {
             L2Error::Open => false,
             L2Error::Timeout | L2Error::Pool(_) => true,
-            L2Error::Redis(r) => r.is_io_error() || r.is_connection_dropped() || r.is_connection_refusal() || r.is_timeout(),
+            L2Error::Redis(r) => {
+                r.is_io_error()
+                    || r.is_connection_dropped()
+                    || r.is_connection_refusal()
+                    || r.is_timeout()
+            }
         };
         if !connectivity {
             return;
@@ -249,7 +259,11 @@ impl L2 {
             tokio::time::sleep(PROBE_EVERY).await;
             let ping = async {
                 let mut conn = self.conn().await?;
-                let r = tokio::time::timeout(self.timeout, redis::cmd("PING").query_async::<String>(&mut conn.inner)).await;
+                let r = tokio::time::timeout(
+                    self.timeout,
+                    redis::cmd("PING").query_async::<String>(&mut conn.inner),
+                )
+                .await;
                 match r {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(e)) => {
@@ -280,15 +294,27 @@ impl L2 {
 
     /// Re-applies the invalidations made while Redis was unreachable.
     async fn replay_pending(&self) -> Result<usize, L2Error> {
-        let scopes: Vec<Scope> = self.pending.lock().expect("pending lock").iter().cloned().collect();
+        let scopes: Vec<Scope> = self
+            .pending
+            .lock()
+            .expect("pending lock")
+            .iter()
+            .cloned()
+            .collect();
         let mut conn = self.conn().await?;
         for scope in &scopes {
             let gen_key = keys::generation_key(&self.prefix, scope);
             let mut inv = self.bump.prepare_invoke();
-            inv.key(&gen_key).arg(keys::invalidation_channel(&self.prefix)).arg(scope.tag()).arg(GENERATION_TTL_SECS);
-            tokio::time::timeout(self.timeout * 4, inv.invoke_async::<String>(&mut conn.inner))
-                .await
-                .map_err(|_| L2Error::Timeout)??;
+            inv.key(&gen_key)
+                .arg(keys::invalidation_channel(&self.prefix))
+                .arg(scope.tag())
+                .arg(GENERATION_TTL_SECS);
+            tokio::time::timeout(
+                self.timeout * 4,
+                inv.invoke_async::<String>(&mut conn.inner),
+            )
+            .await
+            .map_err(|_| L2Error::Timeout)??;
             self.pending.lock().expect("pending lock").remove(scope);
         }
         if self.overflowed.swap(false, Ordering::AcqRel) {
@@ -298,10 +324,19 @@ impl L2 {
             let pattern = format!("{}:{{*}}:gen", self.prefix);
             let mut cursor: u64 = 0;
             loop {
-                let (next, found): (u64, Vec<String>) =
-                    redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query_async(&mut conn.inner).await?;
+                let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn.inner)
+                    .await?;
                 if !found.is_empty() {
-                    redis::cmd("UNLINK").arg(&found).query_async::<()>(&mut conn.inner).await?;
+                    redis::cmd("UNLINK")
+                        .arg(&found)
+                        .query_async::<()>(&mut conn.inner)
+                        .await?;
                 }
                 if next == 0 {
                     break;
@@ -323,9 +358,15 @@ impl L2 {
         let tail = logical.map(|l| format!(":{l}")).unwrap_or_default();
         let ttl = GENERATION_TTL_SECS.to_string();
         let (generation, value): (String, Option<Vec<u8>>) = self
-            .run(Command::Script(&self.generation_and_get, &[gen_key.as_str()], &[head.as_str(), tail.as_str(), ttl.as_str()]))
+            .run(Command::Script(
+                &self.generation_and_get,
+                &[gen_key.as_str()],
+                &[head.as_str(), tail.as_str(), ttl.as_str()],
+            ))
             .await?;
-        let generation = generation.parse().map_err(|_| L2Error::Pool(format!("bad generation {generation:?}")))?;
+        let generation = generation
+            .parse()
+            .map_err(|_| L2Error::Pool(format!("bad generation {generation:?}")))?;
         Ok((generation, value.map(bytes::Bytes::from)))
     }
 
@@ -336,9 +377,17 @@ impl L2 {
         Ok(value.map(bytes::Bytes::from))
     }
 
-    pub async fn set(self: &Arc<Self>, key: &str, value: &[u8], ttl: Duration) -> Result<(), L2Error> {
+    pub async fn set(
+        self: &Arc<Self>,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(), L2Error> {
         let mut cmd = redis::cmd("SET");
-        cmd.arg(key).arg(value).arg("PX").arg(ttl.as_millis().max(1) as u64);
+        cmd.arg(key)
+            .arg(value)
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64);
         self.run(Command::Plain(cmd)).await
     }
 
@@ -348,10 +397,17 @@ impl L2 {
         let gen_key = keys::generation_key(&self.prefix, scope);
         let channel = keys::invalidation_channel(&self.prefix);
         let ttl = GENERATION_TTL_SECS.to_string();
-        let result: Result<String, L2Error> =
-            self.run(Command::Script(&self.bump, &[gen_key.as_str()], &[channel.as_str(), scope.tag(), ttl.as_str()])).await;
+        let result: Result<String, L2Error> = self
+            .run(Command::Script(
+                &self.bump,
+                &[gen_key.as_str()],
+                &[channel.as_str(), scope.tag(), ttl.as_str()],
+            ))
+            .await;
         match result {
-            Ok(g) => g.parse().map_err(|_| L2Error::Pool(format!("bad generation {g:?}"))),
+            Ok(g) => g
+                .parse()
+                .map_err(|_| L2Error::Pool(format!("bad generation {g:?}"))),
             Err(e) => {
                 self.remember_pending(scope);
                 Err(e)
@@ -370,10 +426,21 @@ impl L2 {
 
     /// Announces a revoked session to every replica of every service and keeps it
     /// (until the token's expiry) for replicas that subscribe later.
-    pub async fn revoke(self: &Arc<Self>, session_id: &str, expires_at: i64) -> Result<(), L2Error> {
+    pub async fn revoke(
+        self: &Arc<Self>,
+        session_id: &str,
+        expires_at: i64,
+    ) -> Result<(), L2Error> {
         let mut pipe = redis::pipe();
-        pipe.cmd("ZADD").arg(keys::revoked_sessions(&self.prefix)).arg(expires_at).arg(session_id).ignore();
-        pipe.cmd("PUBLISH").arg(keys::revocation_channel(&self.prefix)).arg(session_id).ignore();
+        pipe.cmd("ZADD")
+            .arg(keys::revoked_sessions(&self.prefix))
+            .arg(expires_at)
+            .arg(session_id)
+            .ignore();
+        pipe.cmd("PUBLISH")
+            .arg(keys::revocation_channel(&self.prefix))
+            .arg(session_id)
+            .ignore();
         self.run(Command::Pipeline(pipe)).await
     }
 
@@ -381,7 +448,12 @@ impl L2 {
     pub async fn ping(&self) -> Result<Duration, L2Error> {
         let started = std::time::Instant::now();
         let mut conn = self.conn().await?;
-        match tokio::time::timeout(self.timeout, redis::cmd("PING").query_async::<String>(&mut conn.inner)).await {
+        match tokio::time::timeout(
+            self.timeout,
+            redis::cmd("PING").query_async::<String>(&mut conn.inner),
+        )
+        .await
+        {
             Ok(Ok(_)) => Ok(started.elapsed()),
             Ok(Err(e)) => {
                 conn.broken = true;

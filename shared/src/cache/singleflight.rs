@@ -14,7 +14,9 @@ pub struct SingleFlight<T> {
 
 impl<T> Default for SingleFlight<T> {
     fn default() -> Self {
-        Self { inflight: Arc::default() }
+        Self {
+            inflight: Arc::default(),
+        }
     }
 }
 
@@ -31,7 +33,10 @@ struct Unregister<T> {
 
 impl<T> Drop for Unregister<T> {
     fn drop(&mut self) {
-        self.inflight.lock().expect("single-flight lock").remove(&self.key);
+        self.inflight
+            .lock()
+            .expect("single-flight lock")
+            .remove(&self.key);
     }
 }
 
@@ -54,7 +59,10 @@ impl<T: Clone> SingleFlight<T> {
             };
             match role {
                 Role::Leader(tx) => {
-                    let _unregister = Unregister { inflight: self.inflight.clone(), key: key.to_owned() };
+                    let _unregister = Unregister {
+                        inflight: self.inflight.clone(),
+                        key: key.to_owned(),
+                    };
                     let work = work.take().expect("a call leads at most once");
                     let value = work.await;
                     tx.send_replace(Some(value.clone()));
@@ -124,7 +132,10 @@ mod tests {
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         leader.abort();
-        let (v, led) = tokio::time::timeout(Duration::from_secs(5), follower).await.unwrap().unwrap();
+        let (v, led) = tokio::time::timeout(Duration::from_secs(5), follower)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!((v, led), (9, true));
     }
 }

@@ -19,13 +19,21 @@ pub struct MigrationSet {
 impl MigrationSet {
     /// The newest version this binary embeds; readiness requires the database to have it.
     pub fn latest_version(&self) -> i32 {
-        (self.runner)().get_migrations().iter().map(|m| m.version()).max().unwrap_or(0)
+        (self.runner)()
+            .get_migrations()
+            .iter()
+            .map(|m| m.version())
+            .max()
+            .unwrap_or(0)
     }
 }
 
 /// Applies pending migrations; returns how many were applied.
 pub async fn migrate(db: &Db, set: MigrationSet) -> anyhow::Result<usize> {
-    let mut conn = db.conn().await.context("connecting to PostgreSQL to migrate")?;
+    let mut conn = db
+        .conn()
+        .await
+        .context("connecting to PostgreSQL to migrate")?;
     let client: &mut tokio_postgres::Client = &mut conn;
     client
         .batch_execute(&format!(
@@ -38,12 +46,21 @@ pub async fn migrate(db: &Db, set: MigrationSet) -> anyhow::Result<usize> {
     runner.set_migration_table_name(format!("{}.refinery_history", set.schema));
     let result = runner.run_async(client).await;
     let unlock = client
-        .batch_execute(&format!("SELECT pg_advisory_unlock(hashtext('kai-migrate-{}'))", set.schema))
+        .batch_execute(&format!(
+            "SELECT pg_advisory_unlock(hashtext('kai-migrate-{}'))",
+            set.schema
+        ))
         .await;
-    let report = result.with_context(|| format!("applying migrations for schema {}", set.schema))?;
+    let report =
+        result.with_context(|| format!("applying migrations for schema {}", set.schema))?;
     unlock.context("releasing the migration lock")?;
     for m in report.applied_migrations() {
-        tracing::info!(schema = set.schema, version = m.version(), name = m.name(), "migration applied");
+        tracing::info!(
+            schema = set.schema,
+            version = m.version(),
+            name = m.name(),
+            "migration applied"
+        );
     }
     Ok(report.applied_migrations().len())
 }
@@ -51,7 +68,10 @@ pub async fn migrate(db: &Db, set: MigrationSet) -> anyhow::Result<usize> {
 /// Whether the database has this binary's newest migration.
 pub async fn is_current(db: &Db, set: MigrationSet) -> Result<bool, super::DbError> {
     let conn = db.conn().await?;
-    let sql = format!("SELECT coalesce(max(version), 0) FROM {}.refinery_history", set.schema);
+    let sql = format!(
+        "SELECT coalesce(max(version), 0) FROM {}.refinery_history",
+        set.schema
+    );
     let row = conn.query_one(sql.as_str(), &[]).await?;
     Ok(row.get::<_, i32>(0) >= set.latest_version())
 }

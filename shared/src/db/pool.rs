@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    GenericClient, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntGaugeVec, Opts};
@@ -49,7 +51,11 @@ impl DbError {
 
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
-        if e.is_unavailable() { ApiError::Unavailable(e.into()) } else { ApiError::Internal(e.into()) }
+        if e.is_unavailable() {
+            ApiError::Unavailable(e.into())
+        } else {
+            ApiError::Internal(e.into())
+        }
     }
 }
 
@@ -93,7 +99,13 @@ impl Db {
         if pg.get_application_name().is_none() {
             pg.application_name("kai");
         }
-        let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Verified });
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Verified,
+            },
+        );
         let pool = Pool::builder(manager)
             .max_size(settings.db_pool_size)
             .wait_timeout(Some(settings.db_pool_timeout))
@@ -102,7 +114,9 @@ impl Db {
             .runtime(Runtime::Tokio1)
             .build()
             .expect("pool settings validated at start");
-        let _ = metrics.registry.register(Box::new(PoolCollector::new(pool.clone())));
+        let _ = metrics
+            .registry
+            .register(Box::new(PoolCollector::new(pool.clone())));
         Self {
             pool,
             inner: Arc::new(Inner {
@@ -119,7 +133,12 @@ impl Db {
         Ok(self.pool.get().await?)
     }
 
-    pub async fn query(&self, c: &impl GenericClient, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, DbError> {
+    pub async fn query(
+        &self,
+        c: &impl GenericClient,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, DbError> {
         self.timed(sql, async {
             let stmt = c.prepare_cached(sql).await?;
             c.query(&stmt, params).await
@@ -127,7 +146,12 @@ impl Db {
         .await
     }
 
-    pub async fn query_opt(&self, c: &impl GenericClient, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, DbError> {
+    pub async fn query_opt(
+        &self,
+        c: &impl GenericClient,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, DbError> {
         self.timed(sql, async {
             let stmt = c.prepare_cached(sql).await?;
             c.query_opt(&stmt, params).await
@@ -135,7 +159,12 @@ impl Db {
         .await
     }
 
-    pub async fn query_one(&self, c: &impl GenericClient, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, DbError> {
+    pub async fn query_one(
+        &self,
+        c: &impl GenericClient,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, DbError> {
         self.timed(sql, async {
             let stmt = c.prepare_cached(sql).await?;
             c.query_one(&stmt, params).await
@@ -143,7 +172,12 @@ impl Db {
         .await
     }
 
-    pub async fn execute(&self, c: &impl GenericClient, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, DbError> {
+    pub async fn execute(
+        &self,
+        c: &impl GenericClient,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, DbError> {
         self.timed(sql, async {
             let stmt = c.prepare_cached(sql).await?;
             c.execute(&stmt, params).await
@@ -160,7 +194,10 @@ impl Db {
         let result = work.await;
         let elapsed = started.elapsed();
         self.inner.statements.fetch_add(1, Ordering::Relaxed);
-        self.inner.metrics.db_query_duration.observe(elapsed.as_secs_f64());
+        self.inner
+            .metrics
+            .db_query_duration
+            .observe(elapsed.as_secs_f64());
         if elapsed >= self.inner.slow_threshold {
             self.record_slow(sql, elapsed);
         }
@@ -177,7 +214,11 @@ impl Db {
         if log.len() == SLOW_LOG_LEN {
             log.pop_front();
         }
-        log.push_back(SlowQuery { sql, duration_ms, at: chrono::Utc::now() });
+        log.push_back(SlowQuery {
+            sql,
+            duration_ms,
+            at: chrono::Utc::now(),
+        });
     }
 
     /// Statements run since start (every `query*`/`execute` counts one).
@@ -187,12 +228,20 @@ impl Db {
 
     pub fn slow_queries(&self) -> (u64, Vec<SlowQuery>) {
         let log = self.inner.slow_log.lock().expect("slow log lock");
-        (self.inner.metrics.db_slow_queries.get(), log.iter().cloned().collect())
+        (
+            self.inner.metrics.db_slow_queries.get(),
+            log.iter().cloned().collect(),
+        )
     }
 
     pub fn status(&self) -> PoolStatus {
         let s = self.pool.status();
-        PoolStatus { size: s.size, max_size: s.max_size, available: s.available, waiting: s.waiting }
+        PoolStatus {
+            size: s.size,
+            max_size: s.max_size,
+            available: s.available,
+            waiting: s.waiting,
+        }
     }
 
     /// Round trip to PostgreSQL (readiness, detailed health).
@@ -218,7 +267,10 @@ struct PoolCollector {
 impl PoolCollector {
     fn new(pool: Pool) -> Self {
         let gauge = IntGaugeVec::new(
-            Opts::new("kai_db_pool_connections", "PostgreSQL pool connections by state"),
+            Opts::new(
+                "kai_db_pool_connections",
+                "PostgreSQL pool connections by state",
+            ),
             &["state"],
         )
         .expect("valid metric");
@@ -234,9 +286,13 @@ impl Collector for PoolCollector {
     fn collect(&self) -> Vec<MetricFamily> {
         let s = self.pool.status();
         let in_use = s.size.saturating_sub(s.available);
-        self.gauge.with_label_values(&["idle"]).set(s.available as i64);
+        self.gauge
+            .with_label_values(&["idle"])
+            .set(s.available as i64);
         self.gauge.with_label_values(&["in_use"]).set(in_use as i64);
-        self.gauge.with_label_values(&["waiting"]).set(s.waiting as i64);
+        self.gauge
+            .with_label_values(&["waiting"])
+            .set(s.waiting as i64);
         self.gauge.collect()
     }
 }

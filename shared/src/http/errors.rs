@@ -22,7 +22,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -42,7 +45,10 @@ pub struct Problem {
 pub enum ApiError {
     /// 400: malformed input or failed validation.
     #[error("{detail}")]
-    BadRequest { detail: String, errors: Vec<FieldError> },
+    BadRequest {
+        detail: String,
+        errors: Vec<FieldError>,
+    },
     /// 401: missing, malformed, expired, tampered or revoked credentials.
     #[error("{0}")]
     Unauthorized(String),
@@ -60,7 +66,10 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     /// 429: rate limited; retry after the given time.
     #[error("{detail}")]
-    TooManyRequests { detail: String, retry_after: Duration },
+    TooManyRequests {
+        detail: String,
+        retry_after: Duration,
+    },
     /// 502: an upstream (the LLM) failed.
     #[error("{0}")]
     BadGateway(String),
@@ -94,12 +103,18 @@ pub fn error_chain_fmt(e: &impl std::error::Error, f: &mut fmt::Formatter<'_>) -
 
 impl ApiError {
     pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self::BadRequest { detail: detail.into(), errors: Vec::new() }
+        Self::BadRequest {
+            detail: detail.into(),
+            errors: Vec::new(),
+        }
     }
 
     /// A 400 carrying field errors.
     pub fn validation(errors: Vec<FieldError>) -> Self {
-        Self::BadRequest { detail: "the request failed validation".into(), errors }
+        Self::BadRequest {
+            detail: "the request failed validation".into(),
+            errors,
+        }
     }
 
     pub fn not_found() -> Self {
@@ -114,15 +129,22 @@ impl ApiError {
     /// of an internal error is flattened into its message).
     pub fn duplicate(&self) -> Self {
         match self {
-            Self::BadRequest { detail, errors } => Self::BadRequest { detail: detail.clone(), errors: errors.clone() },
+            Self::BadRequest { detail, errors } => Self::BadRequest {
+                detail: detail.clone(),
+                errors: errors.clone(),
+            },
             Self::Unauthorized(m) => Self::Unauthorized(m.clone()),
             Self::NotFound(m) => Self::NotFound(m.clone()),
             Self::Conflict(m) => Self::Conflict(m.clone()),
             Self::PayloadTooLarge(m) => Self::PayloadTooLarge(m.clone()),
             Self::UnsupportedMediaType(m) => Self::UnsupportedMediaType(m.clone()),
-            Self::TooManyRequests { detail, retry_after } => {
-                Self::TooManyRequests { detail: detail.clone(), retry_after: *retry_after }
-            }
+            Self::TooManyRequests {
+                detail,
+                retry_after,
+            } => Self::TooManyRequests {
+                detail: detail.clone(),
+                retry_after: *retry_after,
+            },
             Self::BadGateway(m) => Self::BadGateway(m.clone()),
             Self::GatewayTimeout(m) => Self::GatewayTimeout(m.clone()),
             Self::Unavailable(e) => Self::Unavailable(anyhow::anyhow!("{e:#}")),
@@ -175,7 +197,13 @@ impl ApiError {
             Self::BadRequest { errors, .. } => errors.clone(),
             _ => Vec::new(),
         };
-        Problem { kind: format!("https://kai.dev/problems/{}", self.slug()), title: self.title().into(), status, detail, errors }
+        Problem {
+            kind: format!("https://kai.dev/problems/{}", self.slug()),
+            title: self.title().into(),
+            status,
+            detail,
+            errors,
+        }
     }
 }
 
@@ -203,10 +231,16 @@ impl ResponseError for ApiError {
             _ => {}
         }
         let mut res = HttpResponse::build(self.status_code());
-        res.insert_header((header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json")));
+        res.insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        ));
         match self {
             Self::TooManyRequests { retry_after, .. } => {
-                res.insert_header((header::RETRY_AFTER, retry_after.as_secs().max(1).to_string()));
+                res.insert_header((
+                    header::RETRY_AFTER,
+                    retry_after.as_secs().max(1).to_string(),
+                ));
             }
             Self::Unavailable(_) => {
                 res.insert_header((header::RETRY_AFTER, "1"));
@@ -227,7 +261,10 @@ mod tests {
 
     fn body_of(e: &ApiError) -> serde_json::Value {
         let res = e.error_response();
-        assert_eq!(res.headers().get(header::CONTENT_TYPE).unwrap(), "application/problem+json");
+        assert_eq!(
+            res.headers().get(header::CONTENT_TYPE).unwrap(),
+            "application/problem+json"
+        );
         let bytes = res.into_body().try_into_bytes().unwrap();
         serde_json::from_slice(&bytes).unwrap()
     }
@@ -243,11 +280,16 @@ mod tests {
 
     #[test]
     fn internal_errors_do_not_leak_their_cause() {
-        let e = ApiError::internal(anyhow::anyhow!("relation journal.secret_table does not exist"));
+        let e = ApiError::internal(anyhow::anyhow!(
+            "relation journal.secret_table does not exist"
+        ));
         let v = body_of(&e);
         assert_eq!(v["status"], 500);
         assert!(!v.to_string().contains("secret_table"));
-        assert!(format!("{e:?}").contains("secret_table"), "Debug keeps the chain for logs");
+        assert!(
+            format!("{e:?}").contains("secret_table"),
+            "Debug keeps the chain for logs"
+        );
     }
 
     #[test]
@@ -255,8 +297,11 @@ mod tests {
         let res = ApiError::Unavailable(anyhow::anyhow!("pool timeout")).error_response();
         assert_eq!(res.status(), 503);
         assert_eq!(res.headers().get(header::RETRY_AFTER).unwrap(), "1");
-        let res = ApiError::TooManyRequests { detail: "slow down".into(), retry_after: Duration::from_secs(7) }
-            .error_response();
+        let res = ApiError::TooManyRequests {
+            detail: "slow down".into(),
+            retry_after: Duration::from_secs(7),
+        }
+        .error_response();
         assert_eq!(res.status(), 429);
         assert_eq!(res.headers().get(header::RETRY_AFTER).unwrap(), "7");
     }

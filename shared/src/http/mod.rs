@@ -32,7 +32,10 @@ pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 /// Outermost middleware: request id, response time, per-route statistics,
 /// slow-request warnings. Also removes the `identity` marker [`skip_small_bodies`]
 /// set, so clients never see it.
-pub async fn stamp(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+pub async fn stamp(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let request_id = req
         .headers()
@@ -48,10 +51,17 @@ pub async fn stamp(req: ServiceRequest, next: Next<impl MessageBody + 'static>) 
 
     let elapsed = started.elapsed();
     let status = res.status();
-    let route = res.request().match_pattern().unwrap_or_else(|| "UNMATCHED".to_owned());
+    let route = res
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "UNMATCHED".to_owned());
     if let Some(platform) = &platform {
         if route.starts_with("/api/") {
-            platform.stats.record(&format!("{method} {route}"), elapsed, status.is_server_error());
+            platform.stats.record(
+                &format!("{method} {route}"),
+                elapsed,
+                status.is_server_error(),
+            );
         }
         if elapsed >= platform.settings.slow_request_threshold {
             span.in_scope(|| {
@@ -60,7 +70,10 @@ pub async fn stamp(req: ServiceRequest, next: Next<impl MessageBody + 'static>) 
         }
     }
     let headers = res.headers_mut();
-    if headers.get(header::CONTENT_ENCODING).is_some_and(|v| v == "identity") {
+    if headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v == "identity")
+    {
         headers.remove(header::CONTENT_ENCODING);
     }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -74,33 +87,50 @@ pub async fn stamp(req: ServiceRequest, next: Next<impl MessageBody + 'static>) 
 
 /// Innermost middleware: marks bodies under [`COMPRESS_MIN_BYTES`] so actix's
 /// `Compress` leaves them alone (it skips any response that names an encoding).
-pub async fn skip_small_bodies(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+pub async fn skip_small_bodies(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let mut res = next.call(req).await?;
     if let BodySize::Sized(n) = res.response().body().size()
         && n < COMPRESS_MIN_BYTES
         && !res.headers().contains_key(header::CONTENT_ENCODING)
     {
-        res.headers_mut().insert(header::CONTENT_ENCODING, HeaderValue::from_static("identity"));
+        res.headers_mut().insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
     }
     Ok(res)
 }
 
 /// JSON bodies: 64 KiB limit, problem+json for every failure.
 pub fn json_config() -> web::JsonConfig {
-    web::JsonConfig::default().limit(MAX_BODY_BYTES).error_handler(|err, _req| {
-        let api = match &err {
-            JsonPayloadError::ContentType => ApiError::UnsupportedMediaType("expected Content-Type: application/json".into()),
-            JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
-                ApiError::PayloadTooLarge(format!("the body is larger than {MAX_BODY_BYTES} bytes"))
-            }
-            JsonPayloadError::Deserialize(e) if e.is_data() => {
-                ApiError::validation(vec![FieldError::new(field_of(e), strip_position(&e.to_string()))])
-            }
-            JsonPayloadError::Deserialize(e) => ApiError::bad_request(format!("malformed JSON: {}", strip_position(&e.to_string()))),
-            other => ApiError::bad_request(format!("unreadable body: {other}")),
-        };
-        api.into()
-    })
+    web::JsonConfig::default()
+        .limit(MAX_BODY_BYTES)
+        .error_handler(|err, _req| {
+            let api = match &err {
+                JsonPayloadError::ContentType => {
+                    ApiError::UnsupportedMediaType("expected Content-Type: application/json".into())
+                }
+                JsonPayloadError::Overflow { .. }
+                | JsonPayloadError::OverflowKnownLength { .. } => ApiError::PayloadTooLarge(
+                    format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+                ),
+                JsonPayloadError::Deserialize(e) if e.is_data() => {
+                    ApiError::validation(vec![FieldError::new(
+                        field_of(e),
+                        strip_position(&e.to_string()),
+                    )])
+                }
+                JsonPayloadError::Deserialize(e) => ApiError::bad_request(format!(
+                    "malformed JSON: {}",
+                    strip_position(&e.to_string())
+                )),
+                other => ApiError::bad_request(format!("unreadable body: {other}")),
+            };
+            api.into()
+        })
 }
 
 /// Query strings: problem+json on failure.
@@ -116,8 +146,14 @@ pub fn query_config() -> web::QueryConfig {
 /// Path parameters: problem+json on failure.
 pub fn path_config() -> web::PathConfig {
     web::PathConfig::default().error_handler(|err, _req| {
-        let PathError::Deserialize(e) = &err else { return ApiError::bad_request("bad path").into() };
-        ApiError::BadRequest { detail: format!("bad path parameter: {e}"), errors: vec![FieldError::new("id", "must be a UUID")] }.into()
+        let PathError::Deserialize(e) = &err else {
+            return ApiError::bad_request("bad path").into();
+        };
+        ApiError::BadRequest {
+            detail: format!("bad path parameter: {e}"),
+            errors: vec![FieldError::new("id", "must be a UUID")],
+        }
+        .into()
     })
 }
 
@@ -128,13 +164,21 @@ pub fn payload_config() -> web::PayloadConfig {
 
 /// Unknown routes.
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound(format!("no route for {} {}", req.method(), req.path())))
+    Err(ApiError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
 }
 
 fn field_of(e: &serde_json::Error) -> String {
     // serde names the field in "missing field `x`" / "unknown field `x`".
     let msg = e.to_string();
-    msg.split('`').nth(1).filter(|_| msg.contains("field")).unwrap_or("body").to_owned()
+    msg.split('`')
+        .nth(1)
+        .filter(|_| msg.contains("field"))
+        .unwrap_or("body")
+        .to_owned()
 }
 
 fn strip_position(msg: &str) -> String {

@@ -15,15 +15,30 @@ pub fn cached(req: &HttpRequest, cached: &Cached) -> HttpResponse {
         .headers()
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim() == "*" || v.split(',').any(|t| t.trim().trim_start_matches("W/") == etag));
-    let mut res = if matches { HttpResponse::NotModified() } else { HttpResponse::Ok() };
-    res.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache")))
-        .insert_header((X_CACHE.clone(), HeaderValue::from_static(cached.status.as_str())));
+        .is_some_and(|v| {
+            v.trim() == "*"
+                || v.split(',')
+                    .any(|t| t.trim().trim_start_matches("W/") == etag)
+        });
+    let mut res = if matches {
+        HttpResponse::NotModified()
+    } else {
+        HttpResponse::Ok()
+    };
+    res.insert_header((
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache"),
+    ))
+    .insert_header((
+        X_CACHE.clone(),
+        HeaderValue::from_static(cached.status.as_str()),
+    ));
     if let Ok(v) = HeaderValue::from_str(etag) {
         res.insert_header((header::ETAG, v));
     }
     if matches {
         return res.finish();
     }
-    res.content_type("application/json").body(cached.entry.body.clone())
+    res.content_type("application/json")
+        .body(cached.entry.body.clone())
 }

@@ -38,7 +38,10 @@ impl EndpointStats {
         let mut map = self.map.lock().expect("stats lock");
         let stat = match map.get_mut(key) {
             Some(s) => s,
-            None => map.entry(key.to_owned()).or_insert(Stat { min: elapsed, ..Stat::default() }),
+            None => map.entry(key.to_owned()).or_insert(Stat {
+                min: elapsed,
+                ..Stat::default()
+            }),
         };
         stat.count += 1;
         stat.errors += u64::from(server_error);

@@ -30,7 +30,12 @@ struct Replica {
 }
 
 fn settings(redis: Option<&str>, prefix: &str, timeout_ms: &str) -> Settings {
-    testing::settings("postgres://postgres@127.0.0.1/unused", redis, prefix, &[("REDIS_TIMEOUT_MS", timeout_ms)])
+    testing::settings(
+        "postgres://postgres@127.0.0.1/unused",
+        redis,
+        prefix,
+        &[("REDIS_TIMEOUT_MS", timeout_ms)],
+    )
 }
 
 async fn replica(redis: Option<&str>, prefix: &str) -> Replica {
@@ -40,16 +45,31 @@ async fn replica(redis: Option<&str>, prefix: &str) -> Replica {
 async fn replica_with(redis: Option<&str>, prefix: &str, timeout_ms: &str) -> Replica {
     let stop = CancellationToken::new();
     let metrics = Metrics::new("test");
-    let cache = Cache::new(&settings(redis, prefix, timeout_ms), &metrics, Arc::new(|_: &str| {}), stop.clone()).unwrap();
+    let cache = Cache::new(
+        &settings(redis, prefix, timeout_ms),
+        &metrics,
+        Arc::new(|_: &str| {}),
+        stop.clone(),
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while redis.is_some() && !cache.l1_trusted() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    Replica { cache, _stop: StopOnDrop(stop) }
+    Replica {
+        cache,
+        _stop: StopOnDrop(stop),
+    }
 }
 
 /// Reads `key`, loading `value` (and counting the load) on a miss.
-async fn read(cache: &Cache, scope: &Scope, key: &str, value: &str, loads: &AtomicUsize) -> (String, CacheStatus) {
+async fn read(
+    cache: &Cache,
+    scope: &Scope,
+    key: &str,
+    value: &str,
+    loads: &AtomicUsize,
+) -> (String, CacheStatus) {
     let cached = cache
         .get_or_load(scope, &POLICY, key, || async {
             loads.fetch_add(1, Ordering::SeqCst);
@@ -57,7 +77,10 @@ async fn read(cache: &Cache, scope: &Scope, key: &str, value: &str, loads: &Atom
         })
         .await
         .unwrap();
-    (serde_json::from_slice(&cached.entry.body).unwrap(), cached.status)
+    (
+        serde_json::from_slice(&cached.entry.body).unwrap(),
+        cached.status,
+    )
 }
 
 fn scope() -> Scope {
@@ -79,7 +102,18 @@ fn calls(stats: &str, command: &str) -> u64 {
 }
 
 fn total_calls(stats: &str) -> u64 {
-    stats.lines().filter(|l| l.starts_with("cmdstat_")).filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok()).sum()
+    stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
 }
 
 #[tokio::test]
@@ -133,7 +167,10 @@ async fn a_loader_error_reaches_every_waiter_and_is_not_cached() {
     }
     assert_eq!(loads.load(Ordering::SeqCst), 1);
     let (v, status) = read(&r.cache, &s, "k", "recovered", &loads).await;
-    assert_eq!((v.as_str(), status, loads.load(Ordering::SeqCst)), ("recovered", CacheStatus::Miss, 2));
+    assert_eq!(
+        (v.as_str(), status, loads.load(Ordering::SeqCst)),
+        ("recovered", CacheStatus::Miss, 2)
+    );
 }
 
 fn anyhow_free(msg: &str) -> anyhow::Error {
@@ -170,12 +207,23 @@ async fn a_store_that_raced_a_write_lands_under_a_dead_generation() {
     loaded.notified().await; // the reader has read "old" from the database
     r.cache.invalidate(&s).await; // the writer commits "new" and invalidates
     release.notify_one(); // the reader's delayed store happens now
-    assert_eq!(reader.await.unwrap().0, "old", "the racing reader itself answered what it read");
+    assert_eq!(
+        reader.await.unwrap().0,
+        "old",
+        "the racing reader itself answered what it read"
+    );
     r.cache.set_store_hook(None);
 
     let loads = AtomicUsize::new(0);
-    assert_eq!(read(&r.cache, &s, "row", "new", &loads).await, ("new".to_owned(), CacheStatus::Miss));
-    assert_eq!(read(&other.cache, &s, "row", "new", &loads).await.0, "new", "nor does another replica see the old row");
+    assert_eq!(
+        read(&r.cache, &s, "row", "new", &loads).await,
+        ("new".to_owned(), CacheStatus::Miss)
+    );
+    assert_eq!(
+        read(&other.cache, &s, "row", "new", &loads).await.0,
+        "new",
+        "nor does another replica see the old row"
+    );
 }
 
 #[tokio::test]
@@ -191,14 +239,24 @@ async fn an_evicted_generation_counter_is_recreated_above_every_old_generation()
     let mut conn = redis.connection();
     let gen_key = keys::generation_key(prefix, &s);
     let before: u64 = redis::cmd("GET").arg(&gen_key).query(&mut conn).unwrap();
-    assert!(before > 1_600_000_000_000_000, "generations are seeded from the clock, not from 0: {before}");
+    assert!(
+        before > 1_600_000_000_000_000,
+        "generations are seeded from the clock, not from 0: {before}"
+    );
     // allkeys-lru evicts the counter; the entries stay.
     let _: () = redis::cmd("DEL").arg(&gen_key).query(&mut conn).unwrap();
     let fresh = replica(Some(&redis.url()), prefix).await;
     let (value, status) = read(&fresh.cache, &s, "row", "v3", &loads).await;
-    assert_eq!((value.as_str(), status), ("v3", CacheStatus::Miss), "no old entry resurfaces");
+    assert_eq!(
+        (value.as_str(), status),
+        ("v3", CacheStatus::Miss),
+        "no old entry resurfaces"
+    );
     let after: u64 = redis::cmd("GET").arg(&gen_key).query(&mut conn).unwrap();
-    assert!(after > before, "re-created counter {after} must exceed {before}");
+    assert!(
+        after > before,
+        "re-created counter {after} must exceed {before}"
+    );
 }
 
 #[tokio::test]
@@ -213,7 +271,10 @@ async fn invalidation_never_uses_keys_or_scan_and_costs_one_command() {
             read(&r.cache, s, &format!("page:{page}"), "x", &loads).await;
         }
     }
-    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut conn).unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut conn)
+        .unwrap();
     for _ in 0..10 {
         for s in &scopes {
             r.cache.invalidate(s).await;
@@ -222,12 +283,21 @@ async fn invalidation_never_uses_keys_or_scan_and_costs_one_command() {
     let stats = commandstats(&mut conn);
     assert_eq!(calls(&stats, "keys"), 0, "{stats}");
     assert_eq!(calls(&stats, "scan"), 0, "{stats}");
-    let commands = calls(&stats, "evalsha") + calls(&stats, "eval") + calls(&stats, "script|load") + calls(&stats, "script");
-    assert!(calls(&stats, "evalsha") >= 200 && commands <= 202, "one script call per invalidation: {stats}");
+    let commands = calls(&stats, "evalsha")
+        + calls(&stats, "eval")
+        + calls(&stats, "script|load")
+        + calls(&stats, "script");
+    assert!(
+        calls(&stats, "evalsha") >= 200 && commands <= 202,
+        "one script call per invalidation: {stats}"
+    );
     // Every page of every scope is now unreachable: the next reads all miss.
     for s in &scopes {
         for page in 0..5 {
-            assert_eq!(read(&r.cache, s, &format!("page:{page}"), "y", &loads).await, ("y".to_owned(), CacheStatus::Miss));
+            assert_eq!(
+                read(&r.cache, s, &format!("page:{page}"), "y", &loads).await,
+                ("y".to_owned(), CacheStatus::Miss)
+            );
         }
     }
 }
@@ -239,23 +309,39 @@ async fn an_l1_hit_costs_no_redis_round_trip() {
     let mut conn = redis.connection();
     let (s, loads) = (scope(), AtomicUsize::new(0));
     read(&r.cache, &s, "k", "v", &loads).await;
-    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut conn).unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut conn)
+        .unwrap();
     for _ in 0..50 {
-        assert_eq!(read(&r.cache, &s, "k", "v", &loads).await.1, CacheStatus::Hit);
+        assert_eq!(
+            read(&r.cache, &s, "k", "v", &loads).await.1,
+            CacheStatus::Hit
+        );
     }
     let stats = commandstats(&mut conn);
     // Only our own INFO/CONFIG calls (and the subscriber's 1 s PING) show up.
-    assert!(calls(&stats, "get") + calls(&stats, "evalsha") == 0, "{stats}");
+    assert!(
+        calls(&stats, "get") + calls(&stats, "evalsha") == 0,
+        "{stats}"
+    );
     assert!(total_calls(&stats) <= 4, "{stats}");
 }
 
 #[tokio::test]
 async fn a_second_replica_hits_l2_and_sees_invalidations() {
     let prefix = TestPrefix::new(&testing::redis_url());
-    let (a, b) = (replica(Some(&testing::redis_url()), &prefix.prefix).await, replica(Some(&testing::redis_url()), &prefix.prefix).await);
+    let (a, b) = (
+        replica(Some(&testing::redis_url()), &prefix.prefix).await,
+        replica(Some(&testing::redis_url()), &prefix.prefix).await,
+    );
     let (s, loads) = (scope(), AtomicUsize::new(0));
     read(&a.cache, &s, "k", "v1", &loads).await;
-    assert_eq!(read(&b.cache, &s, "k", "v1", &loads).await.1, CacheStatus::Hit, "B reads A's entry from Redis");
+    assert_eq!(
+        read(&b.cache, &s, "k", "v1", &loads).await.1,
+        CacheStatus::Hit,
+        "B reads A's entry from Redis"
+    );
     assert_eq!(loads.load(Ordering::SeqCst), 1);
     read(&b.cache, &s, "k", "v1", &loads).await; // B's L1
     a.cache.invalidate(&s).await;
@@ -265,25 +351,46 @@ async fn a_second_replica_hits_l2_and_sees_invalidations() {
         if v == "v2" {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(2), "B never saw the invalidation");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "B never saw the invalidation"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    eprintln!("replica B saw the invalidation after {:?}", started.elapsed());
+    eprintln!(
+        "replica B saw the invalidation after {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
 async fn a_replica_that_lost_its_subscription_does_not_trust_its_l1() {
     let redis = PrivateRedis::start();
-    let (a, b) = (replica(Some(&redis.url()), "sub").await, replica(Some(&redis.url()), "sub").await);
+    let (a, b) = (
+        replica(Some(&redis.url()), "sub").await,
+        replica(Some(&redis.url()), "sub").await,
+    );
     let (s, loads) = (scope(), AtomicUsize::new(0));
     read(&b.cache, &s, "k", "v1", &loads).await;
-    assert_eq!(read(&b.cache, &s, "k", "v1", &loads).await.1, CacheStatus::Hit);
+    assert_eq!(
+        read(&b.cache, &s, "k", "v1", &loads).await.1,
+        CacheStatus::Hit
+    );
     let mut conn = redis.connection();
     // Drop every subscriber connection, then write while B cannot hear it.
-    let _: () = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query(&mut conn).unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut conn)
+        .unwrap();
     a.cache.invalidate(&s).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(read(&b.cache, &s, "k", "v2", &loads).await.0, "v2", "B re-read the generation instead of trusting its L1");
+    assert_eq!(
+        read(&b.cache, &s, "k", "v2", &loads).await.0,
+        "v2",
+        "B re-read the generation instead of trusting its L1"
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while !b.cache.l1_trusted() {
         assert!(Instant::now() < deadline, "B never resubscribed");
@@ -306,10 +413,17 @@ async fn a_paused_redis_serves_nothing_stale_when_it_resumes() {
     assert_eq!(v, "during");
     let took = started.elapsed();
     eprintln!("invalidate + read with Redis paused took {took:?} (REDIS_TIMEOUT_MS=100)");
-    assert_eq!(a.cache.redis_available(), Some(false), "the circuit is open");
+    assert_eq!(
+        a.cache.redis_available(),
+        Some(false),
+        "the circuit is open"
+    );
     // While open, reads do not wait for Redis at all.
     for _ in 0..20 {
-        assert_eq!(read(&a.cache, &s, "k", "during", &loads).await.1, CacheStatus::Miss);
+        assert_eq!(
+            read(&a.cache, &s, "k", "during", &loads).await.1,
+            CacheStatus::Miss
+        );
     }
     redis.resume();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -318,7 +432,11 @@ async fn a_paused_redis_serves_nothing_stale_when_it_resumes() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let fresh = replica(Some(&redis.url()), "pause").await;
-    assert_eq!(read(&fresh.cache, &s, "k", "after", &loads).await.0, "after", "a replica without L1 must not get the pre-pause entry");
+    assert_eq!(
+        read(&fresh.cache, &s, "k", "after", &loads).await.0,
+        "after",
+        "a replica without L1 must not get the pre-pause entry"
+    );
     assert_eq!(read(&a.cache, &s, "k", "after", &loads).await.0, "after");
 }
 
@@ -339,7 +457,10 @@ async fn caching_resumes_after_redis_is_killed_and_restarted() {
     let mut conn = redis.connection();
     loop {
         read(&a.cache, &s, "k2", "w", &loads).await;
-        let stored: Vec<String> = redis::cmd("KEYS").arg("restart:*:k2").query(&mut conn).unwrap();
+        let stored: Vec<String> = redis::cmd("KEYS")
+            .arg("restart:*:k2")
+            .query(&mut conn)
+            .unwrap();
         if !stored.is_empty() {
             break;
         }
@@ -348,5 +469,9 @@ async fn caching_resumes_after_redis_is_killed_and_restarted() {
     }
     assert_eq!(a.cache.redis_available(), Some(true));
     let fresh = replica(Some(&redis.url()), "restart").await;
-    assert_eq!(read(&fresh.cache, &s, "k2", "w", &loads).await.1, CacheStatus::Hit, "another replica hits what A stored");
+    assert_eq!(
+        read(&fresh.cache, &s, "k2", "w", &loads).await.1,
+        CacheStatus::Hit,
+        "another replica hits what A stored"
+    );
 }

@@ -27,11 +27,21 @@ async fn a_matching_if_none_match_gets_304_without_a_body() {
     j.entry(&user, "etag me").await;
     let first = j.get(&user, "/api/journal/entries").send().await.unwrap();
     let etag = first.headers()["etag"].to_str().unwrap().to_owned();
-    let res = j.get(&user, "/api/journal/entries").header("if-none-match", &etag).send().await.unwrap();
+    let res = j
+        .get(&user, "/api/journal/entries")
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 304);
     assert_eq!(res.headers()["etag"].to_str().unwrap(), etag);
     assert!(res.bytes().await.unwrap().is_empty());
-    let res = j.get(&user, "/api/journal/entries").header("if-none-match", "\"stale\"").send().await.unwrap();
+    let res = j
+        .get(&user, "/api/journal/entries")
+        .header("if-none-match", "\"stale\"")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
 }
 
@@ -42,17 +52,35 @@ async fn reads_see_writes_immediately_on_the_same_replica() {
     let e = j.entry(&user, "v1").await;
     let id = e["id"].as_str().unwrap();
     let entry_path = format!("/api/journal/entries/{id}");
-    for path in [entry_path.as_str(), "/api/journal/entries", "/api/journal/entries?limit=5", "/api/journal/stats"] {
+    for path in [
+        entry_path.as_str(),
+        "/api/journal/entries",
+        "/api/journal/entries?limit=5",
+        "/api/journal/stats",
+    ] {
         read(&j.app, &user, path).await;
         assert_eq!(read(&j.app, &user, path).await.1, "HIT", "{path} warmed");
     }
-    j.patch(&user, id, json!({"content": "v2", "mood": 5})).await;
+    j.patch(&user, id, json!({"content": "v2", "mood": 5}))
+        .await;
     assert_eq!(read(&j.app, &user, &entry_path).await.2["content"], "v2");
-    assert_eq!(read(&j.app, &user, "/api/journal/entries").await.2["entries"][0]["content"], "v2");
-    assert_eq!(read(&j.app, &user, "/api/journal/entries?limit=5").await.2["entries"][0]["content"], "v2");
-    assert_eq!(read(&j.app, &user, "/api/journal/stats").await.2["average_mood"], 5.0);
+    assert_eq!(
+        read(&j.app, &user, "/api/journal/entries").await.2["entries"][0]["content"],
+        "v2"
+    );
+    assert_eq!(
+        read(&j.app, &user, "/api/journal/entries?limit=5").await.2["entries"][0]["content"],
+        "v2"
+    );
+    assert_eq!(
+        read(&j.app, &user, "/api/journal/stats").await.2["average_mood"],
+        5.0
+    );
     j.entry(&user, "another").await;
-    assert_eq!(read(&j.app, &user, "/api/journal/entries").await.2["total"], 2);
+    assert_eq!(
+        read(&j.app, &user, "/api/journal/entries").await.2["total"],
+        2
+    );
 }
 
 #[tokio::test]
@@ -66,7 +94,12 @@ async fn another_replica_sees_a_write_within_100_ms() {
     read(&other, &user, &path).await;
     assert_eq!(read(&other, &user, &path).await.1, "HIT");
     read(&other, &user, "/api/journal/entries").await;
-    j.patch(&user, e["id"].as_str().unwrap(), json!({"content": "after"})).await;
+    j.patch(
+        &user,
+        e["id"].as_str().unwrap(),
+        json!({"content": "after"}),
+    )
+    .await;
     let written = Instant::now();
     // Poll: the guarantee is 100 ms; give a loaded CI machine slack, then report.
     let mut fresh_after = None;
@@ -79,19 +112,29 @@ async fn another_replica_sees_a_write_within_100_ms() {
     }
     let fresh_after = fresh_after.expect("the other replica never saw the write");
     eprintln!("cross-replica read-your-writes after {fresh_after:?}");
-    assert_eq!(read(&other, &user, "/api/journal/entries").await.2["entries"][0]["content"], "after");
+    assert_eq!(
+        read(&other, &user, "/api/journal/entries").await.2["entries"][0]["content"],
+        "after"
+    );
 }
 
 #[tokio::test]
 async fn cache_disabled_bypasses_every_tier() {
-    let j = spawn_with(Some(&kai_shared::testing::redis_url()), &[("CACHE_ENABLED", "false")]).await;
+    let j = spawn_with(
+        Some(&kai_shared::testing::redis_url()),
+        &[("CACHE_ENABLED", "false")],
+    )
+    .await;
     let user = User::new();
     j.entry(&user, "x").await;
     for _ in 0..2 {
         let before = j.app.statements();
         let (status, cache, _) = read(&j.app, &user, "/api/journal/entries").await;
         assert_eq!((status, cache.as_str()), (200, "BYPASS"));
-        assert!(j.app.statements() > before, "a bypassed read goes to PostgreSQL");
+        assert!(
+            j.app.statements() > before,
+            "a bypassed read goes to PostgreSQL"
+        );
     }
 }
 
@@ -102,9 +145,17 @@ async fn without_redis_the_in_process_cache_serves_hits_and_sees_writes() {
     let e = j.entry(&user, "local").await;
     read(&j.app, &user, "/api/journal/entries").await;
     assert_eq!(read(&j.app, &user, "/api/journal/entries").await.1, "HIT");
-    j.patch(&user, e["id"].as_str().unwrap(), json!({"content": "local 2"})).await;
+    j.patch(
+        &user,
+        e["id"].as_str().unwrap(),
+        json!({"content": "local 2"}),
+    )
+    .await;
     let (_, cache, body) = read(&j.app, &user, "/api/journal/entries").await;
-    assert_eq!((cache.as_str(), body["entries"][0]["content"].clone()), ("MISS", json!("local 2")));
+    assert_eq!(
+        (cache.as_str(), body["entries"][0]["content"].clone()),
+        ("MISS", json!("local 2"))
+    );
 }
 
 #[tokio::test]
@@ -114,17 +165,52 @@ async fn unreachable_redis_degrades_to_postgresql_and_says_so() {
     let user = User::new();
     let e = j.entry(&user, "still works").await;
     let id = e["id"].as_str().unwrap();
-    for path in [format!("/api/journal/entries/{id}"), "/api/journal/entries".into(), "/api/journal/entries?limit=3".into(), "/api/journal/stats".into(), "/api/journal/search?q=works".into()] {
+    for path in [
+        format!("/api/journal/entries/{id}"),
+        "/api/journal/entries".into(),
+        "/api/journal/entries?limit=3".into(),
+        "/api/journal/stats".into(),
+        "/api/journal/search?q=works".into(),
+    ] {
         let (status, _, body) = read(&j.app, &user, &path).await;
         assert_eq!(status, 200, "{path}: {body}");
     }
-    assert_eq!(j.patch(&user, id, json!({"content": "changed"})).await.status(), 200);
-    assert_eq!(read(&j.app, &user, &format!("/api/journal/entries/{id}")).await.2["content"], "changed");
+    assert_eq!(
+        j.patch(&user, id, json!({"content": "changed"}))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        read(&j.app, &user, &format!("/api/journal/entries/{id}"))
+            .await
+            .2["content"],
+        "changed"
+    );
     assert_eq!(j.delete(&user, id).await.status(), 204);
-    let health: serde_json::Value = j.app.client.get(j.app.url("/health/detailed")).send().await.unwrap().json().await.unwrap();
+    let health: serde_json::Value = j
+        .app
+        .client
+        .get(j.app.url("/health/detailed"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["status"], "degraded", "{health}");
     assert_eq!(health["redis"]["status"], "unhealthy");
-    assert_eq!(j.app.client.get(j.app.url("/health/ready")).send().await.unwrap().status(), 200, "Redis never fails readiness");
+    assert_eq!(
+        j.app
+            .client
+            .get(j.app.url("/health/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "Redis never fails readiness"
+    );
 }
 
 #[tokio::test]
@@ -136,9 +222,16 @@ async fn not_found_answers_are_cached_briefly_and_dropped_on_create() {
     assert_eq!(read(&j.app, &user, &path).await.0, 404);
     let before = j.app.statements();
     assert_eq!(read(&j.app, &user, &path).await.0, 404);
-    assert_eq!(j.app.statements(), before, "the second 404 came from the cache");
+    assert_eq!(
+        j.app.statements(),
+        before,
+        "the second 404 came from the cache"
+    );
     j.entry(&user, "new").await;
     let before = j.app.statements();
     assert_eq!(read(&j.app, &user, &path).await.0, 404);
-    assert!(j.app.statements() > before, "a create drops remembered 404s");
+    assert!(
+        j.app.statements() > before,
+        "a create drops remembered 404s"
+    );
 }

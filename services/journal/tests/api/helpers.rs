@@ -20,7 +20,10 @@ pub struct User {
 impl User {
     pub fn new() -> Self {
         let id = Uuid::new_v4();
-        Self { id, token: testing::token(id) }
+        Self {
+            id,
+            token: testing::token(id),
+        }
     }
 }
 
@@ -39,16 +42,31 @@ pub async fn spawn_with(redis: Option<&str>, extra: &[(&str, &str)]) -> Journal 
 impl Journal {
     /// Another replica on the same database and Redis prefix.
     pub async fn replica(&self) -> TestApp {
-        let settings = testing::settings(&self.db.url, Some(&self.prefix.url), &self.prefix.prefix, &[]);
+        let settings = testing::settings(
+            &self.db.url,
+            Some(&self.prefix.url),
+            &self.prefix.prefix,
+            &[],
+        );
         TestApp::start(journal_service::service(), settings).await
     }
 
     pub fn get(&self, user: &User, path: &str) -> RequestBuilder {
-        self.app.client.get(self.app.url(path)).bearer_auth(&user.token)
+        self.app
+            .client
+            .get(self.app.url(path))
+            .bearer_auth(&user.token)
     }
 
     pub async fn create(&self, user: &User, body: Value) -> Response {
-        self.app.client.post(self.app.url("/api/journal/entries")).bearer_auth(&user.token).json(&body).send().await.unwrap()
+        self.app
+            .client
+            .post(self.app.url("/api/journal/entries"))
+            .bearer_auth(&user.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Creates an entry and returns its JSON.
@@ -59,19 +77,42 @@ impl Journal {
     }
 
     pub async fn patch(&self, user: &User, id: &str, body: Value) -> Response {
-        self.app.client.patch(self.app.url(&format!("/api/journal/entries/{id}"))).bearer_auth(&user.token).json(&body).send().await.unwrap()
+        self.app
+            .client
+            .patch(self.app.url(&format!("/api/journal/entries/{id}")))
+            .bearer_auth(&user.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn delete(&self, user: &User, id: &str) -> Response {
-        self.app.client.delete(self.app.url(&format!("/api/journal/entries/{id}"))).bearer_auth(&user.token).send().await.unwrap()
+        self.app
+            .client
+            .delete(self.app.url(&format!("/api/journal/entries/{id}")))
+            .bearer_auth(&user.token)
+            .send()
+            .await
+            .unwrap()
     }
 }
 
 /// GETs on `app` and returns status, X-Cache and JSON body.
 pub async fn read(app: &TestApp, user: &User, path: &str) -> (u16, String, Value) {
-    let res = app.client.get(app.url(path)).bearer_auth(&user.token).send().await.unwrap();
+    let res = app
+        .client
+        .get(app.url(path))
+        .bearer_auth(&user.token)
+        .send()
+        .await
+        .unwrap();
     let status = res.status().as_u16();
-    let cache = res.headers().get("x-cache").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let cache = res
+        .headers()
+        .get("x-cache")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
     let body = res.json().await.unwrap_or(Value::Null);
     (status, cache, body)
 }
@@ -79,9 +120,15 @@ pub async fn read(app: &TestApp, user: &User, path: &str) -> (u16, String, Value
 /// Asserts an RFC 9457 problem answer with the given status; returns its body.
 pub async fn assert_problem(res: Response, status: u16) -> Value {
     assert_eq!(res.status().as_u16(), status, "unexpected status");
-    assert_eq!(res.headers().get("content-type").unwrap(), "application/problem+json");
+    assert_eq!(
+        res.headers().get("content-type").unwrap(),
+        "application/problem+json"
+    );
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["status"], status);
-    assert!(body["title"].is_string() && body["type"].is_string() && body["detail"].is_string(), "{body}");
+    assert!(
+        body["title"].is_string() && body["type"].is_string() && body["detail"].is_string(),
+        "{body}"
+    );
     body
 }

@@ -13,14 +13,25 @@ async fn page_mode_lists_newest_first_with_totals() {
     }
     let (status, _, page1) = read(&j.app, &user, "/api/journal/entries?page=1&page_size=10").await;
     assert_eq!(status, 200);
-    assert_eq!((page1["total"].clone(), page1["page"].clone(), page1["page_size"].clone(), page1["has_more"].clone()), (json!(25), json!(1), json!(10), json!(true)));
+    assert_eq!(
+        (
+            page1["total"].clone(),
+            page1["page"].clone(),
+            page1["page_size"].clone(),
+            page1["has_more"].clone()
+        ),
+        (json!(25), json!(1), json!(10), json!(true))
+    );
     assert_eq!(page1["entries"][0]["content"], "entry 24");
     let (_, _, page3) = read(&j.app, &user, "/api/journal/entries?page=3&page_size=10").await;
     assert_eq!(page3["entries"].as_array().unwrap().len(), 5);
     assert_eq!(page3["has_more"], false);
     assert_eq!(page3["entries"][4]["content"], "entry 0");
     let (_, _, past) = read(&j.app, &user, "/api/journal/entries?page=9").await;
-    assert_eq!((past["entries"].clone(), past["has_more"].clone()), (json!([]), json!(false)));
+    assert_eq!(
+        (past["entries"].clone(), past["has_more"].clone()),
+        (json!([]), json!(false))
+    );
     let (_, _, default) = read(&j.app, &user, "/api/journal/entries").await;
     assert_eq!(default["page_size"], 20);
 }
@@ -29,8 +40,24 @@ async fn page_mode_lists_newest_first_with_totals() {
 async fn bad_list_parameters_are_rejected() {
     let j = spawn().await;
     let user = User::new();
-    for q in ["page=0", "page_size=0", "page_size=101", "page=abc", "limit=0", "limit=101", "cursor=bogus", "sort=evil"] {
-        assert_problem(j.get(&user, &format!("/api/journal/entries?{q}")).send().await.unwrap(), 400).await;
+    for q in [
+        "page=0",
+        "page_size=0",
+        "page_size=101",
+        "page=abc",
+        "limit=0",
+        "limit=101",
+        "cursor=bogus",
+        "sort=evil",
+    ] {
+        assert_problem(
+            j.get(&user, &format!("/api/journal/entries?{q}"))
+                .send()
+                .await
+                .unwrap(),
+            400,
+        )
+        .await;
     }
 }
 
@@ -67,7 +94,10 @@ async fn cursor_paging_never_skips_or_repeats_even_with_equal_timestamps() {
         assert_eq!(status, 200, "{page}");
         pages += 1;
         for e in page["entries"].as_array().unwrap() {
-            seen.push((e["created_at"].as_str().unwrap().to_owned(), e["id"].as_str().unwrap().to_owned()));
+            seen.push((
+                e["created_at"].as_str().unwrap().to_owned(),
+                e["id"].as_str().unwrap().to_owned(),
+            ));
         }
         match page["next_cursor"].as_str() {
             Some(c) => {
@@ -82,10 +112,16 @@ async fn cursor_paging_never_skips_or_repeats_even_with_equal_timestamps() {
         assert!(pages < 10, "paging does not terminate");
     }
     assert_eq!(seen.len(), 27, "every entry exactly once");
-    assert_eq!(seen.iter().map(|(_, id)| id).collect::<HashSet<_>>().len(), 27);
+    assert_eq!(
+        seen.iter().map(|(_, id)| id).collect::<HashSet<_>>().len(),
+        27
+    );
     let mut sorted = seen.clone();
     sorted.sort_by(|a, b| b.cmp(a));
-    assert_eq!(seen, sorted, "newest first, id descending within a timestamp");
+    assert_eq!(
+        seen, sorted,
+        "newest first, id descending within a timestamp"
+    );
     assert_eq!(pages, 4);
 }
 
@@ -105,19 +141,30 @@ async fn a_page_costs_the_same_statements_whatever_the_table_holds() {
     }
     let mut costs = Vec::new();
     for user in [&small, &big] {
-        for path in ["/api/journal/entries?page=1&page_size=20", "/api/journal/entries?limit=20", "/api/journal/stats"] {
+        for path in [
+            "/api/journal/entries?page=1&page_size=20",
+            "/api/journal/entries?limit=20",
+            "/api/journal/stats",
+        ] {
             let before = j.app.statements();
             let (status, cache, _) = read(&j.app, user, path).await;
             assert_eq!((status, cache.as_str()), (200, "MISS"));
             costs.push(j.app.statements() - before);
         }
     }
-    assert_eq!(&costs[..3], &costs[3..], "statement counts depend on the table size: {costs:?}");
+    assert_eq!(
+        &costs[..3],
+        &costs[3..],
+        "statement counts depend on the table size: {costs:?}"
+    );
     assert!(costs.iter().all(|&c| c <= 2), "{costs:?}");
     // And a hit costs none.
     let before = j.app.statements();
     let (_, cache, body) = read(&j.app, &big, "/api/journal/entries?page=1&page_size=20").await;
-    assert_eq!((cache.as_str(), body["entries"].as_array().unwrap().len()), ("HIT", 20));
+    assert_eq!(
+        (cache.as_str(), body["entries"].as_array().unwrap().len()),
+        ("HIT", 20)
+    );
     assert_eq!(j.app.statements(), before);
 }
 
@@ -155,10 +202,14 @@ async fn hot_queries_use_indexes_on_a_large_table() {
                 }
             })
             .collect();
-        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.iter().map(|p| p.as_ref()).collect();
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            params.iter().map(|p| p.as_ref()).collect();
         let plan: Value = conn.query_one(&stmt, &refs).await.unwrap().get(0);
         let text = plan.to_string();
-        assert!(!text.contains("\"Seq Scan\""), "{name} scans the table: {text}");
+        assert!(
+            !text.contains("\"Seq Scan\""),
+            "{name} scans the table: {text}"
+        );
         assert!(text.contains("Index"), "{name} uses no index: {text}");
     }
 }

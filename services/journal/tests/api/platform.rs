@@ -7,13 +7,35 @@ use crate::helpers::{User, assert_problem, read, spawn};
 #[tokio::test]
 async fn every_response_carries_request_id_and_response_time() {
     let j = spawn().await;
-    let res = j.app.client.get(j.app.url("/health")).header("x-request-id", "trace-me-42").send().await.unwrap();
+    let res = j
+        .app
+        .client
+        .get(j.app.url("/health"))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.headers()["x-request-id"], "trace-me-42");
-    let took = res.headers()["x-response-time"].to_str().unwrap().to_owned();
-    assert!(took.ends_with("ms") && took.trim_end_matches("ms").parse::<f64>().is_ok(), "{took}");
+    let took = res.headers()["x-response-time"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        took.ends_with("ms") && took.trim_end_matches("ms").parse::<f64>().is_ok(),
+        "{took}"
+    );
     assert_eq!(res.headers()["x-content-type-options"], "nosniff");
-    let res = j.app.client.get(j.app.url("/api/journal/entries")).send().await.unwrap();
-    assert!(!res.headers()["x-request-id"].is_empty(), "generated when absent, errors included");
+    let res = j
+        .app
+        .client
+        .get(j.app.url("/api/journal/entries"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !res.headers()["x-request-id"].is_empty(),
+        "generated when absent, errors included"
+    );
 }
 
 #[tokio::test]
@@ -21,18 +43,42 @@ async fn large_responses_are_compressed_and_small_ones_are_not() {
     let j = spawn().await;
     let user = User::new();
     for i in 0..10 {
-        j.entry(&user, &format!("a long enough entry number {i} to make the list big")).await;
+        j.entry(
+            &user,
+            &format!("a long enough entry number {i} to make the list big"),
+        )
+        .await;
     }
-    let res = j.get(&user, "/api/journal/entries").header("accept-encoding", "gzip").send().await.unwrap();
+    let res = j
+        .get(&user, "/api/journal/entries")
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.headers()["content-encoding"], "gzip");
     let raw = res.bytes().await.unwrap();
     let mut text = String::new();
     flate2_free_gunzip(&raw, &mut text);
     let body: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(body["total"], 10);
-    let res = j.app.client.get(j.app.url("/health")).header("accept-encoding", "gzip").send().await.unwrap();
-    assert!(res.headers().get("content-encoding").is_none(), "tiny bodies stay uncompressed");
-    let res = j.get(&user, "/api/journal/entries").header("accept-encoding", "br").send().await.unwrap();
+    let res = j
+        .app
+        .client
+        .get(j.app.url("/health"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        res.headers().get("content-encoding").is_none(),
+        "tiny bodies stay uncompressed"
+    );
+    let res = j
+        .get(&user, "/api/journal/entries")
+        .header("accept-encoding", "br")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.headers()["content-encoding"], "br");
 }
 
@@ -40,7 +86,12 @@ async fn large_responses_are_compressed_and_small_ones_are_not() {
 fn flate2_free_gunzip(raw: &[u8], out: &mut String) {
     use std::io::Write;
     use std::process::{Command, Stdio};
-    let mut child = Command::new("gzip").arg("-dc").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = Command::new("gzip")
+        .arg("-dc")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     child.stdin.take().unwrap().write_all(raw).unwrap();
     child.stdout.take().unwrap().read_to_string(out).unwrap();
     assert!(child.wait().unwrap().success());
@@ -49,9 +100,25 @@ fn flate2_free_gunzip(raw: &[u8], out: &mut String) {
 #[tokio::test]
 async fn unknown_routes_get_a_problem_404() {
     let j = spawn().await;
-    assert_problem(j.app.client.get(j.app.url("/api/nope")).send().await.unwrap(), 404).await;
+    assert_problem(
+        j.app
+            .client
+            .get(j.app.url("/api/nope"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
     let user = User::new();
-    assert_problem(j.get(&user, "/api/journal/entries/not-a-uuid").send().await.unwrap(), 400).await;
+    assert_problem(
+        j.get(&user, "/api/journal/entries/not-a-uuid")
+            .send()
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -61,10 +128,37 @@ async fn health_endpoints_report_liveness_readiness_and_details() {
     j.entry(&user, "x").await;
     read(&j.app, &user, "/api/journal/entries").await;
     read(&j.app, &user, "/api/journal/entries").await;
-    let live: Value = j.app.client.get(j.app.url("/health")).send().await.unwrap().json().await.unwrap();
+    let live: Value = j
+        .app
+        .client
+        .get(j.app.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(live, serde_json::json!({"status": "ok"}));
-    assert_eq!(j.app.client.get(j.app.url("/health/ready")).send().await.unwrap().status(), 200);
-    let d: Value = j.app.client.get(j.app.url("/health/detailed")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        j.app
+            .client
+            .get(j.app.url("/health/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let d: Value = j
+        .app
+        .client
+        .get(j.app.url("/health/detailed"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(d["status"], "healthy", "{d}");
     assert_eq!(d["service"], "journal");
     assert_eq!(d["database"]["status"], "healthy");
@@ -82,9 +176,32 @@ async fn health_endpoints_report_liveness_readiness_and_details() {
 async fn readiness_fails_when_migrations_are_missing() {
     let j = spawn().await;
     let conn = j.db.connect().await;
-    conn.execute("DELETE FROM journal.refinery_history WHERE version = 2", &[]).await.unwrap();
-    assert_eq!(j.app.client.get(j.app.url("/health/ready")).send().await.unwrap().status(), 503);
-    assert_eq!(j.app.client.get(j.app.url("/health")).send().await.unwrap().status(), 200);
+    conn.execute(
+        "DELETE FROM journal.refinery_history WHERE version = 2",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        j.app
+            .client
+            .get(j.app.url("/health/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    assert_eq!(
+        j.app
+            .client
+            .get(j.app.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -92,9 +209,28 @@ async fn metrics_carry_the_spec_names_and_route_patterns() {
     let j = spawn().await;
     let user = User::new();
     let e = j.entry(&user, "m").await;
-    read(&j.app, &user, &format!("/api/journal/entries/{}", e["id"].as_str().unwrap())).await;
-    read(&j.app, &user, &format!("/api/journal/entries/{}", e["id"].as_str().unwrap())).await;
-    let text = j.app.client.get(j.app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    read(
+        &j.app,
+        &user,
+        &format!("/api/journal/entries/{}", e["id"].as_str().unwrap()),
+    )
+    .await;
+    read(
+        &j.app,
+        &user,
+        &format!("/api/journal/entries/{}", e["id"].as_str().unwrap()),
+    )
+    .await;
+    let text = j
+        .app
+        .client
+        .get(j.app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for name in [
         "kai_http_requests_total",
         "kai_http_requests_duration_seconds_bucket",
@@ -107,29 +243,66 @@ async fn metrics_carry_the_spec_names_and_route_patterns() {
     ] {
         assert!(text.contains(name), "missing {name}");
     }
-    assert!(text.contains(r#"endpoint="/api/journal/entries/{id}""#), "route pattern label");
-    assert!(!text.contains(e["id"].as_str().unwrap()), "raw ids never become labels");
-    assert!(text.contains(r#"kai_cache_hits_total{namespace="journal_entry",service="journal"} 1"#), "{text}");
+    assert!(
+        text.contains(r#"endpoint="/api/journal/entries/{id}""#),
+        "route pattern label"
+    );
+    assert!(
+        !text.contains(e["id"].as_str().unwrap()),
+        "raw ids never become labels"
+    );
+    assert!(
+        text.contains(r#"kai_cache_hits_total{namespace="journal_entry",service="journal"} 1"#),
+        "{text}"
+    );
     assert!(text.contains(r#"state="in_use""#));
     // Every metric the dashboards and alerts query is exported (deploy-tests/metric_names.txt).
-    let wanted = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy-tests/metric_names.txt")).unwrap();
-    for name in wanted.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    let wanted = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy-tests/metric_names.txt"
+    ))
+    .unwrap();
+    for name in wanted
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         if name.starts_with("kai_llm") {
             continue; // conversation-service only
         }
-        assert!(text.contains(name), "dashboard metric {name} is not exported");
+        assert!(
+            text.contains(name),
+            "dashboard metric {name} is not exported"
+        );
     }
 }
 
 #[tokio::test]
 async fn the_openapi_document_and_docs_ui_are_served() {
     let j = spawn().await;
-    let doc: Value = j.app.client.get(j.app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let doc: Value = j
+        .app
+        .client
+        .get(j.app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    for path in ["/api/journal/entries", "/api/journal/entries/{id}", "/api/journal/search", "/api/journal/stats"] {
+    for path in [
+        "/api/journal/entries",
+        "/api/journal/entries/{id}",
+        "/api/journal/search",
+        "/api/journal/stats",
+    ] {
         assert!(doc["paths"][path].is_object(), "{path} missing");
     }
     let ui = j.app.client.get(j.app.url("/docs/")).send().await.unwrap();
     assert_eq!(ui.status(), 200);
-    assert!(ui.text().await.unwrap().contains("swagger"), "the vendored Swagger UI is served");
+    assert!(
+        ui.text().await.unwrap().contains("swagger"),
+        "the vendored Swagger UI is served"
+    );
 }
