@@ -1,0 +1,63 @@
+//! conversation-service: a user's conversations with the assistant — their
+//! messages, lists with counts and last messages, bulk imports — and the
+//! assistant's replies, fetched from an OpenAI-compatible LLM through the
+//! AI-response cache, on the kai-shared platform.
+
+/// The assistant's reply to one message, through the AI-response cache.
+pub mod assistant;
+/// Which reads are cached for how long, and which writes invalidate them.
+pub mod cache_rules;
+/// The opaque keyset cursor.
+pub mod cursor;
+/// The chat-completions client and the offline responder.
+pub mod llm;
+/// Request and response shapes, and their validation.
+pub mod model;
+/// The SQL, one function per statement.
+pub mod queries;
+/// HTTP handlers.
+pub mod routes;
+
+use std::sync::Arc;
+
+use actix_web::web;
+use kai_shared::ServiceDef;
+use kai_shared::config::Settings;
+use kai_shared::db::MigrationSet;
+use utoipa::OpenApi;
+
+pub const DEFAULT_PORT: u16 = 8082;
+
+mod embedded {
+    refinery::embed_migrations!("../../migrations/conversation");
+}
+
+pub const MIGRATIONS: MigrationSet = MigrationSet {
+    schema: "conversation",
+    runner: embedded::migrations::runner,
+};
+
+/// The service as the platform runs it; fails only if the LLM client cannot be built.
+pub fn try_service(settings: &Settings) -> anyhow::Result<ServiceDef> {
+    // One client for every worker: it holds the connection pool to the LLM.
+    let llm = web::Data::new(llm::Llm::new(&settings.llm)?);
+    Ok(ServiceDef {
+        name: "conversation",
+        default_port: DEFAULT_PORT,
+        migrations: MIGRATIONS,
+        routes: Arc::new(move |cfg| routes::configure(cfg, llm.clone())),
+        openapi: routes::ApiDoc::openapi(),
+        cache_namespaces: &[
+            cache_rules::LIST.namespace,
+            cache_rules::DETAIL.namespace,
+            cache_rules::AI_RESPONSE.namespace,
+        ],
+        session_check: None,
+    })
+}
+
+/// [`try_service`] for tests and embedders, where a failure to build an HTTP
+/// client is a bug rather than a configuration error.
+pub fn service(settings: &Settings) -> ServiceDef {
+    try_service(settings).expect("the LLM client builds")
+}

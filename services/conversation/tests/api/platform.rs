@@ -1,0 +1,128 @@
+use serde_json::Value;
+
+use crate::helpers::{User, read, spawn};
+
+#[tokio::test]
+async fn metrics_export_llm_outcomes_and_cache_namespaces() {
+    let s = spawn().await;
+    let user = User::new();
+    let id = s.conversation(&user, "metrics").await;
+    // Before any message: every outcome is exported at zero.
+    let text = s
+        .app
+        .client
+        .get(s.app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for outcome in ["success", "cached", "error", "timeout"] {
+        assert!(
+            text.contains(&format!(
+                r#"kai_llm_requests_total{{outcome="{outcome}",service="conversation"}} 0"#
+            )),
+            "{outcome}: {text}"
+        );
+    }
+    for ns in ["conversation_list", "conversation_detail", "ai_response"] {
+        assert!(
+            text.contains(&format!(
+                r#"kai_cache_misses_total{{namespace="{ns}",service="conversation"}}"#
+            )),
+            "{ns}"
+        );
+    }
+    s.say(&user, &id, "count me").await;
+    s.say(&user, &id, "count me").await;
+    read(&s.app, &user, &format!("/api/conversations/{id}")).await;
+    let text = s
+        .app
+        .client
+        .get(s.app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"kai_llm_requests_total{outcome="success",service="conversation"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"kai_llm_requests_total{outcome="cached",service="conversation"} 1"#));
+    assert!(
+        text.contains(r#"kai_cache_hits_total{namespace="ai_response",service="conversation"} 1"#)
+    );
+    assert!(
+        text.contains(r#"endpoint="/api/conversations/{id}/messages""#),
+        "route pattern label"
+    );
+    assert!(!text.contains(&id), "raw ids never become labels");
+    let wanted = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy-tests/metric_names.txt"
+    ))
+    .unwrap();
+    for name in wanted
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        assert!(
+            text.contains(name),
+            "dashboard metric {name} is not exported"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_openapi_document_and_health_describe_the_service() {
+    let s = spawn().await;
+    let doc: Value = s
+        .app
+        .client
+        .get(s.app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/api/conversations",
+        "/api/conversations/{id}",
+        "/api/conversations/{id}/messages",
+        "/api/conversations/{id}/messages/batch",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} missing");
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    assert_eq!(
+        s.app
+            .client
+            .get(s.app.url("/health/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let d: Value = s
+        .app
+        .client
+        .get(s.app.url("/health/detailed"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (d["status"].as_str(), d["service"].as_str()),
+        (Some("healthy"), Some("conversation")),
+        "{d}"
+    );
+}
