@@ -18,6 +18,8 @@ pub mod health;
 pub mod http;
 /// The Prometheus registry and Kai's metrics.
 pub mod metrics;
+/// Token-bucket rate limiting (Redis, with an in-process fallback).
+pub mod ratelimit;
 /// Server bootstrap, CLI and graceful shutdown.
 pub mod server;
 /// Tracing subscriber setup.

@@ -50,6 +50,8 @@ pub struct ServiceDef {
     /// Cache namespaces, exported at zero from the start so dashboards and alerts
     /// see every series before its first event.
     pub cache_namespaces: &'static [&'static str],
+    /// `kai_llm_requests_total` outcomes exported at zero from the start.
+    pub llm_outcomes: &'static [&'static str],
     /// Builds an extra per-request session check from the pool.
     pub session_check: Option<fn(Db) -> SessionCheck>,
 }
@@ -66,6 +68,7 @@ pub struct Platform {
     pub migrations: MigrationSet,
     pub started: Instant,
     pub session_check: Option<SessionCheck>,
+    pub limiter: crate::ratelimit::RateLimiter,
 }
 
 impl Platform {
@@ -118,6 +121,9 @@ impl Application {
             metrics.cache_misses.with_label_values(&[ns]);
             metrics.cache_errors.with_label_values(&[ns]);
         }
+        for outcome in def.llm_outcomes {
+            metrics.llm_requests.with_label_values(&[outcome]);
+        }
         let db = Db::new(&settings, &metrics);
         if settings.run_migrations {
             crate::db::migrate(&db, def.migrations).await?;
@@ -144,6 +150,7 @@ impl Application {
         let platform = web::Data::new(Platform {
             service: def.name,
             session_check: def.session_check.map(|make| make(db.clone())),
+            limiter: crate::ratelimit::RateLimiter::new(cache.clone()),
             settings,
             db,
             cache,
@@ -199,6 +206,7 @@ impl Application {
         .listen(listener)?
         .shutdown_timeout(DRAIN.as_secs())
         .client_request_timeout(Duration::from_secs(10))
+        .client_disconnect_timeout(Duration::from_secs(5))
         .max_connection_rate(1024);
         if !opts.handle_signals {
             server = server.disable_signals();

@@ -11,9 +11,13 @@ use crate::config::LogFormat;
 /// Installs the global subscriber. Safe to call more than once (tests): later calls
 /// are ignored.
 pub fn init(filter: &str, format: LogFormat) {
-    // actix-web-prom warns on every vendored Swagger UI asset (upstream issue #82).
-    let filter = EnvFilter::try_new(format!("{filter},actix_web_prom=error"))
-        .unwrap_or_else(|_| EnvFilter::new("info,actix_web_prom=error"));
+    // Caps appended after the operator's filter, so they win even over RUST_LOG=debug:
+    // - tokio-postgres logs every statement's *parameters* at debug level — personal
+    //   data (journal text, password hashes) that must never reach a log line;
+    // - actix-web-prom warns on every vendored Swagger UI asset (upstream issue #82).
+    const CAPS: &str = "tokio_postgres=info,actix_web_prom=error";
+    let filter = EnvFilter::try_new(format!("{filter},{CAPS}"))
+        .unwrap_or_else(|_| EnvFilter::new(format!("info,{CAPS}")));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
         LogFormat::Json => registry

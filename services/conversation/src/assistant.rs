@@ -9,12 +9,7 @@
 //! `kai_llm_requests_total{outcome}` counts what happened: `success`, `error`
 //! and `timeout` for calls made, `cached` for replies served from the cache.
 
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::middleware::Next;
-use actix_web::web;
 use kai_shared::cache::{CacheStatus, keys};
-use kai_shared::metrics::Metrics;
 use kai_shared::{ApiError, Platform};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -75,27 +70,6 @@ pub fn prompt_hash(style: Option<&str>, content: &str) -> String {
     hasher.update(b"\n");
     hasher.update(content.as_bytes());
     hex::encode(hasher.finalize())
-}
-
-/// Exports every outcome at zero, so dashboards and alerts see the series before
-/// the first message. The platform creates the registry after the service is
-/// defined, so this runs as middleware on the service's routes (a few map
-/// look-ups per request).
-pub fn export_outcomes(metrics: &Metrics) {
-    for outcome in OUTCOMES {
-        metrics.llm_requests.with_label_values(&[outcome]);
-    }
-}
-
-/// Middleware form of [`export_outcomes`].
-pub async fn exporting_outcomes(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    if let Some(p) = req.app_data::<web::Data<Platform>>() {
-        export_outcomes(&p.metrics);
-    }
-    next.call(req).await
 }
 
 #[cfg(test)]

@@ -52,6 +52,7 @@ pub fn try_service(settings: &Settings) -> anyhow::Result<ServiceDef> {
             cache_rules::DETAIL.namespace,
             cache_rules::AI_RESPONSE.namespace,
         ],
+        llm_outcomes: &assistant::OUTCOMES,
         session_check: None,
     })
 }

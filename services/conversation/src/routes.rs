@@ -3,7 +3,6 @@
 //! Every route under a conversation id looks the conversation up by id *and*
 //! owner, so another user's conversation is a 404 everywhere.
 
-use actix_web::middleware::from_fn;
 use actix_web::{HttpRequest, HttpResponse, web};
 use kai_shared::auth::AuthUser;
 use kai_shared::cache::keys;
@@ -38,7 +37,6 @@ pub fn configure(cfg: &mut web::ServiceConfig, llm: web::Data<Llm>) {
     cfg.service(
         web::scope("/api/conversations")
             .app_data(llm)
-            .wrap(from_fn(assistant::exporting_outcomes))
             .service(
                 web::resource("")
                     .route(web::post().to(create_conversation))

@@ -42,6 +42,7 @@ pub fn service() -> ServiceDef {
             cache_rules::ENTRY.namespace,
             cache_rules::STATS.namespace,
         ],
+        llm_outcomes: &[],
         session_check: None,
     }
 }

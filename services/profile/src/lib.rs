@@ -45,6 +45,7 @@ pub fn service() -> ServiceDef {
         routes: Arc::new(routes::configure),
         openapi: routes::ApiDoc::openapi(),
         cache_namespaces: &[cache_rules::PROFILE.namespace],
+        llm_outcomes: &[],
         session_check: Some(sessions::session_check),
     }
 }

@@ -7,6 +7,7 @@ use kai_shared::auth::AuthUser;
 use kai_shared::cache::keys;
 use kai_shared::http::openapi::BearerAuth;
 use kai_shared::http::respond;
+use kai_shared::ratelimit::Limit;
 use kai_shared::{ApiError, FieldError, Platform};
 use utoipa::OpenApi;
 
@@ -27,6 +28,33 @@ const BAD_CREDENTIALS: &str = "the e-mail address or password is incorrect";
     security(("bearer" = []))
 )]
 pub struct ApiDoc;
+
+/// 5 attempts at once per e-mail, then one every 12 s.
+pub const LOGIN_PER_EMAIL: Limit = Limit {
+    name: "login-email",
+    capacity: 5,
+    per_second: 1.0 / 12.0,
+};
+/// 20 attempts at once per client address, then one a second.
+pub const LOGIN_PER_CLIENT: Limit = Limit {
+    name: "login-client",
+    capacity: 20,
+    per_second: 1.0,
+};
+
+/// The client's address: the hop our ingress appended to `X-Forwarded-For` (the
+/// rightmost entry; entries left of it are client-supplied and spoofable), else
+/// the peer address.
+fn client_address(req: &HttpRequest) -> String {
+    req.headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .or_else(|| req.peer_addr().map(|a| a.ip().to_string()))
+        .unwrap_or_else(|| "unknown".into())
+}
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/auth/register", web::post().to(register))
@@ -59,8 +87,20 @@ async fn register(
 #[utoipa::path(post, path = "/api/auth/login", request_body = Login, security(()),
     responses((status = 200, body = Token), (status = 400), (status = 401, body = kai_shared::http::errors::Problem)))]
 #[tracing::instrument(skip_all, fields(user_id = tracing::field::Empty))]
-async fn login(p: web::Data<Platform>, body: web::Json<Login>) -> Result<HttpResponse, ApiError> {
+async fn login(
+    req: HttpRequest,
+    p: web::Data<Platform>,
+    body: web::Json<Login>,
+) -> Result<HttpResponse, ApiError> {
     let Login { email, password } = body.into_inner();
+    // Brute force: a bucket per client address and one per e-mail (case-folded),
+    // checked before any password work.
+    p.limiter
+        .check(&LOGIN_PER_CLIENT, &client_address(&req))
+        .await?;
+    p.limiter
+        .check(&LOGIN_PER_EMAIL, &email.trim().to_lowercase())
+        .await?;
     if password.chars().count() > MAX_PASSWORD_CHARS {
         return Err(ApiError::Unauthorized(BAD_CREDENTIALS.into()));
     }

@@ -416,6 +416,19 @@ impl Cache {
         }
     }
 
+    /// One token-bucket step in Redis: `Some(None)` allowed, `Some(Some(wait))`
+    /// refused, `None` when Redis is not configured or unavailable (the caller
+    /// falls back to an in-process bucket).
+    pub async fn token_bucket(
+        &self,
+        key: &str,
+        capacity: u32,
+        per_second: f64,
+    ) -> Option<Option<Duration>> {
+        let l2 = self.inner.l2.as_ref().filter(|l2| l2.available())?;
+        l2.token_bucket(key, capacity, per_second).await.ok()
+    }
+
     /// `None` when no Redis is configured.
     pub async fn redis_health(&self) -> Option<RedisHealth> {
         let l2 = self.inner.l2.as_ref()?;

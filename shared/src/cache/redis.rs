@@ -61,6 +61,24 @@ redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. nxt)
 return nxt
 ";
 
+/// Token bucket: refill by elapsed server time, take one token or return the wait
+/// in milliseconds. State is a hash {tokens, ts}; it expires once full again.
+const TOKEN_BUCKET: &str = r"
+local cap = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1]) or cap
+local ts = tonumber(state[2]) or now
+tokens = math.min(cap, tokens + math.max(0, now - ts) * rate / 1000)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) * 1000 / rate) end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(cap * 1000 / rate) + 1000)
+return wait
+";
+
 /// A pooled connection that remembers whether a command failed on it.
 pub struct Conn {
     inner: MultiplexedConnection,
@@ -128,6 +146,7 @@ pub struct L2 {
     overflowed: AtomicBool,
     generation_and_get: Script,
     bump: Script,
+    token_bucket: Script,
     generations: Arc<Generations>,
     metrics: Metrics,
 }
@@ -165,6 +184,7 @@ impl L2 {
             overflowed: AtomicBool::new(false),
             generation_and_get: Script::new(GENERATION_AND_GET),
             bump: Script::new(BUMP),
+            token_bucket: Script::new(TOKEN_BUCKET),
             generations,
             metrics,
         })
@@ -442,6 +462,25 @@ impl L2 {
             .arg(session_id)
             .ignore();
         self.run(Command::Pipeline(pipe)).await
+    }
+
+    /// One token-bucket step; `Ok(None)` allowed, `Ok(Some(wait))` refused.
+    pub async fn token_bucket(
+        self: &Arc<Self>,
+        key: &str,
+        capacity: u32,
+        per_second: f64,
+    ) -> Result<Option<Duration>, L2Error> {
+        let key = format!("{}:ratelimit:{key}", self.prefix);
+        let (cap, rate) = (capacity.to_string(), per_second.to_string());
+        let wait_ms: u64 = self
+            .run(Command::Script(
+                &self.token_bucket,
+                &[key.as_str()],
+                &[cap.as_str(), rate.as_str()],
+            ))
+            .await?;
+        Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms)))
     }
 
     /// Round-trip time of a PING (detailed health); does not touch the circuit.

@@ -47,6 +47,10 @@ pub async fn stamp(
     let method = req.method().clone();
     let platform = req.app_data::<web::Data<Platform>>().cloned();
     let span = tracing::info_span!("request", request_id = %request_id, method = %method);
+    // No blanket handler timeout here (it would need a clone of the request, which
+    // actix forbids while routing): every dependency has its own bound instead —
+    // DB_POOL_TIMEOUT_SECS, REDIS_TIMEOUT_MS, LLM_TIMEOUT_MS — and the server
+    // bounds slow clients (client_request_timeout, client_disconnect_timeout).
     let mut res = next.call(req).instrument(span.clone()).await?;
 
     let elapsed = started.elapsed();

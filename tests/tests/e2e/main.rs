@@ -2,3 +2,4 @@
 //! real and private Redis servers, and the services together.
 
 mod cache_engine;
+mod system;

@@ -5,4 +5,5 @@ mod auth;
 mod helpers;
 mod platform;
 mod profile;
+mod ratelimit;
 mod revocation;

@@ -1,0 +1,83 @@
+use serde_json::json;
+
+use crate::helpers::{PASSWORD, assert_problem, email, spawn, spawn_with};
+
+#[tokio::test]
+async fn repeated_failed_logins_for_one_email_are_rate_limited_across_replicas() {
+    let p = spawn().await;
+    let other = p.replica().await;
+    let account = p.account().await;
+    // Five attempts are allowed (the bucket's capacity), whichever replica takes
+    // them; `account()` logged in once already.
+    for i in 0..4 {
+        let app = if i % 2 == 0 { &p.app } else { &other };
+        let res = app
+            .client
+            .post(app.url("/api/auth/login"))
+            .json(&json!({"email": account.email, "password": "wrong password"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401, "attempt {i}");
+    }
+    // The sixth, even with the right password and different case, is refused.
+    let res = other
+        .client
+        .post(other.url("/api/auth/login"))
+        .json(&json!({"email": account.email.to_uppercase(), "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let retry_after: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=12).contains(&retry_after), "{retry_after}");
+    assert_problem(res, 429).await;
+    // Another e-mail is not affected.
+    assert_eq!(p.login(&email(), PASSWORD).await.status(), 401);
+}
+
+#[tokio::test]
+async fn one_client_address_cannot_spray_many_emails() {
+    let p = spawn().await;
+    let mut limited = 0;
+    for _ in 0..25 {
+        let res = p
+            .app
+            .client
+            .post(p.app.url("/api/auth/login"))
+            .header("x-forwarded-for", "203.0.113.7")
+            .json(&json!({"email": email(), "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 429 {
+            limited += 1;
+        }
+    }
+    assert_eq!(limited, 5, "20 attempts per address, then refused");
+    // A different client address still gets through.
+    let res = p
+        .app
+        .client
+        .post(p.app.url("/api/auth/login"))
+        .header("x-forwarded-for", "203.0.113.8")
+        .json(&json!({"email": email(), "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+}
+
+#[tokio::test]
+async fn without_redis_the_limit_holds_per_replica() {
+    let p = spawn_with(None).await;
+    let target = email();
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(p.login(&target, "nope nope nope").await.status().as_u16());
+    }
+    assert_eq!(statuses, vec![401, 401, 401, 401, 401, 429]);
+}

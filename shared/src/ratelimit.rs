@@ -1,0 +1,126 @@
+//! Rate limiting: token buckets kept in Redis (one Lua script per check, shared by
+//! every replica), falling back to in-process buckets when Redis is not configured
+//! or its circuit is open — so a Redis outage never turns into unlimited login
+//! attempts, only into per-replica limits.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::cache::Cache;
+use crate::http::errors::ApiError;
+
+/// A bucket: `capacity` requests at once, refilled at `per_second`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limit {
+    pub name: &'static str,
+    pub capacity: u32,
+    pub per_second: f64,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Token-bucket limiter, cheap to clone.
+#[derive(Clone)]
+pub struct RateLimiter {
+    cache: Cache,
+    local: moka::sync::Cache<String, Arc<Mutex<Bucket>>>,
+}
+
+impl RateLimiter {
+    pub fn new(cache: Cache) -> Self {
+        Self {
+            cache,
+            local: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(3600))
+                .build(),
+        }
+    }
+
+    /// Takes one token for `subject` under `limit`, or answers 429 with Retry-After.
+    /// `subject` is hashed into the key: e-mail addresses never reach Redis in clear.
+    pub async fn check(&self, limit: &Limit, subject: &str) -> Result<(), ApiError> {
+        let key = format!(
+            "{}:{}",
+            limit.name,
+            crate::cache::entry::etag_of(subject.as_bytes()).trim_matches('"')
+        );
+        let wait = match self
+            .cache
+            .token_bucket(&key, limit.capacity, limit.per_second)
+            .await
+        {
+            Some(wait) => wait,
+            None => self.check_local(&key, limit),
+        };
+        match wait {
+            None => Ok(()),
+            Some(retry_after) => Err(ApiError::TooManyRequests {
+                detail: "too many attempts; retry later".into(),
+                retry_after: retry_after.max(Duration::from_secs(1)),
+            }),
+        }
+    }
+
+    fn check_local(&self, key: &str, limit: &Limit) -> Option<Duration> {
+        let bucket = self.local.get_with(key.to_owned(), || {
+            Arc::new(Mutex::new(Bucket {
+                tokens: f64::from(limit.capacity),
+                at: Instant::now(),
+            }))
+        });
+        let mut b = bucket.lock().expect("bucket lock");
+        take(&mut b, limit, Instant::now())
+    }
+}
+
+/// One token-bucket step: refill for the time passed, then take a token or say how
+/// long until one is available.
+fn take(b: &mut Bucket, limit: &Limit, now: Instant) -> Option<Duration> {
+    let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+    b.tokens = (b.tokens + elapsed * limit.per_second).min(f64::from(limit.capacity));
+    b.at = now;
+    if b.tokens >= 1.0 {
+        b.tokens -= 1.0;
+        None
+    } else {
+        Some(Duration::from_secs_f64((1.0 - b.tokens) / limit.per_second))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: Limit = Limit {
+        name: "t",
+        capacity: 3,
+        per_second: 0.5,
+    };
+
+    #[test]
+    fn a_bucket_allows_its_capacity_then_says_when_to_retry() {
+        let start = Instant::now();
+        let mut b = Bucket {
+            tokens: 3.0,
+            at: start,
+        };
+        assert_eq!(
+            (
+                take(&mut b, &LIMIT, start),
+                take(&mut b, &LIMIT, start),
+                take(&mut b, &LIMIT, start)
+            ),
+            (None, None, None)
+        );
+        let wait = take(&mut b, &LIMIT, start).unwrap();
+        assert_eq!(wait, Duration::from_secs(2));
+        // Two seconds later one token is back.
+        assert_eq!(take(&mut b, &LIMIT, start + Duration::from_secs(2)), None);
+        assert!(take(&mut b, &LIMIT, start + Duration::from_secs(2)).is_some());
+    }
+}
