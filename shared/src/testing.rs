@@ -334,3 +334,93 @@ impl TestApp {
         self.handle.stop(true).await;
     }
 }
+
+/// A TCP forwarder a test can cut and restore, to make a dependency (PostgreSQL)
+/// unreachable without stopping the shared server: `cut` drops every forwarded
+/// connection and refuses new ones; `restore` forwards again.
+pub struct TcpProxy {
+    pub port: u16,
+    state: std::sync::Arc<ProxyState>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    cut: std::sync::atomic::AtomicBool,
+    links: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl TcpProxy {
+    /// Forwards 127.0.0.1:<port> to `target` ("host:port").
+    pub async fn start(target: &str) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let state = std::sync::Arc::new(ProxyState::default());
+        let (target, shared) = (target.to_owned(), state.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if shared.cut.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let link = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                shared
+                    .links
+                    .lock()
+                    .expect("links")
+                    .push(link.abort_handle());
+            }
+        });
+        Self { port, state }
+    }
+
+    /// The dependency is gone: open connections drop, new ones are refused.
+    pub fn cut(&self) {
+        self.state
+            .cut
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for link in self.state.links.lock().expect("links").drain(..) {
+            link.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.state
+            .cut
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// PostgreSQL's `host:port` from the test configuration (the proxy's target).
+pub fn postgres_address() -> String {
+    let cfg: tokio_postgres::Config = admin_url().parse().expect("TEST_DATABASE_URL parses");
+    let host = match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".to_owned(),
+    };
+    format!(
+        "{host}:{}",
+        cfg.get_ports().first().copied().unwrap_or(5432)
+    )
+}
+
+/// The test database's URL, routed through `proxy`.
+pub fn via_proxy(db: &TestDb, proxy: &TcpProxy) -> String {
+    let cfg: tokio_postgres::Config = db.url.parse().expect("test URL parses");
+    let user = cfg.get_user().unwrap_or("postgres");
+    let password = cfg
+        .get_password()
+        .map(|p| format!(":{}", String::from_utf8_lossy(p)))
+        .unwrap_or_default();
+    format!(
+        "postgres://{user}{password}@127.0.0.1:{}/{}",
+        proxy.port, db.name
+    )
+}

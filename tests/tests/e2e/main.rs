@@ -2,4 +2,5 @@
 //! real and private Redis servers, and the services together.
 
 mod cache_engine;
+mod faults;
 mod system;

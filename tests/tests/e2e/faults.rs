@@ -1,0 +1,291 @@
+//! Faults: PostgreSQL unreachable, the pool exhausted, Redis paused — against the
+//! real journal-service. Each test owns the fault (a TCP proxy it cuts, a private
+//! redis-server it pauses) and counts every acknowledged write afterwards.
+
+use std::time::{Duration, Instant};
+
+use kai_shared::testing::{self, PrivateRedis, TcpProxy, TestApp, TestDb, TestPrefix};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+async fn post_entry(app: &TestApp, token: &str, content: &str) -> reqwest::Response {
+    app.client
+        .post(app.url("/api/journal/entries"))
+        .bearer_auth(token)
+        .json(&json!({"content": content}))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn assert_unavailable(res: reqwest::Response) {
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    assert!(res.headers().contains_key("retry-after"));
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["status"], 503);
+}
+
+async fn live_entries(db: &TestDb, user: Uuid) -> i64 {
+    db.connect()
+        .await
+        .query_one(
+            "SELECT count(*) FROM journal.journal_entries WHERE user_id = $1",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn postgresql_down_means_503_with_retry_after_then_recovery_without_restart() {
+    let db = TestDb::create().await;
+    let proxy = TcpProxy::start(&testing::postgres_address()).await;
+    let prefix = TestPrefix::new(&testing::redis_url());
+    let settings = testing::settings(
+        &testing::via_proxy(&db, &proxy),
+        Some(&prefix.url),
+        &prefix.prefix,
+        &[("DB_POOL_TIMEOUT_SECS", "1")],
+    );
+    let app = TestApp::start(journal_service::service(), settings).await;
+    let user = Uuid::new_v4();
+    let token = testing::token(user);
+    let mut acknowledged = 0;
+    for i in 0..3 {
+        assert_eq!(
+            post_entry(&app, &token, &format!("before {i}"))
+                .await
+                .status(),
+            201
+        );
+        acknowledged += 1;
+    }
+
+    proxy.cut();
+    let started = Instant::now();
+    assert_unavailable(post_entry(&app, &token, "during").await).await;
+    let fresh_reader = testing::token(Uuid::new_v4());
+    for path in [
+        "/api/journal/entries",
+        "/api/journal/entries?limit=5",
+        "/api/journal/stats",
+        "/api/journal/search?q=before",
+    ] {
+        assert_unavailable(
+            app.client
+                .get(app.url(path))
+                .bearer_auth(&fresh_reader)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+    }
+    eprintln!(
+        "6 requests answered 503 in {:?} (DB_POOL_TIMEOUT_SECS=1)",
+        started.elapsed()
+    );
+    assert_eq!(
+        app.client
+            .get(app.url("/health/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    assert_eq!(
+        app.client
+            .get(app.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let detailed: Value = app
+        .client
+        .get(app.url("/health/detailed"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detailed["status"], "unhealthy");
+
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let res = post_entry(&app, &token, "after").await;
+        if res.status() == 201 {
+            acknowledged += 1;
+            break;
+        }
+        assert_eq!(res.status(), 503);
+        assert!(Instant::now() < deadline, "the service never recovered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        app.client
+            .get(app.url("/health/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        live_entries(&db, user).await,
+        acknowledged,
+        "every acknowledged write, and only those, is stored"
+    );
+}
+
+#[tokio::test]
+async fn an_exhausted_pool_answers_503_after_the_pool_timeout_and_recovers() {
+    let db = TestDb::create().await;
+    let prefix = TestPrefix::new(&testing::redis_url());
+    let settings = testing::settings(
+        &db.url,
+        Some(&prefix.url),
+        &prefix.prefix,
+        &[("DB_POOL_SIZE", "2"), ("DB_POOL_TIMEOUT_SECS", "1")],
+    );
+    let app = TestApp::start(journal_service::service(), settings).await;
+    let token = testing::token(Uuid::new_v4());
+    // Something slow holds both connections.
+    let held = (
+        app.platform.db.conn().await.unwrap(),
+        app.platform.db.conn().await.unwrap(),
+    );
+    let requests: Vec<_> = (0..10)
+        .map(|i| {
+            let (client, url, token) = (
+                app.client.clone(),
+                app.url("/api/journal/entries"),
+                token.clone(),
+            );
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .bearer_auth(token)
+                    .json(&json!({"content": format!("queued {i}")}))
+                    .send()
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for r in requests {
+        assert_unavailable(
+            tokio::time::timeout(Duration::from_secs(10), r)
+                .await
+                .expect("nothing hangs")
+                .unwrap(),
+        )
+        .await;
+    }
+    let detailed: Value = app
+        .client
+        .get(app.url("/health/detailed"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detailed["database"]["pool"]["available"], 0, "{detailed}");
+    drop(held);
+    assert_eq!(
+        post_entry(&app, &token, "after").await.status(),
+        201,
+        "the pool recovers"
+    );
+}
+
+#[tokio::test]
+async fn a_paused_redis_costs_nothing_but_latency_and_serves_nothing_stale() {
+    let redis = PrivateRedis::start();
+    let db = TestDb::create().await;
+    let settings = || {
+        testing::settings(
+            &db.url,
+            Some(&redis.url()),
+            "pause",
+            &[("REDIS_TIMEOUT_MS", "100")],
+        )
+    };
+    let app = TestApp::start(journal_service::service(), settings()).await;
+    let user = Uuid::new_v4();
+    let token = testing::token(user);
+    let created: Value = post_entry(&app, &token, "v1").await.json().await.unwrap();
+    let path = format!("/api/journal/entries/{}", created["id"].as_str().unwrap());
+    for _ in 0..2 {
+        app.client
+            .get(app.url(&path))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+    }
+    redis.pause();
+    let res = app
+        .client
+        .patch(app.url(&path))
+        .bearer_auth(&token)
+        .json(&json!({"content": "v2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "writes succeed with Redis paused");
+    for _ in 0..20 {
+        let body: Value = app
+            .client
+            .get(app.url(&path))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["content"], "v2");
+    }
+    let d: Value = app
+        .client
+        .get(app.url("/health/detailed"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(d["status"], "degraded");
+    redis.resume();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.platform.cache.redis_available() != Some(true) {
+        assert!(Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let other = TestApp::start(journal_service::service(), settings()).await;
+    for replica in [&app, &other] {
+        let body: Value = replica
+            .client
+            .get(replica.url(&path))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            body["content"], "v2",
+            "the entry cached before the pause is never served"
+        );
+    }
+    assert_eq!(live_entries(&db, user).await, 1);
+}
