@@ -424,3 +424,9 @@ pub fn via_proxy(db: &TestDb, proxy: &TcpProxy) -> String {
         proxy.port, db.name
     )
 }
+
+/// An HTTP client for tests (installs the rustls crypto provider reqwest needs).
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client")
+}

@@ -6,3 +6,4 @@ mod entries;
 mod helpers;
 mod lists;
 mod platform;
+mod shutdown;
