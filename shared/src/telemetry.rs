@@ -8,9 +8,17 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. Safe to call more than once (tests): later calls
-/// are ignored.
+/// Installs the global subscriber, writing to stdout. Safe to call more than once
+/// (tests): later calls are ignored.
 pub fn init(filter: &str, format: LogFormat) {
+    init_with(filter, format, std::io::stdout);
+}
+
+/// As [`init`], writing wherever `writer` says (tests capture logs to scan them).
+pub fn init_with<W>(filter: &str, format: LogFormat, writer: W)
+where
+    W: for<'a> fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
     // Caps appended after the operator's filter, so they win even over RUST_LOG=debug:
     // - tokio-postgres logs every statement's *parameters* at debug level — personal
     //   data (journal text, password hashes) that must never reach a log line;
@@ -26,9 +34,12 @@ pub fn init(filter: &str, format: LogFormat) {
                     .json()
                     .flatten_event(true)
                     .with_current_span(true)
-                    .with_span_list(false),
+                    .with_span_list(false)
+                    .with_writer(writer),
             )
             .try_init(),
-        LogFormat::Pretty => registry.with(fmt::layer().compact()).try_init(),
+        LogFormat::Pretty => registry
+            .with(fmt::layer().compact().with_writer(writer))
+            .try_init(),
     };
 }

@@ -428,5 +428,8 @@ pub fn via_proxy(db: &TestDb, proxy: &TcpProxy) -> String {
 /// An HTTP client for tests (installs the rustls crypto provider reqwest needs).
 pub fn http_client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client")
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
 }

@@ -67,6 +67,11 @@ pub async fn stamp(
                 status.is_server_error(),
             );
         }
+        // The access log: the route *pattern*, never the raw path or query string
+        // (a search query is journal text).
+        span.in_scope(|| {
+            tracing::info!(route = %route, status = status.as_u16(), duration_ms = elapsed.as_secs_f64() * 1000.0, "request");
+        });
         if elapsed >= platform.settings.slow_request_threshold {
             span.in_scope(|| {
                 tracing::warn!(route = %route, status = status.as_u16(), duration_ms = elapsed.as_secs_f64() * 1000.0, "slow request");

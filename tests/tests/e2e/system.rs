@@ -50,20 +50,105 @@ async fn call(
     (status, res.json().await.unwrap_or(Value::Null))
 }
 
+/// Personal data the walk sends; none of it may appear in a log line.
+struct Secrets {
+    password: &'static str,
+    journal: &'static str,
+    message: &'static str,
+}
+
+const SECRETS: Secrets = Secrets {
+    password: "pw-7f3a9c-correct-horse",
+    journal: "journal-text-5b1e0d-I-cried-at-the-bus-stop",
+    message: "message-text-c4d2aa-nobody-knows-this",
+};
+
 #[tokio::test]
 async fn one_user_walks_through_every_service_and_logs_out_everywhere() {
-    use reqwest::Method;
     let s = start().await;
-    let (status, user) = call(&s.profile, Method::POST, "/api/auth/register", None, Some(json!({"email": "Ada@Example.com", "password": "correct horse battery", "display_name": "Ada"}))).await;
-    assert_eq!(status, 201, "{user}");
+    walk(&s).await;
+}
+
+/// The same walk with every log line captured (at `debug`, the noisiest an operator
+/// could choose) and scanned for personal data.
+#[tokio::test]
+async fn a_full_run_logs_no_journal_text_message_password_or_token() {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let logs = Capture(Arc::new(Mutex::new(Vec::new())));
+    let writer = logs.clone();
+    kai_shared::telemetry::init_with("debug", kai_shared::config::LogFormat::Json, move || {
+        writer.clone()
+    });
+    let s = start().await;
+    let token = walk(&s).await;
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.lines().count() > 50,
+        "the run did log ({} lines)",
+        text.lines().count()
+    );
+    assert!(
+        text.contains("request_id"),
+        "log lines carry the request id"
+    );
+    for (what, secret) in [
+        ("password", SECRETS.password),
+        ("journal text", SECRETS.journal),
+        ("message", SECRETS.message),
+        ("token", token.as_str()),
+    ] {
+        assert!(!text.contains(secret), "the logs contain the {what}");
+    }
+    // The token's signature alone is secret enough to look for.
+    assert!(!text.contains(token.rsplit('.').next().unwrap()));
+}
+
+/// register → login → journal → conversation → profile → logout → 401 everywhere.
+/// Returns the (revoked) access token.
+async fn walk(s: &System) -> String {
+    use reqwest::Method;
+    let (status, _) = call(
+        &s.profile,
+        Method::POST,
+        "/api/auth/register",
+        None,
+        Some(json!({"email": "ada@example.com", "password": SECRETS.password})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, user) = call(&s.profile, Method::POST, "/api/auth/register", None, Some(json!({"email": "Ada@Example.com", "password": SECRETS.password, "display_name": "Ada"}))).await;
+    assert_eq!(status, 409, "{user}");
+    let (status, _) = call(
+        &s.profile,
+        Method::POST,
+        "/api/auth/login",
+        None,
+        Some(
+            json!({"email": "ada@example.com", "password": format!("{}-wrong", SECRETS.password)}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 401);
     let (status, login) = call(
         &s.profile,
         Method::POST,
         "/api/auth/login",
         None,
-        Some(json!({"email": "ada@example.com", "password": "correct horse battery"})),
+        Some(json!({"email": "ADA@example.com", "password": SECRETS.password})),
     )
     .await;
+    let user = json!({"user_id": login["user_id"].clone()});
     assert_eq!(status, 200, "{login}");
     assert_eq!(login["token_type"], "Bearer");
     assert_eq!(login["user_id"], user["user_id"]);
@@ -151,4 +236,5 @@ async fn one_user_walks_through_every_service_and_logs_out_everywhere() {
         }
     }
     eprintln!("revoked everywhere after {:?}", logged_out.elapsed());
+    token
 }
