@@ -3,4 +3,5 @@
 
 mod cache_engine;
 mod faults;
+mod hostile;
 mod system;

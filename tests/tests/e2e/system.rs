@@ -7,15 +7,15 @@ use std::time::{Duration, Instant};
 use kai_shared::testing::{self, TestApp, TestDb, TestPrefix};
 use serde_json::{Value, json};
 
-struct System {
-    profile: TestApp,
-    journal: TestApp,
-    conversation: TestApp,
+pub struct System {
+    pub profile: TestApp,
+    pub journal: TestApp,
+    pub conversation: TestApp,
     _db: TestDb,
     _prefix: TestPrefix,
 }
 
-async fn start() -> System {
+pub async fn start() -> System {
     let db = TestDb::create().await;
     let prefix = TestPrefix::new(&testing::redis_url());
     let settings = || testing::settings(&db.url, Some(&prefix.url), &prefix.prefix, &[]);
@@ -31,7 +31,7 @@ async fn start() -> System {
     }
 }
 
-async fn call(
+pub async fn call(
     app: &TestApp,
     method: reqwest::Method,
     path: &str,

@@ -1,0 +1,390 @@
+//! Hostile input against all three services at once: generated bodies, query
+//! strings and ids for every operation in each service's own `/openapi.json`
+//! (never a 5xx, every error problem+json), and every kind of bad token (401).
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::{Config, TestRunner};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::system::{System, call, start};
+
+/// Field names the services know, mixed with junk, so generated bodies reach the
+/// validation code and not only serde's "unknown field".
+const FIELDS: &[&str] = &[
+    "content",
+    "title",
+    "mood",
+    "tags",
+    "email",
+    "password",
+    "display_name",
+    "traits",
+    "preferences",
+    "communication_style",
+    "messages",
+    "role",
+    "created_at",
+    "id",
+    "user_id",
+    "updated_at",
+    "x",
+    "__proto__",
+    "",
+];
+const PARAMS: &[&str] = &["page", "page_size", "limit", "cursor", "q", "days", "zzz"];
+
+fn scalar() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        prop_oneof![
+            Just(0i64),
+            Just(1),
+            Just(10),
+            Just(11),
+            Just(-1),
+            Just(1000),
+            Just(1001)
+        ]
+        .prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        ".{0,40}".prop_map(Value::from),
+        Just(Value::from("x".repeat(20_001))),
+        Just(Value::from("user@example.com")),
+        Just(Value::from("2026-01-01T00:00:00Z")),
+        Just(Value::from("\u{0000}\u{202e}💥")),
+    ]
+}
+
+fn body() -> impl Strategy<Value = Value> {
+    let leaf = scalar();
+    let value = leaf.prop_recursive(3, 24, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+            prop::collection::btree_map(
+                prop::sample::select(FIELDS).prop_map(str::to_owned),
+                inner,
+                0..6
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    });
+    prop_oneof![
+        prop::collection::btree_map(
+            prop::sample::select(FIELDS).prop_map(str::to_owned),
+            value.clone(),
+            0..6
+        )
+        .prop_map(|m| Value::Object(m.into_iter().collect())),
+        value,
+    ]
+}
+
+fn query_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<i64>().prop_map(|n| n.to_string()),
+        Just(String::new()),
+        Just("1e309".to_owned()),
+        Just("%00".to_owned()),
+        Just("%ZZ".to_owned()),
+        "[a-zA-Z0-9 _\\-]{0,30}",
+        ".{0,20}".prop_map(|s| s
+            .chars()
+            .map(|c| format!("%{:02X}", c as u32 % 256))
+            .collect()),
+    ]
+}
+
+fn query() -> impl Strategy<Value = String> {
+    prop::collection::vec((prop::sample::select(PARAMS), query_value()), 0..4).prop_map(|pairs| {
+        pairs
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&")
+    })
+}
+
+fn path_id() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("OWN".to_owned()),
+        any::<u128>().prop_map(|n| uuid::Uuid::from_u128(n).to_string()),
+        Just("not-a-uuid".to_owned()),
+        Just("..%2F..%2Fetc%2Fpasswd".to_owned()),
+        Just("%00".to_owned()),
+        Just("a".repeat(300)),
+    ]
+}
+
+struct Operation {
+    method: Method,
+    template: String,
+    body: bool,
+}
+
+fn operations(doc: &Value) -> Vec<Operation> {
+    let mut ops = Vec::new();
+    for (template, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let method: Method = method.to_uppercase().parse().unwrap();
+            ops.push(Operation {
+                method,
+                template: template.clone(),
+                body: op.get("requestBody").is_some(),
+            });
+        }
+    }
+    ops
+}
+
+#[tokio::test]
+async fn generated_requests_never_cause_a_5xx_and_errors_are_problem_details() {
+    let s = start().await;
+    let token = login(&s).await;
+    // Resources of the caller's own, so some generated ids hit real rows.
+    let (_, entry) = call(
+        &s.journal,
+        Method::POST,
+        "/api/journal/entries",
+        Some(&token),
+        Some(json!({"content": "mine"})),
+    )
+    .await;
+    let (_, conv) = call(
+        &s.conversation,
+        Method::POST,
+        "/api/conversations",
+        Some(&token),
+        Some(json!({})),
+    )
+    .await;
+    let mut runner = TestRunner::new_with_rng(
+        Config {
+            cases: 40,
+            failure_persistence: None,
+            ..Config::default()
+        },
+        proptest::test_runner::TestRng::deterministic_rng(
+            proptest::test_runner::RngAlgorithm::ChaCha,
+        ),
+    );
+    let mut sent = 0;
+    for (app, own) in [
+        (&s.journal, entry["id"].as_str().unwrap().to_owned()),
+        (&s.conversation, conv["id"].as_str().unwrap().to_owned()),
+        (&s.profile, String::new()),
+    ] {
+        let doc: Value = app
+            .client
+            .get(app.url("/openapi.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for op in operations(&doc) {
+            if op.template == "/api/auth/logout" {
+                continue; // it would end the session the rest of the run uses
+            }
+            for _ in 0..40 {
+                let id = path_id()
+                    .new_tree(&mut runner)
+                    .unwrap()
+                    .current()
+                    .replace("OWN", &own);
+                let q = query().new_tree(&mut runner).unwrap().current();
+                let path = format!("{}?{q}", op.template.replace("{id}", &id));
+                let mut req = app
+                    .client
+                    .request(op.method.clone(), app.url(&path))
+                    .bearer_auth(&token);
+                let sent_body = if op.body {
+                    Some(body().new_tree(&mut runner).unwrap().current())
+                } else {
+                    None
+                };
+                if let Some(b) = &sent_body {
+                    req = req.json(b);
+                }
+                let res = req.send().await.unwrap();
+                let status = res.status().as_u16();
+                let content_type = res
+                    .headers()
+                    .get("content-type")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                let text = res.text().await.unwrap();
+                assert!(
+                    status < 500,
+                    "{} {path} {sent_body:?} → {status} {text}",
+                    op.method
+                );
+                if status >= 400 {
+                    assert_eq!(
+                        content_type.as_deref(),
+                        Some("application/problem+json"),
+                        "{} {path} → {status}",
+                        op.method
+                    );
+                    let problem: Value = serde_json::from_str(&text).unwrap();
+                    assert_eq!(problem["status"], status);
+                }
+                sent += 1;
+            }
+        }
+    }
+    eprintln!("{sent} generated requests, no 5xx");
+    assert!(sent >= 600);
+}
+
+async fn login(s: &System) -> String {
+    let creds = json!({"email": "fuzz@example.com", "password": "fuzz-password-123"});
+    call(
+        &s.profile,
+        Method::POST,
+        "/api/auth/register",
+        None,
+        Some(creds.clone()),
+    )
+    .await;
+    let (_, login) = call(
+        &s.profile,
+        Method::POST,
+        "/api/auth/login",
+        None,
+        Some(creds),
+    )
+    .await;
+    login["access_token"].as_str().unwrap().to_owned()
+}
+
+fn sign(header: &Value, claims: &Value, secret: &[u8]) -> String {
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    let alg = match header["alg"].as_str().unwrap() {
+        "HS512" => jsonwebtoken::Algorithm::HS512,
+        _ => jsonwebtoken::Algorithm::HS256,
+    };
+    encode(&Header::new(alg), claims, &EncodingKey::from_secret(secret)).unwrap()
+}
+
+#[tokio::test]
+async fn every_kind_of_bad_token_is_refused_by_every_service() {
+    let s = start().await;
+    let valid = login(&s).await;
+    let user = uuid::Uuid::new_v4();
+    let now = chrono_free_now();
+    let claims = |exp: i64, iss: &str, aud: &str| json!({"sub": user, "sid": uuid::Uuid::new_v4(), "iat": now, "exp": exp, "iss": iss, "aud": aud});
+    let secret = kai_shared::testing::TEST_SECRET.as_bytes();
+    let hs256 = json!({"alg": "HS256"});
+    let none_token = format!(
+        "{}.{}.",
+        B64.encode(br#"{"alg":"none","typ":"JWT"}"#),
+        B64.encode(claims(now + 600, "kai", "kai-api").to_string())
+    );
+    let mut tampered = valid.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    let bad: Vec<(&str, String)> = vec![
+        ("malformed", "not-a-jwt".into()),
+        ("empty segments", "..".into()),
+        ("tampered signature", tampered),
+        (
+            "wrong secret",
+            sign(
+                &hs256,
+                &claims(now + 600, "kai", "kai-api"),
+                b"some-other-secret-some-other-secret",
+            ),
+        ),
+        ("alg none", none_token),
+        (
+            "HS512 with the right secret",
+            sign(
+                &json!({"alg": "HS512"}),
+                &claims(now + 600, "kai", "kai-api"),
+                secret,
+            ),
+        ),
+        (
+            "expired",
+            sign(&hs256, &claims(now - 5, "kai", "kai-api"), secret),
+        ),
+        (
+            "another audience",
+            sign(&hs256, &claims(now + 600, "kai", "kai-admin"), secret),
+        ),
+        (
+            "another issuer",
+            sign(&hs256, &claims(now + 600, "evil", "kai-api"), secret),
+        ),
+    ];
+    for (app, path) in [
+        (&s.profile, "/api/profile"),
+        (&s.journal, "/api/journal/entries"),
+        (&s.conversation, "/api/conversations"),
+    ] {
+        let res = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), 401, "{path} without a token");
+        for (what, token) in &bad {
+            let res = app
+                .client
+                .get(app.url(path))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 401, "{path} accepted a {what} token");
+            assert_eq!(res.headers()["content-type"], "application/problem+json");
+        }
+        assert_eq!(
+            app.client
+                .get(app.url(path))
+                .bearer_auth(&valid)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200,
+            "{path} refuses a good token"
+        );
+    }
+}
+
+fn chrono_free_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test]
+async fn security_headers_and_no_version_banner_on_every_service() {
+    let s = start().await;
+    for app in [&s.profile, &s.journal, &s.conversation] {
+        for path in ["/health", "/api/nope", "/api/journal/entries"] {
+            let res = app.client.get(app.url(path)).send().await.unwrap();
+            assert_eq!(res.headers()["x-content-type-options"], "nosniff");
+            assert!(res.headers().get("server").is_none(), "no server banner");
+            assert!(res.headers().contains_key("x-request-id"));
+        }
+        // Oversized headers (actix caps the request head at 128 KiB) are refused
+        // before any handler runs.
+        let res = app
+            .client
+            .get(app.url("/health"))
+            .header("x-big", "a".repeat(200 * 1024))
+            .send()
+            .await;
+        assert!(
+            res.map(|r| r.status().as_u16() == 431 || r.status().as_u16() == 400)
+                .unwrap_or(true)
+        );
+    }
+}
