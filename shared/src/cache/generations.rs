@@ -24,6 +24,7 @@ pub struct Generations {
     map: moka::sync::Cache<Scope, u64>,
     trusted: AtomicBool,
     epoch: AtomicU64,
+    subscriptions: AtomicU64,
 }
 
 impl Generations {
@@ -53,6 +54,7 @@ impl Generations {
             map,
             trusted: AtomicBool::new(trusted),
             epoch: AtomicU64::new(0),
+            subscriptions: AtomicU64::new(0),
         }
     }
 
@@ -106,6 +108,14 @@ impl Generations {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.trusted.store(trusted, Ordering::Release);
         self.map.invalidate_all();
+        if trusted {
+            self.subscriptions.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// How many times the subscription was (re)established.
+    pub fn subscriptions(&self) -> u64 {
+        self.subscriptions.load(Ordering::Acquire)
     }
 
     pub fn is_trusted(&self) -> bool {

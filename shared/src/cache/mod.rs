@@ -458,6 +458,11 @@ impl Cache {
         self.inner.generations.is_trusted()
     }
 
+    /// How many times the invalidation subscription was (re)established.
+    pub fn subscriptions(&self) -> u64 {
+        self.inner.generations.subscriptions()
+    }
+
     /// Test seam: runs between a loader's database read and its cache store, so a
     /// test can force the reader/writer interleaving of guarantee 2.
     pub fn set_store_hook(&self, hook: Option<StoreHook>) {
