@@ -433,3 +433,68 @@ pub fn http_client() -> reqwest::Client {
         .build()
         .expect("client")
 }
+
+/// Asserts an RFC 9457 problem answer with the given status; returns its body.
+pub async fn assert_problem(res: reqwest::Response, status: u16) -> serde_json::Value {
+    assert_eq!(res.status().as_u16(), status, "unexpected status");
+    assert_eq!(
+        res.headers().get("content-type").expect("content type"),
+        "application/problem+json"
+    );
+    let body: serde_json::Value = res.json().await.expect("problem JSON");
+    assert_eq!(body["status"], status);
+    assert!(
+        body["title"].is_string() && body["type"].is_string() && body["detail"].is_string(),
+        "{body}"
+    );
+    body
+}
+
+/// Asserts that PostgreSQL plans each `(name, sql)` with an index and no
+/// sequential scan. Parameters get sample values by type: `uuid` parameters take
+/// `uuids_for(name)` in order (the last repeats), `text` parameters take `text`.
+pub async fn assert_plans_use_indexes(
+    conn: &tokio_postgres::Client,
+    queries: &[(&str, &str)],
+    uuids_for: impl Fn(&str) -> Vec<Uuid>,
+    text: &str,
+) {
+    use tokio_postgres::types::ToSql;
+    for (name, sql) in queries {
+        let stmt = conn
+            .prepare(&format!("EXPLAIN (FORMAT JSON) {sql}"))
+            .await
+            .expect("prepare EXPLAIN");
+        let uuids = uuids_for(name);
+        let mut next_uuid = 0;
+        let params: Vec<Box<dyn ToSql + Sync>> = stmt
+            .params()
+            .iter()
+            .map(|t| -> Box<dyn ToSql + Sync> {
+                match t.name() {
+                    "uuid" => {
+                        let u = uuids[next_uuid.min(uuids.len() - 1)];
+                        next_uuid += 1;
+                        Box::new(u)
+                    }
+                    "int8" => Box::new(20i64),
+                    "int4" => Box::new(30i32),
+                    "int2" => Box::new(5i16),
+                    "text" => Box::new(text.to_owned()),
+                    "bool" => Box::new(true),
+                    "timestamptz" => Box::new(chrono::Utc::now()),
+                    "_text" => Box::new(vec!["a".to_owned()]),
+                    other => panic!("no sample value for a {other} parameter in {name}"),
+                }
+            })
+            .collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref()).collect();
+        let plan: serde_json::Value = conn.query_one(&stmt, &refs).await.expect("EXPLAIN").get(0);
+        let text = plan.to_string();
+        assert!(
+            !text.contains("\"Seq Scan\""),
+            "{name} scans a table: {text}"
+        );
+        assert!(text.contains("Index"), "{name} uses no index: {text}");
+    }
+}

@@ -7,8 +7,6 @@
 pub mod assistant;
 /// Which reads are cached for how long, and which writes invalidate them.
 pub mod cache_rules;
-/// The opaque keyset cursor.
-pub mod cursor;
 /// The chat-completions client and the offline responder.
 pub mod llm;
 /// Request and response shapes, and their validation.

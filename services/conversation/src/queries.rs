@@ -11,8 +11,8 @@ use kai_shared::ApiError;
 use kai_shared::db::{Db, DbError, Row};
 use uuid::Uuid;
 
-use crate::cursor::Cursor;
 use crate::model::{BatchMessage, ConversationPage, ConversationSummary, LastMessage, Message};
+use kai_shared::http::cursor::Cursor;
 
 pub const INSERT_CONVERSATION: &str = "INSERT INTO conversation.conversations (id, user_id, title)
      VALUES ($1, $2, $3)
@@ -157,7 +157,7 @@ pub async fn list_conversations(
     let rows = match cursor {
         None => db.query(&conn, FIRST_PAGE, &[&user_id, &fetch]).await?,
         Some(c) => {
-            db.query(&conn, NEXT_PAGE, &[&user_id, &fetch, &c.updated_at, &c.id])
+            db.query(&conn, NEXT_PAGE, &[&user_id, &fetch, &c.at, &c.id])
                 .await?
         }
     };
@@ -167,7 +167,7 @@ pub async fn list_conversations(
     let next_cursor = if has_more {
         conversations.last().map(|c| {
             Cursor {
-                updated_at: c.updated_at,
+                at: c.updated_at,
                 id: c.id,
             }
             .encode()

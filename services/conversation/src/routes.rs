@@ -14,7 +14,6 @@ use uuid::Uuid;
 
 use crate::assistant;
 use crate::cache_rules::{DETAIL, LIST, user_scope};
-use crate::cursor::Cursor;
 use crate::llm::Llm;
 use crate::model::{
     BatchInserted, BatchMessage, BatchRequest, ConversationDetail, ConversationPage,
@@ -22,6 +21,7 @@ use crate::model::{
     Message, PostMessage, in_range,
 };
 use crate::queries;
+use kai_shared::http::cursor::Cursor;
 
 #[derive(OpenApi)]
 #[openapi(

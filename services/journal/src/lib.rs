@@ -3,8 +3,6 @@
 
 /// Which reads are cached for how long, and which writes invalidate them.
 pub mod cache_rules;
-/// The opaque keyset cursor.
-pub mod cursor;
 /// Request and response shapes, and their validation.
 pub mod model;
 /// The SQL, one function per statement.

@@ -7,8 +7,8 @@ use kai_shared::ApiError;
 use kai_shared::db::{Db, Row};
 use uuid::Uuid;
 
-use crate::cursor::Cursor;
 use crate::model::{CreateEntry, DayStats, Entry, EntryCursorPage, EntryPage, PatchEntry, Stats};
+use kai_shared::http::cursor::Cursor;
 
 pub const INSERT: &str =
     "INSERT INTO journal.journal_entries (id, user_id, title, content, mood, tags)
@@ -157,7 +157,7 @@ pub async fn list_entries_after(
             db.query(
                 &conn,
                 NEXT_PAGE_BY_CURSOR,
-                &[&user_id, &fetch, &c.created_at, &c.id],
+                &[&user_id, &fetch, &c.at, &c.id],
             )
             .await?
         }
@@ -168,7 +168,7 @@ pub async fn list_entries_after(
     let next_cursor = if has_more {
         entries.last().map(|e| {
             Cursor {
-                created_at: e.created_at,
+                at: e.created_at,
                 id: e.id,
             }
             .encode()

@@ -11,12 +11,12 @@ use utoipa::OpenApi;
 use uuid::Uuid;
 
 use crate::cache_rules::{ENTRY, LIST, STATS, user_scope};
-use crate::cursor::Cursor;
 use crate::model::{
     CreateEntry, DayStats, Entry, EntryCursorPage, EntryPage, ListQuery, PatchEntry, SearchQuery,
     SearchResults, Stats, StatsQuery, in_range,
 };
 use crate::queries;
+use kai_shared::http::cursor::Cursor;
 
 #[derive(OpenApi)]
 #[openapi(

@@ -2,6 +2,7 @@
 //! statistics, slow-request warnings), compression only where it pays, problem+json
 //! for every extractor failure, and cached-response rendering with ETags.
 
+pub mod cursor;
 pub mod errors;
 pub mod openapi;
 pub mod respond;

@@ -198,34 +198,18 @@ async fn hot_queries_use_indexes_on_a_large_table() {
     .unwrap();
     let user = Uuid::parse_str("00000000-0000-0000-0000-000000000042").unwrap();
     let conversation = Uuid::parse_str("00000000-0000-0000-0001-000000000042").unwrap();
-    for (name, sql) in conversation_service::queries::HOT_QUERIES {
-        let explain = format!("EXPLAIN (FORMAT JSON) {sql}");
-        let stmt = conn.prepare(&explain).await.unwrap();
-        let mut uuids = [conversation, user].into_iter();
-        // Parameters are positional: list queries take the user first, the others the conversation.
-        if name.starts_with("list") {
-            uuids = [user, conversation].into_iter();
-        }
-        let params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync>> = stmt
-            .params()
-            .iter()
-            .map(|t| -> Box<dyn tokio_postgres::types::ToSql + Sync> {
-                match t.name() {
-                    "uuid" => Box::new(uuids.next().unwrap_or(conversation)),
-                    "int8" => Box::new(20i64),
-                    "timestamptz" => Box::new(chrono::Utc::now()),
-                    other => panic!("no sample value for {other}"),
-                }
-            })
-            .collect();
-        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-            params.iter().map(|p| p.as_ref()).collect();
-        let plan: Value = conn.query_one(&stmt, &refs).await.unwrap().get(0);
-        let text = plan.to_string();
-        assert!(
-            !text.contains("\"Seq Scan\""),
-            "{name} scans a table: {text}"
-        );
-        assert!(text.contains("Index"), "{name} uses no index: {text}");
-    }
+    // Parameters are positional: list queries take the user first, the others the conversation.
+    kai_shared::testing::assert_plans_use_indexes(
+        &conn,
+        conversation_service::queries::HOT_QUERIES,
+        |name| {
+            if name.starts_with("list") {
+                vec![user, conversation]
+            } else {
+                vec![conversation, user]
+            }
+        },
+        "",
+    )
+    .await;
 }

@@ -117,18 +117,4 @@ pub async fn read(app: &TestApp, user: &User, path: &str) -> (u16, String, Value
     (status, cache, body)
 }
 
-/// Asserts an RFC 9457 problem answer with the given status; returns its body.
-pub async fn assert_problem(res: Response, status: u16) -> Value {
-    assert_eq!(res.status().as_u16(), status, "unexpected status");
-    assert_eq!(
-        res.headers().get("content-type").unwrap(),
-        "application/problem+json"
-    );
-    let body: Value = res.json().await.unwrap();
-    assert_eq!(body["status"], status);
-    assert!(
-        body["title"].is_string() && body["type"].is_string() && body["detail"].is_string(),
-        "{body}"
-    );
-    body
-}
+pub use kai_shared::testing::assert_problem;

@@ -1,6 +1,6 @@
 use std::collections::HashSet;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::helpers::{User, assert_problem, read, spawn};
 
@@ -171,7 +171,6 @@ async fn a_page_costs_the_same_statements_whatever_the_table_holds() {
 #[tokio::test]
 async fn hot_queries_use_indexes_on_a_large_table() {
     let j = spawn().await;
-    let user = User::new();
     let conn = j.db.connect().await;
     // 100k rows over 1,000 users, as SPEC §7 asks.
     conn.batch_execute(
@@ -184,32 +183,11 @@ async fn hot_queries_use_indexes_on_a_large_table() {
     .await
     .unwrap();
     let probe = uuid::Uuid::parse_str("00000000-0000-0000-0000-000000000042").unwrap();
-    let _ = user;
-    for (name, sql) in journal_service::queries::HOT_QUERIES {
-        let explain = format!("EXPLAIN (FORMAT JSON) {sql}");
-        let stmt = conn.prepare(&explain).await.unwrap();
-        let params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync>> = stmt
-            .params()
-            .iter()
-            .map(|t| -> Box<dyn tokio_postgres::types::ToSql + Sync> {
-                match t.name() {
-                    "uuid" => Box::new(probe),
-                    "int8" => Box::new(20i64),
-                    "int4" => Box::new(30i32),
-                    "text" => Box::new("garden".to_owned()),
-                    "timestamptz" => Box::new(chrono::Utc::now()),
-                    other => panic!("no sample value for {other}"),
-                }
-            })
-            .collect();
-        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-            params.iter().map(|p| p.as_ref()).collect();
-        let plan: Value = conn.query_one(&stmt, &refs).await.unwrap().get(0);
-        let text = plan.to_string();
-        assert!(
-            !text.contains("\"Seq Scan\""),
-            "{name} scans the table: {text}"
-        );
-        assert!(text.contains("Index"), "{name} uses no index: {text}");
-    }
+    kai_shared::testing::assert_plans_use_indexes(
+        &conn,
+        journal_service::queries::HOT_QUERIES,
+        |_| vec![probe],
+        "garden",
+    )
+    .await;
 }

@@ -113,30 +113,11 @@ async fn hot_queries_use_indexes_on_a_large_table() {
     .await
     .unwrap();
     let probe = uuid::Uuid::parse_str("00000000-0000-0000-0000-000000000042").unwrap();
-    for (name, sql) in profile_service::queries::HOT_QUERIES {
-        let stmt = conn
-            .prepare(&format!("EXPLAIN (FORMAT JSON) {sql}"))
-            .await
-            .unwrap();
-        let params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync>> = stmt
-            .params()
-            .iter()
-            .map(|t| -> Box<dyn tokio_postgres::types::ToSql + Sync> {
-                match t.name() {
-                    "uuid" => Box::new(probe),
-                    "text" => Box::new("User42@example.org".to_owned()),
-                    other => panic!("no sample value for {other}"),
-                }
-            })
-            .collect();
-        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-            params.iter().map(|p| p.as_ref()).collect();
-        let plan: Value = conn.query_one(&stmt, &refs).await.unwrap().get(0);
-        let text = plan.to_string();
-        assert!(
-            !text.contains("\"Seq Scan\""),
-            "{name} scans the table: {text}"
-        );
-        assert!(text.contains("Index"), "{name} uses no index: {text}");
-    }
+    kai_shared::testing::assert_plans_use_indexes(
+        &conn,
+        profile_service::queries::HOT_QUERIES,
+        |_| vec![probe],
+        "User42@example.org",
+    )
+    .await;
 }

@@ -1,7 +1,8 @@
-//! The keyset cursor: the `(updated_at, id)` of the last conversation of a page,
-//! as opaque URL-safe base64. `id` breaks ties, so conversations sharing an
-//! `updated_at` are never skipped or repeated. Microseconds are PostgreSQL's own
-//! precision, so the round trip is exact.
+//! The keyset cursor every list uses: the `(timestamp, id)` of the last row of a
+//! page — `created_at` for journal entries, `updated_at` for conversations — as
+//! opaque URL-safe base64. `id` breaks ties, so rows sharing a timestamp are never
+//! skipped or repeated. Microseconds are PostgreSQL's own precision, so the round
+//! trip is exact.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -10,7 +11,8 @@ use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
-    pub updated_at: DateTime<Utc>,
+    /// The sort timestamp of the last row served.
+    pub at: DateTime<Utc>,
     pub id: Uuid,
 }
 
@@ -18,17 +20,18 @@ impl Cursor {
     pub fn encode(&self) -> String {
         URL_SAFE_NO_PAD.encode(format!(
             "{}|{}",
-            self.updated_at.timestamp_micros(),
+            self.at.timestamp_micros(),
             self.id.simple()
         ))
     }
 
+    /// `None` for anything this service did not issue.
     pub fn decode(raw: &str) -> Option<Self> {
         let bytes = URL_SAFE_NO_PAD.decode(raw).ok()?;
         let text = std::str::from_utf8(&bytes).ok()?;
         let (micros, id) = text.split_once('|')?;
         Some(Self {
-            updated_at: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+            at: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
             id: Uuid::parse_str(id).ok()?,
         })
     }
@@ -42,7 +45,7 @@ mod tests {
     proptest! {
         #[test]
         fn cursors_round_trip(micros in -62_135_596_800_000_000i64..253_402_300_799_000_000, id in any::<u128>()) {
-            let c = Cursor { updated_at: DateTime::from_timestamp_micros(micros).unwrap(), id: Uuid::from_u128(id) };
+            let c = Cursor { at: DateTime::from_timestamp_micros(micros).unwrap(), id: Uuid::from_u128(id) };
             prop_assert_eq!(Cursor::decode(&c.encode()), Some(c));
         }
 
@@ -55,7 +58,7 @@ mod tests {
     #[test]
     fn cursors_are_url_safe() {
         let c = Cursor {
-            updated_at: Utc::now(),
+            at: Utc::now(),
             id: Uuid::new_v4(),
         };
         assert!(
