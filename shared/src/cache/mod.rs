@@ -150,6 +150,7 @@ struct Inner {
     hits: AtomicU64,
     misses: AtomicU64,
     errors: AtomicU64,
+    early_refreshes: AtomicU64,
     store_hook: RwLock<Option<StoreHook>>,
 }
 
@@ -198,6 +199,7 @@ impl Cache {
                 hits: AtomicU64::new(0),
                 misses: AtomicU64::new(0),
                 errors: AtomicU64::new(0),
+                early_refreshes: AtomicU64::new(0),
                 store_hook: RwLock::new(None),
             }),
         })
@@ -286,11 +288,24 @@ impl Cache {
             }
         }
 
-        // 3. Miss (or this request won the early refresh): one loader per key.
-        let (result, _led) = inner
+        // 3. Miss (or this request drew an early refresh): one loader per key. While
+        //    a refresh is already running, the live entry is served without waiting.
+        if let Some(entry) = &due
+            && inner.flights.is_running(&key)
+        {
+            return self.hit(policy, entry.clone());
+        }
+        let refreshing = due.is_some();
+        let (result, led) = inner
             .flights
-            .run(&key, self.load_and_store(key.clone(), policy, load))
+            .run(
+                &key,
+                self.load_and_store(key.clone(), policy, refreshing, load),
+            )
             .await;
+        if led && refreshing {
+            inner.early_refreshes.fetch_add(1, Ordering::Relaxed);
+        }
         match (result, due) {
             (Ok(entry), _) => {
                 self.count(policy, CacheStatus::Miss);
@@ -336,12 +351,26 @@ impl Cache {
         answer(Arc::new(entry), CacheStatus::Miss)
     }
 
-    async fn load_and_store<T, F, Fut>(&self, key: String, policy: &Policy, load: F) -> LoadResult
+    async fn load_and_store<T, F, Fut>(
+        &self,
+        key: String,
+        policy: &Policy,
+        refreshing: bool,
+        load: F,
+    ) -> LoadResult
     where
         T: Serialize,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<T>, ApiError>>,
     {
+        // A request that missed just before the previous leader stored and left may
+        // lead a new flight: it finds that leader's entry in L1 and loads nothing.
+        if !refreshing
+            && let Some(entry) = self.inner.l1.get(&key).await
+            && entry.expires_at_ms > now_millis()
+        {
+            return Ok(entry);
+        }
         let entry = load_entry(policy, load).await.map_err(Arc::new)?;
         let hook = self.inner.store_hook.read().expect("hook lock").clone();
         if let Some(hook) = hook {
@@ -456,6 +485,12 @@ impl Cache {
     /// Whether remembered generations are trusted (pub/sub subscribed, or no Redis).
     pub fn l1_trusted(&self) -> bool {
         self.inner.generations.is_trusted()
+    }
+
+    /// Loads that refreshed a still-live entry early (XFetch) rather than
+    /// replacing an expired one.
+    pub fn early_refreshes(&self) -> u64 {
+        self.inner.early_refreshes.load(Ordering::Relaxed)
     }
 
     /// How many times the invalidation subscription was (re)established.

@@ -78,6 +78,14 @@ impl<T: Clone> SingleFlight<T> {
         }
     }
 
+    /// Whether `key` is being loaded right now.
+    pub fn is_running(&self, key: &str) -> bool {
+        self.inflight
+            .lock()
+            .expect("single-flight lock")
+            .contains_key(key)
+    }
+
     /// Keys currently in flight (for tests and diagnostics).
     pub fn in_flight(&self) -> usize {
         self.inflight.lock().expect("single-flight lock").len()

@@ -478,3 +478,50 @@ async fn caching_resumes_after_redis_is_killed_and_restarted() {
         "another replica hits what A stored"
     );
 }
+
+/// XFetch: under steady load a hot key is refreshed before it expires, by one
+/// request at a time, so no reader ever finds it gone.
+#[tokio::test]
+async fn a_hot_key_is_refreshed_early_and_never_expires_under_load() {
+    const SHORT: Policy = Policy::new("hot", Duration::from_millis(800));
+    let prefix = TestPrefix::new(&testing::redis_url());
+    let r = replica(Some(&testing::redis_url()), &prefix.prefix).await;
+    let (s, loads) = (scope(), Arc::new(AtomicUsize::new(0)));
+    let until = Instant::now() + Duration::from_millis(3_000);
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (cache, s, loads) = (r.cache.clone(), s.clone(), loads.clone());
+            tokio::spawn(async move {
+                let mut reads = 0u32;
+                while Instant::now() < until {
+                    cache
+                        .get_or_load(&s, &SHORT, "hot", || async {
+                            loads.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(50)).await; // Δ
+                            Ok::<_, ApiError>(Some("v"))
+                        })
+                        .await
+                        .unwrap();
+                    reads += 1;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                reads
+            })
+        })
+        .collect();
+    let mut reads = 0;
+    for t in readers {
+        reads += t.await.unwrap();
+    }
+    let (loads, early) = (
+        loads.load(Ordering::SeqCst) as u64,
+        r.cache.early_refreshes(),
+    );
+    eprintln!("{reads} reads, {loads} loads, {early} early refreshes over 3 s with an 800 ms TTL");
+    assert!(early >= 2, "the key was refreshed early ({early})");
+    assert_eq!(
+        loads,
+        1 + early,
+        "every load after the first was an early refresh: the key never expired"
+    );
+}
