@@ -1,12 +1,16 @@
-//! What the cache stores: the serialized response body, its ETag, and the facts
-//! XFetch needs (when it expires, how long it took to load) — as one byte frame, so a
-//! hit hands the stored bytes to the client without deserializing anything.
+//! What the cache stores: the serialized response body, its gzip form (bodies of
+//! 500 bytes or more), its ETag, and the facts XFetch needs (when it expires, how
+//! long it took to load) — as one byte frame, so a hit hands the stored bytes to
+//! the client without deserializing, serializing or compressing anything.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
 /// Frame version; a reader that finds another version treats the entry as a miss.
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+
+/// Bodies this large or larger are stored compressed too (SPEC §3's threshold).
+pub const COMPRESS_MIN_BYTES: usize = 500;
 
 /// One cached response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +21,8 @@ pub struct Entry {
     pub etag: String,
     /// The serialized JSON body.
     pub body: Bytes,
+    /// `body` gzipped, for clients that accept it (absent for small bodies).
+    pub gzip: Option<Bytes>,
     /// Unix milliseconds after which the entry is dead (the L2 TTL, jittered).
     pub expires_at_ms: u64,
     /// How long the load took (XFetch's Δ), milliseconds.
@@ -24,12 +30,16 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// A found resource: computes the ETag once, at load time.
+    /// A found resource: computes the ETag and the gzip form once, at load time.
     pub fn found(body: Bytes, expires_at_ms: u64, delta_ms: u32) -> Self {
+        let gzip = (body.len() >= COMPRESS_MIN_BYTES)
+            .then(|| gzip(&body))
+            .flatten();
         Self {
             status: 200,
             etag: etag_of(&body),
             body,
+            gzip,
             expires_at_ms,
             delta_ms,
         }
@@ -41,6 +51,7 @@ impl Entry {
             status: 404,
             etag: String::new(),
             body: Bytes::new(),
+            gzip: None,
             expires_at_ms,
             delta_ms,
         }
@@ -52,20 +63,24 @@ impl Entry {
 
     /// Bytes held in memory, for the L1 weigher.
     pub fn weight(&self) -> u32 {
-        (self.body.len() + self.etag.len() + 64)
+        let gzip = self.gzip.as_ref().map_or(0, Bytes::len);
+        (self.body.len() + gzip + self.etag.len() + 64)
             .try_into()
             .unwrap_or(u32::MAX)
     }
 
+    /// `version | expires_at | delta | status | etag_len | gzip_len | etag | gzip | body`
     pub fn encode(&self) -> Vec<u8> {
-        let mut buf =
-            BytesMut::with_capacity(1 + 8 + 4 + 2 + 1 + self.etag.len() + self.body.len());
+        let gzip = self.gzip.as_deref().unwrap_or_default();
+        let mut buf = BytesMut::with_capacity(20 + self.etag.len() + gzip.len() + self.body.len());
         buf.put_u8(VERSION);
         buf.put_u64(self.expires_at_ms);
         buf.put_u32(self.delta_ms);
         buf.put_u16(self.status);
         buf.put_u8(self.etag.len() as u8);
+        buf.put_u32(gzip.len() as u32);
         buf.put_slice(self.etag.as_bytes());
+        buf.put_slice(gzip);
         buf.put_slice(&self.body);
         buf.to_vec()
     }
@@ -73,26 +88,41 @@ impl Entry {
     /// Decodes a frame; `None` for anything malformed (treated as a miss).
     pub fn decode(raw: Bytes) -> Option<Self> {
         let mut cur = raw.clone();
-        if cur.remaining() < 16 || cur.get_u8() != VERSION {
+        if cur.remaining() < 20 || cur.get_u8() != VERSION {
             return None;
         }
         let expires_at_ms = cur.get_u64();
         let delta_ms = cur.get_u32();
         let status = cur.get_u16();
         let etag_len = cur.get_u8() as usize;
-        if cur.remaining() < etag_len {
+        let gzip_len = cur.get_u32() as usize;
+        if cur.remaining() < etag_len + gzip_len {
             return None;
         }
         let etag = String::from_utf8(cur.copy_to_bytes(etag_len).to_vec()).ok()?;
-        let body = raw.slice(raw.len() - cur.remaining()..);
+        let at = raw.len() - cur.remaining();
+        let gzip = (gzip_len > 0).then(|| raw.slice(at..at + gzip_len));
+        let body = raw.slice(at + gzip_len..);
         Some(Self {
             status,
             etag,
             body,
+            gzip,
             expires_at_ms,
             delta_ms,
         })
     }
+}
+
+/// gzip at the default level; `None` should compression fail (never expected).
+fn gzip(body: &[u8]) -> Option<Bytes> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 3),
+        flate2::Compression::default(),
+    );
+    encoder.write_all(body).ok()?;
+    encoder.finish().ok().map(Bytes::from)
 }
 
 /// A strong ETag: the first 128 bits of the body's SHA-256, hex, quoted.
@@ -117,6 +147,21 @@ mod tests {
         fn garbage_never_panics(raw in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = Entry::decode(Bytes::from(raw));
         }
+    }
+
+    #[test]
+    fn large_bodies_are_stored_gzipped_and_small_ones_are_not() {
+        use std::io::Read;
+        let big = Bytes::from(format!("[{}]", vec!["\"entry\""; 200].join(",")));
+        let e = Entry::found(big.clone(), 1, 1);
+        let mut unzipped = Vec::new();
+        flate2::read::GzDecoder::new(&e.gzip.as_ref().unwrap()[..])
+            .read_to_end(&mut unzipped)
+            .unwrap();
+        assert_eq!(unzipped, big);
+        assert!(e.gzip.as_ref().unwrap().len() < big.len() / 4);
+        assert!(Entry::found(Bytes::from_static(b"{}"), 1, 1).gzip.is_none());
+        assert_eq!(Entry::decode(Bytes::from(e.encode())), Some(e));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use errors::{ApiError, FieldError};
 /// Largest accepted request body (SPEC §3).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Smaller responses are not worth compressing (SPEC §3).
-pub const COMPRESS_MIN_BYTES: u64 = 500;
+pub const COMPRESS_MIN_BYTES: u64 = crate::cache::entry::COMPRESS_MIN_BYTES as u64;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_RESPONSE_TIME: HeaderName = HeaderName::from_static("x-response-time");

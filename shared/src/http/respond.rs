@@ -1,6 +1,7 @@
-//! Rendering a cached read: the stored bytes as they are, with `ETag`,
-//! `X-Cache`, `Cache-Control: private, no-cache`, and `304 Not Modified` when the
-//! client already holds this version.
+//! Rendering a cached read: the stored bytes as they are — gzipped ones when the
+//! client accepts gzip, so a hit compresses nothing — with `ETag`, `X-Cache`,
+//! `Cache-Control: private, no-cache`, `Vary: Accept-Encoding`, and
+//! `304 Not Modified` when the client already holds this version.
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse};
@@ -32,13 +33,64 @@ pub fn cached(req: &HttpRequest, cached: &Cached) -> HttpResponse {
     .insert_header((
         X_CACHE.clone(),
         HeaderValue::from_static(cached.status.as_str()),
-    ));
+    ))
+    .insert_header((header::VARY, HeaderValue::from_static("accept-encoding")));
     if let Ok(v) = HeaderValue::from_str(etag) {
         res.insert_header((header::ETAG, v));
     }
     if matches {
         return res.finish();
     }
-    res.content_type("application/json")
-        .body(cached.entry.body.clone())
+    res.content_type("application/json");
+    if let Some(gzip) = &cached.entry.gzip
+        && accepts_gzip(req)
+    {
+        // Naming the encoding also tells actix's Compress to leave the body alone.
+        res.insert_header((header::CONTENT_ENCODING, HeaderValue::from_static("gzip")));
+        return res.body(gzip.clone());
+    }
+    res.body(cached.entry.body.clone())
+}
+
+/// Whether `Accept-Encoding` lists gzip (or `*`) with a non-zero quality.
+fn accepts_gzip(req: &HttpRequest) -> bool {
+    req.headers()
+        .get_all(header::ACCEPT_ENCODING)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';');
+            let coding = parts.next().unwrap_or("").trim();
+            let refused = parts.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q == 0.0))
+            });
+            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn gzip_is_chosen_only_when_accepted() {
+        for (header, expected) in [
+            ("gzip", true),
+            ("br, gzip;q=0.8", true),
+            ("GZIP", true),
+            ("*", true),
+            ("br", false),
+            ("gzip;q=0", false),
+            ("identity", false),
+        ] {
+            let req = TestRequest::default()
+                .insert_header((header::ACCEPT_ENCODING, header))
+                .to_http_request();
+            assert_eq!(accepts_gzip(&req), expected, "{header}");
+        }
+        assert!(!accepts_gzip(&TestRequest::default().to_http_request()));
+    }
 }
