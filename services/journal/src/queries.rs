@@ -19,14 +19,17 @@ pub const GET: &str = "SELECT id, title, content, mood, tags, created_at, update
      FROM journal.journal_entries
      WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL";
 
-pub const COUNT_LIVE: &str =
-    "SELECT count(*) FROM journal.journal_entries WHERE user_id = $1 AND deleted_at IS NULL";
-
-pub const PAGE: &str = "SELECT id, title, content, mood, tags, created_at, updated_at
-     FROM journal.journal_entries
-     WHERE user_id = $1 AND deleted_at IS NULL
-     ORDER BY created_at DESC, id DESC
-     LIMIT $2 OFFSET $3";
+/// Page mode in one round trip: the live total, joined to the page's rows. Always
+/// returns at least one row (entry columns NULL when the page is past the end).
+pub const PAGE: &str = "SELECT e.id, e.title, e.content, e.mood, e.tags, e.created_at, e.updated_at, t.total
+     FROM (SELECT count(*) AS total FROM journal.journal_entries WHERE user_id = $1 AND deleted_at IS NULL) t
+     LEFT JOIN LATERAL (
+         SELECT id, title, content, mood, tags, created_at, updated_at
+         FROM journal.journal_entries
+         WHERE user_id = $1 AND deleted_at IS NULL
+         ORDER BY created_at DESC, id DESC
+         LIMIT $2 OFFSET $3
+     ) e ON true";
 
 pub const FIRST_PAGE_BY_CURSOR: &str =
     "SELECT id, title, content, mood, tags, created_at, updated_at
@@ -110,7 +113,7 @@ pub async fn get_entry(db: &Db, user_id: Uuid, id: Uuid) -> Result<Option<Entry>
         .map(entry))
 }
 
-/// Page mode: two statements (count, page) whatever the table holds.
+/// Page mode: one statement whatever the table holds.
 pub async fn list_entries_page(
     db: &Db,
     user_id: Uuid,
@@ -118,17 +121,16 @@ pub async fn list_entries_page(
     page_size: i64,
 ) -> Result<EntryPage, ApiError> {
     let conn = db.conn().await?;
-    let total: i64 = db.query_one(&conn, COUNT_LIVE, &[&user_id]).await?.get(0);
     let offset = (page - 1) * page_size;
-    let entries: Vec<Entry> = if offset >= total {
-        Vec::new()
-    } else {
-        db.query(&conn, PAGE, &[&user_id, &page_size, &offset])
-            .await?
-            .iter()
-            .map(entry)
-            .collect()
-    };
+    let rows = db
+        .query(&conn, PAGE, &[&user_id, &page_size, &offset])
+        .await?;
+    let total: i64 = rows.first().map_or(0, |r| r.get("total"));
+    let entries: Vec<Entry> = rows
+        .iter()
+        .filter(|r| r.get::<_, Option<Uuid>>("id").is_some())
+        .map(entry)
+        .collect();
     Ok(EntryPage {
         has_more: offset + (entries.len() as i64) < total,
         entries,
