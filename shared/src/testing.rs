@@ -498,3 +498,27 @@ pub async fn assert_plans_use_indexes(
         assert!(text.contains("Index"), "{name} uses no index: {text}");
     }
 }
+
+/// Asserts that a `/metrics` text exports every metric the Grafana dashboard and
+/// the alert rules query (`deploy-tests/metric_names.txt`), except those whose
+/// name starts with one of `not_here` (another service's).
+pub fn assert_exports_dashboard_metrics(metrics: &str, not_here: &[&str]) {
+    let wanted = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy-tests/metric_names.txt"
+    ))
+    .expect("deploy-tests/metric_names.txt");
+    for name in wanted
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        if not_here.iter().any(|p| name.starts_with(p)) {
+            continue;
+        }
+        assert!(
+            metrics.contains(name),
+            "dashboard metric {name} is not exported"
+        );
+    }
+}

@@ -30,19 +30,25 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// A found resource: computes the ETag and the gzip form once, at load time.
+    /// A found resource: computes the ETag once, at load time.
     pub fn found(body: Bytes, expires_at_ms: u64, delta_ms: u32) -> Self {
-        let gzip = (body.len() >= COMPRESS_MIN_BYTES)
-            .then(|| gzip(&body))
-            .flatten();
         Self {
             status: 200,
             etag: etag_of(&body),
             body,
-            gzip,
+            gzip: None,
             expires_at_ms,
             delta_ms,
         }
+    }
+
+    /// Adds the gzip form (bodies of [`COMPRESS_MIN_BYTES`] or more) — for entries
+    /// that will be stored and served many times, not for one-off answers.
+    pub fn with_gzip(mut self) -> Self {
+        if self.body.len() >= COMPRESS_MIN_BYTES {
+            self.gzip = gzip(&self.body);
+        }
+        self
     }
 
     /// A remembered 404.
@@ -153,14 +159,19 @@ mod tests {
     fn large_bodies_are_stored_gzipped_and_small_ones_are_not() {
         use std::io::Read;
         let big = Bytes::from(format!("[{}]", vec!["\"entry\""; 200].join(",")));
-        let e = Entry::found(big.clone(), 1, 1);
+        let e = Entry::found(big.clone(), 1, 1).with_gzip();
         let mut unzipped = Vec::new();
         flate2::read::GzDecoder::new(&e.gzip.as_ref().unwrap()[..])
             .read_to_end(&mut unzipped)
             .unwrap();
         assert_eq!(unzipped, big);
         assert!(e.gzip.as_ref().unwrap().len() < big.len() / 4);
-        assert!(Entry::found(Bytes::from_static(b"{}"), 1, 1).gzip.is_none());
+        assert!(
+            Entry::found(Bytes::from_static(b"{}"), 1, 1)
+                .with_gzip()
+                .gzip
+                .is_none()
+        );
         assert_eq!(Entry::decode(Bytes::from(e.encode())), Some(e));
     }
 

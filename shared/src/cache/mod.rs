@@ -371,7 +371,10 @@ impl Cache {
         {
             return Ok(entry);
         }
-        let entry = load_entry(policy, load).await.map_err(Arc::new)?;
+        let entry = load_entry(policy, load)
+            .await
+            .map_err(Arc::new)?
+            .with_gzip();
         let hook = self.inner.store_hook.read().expect("hook lock").clone();
         if let Some(hook) = hook {
             hook(key.clone()).await;

@@ -172,7 +172,8 @@ pub async fn journal(db: &Client, force: bool) -> Result<()> {
         }
     }
     inserted += batch.flush(db).await?;
-    db.batch_execute("ANALYZE journal.journal_entries").await?;
+    db.batch_execute("VACUUM ANALYZE journal.journal_entries")
+        .await?;
     eprintln!(
         "journal: inserted {inserted} entries in {:.1}s",
         t0.elapsed().as_secs_f64()
@@ -259,8 +260,10 @@ pub async fn conversations(db: &Client, force: bool) -> Result<()> {
         .await
         .context("bulk insert into conversation.messages")?;
     }
-    db.batch_execute("ANALYZE conversation.conversations; ANALYZE conversation.messages")
-        .await?;
+    db.batch_execute(
+        "VACUUM ANALYZE conversation.conversations; VACUUM ANALYZE conversation.messages",
+    )
+    .await?;
     eprintln!(
         "conversation: inserted {} conversations, {} messages in {:.1}s",
         c_id.len(),

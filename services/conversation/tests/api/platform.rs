@@ -60,21 +60,7 @@ async fn metrics_export_llm_outcomes_and_cache_namespaces() {
         "route pattern label"
     );
     assert!(!text.contains(&id), "raw ids never become labels");
-    let wanted = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../deploy-tests/metric_names.txt"
-    ))
-    .unwrap();
-    for name in wanted
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
-        assert!(
-            text.contains(name),
-            "dashboard metric {name} is not exported"
-        );
-    }
+    kai_shared::testing::assert_exports_dashboard_metrics(&text, &[]);
 }
 
 #[tokio::test]

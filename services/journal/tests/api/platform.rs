@@ -256,25 +256,8 @@ async fn metrics_carry_the_spec_names_and_route_patterns() {
         "{text}"
     );
     assert!(text.contains(r#"state="in_use""#));
-    // Every metric the dashboards and alerts query is exported (deploy-tests/metric_names.txt).
-    let wanted = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../deploy-tests/metric_names.txt"
-    ))
-    .unwrap();
-    for name in wanted
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
-        if name.starts_with("kai_llm") {
-            continue; // conversation-service only
-        }
-        assert!(
-            text.contains(name),
-            "dashboard metric {name} is not exported"
-        );
-    }
+    // Every metric the dashboards and alerts query is exported (kai_llm_*: conversation only).
+    kai_shared::testing::assert_exports_dashboard_metrics(&text, &["kai_llm"]);
 }
 
 #[tokio::test]
