@@ -28,7 +28,7 @@ pub const ALL: &[(&str, &str)] = &[
     ),
     (
         "uncached-list",
-        "the same list on a CACHE_ENABLED=false instance: count + page query every time",
+        "the same list on a CACHE_ENABLED=false instance: the page query (total and rows) every time",
     ),
     (
         "single-entry-hit",
@@ -265,7 +265,7 @@ impl Ctx {
             .context("no other users' tokens")?
             .clone();
         let mut conn = Conn::open(target).await?;
-        // What one list miss costs in statements (page mode: count + page).
+        // What one list miss costs in statements (measured, not assumed).
         let key = |size: u32| format!("/api/journal/entries?page=1&page_size={size}");
         let post = Req::get("/api/journal/entries")
             .header(AUTHORIZATION, auth.clone())
