@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use actix_cors::Cors;
 use actix_web::dev::Server;
-use actix_web::middleware::{Compress, DefaultHeaders, from_fn};
+use actix_web::middleware::{Compress, DefaultHeaders, ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
 use actix_web_prom::PrometheusMetricsBuilder;
 use anyhow::Context;
@@ -187,6 +187,10 @@ impl Application {
                 .app_data(crate::http::query_config())
                 .app_data(crate::http::path_config())
                 .app_data(crate::http::payload_config())
+                .wrap(ErrorHandlers::new().handler(
+                    actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+                    crate::http::method_not_allowed,
+                ))
                 .wrap(from_fn(crate::http::skip_small_bodies))
                 .wrap(Compress::default())
                 .wrap(prometheus.clone())

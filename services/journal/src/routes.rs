@@ -40,8 +40,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::patch().to(patch_entry))
             .route(web::delete().to(delete_entry)),
     )
-    .route("/api/journal/search", web::get().to(search_entries))
-    .route("/api/journal/stats", web::get().to(entry_stats));
+    .service(web::resource("/api/journal/search").route(web::get().to(search_entries)))
+    .service(web::resource("/api/journal/stats").route(web::get().to(entry_stats)));
 }
 
 /// Create an entry.

@@ -57,9 +57,9 @@ fn client_address(req: &HttpRequest) -> String {
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/auth/register", web::post().to(register))
-        .route("/api/auth/login", web::post().to(login))
-        .route("/api/auth/logout", web::post().to(logout))
+    cfg.service(web::resource("/api/auth/register").route(web::post().to(register)))
+        .service(web::resource("/api/auth/login").route(web::post().to(login)))
+        .service(web::resource("/api/auth/logout").route(web::post().to(logout)))
         .service(
             web::resource("/api/profile")
                 .route(web::get().to(get_profile))

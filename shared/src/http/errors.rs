@@ -55,6 +55,9 @@ pub enum ApiError {
     /// 404: unknown id, or an id that belongs to someone else.
     #[error("{0}")]
     NotFound(String),
+    /// 405: the route exists, the method does not.
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// 409: a conflicting resource exists.
     #[error("{0}")]
     Conflict(String),
@@ -135,6 +138,7 @@ impl ApiError {
             },
             Self::Unauthorized(m) => Self::Unauthorized(m.clone()),
             Self::NotFound(m) => Self::NotFound(m.clone()),
+            Self::MethodNotAllowed(m) => Self::MethodNotAllowed(m.clone()),
             Self::Conflict(m) => Self::Conflict(m.clone()),
             Self::PayloadTooLarge(m) => Self::PayloadTooLarge(m.clone()),
             Self::UnsupportedMediaType(m) => Self::UnsupportedMediaType(m.clone()),
@@ -157,6 +161,7 @@ impl ApiError {
             Self::BadRequest { .. } => "Bad Request",
             Self::Unauthorized(_) => "Unauthorized",
             Self::NotFound(_) => "Not Found",
+            Self::MethodNotAllowed(_) => "Method Not Allowed",
             Self::Conflict(_) => "Conflict",
             Self::PayloadTooLarge(_) => "Payload Too Large",
             Self::UnsupportedMediaType(_) => "Unsupported Media Type",
@@ -174,6 +179,7 @@ impl ApiError {
             Self::BadRequest { .. } => "bad-request",
             Self::Unauthorized(_) => "unauthorized",
             Self::NotFound(_) => "not-found",
+            Self::MethodNotAllowed(_) => "method-not-allowed",
             Self::Conflict(_) => "conflict",
             Self::PayloadTooLarge(_) => "payload-too-large",
             Self::UnsupportedMediaType(_) => "unsupported-media-type",
@@ -213,6 +219,7 @@ impl ResponseError for ApiError {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,

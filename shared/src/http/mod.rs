@@ -172,6 +172,18 @@ pub fn payload_config() -> web::PayloadConfig {
     web::PayloadConfig::new(MAX_BODY_BYTES)
 }
 
+/// A known route asked with another method: actix answers 405 with an empty body;
+/// this gives it the problem+json every other failure has.
+pub fn method_not_allowed<B>(
+    res: ServiceResponse<B>,
+) -> actix_web::Result<actix_web::middleware::ErrorHandlerResponse<B>> {
+    let (req, _) = res.into_parts();
+    let problem = ApiError::MethodNotAllowed(format!("{} is not supported here", req.method()));
+    let res = ServiceResponse::new(req, actix_web::ResponseError::error_response(&problem))
+        .map_into_right_body();
+    Ok(actix_web::middleware::ErrorHandlerResponse::Response(res))
+}
+
 /// Unknown routes.
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound(format!(

@@ -240,6 +240,59 @@ async fn generated_requests_never_cause_a_5xx_and_errors_are_problem_details() {
             }
         }
     }
+    // Every method on every path: undocumented ones get a problem+json 405.
+    for (app, own) in [
+        (&s.journal, entry["id"].as_str().unwrap()),
+        (&s.conversation, conv["id"].as_str().unwrap()),
+        (&s.profile, ""),
+    ] {
+        let doc: Value = app
+            .client
+            .get(app.url("/openapi.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for template in doc["paths"].as_object().unwrap().keys() {
+            if template == "/api/auth/logout" {
+                continue;
+            }
+            let path = template.replace("{id}", own);
+            for method in [
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+            ] {
+                let documented = doc["paths"][template]
+                    .get(method.as_str().to_lowercase())
+                    .is_some();
+                let res = app
+                    .client
+                    .request(method.clone(), app.url(&path))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = res.status().as_u16();
+                assert!(status < 500, "{method} {path} → {status}");
+                if !documented {
+                    assert_eq!(status, 405, "{method} {path}");
+                }
+                if status >= 400 {
+                    assert_eq!(
+                        res.headers()["content-type"],
+                        "application/problem+json",
+                        "{method} {path} → {status}"
+                    );
+                }
+                sent += 1;
+            }
+        }
+    }
     eprintln!("{sent} generated requests, no 5xx");
     assert!(sent >= 600);
 }

@@ -98,8 +98,16 @@ fn flate2_free_gunzip(raw: &[u8], out: &mut String) {
 }
 
 #[tokio::test]
-async fn unknown_routes_get_a_problem_404() {
+async fn unknown_routes_get_a_problem_404_and_unknown_methods_a_problem_405() {
     let j = spawn().await;
+    let res = j
+        .app
+        .client
+        .put(j.app.url("/api/journal/entries"))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 405).await;
     assert_problem(
         j.app
             .client
