@@ -16,9 +16,14 @@ pub struct System {
 }
 
 pub async fn start() -> System {
+    start_with(&[]).await
+}
+
+/// All three services with extra settings.
+pub async fn start_with(extra: &[(&str, &str)]) -> System {
     let db = TestDb::create().await;
     let prefix = TestPrefix::new(&testing::redis_url());
-    let settings = || testing::settings(&db.url, Some(&prefix.url), &prefix.prefix, &[]);
+    let settings = || testing::settings(&db.url, Some(&prefix.url), &prefix.prefix, extra);
     let profile = TestApp::start(profile_service::service(), settings()).await;
     let journal = TestApp::start(journal_service::service(), settings()).await;
     let conversation = TestApp::start(conversation_service::service(&settings()), settings()).await;
@@ -90,7 +95,13 @@ async fn a_full_run_logs_no_journal_text_message_password_or_token() {
     kai_shared::telemetry::init_with("debug", kai_shared::config::LogFormat::Json, move || {
         writer.clone()
     });
-    let s = start().await;
+    // Thresholds of 0: every statement is a "slow query" and every request a
+    // "slow request", so those log lines are produced and scanned too.
+    let s = start_with(&[
+        ("SLOW_QUERY_THRESHOLD_MS", "0"),
+        ("SLOW_REQUEST_THRESHOLD_MS", "0"),
+    ])
+    .await;
     let token = walk(&s).await;
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(
@@ -102,6 +113,11 @@ async fn a_full_run_logs_no_journal_text_message_password_or_token() {
         text.contains("request_id"),
         "log lines carry the request id"
     );
+    assert!(
+        text.contains("slow query") && text.contains("INSERT INTO journal.journal_entries"),
+        "slow queries are logged with their SQL"
+    );
+    assert!(text.contains("slow request"), "slow requests are logged");
     for (what, secret) in [
         ("password", SECRETS.password),
         ("journal text", SECRETS.journal),

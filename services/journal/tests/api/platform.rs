@@ -297,3 +297,51 @@ async fn the_openapi_document_and_docs_ui_are_served() {
         "the vendored Swagger UI is served"
     );
 }
+
+#[tokio::test]
+async fn slow_queries_are_counted_and_shown_with_their_sql_but_not_their_parameters() {
+    let j = crate::helpers::spawn_with(
+        Some(&kai_shared::testing::redis_url()),
+        &[("SLOW_QUERY_THRESHOLD_MS", "0")],
+    )
+    .await;
+    let user = User::new();
+    j.entry(&user, "a very private sentence").await;
+    let d: Value = j
+        .app
+        .client
+        .get(j.app.url("/health/detailed"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        d["performance"]["slow_query_count"].as_u64().unwrap() >= 1,
+        "{d}"
+    );
+    let shown = d["performance"]["slow_queries"].to_string();
+    assert!(
+        shown.contains("INSERT INTO journal.journal_entries"),
+        "{shown}"
+    );
+    assert!(!shown.contains("a very private sentence"));
+    let metrics = j
+        .app
+        .client
+        .get(j.app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counted = metrics
+        .lines()
+        .find(|l| l.starts_with("kai_db_slow_queries_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap();
+    assert!(counted >= 1.0);
+}
