@@ -345,3 +345,56 @@ async fn slow_queries_are_counted_and_shown_with_their_sql_but_not_their_paramet
         .unwrap();
     assert!(counted >= 1.0);
 }
+
+#[tokio::test]
+async fn cors_allows_exactly_the_configured_origins() {
+    let j = crate::helpers::spawn_with(
+        Some(&kai_shared::testing::redis_url()),
+        &[(
+            "CORS_ALLOWED_ORIGINS",
+            "https://app.example, https://admin.example",
+        )],
+    )
+    .await;
+    let preflight = |origin: &'static str| {
+        j.app
+            .client
+            .request(reqwest::Method::OPTIONS, j.app.url("/api/journal/entries"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+    };
+    let ok = preflight("https://app.example").await.unwrap();
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let refused = preflight("https://evil.example").await.unwrap();
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    let user = User::new();
+    let res = j
+        .get(&user, "/api/journal/entries")
+        .header("origin", "https://admin.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.headers()["access-control-allow-origin"],
+        "https://admin.example"
+    );
+    assert!(
+        res.headers()["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .contains("x-request-id")
+    );
+}
