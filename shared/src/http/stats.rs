@@ -1,20 +1,37 @@
 //! Per-route request statistics for `/health/detailed` (count, average, min, max,
 //! error rate), collected by the [`super::stamp`] middleware. Prometheus has the
 //! histograms; this is the quick human view the seeds' health check promised.
+//!
+//! Recording is on every request's path, so it takes a shared read lock and
+//! updates atomics; the write lock is taken once per new route (a bounded set:
+//! route patterns, never raw paths).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug)]
 struct Stat {
-    count: u64,
-    errors: u64,
-    total: Duration,
-    min: Duration,
-    max: Duration,
+    count: AtomicU64,
+    errors: AtomicU64,
+    total_ns: AtomicU64,
+    min_ns: AtomicU64,
+    max_ns: AtomicU64,
+}
+
+impl Default for Stat {
+    fn default() -> Self {
+        Self {
+            count: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            total_ns: AtomicU64::new(0),
+            min_ns: AtomicU64::new(u64::MAX),
+            max_ns: AtomicU64::new(0),
+        }
+    }
 }
 
 /// The public view of one route's numbers.
@@ -29,42 +46,51 @@ pub struct EndpointSummary {
 
 #[derive(Default)]
 pub struct EndpointStats {
-    map: Mutex<HashMap<String, Stat>>,
+    map: RwLock<HashMap<String, Arc<Stat>>>,
 }
 
 impl EndpointStats {
     /// Records one request; `key` is "METHOD /route/{pattern}" (bounded set).
     pub fn record(&self, key: &str, elapsed: Duration, server_error: bool) {
-        let mut map = self.map.lock().expect("stats lock");
-        let stat = match map.get_mut(key) {
-            Some(s) => s,
-            None => map.entry(key.to_owned()).or_insert(Stat {
-                min: elapsed,
-                ..Stat::default()
-            }),
+        let existing = self.map.read().expect("stats lock").get(key).cloned();
+        let stat = match existing {
+            Some(stat) => stat,
+            None => self
+                .map
+                .write()
+                .expect("stats lock")
+                .entry(key.to_owned())
+                .or_default()
+                .clone(),
         };
-        stat.count += 1;
-        stat.errors += u64::from(server_error);
-        stat.total += elapsed;
-        stat.min = stat.min.min(elapsed);
-        stat.max = stat.max.max(elapsed);
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        stat.count.fetch_add(1, Ordering::Relaxed);
+        stat.errors
+            .fetch_add(u64::from(server_error), Ordering::Relaxed);
+        stat.total_ns.fetch_add(ns, Ordering::Relaxed);
+        stat.min_ns.fetch_min(ns, Ordering::Relaxed);
+        stat.max_ns.fetch_max(ns, Ordering::Relaxed);
     }
 
     pub fn summary(&self) -> HashMap<String, EndpointSummary> {
-        let ms = |d: Duration| (d.as_secs_f64() * 1_000_000.0).round() / 1000.0;
+        let ms = |ns: u64| (ns as f64 / 1000.0).round() / 1000.0;
         self.map
-            .lock()
+            .read()
             .expect("stats lock")
             .iter()
             .map(|(k, s)| {
+                let count = s.count.load(Ordering::Relaxed).max(1);
                 (
                     k.clone(),
                     EndpointSummary {
-                        count: s.count,
-                        avg_time_ms: ms(s.total / s.count.max(1) as u32),
-                        min_time_ms: ms(s.min),
-                        max_time_ms: ms(s.max),
-                        error_rate: s.errors as f64 / s.count.max(1) as f64,
+                        count: s.count.load(Ordering::Relaxed),
+                        avg_time_ms: ms(s.total_ns.load(Ordering::Relaxed) / count),
+                        min_time_ms: ms(s
+                            .min_ns
+                            .load(Ordering::Relaxed)
+                            .min(s.max_ns.load(Ordering::Relaxed))),
+                        max_time_ms: ms(s.max_ns.load(Ordering::Relaxed)),
+                        error_rate: s.errors.load(Ordering::Relaxed) as f64 / count as f64,
                     },
                 )
             })
@@ -87,5 +113,22 @@ mod tests {
         assert_eq!(s.min_time_ms, 2.0);
         assert_eq!(s.max_time_ms, 4.0);
         assert_eq!(s.error_rate, 0.5);
+    }
+
+    #[test]
+    fn concurrent_records_are_all_counted() {
+        let stats = Arc::new(EndpointStats::default());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let stats = stats.clone();
+                std::thread::spawn(move || {
+                    for i in 0..10_000u64 {
+                        stats.record("GET /api/y", Duration::from_micros(i % 100), false);
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(stats.summary()["GET /api/y"].count, 40_000);
     }
 }
