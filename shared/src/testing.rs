@@ -330,6 +330,36 @@ impl TestApp {
         self.platform.db.statements_executed()
     }
 
+    /// GET `path` without credentials and parse the JSON answer (health, docs).
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("JSON body")
+    }
+
+    /// Asserts that `/openapi.json` is an OpenAPI 3 document listing `paths` and
+    /// the bearer scheme; returns it.
+    pub async fn assert_openapi_documents(&self, paths: &[&str]) -> serde_json::Value {
+        let doc = self.get_json("/openapi.json").await;
+        assert!(
+            doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
+            "{doc}"
+        );
+        for path in paths {
+            assert!(
+                doc["paths"][path].is_object(),
+                "{path} missing from /openapi.json"
+            );
+        }
+        assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+        doc
+    }
+
     pub async fn stop(&self) {
         self.handle.stop(true).await;
     }

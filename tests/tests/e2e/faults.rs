@@ -105,15 +105,7 @@ async fn postgresql_down_means_503_with_retry_after_then_recovery_without_restar
             .status(),
         200
     );
-    let detailed: Value = app
-        .client
-        .get(app.url("/health/detailed"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let detailed: Value = app.get_json("/health/detailed").await;
     assert_eq!(detailed["status"], "unhealthy");
 
     proxy.restore();
@@ -188,15 +180,7 @@ async fn an_exhausted_pool_answers_503_after_the_pool_timeout_and_recovers() {
         )
         .await;
     }
-    let detailed: Value = app
-        .client
-        .get(app.url("/health/detailed"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let detailed: Value = app.get_json("/health/detailed").await;
     assert_eq!(detailed["database"]["pool"]["available"], 0, "{detailed}");
     drop(held);
     assert_eq!(
@@ -254,15 +238,7 @@ async fn a_paused_redis_costs_nothing_but_latency_and_serves_nothing_stale() {
             .unwrap();
         assert_eq!(body["content"], "v2");
     }
-    let d: Value = app
-        .client
-        .get(app.url("/health/detailed"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let d: Value = app.get_json("/health/detailed").await;
     assert_eq!(d["status"], "degraded");
     redis.resume();
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -181,15 +181,7 @@ async fn generated_requests_never_cause_a_5xx_and_errors_are_problem_details() {
         (&s.conversation, conv["id"].as_str().unwrap().to_owned()),
         (&s.profile, String::new()),
     ] {
-        let doc: Value = app
-            .client
-            .get(app.url("/openapi.json"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let doc: Value = app.get_json("/openapi.json").await;
         for op in operations(&doc) {
             if op.template == "/api/auth/logout" {
                 continue; // it would end the session the rest of the run uses
@@ -246,15 +238,7 @@ async fn generated_requests_never_cause_a_5xx_and_errors_are_problem_details() {
         (&s.conversation, conv["id"].as_str().unwrap()),
         (&s.profile, ""),
     ] {
-        let doc: Value = app
-            .client
-            .get(app.url("/openapi.json"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let doc: Value = app.get_json("/openapi.json").await;
         for template in doc["paths"].as_object().unwrap().keys() {
             if template == "/api/auth/logout" {
                 continue;

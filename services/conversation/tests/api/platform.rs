@@ -66,26 +66,14 @@ async fn metrics_export_llm_outcomes_and_cache_namespaces() {
 #[tokio::test]
 async fn the_openapi_document_and_health_describe_the_service() {
     let s = spawn().await;
-    let doc: Value = s
-        .app
-        .client
-        .get(s.app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    for path in [
-        "/api/conversations",
-        "/api/conversations/{id}",
-        "/api/conversations/{id}/messages",
-        "/api/conversations/{id}/messages/batch",
-    ] {
-        assert!(doc["paths"][path].is_object(), "{path} missing");
-    }
-    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    s.app
+        .assert_openapi_documents(&[
+            "/api/conversations",
+            "/api/conversations/{id}",
+            "/api/conversations/{id}/messages",
+            "/api/conversations/{id}/messages/batch",
+        ])
+        .await;
     assert_eq!(
         s.app
             .client
@@ -96,16 +84,7 @@ async fn the_openapi_document_and_health_describe_the_service() {
             .status(),
         200
     );
-    let d: Value = s
-        .app
-        .client
-        .get(s.app.url("/health/detailed"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let d: Value = s.app.get_json("/health/detailed").await;
     assert_eq!(
         (d["status"].as_str(), d["service"].as_str()),
         (Some("healthy"), Some("conversation")),

@@ -188,16 +188,7 @@ async fn unreachable_redis_degrades_to_postgresql_and_says_so() {
         "changed"
     );
     assert_eq!(j.delete(&user, id).await.status(), 204);
-    let health: serde_json::Value = j
-        .app
-        .client
-        .get(j.app.url("/health/detailed"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: serde_json::Value = j.app.get_json("/health/detailed").await;
     assert_eq!(health["status"], "degraded", "{health}");
     assert_eq!(health["redis"]["status"], "unhealthy");
     assert_eq!(

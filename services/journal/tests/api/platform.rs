@@ -136,16 +136,7 @@ async fn health_endpoints_report_liveness_readiness_and_details() {
     j.entry(&user, "x").await;
     read(&j.app, &user, "/api/journal/entries").await;
     read(&j.app, &user, "/api/journal/entries").await;
-    let live: Value = j
-        .app
-        .client
-        .get(j.app.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let live: Value = j.app.get_json("/health").await;
     assert_eq!(live, serde_json::json!({"status": "ok"}));
     assert_eq!(
         j.app
@@ -157,16 +148,7 @@ async fn health_endpoints_report_liveness_readiness_and_details() {
             .status(),
         200
     );
-    let d: Value = j
-        .app
-        .client
-        .get(j.app.url("/health/detailed"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let d: Value = j.app.get_json("/health/detailed").await;
     assert_eq!(d["status"], "healthy", "{d}");
     assert_eq!(d["service"], "journal");
     assert_eq!(d["database"]["status"], "healthy");
@@ -271,25 +253,14 @@ async fn metrics_carry_the_spec_names_and_route_patterns() {
 #[tokio::test]
 async fn the_openapi_document_and_docs_ui_are_served() {
     let j = spawn().await;
-    let doc: Value = j
-        .app
-        .client
-        .get(j.app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    for path in [
-        "/api/journal/entries",
-        "/api/journal/entries/{id}",
-        "/api/journal/search",
-        "/api/journal/stats",
-    ] {
-        assert!(doc["paths"][path].is_object(), "{path} missing");
-    }
+    j.app
+        .assert_openapi_documents(&[
+            "/api/journal/entries",
+            "/api/journal/entries/{id}",
+            "/api/journal/search",
+            "/api/journal/stats",
+        ])
+        .await;
     let ui = j.app.client.get(j.app.url("/docs/")).send().await.unwrap();
     assert_eq!(ui.status(), 200);
     assert!(
@@ -307,16 +278,7 @@ async fn slow_queries_are_counted_and_shown_with_their_sql_but_not_their_paramet
     .await;
     let user = User::new();
     j.entry(&user, "a very private sentence").await;
-    let d: Value = j
-        .app
-        .client
-        .get(j.app.url("/health/detailed"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let d: Value = j.app.get_json("/health/detailed").await;
     assert!(
         d["performance"]["slow_query_count"].as_u64().unwrap() >= 1,
         "{d}"
