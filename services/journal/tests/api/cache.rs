@@ -94,10 +94,12 @@ async fn another_replica_sees_a_write_within_100_ms() {
     read(&other, &user, &path).await;
     assert_eq!(read(&other, &user, &path).await.1, "HIT");
     read(&other, &user, "/api/journal/entries").await;
+    read(&other, &user, "/api/journal/stats").await;
+    assert_eq!(read(&other, &user, "/api/journal/stats").await.1, "HIT");
     j.patch(
         &user,
         e["id"].as_str().unwrap(),
-        json!({"content": "after"}),
+        json!({"content": "after", "mood": 9}),
     )
     .await;
     let written = Instant::now();
@@ -112,9 +114,14 @@ async fn another_replica_sees_a_write_within_100_ms() {
     }
     let fresh_after = fresh_after.expect("the other replica never saw the write");
     eprintln!("cross-replica read-your-writes after {fresh_after:?}");
+    // Lists and aggregates too, from the same single invalidation.
     assert_eq!(
         read(&other, &user, "/api/journal/entries").await.2["entries"][0]["content"],
         "after"
+    );
+    assert_eq!(
+        read(&other, &user, "/api/journal/stats").await.2["average_mood"],
+        9.0
     );
 }
 
