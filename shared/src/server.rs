@@ -203,6 +203,15 @@ impl Application {
                 )
                 .wrap(from_fn(crate::http::stamp))
                 .configure(crate::health::routes)
+                // `/docs` (SPEC §4) leads to the bundled Swagger UI under `/docs/`.
+                .route(
+                    "/docs",
+                    web::get().to(|| async {
+                        actix_web::HttpResponse::PermanentRedirect()
+                            .insert_header(("location", "/docs/"))
+                            .finish()
+                    }),
+                )
                 .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", def.openapi.clone()))
                 .configure(|cfg| routes(cfg))
                 .default_service(web::to(crate::http::not_found))

@@ -261,6 +261,15 @@ async fn the_openapi_document_and_docs_ui_are_served() {
             "/api/journal/stats",
         ])
         .await;
+    let bare = j.app.client.get(j.app.url("/docs")).send().await.unwrap();
+    assert!(
+        bare.status().is_redirection() || bare.status() == 200,
+        "GET /docs → {}",
+        bare.status()
+    );
+    if bare.status().is_redirection() {
+        assert_eq!(bare.headers()["location"], "/docs/");
+    }
     let ui = j.app.client.get(j.app.url("/docs/")).send().await.unwrap();
     assert_eq!(ui.status(), 200);
     assert!(
