@@ -330,6 +330,71 @@ impl TestApp {
         self.platform.db.statements_executed()
     }
 
+    /// GET `path` as the holder of `token`: status, `X-Cache` (empty if absent)
+    /// and the JSON body (`Null` if none).
+    pub async fn read(&self, token: &str, path: &str) -> (u16, String, serde_json::Value) {
+        let res = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request");
+        let status = res.status().as_u16();
+        let cache = res
+            .headers()
+            .get("x-cache")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .unwrap_or_default();
+        (
+            status,
+            cache,
+            res.json().await.unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// Follows `next_cursor` from `first` (a list path with `limit=`) to the last
+    /// page, checking `has_more` agrees on every page; returns each item of
+    /// `items` as (`time_field`, id) in the order served, and the page count.
+    pub async fn walk_cursor_pages(
+        &self,
+        token: &str,
+        first: &str,
+        items: &str,
+        time_field: &str,
+    ) -> (Vec<(chrono::DateTime<chrono::Utc>, String)>, usize) {
+        let (mut seen, mut pages, mut cursor) = (Vec::new(), 0, None::<String>);
+        loop {
+            let path = match &cursor {
+                None => first.to_owned(),
+                Some(c) => format!("{first}&cursor={c}"),
+            };
+            let (status, _, page) = self.read(token, &path).await;
+            assert_eq!(status, 200, "{path}: {page}");
+            pages += 1;
+            for item in page[items].as_array().expect("items array") {
+                let at = item[time_field]
+                    .as_str()
+                    .expect("timestamp")
+                    .parse()
+                    .expect("RFC 3339");
+                seen.push((at, item["id"].as_str().expect("id").to_owned()));
+            }
+            match page["next_cursor"].as_str() {
+                Some(c) => {
+                    assert_eq!(page["has_more"], true, "{page}");
+                    cursor = Some(c.to_owned());
+                }
+                None => {
+                    assert_eq!(page["has_more"], false, "{page}");
+                    return (seen, pages);
+                }
+            }
+            assert!(pages < 1000, "paging does not terminate");
+        }
+    }
+
     /// GET `path` without credentials and parse the JSON answer (health, docs).
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
         self.client

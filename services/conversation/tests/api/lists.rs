@@ -106,34 +106,15 @@ async fn cursor_paging_never_skips_or_repeats_even_with_equal_timestamps() {
     )
     .await
     .unwrap();
-    let mut seen = Vec::new();
-    let mut cursor: Option<String> = None;
-    let mut pages = 0;
-    loop {
-        let path = match &cursor {
-            None => "/api/conversations?limit=7".to_owned(),
-            Some(c) => format!("/api/conversations?limit=7&cursor={c}"),
-        };
-        let (status, _, page) = read(&s.app, &user, &path).await;
-        assert_eq!(status, 200, "{page}");
-        pages += 1;
-        for c in page["conversations"].as_array().unwrap() {
-            let at: chrono::DateTime<chrono::Utc> =
-                c["updated_at"].as_str().unwrap().parse().unwrap();
-            seen.push((at, c["id"].as_str().unwrap().to_owned()));
-        }
-        match page["next_cursor"].as_str() {
-            Some(c) => {
-                assert_eq!(page["has_more"], true);
-                cursor = Some(c.to_owned());
-            }
-            None => {
-                assert_eq!(page["has_more"], false);
-                break;
-            }
-        }
-        assert!(pages < 10, "paging does not terminate");
-    }
+    let (seen, pages) = s
+        .app
+        .walk_cursor_pages(
+            &user.token,
+            "/api/conversations?limit=7",
+            "conversations",
+            "updated_at",
+        )
+        .await;
     assert_eq!(seen.len(), 27, "every conversation exactly once");
     assert_eq!(
         seen.iter().map(|(_, id)| id).collect::<HashSet<_>>().len(),

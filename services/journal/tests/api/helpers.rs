@@ -100,21 +100,7 @@ impl Journal {
 
 /// GETs on `app` and returns status, X-Cache and JSON body.
 pub async fn read(app: &TestApp, user: &User, path: &str) -> (u16, String, Value) {
-    let res = app
-        .client
-        .get(app.url(path))
-        .bearer_auth(&user.token)
-        .send()
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    let cache = res
-        .headers()
-        .get("x-cache")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let body = res.json().await.unwrap_or(Value::Null);
-    (status, cache, body)
+    app.read(&user.token, path).await
 }
 
 pub use kai_shared::testing::assert_problem;

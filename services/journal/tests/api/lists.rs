@@ -82,35 +82,15 @@ async fn cursor_paging_never_skips_or_repeats_even_with_equal_timestamps() {
     )
     .await
     .unwrap();
-    let mut seen = Vec::new();
-    let mut cursor: Option<String> = None;
-    let mut pages = 0;
-    loop {
-        let path = match &cursor {
-            None => "/api/journal/entries?limit=7".to_owned(),
-            Some(c) => format!("/api/journal/entries?limit=7&cursor={c}"),
-        };
-        let (status, _, page) = read(&j.app, &user, &path).await;
-        assert_eq!(status, 200, "{page}");
-        pages += 1;
-        for e in page["entries"].as_array().unwrap() {
-            seen.push((
-                e["created_at"].as_str().unwrap().to_owned(),
-                e["id"].as_str().unwrap().to_owned(),
-            ));
-        }
-        match page["next_cursor"].as_str() {
-            Some(c) => {
-                assert_eq!(page["has_more"], true);
-                cursor = Some(c.to_owned());
-            }
-            None => {
-                assert_eq!(page["has_more"], false);
-                break;
-            }
-        }
-        assert!(pages < 10, "paging does not terminate");
-    }
+    let (seen, pages) = j
+        .app
+        .walk_cursor_pages(
+            &user.token,
+            "/api/journal/entries?limit=7",
+            "entries",
+            "created_at",
+        )
+        .await;
     assert_eq!(seen.len(), 27, "every entry exactly once");
     assert_eq!(
         seen.iter().map(|(_, id)| id).collect::<HashSet<_>>().len(),
