@@ -395,6 +395,17 @@ impl TestApp {
         }
     }
 
+    /// GET `path` without credentials; the status code (health probes).
+    pub async fn status(&self, path: &str) -> u16 {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+            .status()
+            .as_u16()
+    }
+
     /// GET `path` without credentials and parse the JSON answer (health, docs).
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
         self.client

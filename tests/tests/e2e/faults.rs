@@ -87,24 +87,8 @@ async fn postgresql_down_means_503_with_retry_after_then_recovery_without_restar
         "6 requests answered 503 in {:?} (DB_POOL_TIMEOUT_SECS=1)",
         started.elapsed()
     );
-    assert_eq!(
-        app.client
-            .get(app.url("/health/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        503
-    );
-    assert_eq!(
-        app.client
-            .get(app.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.status("/health/ready").await, 503);
+    assert_eq!(app.status("/health").await, 200);
     let detailed: Value = app.get_json("/health/detailed").await;
     assert_eq!(detailed["status"], "unhealthy");
 
@@ -120,15 +104,7 @@ async fn postgresql_down_means_503_with_retry_after_then_recovery_without_restar
         assert!(Instant::now() < deadline, "the service never recovered");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(
-        app.client
-            .get(app.url("/health/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.status("/health/ready").await, 200);
     assert_eq!(
         live_entries(&db, user).await,
         acknowledged,

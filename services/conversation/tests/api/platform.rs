@@ -74,16 +74,7 @@ async fn the_openapi_document_and_health_describe_the_service() {
             "/api/conversations/{id}/messages/batch",
         ])
         .await;
-    assert_eq!(
-        s.app
-            .client
-            .get(s.app.url("/health/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(s.app.status("/health/ready").await, 200);
     let d: Value = s.app.get_json("/health/detailed").await;
     assert_eq!(
         (d["status"].as_str(), d["service"].as_str()),

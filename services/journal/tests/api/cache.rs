@@ -199,13 +199,7 @@ async fn unreachable_redis_degrades_to_postgresql_and_says_so() {
     assert_eq!(health["status"], "degraded", "{health}");
     assert_eq!(health["redis"]["status"], "unhealthy");
     assert_eq!(
-        j.app
-            .client
-            .get(j.app.url("/health/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        j.app.status("/health/ready").await,
         200,
         "Redis never fails readiness"
     );

@@ -138,16 +138,7 @@ async fn health_endpoints_report_liveness_readiness_and_details() {
     read(&j.app, &user, "/api/journal/entries").await;
     let live: Value = j.app.get_json("/health").await;
     assert_eq!(live, serde_json::json!({"status": "ok"}));
-    assert_eq!(
-        j.app
-            .client
-            .get(j.app.url("/health/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(j.app.status("/health/ready").await, 200);
     let d: Value = j.app.get_json("/health/detailed").await;
     assert_eq!(d["status"], "healthy", "{d}");
     assert_eq!(d["service"], "journal");
@@ -172,26 +163,8 @@ async fn readiness_fails_when_migrations_are_missing() {
     )
     .await
     .unwrap();
-    assert_eq!(
-        j.app
-            .client
-            .get(j.app.url("/health/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        503
-    );
-    assert_eq!(
-        j.app
-            .client
-            .get(j.app.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(j.app.status("/health/ready").await, 503);
+    assert_eq!(j.app.status("/health").await, 200);
 }
 
 #[tokio::test]

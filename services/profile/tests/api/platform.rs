@@ -61,16 +61,7 @@ async fn the_openapi_document_lists_auth_and_profile_paths() {
 #[tokio::test]
 async fn health_reports_the_profile_service_ready() {
     let p = spawn().await;
-    assert_eq!(
-        p.app
-            .client
-            .get(p.app.url("/health/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(p.app.status("/health/ready").await, 200);
     let d: Value = p.app.get_json("/health/detailed").await;
     assert_eq!(d["service"], "profile");
     assert_eq!(d["status"], "healthy", "{d}");
