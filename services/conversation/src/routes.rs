@@ -7,7 +7,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use kai_shared::auth::AuthUser;
 use kai_shared::cache::keys;
 use kai_shared::http::openapi::BearerAuth;
-use kai_shared::http::respond;
+use kai_shared::http::{in_range, respond};
 use kai_shared::{ApiError, FieldError, Platform};
 use utoipa::OpenApi;
 use uuid::Uuid;
@@ -18,7 +18,7 @@ use crate::llm::Llm;
 use crate::model::{
     BatchInserted, BatchMessage, BatchRequest, ConversationDetail, ConversationPage,
     ConversationSummary, CreateConversation, DetailQuery, Exchange, LastMessage, ListQuery,
-    Message, PostMessage, in_range,
+    Message, PostMessage,
 };
 use crate::queries;
 use kai_shared::http::cursor::Cursor;
@@ -83,15 +83,7 @@ async fn list_conversations(
     let q = q.into_inner();
     let uid = user.user_id;
     let limit = in_range("limit", q.limit, 20, 1, 100)?;
-    let cursor = match q.cursor.as_deref() {
-        None => None,
-        Some(raw) => Some(Cursor::decode(raw).ok_or_else(|| {
-            ApiError::validation(vec![FieldError::new(
-                "cursor",
-                "not a cursor this service issued",
-            )])
-        })?),
-    };
+    let cursor = Cursor::from_param(q.cursor.as_deref())?;
     let key = keys::conversation_list(uid, q.cursor.as_deref(), limit);
     let cached = p
         .cache

@@ -211,22 +211,3 @@ pub struct Stats {
     pub average_mood: Option<f64>,
     pub days: Vec<DayStats>,
 }
-
-/// Checks an integer query parameter against its range.
-pub fn in_range(
-    name: &str,
-    value: Option<i64>,
-    default: i64,
-    min: i64,
-    max: i64,
-) -> Result<i64, ApiError> {
-    let v = value.unwrap_or(default);
-    if (min..=max).contains(&v) {
-        Ok(v)
-    } else {
-        Err(ApiError::validation(vec![FieldError::new(
-            name,
-            format!("must be between {min} and {max}"),
-        )]))
-    }
-}

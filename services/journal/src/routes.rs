@@ -5,7 +5,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use kai_shared::auth::AuthUser;
 use kai_shared::cache::keys;
 use kai_shared::http::openapi::BearerAuth;
-use kai_shared::http::respond;
+use kai_shared::http::{in_range, respond};
 use kai_shared::{ApiError, FieldError, Platform};
 use utoipa::OpenApi;
 use uuid::Uuid;
@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::cache_rules::{ENTRY, LIST, STATS, user_scope};
 use crate::model::{
     CreateEntry, DayStats, Entry, EntryCursorPage, EntryPage, ListQuery, PatchEntry, SearchQuery,
-    SearchResults, Stats, StatsQuery, in_range,
+    SearchResults, Stats, StatsQuery,
 };
 use crate::queries;
 use kai_shared::http::cursor::Cursor;
@@ -74,15 +74,7 @@ async fn list_entries(
     let uid = user.user_id;
     let cached = if q.limit.is_some() || q.cursor.is_some() {
         let limit = in_range("limit", q.limit, 20, 1, 100)?;
-        let cursor = match q.cursor.as_deref() {
-            None => None,
-            Some(raw) => Some(Cursor::decode(raw).ok_or_else(|| {
-                ApiError::validation(vec![FieldError::new(
-                    "cursor",
-                    "not a cursor this service issued",
-                )])
-            })?),
-        };
+        let cursor = Cursor::from_param(q.cursor.as_deref())?;
         let key = keys::journal_list_cursor(uid, q.cursor.as_deref(), limit);
         p.cache
             .get_or_load(&user_scope(uid), &LIST, &key, || async {

@@ -9,6 +9,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::errors::{ApiError, FieldError};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
     /// The sort timestamp of the last row served.
@@ -35,6 +37,20 @@ impl Cursor {
             id: Uuid::parse_str(id).ok()?,
         })
     }
+
+    /// The `cursor` query parameter: absent → first page; anything this service
+    /// did not issue → 400.
+    pub fn from_param(raw: Option<&str>) -> Result<Option<Self>, ApiError> {
+        raw.map(|raw| {
+            Self::decode(raw).ok_or_else(|| {
+                ApiError::validation(vec![FieldError::new(
+                    "cursor",
+                    "not a cursor this service issued",
+                )])
+            })
+        })
+        .transpose()
+    }
 }
 
 #[cfg(test)]
@@ -53,6 +69,20 @@ mod tests {
         fn garbage_is_rejected_not_panicked_on(raw in ".{0,64}") {
             let _ = Cursor::decode(&raw);
         }
+    }
+
+    #[test]
+    fn a_foreign_cursor_parameter_is_a_400_naming_the_field() {
+        assert_eq!(Cursor::from_param(None).unwrap(), None);
+        // PostgreSQL (and so every cursor) keeps microseconds.
+        let at = DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap();
+        let c = Cursor {
+            at,
+            id: Uuid::new_v4(),
+        };
+        assert_eq!(Cursor::from_param(Some(&c.encode())).unwrap(), Some(c));
+        let err = Cursor::from_param(Some("bogus")).unwrap_err();
+        assert_eq!(err.problem().errors[0].field, "cursor");
     }
 
     #[test]

@@ -184,6 +184,26 @@ pub fn method_not_allowed<B>(
     Ok(actix_web::middleware::ErrorHandlerResponse::Response(res))
 }
 
+/// An integer query parameter, `default` when absent, checked against `min..=max`
+/// (a 400 naming the parameter otherwise).
+pub fn in_range(
+    name: &str,
+    value: Option<i64>,
+    default: i64,
+    min: i64,
+    max: i64,
+) -> Result<i64, ApiError> {
+    let v = value.unwrap_or(default);
+    if (min..=max).contains(&v) {
+        Ok(v)
+    } else {
+        Err(ApiError::validation(vec![FieldError::new(
+            name,
+            format!("must be between {min} and {max}"),
+        )]))
+    }
+}
+
 /// Unknown routes.
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound(format!(
