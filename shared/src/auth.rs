@@ -99,10 +99,6 @@ impl Authenticator {
     pub fn mark_revoked(&self, session_id: Uuid) {
         self.revoked.insert(session_id, ());
     }
-
-    pub fn is_revoked(&self, session_id: Uuid) -> bool {
-        self.revoked.contains_key(&session_id)
-    }
 }
 
 fn reason(e: &jsonwebtoken::errors::Error) -> &'static str {
@@ -130,45 +126,44 @@ impl FromRequest for AuthUser {
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let result = (|| {
-            let platform = req
-                .app_data::<web::Data<Platform>>()
-                .ok_or_else(|| ApiError::internal(anyhow::anyhow!("platform state missing")))?;
-            let header = req
-                .headers()
-                .get(actix_web::http::header::AUTHORIZATION)
-                .ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
-            let token = header
-                .to_str()
-                .ok()
-                .and_then(|h| {
-                    h.strip_prefix("Bearer ")
-                        .or_else(|| h.strip_prefix("bearer "))
-                })
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .ok_or_else(|| {
-                    ApiError::Unauthorized("expected `Authorization: Bearer <token>`".into())
-                })?;
-            let claims = platform.auth.verify(token)?;
-            Ok(AuthUser {
+        let Some(platform) = req.app_data::<web::Data<Platform>>().cloned() else {
+            return Box::pin(ready(Err(ApiError::internal(anyhow::anyhow!(
+                "platform state missing"
+            )))));
+        };
+        let token = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))
+            .and_then(|header| {
+                header
+                    .to_str()
+                    .ok()
+                    .and_then(|h| {
+                        h.strip_prefix("Bearer ")
+                            .or_else(|| h.strip_prefix("bearer "))
+                    })
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| {
+                        ApiError::Unauthorized("expected `Authorization: Bearer <token>`".into())
+                    })
+            });
+        let user = token
+            .and_then(|token| platform.auth.verify(token))
+            .map(|claims| AuthUser {
                 user_id: claims.sub,
                 session_id: claims.sid,
                 expires_at: claims.exp,
-            })
-        })();
-        match result {
-            Err(e) => Box::pin(ready(Err(e))),
-            Ok(user) => {
-                // A service that owns the sessions (profile) adds its own check.
-                let platform = req.app_data::<web::Data<Platform>>().cloned();
-                Box::pin(async move {
-                    if let Some(check) = platform.as_ref().and_then(|p| p.session_check.clone()) {
-                        check(user.session_id).await?;
-                    }
-                    Ok(user)
-                })
-            }
+            });
+        match (user, platform.session_check.clone()) {
+            (Err(e), _) => Box::pin(ready(Err(e))),
+            (Ok(user), None) => Box::pin(ready(Ok(user))),
+            // A service that owns the sessions (profile) adds its own check.
+            (Ok(user), Some(check)) => Box::pin(async move {
+                check(user.session_id).await?;
+                Ok(user)
+            }),
         }
     }
 }

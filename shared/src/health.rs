@@ -25,7 +25,13 @@ async fn live() -> HttpResponse {
 }
 
 async fn ready(platform: web::Data<Platform>) -> Result<HttpResponse, ApiError> {
-    match crate::db::is_current(&platform.db, platform.migrations).await {
+    match crate::db::is_current(
+        &platform.db,
+        platform.migrations.schema,
+        platform.migration_version,
+    )
+    .await
+    {
         Ok(true) => Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "ready" }))),
         Ok(false) => Err(ApiError::Unavailable(anyhow::anyhow!("migrations pending"))),
         Err(e) => Err(ApiError::Unavailable(e.into())),

@@ -7,9 +7,7 @@
 
 use std::collections::HashMap;
 
-use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// Buckets for sub-millisecond to multi-second work.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -99,19 +97,6 @@ impl Metrics {
             llm_requests,
             redis_up,
         }
-    }
-
-    /// A histogram in this registry (for services that add their own).
-    pub fn histogram_vec(&self, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-        let h = HistogramVec::new(
-            HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
-            labels,
-        )
-        .expect("valid metric");
-        self.registry
-            .register(Box::new(h.clone()))
-            .expect("metric registered once");
-        h
     }
 
     /// The text exposition of everything in the registry.

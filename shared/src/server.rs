@@ -66,6 +66,8 @@ pub struct Platform {
     pub metrics: Metrics,
     pub stats: EndpointStats,
     pub migrations: MigrationSet,
+    /// The newest migration this binary embeds (readiness requires it).
+    pub migration_version: i32,
     pub started: Instant,
     pub session_check: Option<SessionCheck>,
     pub limiter: crate::ratelimit::RateLimiter,
@@ -158,6 +160,7 @@ impl Application {
             metrics,
             stats: EndpointStats::default(),
             migrations: def.migrations,
+            migration_version: def.migrations.latest_version(),
             started: Instant::now(),
         });
         let prometheus = PrometheusMetricsBuilder::new("kai")

@@ -109,14 +109,13 @@ impl Drop for TestPrefix {
             return;
         };
         let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-        // Cleanup only (never a request path): SCAN is fine here.
-        let keys: Vec<String> = match redis::cmd("KEYS")
-            .arg(format!("{}:*", self.prefix))
-            .query(&mut conn)
-        {
-            Ok(k) => k,
-            Err(_) => return,
-        };
+        // Cleanup only, never a request path: SCAN (not KEYS, which would block a
+        // shared Redis other tests are using).
+        let keys: Vec<String> =
+            match redis::TypedCommands::scan_match(&mut conn, format!("{}:*", self.prefix)) {
+                Ok(iter) => iter.filter_map(Result::ok).collect(),
+                Err(_) => return,
+            };
         if !keys.is_empty() {
             let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
         }

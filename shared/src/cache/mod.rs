@@ -507,7 +507,7 @@ impl Cache {
         *self.inner.store_hook.write().expect("hook lock") = hook;
     }
 
-    /// Drops every L1 entry (tests, and operators via nothing else).
+    /// Drops every L1 entry (the benchmark uses it to measure an L2 hit).
     pub fn clear_l1(&self) {
         self.inner.l1.clear();
     }

@@ -65,13 +65,11 @@ pub async fn migrate(db: &Db, set: MigrationSet) -> anyhow::Result<usize> {
     Ok(report.applied_migrations().len())
 }
 
-/// Whether the database has this binary's newest migration.
-pub async fn is_current(db: &Db, set: MigrationSet) -> Result<bool, super::DbError> {
+/// Whether the database has reached `version` in `schema` (readiness; the
+/// expected version is computed once at start, not per probe).
+pub async fn is_current(db: &Db, schema: &str, version: i32) -> Result<bool, super::DbError> {
     let conn = db.conn().await?;
-    let sql = format!(
-        "SELECT coalesce(max(version), 0) FROM {}.refinery_history",
-        set.schema
-    );
+    let sql = format!("SELECT coalesce(max(version), 0) FROM {schema}.refinery_history");
     let row = conn.query_one(sql.as_str(), &[]).await?;
-    Ok(row.get::<_, i32>(0) >= set.latest_version())
+    Ok(row.get::<_, i32>(0) >= version)
 }
