@@ -259,6 +259,24 @@ pub fn settings(
     s
 }
 
+/// A user as journal and conversation see one: an id and a token for it.
+#[derive(Clone, Debug)]
+pub struct TestUser {
+    pub id: Uuid,
+    pub token: String,
+}
+
+impl TestUser {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        let id = Uuid::new_v4();
+        Self {
+            id,
+            token: token(id),
+        }
+    }
+}
+
 /// Mints an access token the services accept.
 pub fn token(user_id: Uuid) -> String {
     let auth = crate::auth::Authenticator::new(
@@ -392,6 +410,18 @@ impl TestApp {
             }
             assert!(pages < 1000, "paging does not terminate");
         }
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("metrics text")
     }
 
     /// GET `path` without credentials; the status code (health probes).

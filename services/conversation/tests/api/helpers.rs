@@ -15,21 +15,7 @@ pub struct Service {
 }
 
 /// A user of the service: an id and a token for it.
-#[derive(Clone)]
-pub struct User {
-    pub id: Uuid,
-    pub token: String,
-}
-
-impl User {
-    pub fn new() -> Self {
-        let id = Uuid::new_v4();
-        Self {
-            id,
-            token: testing::token(id),
-        }
-    }
-}
+pub use kai_shared::testing::TestUser as User;
 
 /// With Redis and a fake LLM.
 pub async fn spawn() -> Service {

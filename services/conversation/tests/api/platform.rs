@@ -8,16 +8,7 @@ async fn metrics_export_llm_outcomes_and_cache_namespaces() {
     let user = User::new();
     let id = s.conversation(&user, "metrics").await;
     // Before any message: every outcome is exported at zero.
-    let text = s
-        .app
-        .client
-        .get(s.app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.app.metrics().await;
     for outcome in ["success", "cached", "error", "timeout"] {
         assert!(
             text.contains(&format!(
@@ -37,16 +28,7 @@ async fn metrics_export_llm_outcomes_and_cache_namespaces() {
     s.say(&user, &id, "count me").await;
     s.say(&user, &id, "count me").await;
     read(&s.app, &user, &format!("/api/conversations/{id}")).await;
-    let text = s
-        .app
-        .client
-        .get(s.app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.app.metrics().await;
     assert!(
         text.contains(r#"kai_llm_requests_total{outcome="success",service="conversation"} 1"#),
         "{text}"

@@ -1,7 +1,6 @@
 use kai_shared::testing::{self, TestApp, TestDb, TestPrefix};
 use reqwest::{RequestBuilder, Response};
 use serde_json::{Value, json};
-use uuid::Uuid;
 
 /// A running journal-service with its own database and Redis prefix.
 pub struct Journal {
@@ -11,21 +10,7 @@ pub struct Journal {
 }
 
 /// A user of the service: an id and a token for it.
-#[derive(Clone)]
-pub struct User {
-    pub id: Uuid,
-    pub token: String,
-}
-
-impl User {
-    pub fn new() -> Self {
-        let id = Uuid::new_v4();
-        Self {
-            id,
-            token: testing::token(id),
-        }
-    }
-}
+pub use kai_shared::testing::TestUser as User;
 
 pub async fn spawn() -> Journal {
     spawn_with(Some(&testing::redis_url()), &[]).await

@@ -184,16 +184,7 @@ async fn metrics_carry_the_spec_names_and_route_patterns() {
         &format!("/api/journal/entries/{}", e["id"].as_str().unwrap()),
     )
     .await;
-    let text = j
-        .app
-        .client
-        .get(j.app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = j.app.metrics().await;
     for name in [
         "kai_http_requests_total",
         "kai_http_requests_duration_seconds_bucket",
@@ -271,16 +262,7 @@ async fn slow_queries_are_counted_and_shown_with_their_sql_but_not_their_paramet
         "{shown}"
     );
     assert!(!shown.contains("a very private sentence"));
-    let metrics = j
-        .app
-        .client
-        .get(j.app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = j.app.metrics().await;
     let counted = metrics
         .lines()
         .find(|l| l.starts_with("kai_db_slow_queries_total"))

@@ -9,16 +9,7 @@ async fn metrics_count_profile_cache_hits_by_namespace() {
     for _ in 0..2 {
         crate::helpers::read(&p.app, &a.token, "/api/profile").await;
     }
-    let text = p
-        .app
-        .client
-        .get(p.app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = p.app.metrics().await;
     assert!(
         text.contains(r#"kai_cache_hits_total{namespace="user_profile",service="profile"} 1"#),
         "{text}"
