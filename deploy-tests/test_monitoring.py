@@ -1,9 +1,11 @@
 """Prometheus operator objects, alert rules, the compose Prometheus config and
 the Grafana dashboard: structure, promtool, and the metric-name contract.
 
-Also writes deploy-tests/metric_names.txt: the contract metrics the dashboard
+Also checks deploy-tests/metric_names.txt: the contract metrics the dashboard
 and the alerts depend on (base names, histograms without _bucket/_sum/_count),
 one per line, for the Rust end-to-end suite to check against a live /metrics.
+It fails (and never rewrites the file) when the file is out of date: a
+checked-in list that fixes itself would hide a change to the contract.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pytest
 import yaml
 
 from conftest import objects
-from contract import BINARIES, DOCKER, HISTOGRAMS, METRICS, TESTS, base_metric_name
+from contract import BINARIES, DOCKER, HISTOGRAMS, METRICS, MONITORED_OVERLAYS, TESTS, base_metric_name
 from promql import metric_names, substitute_grafana_variables
 
 DASHBOARD = DOCKER / "grafana" / "dashboards" / "kai.json"
@@ -34,6 +36,10 @@ def run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
 # --- ServiceMonitor ------------------------------------------------------------
 
 
+MONITORED = [f"overlays/{o}" for o in MONITORED_OVERLAYS]
+
+
+@pytest.mark.parametrize("target", MONITORED)
 def test_one_servicemonitor_per_service(target):
     sms = objects(target, "ServiceMonitor")
     services = {s["metadata"]["name"]: s for s in objects(target, "Service")}
@@ -47,25 +53,46 @@ def test_one_servicemonitor_per_service(target):
         (endpoint,) = sm["spec"]["endpoints"]
         assert endpoint["port"] in port_names
         assert endpoint["path"] == "/metrics"
-        # keep the services' own `service` label (journal, ...), otherwise the
-        # operator's target label (the Service name) replaces it
-        assert endpoint["honorLabels"] is True
         covered.add(matched[0])
     assert covered == set(BINARIES)
+
+
+@pytest.mark.parametrize("target", MONITORED)
+def test_servicemonitor_labels_do_not_clash(target):
+    """The series' own `service` and `namespace` (SPEC §5) and the target's
+    Kubernetes namespace/Service must both survive, under distinct names:
+    honorLabels would let ours overwrite the Kubernetes namespace; without the
+    relabeling ours would be renamed exported_*."""
+    for sm in objects(target, "ServiceMonitor"):
+        (endpoint,) = sm["spec"]["endpoints"]
+        assert endpoint.get("honorLabels", False) is False
+        relabel = endpoint["relabelings"]
+        moved = {r["sourceLabels"][0]: r["targetLabel"] for r in relabel if r.get("targetLabel")}
+        assert moved == {"namespace": "kubernetes_namespace", "service": "kubernetes_service"}
+        drops = [r for r in relabel if r.get("action") == "labeldrop"]
+        assert [d["regex"] for d in drops] == ["namespace|service"]
+        assert relabel.index(drops[0]) == len(relabel) - 1, "drop after copying"
+
+
+@pytest.mark.parametrize("target", MONITORED)
+def test_operator_objects_carry_the_release_label(target):
+    for o in objects(target, "ServiceMonitor") + objects(target, "PrometheusRule"):
+        assert o["metadata"]["labels"].get("release"), f"{o['kind']}/{o['metadata']['name']}: no release label"
 
 
 # --- PrometheusRule ------------------------------------------------------------
 
 
-def prometheus_rule(target: str = "base") -> dict:
+def prometheus_rule(target: str = MONITORED[0]) -> dict:
     (rule,) = objects(target, "PrometheusRule")
     return rule
 
 
-def all_rules(target: str = "base") -> list[dict]:
+def all_rules(target: str = MONITORED[0]) -> list[dict]:
     return [r for g in prometheus_rule(target)["spec"]["groups"] for r in g["rules"]]
 
 
+@pytest.mark.parametrize("target", MONITORED)
 def test_prometheusrule_structure(target):
     spec = prometheus_rule(target)["spec"]
     names = [g["name"] for g in spec["groups"]]
@@ -146,10 +173,6 @@ def test_every_alert_has_a_unit_test():
               for t in case.get("alert_rule_test", [])}
     missing = set(REQUIRED_ALERTS) - tested
     assert not missing, f"alerts without promtool unit tests: {missing}"
-
-
-def test_overlays_keep_rules(overlay):
-    assert prometheus_rule(overlay)["spec"] == prometheus_rule("base")["spec"]
 
 
 # --- compose Prometheus --------------------------------------------------------
@@ -285,12 +308,14 @@ def used_metric_names() -> list[str]:
 
 
 def test_metric_names_file():
-    """Write (when it changed) and check deploy-tests/metric_names.txt."""
+    """deploy-tests/metric_names.txt lists exactly what the dashboard and the
+    rules query. Out of date = failure, with the content it should have."""
     names = used_metric_names()
     assert set(names) <= METRICS
     content = "\n".join(names) + "\n"
-    if not METRIC_NAMES_FILE.exists() or METRIC_NAMES_FILE.read_text() != content:
-        METRIC_NAMES_FILE.write_text(content)
-    assert METRIC_NAMES_FILE.read_text().splitlines() == names
+    current = METRIC_NAMES_FILE.read_text() if METRIC_NAMES_FILE.exists() else ""
+    assert current == content, (
+        f"{METRIC_NAMES_FILE} is out of date; it must read exactly:\n{content}"
+    )
     # everything the contract promises is watched somewhere
     assert set(names) == METRICS, f"contract metrics not on the dashboard or in alerts: {METRICS - set(names)}"
