@@ -17,7 +17,9 @@ Environment (a .env file in the working directory is read; real environment wins
   DATABASE_URL               required  PostgreSQL URL (services share it; each owns its schema)
   REDIS_URL                  unset     Redis URL; unset = in-process cache only
   HOST / PORT                0.0.0.0 / journal 8081, conversation 8082, profile 8083
-  AUTH_SECRET                required  HS256 key for access tokens, at least 32 bytes
+  AUTH_VERIFYING_KEYS_FILE   required  PEM file of Ed25519 public keys tokens are verified with (by kid)
+  AUTH_SIGNING_KEY_FILE      profile   PKCS#8 PEM Ed25519 private key that signs tokens (profile-service only)
+  TRUSTED_PROXIES            empty     CIDR list; X-Forwarded-For is honoured only from these peers
   AUTH_TOKEN_TTL_SECS        3600      access-token lifetime
   CACHE_ENABLED              true      false = every cacheable read goes to PostgreSQL (X-Cache: BYPASS)
   DB_POOL_SIZE               20        PostgreSQL pool size
@@ -67,7 +69,12 @@ pub struct Settings {
     pub redis_url: Option<SecretString>,
     pub host: IpAddr,
     pub port: u16,
-    pub auth_secret: SecretString,
+    /// Public keys every token is verified with (`AUTH_VERIFYING_KEYS_FILE`).
+    pub auth_verifying_keys: crate::auth::keys::VerifyingKeys,
+    /// The private signing key (`AUTH_SIGNING_KEY_FILE`): profile-service only.
+    pub auth_signing_key: Option<crate::auth::keys::SigningMaterial>,
+    /// Peers whose `X-Forwarded-For` is believed (`TRUSTED_PROXIES`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub auth_token_ttl: Duration,
     pub cache_enabled: bool,
     pub db_pool_size: usize,
@@ -131,18 +138,50 @@ impl Settings {
             }
         };
 
-        let auth_secret = get("AUTH_SECRET").ok_or_else(|| {
+        let read = |var: &'static str, path: &str| {
+            std::fs::read_to_string(path).map_err(|e| err(var, format!("cannot read {path:?}: {e}")))
+        };
+        let keys_path = get("AUTH_VERIFYING_KEYS_FILE").ok_or_else(|| {
             err(
-                "AUTH_SECRET",
-                "required: an HS256 key of at least 32 bytes".into(),
+                "AUTH_VERIFYING_KEYS_FILE",
+                "required: a PEM file of one or more Ed25519 public keys".into(),
             )
         })?;
-        if auth_secret.len() < 32 {
-            return Err(err(
-                "AUTH_SECRET",
-                format!("must be at least 32 bytes, got {}", auth_secret.len()),
-            ));
-        }
+        let auth_verifying_keys =
+            crate::auth::keys::parse_verifying_pems(&read("AUTH_VERIFYING_KEYS_FILE", &keys_path)?)
+                .map_err(|m| err("AUTH_VERIFYING_KEYS_FILE", m))?;
+        let auth_signing_key = match get("AUTH_SIGNING_KEY_FILE") {
+            None => None,
+            Some(path) => {
+                let key =
+                    crate::auth::keys::parse_signing_pem(&read("AUTH_SIGNING_KEY_FILE", &path)?)
+                        .map_err(|m| err("AUTH_SIGNING_KEY_FILE", m))?;
+                if !auth_verifying_keys.contains(&key.kid) {
+                    return Err(err(
+                        "AUTH_SIGNING_KEY_FILE",
+                        format!(
+                            "its public key (kid {}) is not in AUTH_VERIFYING_KEYS_FILE",
+                            key.kid
+                        ),
+                    ));
+                }
+                Some(key)
+            }
+        };
+        let trusted_proxies = get("TRUSTED_PROXIES")
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .map(|c| {
+                        c.parse::<ipnet::IpNet>()
+                            .or_else(|_| c.parse::<IpAddr>().map(ipnet::IpNet::from))
+                            .map_err(|_| err("TRUSTED_PROXIES", format!("not a CIDR: {c:?}")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
 
         let host = parse(&get, "HOST", "0.0.0.0".parse().expect("valid literal"))?;
         let port = parse(&get, "PORT", default_port)?;
@@ -185,7 +224,9 @@ impl Settings {
             redis_url,
             host,
             port,
-            auth_secret: SecretString::from(auth_secret),
+            auth_verifying_keys,
+            auth_signing_key,
+            trusted_proxies,
             auth_token_ttl: Duration::from_secs(ttl_secs),
             cache_enabled: parse_bool(&get, "CACHE_ENABLED", true)?,
             db_pool_size,
@@ -221,6 +262,17 @@ impl Settings {
             run_migrations: parse_bool(&get, "RUN_MIGRATIONS", true)?,
             cache_prefix: "kai".into(),
         })
+    }
+
+    /// profile-service signs tokens: without `AUTH_SIGNING_KEY_FILE` it must not start.
+    pub fn require_signing_key(&self) -> Result<(), ConfigError> {
+        match self.auth_signing_key {
+            Some(_) => Ok(()),
+            None => Err(ConfigError {
+                var: "AUTH_SIGNING_KEY_FILE",
+                message: "required in profile-service: the PKCS#8 PEM Ed25519 private key that signs tokens".into(),
+            }),
+        }
     }
 
     /// The PostgreSQL configuration (already validated by `from_lookup`).
@@ -280,7 +332,15 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    /// A key pair written once per test process.
+    fn key_files() -> &'static (String, String) {
+        static FILES: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+        FILES.get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("kai-config-test-{}", std::process::id()));
+            let (s, v) = crate::auth::keys::KeyPair::generate().write_to(&dir).unwrap();
+            (s.display().to_string(), v.display().to_string())
+        })
+    }
 
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         let mut env: HashMap<String, String> = HashMap::from([
@@ -288,7 +348,7 @@ mod tests {
                 "DATABASE_URL".into(),
                 "postgres://postgres@127.0.0.1:5432/kai".into(),
             ),
-            ("AUTH_SECRET".into(), SECRET.into()),
+            ("AUTH_VERIFYING_KEYS_FILE".into(), key_files().1.clone()),
         ]);
         for (k, v) in pairs {
             env.insert((*k).into(), (*v).into());
@@ -318,21 +378,45 @@ mod tests {
 
     #[test]
     fn missing_database_url_names_the_variable() {
-        let e = Settings::from_lookup(8081, |k| (k == "AUTH_SECRET").then(|| SECRET.to_owned()))
-            .unwrap_err();
+        let e = Settings::from_lookup(8081, |k| {
+            (k == "AUTH_VERIFYING_KEYS_FILE").then(|| key_files().1.clone())
+        })
+        .unwrap_err();
         assert_eq!(e.var, "DATABASE_URL");
     }
 
     #[test]
-    fn missing_or_short_secret_is_refused() {
+    fn missing_unreadable_or_mismatched_keys_are_refused() {
         let e = Settings::from_lookup(8081, |k| {
             (k == "DATABASE_URL").then(|| "postgres://localhost/kai".to_owned())
         })
         .unwrap_err();
-        assert_eq!(e.var, "AUTH_SECRET");
-        let e = settings(&[("AUTH_SECRET", "short")]).unwrap_err();
-        assert_eq!(e.var, "AUTH_SECRET");
-        assert!(e.to_string().contains("at least 32 bytes"), "{e}");
+        assert_eq!(e.var, "AUTH_VERIFYING_KEYS_FILE");
+        let e = settings(&[("AUTH_VERIFYING_KEYS_FILE", "/nonexistent/keys.pem")]).unwrap_err();
+        assert_eq!(e.var, "AUTH_VERIFYING_KEYS_FILE");
+        // A signing key given as the verifying keys is not a public key.
+        let e = settings(&[("AUTH_VERIFYING_KEYS_FILE", &key_files().0)]).unwrap_err();
+        assert_eq!(e.var, "AUTH_VERIFYING_KEYS_FILE");
+        // Verifying-only services start without a signing key; profile must not.
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.require_signing_key().unwrap_err().var, "AUTH_SIGNING_KEY_FILE");
+        let s = settings(&[("AUTH_SIGNING_KEY_FILE", &key_files().0)]).unwrap();
+        assert!(s.require_signing_key().is_ok());
+        // A signing key whose public half nobody verifies with is a mistake.
+        let dir = std::env::temp_dir().join(format!("kai-config-test-{}-b", std::process::id()));
+        let (other, _) = crate::auth::keys::KeyPair::generate().write_to(&dir).unwrap();
+        let e = settings(&[("AUTH_SIGNING_KEY_FILE", other.to_str().unwrap())]).unwrap_err();
+        assert_eq!(e.var, "AUTH_SIGNING_KEY_FILE");
+        assert!(e.to_string().contains("not in AUTH_VERIFYING_KEYS_FILE"), "{e}");
+    }
+
+    #[test]
+    fn trusted_proxies_parse_as_cidrs() {
+        let s = settings(&[("TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.7,::1/128")]).unwrap();
+        assert_eq!(s.trusted_proxies.len(), 3);
+        assert!(settings(&[]).unwrap().trusted_proxies.is_empty());
+        let e = settings(&[("TRUSTED_PROXIES", "10.0.0.0/33")]).unwrap_err();
+        assert_eq!(e.var, "TRUSTED_PROXIES");
     }
 
     #[test]
@@ -381,7 +465,10 @@ mod tests {
 
     #[test]
     fn debug_output_hides_secrets() {
-        let s = settings(&[]).unwrap();
-        assert!(!format!("{s:?}").contains(SECRET));
+        let s = settings(&[("AUTH_SIGNING_KEY_FILE", &key_files().0)]).unwrap();
+        let pem = std::fs::read_to_string(&key_files().0).unwrap();
+        let body = pem.lines().nth(1).unwrap();
+        assert!(!format!("{s:?}").contains(body));
+        assert!(format!("{s:?}").contains("redacted"));
     }
 }

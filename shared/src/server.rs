@@ -71,6 +71,8 @@ pub struct Platform {
     pub started: Instant,
     pub session_check: Option<SessionCheck>,
     pub limiter: crate::ratelimit::RateLimiter,
+    /// Route pattern → `Allow` header value (405 answers).
+    pub allowed_methods: std::collections::HashMap<String, String>,
 }
 
 impl Platform {
@@ -132,7 +134,8 @@ impl Application {
         }
         let stop = CancellationToken::new();
         let auth = Arc::new(Authenticator::new(
-            &settings.auth_secret,
+            settings.auth_signing_key.clone(),
+            settings.auth_verifying_keys.clone(),
             settings.auth_token_ttl,
         ));
         let on_revoked = {
@@ -153,6 +156,7 @@ impl Application {
             service: def.name,
             session_check: def.session_check.map(|make| make(db.clone())),
             limiter: crate::ratelimit::RateLimiter::new(cache.clone()),
+            allowed_methods: crate::http::allowed_methods(&def.openapi),
             settings,
             db,
             cache,
@@ -202,9 +206,15 @@ impl Application {
                     DefaultHeaders::new()
                         .add(("X-Content-Type-Options", "nosniff"))
                         .add(("X-Frame-Options", "DENY"))
-                        .add(("Referrer-Policy", "no-referrer")),
+                        .add(("Referrer-Policy", "no-referrer"))
+                        // Only added where a handler set none: cached GETs say
+                        // `private, no-cache` themselves; everything else — auth
+                        // answers, uncached reads of personal data, errors — is
+                        // never stored by a browser or proxy.
+                        .add(("Cache-Control", "no-store")),
                 )
                 .wrap(from_fn(crate::http::stamp))
+                .wrap(from_fn(crate::http::bound_method))
                 .configure(crate::health::routes)
                 // `/docs` (SPEC §4) leads to the bundled Swagger UI under `/docs/`.
                 .route(
@@ -284,7 +294,16 @@ pub fn main(
     def: impl FnOnce(&Settings) -> anyhow::Result<ServiceDef>,
 ) -> ExitCode {
     let cli = Cli::parse();
-    let settings = match Settings::from_env(default_port) {
+    // profile-service issues the tokens: serving, it alone needs (and holds) the
+    // signing key; `migrate` never signs, so a migration Job never holds it.
+    let serving = matches!(cli.command, None | Some(Command::Serve));
+    let settings = Settings::from_env(default_port).and_then(|s| {
+        if name == "profile" && serving {
+            s.require_signing_key()?;
+        }
+        Ok(s)
+    });
+    let settings = match settings {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{name}-service: {e}");
