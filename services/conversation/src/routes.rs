@@ -22,7 +22,7 @@ use crate::model::{
     Message, PostMessage, Role,
 };
 use crate::queries;
-use kai_shared::http::cursor::Cursor;
+use kai_shared::http::cursor::CursorSigner;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -88,12 +88,14 @@ async fn list_conversations(
     let q = q.into_inner();
     let uid = user.user_id;
     let limit = in_range("limit", q.limit, 20, 1, 100)?;
-    let cursor = Cursor::from_param(q.cursor.as_deref())?;
+    let signer =
+        CursorSigner::from_settings(&p.settings, p.service, uid, &format!("limit={limit}"));
+    let cursor = signer.from_param(q.cursor.as_deref())?;
     let key = keys::conversation_list(uid, q.cursor.as_deref(), limit);
     let cached = p
         .cache
         .get_or_load(&user_scope(uid), &LIST, &key, || async {
-            queries::list_conversations(&p.db, uid, cursor, limit)
+            queries::list_conversations(&p.db, uid, cursor, limit, &signer)
                 .await
                 .map(Some)
         })

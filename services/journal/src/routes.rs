@@ -16,7 +16,7 @@ use crate::model::{
     SearchResults, Stats, StatsQuery,
 };
 use crate::queries;
-use kai_shared::http::cursor::Cursor;
+use kai_shared::http::cursor::CursorSigner;
 
 /// The list's answer: one of the two modes' shapes (documentation only).
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -104,11 +104,13 @@ async fn list_entries(
     }
     let cached = if cursor_mode {
         let limit = in_range("limit", q.limit, 20, 1, 100)?;
-        let cursor = Cursor::from_param(q.cursor.as_deref())?;
+        let signer =
+            CursorSigner::from_settings(&p.settings, p.service, uid, &format!("limit={limit}"));
+        let cursor = signer.from_param(q.cursor.as_deref())?;
         let key = keys::journal_list_cursor(uid, q.cursor.as_deref(), limit);
         p.cache
             .get_or_load(&user_scope(uid), &LIST, &key, || async {
-                queries::list_entries_after(&p.db, uid, cursor, limit)
+                queries::list_entries_after(&p.db, uid, cursor, limit, &signer)
                     .await
                     .map(Some)
             })

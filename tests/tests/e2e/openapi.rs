@@ -181,3 +181,222 @@ fn documents_are_written_for_tools() {
         std::fs::write(dir.join(format!("{}.json", def.name)), json).expect("write");
     }
 }
+
+/// A request with the given method and headers; the status and the headers.
+async fn raw(
+    app: &kai_shared::testing::TestApp,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<serde_json::Value>,
+) -> (u16, reqwest::header::HeaderMap) {
+    let mut req = app
+        .client
+        .request(method.parse().expect("method"), app.url(path));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().await.expect("request");
+    (res.status().as_u16(), res.headers().clone())
+}
+
+#[tokio::test]
+async fn a_cursor_from_one_service_is_refused_by_another() {
+    let s = crate::system::start().await;
+    let user = testing::TestUser::new();
+    let bearer = format!("Bearer {}", user.token);
+    for _ in 0..2 {
+        let body = serde_json::json!({ "content": "an entry" });
+        raw(
+            &s.journal,
+            "POST",
+            "/api/journal/entries",
+            &[("authorization", &bearer)],
+            Some(body),
+        )
+        .await;
+        raw(
+            &s.conversation,
+            "POST",
+            "/api/conversations",
+            &[("authorization", &bearer)],
+            Some(serde_json::json!({})),
+        )
+        .await;
+    }
+    let (_, journal_page) = crate::system::call(
+        &s.journal,
+        reqwest::Method::GET,
+        "/api/journal/entries?limit=1",
+        Some(&user.token),
+        None,
+    )
+    .await;
+    let cursor = journal_page["next_cursor"]
+        .as_str()
+        .expect("journal cursor");
+    let (status, problem) = crate::system::call(
+        &s.conversation,
+        reqwest::Method::GET,
+        &format!("/api/conversations?limit=1&cursor={cursor}"),
+        Some(&user.token),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, problem["errors"][0]["field"].as_str()),
+        (400, Some("cursor"))
+    );
+    let (_, own) = crate::system::call(
+        &s.conversation,
+        reqwest::Method::GET,
+        "/api/conversations?limit=1",
+        Some(&user.token),
+        None,
+    )
+    .await;
+    let own = own["next_cursor"].as_str().expect("conversation cursor");
+    let (status, _) = crate::system::call(
+        &s.conversation,
+        reqwest::Method::GET,
+        &format!("/api/conversations?limit=1&cursor={own}"),
+        Some(&user.token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn every_201_carries_a_location_that_reads_the_resource() {
+    let s = crate::system::start().await;
+    let user = testing::TestUser::new();
+    let bearer = format!("Bearer {}", user.token);
+    let auth = [("authorization", bearer.as_str())];
+    let mut locations = Vec::new();
+    for (app, path, body) in [
+        (
+            &s.journal,
+            "/api/journal/entries".to_owned(),
+            serde_json::json!({ "content": "x" }),
+        ),
+        (
+            &s.conversation,
+            "/api/conversations".to_owned(),
+            serde_json::json!({ "title": "t" }),
+        ),
+    ] {
+        let (status, headers) = raw(app, "POST", &path, &auth, Some(body)).await;
+        assert_eq!(status, 201);
+        let location = headers["location"].to_str().unwrap().to_owned();
+        let (status, _) = raw(app, "GET", &location, &auth, None).await;
+        assert_eq!(status, 200, "{location}");
+        locations.push(location);
+    }
+    let conversation = &locations[1];
+    for (path, body) in [
+        (
+            format!("{conversation}/messages"),
+            serde_json::json!({ "content": "hello" }),
+        ),
+        (
+            format!("{conversation}/messages/batch"),
+            serde_json::json!({ "messages": [{ "role": "user", "content": "hi" }] }),
+        ),
+    ] {
+        let (status, headers) = raw(&s.conversation, "POST", &path, &auth, Some(body)).await;
+        assert_eq!(
+            (status, headers["location"].to_str().unwrap()),
+            (201, conversation.as_str())
+        );
+    }
+    let (status, headers) = raw(
+        &s.profile,
+        "POST",
+        "/api/auth/register",
+        &[],
+        Some(serde_json::json!({ "email": "loc@example.org", "password": "long enough password" })),
+    )
+    .await;
+    assert_eq!(
+        (status, headers["location"].to_str().unwrap()),
+        (201, "/api/profile")
+    );
+}
+
+#[tokio::test]
+async fn cors_exposes_what_clients_read_and_preflights_offer_only_the_routes_methods() {
+    let origin = "https://app.example";
+    let s = crate::system::start_with(&[("CORS_ALLOWED_ORIGINS", origin)]).await;
+    let id = "/api/journal/entries/00000000-0000-0000-0000-000000000001";
+    let preflight = |method: &'static str, headers: &'static str| {
+        [
+            ("origin", origin),
+            ("access-control-request-method", method),
+            ("access-control-request-headers", headers),
+        ]
+    };
+    let (status, headers) = raw(
+        &s.journal,
+        "OPTIONS",
+        id,
+        &preflight("PATCH", "authorization, content-type"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        headers["access-control-allow-methods"],
+        "DELETE, GET, PATCH"
+    );
+    let (status, headers) = raw(
+        &s.journal,
+        "OPTIONS",
+        id,
+        &preflight("PUT", "authorization"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, headers["allow"].to_str().unwrap()),
+        (405, "DELETE, GET, PATCH")
+    );
+    let (status, _) = raw(
+        &s.journal,
+        "OPTIONS",
+        id,
+        &preflight("GET", "x-not-allowed"),
+        None,
+    )
+    .await;
+    assert_ne!(status, 200, "a header no route accepts is refused");
+
+    let (status, headers) = raw(
+        &s.journal,
+        "GET",
+        "/api/journal/entries",
+        &[("origin", origin)],
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+    let exposed = headers["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for h in ["retry-after", "etag", "x-request-id", "x-cache", "location"] {
+        assert!(exposed.contains(h), "{h} not exposed: {exposed}");
+    }
+
+    // Outside CORS, a method a route lacks is a 405 that says which it has.
+    let (status, headers) = raw(&s.journal, "PUT", "/api/journal/entries", &[], None).await;
+    assert_eq!(
+        (status, headers["allow"].to_str().unwrap()),
+        (405, "GET, POST")
+    );
+    let (status, headers) = raw(&s.profile, "DELETE", "/api/auth/login", &[], None).await;
+    assert_eq!((status, headers["allow"].to_str().unwrap()), (405, "POST"));
+}
