@@ -125,6 +125,13 @@ impl CreateConversation {
     /// Checks the title's length as sent (what the document states), then trims
     /// it (blank becomes none).
     pub fn validate(&mut self) -> Result<(), ApiError> {
+        // PostgreSQL text cannot hold NUL: a 400, not a failed INSERT.
+        if self.title.as_ref().is_some_and(|t| t.contains('\0')) {
+            return Err(ApiError::validation(vec![FieldError::new(
+                "title",
+                "must not contain NUL characters",
+            )]));
+        }
         if self
             .title
             .as_ref()

@@ -125,6 +125,26 @@ pub struct Profile {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Everything profile-service holds about a user, for portability (GDPR Art. 20):
+/// the account and its profile. Never the password hash or sessions.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AccountExport {
+    pub user_id: Uuid,
+    pub email: String,
+    pub display_name: Option<String>,
+    /// A JSON object.
+    #[schema(value_type = Object)]
+    pub traits: Value,
+    /// A JSON object.
+    #[schema(value_type = Object)]
+    pub preferences: Value,
+    pub communication_style: Option<String>,
+    /// When the account was created.
+    pub created_at: DateTime<Utc>,
+    /// When the profile last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
 /// Any (at least one) of the profile's own fields. `traits` and `preferences`
 /// replace the stored object whole; `display_name` and `communication_style` may
 /// be set to null.
@@ -141,11 +161,11 @@ pub struct PatchProfile {
     #[serde(default, deserialize_with = "kai_shared::http::double_option")]
     #[schema(value_type = Option<String>, min_length = 1, max_length = 100, pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]")]
     pub display_name: Option<Option<String>>,
-    /// A JSON object (not null);.
+    /// A JSON object (not null).
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Object, nullable = false)]
     pub traits: Option<Value>,
-    /// A JSON object (not null);.
+    /// A JSON object (not null).
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Object, nullable = false)]
     pub preferences: Option<Value>,
