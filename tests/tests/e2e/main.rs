@@ -6,3 +6,4 @@ mod faults;
 mod hostile;
 mod migrations;
 mod system;
+mod tls;
