@@ -538,9 +538,18 @@ mod tests {
         for (url, mode) in [
             ("postgres://u@h/db", SslMode::Prefer),
             ("postgres://u@h/db?sslmode=disable", SslMode::Disable),
-            ("postgres://u@h/db?sslmode=require&application_name=x", SslMode::Require),
-            ("postgresql://u@h/db?application_name=x&sslmode=verify-ca", SslMode::VerifyCa),
-            ("host=h user=u sslmode=verify-full dbname=db", SslMode::VerifyFull),
+            (
+                "postgres://u@h/db?sslmode=require&application_name=x",
+                SslMode::Require,
+            ),
+            (
+                "postgresql://u@h/db?application_name=x&sslmode=verify-ca",
+                SslMode::VerifyCa,
+            ),
+            (
+                "host=h user=u sslmode=verify-full dbname=db",
+                SslMode::VerifyFull,
+            ),
         ] {
             let s = settings(&[("DATABASE_URL", url)]).unwrap();
             assert_eq!(s.database_ssl_mode, mode, "{url}");

@@ -24,11 +24,11 @@ pub mod ratelimit;
 pub mod server;
 /// Tracing subscriber setup.
 pub mod telemetry;
-/// TLS client configurations (rustls + ring) for PostgreSQL and Redis.
-pub mod tls;
 /// Helpers for tests: throwaway databases, private Redis prefixes, tokens.
 #[cfg(feature = "testing")]
 pub mod testing;
+/// TLS client configurations (rustls + ring) for PostgreSQL and Redis.
+pub mod tls;
 
 pub use http::errors::{ApiError, FieldError};
 pub use server::{Application, Platform, ServiceDef};

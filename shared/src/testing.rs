@@ -145,12 +145,25 @@ impl PrivateRedis {
     pub fn start_tls(ca: &TestCa) -> Self {
         let (user, password) = REDIS_ACL_USER;
         let extra = [
-            "--tls-port", "{port}", "--port", "0",
-            "--tls-cert-file", &ca.dir.file("server.crt"),
-            "--tls-key-file", &ca.dir.file("server.key"),
-            "--tls-ca-cert-file", &ca.ca_file(),
-            "--tls-auth-clients", "no",
-            "--user", user, "on", &format!(">{password}"), "~*", "&*", "+@all",
+            "--tls-port",
+            "{port}",
+            "--port",
+            "0",
+            "--tls-cert-file",
+            &ca.dir.file("server.crt"),
+            "--tls-key-file",
+            &ca.dir.file("server.key"),
+            "--tls-ca-cert-file",
+            &ca.ca_file(),
+            "--tls-auth-clients",
+            "no",
+            "--user",
+            user,
+            "on",
+            &format!(">{password}"),
+            "~*",
+            "&*",
+            "+@all",
         ]
         .iter()
         .map(|a| (*a).to_owned())
@@ -208,7 +221,11 @@ impl PrivateRedis {
     /// `redis://127.0.0.1:<port>`, or for a TLS server `rediss://127.0.0.1:<port>`
     /// (trust the test CA: `REDIS_CA_FILE`).
     pub fn url(&self) -> String {
-        let scheme = if self.tls_ca.is_some() { "rediss" } else { "redis" };
+        let scheme = if self.tls_ca.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
@@ -768,7 +785,13 @@ pub struct TestCa {
 impl TestCa {
     pub fn new() -> Self {
         let dir = TempDir::new("ca");
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
         run(Command::new("openssl")
             .args(["req", "-x509"])
             .args(ec)
@@ -779,7 +802,12 @@ impl TestCa {
         run(Command::new("openssl")
             .arg("req")
             .args(ec)
-            .args(["-keyout", &dir.file("server.key"), "-out", &dir.file("server.csr")])
+            .args([
+                "-keyout",
+                &dir.file("server.key"),
+                "-out",
+                &dir.file("server.csr"),
+            ])
             .args(["-subj", "/CN=localhost"]));
         std::fs::write(
             dir.file("server.ext"),
@@ -790,7 +818,13 @@ impl TestCa {
         run(Command::new("openssl")
             .args(["x509", "-req", "-in", &dir.file("server.csr")])
             .args(["-CA", &dir.file("ca.crt"), "-CAkey", &dir.file("ca.key")])
-            .args(["-CAcreateserial", "-days", "2", "-out", &dir.file("server.crt")])
+            .args([
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &dir.file("server.crt"),
+            ])
             .args(["-extfile", &dir.file("server.ext")]));
         Self { dir }
     }
@@ -829,7 +863,12 @@ impl PrivatePostgres {
             if as_root {
                 // setpriv execs (no fork): signals reach the server itself.
                 let mut c = Command::new("setpriv");
-                c.args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"]);
+                c.args([
+                    "--reuid=postgres",
+                    "--regid=postgres",
+                    "--init-groups",
+                    "--",
+                ]);
                 c.arg(&program);
                 c
             } else {
@@ -933,5 +972,8 @@ fn postgres_bin() -> std::path::PathBuf {
         .filter(|(_, bin)| bin.join("initdb").exists())
         .collect();
     versions.sort();
-    versions.pop().expect("an initdb under /usr/lib/postgresql").1
+    versions
+        .pop()
+        .expect("an initdb under /usr/lib/postgresql")
+        .1
 }

@@ -43,7 +43,13 @@ pub fn is_configuration_error(e: &redis::RedisError) -> bool {
     }
     // rustls failures arrive as I/O errors: the handshake's words say which.
     let text = e.to_string();
-    ["invalid peer certificate", "UnknownIssuer", "not valid for name", "InvalidContentType", "CorruptMessage"]
-        .iter()
-        .any(|w| text.contains(w))
+    [
+        "invalid peer certificate",
+        "UnknownIssuer",
+        "not valid for name",
+        "InvalidContentType",
+        "CorruptMessage",
+    ]
+    .iter()
+    .any(|w| text.contains(w))
 }

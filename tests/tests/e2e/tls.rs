@@ -112,7 +112,10 @@ async fn verify_full_refuses_a_certificate_that_names_another_host_at_start() {
     // Without the private CA the chain leads nowhere trusted, under both modes.
     for mode in ["verify-full", "verify-ca"] {
         let line = start_error(&pg.url("127.0.0.1", &format!("sslmode={mode}")), &[]).await;
-        assert!(line.starts_with("DATABASE_URL: TLS to 127.0.0.1:"), "{line}");
+        assert!(
+            line.starts_with("DATABASE_URL: TLS to 127.0.0.1:"),
+            "{line}"
+        );
         assert!(line.contains("UnknownIssuer"), "{line}");
     }
 }
