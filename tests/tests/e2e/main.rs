@@ -7,3 +7,4 @@ mod hostile;
 mod migrations;
 mod openapi;
 mod system;
+mod tls;
