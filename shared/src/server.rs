@@ -71,8 +71,6 @@ pub struct Platform {
     pub started: Instant,
     pub session_check: Option<SessionCheck>,
     pub limiter: crate::ratelimit::RateLimiter,
-    /// Route pattern → `Allow` header value (405 answers).
-    pub allowed_methods: std::collections::HashMap<String, String>,
 }
 
 impl Platform {
@@ -129,6 +127,7 @@ impl Application {
             metrics.llm_requests.with_label_values(&[outcome]);
         }
         let db = Db::new(&settings, &metrics);
+        db.check_tls(&settings).await?;
         if settings.run_migrations {
             crate::db::migrate(&db, def.migrations).await?;
         }
@@ -148,6 +147,7 @@ impl Application {
         };
         let cache = Cache::new(&settings, &metrics, on_revoked, stop.clone())
             .context("configuring the cache")?;
+        cache.check_redis_configuration().await?;
         let listener = TcpListener::bind((settings.host, settings.port))
             .with_context(|| format!("binding {}:{}", settings.host, settings.port))?;
         let port = listener.local_addr()?.port();
@@ -156,7 +156,6 @@ impl Application {
             service: def.name,
             session_check: def.session_check.map(|make| make(db.clone())),
             limiter: crate::ratelimit::RateLimiter::new(cache.clone()),
-            allowed_methods: crate::http::allowed_methods(&def.openapi),
             settings,
             db,
             cache,
@@ -176,13 +175,18 @@ impl Application {
             .build()
             .map_err(|e| anyhow::anyhow!("building HTTP metrics: {e}"))?;
 
+        // The served document (see `http::openapi::complete`) and, from it, the
+        // methods of each route: the `Allow` of a 405 and what a preflight may ask.
+        let document = crate::http::openapi::complete(&def.openapi);
+        let operations = web::Data::new(crate::http::openapi::Operations::from_document(&document));
+
         let server_platform = platform.clone();
         let mut server = HttpServer::new(move || {
             let platform = server_platform.clone();
             let mut cors = Cors::default()
-                .allow_any_method()
-                .allow_any_header()
-                .expose_headers(["x-request-id", "x-response-time", "x-cache", "etag"])
+                .allowed_methods(operations.all_methods().iter().map(String::as_str))
+                .allowed_headers(crate::http::cors::ALLOWED_HEADERS)
+                .expose_headers(crate::http::cors::EXPOSED_HEADERS)
                 .max_age(3600);
             for origin in &platform.settings.cors_allowed_origins {
                 cors = cors.allowed_origin(origin);
@@ -190,6 +194,7 @@ impl Application {
             let routes = def.routes.clone();
             App::new()
                 .app_data(platform)
+                .app_data(operations.clone())
                 .app_data(crate::http::json_config())
                 .app_data(crate::http::query_config())
                 .app_data(crate::http::path_config())
@@ -202,6 +207,7 @@ impl Application {
                 .wrap(Compress::default())
                 .wrap(prometheus.clone())
                 .wrap(cors)
+                .wrap(from_fn(crate::http::cors::preflight_per_route))
                 .wrap(
                     DefaultHeaders::new()
                         .add(("X-Content-Type-Options", "nosniff"))
@@ -225,7 +231,10 @@ impl Application {
                             .finish()
                     }),
                 )
-                .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", def.openapi.clone()))
+                .service(
+                    SwaggerUi::new("/docs/{_:.*}")
+                        .external_url_unchecked("/openapi.json", document.clone()),
+                )
                 .configure(|cfg| routes(cfg))
                 .default_service(web::to(crate::http::not_found))
         })
@@ -327,6 +336,7 @@ pub fn main(
             Command::Migrate => {
                 let metrics = Metrics::new(def.name);
                 let db = Db::new(&settings, &metrics);
+                db.check_tls(&settings).await?;
                 let applied = crate::db::migrate(&db, def.migrations).await?;
                 tracing::info!(applied, "migrations up to date");
                 Ok(())

@@ -7,6 +7,8 @@
 pub mod assistant;
 /// Which reads are cached for how long, and which writes invalidate them.
 pub mod cache_rules;
+/// `GET /api/conversations/export`: every conversation with its messages, streamed as NDJSON.
+pub mod export;
 /// The chat-completions client and the offline responder.
 pub mod llm;
 /// Request and response shapes, and their validation.

@@ -8,7 +8,7 @@ use kai_shared::db::{Db, Row};
 use uuid::Uuid;
 
 use crate::model::{CreateEntry, DayStats, Entry, EntryCursorPage, EntryPage, PatchEntry, Stats};
-use kai_shared::http::cursor::Cursor;
+use kai_shared::http::cursor::{Cursor, CursorSigner};
 
 pub const INSERT: &str =
     "INSERT INTO journal.journal_entries (id, user_id, title, content, mood, tags)
@@ -72,7 +72,7 @@ pub const STATS_BY_DAY: &str = "SELECT (created_at AT TIME ZONE 'UTC')::date AS 
      GROUP BY day
      ORDER BY day";
 
-fn entry(row: &Row) -> Entry {
+pub(crate) fn entry(row: &Row) -> Entry {
     Entry {
         id: row.get("id"),
         title: row.get("title"),
@@ -147,6 +147,7 @@ pub async fn list_entries_after(
     user_id: Uuid,
     cursor: Option<Cursor>,
     limit: i64,
+    signer: &CursorSigner,
 ) -> Result<EntryCursorPage, ApiError> {
     let conn = db.conn().await?;
     let fetch = limit + 1;
@@ -169,11 +170,10 @@ pub async fn list_entries_after(
     entries.truncate(limit as usize);
     let next_cursor = if has_more {
         entries.last().map(|e| {
-            Cursor {
+            signer.sign(&Cursor {
                 at: e.created_at,
                 id: e.id,
-            }
-            .encode()
+            })
         })
     } else {
         None

@@ -5,4 +5,6 @@ mod cache_engine;
 mod faults;
 mod hostile;
 mod migrations;
+mod openapi;
 mod system;
+mod tls;
