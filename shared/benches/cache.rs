@@ -57,10 +57,7 @@ fn settings(redis: Option<&str>) -> Settings {
             "DATABASE_URL".to_owned(),
             "postgres://postgres@127.0.0.1/unused".to_owned(),
         ),
-        (
-            "AUTH_VERIFYING_KEYS_FILE".to_owned(),
-            bench_keys_file(),
-        ),
+        ("AUTH_VERIFYING_KEYS_FILE".to_owned(), bench_keys_file()),
     ]);
     if let Some(url) = redis {
         env.insert("REDIS_URL".into(), url.into());

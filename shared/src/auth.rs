@@ -333,7 +333,9 @@ mod tests {
     #[test]
     fn a_verifier_without_the_signing_key_verifies_but_cannot_mint() {
         let pair = KeyPair::generate();
-        let (token, _) = auth_with(&pair, 60).mint(Uuid::new_v4(), Uuid::new_v4()).unwrap();
+        let (token, _) = auth_with(&pair, 60)
+            .mint(Uuid::new_v4(), Uuid::new_v4())
+            .unwrap();
         let verifier = Authenticator::new(
             None,
             parse_verifying_pems(&pair.public_pem).unwrap(),
@@ -346,7 +348,9 @@ mod tests {
     #[test]
     fn rotation_verifies_tokens_of_every_listed_key() {
         let (old, new) = (KeyPair::generate(), KeyPair::generate());
-        let (old_token, _) = auth_with(&old, 60).mint(Uuid::new_v4(), Uuid::new_v4()).unwrap();
+        let (old_token, _) = auth_with(&old, 60)
+            .mint(Uuid::new_v4(), Uuid::new_v4())
+            .unwrap();
         let both = parse_verifying_pems(&format!("{}{}", old.public_pem, new.public_pem)).unwrap();
         let rotated = Authenticator::new(
             Some(parse_signing_pem(&new.private_pem).unwrap()),
@@ -372,7 +376,10 @@ mod tests {
         assert!(a.verify(&token).is_ok());
         assert!(a.is_cached(&token));
         a.mark_revoked(claims.sid);
-        assert!(!a.is_cached(&token), "revocation drops the cached verification");
+        assert!(
+            !a.is_cached(&token),
+            "revocation drops the cached verification"
+        );
         assert!(matches!(a.verify(&token), Err(ApiError::Unauthorized(_))));
     }
 
@@ -393,7 +400,9 @@ mod tests {
     #[test]
     fn hs256_and_alg_none_are_refused() {
         let a = auth();
-        let body = b64(serde_json::to_string(&claims(now(), now() + 30)).unwrap().as_bytes());
+        let body = b64(serde_json::to_string(&claims(now(), now() + 30))
+            .unwrap()
+            .as_bytes());
         let none = b64(br#"{"alg":"none","typ":"JWT"}"#);
         assert!(a.verify(&format!("{none}.{body}.")).is_err());
         // HS256 signed with the (public) verifying key bytes: the classic confusion.
@@ -417,11 +426,21 @@ mod tests {
         header.kid = Some(signing.kid.clone());
         header.crit = Some(vec!["exp".into()]);
         let token = jsonwebtoken::encode(&header, &c, &signing.key).unwrap();
-        assert!(a.verify(&token).unwrap_err().to_string().contains("critical"));
+        assert!(
+            a.verify(&token)
+                .unwrap_err()
+                .to_string()
+                .contains("critical")
+        );
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some("0000000000000000".into());
         let token = jsonwebtoken::encode(&header, &c, &signing.key).unwrap();
-        assert!(a.verify(&token).unwrap_err().to_string().contains("unknown signing key"));
+        assert!(
+            a.verify(&token)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown signing key")
+        );
         let token = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &c, &signing.key).unwrap();
         assert!(a.verify(&token).is_err(), "no kid");
     }
@@ -434,7 +453,13 @@ mod tests {
             (claims(t - 120, t - 60), "expired"),
             (claims(t + 600, t + 620), "future"),
             (claims(t, t + 3600 * 24 * 365 * 10), "lifetime"),
-            (Claims { nbf: Some(t + 600), ..claims(t, t + 30) }, "not yet valid"),
+            (
+                Claims {
+                    nbf: Some(t + 600),
+                    ..claims(t, t + 30)
+                },
+                "not yet valid",
+            ),
         ];
         for (c, why) in cases {
             let err = a.verify(&a.sign(&c).unwrap()).unwrap_err();

@@ -280,7 +280,8 @@ impl Settings {
         let redis_ca = ca_file(&get, "REDIS_CA_FILE")?;
 
         let read = |var: &'static str, path: &str| {
-            std::fs::read_to_string(path).map_err(|e| err(var, format!("cannot read {path:?}: {e}")))
+            std::fs::read_to_string(path)
+                .map_err(|e| err(var, format!("cannot read {path:?}: {e}")))
         };
         let keys_path = get("AUTH_VERIFYING_KEYS_FILE").ok_or_else(|| {
             err(
@@ -491,7 +492,9 @@ mod tests {
         static FILES: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
         FILES.get_or_init(|| {
             let dir = std::env::temp_dir().join(format!("kai-config-test-{}", std::process::id()));
-            let (s, v) = crate::auth::keys::KeyPair::generate().write_to(&dir).unwrap();
+            let (s, v) = crate::auth::keys::KeyPair::generate()
+                .write_to(&dir)
+                .unwrap();
             (s.display().to_string(), v.display().to_string())
         })
     }
@@ -553,15 +556,23 @@ mod tests {
         assert_eq!(e.var, "AUTH_VERIFYING_KEYS_FILE");
         // Verifying-only services start without a signing key; profile must not.
         let s = settings(&[]).unwrap();
-        assert_eq!(s.require_signing_key().unwrap_err().var, "AUTH_SIGNING_KEY_FILE");
+        assert_eq!(
+            s.require_signing_key().unwrap_err().var,
+            "AUTH_SIGNING_KEY_FILE"
+        );
         let s = settings(&[("AUTH_SIGNING_KEY_FILE", &key_files().0)]).unwrap();
         assert!(s.require_signing_key().is_ok());
         // A signing key whose public half nobody verifies with is a mistake.
         let dir = std::env::temp_dir().join(format!("kai-config-test-{}-b", std::process::id()));
-        let (other, _) = crate::auth::keys::KeyPair::generate().write_to(&dir).unwrap();
+        let (other, _) = crate::auth::keys::KeyPair::generate()
+            .write_to(&dir)
+            .unwrap();
         let e = settings(&[("AUTH_SIGNING_KEY_FILE", other.to_str().unwrap())]).unwrap_err();
         assert_eq!(e.var, "AUTH_SIGNING_KEY_FILE");
-        assert!(e.to_string().contains("not in AUTH_VERIFYING_KEYS_FILE"), "{e}");
+        assert!(
+            e.to_string().contains("not in AUTH_VERIFYING_KEYS_FILE"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -20,11 +20,16 @@ pub fn test_keys() -> &'static (crate::auth::keys::KeyPair, String, String) {
         std::sync::OnceLock::new();
     KEYS.get_or_init(|| {
         use sha2::Digest;
-        let seed: [u8; 32] = sha2::Sha256::digest(b"kai test signing key, never in production").into();
+        let seed: [u8; 32] =
+            sha2::Sha256::digest(b"kai test signing key, never in production").into();
         let pair = crate::auth::keys::KeyPair::from_seed(seed);
         let dir = std::env::temp_dir().join(format!("kai-test-keys-{}", pair.kid));
         let (signing, verifying) = pair.write_to(&dir).expect("write the test key pair");
-        (pair, signing.display().to_string(), verifying.display().to_string())
+        (
+            pair,
+            signing.display().to_string(),
+            verifying.display().to_string(),
+        )
     })
 }
 

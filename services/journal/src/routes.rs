@@ -142,8 +142,8 @@ async fn list_entries(
             struct Total {
                 total: i64,
             }
-            let total = serde_json::from_slice::<Total>(&first.entry.body)
-                .map_or(i64::MAX, |t| t.total);
+            let total =
+                serde_json::from_slice::<Total>(&first.entry.body).map_or(i64::MAX, |t| t.total);
             if (page - 1).saturating_mul(page_size) >= total {
                 return Ok(HttpResponse::Ok()
                     .insert_header((kai_shared::http::X_CACHE.clone(), "BYPASS"))

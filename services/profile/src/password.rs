@@ -34,9 +34,8 @@ static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// One argon2 computation per core at a time.
-pub static PERMITS: LazyLock<Semaphore> = LazyLock::new(|| {
-    Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
-});
+pub static PERMITS: LazyLock<Semaphore> =
+    LazyLock::new(|| Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())));
 
 /// How long a request waits for a hashing slot before a 503.
 pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -35,7 +35,11 @@ pub struct SigningMaterial {
 
 impl fmt::Debug for SigningMaterial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SigningMaterial {{ kid: {:?}, key: [redacted] }}", self.kid)
+        write!(
+            f,
+            "SigningMaterial {{ kid: {:?}, key: [redacted] }}",
+            self.kid
+        )
     }
 }
 

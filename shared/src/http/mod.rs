@@ -386,14 +386,20 @@ mod client_ip_tests {
     #[test]
     fn the_header_is_ignored_unless_the_peer_is_a_trusted_proxy() {
         let h = headers(&["198.51.100.1"]);
-        assert_eq!(client_ip_of(ip("203.0.113.9"), &h, &[]), Some(ip("203.0.113.9")));
+        assert_eq!(
+            client_ip_of(ip("203.0.113.9"), &h, &[]),
+            Some(ip("203.0.113.9"))
+        );
         let trusted = ["10.0.0.0/8".parse().unwrap()];
         assert_eq!(
             client_ip_of(ip("203.0.113.9"), &h, &trusted),
             Some(ip("203.0.113.9")),
             "an untrusted peer's header is not believed"
         );
-        assert_eq!(client_ip_of(ip("10.1.2.3"), &h, &trusted), Some(ip("198.51.100.1")));
+        assert_eq!(
+            client_ip_of(ip("10.1.2.3"), &h, &trusted),
+            Some(ip("198.51.100.1"))
+        );
     }
 
     #[test]
@@ -402,13 +408,24 @@ mod client_ip_tests {
         // client wrote 1.1.1.1 itself; 198.51.100.1 is who connected to our proxy
         // chain 10.0.0.5 → 10.0.0.6 (peer).
         let h = headers(&["1.1.1.1, 198.51.100.1", "10.0.0.5"]);
-        assert_eq!(client_ip_of(ip("10.0.0.6"), &h, &trusted), Some(ip("198.51.100.1")));
+        assert_eq!(
+            client_ip_of(ip("10.0.0.6"), &h, &trusted),
+            Some(ip("198.51.100.1"))
+        );
         // Garbage after the real hop: the last trusted hop answers.
         let h = headers(&["198.51.100.1, not-an-ip"]);
-        assert_eq!(client_ip_of(ip("10.0.0.6"), &h, &trusted), Some(ip("10.0.0.6")));
+        assert_eq!(
+            client_ip_of(ip("10.0.0.6"), &h, &trusted),
+            Some(ip("10.0.0.6"))
+        );
         // No header through a trusted proxy: the proxy itself.
-        assert_eq!(client_ip_of(ip("10.0.0.6"), &headers(&[]), &trusted), Some(ip("10.0.0.6")));
+        assert_eq!(
+            client_ip_of(ip("10.0.0.6"), &headers(&[]), &trusted),
+            Some(ip("10.0.0.6"))
+        );
     }
+}
+
 /// For optional fields that may be absent but not null: `Some` of the value, and
 /// `null` is refused like any other wrong type. Use with
 /// `#[serde(default, deserialize_with = "kai_shared::http::some")]`.

@@ -354,18 +354,67 @@ async fn every_kind_of_bad_token_is_refused_by_every_service() {
         ("tampered signature", tampered),
         ("alg none", none_token),
         // Algorithm confusion: HMAC keyed with the public key everyone can read.
-        ("HS256 keyed with the public key", hs(HS256, &good, pair.public_pem.as_bytes())),
-        ("HS512 with a secret", hs(HS512, &good, b"some-other-secret-some-other-secret")),
+        (
+            "HS256 keyed with the public key",
+            hs(HS256, &good, pair.public_pem.as_bytes()),
+        ),
+        (
+            "HS512 with a secret",
+            hs(HS512, &good, b"some-other-secret-some-other-secret"),
+        ),
         ("another key claiming our kid", ed(&good, kid, false, true)),
-        ("unknown kid", ed(&good, Some("ffffffffffffffff"), false, false)),
+        (
+            "unknown kid",
+            ed(&good, Some("ffffffffffffffff"), false, false),
+        ),
         ("no kid", ed(&good, None, false, false)),
         ("a crit header", ed(&good, kid, true, false)),
-        ("expired", ed(&claims(now - 60, now - 5, "kai", "kai-api"), kid, false, false)),
-        ("issued in the future", ed(&claims(now + 600, now + 900, "kai", "kai-api"), kid, false, false)),
+        (
+            "expired",
+            ed(
+                &claims(now - 60, now - 5, "kai", "kai-api"),
+                kid,
+                false,
+                false,
+            ),
+        ),
+        (
+            "issued in the future",
+            ed(
+                &claims(now + 600, now + 900, "kai", "kai-api"),
+                kid,
+                false,
+                false,
+            ),
+        ),
         ("not yet valid", ed(&nbf, kid, false, false)),
-        ("ten years long", ed(&claims(now, now + 315_360_000, "kai", "kai-api"), kid, false, false)),
-        ("another audience", ed(&claims(now, now + 600, "kai", "kai-admin"), kid, false, false)),
-        ("another issuer", ed(&claims(now, now + 600, "evil", "kai-api"), kid, false, false)),
+        (
+            "ten years long",
+            ed(
+                &claims(now, now + 315_360_000, "kai", "kai-api"),
+                kid,
+                false,
+                false,
+            ),
+        ),
+        (
+            "another audience",
+            ed(
+                &claims(now, now + 600, "kai", "kai-admin"),
+                kid,
+                false,
+                false,
+            ),
+        ),
+        (
+            "another issuer",
+            ed(
+                &claims(now, now + 600, "evil", "kai-api"),
+                kid,
+                false,
+                false,
+            ),
+        ),
     ];
     for (app, path) in [
         (&s.profile, "/api/profile"),

@@ -106,5 +106,8 @@ async fn system_messages_cannot_be_imported() {
     assert_eq!(res.status(), 400);
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["errors"][0]["field"], "messages[1].role");
-    assert!(s.stored_messages(&id).await.is_empty(), "nothing of the batch is stored");
+    assert!(
+        s.stored_messages(&id).await.is_empty(),
+        "nothing of the batch is stored"
+    );
 }

@@ -95,7 +95,12 @@ async fn without_redis_the_limit_holds_per_replica() {
     assert_eq!(statuses, vec![401, 401, 401, 401, 401, 429]);
 }
 
-async fn login_from(p: &crate::helpers::Profiles, address: &str, email: &str, password: &str) -> u16 {
+async fn login_from(
+    p: &crate::helpers::Profiles,
+    address: &str,
+    email: &str,
+    password: &str,
+) -> u16 {
     p.app
         .client
         .post(p.app.url("/api/auth/login"))
@@ -123,7 +128,10 @@ async fn guesses_from_other_addresses_never_lock_the_owner_out() {
         assert_eq!(statuses, vec![401, 401, 401, 401, 401, 429], "{attacker}");
     }
     // The owner, from an address that is not flooding, gets in at once.
-    assert_eq!(login_from(&p, "198.51.100.20", &account.email, PASSWORD).await, 200);
+    assert_eq!(
+        login_from(&p, "198.51.100.20", &account.email, PASSWORD).await,
+        200
+    );
 }
 
 #[tokio::test]
@@ -156,7 +164,11 @@ async fn registration_is_rate_limited_per_client_address() {
     };
     // The bucket holds 10 and refills one a minute.
     for i in 0..10 {
-        assert_eq!(register("203.0.113.50").await.status(), 201, "registration {i}");
+        assert_eq!(
+            register("203.0.113.50").await.status(),
+            201,
+            "registration {i}"
+        );
     }
     let res = register("203.0.113.50").await;
     assert!(res.headers().contains_key("retry-after"));
