@@ -145,15 +145,23 @@ async fn list_entries(
             let total =
                 serde_json::from_slice::<Total>(&first.entry.body).map_or(i64::MAX, |t| t.total);
             if (page - 1).saturating_mul(page_size) >= total {
-                return Ok(HttpResponse::Ok()
-                    .insert_header((kai_shared::http::X_CACHE.clone(), "BYPASS"))
-                    .json(EntryPage {
-                        entries: Vec::new(),
-                        total,
-                        page,
-                        page_size,
-                        has_more: false,
-                    }));
+                let body = serde_json::to_vec(&EntryPage {
+                    entries: Vec::new(),
+                    total,
+                    page,
+                    page_size,
+                    has_more: false,
+                })
+                .map_err(ApiError::internal)?;
+                // Rendered like any list answer (ETag, 304), marked BYPASS.
+                let entry = kai_shared::cache::entry::Entry::found(body.into(), 0, 0);
+                return Ok(respond::cached(
+                    &req,
+                    &kai_shared::cache::Cached {
+                        entry: std::sync::Arc::new(entry),
+                        status: kai_shared::cache::CacheStatus::Bypass,
+                    },
+                ));
             }
         }
         let key = keys::journal_list_page(uid, page, page_size);
@@ -233,7 +241,8 @@ pub const SEARCH_PER_USER: kai_shared::ratelimit::Limit = kai_shared::ratelimit:
 
 /// Full-text search over title and content, best match first.
 #[utoipa::path(get, path = "/api/journal/search", tag = "insights", params(SearchQuery),
-    responses((status = 200, body = SearchResults)))]
+    responses((status = 200, body = SearchResults),
+        (status = 429, description = "Too many searches by this user")))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn search_entries(
     p: web::Data<Platform>,

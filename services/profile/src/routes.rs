@@ -79,7 +79,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// Create an account (and its empty profile).
 #[utoipa::path(post, path = "/api/auth/register", tag = "auth", request_body = Register, security(()),
     responses((status = 201, description = "The account; `Location` is the profile (readable after login)", body = Registered),
-        (status = 409, description = "That e-mail address (in any case) is registered")))]
+        (status = 409, description = "That e-mail address (in any case) is registered"),
+        (status = 429, description = "Too many registrations from this address")))]
 #[tracing::instrument(skip_all, fields(user_id = tracing::field::Empty))]
 async fn register(
     req: HttpRequest,

@@ -6,5 +6,6 @@ mod faults;
 mod hostile;
 mod migrations;
 mod openapi;
+mod security;
 mod system;
 mod tls;
