@@ -4,4 +4,5 @@
 mod cache_engine;
 mod faults;
 mod hostile;
+mod readme;
 mod system;
