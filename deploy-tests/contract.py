@@ -40,6 +40,7 @@ SERVICE_ENV = {
     "CORS_ALLOWED_ORIGINS",
     "RUST_LOG",
     "LOG_FORMAT",
+    "RUN_MIGRATIONS",
 } | LLM_ENV
 REQUIRED_ENV = {"DATABASE_URL", "AUTH_SECRET"}
 SECRET_ENV = {"DATABASE_URL", "REDIS_URL", "AUTH_SECRET", "LLM_API_KEY"}
@@ -53,6 +54,7 @@ METRICS_PATH = "/metrics"
 INGRESS_ROUTES = {
     "/api/auth": "profile-service",
     "/api/profile": "profile-service",
+    "/api/account": "profile-service",
     "/api/journal": "journal-service",
     "/api/conversations": "conversation-service",
 }
@@ -78,6 +80,9 @@ HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "PodMonitor"}
 
 OVERLAYS = ("dev", "prod")
+# Overlays that opt into the Prometheus-operator component (k8s/components/monitoring).
+MONITORED_OVERLAYS = ("prod",)
+MONITORING_COMPONENT = K8S / "components" / "monitoring"
 
 
 def base_metric_name(name: str) -> str:

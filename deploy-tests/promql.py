@@ -18,7 +18,7 @@ _STRING = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`')
 _MATCHERS = re.compile(r"\{[^{}]*\}")
 _BRACKETS = re.compile(r"\[[^\[\]]*\]")
 _GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)")
-_NUMBER = re.compile(r"(?<![A-Za-z_:])(?:0x[0-9a-fA-F]+|\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+)")
+_NUMBER = re.compile(r"(?<![A-Za-z0-9_:])(?:0x[0-9a-fA-F]+|\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+)")
 _DURATION_AFTER_OFFSET = re.compile(r"\boffset\s+-?\w+")
 _IDENT = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
 # Grafana template variables ($service, ${service}, $__rate_interval).

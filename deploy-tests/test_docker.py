@@ -213,7 +213,8 @@ def test_compose_service(short):
     assert svc["build"]["dockerfile"] == "docker/Dockerfile"
     assert str(env_of(svc)["PORT"]) == str(port)
     published = [str(p) for p in svc["ports"]]
-    assert published == [f"{port}:{port}"]
+    assert published == [f"127.0.0.1:{port}:{port}"]
+    assert str(env_of(svc)["RUN_MIGRATIONS"]) == "false", "the *-migrate service migrates, not the server"
     deps = svc["depends_on"]
     assert deps["postgres"]["condition"] == "service_healthy"
     migrations = [d for d, c in deps.items() if c["condition"] == "service_completed_successfully"]
@@ -230,6 +231,19 @@ def test_compose_service(short):
     assert redis_dep["condition"] == "service_started"
     # drain (30 s) fits in the stop grace period
     assert int(svc["stop_grace_period"].rstrip("s")) > 30
+
+
+def test_compose_publishes_on_loopback_only():
+    for name, svc in compose()["services"].items():
+        for p in svc.get("ports", []):
+            assert str(p).startswith("127.0.0.1:"), f"{name} publishes {p} on every interface"
+
+
+def test_compose_prometheus_has_no_lifecycle_api():
+    """--web.enable-lifecycle lets anyone who reaches :9090 stop or reload Prometheus."""
+    cmd = compose()["services"]["prometheus"]["command"]
+    assert not any("enable-lifecycle" in c for c in cmd)
+    assert not any("enable-admin-api" in c for c in cmd)
 
 
 def test_compose_prometheus_and_grafana_mounts():

@@ -106,13 +106,18 @@ def binary(request) -> str:
     return request.param
 
 
-def test_default_deny_ingress(target):
+def test_default_deny_both_directions(target):
     deny = [p for p in policies(target)
-            if p["spec"]["podSelector"] == {} and p["spec"]["policyTypes"] == ["Ingress"] and not p["spec"].get("ingress")]
-    assert deny, "a namespace-wide default-deny ingress policy is required"
+            if p["spec"]["podSelector"] == {} and sorted(p["spec"]["policyTypes"]) == ["Egress", "Ingress"]
+            and not p["spec"].get("ingress") and not p["spec"].get("egress")]
+    assert deny, "a namespace-wide default-deny policy for ingress and egress is required"
 
 
-def test_ingress_allowed_only_from_controller_and_monitoring(target, binary):
+INGRESS_CONTROLLER_PODS = {"app.kubernetes.io/name": "ingress-nginx", "app.kubernetes.io/component": "controller"}
+PROMETHEUS_PODS = {"app.kubernetes.io/name": "prometheus"}
+
+
+def test_ingress_only_from_controller_pods_and_prometheus_pods(target, binary):
     labels = pod_labels(target, binary)
     rules = [r for p in policies(target) if selects(p, labels) and "Ingress" in p["spec"]["policyTypes"]
              for r in p["spec"].get("ingress", [])]
@@ -121,9 +126,15 @@ def test_ingress_allowed_only_from_controller_and_monitoring(target, binary):
     for r in rules:
         assert [pt["port"] for pt in r["ports"]] == [BINARIES[binary]], "only the service port"
         for peer in r["from"]:
-            assert set(peer) == {"namespaceSelector"}, f"unexpected peer {peer}"
-            sources.add(peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"])
-    assert sources == {INGRESS_NAMESPACE, MONITORING_NAMESPACE}
+            # namespace AND pod selector in one peer: only those pods of that namespace
+            assert set(peer) == {"namespaceSelector", "podSelector"}, f"unexpected peer {peer}"
+            ns = peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+            pods = peer["podSelector"]["matchLabels"]
+            sources.add((ns, tuple(sorted(pods.items()))))
+    assert sources == {
+        (INGRESS_NAMESPACE, tuple(sorted(INGRESS_CONTROLLER_PODS.items()))),
+        (MONITORING_NAMESPACE, tuple(sorted(PROMETHEUS_PODS.items()))),
+    }
 
 
 def _egress_ports(target: str, labels: dict) -> dict[int, list]:
@@ -145,6 +156,15 @@ def test_egress(target, binary):
     assert allowed == expected, f"{binary} egress {sorted(allowed)} != {sorted(expected)}"
 
 
+def test_dns_only_to_kube_dns(target, binary):
+    for kind in ("Deployment",) + (("Job",) if target != "base" else ()):
+        for peers in _egress_ports(target, pod_labels(target, binary, kind))[53]:
+            assert peers, "DNS to any address"
+            for peer in peers:
+                assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "kube-system"}
+                assert peer["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+
+
 def test_llm_egress_blocks_private_and_metadata(target):
     ports = _egress_ports(target, pod_labels(target, "conversation-service"))
     for peers in ports[443]:
@@ -153,9 +173,10 @@ def test_llm_egress_blocks_private_and_metadata(target):
             assert "169.254.0.0/16" in peer["ipBlock"]["except"], "cloud metadata endpoint must stay unreachable"
 
 
-def test_migration_jobs_egress(target, binary):
-    allowed = set(_egress_ports(target, pod_labels(target, binary, "Job")))
-    assert allowed == {53} | DATASTORE_PORTS
+def test_migration_jobs_egress(overlay, binary):
+    """DNS and PostgreSQL; migrations never touch Redis."""
+    allowed = set(_egress_ports(overlay, pod_labels(overlay, binary, "Job")))
+    assert allowed == {53, 5432}
 
 
 def test_dev_datastores_reachable():

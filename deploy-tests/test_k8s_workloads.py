@@ -7,6 +7,7 @@ import pytest
 from conftest import by_name, objects, render
 from contract import (
     BINARIES,
+    MONITORED_OVERLAYS,
     LIVENESS_PATH,
     LLM_ENV,
     READINESS_PATH,
@@ -78,10 +79,33 @@ def test_rolling_update(target, binary):
 
 
 def test_prometheus_annotations(target, binary):
-    ann = deployment(target, binary)["spec"]["template"]["metadata"]["annotations"]
+    """SPEC §8's scrape annotations, unless the overlay uses the operator's
+    ServiceMonitors instead: exactly one scrape path."""
+    ann = deployment(target, binary)["spec"]["template"]["metadata"].get("annotations", {})
+    if target.removeprefix("overlays/") in MONITORED_OVERLAYS:
+        assert not any(k.startswith("prometheus.io/") for k in ann), "annotations and a ServiceMonitor: scraped twice"
+        assert binary in by_name(target, "ServiceMonitor")
+        return
+    assert not objects(target, "ServiceMonitor")
     assert ann["prometheus.io/scrape"] == "true"
     assert ann["prometheus.io/port"] == str(BINARIES[binary])
     assert ann["prometheus.io/path"] == "/metrics"
+
+
+def test_serving_pods_never_migrate(target, binary):
+    env = {e["name"]: e.get("value") for e in container(deployment(target, binary)).get("env", [])}
+    assert env.get("RUN_MIGRATIONS") == "false", "the release's migration Job migrates, not the serving pods"
+    refs = {src.get("secretRef", {}).get("name") for src in container(deployment(target, binary))["envFrom"]}
+    assert "kai-migrate-secrets" not in refs, "serving pods must not hold the migration role's credentials"
+
+
+def test_one_service_account_per_service(target, binary):
+    spec = deployment(target, binary)["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == binary
+    sa = by_name(target, "ServiceAccount")[binary]
+    assert sa["automountServiceAccountToken"] is False
+    others = {deployment(target, b)["spec"]["template"]["spec"]["serviceAccountName"] for b in BINARIES if b != binary}
+    assert binary not in others
 
 
 def test_container_port_and_env_port(target, binary):
@@ -190,13 +214,22 @@ def test_prod_ships_no_secrets():
 # --- replicas, images ----------------------------------------------------------
 
 
+def hpa_for(target: str, binary: str) -> dict:
+    return {h["spec"]["scaleTargetRef"]["name"]: h for h in objects(target, "HorizontalPodAutoscaler")}[binary]
+
+
+def test_no_replicas_where_an_hpa_owns_the_count(target, binary):
+    """`replicas` in a Deployment an HPA scales would reset the count on every apply."""
+    assert "replicas" not in deployment(target, binary)["spec"]
+
+
 def test_dev_single_replica(binary):
-    assert deployment("overlays/dev", binary)["spec"]["replicas"] == 1
+    assert hpa_for("overlays/dev", binary)["spec"]["minReplicas"] == 1
 
 
 def test_prod_more_replicas_than_dev(binary):
-    dev = deployment("overlays/dev", binary)["spec"]["replicas"]
-    prod = deployment("overlays/prod", binary)["spec"]["replicas"]
+    dev = hpa_for("overlays/dev", binary)["spec"]["minReplicas"]
+    prod = hpa_for("overlays/prod", binary)["spec"]["minReplicas"]
     assert prod > dev
     assert prod >= 2, "prod needs at least two replicas to survive a pod loss"
 
@@ -265,7 +298,7 @@ def test_hpa(target, binary):
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"]["kind"] == "Deployment"
     assert [m["resource"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Resource"] == ["cpu"]
-    assert hpa["spec"]["minReplicas"] <= deployment(target, binary)["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
 
 
 def test_pdb(target, binary):
@@ -279,7 +312,13 @@ def test_pdb(target, binary):
     assert ("maxUnavailable" in pdb["spec"]) != ("minAvailable" in pdb["spec"])
 
 
-def test_migration_job(target, binary):
+def test_base_has_no_migration_job():
+    """The base is the services; each overlay adds the Jobs under its release's name."""
+    assert not objects("base", "Job")
+
+
+def test_migration_job(overlay, binary):
+    target = overlay
     jobs = [j for j in objects(target, "Job") if container(j)["command"][:1] == [binary]]
     assert len(jobs) == 1, f"expected one migration Job for {binary}"
     job = jobs[0]
@@ -295,6 +334,11 @@ def test_migration_job(target, binary):
     names = env_names(target, job["spec"]["template"])
     assert not names - SERVICE_ENV
     assert {"DATABASE_URL", "AUTH_SECRET"} <= names or target == "overlays/prod"
+    # the migration role, not the serving one
+    refs = {src["secretRef"]["name"] for src in c["envFrom"] if "secretRef" in src}
+    assert refs == {"kai-migrate-secrets"}
+    assert spec["serviceAccountName"] == "kai-migrate"
+    assert spec.get("automountServiceAccountToken") is False
     # same image as the service it migrates
     assert c["image"] == container(deployment(target, binary))["image"]
 

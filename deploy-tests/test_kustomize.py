@@ -7,7 +7,7 @@ from importlib.metadata import version
 import pytest
 
 from conftest import render
-from contract import CRD_KINDS
+from contract import CRD_KINDS, MONITORED_OVERLAYS, OVERLAYS
 
 
 def test_renders(target):
@@ -61,8 +61,19 @@ def test_schema_valid(target, k8s_schema_version):
     assert checked > 0
 
 
+def test_base_and_unmonitored_overlays_need_no_operator_crds():
+    """The base applies to a cluster without the Prometheus operator; its
+    objects come only with k8s/components/monitoring."""
+    for target in ["base"] + [f"overlays/{o}" for o in OVERLAYS if o not in MONITORED_OVERLAYS]:
+        kinds = {o["kind"] for o in render(target)} & CRD_KINDS
+        assert not kinds, f"k8s/{target} needs CRDs for {kinds}"
+        assert all(not o["apiVersion"].startswith("monitoring.coreos.com/") for o in render(target))
+
+
+@pytest.mark.parametrize("overlay_name", MONITORED_OVERLAYS)
 @pytest.mark.parametrize("kind", sorted(CRD_KINDS - {"PodMonitor"}))
-def test_crds_present_with_expected_api(target, kind):
+def test_crds_present_with_expected_api(overlay_name, kind):
+    target = f"overlays/{overlay_name}"
     objs = [o for o in render(target) if o["kind"] == kind]
     assert objs, f"no {kind} in k8s/{target}"
     for o in objs:

@@ -1,9 +1,11 @@
 """Prometheus operator objects, alert rules, the compose Prometheus config and
 the Grafana dashboard: structure, promtool, and the metric-name contract.
 
-Also writes deploy-tests/metric_names.txt: the contract metrics the dashboard
+Also checks deploy-tests/metric_names.txt: the contract metrics the dashboard
 and the alerts depend on (base names, histograms without _bucket/_sum/_count),
 one per line, for the Rust end-to-end suite to check against a live /metrics.
+It fails (and never rewrites the file) when the file is out of date: a
+checked-in list that fixes itself would hide a change to the contract.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pytest
 import yaml
 
 from conftest import objects
-from contract import BINARIES, DOCKER, HISTOGRAMS, METRICS, TESTS, base_metric_name
+from contract import BINARIES, DOCKER, HISTOGRAMS, METRICS, MONITORED_OVERLAYS, TESTS, base_metric_name
 from promql import metric_names, substitute_grafana_variables
 
 DASHBOARD = DOCKER / "grafana" / "dashboards" / "kai.json"
@@ -34,6 +36,10 @@ def run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
 # --- ServiceMonitor ------------------------------------------------------------
 
 
+MONITORED = [f"overlays/{o}" for o in MONITORED_OVERLAYS]
+
+
+@pytest.mark.parametrize("target", MONITORED)
 def test_one_servicemonitor_per_service(target):
     sms = objects(target, "ServiceMonitor")
     services = {s["metadata"]["name"]: s for s in objects(target, "Service")}
@@ -47,25 +53,46 @@ def test_one_servicemonitor_per_service(target):
         (endpoint,) = sm["spec"]["endpoints"]
         assert endpoint["port"] in port_names
         assert endpoint["path"] == "/metrics"
-        # keep the services' own `service` label (journal, ...), otherwise the
-        # operator's target label (the Service name) replaces it
-        assert endpoint["honorLabels"] is True
         covered.add(matched[0])
     assert covered == set(BINARIES)
+
+
+@pytest.mark.parametrize("target", MONITORED)
+def test_servicemonitor_labels_do_not_clash(target):
+    """The series' own `service` and `namespace` (SPEC §5) and the target's
+    Kubernetes namespace/Service must both survive, under distinct names:
+    honorLabels would let ours overwrite the Kubernetes namespace; without the
+    relabeling ours would be renamed exported_*."""
+    for sm in objects(target, "ServiceMonitor"):
+        (endpoint,) = sm["spec"]["endpoints"]
+        assert endpoint.get("honorLabels", False) is False
+        relabel = endpoint["relabelings"]
+        moved = {r["sourceLabels"][0]: r["targetLabel"] for r in relabel if r.get("targetLabel")}
+        assert moved == {"namespace": "kubernetes_namespace", "service": "kubernetes_service"}
+        drops = [r for r in relabel if r.get("action") == "labeldrop"]
+        assert [d["regex"] for d in drops] == ["namespace|service"]
+        assert relabel.index(drops[0]) == len(relabel) - 1, "drop after copying"
+
+
+@pytest.mark.parametrize("target", MONITORED)
+def test_operator_objects_carry_the_release_label(target):
+    for o in objects(target, "ServiceMonitor") + objects(target, "PrometheusRule"):
+        assert o["metadata"]["labels"].get("release"), f"{o['kind']}/{o['metadata']['name']}: no release label"
 
 
 # --- PrometheusRule ------------------------------------------------------------
 
 
-def prometheus_rule(target: str = "base") -> dict:
+def prometheus_rule(target: str = MONITORED[0]) -> dict:
     (rule,) = objects(target, "PrometheusRule")
     return rule
 
 
-def all_rules(target: str = "base") -> list[dict]:
+def all_rules(target: str = MONITORED[0]) -> list[dict]:
     return [r for g in prometheus_rule(target)["spec"]["groups"] for r in g["rules"]]
 
 
+@pytest.mark.parametrize("target", MONITORED)
 def test_prometheusrule_structure(target):
     spec = prometheus_rule(target)["spec"]
     names = [g["name"] for g in spec["groups"]]
@@ -83,42 +110,133 @@ def test_prometheusrule_structure(target):
 
 
 REQUIRED_ALERTS = {
-    # alert name -> metric it must be based on
-    "KaiHighP95Latency": "kai_http_requests_duration_seconds",
-    "KaiHighErrorRatio": "kai_http_requests_total",
+    # alert name -> metric its expression (through recording rules) rests on
+    "KaiAvailabilityBudgetBurnFast": "kai_http_requests_total",
+    "KaiAvailabilityBudgetBurnSlow": "kai_http_requests_total",
+    "KaiLatencyBudgetBurnFast": "kai_http_requests_duration_seconds",
+    "KaiLatencyBudgetBurnSlow": "kai_http_requests_duration_seconds",
+    "KaiLlmErrors": "kai_llm_requests_total",
     "KaiCacheHitRateLow": "kai_cache_hits_total",
+    "KaiCacheErrors": "kai_cache_errors_total",
     "KaiDbPoolWaiting": "kai_db_pool_connections",
     "KaiDbPoolSaturated": "kai_db_pool_connections",
     "KaiRedisDegraded": "kai_redis_up",
+    "KaiSlowQueries": "kai_db_slow_queries_total",
 }
+LLM_ROUTE = 'endpoint="/api/conversations/{id}/messages", method="POST"'
+RUNBOOKS = TESTS.parent / "docs" / "runbooks"
+
+
+def recording_rules() -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in all_rules():
+        if "record" in r:
+            out.setdefault(r["record"], []).append(r)
+    return out
+
+
+def is_recording_rule(name: str) -> bool:
+    return ":" in name
+
+
+def expand(expr: str, depth: int = 0) -> set[str]:
+    """Metric names an expression reads, through the recording rules it uses."""
+    assert depth < 5, "recording rules nest too deep"
+    out = set()
+    rules = recording_rules()
+    for m in metric_names(expr):
+        if is_recording_rule(m):
+            assert m in rules, f"unknown recording rule {m}"
+            for r in rules[m]:
+                out |= expand(r["expr"], depth + 1)
+        else:
+            out.add(base_metric_name(m))
+    return out
+
+
+def alerts() -> dict[str, dict]:
+    return {r["alert"]: r for r in all_rules() if "alert" in r}
+
+
+def test_the_alerts_are_the_designed_set():
+    assert set(alerts()) == set(REQUIRED_ALERTS)
 
 
 @pytest.mark.parametrize("alert,metric", sorted(REQUIRED_ALERTS.items()))
 def test_required_alerts(alert, metric):
-    rules = {r["alert"]: r for r in all_rules() if "alert" in r}
-    assert alert in rules
-    used = {base_metric_name(m) for m in metric_names(rules[alert]["expr"])}
-    assert metric in used
+    assert metric in expand(alerts()[alert]["expr"])
 
 
-def test_latency_alert_is_p95_over_histogram():
-    (r,) = [r for r in all_rules() if r.get("alert") == "KaiHighP95Latency"]
-    assert re.search(r"histogram_quantile\(\s*0\.95\s*,", r["expr"])
-    assert "kai_http_requests_duration_seconds_bucket" in r["expr"]
+@pytest.mark.parametrize("alert", sorted(REQUIRED_ALERTS))
+def test_every_alert_has_a_runbook_in_the_repository(alert):
+    url = alerts()[alert]["annotations"]["runbook_url"]
+    assert url.startswith("https://") and url.endswith(f"/docs/runbooks/{alert}.md"), url
+    runbook = RUNBOOKS / f"{alert}.md"
+    assert runbook.is_file(), f"{runbook} missing"
+    text = runbook.read_text()
+    assert text.startswith(f"# {alert}\n")
+    for section in ("## What it means", "## What to do"):
+        assert section in text, f"{runbook}: no {section!r}"
 
 
-def test_error_alert_counts_5xx():
-    (r,) = [r for r in all_rules() if r.get("alert") == "KaiHighErrorRatio"]
-    assert 'status=~"5.."' in r["expr"]
+def test_slis_count_user_traffic_only():
+    """Probes (/health*), scrapes (/metrics), /docs and unmatched paths are not
+    user traffic: every HTTP selector in the SLO rules is limited to /api/."""
+    for name, rules in recording_rules().items():
+        for r in rules:
+            for sel in re.findall(r"kai_http_requests_\w+\{([^}]*)\}", r["expr"]):
+                assert 'endpoint=~"/api/.+"' in sel or 'endpoint="/api/' in sel, f"{name}: {sel}"
+    for name, r in alerts().items():
+        assert "kai_http_requests" not in r["expr"], f"{name} reads HTTP metrics directly, not through the SLIs"
+
+
+def test_llm_route_has_its_own_latency_objective():
+    slow = recording_rules()["service_slo:kai_slow_request_ratio:rate5m"]
+    by_slo = {r["labels"]["slo"]: r["expr"] for r in slow}
+    assert set(by_slo) == {"api", "llm"}
+    # the API objective subtracts the LLM route from numerator and denominator
+    assert by_slo["api"].count("unless") == 2 and by_slo["api"].count(LLM_ROUTE) == 2
+    assert 'le="0.5"' in by_slo["api"]
+    # the LLM objective reads that route only
+    assert by_slo["llm"].count(LLM_ROUTE) == 2 and "/api/.+" not in by_slo["llm"]
+
+
+def test_burn_rate_alerts_use_a_long_and_a_short_window():
+    for name in ("KaiAvailabilityBudgetBurnFast", "KaiLatencyBudgetBurnFast"):
+        e = alerts()[name]["expr"]
+        assert ":rate1h" in e and ":rate5m" in e and re.search(r"\band\b", e) and "14.4" in e, name
+    for name in ("KaiAvailabilityBudgetBurnSlow", "KaiLatencyBudgetBurnSlow"):
+        e = alerts()[name]["expr"]
+        assert ":rate6h" in e and ":rate30m" in e and re.search(r"\band\b", e), name
+
+
+def test_llm_alert_counts_errors_and_timeouts():
+    rule = recording_rules()["service:kai_llm_failure_ratio:rate5m"][0]["expr"]
+    assert 'outcome=~"error|timeout"' in rule
+    assert "service:kai_llm_failure_ratio:rate5m" in alerts()["KaiLlmErrors"]["expr"]
 
 
 def test_alert_expressions_use_contract_metrics_only():
     for r in all_rules():
-        unknown = {m for m in metric_names(r["expr"]) if base_metric_name(m) not in METRICS}
+        names = {m for m in metric_names(r["expr"]) if not is_recording_rule(m)}
+        unknown = {m for m in names if base_metric_name(m) not in METRICS}
         assert not unknown, f"{r.get('alert') or r.get('record')}: unknown metrics {unknown}"
-        for m in metric_names(r["expr"]):
+        for m in names:
             if base_metric_name(m) in HISTOGRAMS:
                 assert m != base_metric_name(m), f"histogram {m} must be used with _bucket/_sum/_count"
+        expand(r["expr"])  # every recording rule it names exists
+
+
+def test_recording_rules_are_shared_by_alerts_and_dashboard():
+    used_by_alerts = {m for r in alerts().values() for m in metric_names(r["expr"]) if is_recording_rule(m)}
+    used_by_rules = {m for rs in recording_rules().values() for r in rs for m in metric_names(r["expr"])
+                     if is_recording_rule(m)}
+    used_by_dashboard = {m for _, e in dashboard_exprs() for m in metric_names(e) if is_recording_rule(m)}
+    unknown = used_by_dashboard - set(recording_rules())
+    assert not unknown, f"the dashboard queries undefined recording rules {unknown}"
+    assert len(used_by_alerts & used_by_dashboard) >= 4, used_by_alerts & used_by_dashboard
+    unused = set(recording_rules()) - used_by_alerts - used_by_dashboard - used_by_rules
+    assert not unused, f"recording rules nobody reads: {unused}"
 
 
 @pytest.fixture(scope="module")
@@ -141,15 +259,39 @@ def test_promtool_alert_unit_tests(promtool, rules_dir):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_every_alert_has_a_unit_test():
-    tested = {t["alertname"] for case in yaml.safe_load(ALERT_UNIT_TESTS.read_text())["tests"]
-              for t in case.get("alert_rule_test", [])}
-    missing = set(REQUIRED_ALERTS) - tested
-    assert not missing, f"alerts without promtool unit tests: {missing}"
+def _duration(s: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600}
+    return sum(int(n) * units[u] for n, u in re.findall(r"(\d+)([smh])", s))
 
 
-def test_overlays_keep_rules(overlay):
-    assert prometheus_rule(overlay)["spec"] == prometheus_rule("base")["spec"]
+@pytest.mark.parametrize("alert", sorted(REQUIRED_ALERTS))
+def test_every_alert_fires_and_stays_quiet_in_unit_tests(alert):
+    """A promtool case where it fires, and one where it is evaluated after its
+    `for` and stays quiet."""
+    wait = _duration(alerts()[alert].get("for", "0s"))
+    fires = quiet = False
+    for case in yaml.safe_load(ALERT_UNIT_TESTS.read_text())["tests"]:
+        for t in case.get("alert_rule_test", []):
+            if t["alertname"] != alert:
+                continue
+            if t["exp_alerts"]:
+                fires = True
+            elif _duration(t["eval_time"]) >= wait:
+                quiet = True
+    assert fires, f"{alert}: no promtool test fires it"
+    assert quiet, f"{alert}: no promtool test shows it quiet after its `for`"
+
+
+def test_compose_rules_equal_the_prometheusrule():
+    """docker/prometheus/rules/kai-rules.yml is the PrometheusRule's spec."""
+    import write_compose_rules
+
+    assert write_compose_rules.TARGET.is_file()
+    assert write_compose_rules.TARGET.read_text() == write_compose_rules.content(), (
+        "docker/prometheus/rules/kai-rules.yml is out of date: python3 deploy-tests/write_compose_rules.py"
+    )
+    cfg = yaml.safe_load(PROMETHEUS_YML.read_text())
+    assert cfg["rule_files"] == ["rules/kai-rules.yml"]
 
 
 # --- compose Prometheus --------------------------------------------------------
@@ -232,8 +374,10 @@ def test_dashboard_provisioning():
 
 
 @pytest.mark.parametrize("needle", [
-    "kai_http_requests_total",                      # request rate
-    'status=~"5.."',                                # 5xx error rate
+    "service:kai_api_requests:rate5m",              # request rate
+    "service:kai_api_error_ratio:rate5m",           # 5xx share (availability SLI)
+    "service_slo:kai_slow_request_ratio:rate5m",    # latency SLIs
+    "service:kai_llm_failure_ratio:rate5m",         # LLM failures
     "histogram_quantile(0.50",                      # p50
     "histogram_quantile(0.95",                      # p95
     "histogram_quantile(0.99",                      # p99
@@ -258,6 +402,8 @@ def test_dashboard_uses_contract_metrics_only():
     for where, expr in dashboard_exprs():
         names = metric_names(expr)
         assert names, f"{where}: no metric in {expr!r}"
+        expand(expr)  # recording rules it names exist
+        names = {m for m in names if not is_recording_rule(m)}
         unknown = {m for m in names if base_metric_name(m) not in METRICS}
         assert not unknown, f"{where}: unknown metrics {unknown} in {expr!r}"
         for m in names:
@@ -281,16 +427,18 @@ def test_dashboard_queries_parse(promtool, tmp_path):
 
 def used_metric_names() -> list[str]:
     exprs = [e for _, e in dashboard_exprs()] + [r["expr"] for r in all_rules()]
-    return sorted({base_metric_name(m) for e in exprs for m in metric_names(e)})
+    return sorted({base_metric_name(m) for e in exprs for m in metric_names(e) if not is_recording_rule(m)})
 
 
 def test_metric_names_file():
-    """Write (when it changed) and check deploy-tests/metric_names.txt."""
+    """deploy-tests/metric_names.txt lists exactly what the dashboard and the
+    rules query. Out of date = failure, with the content it should have."""
     names = used_metric_names()
     assert set(names) <= METRICS
     content = "\n".join(names) + "\n"
-    if not METRIC_NAMES_FILE.exists() or METRIC_NAMES_FILE.read_text() != content:
-        METRIC_NAMES_FILE.write_text(content)
-    assert METRIC_NAMES_FILE.read_text().splitlines() == names
+    current = METRIC_NAMES_FILE.read_text() if METRIC_NAMES_FILE.exists() else ""
+    assert current == content, (
+        f"{METRIC_NAMES_FILE} is out of date; it must read exactly:\n{content}"
+    )
     # everything the contract promises is watched somewhere
     assert set(names) == METRICS, f"contract metrics not on the dashboard or in alerts: {METRICS - set(names)}"

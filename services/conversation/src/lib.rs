@@ -9,6 +9,8 @@ pub mod assistant;
 pub mod cache_rules;
 /// The service's own settings (the LLM endpoint).
 pub mod config;
+/// `GET /api/conversations/export`: every conversation with its messages, streamed as NDJSON.
+pub mod export;
 /// The chat-completions client and the offline responder.
 pub mod llm;
 /// Request and response shapes, and their validation.

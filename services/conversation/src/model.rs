@@ -103,6 +103,11 @@ impl CreateConversation {
             .map(|t| t.trim().to_owned())
             .filter(|t| !t.is_empty());
         match &self.title {
+            // PostgreSQL text cannot hold NUL: a 400, not a failed INSERT.
+            Some(t) if t.contains('\0') => Err(ApiError::validation(vec![FieldError::new(
+                "title",
+                "must not contain NUL characters",
+            )])),
             Some(t) if t.chars().count() > MAX_TITLE_CHARS => {
                 Err(ApiError::validation(vec![FieldError::new(
                     "title",

@@ -26,8 +26,8 @@ use kai_shared::http::cursor::Cursor;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Kai conversation-service", description = "Conversations with the assistant, their messages, and LLM replies through the AI-response cache."),
-    paths(create_conversation, list_conversations, get_conversation, delete_conversation, post_message, post_batch),
-    components(schemas(ConversationSummary, ConversationDetail, ConversationPage, LastMessage, Message, CreateConversation, PostMessage, Exchange, BatchRequest, BatchMessage, BatchInserted, kai_shared::http::errors::Problem, FieldError)),
+    paths(create_conversation, list_conversations, get_conversation, delete_conversation, post_message, post_batch, crate::export::export_conversations),
+    components(schemas(ConversationSummary, ConversationDetail, ConversationPage, LastMessage, Message, CreateConversation, PostMessage, Exchange, BatchRequest, BatchMessage, BatchInserted, crate::export::ExportedConversation, kai_shared::http::errors::Problem, FieldError)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -41,6 +41,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, llm: web::Data<Llm>) {
                 web::resource("")
                     .route(web::post().to(create_conversation))
                     .route(web::get().to(list_conversations)),
+            )
+            // Before `/{id}`, which would otherwise take "export" for an id.
+            .service(
+                web::resource("/export").route(web::get().to(crate::export::export_conversations)),
             )
             .service(
                 web::resource("/{id}")

@@ -3,6 +3,8 @@
 
 /// Which reads are cached for how long, and which writes invalidate them.
 pub mod cache_rules;
+/// `GET /api/journal/export`: every entry, streamed as NDJSON in keyset batches.
+pub mod export;
 /// Request and response shapes, and their validation.
 pub mod model;
 /// The SQL, one function per statement.

@@ -72,7 +72,7 @@ pub const STATS_BY_DAY: &str = "SELECT (created_at AT TIME ZONE 'UTC')::date AS 
      GROUP BY day
      ORDER BY day";
 
-fn entry(row: &Row) -> Entry {
+pub(crate) fn entry(row: &Row) -> Entry {
     Entry {
         id: row.get("id"),
         title: row.get("title"),

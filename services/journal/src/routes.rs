@@ -21,7 +21,7 @@ use kai_shared::http::cursor::Cursor;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Kai journal-service", description = "Private journal entries, lists, search and mood statistics."),
-    paths(create_entry, list_entries, get_entry, patch_entry, delete_entry, search_entries, entry_stats),
+    paths(create_entry, list_entries, get_entry, patch_entry, delete_entry, search_entries, entry_stats, crate::export::export_entries),
     components(schemas(Entry, CreateEntry, PatchEntry, EntryPage, EntryCursorPage, SearchResults, Stats, DayStats, kai_shared::http::errors::Problem, FieldError)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -41,7 +41,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::delete().to(delete_entry)),
     )
     .service(web::resource("/api/journal/search").route(web::get().to(search_entries)))
-    .service(web::resource("/api/journal/stats").route(web::get().to(entry_stats)));
+    .service(web::resource("/api/journal/stats").route(web::get().to(entry_stats)))
+    .service(
+        web::resource("/api/journal/export").route(web::get().to(crate::export::export_entries)),
+    );
 }
 
 /// Create an entry.

@@ -113,6 +113,26 @@ pub struct Profile {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Everything profile-service holds about a user, for portability (GDPR Art. 20):
+/// the account and its profile. Never the password hash or sessions.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AccountExport {
+    pub user_id: Uuid,
+    pub email: String,
+    pub display_name: Option<String>,
+    /// A JSON object.
+    #[schema(value_type = Object)]
+    pub traits: Value,
+    /// A JSON object.
+    #[schema(value_type = Object)]
+    pub preferences: Value,
+    pub communication_style: Option<String>,
+    /// When the account was created.
+    pub created_at: DateTime<Utc>,
+    /// When the profile last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
 /// Any of the profile's own fields. `traits` and `preferences` replace the stored
 /// object whole; `display_name` and `communication_style` may be set to null.
 #[derive(Debug, Default, Deserialize, ToSchema)]

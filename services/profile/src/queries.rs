@@ -8,7 +8,7 @@ use kai_shared::db::{Db, DbError, Row};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::model::{PatchProfile, Profile, Registered};
+use crate::model::{AccountExport, PatchProfile, Profile, Registered};
 
 /// The unique index that makes e-mail addresses case-insensitively unique (V2).
 pub const EMAIL_UNIQUE: &str = "users_email_lower_key";
@@ -33,6 +33,13 @@ pub const REVOKE_SESSION: &str = "UPDATE profile.sessions SET revoked_at = now()
 
 pub const GET_PROFILE: &str = "SELECT p.user_id, u.email, p.display_name, p.traits, p.preferences,
             p.communication_style, p.updated_at
+     FROM profile.profiles p JOIN profile.users u ON u.id = p.user_id
+     WHERE p.user_id = $1";
+
+/// The export: the profile with its account's creation time (never the hash).
+pub const EXPORT_ACCOUNT: &str =
+    "SELECT p.user_id, u.email, p.display_name, p.traits, p.preferences,
+            p.communication_style, u.created_at, p.updated_at
      FROM profile.profiles p JOIN profile.users u ON u.id = p.user_id
      WHERE p.user_id = $1";
 
@@ -136,6 +143,23 @@ pub async fn get_profile(db: &Db, user_id: Uuid) -> Result<Option<Profile>, ApiE
         .await?
         .as_ref()
         .map(profile))
+}
+
+pub async fn export_account(db: &Db, user_id: Uuid) -> Result<Option<AccountExport>, ApiError> {
+    let conn = db.conn().await?;
+    Ok(db
+        .query_opt(&conn, EXPORT_ACCOUNT, &[&user_id])
+        .await?
+        .map(|row| AccountExport {
+            user_id: row.get("user_id"),
+            email: row.get("email"),
+            display_name: row.get("display_name"),
+            traits: row.get("traits"),
+            preferences: row.get("preferences"),
+            communication_style: row.get("communication_style"),
+            created_at: row.get("created_at"),
+            updated_at: row.get("updated_at"),
+        }))
 }
 
 pub async fn patch_profile(

@@ -12,7 +12,9 @@ use kai_shared::{ApiError, FieldError, Platform};
 use utoipa::OpenApi;
 
 use crate::cache_rules::{PROFILE, user_scope};
-use crate::model::{Login, MAX_PASSWORD_CHARS, PatchProfile, Profile, Register, Registered, Token};
+use crate::model::{
+    AccountExport, Login, MAX_PASSWORD_CHARS, PatchProfile, Profile, Register, Registered, Token,
+};
 use crate::{password, queries, sessions};
 
 /// The one answer to every failed login: an unknown e-mail and a wrong password
@@ -22,8 +24,8 @@ const BAD_CREDENTIALS: &str = "the e-mail address or password is incorrect";
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Kai profile-service", description = "Accounts, sessions and access tokens; the profile that shapes how the assistant speaks."),
-    paths(register, login, logout, get_profile, patch_profile),
-    components(schemas(Register, Registered, Login, Token, Profile, PatchProfile, kai_shared::http::errors::Problem, FieldError)),
+    paths(register, login, logout, get_profile, patch_profile, export_profile),
+    components(schemas(Register, Registered, Login, Token, Profile, PatchProfile, AccountExport, kai_shared::http::errors::Problem, FieldError)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -64,7 +66,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::resource("/api/profile")
                 .route(web::get().to(get_profile))
                 .route(web::patch().to(patch_profile)),
-        );
+        )
+        .service(web::resource("/api/profile/export").route(web::get().to(export_profile)));
 }
 
 /// Create an account (and its empty profile).
@@ -182,4 +185,16 @@ async fn patch_profile(
         .ok_or_else(ApiError::not_found)?;
     p.cache.invalidate(&user_scope(user.user_id)).await;
     Ok(HttpResponse::Ok().json(profile))
+}
+
+/// Everything this service holds about the caller (account and profile), for
+/// portability. Read from PostgreSQL, never cached, `Cache-Control: no-store`.
+#[utoipa::path(get, path = "/api/profile/export",
+    responses((status = 200, body = AccountExport), (status = 401), (status = 404)))]
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
+async fn export_profile(p: web::Data<Platform>, user: AuthUser) -> Result<HttpResponse, ApiError> {
+    let account = queries::export_account(&p.db, user.user_id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(respond::private_json(&account))
 }

@@ -2,8 +2,12 @@
 //! own history table (`<schema>.refinery_history`), so three services can share one
 //! database without touching each other's tables.
 //!
-//! Replicas that start together serialize on a PostgreSQL advisory lock keyed by the
-//! schema name: one applies, the others find nothing pending.
+//! Migrators that start together (several Jobs, or `serve` with `RUN_MIGRATIONS`
+//! left on) serialize on a PostgreSQL advisory lock keyed by the schema name: one
+//! applies, the others find nothing pending. The lock is taken *first*: even
+//! `CREATE SCHEMA IF NOT EXISTS` runs under it, because two sessions creating the
+//! same schema concurrently can both pass the "not exists" check and one then
+//! fails on the catalog's unique index (`pg_namespace_nspname_index`).
 
 use anyhow::Context;
 
@@ -37,22 +41,19 @@ pub async fn migrate(db: &Db, set: MigrationSet) -> anyhow::Result<usize> {
     let client: &mut tokio_postgres::Client = &mut conn;
     client
         .batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {s}; SELECT pg_advisory_lock(hashtext('kai-migrate-{s}'))",
-            s = set.schema
+            "SELECT pg_advisory_lock(hashtext('kai-migrate-{}'))",
+            set.schema
         ))
         .await
-        .with_context(|| format!("preparing schema {}", set.schema))?;
-    let mut runner = (set.runner)();
-    runner.set_migration_table_name(format!("{}.refinery_history", set.schema));
-    let result = runner.run_async(client).await;
+        .with_context(|| format!("waiting for the migration lock of {}", set.schema))?;
+    let result = apply_locked(client, set).await;
     let unlock = client
         .batch_execute(&format!(
             "SELECT pg_advisory_unlock(hashtext('kai-migrate-{}'))",
             set.schema
         ))
         .await;
-    let report =
-        result.with_context(|| format!("applying migrations for schema {}", set.schema))?;
+    let report = result?;
     unlock.context("releasing the migration lock")?;
     for m in report.applied_migrations() {
         tracing::info!(
@@ -63,6 +64,23 @@ pub async fn migrate(db: &Db, set: MigrationSet) -> anyhow::Result<usize> {
         );
     }
     Ok(report.applied_migrations().len())
+}
+
+/// Creates the schema and runs refinery; the caller holds the schema's advisory lock.
+async fn apply_locked(
+    client: &mut tokio_postgres::Client,
+    set: MigrationSet,
+) -> anyhow::Result<refinery::Report> {
+    client
+        .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", set.schema))
+        .await
+        .with_context(|| format!("creating schema {}", set.schema))?;
+    let mut runner = (set.runner)();
+    runner.set_migration_table_name(format!("{}.refinery_history", set.schema));
+    runner
+        .run_async(client)
+        .await
+        .with_context(|| format!("applying migrations for schema {}", set.schema))
 }
 
 /// Whether the database has reached `version` in `schema` (readiness; the

@@ -52,6 +52,30 @@ pub fn cached(req: &HttpRequest, cached: &Cached) -> HttpResponse {
     res.body(cached.entry.body.clone())
 }
 
+/// A streamed `application/x-ndjson` answer (exports): one JSON document per line,
+/// produced chunk by chunk so memory stays flat whatever the size. Never cached:
+/// `Cache-Control: no-store`, since it carries a person's data in full.
+pub fn ndjson<S, E>(filename: &str, body: S) -> HttpResponse
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + 'static,
+    E: Into<Box<dyn std::error::Error>> + 'static,
+{
+    let mut res = HttpResponse::Ok();
+    res.content_type("application/x-ndjson")
+        .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
+        res.insert_header((header::CONTENT_DISPOSITION, v));
+    }
+    res.streaming(body)
+}
+
+/// An uncached JSON answer carrying personal data (`Cache-Control: no-store`).
+pub fn private_json<T: serde::Serialize>(value: &T) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
+        .json(value)
+}
+
 /// Whether `Accept-Encoding` lists gzip (or `*`) with a non-zero quality.
 fn accepts_gzip(req: &HttpRequest) -> bool {
     req.headers()

@@ -4,5 +4,6 @@
 mod cache_engine;
 mod faults;
 mod hostile;
+mod migrations;
 mod readme;
 mod system;

@@ -3,6 +3,7 @@
 
 mod cache;
 mod entries;
+mod export;
 mod helpers;
 mod lists;
 mod platform;

@@ -1,0 +1,120 @@
+//! `GET /api/journal/export`: every live entry of the caller, oldest first, as
+//! `application/x-ndjson` (one entry per line) — the data-portability answer
+//! (GDPR Art. 20).
+//!
+//! Memory stays flat whatever the journal holds: the entries are read in keyset
+//! batches of [`BATCH`] rows (`(created_at, id) > last`, served by the
+//! `journal_entries_user_created_live` index read backwards), and each batch is
+//! serialized into one chunk and handed to the client before the next is read.
+//! A connection is taken from the pool per batch and returned in between, so a
+//! slow client holds a little memory, never a database connection.
+//!
+//! The first batch is read before the answer starts: a database failure is then
+//! a clean 503 problem, not a truncated 200. A failure later can only cut the
+//! stream short (the client sees no terminating chunk), and is logged.
+//!
+//! Not cached (an export is rare and would only evict hot entries) and answered
+//! with `Cache-Control: no-store`.
+
+use actix_web::{HttpResponse, web};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use kai_shared::auth::AuthUser;
+use kai_shared::db::Db;
+use kai_shared::http::respond;
+use kai_shared::{ApiError, Platform};
+use uuid::Uuid;
+
+use crate::model::Entry;
+use crate::queries::entry;
+
+/// Rows per statement: at most 200 × 20,000 characters in memory at once.
+pub const BATCH: i64 = 200;
+
+pub const EXPORT_FIRST: &str = "SELECT id, title, content, mood, tags, created_at, updated_at
+     FROM journal.journal_entries
+     WHERE user_id = $1 AND deleted_at IS NULL
+     ORDER BY created_at, id
+     LIMIT $2";
+
+pub const EXPORT_AFTER: &str = "SELECT id, title, content, mood, tags, created_at, updated_at
+     FROM journal.journal_entries
+     WHERE user_id = $1 AND deleted_at IS NULL AND (created_at, id) > ($3, $4)
+     ORDER BY created_at, id
+     LIMIT $2";
+
+/// Where the next batch starts.
+#[derive(Clone, Copy)]
+enum Next {
+    After(DateTime<Utc>, Uuid),
+    Done,
+}
+
+/// One batch of the user's entries, oldest first, after `after` (or from the start).
+async fn batch(
+    db: &Db,
+    user_id: Uuid,
+    after: Option<(DateTime<Utc>, Uuid)>,
+) -> Result<Vec<Entry>, ApiError> {
+    let conn = db.conn().await?;
+    let rows = match after {
+        None => db.query(&conn, EXPORT_FIRST, &[&user_id, &BATCH]).await?,
+        Some((at, id)) => {
+            db.query(&conn, EXPORT_AFTER, &[&user_id, &BATCH, &at, &id])
+                .await?
+        }
+    };
+    Ok(rows.iter().map(entry).collect())
+}
+
+/// The batch as NDJSON lines, and where the next one starts.
+fn encode(entries: &[Entry]) -> Result<(Bytes, Next), ApiError> {
+    let mut out = Vec::with_capacity(entries.len() * 256);
+    for e in entries {
+        serde_json::to_writer(&mut out, e).map_err(ApiError::internal)?;
+        out.push(b'\n');
+    }
+    let next = match entries.last() {
+        Some(last) if entries.len() as i64 == BATCH => Next::After(last.created_at, last.id),
+        _ => Next::Done,
+    };
+    Ok((Bytes::from(out), next))
+}
+
+/// Every live entry of the caller, one JSON object per line, oldest first; streamed.
+#[utoipa::path(get, path = "/api/journal/export",
+    responses(
+        (status = 200, description = "One entry per line, oldest first", content_type = "application/x-ndjson", body = Entry),
+        (status = 401), (status = 503)))]
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
+pub async fn export_entries(
+    p: web::Data<Platform>,
+    user: AuthUser,
+) -> Result<HttpResponse, ApiError> {
+    let db = p.db.clone();
+    let user_id = user.user_id;
+    let (first, next) = encode(&batch(&db, user_id, None).await?)?;
+    let rest = futures_util::stream::unfold(next, move |next| {
+        let db = db.clone();
+        async move {
+            let Next::After(at, id) = next else {
+                return None;
+            };
+            let chunk = match batch(&db, user_id, Some((at, id))).await {
+                Ok(entries) if entries.is_empty() => return None,
+                Ok(entries) => encode(&entries),
+                Err(e) => Err(e),
+            };
+            Some(match chunk {
+                Ok((bytes, next)) => (Ok(bytes), next),
+                Err(e) => {
+                    tracing::error!(error = %e, "journal export cut short");
+                    (Err(e), Next::Done)
+                }
+            })
+        }
+    });
+    let body = futures_util::stream::once(async move { Ok::<_, ApiError>(first) }).chain(rest);
+    Ok(respond::ndjson("kai-journal.ndjson", body))
+}
