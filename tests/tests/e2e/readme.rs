@@ -5,7 +5,8 @@
 use conversation_service::config::LlmSettings;
 use kai_shared::config::{NoServiceSettings, Settings, command, markdown_rows};
 
-const BEGIN: &str = "<!-- configuration table: generated from the declaration, see tests/tests/e2e/readme.rs -->\n";
+const BEGIN: &str =
+    "<!-- configuration table: generated from the declaration, see tests/tests/e2e/readme.rs -->\n";
 const END: &str = "<!-- end of configuration table -->";
 
 fn rendered() -> String {
@@ -21,8 +22,14 @@ fn rendered() -> String {
 fn readme_configuration_table_matches_the_declaration() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
         .expect("README.md");
-    let start = readme.find(BEGIN).expect("README has the table's start marker") + BEGIN.len();
-    let end = start + readme[start..].find(END).expect("README has the end marker");
+    let start = readme
+        .find(BEGIN)
+        .expect("README has the table's start marker")
+        + BEGIN.len();
+    let end = start
+        + readme[start..]
+            .find(END)
+            .expect("README has the end marker");
     let expected = rendered();
     assert!(
         readme[start..end] == expected,
