@@ -26,11 +26,14 @@
 
 use std::ffi::OsString;
 use std::net::IpAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{ArgAction, FromArgMatches};
 use secrecy::{ExposeSecret, SecretString};
+
+use crate::tls::CaBundle;
 
 /// A configuration error: which variable, and what is wrong with it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -51,17 +54,116 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// PostgreSQL's `sslmode`, with libpq's meaning (tokio-postgres itself knows only
+/// the first three; the verifying modes are ours, see [`crate::tls`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plaintext only.
+    Disable,
+    /// TLS if the server offers it, else plaintext; certificate not checked (libpq's default).
+    Prefer,
+    /// TLS or no connection; certificate not checked (checked against `DATABASE_CA_FILE` if given).
+    Require,
+    /// TLS; the certificate must chain to a trusted root, any host name.
+    VerifyCa,
+    /// TLS; trusted chain and the certificate names the host connected to.
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(value: &str) -> Option<Self> {
+        Some(match value {
+            "disable" => Self::Disable,
+            "prefer" => Self::Prefer,
+            "require" => Self::Require,
+            "verify-ca" => Self::VerifyCa,
+            "verify-full" => Self::VerifyFull,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// Takes `sslmode` out of a PostgreSQL URL (or key=value string), so that
+/// tokio-postgres, which rejects the verifying modes, parses the rest.
+fn split_sslmode(url: &str) -> (String, Option<String>) {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let Some((head, query)) = url.split_once('?') else {
+            return (url.to_owned(), None);
+        };
+        let mut mode = None;
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|pair| match pair.strip_prefix("sslmode=") {
+                Some(v) => {
+                    mode = Some(v.to_owned());
+                    false
+                }
+                None => true,
+            })
+            .collect();
+        let rest = if kept.is_empty() {
+            head.to_owned()
+        } else {
+            format!("{head}?{}", kept.join("&"))
+        };
+        return (rest, mode);
+    }
+    // key=value form: remove the `sslmode=<value>` token, leave the rest as written.
+    let at = url
+        .match_indices("sslmode=")
+        .map(|(i, _)| i)
+        .find(|&i| i == 0 || url[..i].ends_with(char::is_whitespace));
+    let Some(at) = at else {
+        return (url.to_owned(), None);
+    };
+    let value_start = at + "sslmode=".len();
+    let value_end = url[value_start..]
+        .find(char::is_whitespace)
+        .map_or(url.len(), |n| value_start + n);
+    let mode = url[value_start..value_end].trim_matches('\'').to_owned();
+    (format!("{}{}", &url[..at], &url[value_end..]), Some(mode))
+}
+
 /// Everything every service is configured with. Secrets are [`SecretString`]s so a
 /// `Debug` print of the settings never shows them.
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Platform settings (every service)")]
 pub struct Settings {
     #[arg(long, env = "DATABASE_URL", value_parser = postgres_url,
-        help = "PostgreSQL URL; services may share one database (one schema each)")]
+        help = "PostgreSQL URL; services may share one database (one schema each). \
+                `sslmode=disable/prefer/require/verify-ca/verify-full` as libpq (default `prefer`); \
+                use `verify-full` in production")]
     pub database_url: SecretString,
+    /// `sslmode` of `DATABASE_URL` (libpq's default, `prefer`, when absent); set by
+    /// [`Settings::check`].
+    #[arg(skip = SslMode::Prefer)]
+    pub database_ssl_mode: SslMode,
+    #[arg(long, env = "DATABASE_CA_FILE", value_parser = ca_file,
+        help = "PEM CA bundle that signs the PostgreSQL server certificate (else the system roots); \
+                like libpq's `root.crt` it also makes `require` check the chain")]
+    pub database_ca: Option<CaBundle>,
     #[arg(long, env = "REDIS_URL", value_parser = redis_url,
-        help = "Redis URL; unset = in-process cache only (one replica)")]
+        help = "Redis URL; `rediss://` = TLS, `redis[s]://user:password@host:port` = ACL auth; \
+                unset = in-process cache only (one replica)")]
     pub redis_url: Option<SecretString>,
+    #[arg(long, env = "REDIS_CA_FILE", value_parser = ca_file,
+        help = "PEM CA bundle that signs the Redis server certificate (else the system roots)")]
+    pub redis_ca: Option<CaBundle>,
+    /// Seed nodes of a Redis Cluster; non-empty = cluster mode (then `redis_url` is unset).
+    #[arg(long, env = "REDIS_CLUSTER_NODES", default_value = "", value_parser = redis_url_list,
+        help = "comma-separated seed URLs of a Redis Cluster, instead of `REDIS_URL`. \
+                Parsed and validated; **not yet used** (see below)")]
+    pub redis_cluster_nodes: ::std::vec::Vec<SecretString>,
     #[arg(long, env = "HOST", default_value = "0.0.0.0", value_parser = number::<IpAddr>,
         help = "listen address")]
     pub host: IpAddr,
@@ -127,15 +229,43 @@ impl Settings {
         default_port: u16,
         get: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        args_from_lookup(with_port_default(command::<Self>(), default_port), get)
+        args_from_lookup::<Self>(with_port_default(command::<Self>(), default_port), get)?.check()
+    }
+
+    /// What one variable's parser cannot see: rules between variables, and values
+    /// derived from another's. Every way of reading settings ends here.
+    pub fn check(mut self) -> Result<Self, ConfigError> {
+        if self.redis_url.is_some() && !self.redis_cluster_nodes.is_empty() {
+            return Err(ConfigError {
+                var: "REDIS_CLUSTER_NODES".into(),
+                message:
+                    "set either REDIS_URL (one node) or REDIS_CLUSTER_NODES (a cluster), not both"
+                        .into(),
+            });
+        }
+        let (_, mode) = split_sslmode(self.database_url.expose_secret());
+        self.database_ssl_mode = mode
+            .as_deref()
+            .and_then(SslMode::parse)
+            .unwrap_or(SslMode::Prefer);
+        Ok(self)
     }
 
     /// The PostgreSQL configuration (already validated when parsed).
+    /// `sslmode` is applied as tokio-postgres knows it (the verifying modes as
+    /// `require`; what they verify is the TLS connector's job, see `db::pool`).
     pub fn pg_config(&self) -> tokio_postgres::Config {
-        self.database_url
-            .expose_secret()
-            .parse()
-            .expect("DATABASE_URL validated at start")
+        let (url, _) = split_sslmode(self.database_url.expose_secret());
+        let mut config: tokio_postgres::Config =
+            url.parse().expect("DATABASE_URL validated at start");
+        config.ssl_mode(match self.database_ssl_mode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                tokio_postgres::config::SslMode::Require
+            }
+        });
+        config
     }
 }
 
@@ -329,15 +459,37 @@ fn comma_list(raw: &str) -> Result<Vec<String>, String> {
 }
 
 fn postgres_url(raw: &str) -> Result<SecretString, String> {
-    raw.parse::<tokio_postgres::Config>()
+    let (without_mode, mode) = split_sslmode(raw);
+    if let Some(m) = mode
+        && SslMode::parse(&m).is_none()
+    {
+        return Err(format!(
+            "sslmode {m:?} is not one of disable, prefer, require, verify-ca, verify-full"
+        ));
+    }
+    without_mode
+        .parse::<tokio_postgres::Config>()
         .map_err(|e| format!("not a PostgreSQL URL: {e}"))?;
     secret(raw)
 }
 
+/// A URL is checked for its form only; the password in it never reaches a message.
 fn redis_url(raw: &str) -> Result<SecretString, String> {
     redis::IntoConnectionInfo::into_connection_info(raw)
         .map_err(|e| format!("not a Redis URL: {e}"))?;
     secret(raw)
+}
+
+fn redis_url_list(raw: &str) -> Result<Vec<SecretString>, String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(redis_url)
+        .collect()
+}
+
+fn ca_file(raw: &str) -> Result<CaBundle, String> {
+    CaBundle::load(Path::new(raw))
 }
 
 fn auth_secret(raw: &str) -> Result<SecretString, String> {
@@ -498,6 +650,68 @@ mod tests {
                 assert!(arg.get_help().is_some(), "{:?} has no help", arg.get_id());
             }
         }
+    }
+
+    #[test]
+    fn sslmode_is_read_as_libpq_reads_it() {
+        for (url, mode) in [
+            ("postgres://u@h/db", SslMode::Prefer),
+            ("postgres://u@h/db?sslmode=disable", SslMode::Disable),
+            (
+                "postgres://u@h/db?sslmode=require&application_name=x",
+                SslMode::Require,
+            ),
+            (
+                "postgresql://u@h/db?application_name=x&sslmode=verify-ca",
+                SslMode::VerifyCa,
+            ),
+            (
+                "host=h user=u sslmode=verify-full dbname=db",
+                SslMode::VerifyFull,
+            ),
+        ] {
+            let s = settings(&[("DATABASE_URL", url)]).unwrap();
+            assert_eq!(s.database_ssl_mode, mode, "{url}");
+            // tokio-postgres sees the rest of the URL, and a mode it knows.
+            let pg = s.pg_config();
+            assert_eq!(pg.get_hosts().len(), 1, "{url}");
+            assert_eq!(pg.get_dbname(), Some("db"), "{url}");
+            let want = match mode {
+                SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+                SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+                _ => tokio_postgres::config::SslMode::Require,
+            };
+            assert_eq!(pg.get_ssl_mode(), want, "{url}");
+        }
+        let e = settings(&[("DATABASE_URL", "postgres://h/db?sslmode=allow-ish")]).unwrap_err();
+        assert_eq!(e.var, "DATABASE_URL");
+        assert!(e.message.contains("verify-full"), "{e}");
+    }
+
+    #[test]
+    fn ca_files_and_cluster_nodes_are_checked_at_start() {
+        let e = settings(&[("DATABASE_CA_FILE", "/nonexistent/ca.pem")]).unwrap_err();
+        assert_eq!(e.var, "DATABASE_CA_FILE");
+        let not_pem = std::env::temp_dir().join(format!("kai-not-pem-{}", std::process::id()));
+        std::fs::write(&not_pem, "hello").unwrap();
+        let e = settings(&[("REDIS_CA_FILE", not_pem.to_str().unwrap())]).unwrap_err();
+        assert_eq!(e.var, "REDIS_CA_FILE");
+        let _ = std::fs::remove_file(&not_pem);
+
+        let s = settings(&[(
+            "REDIS_CLUSTER_NODES",
+            "redis://127.0.0.1:7000, rediss://u:p@127.0.0.1:7001,",
+        )])
+        .unwrap();
+        assert_eq!(s.redis_cluster_nodes.len(), 2);
+        let e = settings(&[("REDIS_CLUSTER_NODES", "redis://a:1,http://nope")]).unwrap_err();
+        assert_eq!(e.var, "REDIS_CLUSTER_NODES");
+        let e = settings(&[
+            ("REDIS_CLUSTER_NODES", "redis://127.0.0.1:7000"),
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, "REDIS_CLUSTER_NODES");
     }
 
     #[test]

@@ -107,6 +107,7 @@ impl Platform {
             metrics.llm_requests.with_label_values(&[outcome]);
         }
         let db = Db::new(&settings, &metrics);
+        db.check_tls(&settings).await?;
         if settings.run_migrations {
             crate::db::migrate(&db, def.migrations).await?;
         }
@@ -124,6 +125,7 @@ impl Platform {
         };
         let cache =
             Cache::new(&settings, &metrics, on_revoked, stop).context("configuring the cache")?;
+        cache.check_redis_configuration().await?;
         Ok(Platform {
             service: def.name,
             session_check: def.session_check.map(|make| make(db.clone())),
@@ -266,10 +268,11 @@ impl Application {
         opts: RunOptions,
     ) -> anyhow::Result<Self> {
         let stop = CancellationToken::new();
-        let listener = TcpListener::bind((settings.host, settings.port))
-            .with_context(|| format!("binding {}:{}", settings.host, settings.port))?;
-        let port = listener.local_addr()?.port();
+        let (host, port) = (settings.host, settings.port);
         let platform = web::Data::new(Platform::build(settings, &def, stop.clone()).await?);
+        let listener =
+            TcpListener::bind((host, port)).with_context(|| format!("binding {host}:{port}"))?;
+        let port = listener.local_addr()?.port();
         let server = run(listener, platform.clone(), def, opts)?;
         Ok(Self {
             port,
@@ -375,7 +378,12 @@ fn read_cli<S: clap::Args>(name: &'static str, default_port: u16) -> Result<Cli<
         .name(Box::leak(format!("{name}-service").into_boxed_str()) as &str)
         .mut_args(|a| a.hide_env_values(true));
     let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
-    match config::parse(cmd.clone(), |k| std::env::var(k).ok(), argv.clone()) {
+    let parsed = config::parse::<Cli<S>>(cmd.clone(), |k| std::env::var(k).ok(), argv.clone())
+        .and_then(|mut cli| {
+            cli.settings = cli.settings.check()?;
+            Ok(cli)
+        });
+    match parsed {
         Ok(cli) => Ok(cli),
         Err(e) if e.var == config::COMMAND_LINE => {
             // `--help`, `--version` or an unknown flag: clap says it best (and exits).
@@ -394,6 +402,7 @@ fn read_cli<S: clap::Args>(name: &'static str, default_port: u16) -> Result<Cli<
 /// `migrate`: apply pending migrations and stop.
 async fn migrate(settings: &Settings, def: &ServiceDef) -> anyhow::Result<()> {
     let db = Db::new(settings, &Metrics::new(def.name));
+    db.check_tls(settings).await?;
     let applied = crate::db::migrate(&db, def.migrations).await?;
     tracing::info!(applied, "migrations up to date");
     Ok(())

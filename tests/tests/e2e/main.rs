@@ -7,3 +7,4 @@ mod hostile;
 mod migrations;
 mod readme;
 mod system;
+mod tls;
