@@ -171,7 +171,7 @@ pub struct Settings {
     #[arg(long, env = "PORT", value_parser = number::<u16>, help = "listen port")]
     pub port: u16,
     #[arg(long, env = "AUTH_SECRET", value_parser = auth_secret,
-        help = "HS256 signing key, ≥ 32 bytes")]
+        help = "HS256 signing key, ≥ 32 bytes; also the root of the list-cursor signing key")]
     pub auth_secret: SecretString,
     #[arg(long = "auth-token-ttl-secs", env = "AUTH_TOKEN_TTL_SECS", default_value = "3600",
         value_parser = positive_secs, help = "access-token lifetime")]
@@ -203,7 +203,9 @@ pub struct Settings {
         help = "slower requests are logged as warnings")]
     pub slow_request_threshold: Duration,
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "", value_parser = comma_list,
-        help = "comma-separated allowed origins")]
+        help = "comma-separated origins; scripts may read `Retry-After`, `ETag`, `Location`, \
+                `X-Request-Id`, `X-Cache`; a preflight offers only the route's methods and the \
+                headers `Authorization`, `Content-Type`, `If-None-Match`, `X-Request-Id`")]
     pub cors_allowed_origins: ::std::vec::Vec<String>,
     #[arg(
         long,

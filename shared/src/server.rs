@@ -152,11 +152,16 @@ pub fn run(
     opts: RunOptions,
 ) -> anyhow::Result<Server> {
     let prometheus = http_metrics(&platform.metrics)?;
+    // The served document (see `http::openapi::complete`) and, from it, the
+    // methods of each route: the `Allow` of a 405 and what a preflight may ask.
+    let document = crate::http::openapi::complete(&def.openapi);
+    let operations = web::Data::new(crate::http::openapi::Operations::from_document(&document));
     let mut server = HttpServer::new(move || {
-        let cors = cors(&platform.settings.cors_allowed_origins);
-        let (routes, openapi) = (def.routes.clone(), def.openapi.clone());
+        let cors = cors(&platform.settings.cors_allowed_origins, &operations);
+        let (routes, document) = (def.routes.clone(), document.clone());
         App::new()
             .app_data(platform.clone())
+            .app_data(operations.clone())
             .app_data(crate::http::json_config())
             .app_data(crate::http::query_config())
             .app_data(crate::http::path_config())
@@ -169,10 +174,11 @@ pub fn run(
             .wrap(Compress::default())
             .wrap(prometheus.clone())
             .wrap(cors)
+            .wrap(from_fn(crate::http::cors::preflight_per_route))
             .wrap(security_headers())
             .wrap(from_fn(crate::http::stamp))
             .configure(crate::health::routes)
-            .configure(|cfg| docs(cfg, openapi))
+            .configure(|cfg| docs(cfg, document))
             .configure(|cfg| routes(cfg))
             .default_service(web::to(crate::http::not_found))
     })
@@ -203,11 +209,11 @@ fn http_metrics(metrics: &Metrics) -> anyhow::Result<actix_web_prom::PrometheusM
         .map_err(|e| anyhow::anyhow!("building HTTP metrics: {e}"))
 }
 
-fn cors(allowed_origins: &[String]) -> Cors {
+fn cors(allowed_origins: &[String], operations: &crate::http::openapi::Operations) -> Cors {
     let mut cors = Cors::default()
-        .allow_any_method()
-        .allow_any_header()
-        .expose_headers(["x-request-id", "x-response-time", "x-cache", "etag"])
+        .allowed_methods(operations.all_methods().iter().map(String::as_str))
+        .allowed_headers(crate::http::cors::ALLOWED_HEADERS)
+        .expose_headers(crate::http::cors::EXPOSED_HEADERS)
         .max_age(3600);
     for origin in allowed_origins {
         cors = cors.allowed_origin(origin);
@@ -223,7 +229,7 @@ fn security_headers() -> DefaultHeaders {
 }
 
 /// `/openapi.json` and the bundled Swagger UI; `/docs` (SPEC §4) leads to `/docs/`.
-fn docs(cfg: &mut web::ServiceConfig, openapi: utoipa::openapi::OpenApi) {
+fn docs(cfg: &mut web::ServiceConfig, document: serde_json::Value) {
     cfg.route(
         "/docs",
         web::get().to(|| async {
@@ -232,7 +238,7 @@ fn docs(cfg: &mut web::ServiceConfig, openapi: utoipa::openapi::OpenApi) {
                 .finish()
         }),
     )
-    .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi));
+    .service(SwaggerUi::new("/docs/{_:.*}").external_url_unchecked("/openapi.json", document));
 }
 
 /// How the server runs: signals and workers differ between a binary and a test.

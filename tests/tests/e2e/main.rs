@@ -5,6 +5,7 @@ mod cache_engine;
 mod faults;
 mod hostile;
 mod migrations;
+mod openapi;
 mod readme;
 mod system;
 mod tls;
