@@ -7,15 +7,23 @@
 //! tests exercise every error without touching the process environment.
 
 use std::net::IpAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::tls::CaBundle;
+
 /// The table printed by `--help`: every variable a service reads, its default, its meaning.
 pub const ENV_HELP: &str = "\
 Environment (a .env file in the working directory is read; real environment wins):
-  DATABASE_URL               required  PostgreSQL URL (services share it; each owns its schema)
-  REDIS_URL                  unset     Redis URL; unset = in-process cache only
+  DATABASE_URL               required  PostgreSQL URL (services share it; each owns its schema);
+                                       sslmode=disable|prefer|require|verify-ca|verify-full as libpq
+  DATABASE_CA_FILE           unset     PEM CA bundle for the PostgreSQL server certificate (else system roots)
+  REDIS_URL                  unset     Redis URL; rediss:// = TLS, user:password@ = ACL auth;
+                                       unset = in-process cache only
+  REDIS_CLUSTER_NODES        unset     comma-separated seed URLs of a Redis Cluster (instead of REDIS_URL)
+  REDIS_CA_FILE              unset     PEM CA bundle for the Redis server certificate (else system roots)
   HOST / PORT                0.0.0.0 / journal 8081, conversation 8082, profile 8083
   AUTH_SECRET                required  HS256 key for access tokens, at least 32 bytes
   AUTH_TOKEN_TTL_SECS        3600      access-token lifetime
@@ -50,6 +58,98 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// PostgreSQL's `sslmode`, with libpq's meaning (tokio-postgres itself knows only
+/// the first three; the verifying modes are ours, see [`crate::tls`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plaintext only.
+    Disable,
+    /// TLS if the server offers it, else plaintext; certificate not checked (libpq's default).
+    Prefer,
+    /// TLS or no connection; certificate not checked (checked against `DATABASE_CA_FILE` if given).
+    Require,
+    /// TLS; the certificate must chain to a trusted root, any host name.
+    VerifyCa,
+    /// TLS; trusted chain and the certificate names the host connected to.
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(value: &str) -> Option<Self> {
+        Some(match value {
+            "disable" => Self::Disable,
+            "prefer" => Self::Prefer,
+            "require" => Self::Require,
+            "verify-ca" => Self::VerifyCa,
+            "verify-full" => Self::VerifyFull,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// Takes `sslmode` out of a PostgreSQL URL (or key=value string), so that
+/// tokio-postgres, which rejects the verifying modes, parses the rest.
+fn split_sslmode(url: &str) -> (String, Option<String>) {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let Some((head, query)) = url.split_once('?') else {
+            return (url.to_owned(), None);
+        };
+        let mut mode = None;
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|pair| match pair.strip_prefix("sslmode=") {
+                Some(v) => {
+                    mode = Some(v.to_owned());
+                    false
+                }
+                None => true,
+            })
+            .collect();
+        let rest = if kept.is_empty() {
+            head.to_owned()
+        } else {
+            format!("{head}?{}", kept.join("&"))
+        };
+        return (rest, mode);
+    }
+    // key=value form: remove the `sslmode=<value>` token, leave the rest as written.
+    let at = url
+        .match_indices("sslmode=")
+        .map(|(i, _)| i)
+        .find(|&i| i == 0 || url[..i].ends_with(char::is_whitespace));
+    let Some(at) = at else {
+        return (url.to_owned(), None);
+    };
+    let value_start = at + "sslmode=".len();
+    let value_end = url[value_start..]
+        .find(char::is_whitespace)
+        .map_or(url.len(), |n| value_start + n);
+    let mode = url[value_start..value_end].trim_matches('\'').to_owned();
+    (format!("{}{}", &url[..at], &url[value_end..]), Some(mode))
+}
+
+/// Reads an optional CA bundle variable.
+fn ca_file(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+) -> Result<Option<CaBundle>, ConfigError> {
+    get(var)
+        .map(|path| {
+            CaBundle::load(Path::new(&path)).map_err(|message| ConfigError { var, message })
+        })
+        .transpose()
+}
+
 /// Settings of the LLM client (conversation-service).
 #[derive(Debug, Clone)]
 pub struct LlmSettings {
@@ -64,7 +164,13 @@ pub struct LlmSettings {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub database_url: SecretString,
+    /// `sslmode` of `DATABASE_URL` (libpq's default, `prefer`, when absent).
+    pub database_ssl_mode: SslMode,
+    pub database_ca: Option<CaBundle>,
     pub redis_url: Option<SecretString>,
+    /// Seed nodes of a Redis Cluster; non-empty = cluster mode (then `redis_url` is unset).
+    pub redis_cluster_nodes: Vec<SecretString>,
+    pub redis_ca: Option<CaBundle>,
     pub host: IpAddr,
     pub port: u16,
     pub auth_secret: SecretString,
@@ -118,18 +224,53 @@ impl Settings {
                 "required (e.g. postgres://postgres@127.0.0.1:5432/kai)".into(),
             )
         })?;
-        database_url
+        let (without_mode, mode) = split_sslmode(&database_url);
+        let database_ssl_mode = match mode.as_deref() {
+            None => SslMode::Prefer,
+            Some(m) => SslMode::parse(m).ok_or_else(|| {
+                err(
+                    "DATABASE_URL",
+                    format!(
+                        "sslmode {m:?} is not one of disable, prefer, require, verify-ca, verify-full"
+                    ),
+                )
+            })?,
+        };
+        without_mode
             .parse::<tokio_postgres::Config>()
             .map_err(|e| err("DATABASE_URL", format!("not a PostgreSQL URL: {e}")))?;
+        let database_ca = ca_file(&get, "DATABASE_CA_FILE")?;
 
+        // A URL is checked for its form only; the password in it never reaches a message.
+        let redis_check = |var: &'static str, url: &str| {
+            redis::IntoConnectionInfo::into_connection_info(url)
+                .map(|_| ())
+                .map_err(|e| err(var, format!("not a Redis URL: {e}")))
+        };
         let redis_url = match get("REDIS_URL") {
             None => None,
             Some(url) => {
-                redis::IntoConnectionInfo::into_connection_info(url.as_str())
-                    .map_err(|e| err("REDIS_URL", format!("not a Redis URL: {e}")))?;
+                redis_check("REDIS_URL", &url)?;
                 Some(SecretString::from(url))
             }
         };
+        let redis_cluster_nodes: Vec<SecretString> = match get("REDIS_CLUSTER_NODES") {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(|n| redis_check("REDIS_CLUSTER_NODES", n).map(|()| SecretString::from(n)))
+                .collect::<Result<_, _>>()?,
+        };
+        if redis_url.is_some() && !redis_cluster_nodes.is_empty() {
+            return Err(err(
+                "REDIS_CLUSTER_NODES",
+                "set either REDIS_URL (one node) or REDIS_CLUSTER_NODES (a cluster), not both"
+                    .into(),
+            ));
+        }
+        let redis_ca = ca_file(&get, "REDIS_CA_FILE")?;
 
         let auth_secret = get("AUTH_SECRET").ok_or_else(|| {
             err(
@@ -182,7 +323,11 @@ impl Settings {
 
         Ok(Self {
             database_url: SecretString::from(database_url),
+            database_ssl_mode,
+            database_ca,
             redis_url,
+            redis_cluster_nodes,
+            redis_ca,
             host,
             port,
             auth_secret: SecretString::from(auth_secret),
@@ -224,11 +369,20 @@ impl Settings {
     }
 
     /// The PostgreSQL configuration (already validated by `from_lookup`).
+    /// `sslmode` is applied as tokio-postgres knows it (the verifying modes as
+    /// `require`; what they verify is the TLS connector's job, see `db::pool`).
     pub fn pg_config(&self) -> tokio_postgres::Config {
-        self.database_url
-            .expose_secret()
-            .parse()
-            .expect("DATABASE_URL validated at start")
+        let (url, _) = split_sslmode(self.database_url.expose_secret());
+        let mut config: tokio_postgres::Config =
+            url.parse().expect("DATABASE_URL validated at start");
+        config.ssl_mode(match self.database_ssl_mode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                tokio_postgres::config::SslMode::Require
+            }
+        });
+        config
     }
 }
 
@@ -377,6 +531,68 @@ mod tests {
         assert!(!s.cache_enabled);
         assert_eq!(s.log_format, LogFormat::Pretty);
         assert!(s.redis_url.is_some());
+    }
+
+    #[test]
+    fn sslmode_is_read_as_libpq_reads_it() {
+        for (url, mode) in [
+            ("postgres://u@h/db", SslMode::Prefer),
+            ("postgres://u@h/db?sslmode=disable", SslMode::Disable),
+            (
+                "postgres://u@h/db?sslmode=require&application_name=x",
+                SslMode::Require,
+            ),
+            (
+                "postgresql://u@h/db?application_name=x&sslmode=verify-ca",
+                SslMode::VerifyCa,
+            ),
+            (
+                "host=h user=u sslmode=verify-full dbname=db",
+                SslMode::VerifyFull,
+            ),
+        ] {
+            let s = settings(&[("DATABASE_URL", url)]).unwrap();
+            assert_eq!(s.database_ssl_mode, mode, "{url}");
+            // tokio-postgres sees the rest of the URL, and a mode it knows.
+            let pg = s.pg_config();
+            assert_eq!(pg.get_hosts().len(), 1, "{url}");
+            assert_eq!(pg.get_dbname(), Some("db"), "{url}");
+            let want = match mode {
+                SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+                SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+                _ => tokio_postgres::config::SslMode::Require,
+            };
+            assert_eq!(pg.get_ssl_mode(), want, "{url}");
+        }
+        let e = settings(&[("DATABASE_URL", "postgres://h/db?sslmode=allow-ish")]).unwrap_err();
+        assert_eq!(e.var, "DATABASE_URL");
+        assert!(e.message.contains("verify-full"), "{e}");
+    }
+
+    #[test]
+    fn ca_files_and_cluster_nodes_are_checked_at_start() {
+        let e = settings(&[("DATABASE_CA_FILE", "/nonexistent/ca.pem")]).unwrap_err();
+        assert_eq!(e.var, "DATABASE_CA_FILE");
+        let not_pem = std::env::temp_dir().join(format!("kai-not-pem-{}", std::process::id()));
+        std::fs::write(&not_pem, "hello").unwrap();
+        let e = settings(&[("REDIS_CA_FILE", not_pem.to_str().unwrap())]).unwrap_err();
+        assert_eq!(e.var, "REDIS_CA_FILE");
+        let _ = std::fs::remove_file(&not_pem);
+
+        let s = settings(&[(
+            "REDIS_CLUSTER_NODES",
+            "redis://127.0.0.1:7000, rediss://u:p@127.0.0.1:7001,",
+        )])
+        .unwrap();
+        assert_eq!(s.redis_cluster_nodes.len(), 2);
+        let e = settings(&[("REDIS_CLUSTER_NODES", "redis://a:1,http://nope")]).unwrap_err();
+        assert_eq!(e.var, "REDIS_CLUSTER_NODES");
+        let e = settings(&[
+            ("REDIS_CLUSTER_NODES", "redis://127.0.0.1:7000"),
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, "REDIS_CLUSTER_NODES");
     }
 
     #[test]

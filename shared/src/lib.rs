@@ -29,6 +29,8 @@ pub mod telemetry;
 /// Helpers for tests: throwaway databases, private Redis prefixes, tokens.
 #[cfg(feature = "testing")]
 pub mod testing;
+/// TLS client configurations (rustls + ring) for PostgreSQL and Redis.
+pub mod tls;
 
 pub use http::errors::{ApiError, FieldError};
 pub use server::{Application, Platform, ServiceDef};

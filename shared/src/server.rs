@@ -159,6 +159,7 @@ impl Application {
             metrics.llm_requests.with_label_values(&[outcome]);
         }
         let db = Db::new(&settings, &metrics);
+        db.check_tls(&settings).await?;
         if settings.run_migrations {
             crate::db::migrate(&db, def.migrations).await?;
         }
@@ -173,6 +174,7 @@ impl Application {
         };
         let cache = Cache::new(&settings, &metrics, on_revoked, stop.clone())
             .context("configuring the cache")?;
+        cache.check_redis_configuration().await?;
         let listener = TcpListener::bind((settings.host, settings.port))
             .with_context(|| format!("binding {}:{}", settings.host, settings.port))?;
         let port = listener.local_addr()?.port();
@@ -339,6 +341,7 @@ pub fn main(
             Command::Migrate => {
                 let metrics = Metrics::new(def.name);
                 let db = Db::new(&settings, &metrics);
+                db.check_tls(&settings).await?;
                 let applied = crate::db::migrate(&db, def.migrations).await?;
                 tracing::info!(applied, "migrations up to date");
                 Ok(())

@@ -126,18 +126,66 @@ impl Drop for TestPrefix {
 pub struct PrivateRedis {
     pub port: u16,
     child: Child,
+    /// Extra `redis-server` arguments (TLS, ACL users), kept for restarts.
+    extra: Vec<String>,
+    /// PEM of the CA to trust when the server speaks TLS only.
+    tls_ca: Option<Vec<u8>>,
 }
+
+/// The ACL user [`PrivateRedis::start_tls`] creates, and its password.
+pub const REDIS_ACL_USER: (&str, &str) = ("kai", "kai-acl-password-1");
 
 impl PrivateRedis {
     pub fn start() -> Self {
-        let port = free_port();
-        let child = Self::spawn(port);
-        let me = Self { port, child };
+        Self::start_with(free_port(), Vec::new(), None)
+    }
+
+    /// TLS only (no plaintext port), a certificate from `ca`, and an ACL user
+    /// [`REDIS_ACL_USER`] next to the default user.
+    pub fn start_tls(ca: &TestCa) -> Self {
+        let (user, password) = REDIS_ACL_USER;
+        let extra = [
+            "--tls-port",
+            "{port}",
+            "--port",
+            "0",
+            "--tls-cert-file",
+            &ca.dir.file("server.crt"),
+            "--tls-key-file",
+            &ca.dir.file("server.key"),
+            "--tls-ca-cert-file",
+            &ca.ca_file(),
+            "--tls-auth-clients",
+            "no",
+            "--user",
+            user,
+            "on",
+            &format!(">{password}"),
+            "~*",
+            "&*",
+            "+@all",
+        ]
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
+        let pem = std::fs::read(ca.ca_file()).expect("CA file");
+        Self::start_with(free_low_port(), extra, Some(pem))
+    }
+
+    /// A server on `port` with `extra` arguments (`{port}` is replaced).
+    pub fn start_with(port: u16, extra: Vec<String>, tls_ca: Option<Vec<u8>>) -> Self {
+        let child = Self::spawn(port, &extra);
+        let me = Self {
+            port,
+            child,
+            extra,
+            tls_ca,
+        };
         me.wait_ready();
         me
     }
 
-    fn spawn(port: u16) -> Child {
+    fn spawn(port: u16, extra: &[String]) -> Child {
         Command::new("redis-server")
             .args([
                 "--port",
@@ -149,6 +197,7 @@ impl PrivateRedis {
                 "--appendonly",
                 "no",
             ])
+            .args(extra.iter().map(|a| a.replace("{port}", &port.to_string())))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -156,9 +205,9 @@ impl PrivateRedis {
     }
 
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(client) = redis::Client::open(self.url())
+            if let Ok(client) = self.client()
                 && let Ok(mut c) = client.get_connection_with_timeout(Duration::from_millis(200))
                 && redis::cmd("PING").query::<String>(&mut c).is_ok()
             {
@@ -169,8 +218,29 @@ impl PrivateRedis {
         panic!("private redis-server did not start on port {}", self.port);
     }
 
+    /// `redis://127.0.0.1:<port>`, or for a TLS server `rediss://127.0.0.1:<port>`
+    /// (trust the test CA: `REDIS_CA_FILE`).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls_ca.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// A client for assertions (the default user; the test CA for a TLS server).
+    pub fn client(&self) -> redis::RedisResult<redis::Client> {
+        match &self.tls_ca {
+            None => redis::Client::open(self.url()),
+            Some(pem) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+        }
     }
 
     /// SIGSTOP: the process keeps its sockets and data but answers nothing.
@@ -192,13 +262,14 @@ impl PrivateRedis {
     /// Starts a fresh, empty server on the same port.
     pub fn restart(&mut self) {
         self.kill();
-        self.child = Self::spawn(self.port);
+        self.child = Self::spawn(self.port, &self.extra);
         self.wait_ready();
     }
 
     /// A synchronous connection for assertions (`INFO commandstats`, …).
     pub fn connection(&self) -> redis::Connection {
-        let c = redis::Client::open(self.url())
+        let c = self
+            .client()
             .expect("url")
             .get_connection_with_timeout(Duration::from_secs(2))
             .expect("connect");
@@ -656,4 +727,253 @@ pub fn assert_exports_dashboard_metrics(metrics: &str, not_here: &[&str]) {
             "dashboard metric {name} is not exported"
         );
     }
+}
+
+/// A free TCP port below the ephemeral range (so no client socket holds it later)
+/// whose `+ 10000` twin is free too (a Redis Cluster node's bus port).
+pub fn free_low_port() -> u16 {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    loop {
+        let port: u16 = rng.random_range(20_000..22_700);
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir {
+    pub path: std::path::PathBuf,
+}
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("kai-{tag}-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        Self { path }
+    }
+
+    pub fn file(&self, name: &str) -> String {
+        self.path.join(name).to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A certificate authority of the test's own (openssl), and one server certificate
+/// it signed, for `localhost` and 127.0.0.1. `ca.crt` is what `DATABASE_CA_FILE` /
+/// `REDIS_CA_FILE` point at; `server.crt` / `server.key` are the server's.
+pub struct TestCa {
+    pub dir: TempDir,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        let dir = TempDir::new("ca");
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        run(Command::new("openssl")
+            .args(["req", "-x509"])
+            .args(ec)
+            .args(["-keyout", &dir.file("ca.key"), "-out", &dir.file("ca.crt")])
+            .args(["-days", "2", "-subj", "/CN=kai-test-ca"])
+            .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+            .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]));
+        run(Command::new("openssl")
+            .arg("req")
+            .args(ec)
+            .args([
+                "-keyout",
+                &dir.file("server.key"),
+                "-out",
+                &dir.file("server.csr"),
+            ])
+            .args(["-subj", "/CN=localhost"]));
+        std::fs::write(
+            dir.file("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+             keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write extensions");
+        run(Command::new("openssl")
+            .args(["x509", "-req", "-in", &dir.file("server.csr")])
+            .args(["-CA", &dir.file("ca.crt"), "-CAkey", &dir.file("ca.key")])
+            .args([
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &dir.file("server.crt"),
+            ])
+            .args(["-extfile", &dir.file("server.ext")]));
+        Self { dir }
+    }
+
+    pub fn ca_file(&self) -> String {
+        self.dir.file("ca.crt")
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A PostgreSQL server of the test's own (initdb into a temp dir, trust auth on
+/// loopback), optionally with `ssl=on` and a certificate from `ca`; stopped and
+/// deleted on drop. Started as the `postgres` user when the test runs as root
+/// (PostgreSQL refuses to run as root).
+pub struct PrivatePostgres {
+    pub port: u16,
+    child: Child,
+    dir: TempDir,
+}
+
+impl PrivatePostgres {
+    pub fn start(tls: Option<&TestCa>) -> Self {
+        let bin = postgres_bin();
+        let dir = TempDir::new("pg");
+        let as_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+        let command = |program: &str| {
+            let program = bin.join(program).to_string_lossy().into_owned();
+            if as_root {
+                // setpriv execs (no fork): signals reach the server itself.
+                let mut c = Command::new("setpriv");
+                c.args([
+                    "--reuid=postgres",
+                    "--regid=postgres",
+                    "--init-groups",
+                    "--",
+                ]);
+                c.arg(&program);
+                c
+            } else {
+                Command::new(program)
+            }
+        };
+        if as_root {
+            run(Command::new("chown").args(["postgres:postgres", &dir.file("")]));
+        }
+        let data = dir.file("data");
+        run(command("initdb")
+            .args(["-D", &data, "-U", "postgres", "--auth=trust", "--no-sync"])
+            .args(["--no-instructions", "-E", "UTF8"]));
+        let mut settings = vec![
+            "listen_addresses=127.0.0.1".to_owned(),
+            format!("unix_socket_directories={}", dir.file("")),
+            "fsync=off".to_owned(),
+            "max_connections=40".to_owned(),
+            "shared_buffers=16MB".to_owned(),
+        ];
+        if let Some(ca) = tls {
+            // The key must belong to the server's user and be private to it.
+            for f in ["server.crt", "server.key"] {
+                std::fs::copy(ca.dir.file(f), dir.path.join("data").join(f)).expect("copy");
+            }
+            if as_root {
+                run(Command::new("chown").args([
+                    "postgres:postgres",
+                    &format!("{data}/server.crt"),
+                    &format!("{data}/server.key"),
+                ]));
+            }
+            run(Command::new("chmod").args(["600", &format!("{data}/server.key")]));
+            settings.extend([
+                "ssl=on".to_owned(),
+                "ssl_cert_file=server.crt".to_owned(),
+                "ssl_key_file=server.key".to_owned(),
+            ]);
+        }
+        let port = free_low_port();
+        let mut cmd = command("postgres");
+        cmd.args(["-D", &data, "-p", &port.to_string()]);
+        for s in &settings {
+            cmd.args(["-c", s]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start postgres");
+        let me = Self { port, child, dir };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = Command::new(bin.join("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                return me;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "private PostgreSQL did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `postgres://postgres@<host>:<port>/postgres?<query>`
+    pub fn url(&self, host: &str, query: &str) -> String {
+        format!("postgres://postgres@{host}:{}/postgres?{query}", self.port)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        // SIGINT = fast shutdown: backends end, shared memory is released.
+        signal(self.child.id(), "INT");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = &self.dir;
+    }
+}
+
+/// The newest installed PostgreSQL's binaries (Debian: /usr/lib/postgresql/<v>/bin).
+fn postgres_bin() -> std::path::PathBuf {
+    let mut versions: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server binaries in /usr/lib/postgresql")
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let v = e.file_name().to_string_lossy().parse().ok()?;
+            Some((v, e.path().join("bin")))
+        })
+        .filter(|(_, bin)| bin.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .expect("an initdb under /usr/lib/postgresql")
+        .1
 }

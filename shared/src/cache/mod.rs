@@ -35,6 +35,7 @@
 //! With `REDIS_URL` unset the same API runs on L1 alone (one replica); with
 //! `CACHE_ENABLED=false` every read goes to the loader (`X-Cache: BYPASS`).
 
+mod connect;
 pub mod entry;
 mod generations;
 pub mod invalidation;
@@ -170,8 +171,10 @@ impl Cache {
             None => (None, Arc::new(Generations::local_only())),
             Some(url) => {
                 let generations = Arc::new(Generations::shared());
+                let client = connect::client(url.expose_secret(), settings.redis_ca.as_ref())
+                    .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
                 let l2 = Arc::new(L2::new(
-                    url.expose_secret(),
+                    client,
                     settings.redis_pool_size,
                     settings.redis_timeout,
                     prefix.clone(),
@@ -516,6 +519,17 @@ impl Cache {
                 response_time_ms: None,
             },
         })
+    }
+
+    /// Stops the start, with one line naming `REDIS_URL`, when Redis answers that
+    /// the configuration is wrong (ACL password, TLS trust). Never prints the URL.
+    pub async fn check_redis_configuration(&self) -> anyhow::Result<()> {
+        let Some(l2) = &self.inner.l2 else {
+            return Ok(());
+        };
+        l2.check_configuration()
+            .await
+            .map_err(|e| anyhow::anyhow!("REDIS_URL: Redis refused the connection: {e}"))
     }
 
     /// Whether Redis is configured and currently used (circuit closed).

@@ -8,16 +8,17 @@
 //!   (`pending`) and replayed by the probe *before* the circuit closes, so a Redis
 //!   that kept its data through a partition or a pause never serves an entry older
 //!   than a write acknowledged meanwhile.
-//! * bb8-redis never reports a connection as broken; [`Manager`] wraps its
-//!   connection with a flag that a failed command sets, so the pool drops that
-//!   connection instead of handing it out again — and no PING per checkout is needed.
+//! * A multiplexed connection never reports itself broken; [`Manager`] wraps it
+//!   with a flag that a failed command sets, so the pool drops that connection
+//!   instead of handing it out again — and no PING per checkout is needed. The
+//!   manager connects through a configured client (`rediss://` roots, ACL user:
+//!   see `connect`).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bb8_redis::RedisConnectionManager;
 use redis::aio::MultiplexedConnection;
 use redis::{FromRedisValue, Script};
 
@@ -85,8 +86,8 @@ pub struct Conn {
     broken: bool,
 }
 
-/// bb8 manager: bb8-redis's, plus the broken flag.
-pub struct Manager(RedisConnectionManager);
+/// bb8 manager over a configured client (TLS roots, ACL user), plus the broken flag.
+pub struct Manager(redis::Client);
 
 impl bb8::ManageConnection for Manager {
     type Connection = Conn;
@@ -94,13 +95,16 @@ impl bb8::ManageConnection for Manager {
 
     async fn connect(&self) -> Result<Conn, redis::RedisError> {
         Ok(Conn {
-            inner: self.0.connect().await?,
+            inner: self.0.get_multiplexed_async_connection().await?,
             broken: false,
         })
     }
 
     async fn is_valid(&self, conn: &mut Conn) -> Result<(), redis::RedisError> {
-        self.0.is_valid(&mut conn.inner).await
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn.inner)
+            .await
+            .map(drop)
     }
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
@@ -153,14 +157,13 @@ pub struct L2 {
 
 impl L2 {
     pub fn new(
-        url: &str,
+        client: redis::Client,
         pool_size: u32,
         timeout: Duration,
         prefix: String,
         generations: Arc<Generations>,
         metrics: Metrics,
     ) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(url)?;
         let pool = bb8::Pool::builder()
             .max_size(pool_size)
             .min_idle(Some(1))
@@ -168,7 +171,7 @@ impl L2 {
             .test_on_check_out(false)
             .retry_connection(false)
             .error_sink(Box::new(LogSink))
-            .build_unchecked(Manager(RedisConnectionManager::new(url)?));
+            .build_unchecked(Manager(client.clone()));
         let _ = metrics
             .registry
             .register(Box::new(metrics.redis_up.clone()));
@@ -522,6 +525,21 @@ impl L2 {
             ))
             .await?;
         Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms)))
+    }
+
+    /// One PING at start: `Err` only when the answer proves the configuration
+    /// wrong (password, certificate); an unreachable Redis starts degraded.
+    pub async fn check_configuration(&self) -> Result<(), redis::RedisError> {
+        let patience = self.timeout.max(std::time::Duration::from_secs(2));
+        let attempt = tokio::time::timeout(patience, async {
+            let mut conn = self.client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        })
+        .await;
+        match attempt {
+            Ok(Err(e)) if super::connect::is_configuration_error(&e) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Round-trip time of a PING (detailed health); does not touch the circuit.

@@ -1,4 +1,10 @@
 //! The pool ([`Db`]) and the timing wrapper around every statement.
+//!
+//! Connections go over rustls whenever `sslmode` asks for TLS (libpq's default,
+//! `prefer`, tries TLS first). What is verified follows libpq: see [`crate::tls`].
+//! A TLS failure is a configuration error, not an outage: [`Db::check_tls`] turns it
+//! into one line naming `DATABASE_URL` at start, and no mode but `prefer` (whose
+//! whole meaning is "plaintext if the server offers no TLS") ever falls back.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,10 +18,11 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntGaugeVec, Opts};
 use serde::Serialize;
+use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::config::Settings;
+use crate::config::{Settings, SslMode};
 use crate::http::errors::ApiError;
 use crate::metrics::Metrics;
 
@@ -101,7 +108,7 @@ impl Db {
         }
         let manager = Manager::from_config(
             pg,
-            NoTls,
+            tls_connector(settings),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Verified,
             },
@@ -126,6 +133,33 @@ impl Db {
                 slow_log: Mutex::new(VecDeque::with_capacity(SLOW_LOG_LEN)),
             }),
         }
+    }
+
+    /// Opens one connection at start and stops the service, with one line naming
+    /// `DATABASE_URL`, when TLS is what failed: a certificate naming another host,
+    /// an untrusted chain, a server without TLS under `require`. Other failures
+    /// (PostgreSQL not up yet) are left to migrations and readiness, as before.
+    pub async fn check_tls(&self, settings: &Settings) -> anyhow::Result<()> {
+        let Err(e) = self.conn().await else {
+            return Ok(());
+        };
+        let Some(tls) = tls_failure(&e) else {
+            return Ok(());
+        };
+        let pg = settings.pg_config();
+        let host = match pg.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            _ => "the database host".to_owned(),
+        };
+        let port = pg.get_ports().first().copied().unwrap_or(5432);
+        let ca = match &settings.database_ca {
+            Some(ca) => format!("DATABASE_CA_FILE {}", ca.path.display()),
+            None => "the system roots".to_owned(),
+        };
+        anyhow::bail!(
+            "DATABASE_URL: TLS to {host}:{port} failed (sslmode={}, trusting {ca}): {tls}",
+            settings.database_ssl_mode.as_str()
+        )
     }
 
     /// A pooled connection; waits at most `DB_POOL_TIMEOUT_SECS`, then 503.
@@ -255,6 +289,46 @@ impl Db {
     pub fn pool(&self) -> &Pool {
         &self.pool
     }
+}
+
+/// The rustls connector for `sslmode` (under `disable` it is never called).
+fn tls_connector(settings: &Settings) -> MakeRustlsConnect {
+    use crate::tls::Verify;
+    let verify = match settings.database_ssl_mode {
+        SslMode::VerifyFull => Verify::Full,
+        SslMode::VerifyCa => Verify::Chain,
+        // libpq: a root certificate file upgrades require (and prefer) to verify-ca.
+        SslMode::Require | SslMode::Prefer if settings.database_ca.is_some() => Verify::Chain,
+        SslMode::Require | SslMode::Prefer | SslMode::Disable => Verify::Nothing,
+    };
+    MakeRustlsConnect::new(crate::tls::client_config(
+        settings.database_ca.as_ref(),
+        verify,
+    ))
+}
+
+/// The TLS part of a connection failure, if TLS is what failed.
+fn tls_failure(e: &DbError) -> Option<String> {
+    let pg = match e {
+        DbError::Pool(PoolError::Backend(pg)) | DbError::Query(pg) => pg,
+        DbError::Pool(_) => return None,
+    };
+    // tokio-postgres says "error performing TLS handshake" (the cause, e.g. the
+    // rustls certificate error, is its source; "server does not support TLS"
+    // under `require`).
+    if !pg.to_string().contains("TLS") {
+        return None;
+    }
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&dyn std::error::Error> = Some(pg);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    Some(parts.join(": "))
 }
 
 /// Reports `kai_db_pool_connections{state}` from the pool's own counters at scrape

@@ -7,3 +7,4 @@ mod faults;
 mod hostile;
 mod migrations;
 mod system;
+mod tls;

@@ -5,6 +5,10 @@
 --
 --   kai_migrator  owns the schemas and tables (the migration Jobs)
 --   kai_app       reads and writes rows, cannot create, alter or drop (the services)
+--
+-- On a managed PostgreSQL whose admin is not a superuser, that admin must be a
+-- member of kai_migrator for ALTER DEFAULT PRIVILEGES FOR ROLE kai_migrator
+-- (GRANT kai_migrator TO <admin>) first.
 CREATE ROLE kai_migrator LOGIN PASSWORD 'kai-dev-migrator-password';
 CREATE ROLE kai_app LOGIN PASSWORD 'kai-dev-app-password';
 DO $$

@@ -1,0 +1,268 @@
+//! TLS client configuration for the two network dependencies, PostgreSQL and Redis.
+//!
+//! Production databases and caches are managed services outside the cluster: what
+//! crosses the network is journal text and passwords, so it goes over TLS. rustls
+//! with the `ring` provider (never aws-lc, which needs a C toolchain in the image);
+//! the server certificate is checked against a private CA bundle
+//! (`DATABASE_CA_FILE` / `REDIS_CA_FILE`) or, without one, the system roots.
+//!
+//! PostgreSQL's `sslmode` decides how much is checked, as libpq decides it
+//! ([`Verify`]): `verify-full` checks chain and host name, `verify-ca` the chain
+//! only, `require`/`prefer` encrypt without checking (unless a CA file is given,
+//! which — like libpq's `root.crt` — upgrades them to `verify-ca`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ClientConfig, WebPkiServerVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+/// A PEM CA bundle, read and parsed once at start (a bad file is a configuration
+/// error naming its variable, not a failure on the first connection).
+#[derive(Clone)]
+pub struct CaBundle {
+    pub path: PathBuf,
+    certs: Arc<Vec<CertificateDer<'static>>>,
+}
+
+impl std::fmt::Debug for CaBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CaBundle({}, {} certificates)",
+            self.path.display(),
+            self.certs.len()
+        )
+    }
+}
+
+impl CaBundle {
+    /// Reads every certificate of a PEM file; at least one must be there.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{} is not a PEM file: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{} holds no PEM certificate", path.display()));
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            certs: Arc::new(certs),
+        })
+    }
+
+    /// The certificates, DER-encoded (what the redis crate takes as PEM again is
+    /// handled by [`CaBundle::pem`]).
+    pub fn certs(&self) -> &[CertificateDer<'static>] {
+        &self.certs
+    }
+
+    /// The file's bytes, as the redis crate wants its root certificate.
+    pub fn pem(&self) -> std::io::Result<Vec<u8>> {
+        std::fs::read(&self.path)
+    }
+}
+
+/// How much of the server's certificate is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// Encrypt, check nothing (libpq `require`/`prefer` without a CA file).
+    Nothing,
+    /// The chain must lead to a trusted root; any host name.
+    Chain,
+    /// Chain and host name (the default everywhere but PostgreSQL's lax modes).
+    Full,
+}
+
+/// The process's crypto provider: ring.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Trust anchors: the bundle if given, else the system's roots.
+pub fn root_store(ca: Option<&CaBundle>) -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    match ca {
+        Some(ca) => {
+            roots.add_parsable_certificates(ca.certs().iter().cloned());
+        }
+        None => {
+            // Unreadable system certificates leave the store empty: every verified
+            // connection then fails with "unknown issuer", which names the fix.
+            let native = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(native.certs);
+        }
+    }
+    roots
+}
+
+/// A client configuration that checks what `verify` says.
+pub fn client_config(ca: Option<&CaBundle>, verify: Verify) -> ClientConfig {
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions");
+    let verifier: Arc<dyn ServerCertVerifier> = match verify {
+        Verify::Nothing => Arc::new(AcceptAnyCertificate {
+            algorithms: provider.signature_verification_algorithms,
+        }),
+        Verify::Chain | Verify::Full => {
+            let webpki = WebPkiServerVerifier::builder_with_provider(
+                Arc::new(root_store(ca)),
+                provider.clone(),
+            )
+            .build();
+            match webpki {
+                Ok(webpki) if verify == Verify::Full => webpki,
+                Ok(webpki) => Arc::new(ChainOnly(webpki)),
+                // Only an empty root store fails to build: trust nothing, so every
+                // handshake fails with a certificate error instead of passing.
+                Err(_) => Arc::new(RejectAll {
+                    algorithms: provider.signature_verification_algorithms,
+                }),
+            }
+        }
+    };
+    builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth()
+}
+
+/// `verify-ca`: the full WebPKI check, except that a certificate naming another
+/// host passes (the name check comes last, after the chain was proven).
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// libpq's `require`: encrypted, unauthenticated (the handshake signatures are
+/// still checked, so the channel is bound to whoever holds the key).
+#[derive(Debug)]
+struct AcceptAnyCertificate {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// No trust anchors at all: every certificate is refused.
+#[derive(Debug)]
+struct RejectAll {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for RejectAll {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Err(rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer,
+        ))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
