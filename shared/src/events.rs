@@ -74,7 +74,8 @@ impl Events {
             return Ok(None);
         };
         Ok(Some(Self {
-            client: redis::Client::open(url.expose_secret())?,
+            client: crate::cache::connect::client(url.expose_secret(), settings.redis_ca.as_ref())
+                .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?,
             prefix: settings.cache_prefix.clone(),
             conn: Arc::default(),
         }))

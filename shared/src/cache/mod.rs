@@ -35,7 +35,7 @@
 //! With `REDIS_URL` unset the same API runs on L1 alone (one replica); with
 //! `CACHE_ENABLED=false` every read goes to the loader (`X-Cache: BYPASS`).
 
-mod connect;
+pub(crate) mod connect;
 pub mod entry;
 mod generations;
 pub mod invalidation;

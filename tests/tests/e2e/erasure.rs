@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use kai_shared::testing::{self, PrivateRedis, TestApp, TestDb};
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 use uuid::Uuid;
 
 use crate::system::call;
