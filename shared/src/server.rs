@@ -205,13 +205,18 @@ impl Application {
             .build()
             .map_err(|e| anyhow::anyhow!("building HTTP metrics: {e}"))?;
 
+        // The served document (see `http::openapi::complete`) and, from it, the
+        // methods of each route: the `Allow` of a 405 and what a preflight may ask.
+        let document = crate::http::openapi::complete(&def.openapi);
+        let operations = web::Data::new(crate::http::openapi::Operations::from_document(&document));
+
         let server_platform = platform.clone();
         let mut server = HttpServer::new(move || {
             let platform = server_platform.clone();
             let mut cors = Cors::default()
-                .allow_any_method()
-                .allow_any_header()
-                .expose_headers(["x-request-id", "x-response-time", "x-cache", "etag"])
+                .allowed_methods(operations.all_methods().iter().map(String::as_str))
+                .allowed_headers(crate::http::cors::ALLOWED_HEADERS)
+                .expose_headers(crate::http::cors::EXPOSED_HEADERS)
                 .max_age(3600);
             for origin in &platform.settings.cors_allowed_origins {
                 cors = cors.allowed_origin(origin);
@@ -219,6 +224,7 @@ impl Application {
             let routes = def.routes.clone();
             App::new()
                 .app_data(platform)
+                .app_data(operations.clone())
                 .app_data(crate::http::json_config())
                 .app_data(crate::http::query_config())
                 .app_data(crate::http::path_config())
@@ -231,6 +237,7 @@ impl Application {
                 .wrap(Compress::default())
                 .wrap(prometheus.clone())
                 .wrap(cors)
+                .wrap(from_fn(crate::http::cors::preflight_per_route))
                 .wrap(
                     DefaultHeaders::new()
                         .add(("X-Content-Type-Options", "nosniff"))
@@ -248,7 +255,10 @@ impl Application {
                             .finish()
                     }),
                 )
-                .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", def.openapi.clone()))
+                .service(
+                    SwaggerUi::new("/docs/{_:.*}")
+                        .external_url_unchecked("/openapi.json", document.clone()),
+                )
                 .configure(|cfg| routes(cfg))
                 .default_service(web::to(crate::http::not_found))
         })

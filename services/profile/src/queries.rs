@@ -70,8 +70,9 @@ fn profile(row: &Row) -> Profile {
         user_id: row.get("user_id"),
         email: row.get("email"),
         display_name: row.get("display_name"),
-        traits: row.get("traits"),
-        preferences: row.get("preferences"),
+        // Jsonb: numbers PostgreSQL writes out in full are read back too.
+        traits: row.get::<_, kai_shared::db::Jsonb>("traits").0,
+        preferences: row.get::<_, kai_shared::db::Jsonb>("preferences").0,
         communication_style: row.get("communication_style"),
         updated_at: row.get("updated_at"),
     }

@@ -6,5 +6,6 @@ mod erasure;
 mod faults;
 mod hostile;
 mod migrations;
+mod openapi;
 mod system;
 mod tls;
