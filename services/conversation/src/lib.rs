@@ -9,6 +9,8 @@ pub mod assistant;
 pub mod cache_rules;
 /// The service's own settings (the LLM endpoint).
 pub mod config;
+/// Account erasure: purging a deleted user's data when profile-service says so.
+pub mod erasure;
 /// `GET /api/conversations/export`: every conversation with its messages, streamed as NDJSON.
 pub mod export;
 /// The chat-completions client and the offline responder.
@@ -55,6 +57,7 @@ pub fn try_service(settings: &config::LlmSettings) -> anyhow::Result<ServiceDef>
         ],
         llm_outcomes: &assistant::OUTCOMES,
         session_check: None,
+        on_start: Some(Arc::new(erasure::start)),
     })
 }
 
