@@ -209,7 +209,7 @@ impl State {
 }
 
 /// Every conversation of the caller with all its messages, one per line, oldest first; streamed.
-#[utoipa::path(get, path = "/api/conversations/export",
+#[utoipa::path(get, path = "/api/conversations/export", tag = "conversations",
     responses(
         (status = 200, description = "One conversation with all its messages per line, oldest first", content_type = "application/x-ndjson", body = ExportedConversation),
         (status = 401), (status = 503)))]

@@ -3,6 +3,7 @@
 //! assignment) — it gets a 400.
 
 use chrono::{DateTime, Duration, Utc};
+use kai_shared::http::openapi::is_blank;
 use kai_shared::{ApiError, FieldError};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -20,13 +21,35 @@ const MAX_FUTURE_SKEW: Duration = Duration::minutes(5);
 /// The newest message of a conversation, as lists show it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LastMessage {
+    #[schema(value_type = Role)]
     pub role: String,
     pub content: String,
     pub created_at: DateTime<Utc>,
 }
 
+/// Who wrote a message.
+#[derive(ToSchema)]
+#[schema(example = "user")]
+#[allow(dead_code)]
+pub enum Role {
+    #[schema(rename = "user")]
+    User,
+    #[schema(rename = "assistant")]
+    Assistant,
+    #[schema(rename = "system")]
+    System,
+}
+
 /// A conversation as lists (and its creation) show it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "id": "0192f5a4-7c1e-7d3a-9b2e-5f1c8a4e2d10",
+    "title": "Sleep",
+    "created_at": "2026-11-23T18:30:00Z",
+    "updated_at": "2026-11-23T18:31:00Z",
+    "message_count": 2,
+    "last_message": { "role": "assistant", "content": "That sounds tiring. What usually helps you wind down?", "created_at": "2026-11-23T18:31:00Z" }
+}))]
 pub struct ConversationSummary {
     pub id: Uuid,
     pub title: Option<String>,
@@ -40,7 +63,7 @@ pub struct ConversationSummary {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Message {
     pub id: Uuid,
-    /// `user`, `assistant` or `system`.
+    #[schema(value_type = Role)]
     pub role: String,
     pub content: String,
     pub created_at: DateTime<Utc>,
@@ -83,49 +106,65 @@ impl ConversationDetail {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ConversationPage {
     pub conversations: Vec<ConversationSummary>,
+    /// Opaque; pass it as `cursor` (with the same `limit`) for the next page; null on the last.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
     pub has_more: bool,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({ "title": "Sleep" }))]
 pub struct CreateConversation {
     /// At most 200 characters; blank means none.
+    #[schema(max_length = 200)]
     pub title: Option<String>,
 }
 
 impl CreateConversation {
-    /// Trims the title (blank becomes none) and checks its length.
+    /// Checks the title's length as sent (what the document states), then trims
+    /// it (blank becomes none).
     pub fn validate(&mut self) -> Result<(), ApiError> {
+        // PostgreSQL text cannot hold NUL: a 400, not a failed INSERT.
+        if self.title.as_ref().is_some_and(|t| t.contains('\0')) {
+            return Err(ApiError::validation(vec![FieldError::new(
+                "title",
+                "must not contain NUL characters",
+            )]));
+        }
+        if self
+            .title
+            .as_ref()
+            .is_some_and(|t| t.chars().count() > MAX_TITLE_CHARS)
+        {
+            return Err(ApiError::validation(vec![FieldError::new(
+                "title",
+                format!("must be at most {MAX_TITLE_CHARS} characters"),
+            )]));
+        }
         self.title = self
             .title
             .take()
             .map(|t| t.trim().to_owned())
             .filter(|t| !t.is_empty());
-        match &self.title {
-            // PostgreSQL text cannot hold NUL: a 400, not a failed INSERT.
-            Some(t) if t.contains('\0') => Err(ApiError::validation(vec![FieldError::new(
-                "title",
-                "must not contain NUL characters",
-            )])),
-            Some(t) if t.chars().count() > MAX_TITLE_CHARS => {
-                Err(ApiError::validation(vec![FieldError::new(
-                    "title",
-                    format!("must be at most {MAX_TITLE_CHARS} characters"),
-                )]))
-            }
-            _ => Ok(()),
-        }
+        Ok(())
     }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({ "content": "I slept badly again and feel on edge.", "communication_style": "warm and brief" }))]
 pub struct PostMessage {
-    /// 1–20,000 characters.
+    /// 1–20,000 characters, not only white space.
+    #[schema(
+        min_length = 1,
+        max_length = 20000,
+        pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+    )]
     pub content: String,
     /// How the assistant should speak (e.g. the profile's communication style),
     /// at most 200 characters; passed to the LLM as a system message.
+    #[schema(max_length = 200)]
     pub communication_style: Option<String>,
 }
 
@@ -133,13 +172,7 @@ impl PostMessage {
     pub fn validate(&mut self) -> Result<(), ApiError> {
         let mut errors = Vec::new();
         check_content("content", &self.content, &mut errors);
-        // One line, single-spaced: the hint is a short phrase, and its reply's
-        // cache key hashes `style "\n" content`, which a newline could make ambiguous.
-        self.communication_style = self
-            .communication_style
-            .take()
-            .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
-            .filter(|s| !s.is_empty());
+        // Checked as sent (what the document states), then normalized.
         if self
             .communication_style
             .as_ref()
@@ -150,6 +183,13 @@ impl PostMessage {
                 format!("must be at most {MAX_STYLE_CHARS} characters"),
             ));
         }
+        // One line, single-spaced: the hint is a short phrase, and its reply's
+        // cache key hashes `style "\n" content`, which a newline could make ambiguous.
+        self.communication_style = self
+            .communication_style
+            .take()
+            .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+            .filter(|s| !s.is_empty());
         finish(errors)
     }
 }
@@ -166,9 +206,14 @@ pub struct Exchange {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchMessage {
-    /// `user`, `assistant` or `system`.
+    #[schema(value_type = Role)]
     pub role: String,
-    /// 1–20,000 characters.
+    /// 1–20,000 characters, not only white space.
+    #[schema(
+        min_length = 1,
+        max_length = 20000,
+        pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+    )]
     pub content: String,
     /// When the message was written (imports); now when absent.
     pub created_at: Option<DateTime<Utc>>,
@@ -176,8 +221,13 @@ pub struct BatchMessage {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({ "messages": [
+    { "role": "user", "content": "Can we talk about work?", "created_at": "2026-11-20T09:00:00Z" },
+    { "role": "assistant", "content": "Of course. What is on your mind?", "created_at": "2026-11-20T09:00:05Z" }
+] }))]
 pub struct BatchRequest {
     /// 1–1,000 messages, stored all or none.
+    #[schema(min_items = 1, max_items = 1000)]
     pub messages: Vec<BatchMessage>,
 }
 
@@ -220,24 +270,29 @@ pub struct BatchInserted {
 /// `GET /api/conversations`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100, example = 20)]
     pub limit: Option<i64>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page, with the same `limit`.
+    #[param(min_length = 1)]
     pub cursor: Option<String>,
 }
 
 /// `GET /api/conversations/{id}`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DetailQuery {
     /// How many of the latest messages, 1–200 (default 50).
+    #[param(minimum = 1, maximum = 200, example = 50)]
     pub limit: Option<i64>,
 }
 
 fn check_content(field: &str, content: &str, errors: &mut Vec<FieldError>) {
     let n = content.chars().count();
-    if content.trim().is_empty() || n > MAX_CONTENT_CHARS {
+    if is_blank(content) || n > MAX_CONTENT_CHARS {
         errors.push(FieldError::new(
             field,
             format!("must be 1 to {MAX_CONTENT_CHARS} characters (got {n})"),

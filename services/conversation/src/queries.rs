@@ -12,7 +12,7 @@ use kai_shared::db::{Db, DbError, Row};
 use uuid::Uuid;
 
 use crate::model::{BatchMessage, ConversationPage, ConversationSummary, LastMessage, Message};
-use kai_shared::http::cursor::Cursor;
+use kai_shared::http::cursor::{Cursor, CursorSigner};
 
 pub const INSERT_CONVERSATION: &str = "INSERT INTO conversation.conversations (id, user_id, title)
      VALUES ($1, $2, $3)
@@ -151,6 +151,7 @@ pub async fn list_conversations(
     user_id: Uuid,
     cursor: Option<Cursor>,
     limit: i64,
+    signer: &CursorSigner,
 ) -> Result<ConversationPage, ApiError> {
     let conn = db.conn().await?;
     let fetch = limit + 1;
@@ -166,11 +167,10 @@ pub async fn list_conversations(
     conversations.truncate(limit as usize);
     let next_cursor = if has_more {
         conversations.last().map(|c| {
-            Cursor {
+            signer.sign(&Cursor {
                 at: c.updated_at,
                 id: c.id,
-            }
-            .encode()
+            })
         })
     } else {
         None

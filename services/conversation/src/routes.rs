@@ -3,6 +3,7 @@
 //! Every route under a conversation id looks the conversation up by id *and*
 //! owner, so another user's conversation is a 404 everywhere.
 
+use actix_web::http::header::LOCATION;
 use actix_web::{HttpRequest, HttpResponse, web};
 use kai_shared::auth::AuthUser;
 use kai_shared::cache::keys;
@@ -18,18 +19,20 @@ use crate::llm::Llm;
 use crate::model::{
     BatchInserted, BatchMessage, BatchRequest, ConversationDetail, ConversationPage,
     ConversationSummary, CreateConversation, DetailQuery, Exchange, LastMessage, ListQuery,
-    Message, PostMessage,
+    Message, PostMessage, Role,
 };
 use crate::queries;
-use kai_shared::http::cursor::Cursor;
+use kai_shared::http::cursor::CursorSigner;
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Kai conversation-service", description = "Conversations with the assistant, their messages, and LLM replies through the AI-response cache."),
     paths(create_conversation, list_conversations, get_conversation, delete_conversation, post_message, post_batch, crate::export::export_conversations),
-    components(schemas(ConversationSummary, ConversationDetail, ConversationPage, LastMessage, Message, CreateConversation, PostMessage, Exchange, BatchRequest, BatchMessage, BatchInserted, crate::export::ExportedConversation, kai_shared::http::errors::Problem, FieldError)),
+    components(schemas(ConversationSummary, ConversationDetail, ConversationPage, LastMessage, Message, CreateConversation, PostMessage, Exchange, BatchRequest, BatchMessage, BatchInserted, Role, crate::export::ExportedConversation, kai_shared::http::errors::Problem, FieldError)),
     modifiers(&BearerAuth),
-    security(("bearer" = []))
+    security(("bearer" = [])),
+    tags((name = "conversations", description = "Conversations with the assistant"),
+         (name = "messages", description = "Messages, the assistant's replies, imports"))
 )]
 pub struct ApiDoc;
 
@@ -57,8 +60,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, llm: web::Data<Llm>) {
 }
 
 /// Start a conversation.
-#[utoipa::path(post, path = "/api/conversations", request_body = CreateConversation,
-    responses((status = 201, body = ConversationSummary), (status = 400, body = kai_shared::http::errors::Problem), (status = 401), (status = 413), (status = 415)))]
+#[utoipa::path(post, path = "/api/conversations", tag = "conversations", request_body = CreateConversation,
+    responses((status = 201, description = "The conversation; `Location` is its URL", body = ConversationSummary)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn create_conversation(
     p: web::Data<Platform>,
@@ -70,13 +73,15 @@ async fn create_conversation(
     let conversation =
         queries::insert_conversation(&p.db, user.user_id, new.title.as_deref()).await?;
     p.cache.invalidate(&user_scope(user.user_id)).await;
-    Ok(HttpResponse::Created().json(conversation))
+    Ok(HttpResponse::Created()
+        .insert_header((LOCATION, format!("/api/conversations/{}", conversation.id)))
+        .json(conversation))
 }
 
 /// List conversations, most recently updated first, with message counts and
 /// last messages (one SQL statement per page).
-#[utoipa::path(get, path = "/api/conversations", params(ListQuery),
-    responses((status = 200, body = ConversationPage), (status = 304), (status = 400), (status = 401)))]
+#[utoipa::path(get, path = "/api/conversations", tag = "conversations", params(ListQuery),
+    responses((status = 200, body = ConversationPage), (status = 304)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn list_conversations(
     req: HttpRequest,
@@ -87,12 +92,14 @@ async fn list_conversations(
     let q = q.into_inner();
     let uid = user.user_id;
     let limit = in_range("limit", q.limit, 20, 1, 100)?;
-    let cursor = Cursor::from_param(q.cursor.as_deref())?;
+    let signer =
+        CursorSigner::from_settings(&p.settings, p.service, uid, &format!("limit={limit}"));
+    let cursor = signer.from_param(q.cursor.as_deref())?;
     let key = keys::conversation_list(uid, q.cursor.as_deref(), limit);
     let cached = p
         .cache
         .get_or_load(&user_scope(uid), &LIST, &key, || async {
-            queries::list_conversations(&p.db, uid, cursor, limit)
+            queries::list_conversations(&p.db, uid, cursor, limit, &signer)
                 .await
                 .map(Some)
         })
@@ -101,8 +108,8 @@ async fn list_conversations(
 }
 
 /// One conversation with its latest messages, oldest first.
-#[utoipa::path(get, path = "/api/conversations/{id}", params(("id" = Uuid, Path), DetailQuery),
-    responses((status = 200, body = ConversationDetail), (status = 304), (status = 400), (status = 404), (status = 401)))]
+#[utoipa::path(get, path = "/api/conversations/{id}", tag = "conversations", params(("id" = Uuid, Path, description = "The conversation's id"), DetailQuery),
+    responses((status = 200, body = ConversationDetail), (status = 304)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn get_conversation(
     req: HttpRequest,
@@ -130,8 +137,8 @@ async fn get_conversation(
 }
 
 /// Delete a conversation and its messages.
-#[utoipa::path(delete, path = "/api/conversations/{id}", params(("id" = Uuid, Path)),
-    responses((status = 204), (status = 404), (status = 401)))]
+#[utoipa::path(delete, path = "/api/conversations/{id}", tag = "conversations", params(("id" = Uuid, Path, description = "The conversation's id")),
+    responses((status = 204)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn delete_conversation(
     p: web::Data<Platform>,
@@ -148,9 +155,9 @@ async fn delete_conversation(
 /// Send a message; the assistant replies (from the AI-response cache when the
 /// same message was sent before). If the model fails, the message is kept and
 /// the answer is 502 (or 504 on timeout).
-#[utoipa::path(post, path = "/api/conversations/{id}/messages", params(("id" = Uuid, Path)), request_body = PostMessage,
-    responses((status = 201, body = Exchange), (status = 400), (status = 404), (status = 401),
-        (status = 502, body = kai_shared::http::errors::Problem), (status = 504, body = kai_shared::http::errors::Problem)))]
+#[utoipa::path(post, path = "/api/conversations/{id}/messages", tag = "messages", params(("id" = Uuid, Path, description = "The conversation's id")), request_body = PostMessage,
+    responses((status = 201, description = "Both messages, stored; `Location` is the conversation", body = Exchange),
+        (status = 502), (status = 504)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn post_message(
     p: web::Data<Platform>,
@@ -181,16 +188,18 @@ async fn post_message(
         .await?
         .ok_or_else(ApiError::not_found)?;
     p.cache.invalidate(&user_scope(uid)).await;
-    Ok(HttpResponse::Created().json(Exchange {
-        user_message,
-        assistant_message,
-        cached: reply.cached,
-    }))
+    Ok(HttpResponse::Created()
+        .insert_header((LOCATION, format!("/api/conversations/{id}")))
+        .json(Exchange {
+            user_message,
+            assistant_message,
+            cached: reply.cached,
+        }))
 }
 
 /// Import up to 1,000 messages at once: all or none, in one INSERT.
-#[utoipa::path(post, path = "/api/conversations/{id}/messages/batch", params(("id" = Uuid, Path)), request_body = BatchRequest,
-    responses((status = 201, body = BatchInserted), (status = 400), (status = 404), (status = 401), (status = 413)))]
+#[utoipa::path(post, path = "/api/conversations/{id}/messages/batch", tag = "messages", params(("id" = Uuid, Path, description = "The conversation's id")), request_body = BatchRequest,
+    responses((status = 201, description = "How many messages were stored; `Location` is the conversation", body = BatchInserted)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn post_batch(
     p: web::Data<Platform>,
@@ -200,9 +209,12 @@ async fn post_batch(
 ) -> Result<HttpResponse, ApiError> {
     let batch = body.into_inner();
     batch.validate()?;
-    let inserted = queries::insert_batch(&p.db, user.user_id, id.into_inner(), &batch.messages)
+    let id = id.into_inner();
+    let inserted = queries::insert_batch(&p.db, user.user_id, id, &batch.messages)
         .await?
         .ok_or_else(ApiError::not_found)?;
     p.cache.invalidate(&user_scope(user.user_id)).await;
-    Ok(HttpResponse::Created().json(BatchInserted { inserted }))
+    Ok(HttpResponse::Created()
+        .insert_header((LOCATION, format!("/api/conversations/{id}")))
+        .json(BatchInserted { inserted }))
 }

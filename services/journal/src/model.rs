@@ -2,8 +2,10 @@
 //! cannot set `id`, `user_id` or timestamps (mass assignment) — it gets a 400.
 
 use chrono::{DateTime, NaiveDate, Utc};
+use kai_shared::http::openapi::is_blank;
 use kai_shared::{ApiError, FieldError};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -14,10 +16,20 @@ pub const MAX_TAG_CHARS: usize = 50;
 
 /// A journal entry as clients see it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "id": "0192f5a4-7c1e-7d3a-9b2e-5f1c8a4e2d10",
+    "title": "Evening walk",
+    "content": "Walked by the river after work; calmer than this morning.",
+    "mood": 7,
+    "tags": ["walk", "calm"],
+    "created_at": "2026-11-23T18:30:00Z",
+    "updated_at": "2026-11-23T18:30:00Z"
+}))]
 pub struct Entry {
     pub id: Uuid,
     pub title: Option<String>,
     pub content: String,
+    #[schema(minimum = 1, maximum = 10)]
     pub mood: Option<i16>,
     pub tags: Vec<String>,
     pub created_at: DateTime<Utc>,
@@ -26,28 +38,70 @@ pub struct Entry {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "content": "Walked by the river after work; calmer than this morning.",
+    "title": "Evening walk",
+    "mood": 7,
+    "tags": ["walk", "calm"]
+}))]
 pub struct CreateEntry {
-    /// 1–20,000 characters.
+    /// 1–20,000 characters, not only white space.
+    #[schema(
+        min_length = 1,
+        max_length = 20000,
+        pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+    )]
     pub content: String,
+    /// At most 200 characters.
+    #[schema(max_length = 200)]
     pub title: Option<String>,
     /// 1–10.
+    #[serde(default, deserialize_with = "kai_shared::http::whole::option")]
+    #[schema(minimum = 1, maximum = 10)]
     pub mood: Option<i16>,
-    /// At most 20 tags of 1–50 characters.
+    /// At most 20 tags of 1–50 characters (trimmed; duplicates dropped).
     #[serde(default)]
+    #[schema(max_items = 20, inline, value_type = Vec<Tag>)]
     pub tags: Vec<String>,
 }
 
-/// Any subset of the create fields; `title` and `mood` may be set to null.
+/// A tag: 1–50 characters, not only white space.
+#[derive(ToSchema)]
+#[schema(
+    min_length = 1,
+    max_length = 50,
+    pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]",
+    example = "calm"
+)]
+#[allow(dead_code)]
+pub struct Tag(String);
+
+/// Any subset (at least one) of the create fields; `title` and `mood` may be set
+/// to null, `content` and `tags` may not.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1, example = json!({ "mood": 8, "tags": ["walk", "calm", "river"] }))]
 pub struct PatchEntry {
+    /// 1–20,000 characters, not only white space.
+    #[serde(default, deserialize_with = "kai_shared::http::some")]
+    #[schema(
+        nullable = false,
+        min_length = 1,
+        max_length = 20000,
+        pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+    )]
     pub content: Option<String>,
+    /// At most 200 characters; null clears it.
     #[serde(default, deserialize_with = "kai_shared::http::double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 200)]
     pub title: Option<Option<String>>,
-    #[serde(default, deserialize_with = "kai_shared::http::double_option")]
-    #[schema(value_type = Option<i16>)]
+    /// 1–10; null clears it.
+    #[serde(default, deserialize_with = "kai_shared::http::whole::double_option")]
+    #[schema(value_type = Option<i16>, minimum = 1, maximum = 10)]
     pub mood: Option<Option<i16>>,
+    /// At most 20 tags of 1–50 characters; replaces the stored tags.
+    #[serde(default, deserialize_with = "kai_shared::http::some")]
+    #[schema(nullable = false, max_items = 20, inline, value_type = Option<Vec<Tag>>)]
     pub tags: Option<Vec<String>>,
 }
 
@@ -96,7 +150,7 @@ impl PatchEntry {
 
 fn check_content(content: &str, errors: &mut Vec<FieldError>) {
     let n = content.chars().count();
-    if content.trim().is_empty() || n > MAX_CONTENT_CHARS {
+    if is_blank(content) || n > MAX_CONTENT_CHARS {
         errors.push(FieldError::new(
             "content",
             format!("must be 1 to {MAX_CONTENT_CHARS} characters (got {n})"),
@@ -119,23 +173,23 @@ fn check_mood(mood: i16, errors: &mut Vec<FieldError>) {
     }
 }
 
-/// Trims tags and drops duplicates, then checks count and length.
+/// Checks count and lengths as sent (what the OpenAPI schema states), then trims
+/// tags and drops duplicates.
 fn check_tags(tags: &mut Vec<String>, errors: &mut Vec<FieldError>) {
-    let mut seen = std::collections::HashSet::new();
-    tags.iter_mut().for_each(|t| *t = t.trim().to_owned());
-    tags.retain(|t| seen.insert(t.clone()));
     if tags.len() > MAX_TAGS {
         errors.push(FieldError::new("tags", format!("at most {MAX_TAGS} tags")));
     }
-    if tags
-        .iter()
-        .any(|t| t.is_empty() || t.chars().count() > MAX_TAG_CHARS)
-    {
-        errors.push(FieldError::new(
-            "tags",
-            format!("each tag must be 1 to {MAX_TAG_CHARS} characters"),
-        ));
+    for (i, t) in tags.iter().enumerate() {
+        if is_blank(t) || t.chars().count() > MAX_TAG_CHARS {
+            errors.push(FieldError::new(
+                format!("tags[{i}]"),
+                format!("must be 1 to {MAX_TAG_CHARS} characters, not only white space"),
+            ));
+        }
     }
+    let mut seen = std::collections::HashSet::new();
+    tags.iter_mut().for_each(|t| *t = t.trim().to_owned());
+    tags.retain(|t| seen.insert(t.clone()));
 }
 
 fn finish(errors: Vec<FieldError>) -> Result<(), ApiError> {
@@ -147,8 +201,10 @@ fn finish(errors: Vec<FieldError>) -> Result<(), ApiError> {
 }
 
 /// `GET /api/journal/entries`: page mode (`page`, `page_size`) unless `limit` or
-/// `cursor` is given (cursor mode).
-#[derive(Debug, Deserialize, IntoParams)]
+/// `cursor` is given (cursor mode); parameters of both modes together are a 400.
+/// Documented as one exploded query object whose schema is `oneOf` the two modes
+/// (see the `IntoParams` impl), which is what OpenAPI can say about alternatives.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Page mode: 1-based page number (default 1).
@@ -161,6 +217,7 @@ pub struct ListQuery {
     pub cursor: Option<String>,
 }
 
+/// Page mode.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct EntryPage {
     pub entries: Vec<Entry>,
@@ -170,19 +227,31 @@ pub struct EntryPage {
     pub has_more: bool,
 }
 
+/// Cursor mode.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct EntryCursorPage {
     pub entries: Vec<Entry>,
+    /// Opaque; pass it as `cursor` (with the same `limit`) for the next page; null on the last.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
     pub has_more: bool,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SearchQuery {
-    /// Words to find (web-search syntax: quotes, `or`, `-word`), 1–200 characters.
+    /// Words to find (web-search syntax: quotes, `or`, `-word`), 1–200 characters,
+    /// not only white space.
+    #[param(
+        min_length = 1,
+        max_length = 200,
+        pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]",
+        example = "river walk"
+    )]
     pub q: String,
     /// 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100, example = 20)]
     pub limit: Option<i64>,
 }
 
@@ -193,8 +262,10 @@ pub struct SearchResults {
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct StatsQuery {
     /// Window in days, 1–365 (default 30).
+    #[param(minimum = 1, maximum = 365, example = 30)]
     pub days: Option<i64>,
 }
 
@@ -210,4 +281,54 @@ pub struct Stats {
     pub total_entries: i64,
     pub average_mood: Option<f64>,
     pub days: Vec<DayStats>,
+}
+
+impl IntoParams for ListQuery {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn, ParameterStyle};
+        use utoipa::openapi::schema::{Object, OneOfBuilder};
+        let mode = |v: serde_json::Value| -> Object {
+            serde_json::from_value(v).expect("a valid schema object")
+        };
+        let page = mode(json!({
+            "title": "page mode",
+            "type": "object",
+            "properties": {
+                "page": { "type": "integer", "format": "int64", "minimum": 1, "maximum": 1_000_000,
+                          "description": "1-based page number (default 1)" },
+                "page_size": { "type": "integer", "format": "int64", "minimum": 1, "maximum": 100,
+                               "description": "1–100 (default 20)" }
+            },
+            "additionalProperties": false
+        }));
+        let cursor = mode(json!({
+            "title": "cursor mode",
+            "type": "object",
+            "properties": {
+                "limit": { "type": "integer", "format": "int64", "minimum": 1, "maximum": 100,
+                           "description": "1–100 (default 20)" },
+                "cursor": { "type": "string", "minLength": 1,
+                            "description": "`next_cursor` of the previous page, with the same `limit`" }
+            },
+            "minProperties": 1,
+            "additionalProperties": false
+        }));
+        vec![
+            ParameterBuilder::new()
+                .name("mode")
+                .parameter_in(ParameterIn::Query)
+                .style(Some(ParameterStyle::Form))
+                .explode(Some(true))
+                .description(Some(
+                    "Page mode (`page`, `page_size`) or cursor mode (`limit`, `cursor`); \
+                     the parameters are sent as they are (`?page=2&page_size=20`, \
+                     `?limit=20&cursor=…`); mixing the modes is a 400.",
+                ))
+                .schema(Some(OneOfBuilder::new().item(page).item(cursor)))
+                .example(Some(json!({ "page": 1, "page_size": 20 })))
+                .build(),
+        ]
+    }
 }

@@ -8,7 +8,7 @@ use kai_shared::db::{Db, Row};
 use uuid::Uuid;
 
 use crate::model::{CreateEntry, DayStats, Entry, EntryCursorPage, EntryPage, PatchEntry, Stats};
-use kai_shared::http::cursor::Cursor;
+use kai_shared::http::cursor::{Cursor, CursorSigner};
 
 pub const INSERT: &str =
     "INSERT INTO journal.journal_entries (id, user_id, title, content, mood, tags)
@@ -147,6 +147,7 @@ pub async fn list_entries_after(
     user_id: Uuid,
     cursor: Option<Cursor>,
     limit: i64,
+    signer: &CursorSigner,
 ) -> Result<EntryCursorPage, ApiError> {
     let conn = db.conn().await?;
     let fetch = limit + 1;
@@ -169,11 +170,10 @@ pub async fn list_entries_after(
     entries.truncate(limit as usize);
     let next_cursor = if has_more {
         entries.last().map(|e| {
-            Cursor {
+            signer.sign(&Cursor {
                 at: e.created_at,
                 id: e.id,
-            }
-            .encode()
+            })
         })
     } else {
         None

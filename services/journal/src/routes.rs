@@ -16,7 +16,18 @@ use crate::model::{
     SearchResults, Stats, StatsQuery,
 };
 use crate::queries;
-use kai_shared::http::cursor::Cursor;
+use kai_shared::http::cursor::CursorSigner;
+
+/// The list's answer: one of the two modes' shapes (documentation only).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum ListAnswer {
+    #[schema(title = "page mode")]
+    Page(EntryPage),
+    #[schema(title = "cursor mode")]
+    Cursor(EntryCursorPage),
+}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,7 +35,9 @@ use kai_shared::http::cursor::Cursor;
     paths(create_entry, list_entries, get_entry, patch_entry, delete_entry, search_entries, entry_stats, crate::export::export_entries),
     components(schemas(Entry, CreateEntry, PatchEntry, EntryPage, EntryCursorPage, SearchResults, Stats, DayStats, kai_shared::http::errors::Problem, FieldError)),
     modifiers(&BearerAuth),
-    security(("bearer" = []))
+    security(("bearer" = [])),
+    tags((name = "entries", description = "Write, read, change and delete journal entries"),
+         (name = "insights", description = "Search and mood statistics"))
 )]
 pub struct ApiDoc;
 
@@ -48,8 +61,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// Create an entry.
-#[utoipa::path(post, path = "/api/journal/entries", request_body = CreateEntry,
-    responses((status = 201, body = Entry), (status = 400, body = kai_shared::http::errors::Problem), (status = 401), (status = 413), (status = 415)))]
+#[utoipa::path(post, path = "/api/journal/entries", tag = "entries", request_body = CreateEntry,
+    responses((status = 201, description = "The entry, stored; `Location` is its URL", body = Entry)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn create_entry(
     p: web::Data<Platform>,
@@ -60,12 +73,18 @@ async fn create_entry(
     new.validate()?;
     let entry = queries::insert_entry(&p.db, user.user_id, &new).await?;
     p.cache.invalidate(&user_scope(user.user_id)).await;
-    Ok(HttpResponse::Created().json(entry))
+    Ok(HttpResponse::Created()
+        .insert_header((
+            actix_web::http::header::LOCATION,
+            format!("/api/journal/entries/{}", entry.id),
+        ))
+        .json(entry))
 }
 
 /// List entries, newest first: page mode (`page`, `page_size`) or cursor mode (`limit`, `cursor`).
-#[utoipa::path(get, path = "/api/journal/entries", params(ListQuery),
-    responses((status = 200, description = "EntryPage in page mode, EntryCursorPage in cursor mode", body = EntryPage), (status = 400), (status = 401)))]
+#[utoipa::path(get, path = "/api/journal/entries", tag = "entries", params(ListQuery),
+    responses((status = 200, description = "`EntryPage` in page mode, `EntryCursorPage` in cursor mode",
+        body = inline(ListAnswer)), (status = 304)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn list_entries(
     req: HttpRequest,
@@ -75,13 +94,26 @@ async fn list_entries(
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
     let uid = user.user_id;
-    let cached = if q.limit.is_some() || q.cursor.is_some() {
+    let cursor_mode = q.limit.is_some() || q.cursor.is_some();
+    if cursor_mode && (q.page.is_some() || q.page_size.is_some()) {
+        return Err(ApiError::validation(vec![FieldError::new(
+            if q.page.is_some() {
+                "page"
+            } else {
+                "page_size"
+            },
+            "page mode (page, page_size) and cursor mode (limit, cursor) cannot be mixed",
+        )]));
+    }
+    let cached = if cursor_mode {
         let limit = in_range("limit", q.limit, 20, 1, 100)?;
-        let cursor = Cursor::from_param(q.cursor.as_deref())?;
+        let signer =
+            CursorSigner::from_settings(&p.settings, p.service, uid, &format!("limit={limit}"));
+        let cursor = signer.from_param(q.cursor.as_deref())?;
         let key = keys::journal_list_cursor(uid, q.cursor.as_deref(), limit);
         p.cache
             .get_or_load(&user_scope(uid), &LIST, &key, || async {
-                queries::list_entries_after(&p.db, uid, cursor, limit)
+                queries::list_entries_after(&p.db, uid, cursor, limit, &signer)
                     .await
                     .map(Some)
             })
@@ -102,8 +134,8 @@ async fn list_entries(
 }
 
 /// One entry.
-#[utoipa::path(get, path = "/api/journal/entries/{id}", params(("id" = Uuid, Path)),
-    responses((status = 200, body = Entry), (status = 304), (status = 404), (status = 401)))]
+#[utoipa::path(get, path = "/api/journal/entries/{id}", tag = "entries", params(("id" = Uuid, Path, description = "The entry's id")),
+    responses((status = 200, body = Entry), (status = 304)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn get_entry(
     req: HttpRequest,
@@ -123,8 +155,8 @@ async fn get_entry(
 }
 
 /// Change any of content, title, mood, tags.
-#[utoipa::path(patch, path = "/api/journal/entries/{id}", params(("id" = Uuid, Path)), request_body = PatchEntry,
-    responses((status = 200, body = Entry), (status = 400), (status = 404), (status = 401)))]
+#[utoipa::path(patch, path = "/api/journal/entries/{id}", tag = "entries", params(("id" = Uuid, Path, description = "The entry's id")), request_body = PatchEntry,
+    responses((status = 200, description = "The entry as changed", body = Entry)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn patch_entry(
     p: web::Data<Platform>,
@@ -142,8 +174,8 @@ async fn patch_entry(
 }
 
 /// Delete an entry (soft: it disappears from every read).
-#[utoipa::path(delete, path = "/api/journal/entries/{id}", params(("id" = Uuid, Path)),
-    responses((status = 204), (status = 404), (status = 401)))]
+#[utoipa::path(delete, path = "/api/journal/entries/{id}", tag = "entries", params(("id" = Uuid, Path, description = "The entry's id")),
+    responses((status = 204)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn delete_entry(
     p: web::Data<Platform>,
@@ -158,8 +190,8 @@ async fn delete_entry(
 }
 
 /// Full-text search over title and content, best match first.
-#[utoipa::path(get, path = "/api/journal/search", params(SearchQuery),
-    responses((status = 200, body = SearchResults), (status = 400), (status = 401)))]
+#[utoipa::path(get, path = "/api/journal/search", tag = "insights", params(SearchQuery),
+    responses((status = 200, body = SearchResults)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn search_entries(
     p: web::Data<Platform>,
@@ -167,21 +199,22 @@ async fn search_entries(
     q: web::Query<SearchQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
-    let text = q.q.trim();
-    if text.is_empty() || text.chars().count() > 200 {
+    // Checked as sent (what the document states), then trimmed.
+    if kai_shared::http::openapi::is_blank(&q.q) || q.q.chars().count() > 200 {
         return Err(ApiError::validation(vec![FieldError::new(
             "q",
-            "must be 1 to 200 characters",
+            "must be 1 to 200 characters, not only white space",
         )]));
     }
+    let text = q.q.trim();
     let limit = in_range("limit", q.limit, 20, 1, 100)?;
     let entries = queries::search_entries(&p.db, user.user_id, text, limit).await?;
     Ok(HttpResponse::Ok().json(SearchResults { entries }))
 }
 
 /// Entries and mood per day over the last `days` days.
-#[utoipa::path(get, path = "/api/journal/stats", params(StatsQuery),
-    responses((status = 200, body = Stats), (status = 400), (status = 401)))]
+#[utoipa::path(get, path = "/api/journal/stats", tag = "insights", params(StatsQuery),
+    responses((status = 200, body = Stats), (status = 304)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn entry_stats(
     req: HttpRequest,

@@ -8,6 +8,7 @@
 use std::fmt;
 
 use chrono::{DateTime, Utc};
+use kai_shared::http::openapi::is_blank;
 use kai_shared::{ApiError, FieldError};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
@@ -23,11 +24,20 @@ pub const MAX_COMMUNICATION_STYLE_CHARS: usize = 200;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({ "email": "sam@example.org", "password": "correct horse battery staple", "display_name": "Sam" }))]
 pub struct Register {
+    /// An e-mail address (at most 254 characters), unique whatever its case.
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
     /// 8–1024 characters.
+    #[schema(min_length = 8, max_length = 1024, format = Password)]
     pub password: String,
-    /// 1–100 characters.
+    /// 1–100 characters, not only white space.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+    )]
     pub display_name: Option<String>,
 }
 
@@ -56,8 +66,8 @@ impl Register {
             ));
         }
         if let Some(name) = &mut self.display_name {
-            *name = name.trim().to_owned();
             check_display_name(name, &mut errors);
+            *name = name.trim().to_owned();
         }
         finish(errors)
     }
@@ -73,8 +83,10 @@ pub struct Registered {
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({ "email": "sam@example.org", "password": "correct horse battery staple" }))]
 pub struct Login {
     pub email: String,
+    #[schema(format = Password)]
     pub password: String,
 }
 
@@ -113,6 +125,48 @@ pub struct Profile {
     pub updated_at: DateTime<Utc>,
 }
 
+/// `POST /api/auth/password`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePassword {
+    pub current_password: String,
+    /// 8–1024 characters.
+    pub new_password: String,
+}
+
+impl fmt::Debug for ChangePassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ChangePassword { .. }")
+    }
+}
+
+impl ChangePassword {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        let n = self.new_password.chars().count();
+        if !(MIN_PASSWORD_CHARS..=MAX_PASSWORD_CHARS).contains(&n) {
+            return Err(ApiError::validation(vec![FieldError::new(
+                "new_password",
+                format!("must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"),
+            )]));
+        }
+        Ok(())
+    }
+}
+
+/// `DELETE /api/account`: the password again, so a stolen token alone cannot
+/// erase an account.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteAccount {
+    pub password: String,
+}
+
+impl fmt::Debug for DeleteAccount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DeleteAccount { .. }")
+    }
+}
+
 /// Everything profile-service holds about a user, for portability (GDPR Art. 20):
 /// the account and its profile. Never the password hash or sessions.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -133,22 +187,33 @@ pub struct AccountExport {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Any of the profile's own fields. `traits` and `preferences` replace the stored
-/// object whole; `display_name` and `communication_style` may be set to null.
+/// Any (at least one) of the profile's own fields. `traits` and `preferences`
+/// replace the stored object whole; `display_name` and `communication_style` may
+/// be set to null.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1, example = json!({
+    "display_name": "Sam",
+    "traits": { "chronotype": "night owl" },
+    "preferences": { "reminders": false },
+    "communication_style": "warm and brief"
+}))]
 pub struct PatchProfile {
+    /// 1–100 characters, not only white space; null clears it.
     #[serde(default, deserialize_with = "kai_shared::http::double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 100, pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]")]
     pub display_name: Option<Option<String>>,
+    /// A JSON object (not null).
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Object, nullable = false)]
     pub traits: Option<Value>,
+    /// A JSON object (not null).
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Object, nullable = false)]
     pub preferences: Option<Value>,
+    /// At most 200 characters; null clears it.
     #[serde(default, deserialize_with = "kai_shared::http::double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 200)]
     pub communication_style: Option<Option<String>>,
 }
 
@@ -165,8 +230,8 @@ impl PatchProfile {
         }
         let mut errors = Vec::new();
         if let Some(Some(name)) = &mut self.display_name {
-            *name = name.trim().to_owned();
             check_display_name(name, &mut errors);
+            *name = name.trim().to_owned();
         }
         for (field, value) in [("traits", &self.traits), ("preferences", &self.preferences)] {
             if value.as_ref().is_some_and(|v| !v.is_object()) {
@@ -205,12 +270,13 @@ pub fn is_email(email: &str) -> bool {
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
+/// Checked as sent (what the document states); trimmed afterwards.
 fn check_display_name(name: &str, errors: &mut Vec<FieldError>) {
     let n = name.chars().count();
-    if !(1..=MAX_DISPLAY_NAME_CHARS).contains(&n) {
+    if is_blank(name) || n > MAX_DISPLAY_NAME_CHARS {
         errors.push(FieldError::new(
             "display_name",
-            format!("must be 1 to {MAX_DISPLAY_NAME_CHARS} characters"),
+            format!("must be 1 to {MAX_DISPLAY_NAME_CHARS} characters, not only white space"),
         ));
     }
 }

@@ -24,10 +24,12 @@ const BAD_CREDENTIALS: &str = "the e-mail address or password is incorrect";
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Kai profile-service", description = "Accounts, sessions and access tokens; the profile that shapes how the assistant speaks."),
-    paths(register, login, logout, get_profile, patch_profile, export_profile),
-    components(schemas(Register, Registered, Login, Token, Profile, PatchProfile, AccountExport, kai_shared::http::errors::Problem, FieldError)),
+    paths(register, login, logout, get_profile, patch_profile, export_profile, crate::account::change_password, crate::account::logout_all, crate::account::delete_account),
+    components(schemas(Register, Registered, Login, Token, Profile, PatchProfile, AccountExport, crate::model::ChangePassword, crate::model::DeleteAccount, kai_shared::http::errors::Problem, FieldError)),
     modifiers(&BearerAuth),
-    security(("bearer" = []))
+    security(("bearer" = [])),
+    tags((name = "auth", description = "Accounts, sessions and access tokens"),
+         (name = "profile", description = "The profile that shapes how the assistant speaks"))
 )]
 pub struct ApiDoc;
 
@@ -47,7 +49,7 @@ pub const LOGIN_PER_CLIENT: Limit = Limit {
 /// The client's address: the hop our ingress appended to `X-Forwarded-For` (the
 /// rightmost entry; entries left of it are client-supplied and spoofable), else
 /// the peer address.
-fn client_address(req: &HttpRequest) -> String {
+pub(crate) fn client_address(req: &HttpRequest) -> String {
     req.headers()
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())
@@ -67,12 +69,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(get_profile))
                 .route(web::patch().to(patch_profile)),
         )
-        .service(web::resource("/api/profile/export").route(web::get().to(export_profile)));
+        .service(web::resource("/api/profile/export").route(web::get().to(export_profile)))
+        .configure(crate::account::configure);
 }
 
 /// Create an account (and its empty profile).
-#[utoipa::path(post, path = "/api/auth/register", request_body = Register, security(()),
-    responses((status = 201, body = Registered), (status = 400, body = kai_shared::http::errors::Problem), (status = 409, body = kai_shared::http::errors::Problem)))]
+#[utoipa::path(post, path = "/api/auth/register", tag = "auth", request_body = Register, security(()),
+    responses((status = 201, description = "The account; `Location` is the profile (readable after login)", body = Registered),
+        (status = 409, description = "That e-mail address (in any case) is registered")))]
 #[tracing::instrument(skip_all, fields(user_id = tracing::field::Empty))]
 async fn register(
     p: web::Data<Platform>,
@@ -83,12 +87,16 @@ async fn register(
     let hash = password::hash(new.password).await?;
     let user = queries::insert_user(&p.db, &new.email, &hash, new.display_name.as_deref()).await?;
     tracing::Span::current().record("user_id", tracing::field::display(user.user_id));
-    Ok(HttpResponse::Created().json(user))
+    Ok(HttpResponse::Created()
+        .insert_header((actix_web::http::header::LOCATION, "/api/profile"))
+        .json(user))
 }
 
 /// Exchange e-mail and password for an access token (a new session).
-#[utoipa::path(post, path = "/api/auth/login", request_body = Login, security(()),
-    responses((status = 200, body = Token), (status = 400), (status = 401, body = kai_shared::http::errors::Problem)))]
+#[utoipa::path(post, path = "/api/auth/login", tag = "auth", request_body = Login, security(()),
+    responses((status = 200, description = "A new session's access token", body = Token),
+        (status = 401, description = "Unknown e-mail or wrong password (one answer for both)"),
+        (status = 429, description = "Too many attempts for this e-mail or from this address")))]
 #[tracing::instrument(skip_all, fields(user_id = tracing::field::Empty))]
 async fn login(
     req: HttpRequest,
@@ -119,7 +127,8 @@ async fn login(
     };
     tracing::Span::current().record("user_id", tracing::field::display(user_id));
 
-    let session_id = uuid::Uuid::new_v4();
+    // UUIDv7: the token carries its session's creation time (user-wide revocation).
+    let session_id = uuid::Uuid::now_v7();
     let (access_token, claims) = p.auth.mint(user_id, session_id)?;
     let expires_at = chrono::DateTime::from_timestamp(claims.exp, 0)
         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("token expiry out of range")))?;
@@ -140,7 +149,7 @@ async fn login(
 }
 
 /// End the caller's session: from then on every Kai service answers its token with 401.
-#[utoipa::path(post, path = "/api/auth/logout", responses((status = 204), (status = 401)))]
+#[utoipa::path(post, path = "/api/auth/logout", tag = "auth", responses((status = 204, description = "The session is over on every service")))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn logout(p: web::Data<Platform>, user: AuthUser) -> Result<HttpResponse, ApiError> {
     // The row first: once it says revoked, this service refuses the token even if
@@ -151,8 +160,8 @@ async fn logout(p: web::Data<Platform>, user: AuthUser) -> Result<HttpResponse, 
 }
 
 /// The caller's profile.
-#[utoipa::path(get, path = "/api/profile",
-    responses((status = 200, body = Profile), (status = 304), (status = 401), (status = 404)))]
+#[utoipa::path(get, path = "/api/profile", tag = "profile",
+    responses((status = 200, body = Profile), (status = 304), (status = 404, description = "The account was deleted")))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn get_profile(
     req: HttpRequest,
@@ -170,8 +179,8 @@ async fn get_profile(
 }
 
 /// Change any of display_name, traits, preferences, communication_style.
-#[utoipa::path(patch, path = "/api/profile", request_body = PatchProfile,
-    responses((status = 200, body = Profile), (status = 400, body = kai_shared::http::errors::Problem), (status = 401), (status = 404)))]
+#[utoipa::path(patch, path = "/api/profile", tag = "profile", request_body = PatchProfile,
+    responses((status = 200, description = "The profile as changed", body = Profile), (status = 404, description = "The account was deleted")))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn patch_profile(
     p: web::Data<Platform>,
@@ -189,7 +198,7 @@ async fn patch_profile(
 
 /// Everything this service holds about the caller (account and profile), for
 /// portability. Read from PostgreSQL, never cached, `Cache-Control: no-store`.
-#[utoipa::path(get, path = "/api/profile/export",
+#[utoipa::path(get, path = "/api/profile/export", tag = "profile",
     responses((status = 200, body = AccountExport), (status = 401), (status = 404)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn export_profile(p: web::Data<Platform>, user: AuthUser) -> Result<HttpResponse, ApiError> {

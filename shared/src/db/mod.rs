@@ -7,9 +7,11 @@
 //! `slow query` with its SQL text — never its parameters, which carry personal
 //! data — when it is slower than `SLOW_QUERY_THRESHOLD_MS`.
 
+mod jsonb;
 mod migrate;
 mod pool;
 
+pub use jsonb::Jsonb;
 pub use migrate::{MigrationSet, is_current, migrate};
 pub use pool::{Db, DbError, PoolStatus, SlowQuery};
 pub use tokio_postgres::Row;

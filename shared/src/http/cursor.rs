@@ -1,15 +1,36 @@
 //! The keyset cursor every list uses: the `(timestamp, id)` of the last row of a
-//! page — `created_at` for journal entries, `updated_at` for conversations — as
-//! opaque URL-safe base64. `id` breaks ties, so rows sharing a timestamp are never
-//! skipped or repeated. Microseconds are PostgreSQL's own precision, so the round
-//! trip is exact.
+//! page — `created_at` for journal entries, `updated_at` for conversations — so
+//! rows sharing a timestamp are never skipped or repeated. Microseconds are
+//! PostgreSQL's own precision, so the round trip is exact.
+//!
+//! Cursors are opaque and tamper-evident: URL-safe base64 of the position and a
+//! 128-bit HMAC-SHA256 tag over the position *and* what the cursor is bound to —
+//! the service, the user and the query that produced it (the page size). An
+//! edited cursor, one from another service or user, or one replayed with another
+//! `limit` fails the tag and is a 400.
+//!
+//! The key: derived (HMAC, with a label of its own) from `AUTH_SECRET`, the
+//! secret every replica of every service already shares. A key generated per
+//! process would break a client's paging whenever the next request reached
+//! another replica or a restarted pod; a new `CURSOR_SECRET` would be one more
+//! secret to distribute and rotate for the same guarantee. The label keeps the
+//! derived key useless as a token-signing key and vice versa. Rotating
+//! `AUTH_SECRET` ends outstanding cursors (a 400; the client starts again from the
+//! first page), which it does to sessions anyway.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::errors::{ApiError, FieldError};
+use crate::config::Settings;
+
+/// Bytes of the HMAC kept in a cursor: 128 bits, beyond guessing.
+const TAG_BYTES: usize = 16;
+const POSITION_BYTES: usize = 8 + 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
@@ -18,34 +39,104 @@ pub struct Cursor {
     pub id: Uuid,
 }
 
-impl Cursor {
-    pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(format!(
-            "{}|{}",
-            self.at.timestamp_micros(),
-            self.id.simple()
-        ))
+/// HMAC-SHA256 (RFC 2104) over sha2, which the workspace already has.
+fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha256::new();
+    inner.update(block.map(|b| b ^ 0x36));
+    for part in parts {
+        inner.update(part);
+    }
+    let mut outer = Sha256::new();
+    outer.update(block.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+/// Signs and opens the cursors of one list, for one user and one query.
+#[derive(Clone)]
+pub struct CursorSigner {
+    key: [u8; 32],
+    binding: String,
+}
+
+impl std::fmt::Debug for CursorSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CursorSigner")
+            .field("binding", &self.binding)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CursorSigner {
+    /// `service` and `query` (every parameter that shapes the pages, e.g.
+    /// `limit=20`) and `user` are what a cursor is bound to.
+    pub fn new(secret: &[u8], service: &str, user: Uuid, query: &str) -> Self {
+        Self {
+            key: hmac_sha256(secret, &[b"kai list cursor key v1"]),
+            binding: format!("{service}\n{user}\n{query}"),
+        }
     }
 
-    /// `None` for anything this service did not issue.
-    pub fn decode(raw: &str) -> Option<Self> {
+    /// The same, keyed from the settings' `AUTH_SECRET` (see the module docs).
+    pub fn from_settings(settings: &Settings, service: &str, user: Uuid, query: &str) -> Self {
+        Self::new(
+            settings.auth_secret.expose_secret().as_bytes(),
+            service,
+            user,
+            query,
+        )
+    }
+
+    fn tag(&self, position: &[u8]) -> [u8; 32] {
+        hmac_sha256(&self.key, &[self.binding.as_bytes(), b"\n", position])
+    }
+
+    pub fn sign(&self, cursor: &Cursor) -> String {
+        let mut bytes = Vec::with_capacity(POSITION_BYTES + TAG_BYTES);
+        bytes.extend_from_slice(&cursor.at.timestamp_micros().to_be_bytes());
+        bytes.extend_from_slice(cursor.id.as_bytes());
+        let tag = self.tag(&bytes);
+        bytes.extend_from_slice(&tag[..TAG_BYTES]);
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// `None` for anything this signer did not issue.
+    pub fn open(&self, raw: &str) -> Option<Cursor> {
         let bytes = URL_SAFE_NO_PAD.decode(raw).ok()?;
-        let text = std::str::from_utf8(&bytes).ok()?;
-        let (micros, id) = text.split_once('|')?;
-        Some(Self {
-            at: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
-            id: Uuid::parse_str(id).ok()?,
+        if bytes.len() != POSITION_BYTES + TAG_BYTES {
+            return None;
+        }
+        let (position, tag) = bytes.split_at(POSITION_BYTES);
+        let expected = self.tag(position);
+        // Constant time: the comparison does not tell how much of a forged tag was right.
+        let diff = tag
+            .iter()
+            .zip(&expected[..TAG_BYTES])
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if diff != 0 {
+            return None;
+        }
+        let micros = i64::from_be_bytes(position[..8].try_into().ok()?);
+        Some(Cursor {
+            at: DateTime::from_timestamp_micros(micros)?,
+            id: Uuid::from_slice(&position[8..]).ok()?,
         })
     }
 
-    /// The `cursor` query parameter: absent → first page; anything this service
-    /// did not issue → 400.
-    pub fn from_param(raw: Option<&str>) -> Result<Option<Self>, ApiError> {
+    /// The `cursor` query parameter: absent → first page; anything this signer
+    /// did not issue (edited, another service's or user's, another `limit`) → 400.
+    pub fn from_param(&self, raw: Option<&str>) -> Result<Option<Cursor>, ApiError> {
         raw.map(|raw| {
-            Self::decode(raw).ok_or_else(|| {
+            self.open(raw).ok_or_else(|| {
                 ApiError::validation(vec![FieldError::new(
                     "cursor",
-                    "not a cursor this service issued",
+                    "not a cursor this list issued for this query: pass next_cursor back unchanged, with the same limit",
                 )])
             })
         })
@@ -58,30 +149,78 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    const SECRET: &[u8] = b"kai-test-secret-kai-test-secret-0123456789";
+
+    fn signer(service: &str, user: Uuid, query: &str) -> CursorSigner {
+        CursorSigner::new(SECRET, service, user, query)
+    }
+
+    #[test]
+    fn hmac_matches_rfc_4231_case_2() {
+        let mac = hmac_sha256(b"Jefe", &[b"what do ya want ", b"for nothing?"]);
+        assert_eq!(
+            hex::encode(mac),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
     proptest! {
         #[test]
         fn cursors_round_trip(micros in -62_135_596_800_000_000i64..253_402_300_799_000_000, id in any::<u128>()) {
+            let s = signer("journal", Uuid::from_u128(7), "limit=20");
             let c = Cursor { at: DateTime::from_timestamp_micros(micros).unwrap(), id: Uuid::from_u128(id) };
-            prop_assert_eq!(Cursor::decode(&c.encode()), Some(c));
+            prop_assert_eq!(s.open(&s.sign(&c)), Some(c));
         }
 
         #[test]
-        fn garbage_is_rejected_not_panicked_on(raw in ".{0,64}") {
-            let _ = Cursor::decode(&raw);
+        fn garbage_is_rejected_not_panicked_on(raw in ".{0,80}") {
+            let _ = signer("journal", Uuid::nil(), "limit=20").open(&raw);
+        }
+
+        #[test]
+        fn any_edited_byte_is_detected(index in 0usize..40, flip in 1u8..=255) {
+            let s = signer("journal", Uuid::from_u128(7), "limit=20");
+            let c = Cursor { at: Utc::now(), id: Uuid::new_v4() };
+            let mut bytes = URL_SAFE_NO_PAD.decode(s.sign(&c)).unwrap();
+            bytes[index] ^= flip;
+            prop_assert_eq!(s.open(&URL_SAFE_NO_PAD.encode(bytes)), None);
         }
     }
 
     #[test]
-    fn a_foreign_cursor_parameter_is_a_400_naming_the_field() {
-        assert_eq!(Cursor::from_param(None).unwrap(), None);
-        // PostgreSQL (and so every cursor) keeps microseconds.
+    fn a_cursor_is_bound_to_its_service_user_query_and_secret() {
+        let user = Uuid::new_v4();
         let at = DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap();
         let c = Cursor {
             at,
             id: Uuid::new_v4(),
         };
-        assert_eq!(Cursor::from_param(Some(&c.encode())).unwrap(), Some(c));
-        let err = Cursor::from_param(Some("bogus")).unwrap_err();
+        let raw = signer("journal", user, "limit=20").sign(&c);
+        assert_eq!(signer("journal", user, "limit=20").open(&raw), Some(c));
+        assert_eq!(signer("conversation", user, "limit=20").open(&raw), None);
+        assert_eq!(
+            signer("journal", Uuid::new_v4(), "limit=20").open(&raw),
+            None
+        );
+        assert_eq!(signer("journal", user, "limit=21").open(&raw), None);
+        let other = CursorSigner::new(
+            b"another-secret-another-secret-0123",
+            "journal",
+            user,
+            "limit=20",
+        );
+        assert_eq!(other.open(&raw), None);
+        // The unsigned form older releases issued is refused too.
+        let unsigned =
+            URL_SAFE_NO_PAD.encode(format!("{}|{}", at.timestamp_micros(), c.id.simple()));
+        assert_eq!(signer("journal", user, "limit=20").open(&unsigned), None);
+    }
+
+    #[test]
+    fn a_foreign_cursor_parameter_is_a_400_naming_the_field() {
+        let s = signer("journal", Uuid::nil(), "limit=20");
+        assert_eq!(s.from_param(None).unwrap(), None);
+        let err = s.from_param(Some("bogus")).unwrap_err();
         assert_eq!(err.problem().errors[0].field, "cursor");
     }
 
@@ -92,7 +231,8 @@ mod tests {
             id: Uuid::new_v4(),
         };
         assert!(
-            c.encode()
+            signer("journal", Uuid::nil(), "limit=20")
+                .sign(&c)
                 .chars()
                 .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
         );

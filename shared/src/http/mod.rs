@@ -2,6 +2,7 @@
 //! statistics, slow-request warnings), compression only where it pays, problem+json
 //! for every extractor failure, and cached-response rendering with ETags.
 
+pub mod cors;
 pub mod cursor;
 pub mod errors;
 pub mod openapi;
@@ -179,8 +180,21 @@ pub fn method_not_allowed<B>(
 ) -> actix_web::Result<actix_web::middleware::ErrorHandlerResponse<B>> {
     let (req, _) = res.into_parts();
     let problem = ApiError::MethodNotAllowed(format!("{} is not supported here", req.method()));
-    let res = ServiceResponse::new(req, actix_web::ResponseError::error_response(&problem))
-        .map_into_right_body();
+    let mut response = actix_web::ResponseError::error_response(&problem);
+    // RFC 9110: a 405 lists the methods the resource has (the documented ones;
+    // routes outside the document, such as the health probes, are GET-only).
+    let allow = req
+        .match_pattern()
+        .and_then(|pattern| {
+            let ops = req.app_data::<web::Data<openapi::Operations>>()?;
+            ops.methods(&pattern)
+                .map(|m| m.iter().cloned().collect::<Vec<_>>().join(", "))
+        })
+        .unwrap_or_else(|| "GET".to_owned());
+    if let Ok(v) = HeaderValue::from_str(&allow) {
+        response.headers_mut().insert(header::ALLOW, v);
+    }
+    let res = ServiceResponse::new(req, response).map_into_right_body();
     Ok(actix_web::middleware::ErrorHandlerResponse::Response(res))
 }
 
@@ -235,4 +249,76 @@ where
     D: serde::Deserializer<'de>,
 {
     serde::Deserialize::deserialize(de).map(Some)
+}
+
+/// For optional fields that may be absent but not null: `Some` of the value, and
+/// `null` is refused like any other wrong type. Use with
+/// `#[serde(default, deserialize_with = "kai_shared::http::some")]`.
+pub fn some<'de, T, D>(de: D) -> Result<Option<T>, D::Error>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    T::deserialize(de).map(Some)
+}
+
+/// Whole numbers in request bodies. JSON Schema's `integer` (what the documents
+/// say) includes `7.0`, which serde refuses for an integer type; these accept any
+/// JSON number with no fractional part that fits the target type. Use with
+/// `#[serde(default, deserialize_with = "kai_shared::http::whole::option")]`
+/// (null = `None`) or `whole::double_option` (PATCH: absent, null, value).
+pub mod whole {
+    use serde::Deserialize;
+    use serde::de::Error;
+
+    fn from_number<T: TryFrom<i64>, E: Error>(n: &serde_json::Number) -> Result<T, E> {
+        let whole = n.as_i64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                .map(|f| f as i64)
+        });
+        let Some(whole) = whole else {
+            return Err(E::custom(format!("expected a whole number, got {n}")));
+        };
+        T::try_from(whole).map_err(|_| E::custom(format!("{n} is out of range")))
+    }
+
+    pub fn option<'de, T, D>(de: D) -> Result<Option<T>, D::Error>
+    where
+        T: TryFrom<i64>,
+        D: serde::Deserializer<'de>,
+    {
+        Option::<serde_json::Number>::deserialize(de)?
+            .map(|n| from_number(&n))
+            .transpose()
+    }
+
+    pub fn double_option<'de, T, D>(de: D) -> Result<Option<Option<T>>, D::Error>
+    where
+        T: TryFrom<i64>,
+        D: serde::Deserializer<'de>,
+    {
+        option(de).map(Some)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[derive(serde::Deserialize, Debug)]
+        struct Body {
+            #[serde(default, deserialize_with = "super::option")]
+            mood: Option<i16>,
+        }
+
+        #[test]
+        fn whole_floats_count_and_fractions_do_not() {
+            let mood = |json: &str| serde_json::from_str::<Body>(json).map(|b| b.mood);
+            assert_eq!(mood(r#"{"mood": 4}"#).unwrap(), Some(4));
+            assert_eq!(mood(r#"{"mood": 4.0}"#).unwrap(), Some(4));
+            assert_eq!(mood(r#"{"mood": null}"#).unwrap(), None);
+            assert_eq!(mood(r#"{}"#).unwrap(), None);
+            assert!(mood(r#"{"mood": 4.5}"#).is_err());
+            assert!(mood(r#"{"mood": 40000}"#).is_err());
+            assert!(mood(r#"{"mood": "4"}"#).is_err());
+        }
+    }
 }

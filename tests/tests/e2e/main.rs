@@ -3,8 +3,10 @@
 
 mod cache_engine;
 mod cluster;
+mod erasure;
 mod faults;
 mod hostile;
 mod migrations;
+mod openapi;
 mod system;
 mod tls;

@@ -174,3 +174,55 @@ async fn hot_queries_use_indexes_on_a_large_table() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn cursors_are_signed_and_bound_to_the_user_and_the_limit() {
+    let j = spawn().await;
+    let (user, other) = (User::new(), User::new());
+    for i in 0..3 {
+        j.entry(&user, &format!("entry {i}")).await;
+        j.entry(&other, &format!("other {i}")).await;
+    }
+    let (_, _, first) = read(&j.app, &user, "/api/journal/entries?limit=1").await;
+    let cursor = first["next_cursor"]
+        .as_str()
+        .expect("a next cursor")
+        .to_owned();
+    let (status, _, second) = read(
+        &j.app,
+        &user,
+        &format!("/api/journal/entries?limit=1&cursor={cursor}"),
+    )
+    .await;
+    assert_eq!(
+        (status, second["entries"][0]["content"].clone()),
+        (200, json!("entry 1"))
+    );
+
+    let mut edited = cursor.clone().into_bytes();
+    let last = edited.len() - 1;
+    edited[last] = if edited[last] == b'A' { b'B' } else { b'A' };
+    let edited = String::from_utf8(edited).unwrap();
+    for (who, query) in [
+        (&user, format!("limit=2&cursor={cursor}")),
+        (&user, format!("cursor={cursor}")),
+        (&user, format!("limit=1&cursor={edited}")),
+        (&other, format!("limit=1&cursor={cursor}")),
+        (&user, format!("limit=1&cursor={cursor}&page=1")),
+        (&user, "page=1&limit=5".to_owned()),
+        (&user, "page_size=5&cursor=x".to_owned()),
+    ] {
+        let body = assert_problem(
+            j.get(who, &format!("/api/journal/entries?{query}"))
+                .send()
+                .await
+                .unwrap(),
+            400,
+        )
+        .await;
+        assert!(
+            ["cursor", "page", "page_size"].contains(&body["errors"][0]["field"].as_str().unwrap()),
+            "{query}: {body}"
+        );
+    }
+}
