@@ -161,8 +161,8 @@ pub struct Settings {
     pub redis_ca: Option<CaBundle>,
     /// Seed nodes of a Redis Cluster; non-empty = cluster mode (then `redis_url` is unset).
     #[arg(long, env = "REDIS_CLUSTER_NODES", default_value = "", value_parser = redis_url_list,
-        help = "comma-separated seed URLs of a Redis Cluster, instead of `REDIS_URL`. \
-                Parsed and validated; **not yet used** (see below)")]
+        help = "comma-separated seed URLs of a Redis Cluster (same URL forms), instead of \
+                `REDIS_URL` (setting both is refused)")]
     pub redis_cluster_nodes: ::std::vec::Vec<SecretString>,
     #[arg(long, env = "HOST", default_value = "0.0.0.0", value_parser = number::<IpAddr>,
         help = "listen address")]
