@@ -6,6 +6,13 @@
 //! and remembered in a sorted set (loaded when a replica subscribes); each replica
 //! keeps the revoked session ids in memory until the tokens would have expired
 //! anyway. profile-service, which owns the sessions table, additionally checks it.
+//!
+//! "Every session of a user" (log out everywhere, password change, account
+//! deletion) travels the same way as one message, not one per session: a per-user
+//! *watermark* — "sessions created before T are revoked, except possibly this
+//! one" — so a check stays one O(1) lookup whatever the user's session count.
+//! Session ids are UUIDv7, so a token carries its creation time to the
+//! millisecond (tokens with another kind of session id fall back to `iat`).
 
 use std::time::Duration;
 
@@ -42,6 +49,16 @@ pub struct Authenticator {
     validation: Validation,
     ttl: Duration,
     revoked: moka::sync::Cache<Uuid, ()>,
+    /// Per user: sessions created before this many unix milliseconds are revoked,
+    /// except the one named (the caller of a password change).
+    revoked_before: moka::sync::Cache<Uuid, Watermark>,
+}
+
+/// A user-wide revocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watermark {
+    pub before_ms: i64,
+    pub keep: Option<Uuid>,
 }
 
 impl Authenticator {
@@ -59,6 +76,10 @@ impl Authenticator {
             ttl,
             // A revoked token is forgotten once it would have expired anyway.
             revoked: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(ttl + Duration::from_secs(60))
+                .build(),
+            revoked_before: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(ttl + Duration::from_secs(60))
                 .build(),
@@ -92,12 +113,69 @@ impl Authenticator {
         if self.revoked.contains_key(&data.claims.sid) {
             return Err(ApiError::Unauthorized("the session has ended".into()));
         }
+        if let Some(w) = self.revoked_before.get(&data.claims.sub)
+            && created_ms(&data.claims) < w.before_ms
+            && w.keep != Some(data.claims.sid)
+        {
+            return Err(ApiError::Unauthorized("the session has ended".into()));
+        }
         Ok(data.claims)
     }
 
     /// Remembers a revoked session on this replica.
     pub fn mark_revoked(&self, session_id: Uuid) {
         self.revoked.insert(session_id, ());
+    }
+
+    /// Remembers a user-wide revocation on this replica; the newest watermark wins
+    /// (an older one arriving late changes nothing).
+    pub fn mark_user_revoked(&self, user_id: Uuid, watermark: Watermark) {
+        self.revoked_before.entry(user_id).and_upsert_with(|old| {
+            match old.map(|e| e.into_value()) {
+                Some(old) if old.before_ms >= watermark.before_ms => old,
+                _ => watermark,
+            }
+        });
+    }
+
+    /// Applies a revocation as announced between replicas: a session id, or
+    /// `user <user id> <before ms> <kept session id or ->` (see [`user_revocation`]).
+    /// Anything else is ignored.
+    pub fn apply_revocation(&self, announced: &str) {
+        if let Some(rest) = announced.strip_prefix("user ") {
+            let mut parts = rest.split(' ');
+            if let (Some(Ok(user)), Some(Ok(before_ms)), Some(keep)) = (
+                parts.next().map(str::parse::<Uuid>),
+                parts.next().map(str::parse::<i64>),
+                parts.next(),
+            ) {
+                let keep = keep.parse().ok();
+                self.mark_user_revoked(user, Watermark { before_ms, keep });
+            }
+        } else if let Ok(sid) = announced.parse() {
+            self.mark_revoked(sid);
+        }
+    }
+}
+
+/// How a user-wide revocation is announced (and kept in Redis) — the form
+/// [`Authenticator::apply_revocation`] reads.
+pub fn user_revocation(user_id: Uuid, watermark: Watermark) -> String {
+    let keep = watermark
+        .keep
+        .map_or_else(|| "-".to_owned(), |k| k.to_string());
+    format!("user {user_id} {} {keep}", watermark.before_ms)
+}
+
+/// When the token's session was created, in unix milliseconds: from its UUIDv7
+/// session id, else (another kind of id) from `iat`.
+fn created_ms(claims: &Claims) -> i64 {
+    match claims.sid.get_timestamp() {
+        Some(ts) => {
+            let (secs, nanos) = ts.to_unix();
+            secs as i64 * 1000 + i64::from(nanos / 1_000_000)
+        }
+        None => claims.iat.saturating_mul(1000),
     }
 }
 
@@ -203,6 +281,47 @@ mod tests {
         assert!(other.verify(&token).is_err());
         a.mark_revoked(claims.sid);
         assert!(matches!(a.verify(&token), Err(ApiError::Unauthorized(_))));
+    }
+
+    #[test]
+    fn a_user_watermark_revokes_older_sessions_but_the_kept_one_and_newer_ones() {
+        let a = auth();
+        let user = Uuid::new_v4();
+        let (old, _) = a.mint(user, Uuid::now_v7()).unwrap();
+        let kept_sid = Uuid::now_v7();
+        let (kept, _) = a.mint(user, kept_sid).unwrap();
+        let (other_user, _) = a.mint(Uuid::new_v4(), Uuid::now_v7()).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        let before_ms = chrono::Utc::now().timestamp_millis();
+        let announced = user_revocation(
+            user,
+            Watermark {
+                before_ms,
+                keep: Some(kept_sid),
+            },
+        );
+        a.apply_revocation(&announced);
+        assert!(a.verify(&old).is_err());
+        assert!(a.verify(&kept).is_ok());
+        assert!(a.verify(&other_user).is_ok());
+        std::thread::sleep(Duration::from_millis(2));
+        let (newer, _) = a.mint(user, Uuid::now_v7()).unwrap();
+        assert!(
+            a.verify(&newer).is_ok(),
+            "a login after the watermark works"
+        );
+        // An older announcement arriving late does not undo a newer one.
+        a.apply_revocation(&user_revocation(
+            user,
+            Watermark {
+                before_ms: chrono::Utc::now().timestamp_millis() + 1,
+                keep: None,
+            },
+        ));
+        a.apply_revocation(&announced);
+        assert!(a.verify(&kept).is_err() && a.verify(&newer).is_err());
+        a.apply_revocation("user garbage");
+        a.apply_revocation("not a uuid");
     }
 
     #[test]

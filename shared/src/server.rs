@@ -54,7 +54,13 @@ pub struct ServiceDef {
     pub llm_outcomes: &'static [&'static str],
     /// Builds an extra per-request session check from the pool.
     pub session_check: Option<fn(Db) -> SessionCheck>,
+    /// Starts the service's background tasks once the platform is built; they
+    /// must end when the token is cancelled (at shutdown).
+    pub on_start: Option<OnStart>,
 }
+
+/// See [`ServiceDef::on_start`].
+pub type OnStart = Arc<dyn Fn(web::Data<Platform>, CancellationToken) + Send + Sync>;
 
 /// Shared state every handler can reach (`web::Data<Platform>`).
 pub struct Platform {
@@ -81,6 +87,32 @@ impl Platform {
         if !self.cache.announce_revocation(session_id, expires_at).await {
             tracing::warn!(
                 "logout could not be announced through Redis; other services learn it when it answers"
+            );
+        }
+    }
+}
+
+impl Platform {
+    /// Ends every session of a user created before now — except `keep`, if given —
+    /// everywhere: this replica at once, every other replica of every service
+    /// through Redis pub/sub, as one user-wide watermark (not one message per
+    /// session). The caller has already recorded it in the sessions table.
+    pub async fn revoke_user_sessions(&self, user_id: Uuid, keep: Option<Uuid>) {
+        let watermark = crate::auth::Watermark {
+            before_ms: chrono::Utc::now().timestamp_millis(),
+            keep,
+        };
+        self.auth.mark_user_revoked(user_id, watermark);
+        // Kept in Redis as long as a token issued just now could live.
+        let expires_at = chrono::Utc::now().timestamp() + self.auth.ttl().as_secs() as i64 + 60;
+        let announced = crate::auth::user_revocation(user_id, watermark);
+        if !self
+            .cache
+            .announce_revocation_of(&announced, expires_at)
+            .await
+        {
+            tracing::warn!(
+                "revocation could not be announced through Redis; other services learn it when it answers"
             );
         }
     }
@@ -138,11 +170,7 @@ impl Application {
         ));
         let on_revoked = {
             let auth = auth.clone();
-            Arc::new(move |sid: &str| {
-                if let Ok(sid) = sid.parse() {
-                    auth.mark_revoked(sid);
-                }
-            })
+            Arc::new(move |announced: &str| auth.apply_revocation(announced))
         };
         let cache = Cache::new(&settings, &metrics, on_revoked, stop.clone())
             .context("configuring the cache")?;
@@ -165,6 +193,9 @@ impl Application {
             migration_version: def.migrations.latest_version(),
             started: Instant::now(),
         });
+        if let Some(start) = &def.on_start {
+            start(platform.clone(), stop.clone());
+        }
         let prometheus = PrometheusMetricsBuilder::new("kai")
             .registry(platform.metrics.registry.clone())
             .endpoint("/metrics")

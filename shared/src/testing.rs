@@ -354,7 +354,7 @@ pub fn token(user_id: Uuid) -> String {
         &secrecy::SecretString::from(TEST_SECRET),
         Duration::from_secs(3600),
     );
-    auth.mint(user_id, Uuid::new_v4()).expect("mint").0
+    auth.mint(user_id, Uuid::now_v7()).expect("mint").0
 }
 
 /// One running service under test.

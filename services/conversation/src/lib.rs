@@ -7,6 +7,8 @@
 pub mod assistant;
 /// Which reads are cached for how long, and which writes invalidate them.
 pub mod cache_rules;
+/// Account erasure: purging a deleted user's data when profile-service says so.
+pub mod erasure;
 /// `GET /api/conversations/export`: every conversation with its messages, streamed as NDJSON.
 pub mod export;
 /// The chat-completions client and the offline responder.
@@ -54,6 +56,7 @@ pub fn try_service(settings: &Settings) -> anyhow::Result<ServiceDef> {
         ],
         llm_outcomes: &assistant::OUTCOMES,
         session_check: None,
+        on_start: Some(Arc::new(erasure::start)),
     })
 }
 

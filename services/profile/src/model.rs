@@ -125,6 +125,48 @@ pub struct Profile {
     pub updated_at: DateTime<Utc>,
 }
 
+/// `POST /api/auth/password`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePassword {
+    pub current_password: String,
+    /// 8–1024 characters.
+    pub new_password: String,
+}
+
+impl fmt::Debug for ChangePassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ChangePassword { .. }")
+    }
+}
+
+impl ChangePassword {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        let n = self.new_password.chars().count();
+        if !(MIN_PASSWORD_CHARS..=MAX_PASSWORD_CHARS).contains(&n) {
+            return Err(ApiError::validation(vec![FieldError::new(
+                "new_password",
+                format!("must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"),
+            )]));
+        }
+        Ok(())
+    }
+}
+
+/// `DELETE /api/account`: the password again, so a stolen token alone cannot
+/// erase an account.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteAccount {
+    pub password: String,
+}
+
+impl fmt::Debug for DeleteAccount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DeleteAccount { .. }")
+    }
+}
+
 /// Everything profile-service holds about a user, for portability (GDPR Art. 20):
 /// the account and its profile. Never the password hash or sessions.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -467,6 +467,47 @@ impl L2 {
         self.run(Command::Pipeline(pipe)).await
     }
 
+    /// Deletes every key of a scope — its entries under every generation and its
+    /// counter — by `SCAN MATCH <prefix>:{<scope>}:*` and `UNLINK`. O(keyspace):
+    /// for erasing a person's data (rare, off every request path), never for
+    /// invalidation. Returns how many keys were removed.
+    pub async fn unlink_scope(&self, scope: &Scope) -> Result<u64, L2Error> {
+        if !self.available() {
+            return Err(L2Error::Open);
+        }
+        let pattern = format!("{}*", keys::entry_key_head(&self.prefix, scope));
+        let mut conn = self.conn().await?;
+        let (mut cursor, mut removed) = (0u64, 0u64);
+        loop {
+            let (next, found): (u64, Vec<String>) = tokio::time::timeout(
+                self.timeout * 10,
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn.inner),
+            )
+            .await
+            .map_err(|_| L2Error::Timeout)??;
+            if !found.is_empty() {
+                removed += tokio::time::timeout(
+                    self.timeout * 10,
+                    redis::cmd("UNLINK")
+                        .arg(&found)
+                        .query_async::<u64>(&mut conn.inner),
+                )
+                .await
+                .map_err(|_| L2Error::Timeout)??;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+
     /// One token-bucket step; `Ok(None)` allowed, `Ok(Some(wait))` refused.
     pub async fn token_bucket(
         self: &Arc<Self>,
