@@ -90,7 +90,11 @@ fn example_problem(code: &str) -> Value {
             "the request failed validation",
         ),
         "401" => ("unauthorized", "Unauthorized", "missing bearer token"),
-        "408" => ("request-timeout", "Request Timeout", "the body did not arrive within 10 s"),
+        "408" => (
+            "request-timeout",
+            "Request Timeout",
+            "the body did not arrive within 10 s",
+        ),
         "404" => ("not-found", "Not Found", "no such resource"),
         "409" => (
             "conflict",
