@@ -15,6 +15,13 @@
 //! and remembered in a sorted set (loaded when a replica subscribes); each replica
 //! keeps the revoked session ids in memory until the tokens would have expired
 //! anyway. profile-service, which owns the sessions table, additionally checks it.
+//!
+//! "Every session of a user" (log out everywhere, password change, account
+//! deletion) travels the same way as one message, not one per session: a per-user
+//! *watermark* — "sessions created before T are revoked, except possibly this
+//! one" — so a check stays one O(1) lookup whatever the user's session count.
+//! Session ids are UUIDv7, so a token carries its creation time to the
+//! millisecond (tokens with another kind of session id fall back to `iat`).
 
 pub mod keys;
 
@@ -73,7 +80,17 @@ pub struct Authenticator {
     validation: Validation,
     ttl: Duration,
     revoked: moka::sync::Cache<Uuid, ()>,
+    /// Per user: sessions created before this many unix milliseconds are revoked,
+    /// except the one named (the caller of a password change).
+    revoked_before: moka::sync::Cache<Uuid, Watermark>,
     verified: moka::sync::Cache<[u8; 32], Claims>,
+}
+
+/// A user-wide revocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watermark {
+    pub before_ms: i64,
+    pub keep: Option<Uuid>,
 }
 
 impl Authenticator {
@@ -92,6 +109,10 @@ impl Authenticator {
             ttl,
             // A revoked token is forgotten once it would have expired anyway.
             revoked: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(ttl + Duration::from_secs(60))
+                .build(),
+            revoked_before: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(ttl + Duration::from_secs(60))
                 .build(),
@@ -140,24 +161,34 @@ impl Authenticator {
     /// revocation; a token verified before is answered from the cache.
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let ended = || ApiError::Unauthorized("the session has ended".into());
         match self.verified.get(&digest) {
             // moka may hand out an entry in the same second it expires.
             Some(claims) if claims.exp > chrono::Utc::now().timestamp() => {
-                if self.revoked.contains_key(&claims.sid) {
-                    return Err(ended());
-                }
+                self.check_revocation(&claims)?;
                 Ok(claims)
             }
             _ => {
                 let claims = self.verify_uncached(token)?;
-                if self.revoked.contains_key(&claims.sid) {
-                    return Err(ended());
-                }
+                self.check_revocation(&claims)?;
                 self.verified.insert(digest, claims.clone());
                 Ok(claims)
             }
         }
+    }
+
+    /// Session revoked, or created before its user's watermark (and not kept).
+    fn check_revocation(&self, claims: &Claims) -> Result<(), ApiError> {
+        let ended = || ApiError::Unauthorized("the session has ended".into());
+        if self.revoked.contains_key(&claims.sid) {
+            return Err(ended());
+        }
+        if let Some(w) = self.revoked_before.get(&claims.sub)
+            && created_ms(claims) < w.before_ms
+            && w.keep != Some(claims.sid)
+        {
+            return Err(ended());
+        }
+        Ok(())
     }
 
     fn verify_uncached(&self, token: &str) -> Result<Claims, ApiError> {
@@ -199,6 +230,40 @@ impl Authenticator {
             .invalidate_entries_if(move |_, claims| claims.sid == session_id);
     }
 
+    /// Remembers a user-wide revocation on this replica; the newest watermark wins
+    /// (an older one arriving late changes nothing). The user's cached
+    /// verifications are dropped (the check runs on every hit anyway).
+    pub fn mark_user_revoked(&self, user_id: Uuid, watermark: Watermark) {
+        self.revoked_before.entry(user_id).and_upsert_with(|old| {
+            match old.map(|e| e.into_value()) {
+                Some(old) if old.before_ms >= watermark.before_ms => old,
+                _ => watermark,
+            }
+        });
+        let _ = self
+            .verified
+            .invalidate_entries_if(move |_, claims| claims.sub == user_id);
+    }
+
+    /// Applies a revocation as announced between replicas: a session id, or
+    /// `user <user id> <before ms> <kept session id or ->` (see [`user_revocation`]).
+    /// Anything else is ignored.
+    pub fn apply_revocation(&self, announced: &str) {
+        if let Some(rest) = announced.strip_prefix("user ") {
+            let mut parts = rest.split(' ');
+            if let (Some(Ok(user)), Some(Ok(before_ms)), Some(keep)) = (
+                parts.next().map(str::parse::<Uuid>),
+                parts.next().map(str::parse::<i64>),
+                parts.next(),
+            ) {
+                let keep = keep.parse().ok();
+                self.mark_user_revoked(user, Watermark { before_ms, keep });
+            }
+        } else if let Ok(sid) = announced.parse() {
+            self.mark_revoked(sid);
+        }
+    }
+
     /// True when this token's verification is cached here (tests).
     pub fn is_cached(&self, token: &str) -> bool {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
@@ -209,6 +274,27 @@ impl Authenticator {
     pub fn cached_verifications(&self) -> u64 {
         self.verified.run_pending_tasks();
         self.verified.entry_count()
+    }
+}
+
+/// How a user-wide revocation is announced (and kept in Redis) — the form
+/// [`Authenticator::apply_revocation`] reads.
+pub fn user_revocation(user_id: Uuid, watermark: Watermark) -> String {
+    let keep = watermark
+        .keep
+        .map_or_else(|| "-".to_owned(), |k| k.to_string());
+    format!("user {user_id} {} {keep}", watermark.before_ms)
+}
+
+/// When the token's session was created, in unix milliseconds: from its UUIDv7
+/// session id, else (another kind of id) from `iat`.
+fn created_ms(claims: &Claims) -> i64 {
+    match claims.sid.get_timestamp() {
+        Some(ts) => {
+            let (secs, nanos) = ts.to_unix();
+            secs as i64 * 1000 + i64::from(nanos / 1_000_000)
+        }
+        None => claims.iat.saturating_mul(1000),
     }
 }
 
@@ -381,6 +467,49 @@ mod tests {
             "revocation drops the cached verification"
         );
         assert!(matches!(a.verify(&token), Err(ApiError::Unauthorized(_))));
+    }
+
+    #[test]
+    fn a_user_watermark_revokes_older_sessions_but_the_kept_one_and_newer_ones() {
+        let a = auth();
+        let user = Uuid::new_v4();
+        let (old, _) = a.mint(user, Uuid::now_v7()).unwrap();
+        let kept_sid = Uuid::now_v7();
+        let (kept, _) = a.mint(user, kept_sid).unwrap();
+        let (other_user, _) = a.mint(Uuid::new_v4(), Uuid::now_v7()).unwrap();
+        // Verified (and cached) before the watermark: the cache must not save them.
+        assert!(a.verify(&old).is_ok() && a.is_cached(&old));
+        std::thread::sleep(Duration::from_millis(2));
+        let before_ms = chrono::Utc::now().timestamp_millis();
+        let announced = user_revocation(
+            user,
+            Watermark {
+                before_ms,
+                keep: Some(kept_sid),
+            },
+        );
+        a.apply_revocation(&announced);
+        assert!(a.verify(&old).is_err());
+        assert!(a.verify(&kept).is_ok());
+        assert!(a.verify(&other_user).is_ok());
+        std::thread::sleep(Duration::from_millis(2));
+        let (newer, _) = a.mint(user, Uuid::now_v7()).unwrap();
+        assert!(
+            a.verify(&newer).is_ok(),
+            "a login after the watermark works"
+        );
+        // An older announcement arriving late does not undo a newer one.
+        a.apply_revocation(&user_revocation(
+            user,
+            Watermark {
+                before_ms: chrono::Utc::now().timestamp_millis() + 1,
+                keep: None,
+            },
+        ));
+        a.apply_revocation(&announced);
+        assert!(a.verify(&kept).is_err() && a.verify(&newer).is_err());
+        a.apply_revocation("user garbage");
+        a.apply_revocation("not a uuid");
     }
 
     #[test]

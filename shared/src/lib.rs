@@ -12,6 +12,8 @@ pub mod cache;
 pub mod config;
 /// PostgreSQL pool, timed statements, migrations.
 pub mod db;
+/// Durable events between services (Redis Streams, one consumer group per service).
+pub mod events;
 /// `/health`, `/health/ready`, `/health/detailed`.
 pub mod health;
 /// Middleware, problem+json errors, cached responses, per-route statistics.

@@ -99,6 +99,13 @@ impl Metrics {
         }
     }
 
+    /// Registers a service's own counter (exported at 0 from the start).
+    pub fn counter(&self, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+        let c = IntCounter::new(name, help)?;
+        self.registry.register(Box::new(c.clone()))?;
+        Ok(c)
+    }
+
     /// The text exposition of everything in the registry.
     pub fn render(&self) -> String {
         let encoder = prometheus::TextEncoder::new();

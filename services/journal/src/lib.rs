@@ -3,6 +3,8 @@
 
 /// Which reads are cached for how long, and which writes invalidate them.
 pub mod cache_rules;
+/// Account erasure: purging a deleted user's data when profile-service says so.
+pub mod erasure;
 /// `GET /api/journal/export`: every entry, streamed as NDJSON in keyset batches.
 pub mod export;
 /// Request and response shapes, and their validation.
@@ -44,5 +46,6 @@ pub fn service() -> ServiceDef {
         ],
         llm_outcomes: &[],
         session_check: None,
+        on_start: Some(Arc::new(erasure::start)),
     }
 }

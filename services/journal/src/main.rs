@@ -6,7 +6,9 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    kai_shared::server::main("journal", journal_service::DEFAULT_PORT, |_| {
-        Ok(journal_service::service())
-    })
+    kai_shared::server::main(
+        "journal",
+        journal_service::DEFAULT_PORT,
+        |_: kai_shared::config::NoServiceSettings| Ok(journal_service::service()),
+    )
 }

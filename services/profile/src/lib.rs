@@ -6,8 +6,12 @@
 //! by Redis pub/sub) it checks each request's session in PostgreSQL: a logout is
 //! effective here at once, with or without Redis.
 
+/// Password change, log out everywhere, account deletion.
+pub mod account;
 /// Which reads are cached for how long, and which writes invalidate them.
 pub mod cache_rules;
+/// Account erasure: purging a deleted user's data when profile-service says so.
+pub mod erasure;
 /// Request and response shapes, and their validation.
 pub mod model;
 /// Argon2id hashing and verification, off the async workers.
@@ -47,5 +51,6 @@ pub fn service() -> ServiceDef {
         cache_namespaces: &[cache_rules::PROFILE.namespace],
         llm_outcomes: &[],
         session_check: Some(sessions::session_check),
+        on_start: Some(Arc::new(erasure::start)),
     }
 }

@@ -125,6 +125,53 @@ pub struct Profile {
     pub updated_at: DateTime<Utc>,
 }
 
+/// `POST /api/auth/password`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({ "current_password": "correct horse battery staple", "new_password": "a longer, newer passphrase" }))]
+pub struct ChangePassword {
+    #[schema(format = Password)]
+    pub current_password: String,
+    /// 8–1024 characters.
+    #[schema(min_length = 8, max_length = 1024, format = Password)]
+    pub new_password: String,
+}
+
+impl fmt::Debug for ChangePassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ChangePassword { .. }")
+    }
+}
+
+impl ChangePassword {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        let n = self.new_password.chars().count();
+        if !(MIN_PASSWORD_CHARS..=MAX_PASSWORD_CHARS).contains(&n) {
+            return Err(ApiError::validation(vec![FieldError::new(
+                "new_password",
+                format!("must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"),
+            )]));
+        }
+        Ok(())
+    }
+}
+
+/// `DELETE /api/account`: the password again, so a stolen token alone cannot
+/// erase an account.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({ "password": "correct horse battery staple" }))]
+pub struct DeleteAccount {
+    #[schema(format = Password)]
+    pub password: String,
+}
+
+impl fmt::Debug for DeleteAccount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DeleteAccount { .. }")
+    }
+}
+
 /// Everything profile-service holds about a user, for portability (GDPR Art. 20):
 /// the account and its profile. Never the password hash or sessions.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -36,6 +36,15 @@ pub const GET_PROFILE: &str = "SELECT p.user_id, u.email, p.display_name, p.trai
      FROM profile.profiles p JOIN profile.users u ON u.id = p.user_id
      WHERE p.user_id = $1";
 
+/// Re-authentication (password change, account deletion): the primary key.
+pub const PASSWORD_HASH_BY_ID: &str = "SELECT password_hash FROM profile.users WHERE id = $1";
+
+pub const SET_PASSWORD_HASH: &str = "UPDATE profile.users SET password_hash = $2 WHERE id = $1";
+
+/// Every live session of a user but `$2` (NULL: every one); `sessions_user_id`.
+pub const REVOKE_USER_SESSIONS: &str = "UPDATE profile.sessions SET revoked_at = now()
+     WHERE user_id = $1 AND revoked_at IS NULL AND id IS DISTINCT FROM $2";
+
 /// The export: the profile with its account's creation time (never the hash).
 pub const EXPORT_ACCOUNT: &str =
     "SELECT p.user_id, u.email, p.display_name, p.traits, p.preferences,
@@ -144,6 +153,40 @@ pub async fn get_profile(db: &Db, user_id: Uuid) -> Result<Option<Profile>, ApiE
         .await?
         .as_ref()
         .map(profile))
+}
+
+/// The stored password hash of a user, if the account exists.
+pub async fn password_hash(db: &Db, user_id: Uuid) -> Result<Option<String>, ApiError> {
+    let conn = db.conn().await?;
+    Ok(db
+        .query_opt(&conn, PASSWORD_HASH_BY_ID, &[&user_id])
+        .await?
+        .map(|r| r.get(0)))
+}
+
+/// Stores a new password hash and revokes every other session, atomically.
+pub async fn change_password(
+    db: &Db,
+    user_id: Uuid,
+    hash: &str,
+    keep: Uuid,
+) -> Result<(), ApiError> {
+    let mut conn = db.conn().await?;
+    let tx = conn.transaction().await.map_err(DbError::from)?;
+    db.execute(&tx, SET_PASSWORD_HASH, &[&user_id, &hash])
+        .await?;
+    db.execute(&tx, REVOKE_USER_SESSIONS, &[&user_id, &Some(keep)])
+        .await?;
+    tx.commit().await.map_err(DbError::from)?;
+    Ok(())
+}
+
+/// Revokes every live session of a user.
+pub async fn revoke_user_sessions(db: &Db, user_id: Uuid) -> Result<u64, ApiError> {
+    let conn = db.conn().await?;
+    Ok(db
+        .execute(&conn, REVOKE_USER_SESSIONS, &[&user_id, &None::<Uuid>])
+        .await?)
 }
 
 pub async fn export_account(db: &Db, user_id: Uuid) -> Result<Option<AccountExport>, ApiError> {

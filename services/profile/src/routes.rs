@@ -24,8 +24,8 @@ const BAD_CREDENTIALS: &str = "the e-mail address or password is incorrect";
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Kai profile-service", description = "Accounts, sessions and access tokens; the profile that shapes how the assistant speaks."),
-    paths(register, login, logout, get_profile, patch_profile, export_profile),
-    components(schemas(Register, Registered, Login, Token, Profile, PatchProfile, AccountExport, kai_shared::http::errors::Problem, FieldError)),
+    paths(register, login, logout, get_profile, patch_profile, export_profile, crate::account::change_password, crate::account::logout_all, crate::account::delete_account),
+    components(schemas(Register, Registered, Login, Token, Profile, PatchProfile, AccountExport, crate::model::ChangePassword, crate::model::DeleteAccount, kai_shared::http::errors::Problem, FieldError)),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     tags((name = "auth", description = "Accounts, sessions and access tokens"),
@@ -58,7 +58,7 @@ pub const REGISTER_PER_CLIENT: Limit = Limit {
 };
 
 /// The client's address (`X-Forwarded-For` only through `TRUSTED_PROXIES`).
-fn client_address(req: &HttpRequest, p: &Platform) -> String {
+pub(crate) fn client_address(req: &HttpRequest, p: &Platform) -> String {
     kai_shared::http::client_ip(req, &p.settings.trusted_proxies)
         .map(|ip| ip.to_string())
         .unwrap_or_else(|| "unknown".into())
@@ -73,7 +73,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(get_profile))
                 .route(web::patch().to(patch_profile)),
         )
-        .service(web::resource("/api/profile/export").route(web::get().to(export_profile)));
+        .service(web::resource("/api/profile/export").route(web::get().to(export_profile)))
+        .configure(crate::account::configure);
 }
 
 /// Create an account (and its empty profile).
@@ -138,7 +139,8 @@ async fn login(
     };
     tracing::Span::current().record("user_id", tracing::field::display(user_id));
 
-    let session_id = uuid::Uuid::new_v4();
+    // UUIDv7: the token carries its session's creation time (user-wide revocation).
+    let session_id = uuid::Uuid::now_v7();
     let (access_token, claims) = p.auth.mint(user_id, session_id)?;
     let expires_at = chrono::DateTime::from_timestamp(claims.exp, 0)
         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("token expiry out of range")))?;

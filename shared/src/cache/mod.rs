@@ -35,7 +35,7 @@
 //! With `REDIS_URL` unset the same API runs on L1 alone (one replica); with
 //! `CACHE_ENABLED=false` every read goes to the loader (`X-Cache: BYPASS`).
 
-mod connect;
+pub(crate) mod connect;
 pub mod entry;
 mod generations;
 pub mod invalidation;
@@ -50,7 +50,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use secrecy::ExposeSecret;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -69,6 +68,8 @@ use singleflight::SingleFlight;
 const L1_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// XFetch β: 1 is the paper's optimum for an exponential recompute-time model.
 const XFETCH_BETA: f64 = 1.0;
+/// How long after a purge its second sweep runs (longer than a cacheable read takes).
+pub const PURGE_SETTLE: Duration = Duration::from_secs(2);
 /// How long a remembered 404 lives.
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(30);
 
@@ -165,14 +166,14 @@ impl Cache {
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         let prefix = settings.cache_prefix.clone();
-        let (l2, generations) = match &settings.redis_url {
+        let target = connect::Target::from_settings(settings).map_err(anyhow::Error::msg)?;
+        let (l2, generations) = match target {
             None => (None, Arc::new(Generations::local_only())),
-            Some(url) => {
+            Some(target) => {
+                let nodes = connect::subscriber_nodes(settings).map_err(anyhow::Error::msg)?;
                 let generations = Arc::new(Generations::shared());
-                let client = connect::client(url.expose_secret(), settings.redis_ca.as_ref())
-                    .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
                 let l2 = Arc::new(L2::new(
-                    client,
+                    target,
                     settings.redis_pool_size,
                     settings.redis_timeout,
                     prefix.clone(),
@@ -180,7 +181,8 @@ impl Cache {
                     metrics.clone(),
                 )?);
                 tokio::spawn(invalidation::subscribe(
-                    l2.client.clone(),
+                    nodes,
+                    l2.clone(),
                     prefix.clone(),
                     settings.redis_timeout,
                     generations.clone(),
@@ -342,6 +344,35 @@ impl Cache {
         }
     }
 
+    /// Erases a scope: every replica stops using its entries (a generation bump,
+    /// announced as for [`Cache::invalidate`]), then every key of the scope is
+    /// deleted from Redis, counter included (`SCAN` + `UNLINK`: for erasing a
+    /// person's data, never on a request path). Fails if Redis could not be
+    /// reached, so the caller can retry; without Redis there is nothing to delete.
+    ///
+    /// A read that was already past its generation lookup when the purge ran may
+    /// still store its (post-deletion, but keyed) answer afterwards; a second
+    /// sweep [`PURGE_SETTLE`] later removes it.
+    pub async fn purge_scope(&self, scope: &Scope) -> anyhow::Result<u64> {
+        let removed = self.purge_once(scope).await?;
+        let (this, scope) = (self.clone(), scope.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(PURGE_SETTLE).await;
+            if let Err(e) = this.purge_once(&scope).await {
+                tracing::error!(error = %e, "second sweep of a purged cache scope failed");
+            }
+        });
+        Ok(removed)
+    }
+
+    async fn purge_once(&self, scope: &Scope) -> anyhow::Result<u64> {
+        self.invalidate(scope).await;
+        match &self.inner.l2 {
+            None => Ok(0),
+            Some(l2) => Ok(l2.unlink_scope(scope).await?),
+        }
+    }
+
     /// Redis unreachable (circuit open or a failed read): straight to PostgreSQL.
     async fn uncached<T, F, Fut>(&self, policy: &Policy, load: F) -> Result<Cached, ApiError>
     where
@@ -445,9 +476,16 @@ impl Cache {
     /// Announces a logout to every replica (no-op without Redis: the local set is
     /// all there is). Returns false if Redis could not be told.
     pub async fn announce_revocation(&self, session_id: uuid::Uuid, expires_at: i64) -> bool {
+        self.announce_revocation_of(&session_id.to_string(), expires_at)
+            .await
+    }
+
+    /// [`Cache::announce_revocation`] of anything the subscribers understand (a
+    /// session id, or a user-wide revocation), kept until `expires_at` (unix s).
+    pub async fn announce_revocation_of(&self, announced: &str, expires_at: i64) -> bool {
         match &self.inner.l2 {
             None => true,
-            Some(l2) => l2.revoke(&session_id.to_string(), expires_at).await.is_ok(),
+            Some(l2) => l2.revoke(announced, expires_at).await.is_ok(),
         }
     }
 
@@ -491,7 +529,7 @@ impl Cache {
         };
         l2.check_configuration()
             .await
-            .map_err(|e| anyhow::anyhow!("REDIS_URL: Redis refused the connection: {e}"))
+            .map_err(|e| anyhow::anyhow!("{}: Redis refused the connection: {e}", l2.variable()))
     }
 
     /// Whether Redis is configured and currently used (circuit closed).

@@ -2,10 +2,13 @@
 //! real and private Redis servers, and the services together.
 
 mod cache_engine;
+mod cluster;
+mod erasure;
 mod faults;
 mod hostile;
 mod migrations;
 mod openapi;
+mod readme;
 mod security;
 mod system;
 mod tls;

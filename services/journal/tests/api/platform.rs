@@ -158,7 +158,7 @@ async fn readiness_fails_when_migrations_are_missing() {
     let j = spawn().await;
     let conn = j.db.connect().await;
     conn.execute(
-        "DELETE FROM journal.refinery_history WHERE version = 2",
+        "DELETE FROM journal.refinery_history WHERE version = (SELECT max(version) FROM journal.refinery_history)",
         &[],
     )
     .await

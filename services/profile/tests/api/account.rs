@@ -41,3 +41,232 @@ async fn profile_export_holds_the_account_and_profile_uncached() {
         "{text}"
     );
 }
+
+use std::time::{Duration, Instant};
+
+use crate::helpers::{PASSWORD, Profiles, assert_problem};
+
+async fn post(p: &Profiles, path: &str, token: &str, body: Option<Value>) -> reqwest::Response {
+    let mut req = p.app.client.post(p.app.url(path)).bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    req.send().await.unwrap()
+}
+
+async fn delete_account(p: &Profiles, token: &str, password: &str) -> reqwest::Response {
+    p.app
+        .client
+        .delete(p.app.url("/api/account"))
+        .bearer_auth(token)
+        .json(&json!({ "password": password }))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Waits (at most 1 s) until `app` answers `token` with 401 on `path`.
+async fn refused_within_a_second(app: &kai_shared::testing::TestApp, token: &str, path: &str) {
+    let started = Instant::now();
+    loop {
+        let (status, _, _) = app.read(token, path).await;
+        if status == 401 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{path} still accepts a revoked token ({status})"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_password_change_ends_every_other_session_everywhere() {
+    let p = spawn().await;
+    let journal = p.journal().await;
+    let a = p.account().await;
+    let other: Value = p.login(&a.email, PASSWORD).await.json().await.unwrap();
+    let other = other["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(journal.read(&other, "/api/journal/entries").await.0, 200);
+
+    let wrong = post(
+        &p,
+        "/api/auth/password",
+        &a.token,
+        Some(json!({"current_password": "not it at all", "new_password": "a new passphrase"})),
+    )
+    .await;
+    assert_problem(wrong, 401).await;
+    let short = post(
+        &p,
+        "/api/auth/password",
+        &a.token,
+        Some(json!({"current_password": PASSWORD, "new_password": "short"})),
+    )
+    .await;
+    assert_eq!(
+        assert_problem(short, 400).await["errors"][0]["field"],
+        "new_password"
+    );
+
+    let res = post(
+        &p,
+        "/api/auth/password",
+        &a.token,
+        Some(json!({"current_password": PASSWORD, "new_password": "a new passphrase"})),
+    )
+    .await;
+    assert_eq!(res.status(), 204);
+    refused_within_a_second(&p.app, &other, "/api/profile").await;
+    refused_within_a_second(&journal, &other, "/api/journal/entries").await;
+    assert_eq!(
+        p.app.read(&a.token, "/api/profile").await.0,
+        200,
+        "the caller's session lives on"
+    );
+    assert_eq!(journal.read(&a.token, "/api/journal/entries").await.0, 200);
+    assert_eq!(p.login(&a.email, PASSWORD).await.status(), 401);
+    let fresh: Value = p
+        .login(&a.email, "a new passphrase")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let fresh = fresh["access_token"].as_str().unwrap();
+    assert_eq!(
+        journal.read(fresh, "/api/journal/entries").await.0,
+        200,
+        "a later login works everywhere"
+    );
+}
+
+#[tokio::test]
+async fn logout_all_ends_every_session_everywhere_and_a_new_login_works() {
+    let p = spawn().await;
+    let journal = p.journal().await;
+    let a = p.account().await;
+    let other: Value = p.login(&a.email, PASSWORD).await.json().await.unwrap();
+    let other = other["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        post(&p, "/api/auth/logout-all", &a.token, None)
+            .await
+            .status(),
+        204
+    );
+    for token in [&a.token, &other] {
+        refused_within_a_second(&p.app, token, "/api/profile").await;
+        refused_within_a_second(&journal, token, "/api/journal/entries").await;
+    }
+    let db = p.db.connect().await;
+    let live: i64 = db
+        .query_one(
+            "SELECT count(*) FROM profile.sessions WHERE user_id = $1 AND revoked_at IS NULL",
+            &[&a.id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(live, 0);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let fresh: Value = p.login(&a.email, PASSWORD).await.json().await.unwrap();
+    let fresh = fresh["access_token"].as_str().unwrap();
+    assert_eq!(p.app.read(fresh, "/api/profile").await.0, 200);
+    assert_eq!(journal.read(fresh, "/api/journal/entries").await.0, 200);
+}
+
+#[tokio::test]
+async fn deleting_an_account_needs_the_password_and_removes_it_at_once() {
+    let p = spawn().await;
+    let journal = p.journal().await;
+    let a = p.account().await;
+    assert_problem(delete_account(&p, &a.token, "not the password").await, 401).await;
+    assert_eq!(
+        p.app.read(&a.token, "/api/profile").await.0,
+        200,
+        "still there"
+    );
+
+    assert_eq!(delete_account(&p, &a.token, PASSWORD).await.status(), 204);
+    refused_within_a_second(&p.app, &a.token, "/api/profile").await;
+    refused_within_a_second(&journal, &a.token, "/api/journal/entries").await;
+    assert_eq!(p.login(&a.email, PASSWORD).await.status(), 401);
+    let db = p.db.connect().await;
+    for table in ["users", "profiles", "sessions"] {
+        let column = if table == "users" { "id" } else { "user_id" };
+        let n: i64 = db
+            .query_one(
+                &format!("SELECT count(*) FROM profile.{table} WHERE {column} = $1"),
+                &[&a.id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0, "{table}");
+    }
+    // The erasure event waits in the outbox for every service that holds data:
+    // profile-service's own consumer and the journal-service running here
+    // acknowledge their parts; conversation-service is not running.
+    let started = Instant::now();
+    loop {
+        let row = db
+            .query_one("SELECT payload, awaiting FROM profile.outbox", &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), a.id.to_string());
+        let mut awaiting: Vec<String> = row.get(1);
+        awaiting.sort();
+        if awaiting == ["conversation"] {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "profile never acknowledged: {awaiting:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        p.app
+            .metrics()
+            .await
+            .contains("kai_account_purges_total{service=\"profile\"} 1")
+    );
+    assert!(
+        journal
+            .metrics()
+            .await
+            .contains("kai_account_purges_total{service=\"journal\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn password_guessing_on_a_stolen_token_is_rate_limited() {
+    let p = spawn().await;
+    let a = p.account().await;
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(
+            delete_account(&p, &a.token, "guess guess guess")
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429]);
+    let res = delete_account(&p, &a.token, PASSWORD).await;
+    assert!(res.headers().contains_key("retry-after"));
+    assert_problem(res, 429).await;
+    let res = post(
+        &p,
+        "/api/auth/password",
+        &a.token,
+        Some(json!({"current_password": PASSWORD, "new_password": "whatever it is"})),
+    )
+    .await;
+    assert_problem(res, 429).await;
+    assert_eq!(
+        p.app.read(&a.token, "/api/profile").await.0,
+        200,
+        "nothing was deleted"
+    );
+}

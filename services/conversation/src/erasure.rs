@@ -1,0 +1,73 @@
+//! Account erasure, conversation's part: when profile-service deletes an account it
+//! publishes `account-erased` (its outbox, relayed to a Redis Stream — see
+//! profile-service's `erasure` module); this service's consumer group `conversation`
+//! receives the user id and purges:
+//!
+//! 1. every conversation of the user, and with it every message (`ON DELETE
+//!    CASCADE`, through `messages_conversation_created`) — one statement;
+//! 2. the user's two cache scopes — conversations and AI replies: a generation
+//!    bump each (every replica stops using its L1 copies) and every Redis key of
+//!    both unlinked.
+//!
+//! Purging twice deletes nothing the second time, so duplicate deliveries and
+//! re-sends are harmless. A failure leaves the event unacknowledged: it is
+//! retried. Each purge counts in `kai_account_purges_total`.
+
+use actix_web::web;
+use kai_shared::Platform;
+use kai_shared::events::Events;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::cache_rules::{ai_scope, user_scope};
+
+/// The stream profile-service publishes account erasures on.
+pub const STREAM: &str = "account-erased";
+/// This service's consumer group.
+pub const GROUP: &str = "conversation";
+
+/// Messages go with their conversations (`ON DELETE CASCADE`).
+pub const PURGE: &str = "DELETE FROM conversation.conversations WHERE user_id = $1";
+
+/// Deletes everything of `user_id` this service holds; returns the rows deleted.
+pub async fn purge(p: &Platform, user_id: Uuid) -> anyhow::Result<u64> {
+    let conn = p.db.conn().await?;
+    let deleted = p.db.execute(&conn, PURGE, &[&user_id]).await?;
+    drop(conn);
+    p.cache.purge_scope(&user_scope(user_id)).await?;
+    p.cache.purge_scope(&ai_scope(user_id)).await?;
+    Ok(deleted)
+}
+
+/// Starts the consumer (with Redis; without it there is no one to hear from).
+pub fn start(p: web::Data<Platform>, stop: CancellationToken) {
+    let purges = match p.metrics.counter(
+        "kai_account_purges_total",
+        "Account erasures carried out by this service",
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "registering kai_account_purges_total");
+            return;
+        }
+    };
+    let events = match Events::new(&p.settings) {
+        Ok(Some(events)) => events,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!(error = %e, "account erasures cannot be received");
+            return;
+        }
+    };
+    let handler: kai_shared::events::Handler = std::sync::Arc::new(move |payload: String| {
+        let (p, purges) = (p.clone(), purges.clone());
+        Box::pin(async move {
+            let user_id: Uuid = payload.parse()?;
+            let deleted = purge(&p, user_id).await?;
+            purges.inc();
+            tracing::info!(%user_id, deleted, "account purged");
+            Ok(())
+        })
+    });
+    tokio::spawn(events.consume(STREAM, GROUP, handler, stop));
+}

@@ -1,0 +1,192 @@
+//! Account erasure (SPEC §4 "Erasure"): deleting an account removes the person's
+//! data from every service, durably, without any service reading another's tables.
+//!
+//! ```text
+//! DELETE /api/account ─► one transaction: DELETE users (profile, sessions cascade)
+//!                                         + INSERT outbox 'account-erased' awaiting {profile, journal, conversation}
+//!                     ─► user-wide revocation announced (every token refused within 1 s)
+//! relay (every profile replica, woken at once, else every second):
+//!     outbox rows due ──XADD──► Redis Stream <prefix>:events:account-erased
+//!     acks set ──SPOP──► outbox.awaiting minus the service; row deleted when empty
+//! each service's consumer group (profile, journal, conversation):
+//!     XREADGROUP ─► purge (idempotent) ─► XACK + ack back (SADD)
+//! ```
+//!
+//! * **Durable**: the event is a row written with the deletion; Redis carries it
+//!   but is not trusted to keep it. A row not fully acknowledged is re-sent after
+//!   10 s, then 20 s, 40 s … (at most every 5 min), so a service that was down
+//!   purges when it is back (its group also still holds the unread entry), and a
+//!   Redis restarted without its data gets the event again — and the revocation
+//!   with it, for replicas that start afterwards.
+//! * **Idempotent**: every purge is "delete what is left", so duplicates and
+//!   re-sends are harmless; an event names the services still awaited, so the
+//!   others only acknowledge it.
+//! * profile-service is itself a consumer: its database rows go in the request's
+//!   transaction, its cache keys (and their retry) through the same path.
+//!
+//! Without Redis nothing can be relayed: rows wait in the outbox until it is
+//! configured (the other services could not hear anything either).
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use actix_web::web;
+use kai_shared::db::{Db, DbError};
+use kai_shared::events::{Events, Handler};
+use kai_shared::{ApiError, Platform};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::cache_rules::user_scope;
+
+/// The stream account erasures are published on.
+pub const STREAM: &str = "account-erased";
+/// This service's consumer group.
+pub const GROUP: &str = "profile";
+/// Every service that holds a person's data, each a consumer group.
+pub const SERVICES: [&str; 3] = ["profile", "journal", "conversation"];
+/// How often the relay looks at the outbox when not woken.
+const RELAY_EVERY: Duration = Duration::from_secs(1);
+
+pub const DELETE_USER: &str = "DELETE FROM profile.users WHERE id = $1";
+
+pub const INSERT_EVENT: &str =
+    "INSERT INTO profile.outbox (id, topic, payload, awaiting) VALUES ($1, $2, $3, $4)";
+
+/// Rows never sent, or not acknowledged in time (backing off to every 5 min),
+/// locked so that concurrent relays of other replicas skip them.
+pub const DUE: &str = "SELECT id, topic, payload, awaiting FROM profile.outbox
+     WHERE sent_at IS NULL
+        OR sent_at < now() - least(interval '10 seconds' * power(2, greatest(sends - 1, 0)), interval '5 minutes')
+     ORDER BY created_at
+     LIMIT 100
+     FOR UPDATE SKIP LOCKED";
+
+pub const MARK_SENT: &str =
+    "UPDATE profile.outbox SET sent_at = now(), sends = sends + 1 WHERE id = $1";
+
+pub const ACKNOWLEDGE: &str =
+    "UPDATE profile.outbox SET awaiting = array_remove(awaiting, $2) WHERE id = $1";
+
+pub const DELETE_DONE: &str =
+    "DELETE FROM profile.outbox WHERE id = $1 AND cardinality(awaiting) = 0";
+
+/// Wakes the relays of this process (a deletion was just committed).
+static WAKE: LazyLock<Notify> = LazyLock::new(Notify::new);
+
+/// Deletes the user (profile and sessions cascade) and records the erasure event,
+/// in one transaction.
+pub async fn delete_account(db: &Db, user_id: Uuid) -> Result<(), ApiError> {
+    let mut conn = db.conn().await?;
+    let tx = conn.transaction().await.map_err(DbError::from)?;
+    if db.execute(&tx, DELETE_USER, &[&user_id]).await? == 0 {
+        return Err(ApiError::not_found());
+    }
+    let awaiting: Vec<String> = SERVICES.iter().map(|s| (*s).to_owned()).collect();
+    db.execute(
+        &tx,
+        INSERT_EVENT,
+        &[&Uuid::now_v7(), &STREAM, &user_id.to_string(), &awaiting],
+    )
+    .await?;
+    tx.commit().await.map_err(DbError::from)?;
+    Ok(())
+}
+
+/// Wakes the relays of this process: call it once the revocation is announced,
+/// so every replica refuses the user's tokens before the purges start.
+pub fn wake_relay() {
+    WAKE.notify_waiters();
+}
+
+/// Profile's own purge: the cache scope (rows went with the request).
+async fn purge(p: &Platform, user_id: Uuid) -> anyhow::Result<()> {
+    p.cache.purge_scope(&user_scope(user_id)).await?;
+    Ok(())
+}
+
+/// Starts the relay and this service's consumer (with Redis).
+pub fn start(p: web::Data<Platform>, stop: CancellationToken) {
+    let purges = match p.metrics.counter(
+        "kai_account_purges_total",
+        "Account erasures carried out by this service",
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "registering kai_account_purges_total");
+            return;
+        }
+    };
+    let events = match Events::new(&p.settings) {
+        Ok(Some(events)) => events,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!(error = %e, "account erasures cannot be relayed");
+            return;
+        }
+    };
+    let handler: Handler = {
+        let p = p.clone();
+        std::sync::Arc::new(move |payload: String| {
+            let (p, purges) = (p.clone(), purges.clone());
+            Box::pin(async move {
+                let user_id: Uuid = payload.parse()?;
+                purge(&p, user_id).await?;
+                purges.inc();
+                tracing::info!(%user_id, "account purged");
+                Ok(())
+            })
+        })
+    };
+    tokio::spawn(events.clone().consume(STREAM, GROUP, handler, stop.clone()));
+    tokio::spawn(relay(p, events, stop));
+}
+
+/// Moves acknowledgements into the outbox and (re-)sends what is due, until stopped.
+async fn relay(p: web::Data<Platform>, events: Events, stop: CancellationToken) {
+    loop {
+        if let Err(e) = relay_once(&p, &events).await {
+            tracing::debug!(error = format!("{e:#}"), "outbox relay: retrying");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = WAKE.notified() => {}
+            _ = tokio::time::sleep(RELAY_EVERY) => {}
+        }
+    }
+}
+
+async fn relay_once(p: &Platform, events: &Events) -> anyhow::Result<()> {
+    let db = &p.db;
+    // Acknowledgements first, so a row acknowledged by everyone is not re-sent.
+    let acks = events.take_acks(STREAM, 100).await?;
+    if !acks.is_empty() {
+        let conn = db.conn().await?;
+        for (service, id) in acks {
+            let Ok(id) = id.parse::<Uuid>() else { continue };
+            db.execute(&conn, ACKNOWLEDGE, &[&id, &service]).await?;
+            db.execute(&conn, DELETE_DONE, &[&id]).await?;
+        }
+    }
+    let mut conn = db.conn().await?;
+    let tx = conn.transaction().await?;
+    let due = db.query(&tx, DUE, &[]).await?;
+    for row in &due {
+        let (id, topic, payload, awaiting): (Uuid, String, String, Vec<String>) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        if topic == STREAM
+            && let Ok(user_id) = payload.parse()
+        {
+            // A Redis that lost its data lost the revocation too: say it again,
+            // for replicas that start from now on.
+            p.revoke_user_sessions(user_id, None).await;
+        }
+        events
+            .publish(&topic, &id.to_string(), &payload, &awaiting)
+            .await?;
+        db.execute(&tx, MARK_SENT, &[&id]).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}

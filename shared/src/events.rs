@@ -1,0 +1,373 @@
+//! Durable events between services, over Redis Streams.
+//!
+//! A service that must tell the others something it cannot lose (the owner of an
+//! outbox table) [`Events::publish`]es it on a stream; every interested service
+//! reads the stream through its own *consumer group* ([`Events::consume`]), so
+//! each service — not each replica — handles each event once, and a service that
+//! was down reads what it missed when it starts (the group remembers where it was).
+//!
+//! Delivery is at least once, and every handler must be idempotent:
+//! * a handled event is `XACK`ed in the group and acknowledged back to the
+//!   publisher (`SADD` of "`<group> <event id>`" to the stream's ack set, which
+//!   the publisher drains with [`Events::take_acks`] into its outbox);
+//! * an event delivered to a replica that died before acknowledging it is claimed
+//!   by another replica after [`CLAIM_IDLE`] (`XAUTOCLAIM`);
+//! * Redis itself may lose everything (restarted without its data): the groups are
+//!   re-created on the next read, and the publisher re-sends from its outbox every
+//!   event that some group has not acknowledged. The stream is therefore only a
+//!   transport; the truth is the publisher's table.
+//!
+//! An event names the groups that still owe an acknowledgement; a group not named
+//! acknowledges it without handling it again. Entries older than [`RETAIN`] are
+//! trimmed on publish: anything still unacknowledged by then has been re-sent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::future::BoxFuture;
+use redis::Value;
+use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+
+/// Stream entries older than this are trimmed when a new one is added.
+pub const RETAIN: Duration = Duration::from_secs(3600);
+/// An entry delivered to a consumer that has not acknowledged it for this long is
+/// handed to another.
+pub const CLAIM_IDLE: Duration = Duration::from_secs(30);
+/// How long one blocking read waits for new entries.
+const BLOCK: Duration = Duration::from_secs(1);
+/// Bound on every other command.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+/// Wait before reconnecting after an error.
+const RETRY_EVERY: Duration = Duration::from_millis(500);
+
+/// Handles one event's payload; an error leaves it unacknowledged (retried).
+pub type Handler = Arc<dyn Fn(String) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
+
+/// One event as read from a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// The stream entry id (for `XACK`).
+    pub entry: String,
+    /// The publisher's id of the event (stable across re-sends).
+    pub id: String,
+    pub payload: String,
+    /// The groups that still owe an acknowledgement.
+    pub to: Vec<String>,
+}
+
+/// Streams on the service's Redis, under its key prefix. Cheap to clone.
+#[derive(Clone)]
+pub struct Events {
+    client: redis::Client,
+    prefix: String,
+    conn: Arc<tokio::sync::OnceCell<redis::aio::ConnectionManager>>,
+}
+
+impl Events {
+    /// `None` without `REDIS_URL`: there is nothing to carry events.
+    pub fn new(settings: &Settings) -> anyhow::Result<Option<Self>> {
+        let Some(url) = &settings.redis_url else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            client: crate::cache::connect::client(url.expose_secret(), settings.redis_ca.as_ref())
+                .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?,
+            prefix: settings.cache_prefix.clone(),
+            conn: Arc::default(),
+        }))
+    }
+
+    fn stream_key(&self, stream: &str) -> String {
+        format!("{}:events:{stream}", self.prefix)
+    }
+
+    fn acks_key(&self, stream: &str) -> String {
+        format!("{}:events:{stream}:acks", self.prefix)
+    }
+
+    async fn conn(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
+        let client = self.client.clone();
+        let conn = tokio::time::timeout(
+            COMMAND_TIMEOUT,
+            self.conn
+                .get_or_try_init(|| redis::aio::ConnectionManager::new(client)),
+        )
+        .await
+        .context("connecting to Redis timed out")??;
+        Ok(conn.clone())
+    }
+
+    /// Adds an event for the groups `to` (trimming entries older than [`RETAIN`]).
+    pub async fn publish(
+        &self,
+        stream: &str,
+        id: &str,
+        payload: &str,
+        to: &[String],
+    ) -> anyhow::Result<()> {
+        let mut conn = self.conn().await?;
+        let oldest = chrono::Utc::now().timestamp_millis() - RETAIN.as_millis() as i64;
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(self.stream_key(stream))
+            .arg("MINID")
+            .arg("~")
+            .arg(oldest.max(0))
+            .arg("*")
+            .arg("id")
+            .arg(id)
+            .arg("payload")
+            .arg(payload)
+            .arg("to")
+            .arg(to.join(","));
+        tokio::time::timeout(COMMAND_TIMEOUT, cmd.query_async::<String>(&mut conn))
+            .await
+            .context("XADD timed out")??;
+        Ok(())
+    }
+
+    /// Takes up to `max` acknowledgements: (group, event id) pairs.
+    pub async fn take_acks(
+        &self,
+        stream: &str,
+        max: usize,
+    ) -> anyhow::Result<Vec<(String, String)>> {
+        let mut conn = self.conn().await?;
+        let mut cmd = redis::cmd("SPOP");
+        cmd.arg(self.acks_key(stream)).arg(max);
+        let acks: Vec<String> = tokio::time::timeout(COMMAND_TIMEOUT, cmd.query_async(&mut conn))
+            .await
+            .context("SPOP timed out")??;
+        Ok(acks
+            .into_iter()
+            .filter_map(|a| {
+                a.split_once(' ')
+                    .map(|(g, id)| (g.to_owned(), id.to_owned()))
+            })
+            .collect())
+    }
+
+    /// Runs `group`'s consumer of `stream` until `stop` is cancelled: reads new
+    /// events (and claims ones abandoned by dead replicas), hands each payload to
+    /// `handle`, and acknowledges the ones it handled.
+    pub async fn consume(
+        self,
+        stream: &str,
+        group: &str,
+        handle: Handler,
+        stop: CancellationToken,
+    ) {
+        let consumer = format!("{group}-{}", uuid::Uuid::new_v4().simple());
+        loop {
+            let outcome = tokio::select! {
+                _ = stop.cancelled() => return,
+                outcome = self.consume_once(stream, group, &consumer, &handle) => outcome,
+            };
+            if let Err(e) = outcome {
+                tracing::debug!(error = %e, stream, "event consumer reconnecting");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(RETRY_EVERY) => {}
+            }
+        }
+    }
+
+    /// One connection's worth of consuming; returns on the first error.
+    async fn consume_once(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        handle: &Handler,
+    ) -> anyhow::Result<()> {
+        let key = self.stream_key(stream);
+        let mut conn = tokio::time::timeout(
+            COMMAND_TIMEOUT,
+            self.client.get_multiplexed_async_connection(),
+        )
+        .await
+        .context("connecting to Redis timed out")??;
+        // From the stream's start: a group created after events were added (first
+        // start, or Redis lost its data) still sees them.
+        let created = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&key)
+            .arg(group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async::<()>(&mut conn)
+            .await;
+        if let Err(e) = created
+            && e.code() != Some("BUSYGROUP")
+        {
+            return Err(e.into());
+        }
+        let mut last_claim = tokio::time::Instant::now() - CLAIM_IDLE;
+        loop {
+            let mut events = Vec::new();
+            if last_claim.elapsed() >= CLAIM_IDLE / 2 {
+                last_claim = tokio::time::Instant::now();
+                let claimed: Value = tokio::time::timeout(
+                    COMMAND_TIMEOUT,
+                    redis::cmd("XAUTOCLAIM")
+                        .arg(&key)
+                        .arg(group)
+                        .arg(consumer)
+                        .arg(CLAIM_IDLE.as_millis() as u64)
+                        .arg("0-0")
+                        .arg("COUNT")
+                        .arg(16)
+                        .query_async(&mut conn),
+                )
+                .await
+                .context("XAUTOCLAIM timed out")??;
+                if let Value::Array(parts) = &claimed
+                    && let Some(entries) = parts.get(1)
+                {
+                    events.extend(parse_entries(entries));
+                }
+            }
+            let read: Value = tokio::time::timeout(
+                BLOCK + COMMAND_TIMEOUT,
+                redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(group)
+                    .arg(consumer)
+                    .arg("COUNT")
+                    .arg(16)
+                    .arg("BLOCK")
+                    .arg(BLOCK.as_millis() as u64)
+                    .arg("STREAMS")
+                    .arg(&key)
+                    .arg(">")
+                    .query_async(&mut conn),
+            )
+            .await
+            .context("XREADGROUP timed out")??;
+            // [[key, [entry, …]]], or nil when nothing arrived.
+            if let Value::Array(streams) = &read {
+                for s in streams {
+                    if let Value::Array(pair) = s
+                        && let Some(entries) = pair.get(1)
+                    {
+                        events.extend(parse_entries(entries));
+                    }
+                }
+            }
+            for event in events {
+                let mine = event.to.iter().any(|g| g == group);
+                if mine && let Err(e) = handle(event.payload.clone()).await {
+                    // Left pending: claimed again after CLAIM_IDLE, or re-sent.
+                    tracing::error!(error = format!("{e:#}"), stream, event = %event.id, "event handling failed; it will be retried");
+                    continue;
+                }
+                let mut pipe = redis::pipe();
+                pipe.cmd("XACK")
+                    .arg(&key)
+                    .arg(group)
+                    .arg(&event.entry)
+                    .ignore();
+                if mine {
+                    pipe.cmd("SADD")
+                        .arg(self.acks_key(stream))
+                        .arg(format!("{group} {}", event.id))
+                        .ignore();
+                }
+                tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async::<()>(&mut conn))
+                    .await
+                    .context("acknowledging timed out")??;
+            }
+        }
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// `[[entry id, [field, value, …]], …]` → events (entries without the fields
+/// this module writes, or deleted ones, are skipped).
+fn parse_entries(v: &Value) -> Vec<Event> {
+    let Value::Array(entries) = v else {
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .filter_map(|entry| {
+            let Value::Array(parts) = entry else {
+                return None;
+            };
+            let id = text(parts.first()?)?;
+            let Value::Array(fields) = parts.get(1)? else {
+                return None;
+            };
+            let mut event = Event {
+                entry: id,
+                id: String::new(),
+                payload: String::new(),
+                to: Vec::new(),
+            };
+            for pair in fields.chunks(2) {
+                let (Some(k), Some(v)) = (pair.first().and_then(text), pair.get(1).and_then(text))
+                else {
+                    continue;
+                };
+                match k.as_str() {
+                    "id" => event.id = v,
+                    "payload" => event.payload = v,
+                    "to" => event.to = v.split(',').map(str::to_owned).collect(),
+                    _ => {}
+                }
+            }
+            (!event.id.is_empty()).then_some(event)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn stream_entries_parse_into_events() {
+        let v = Value::Array(vec![
+            Value::Array(vec![
+                bulk("1-0"),
+                Value::Array(vec![
+                    bulk("id"),
+                    bulk("e1"),
+                    bulk("payload"),
+                    bulk("p"),
+                    bulk("to"),
+                    bulk("a,b"),
+                ]),
+            ]),
+            Value::Nil,
+            Value::Array(vec![
+                bulk("2-0"),
+                Value::Array(vec![bulk("other"), bulk("x")]),
+            ]),
+        ]);
+        assert_eq!(
+            parse_entries(&v),
+            vec![Event {
+                entry: "1-0".into(),
+                id: "e1".into(),
+                payload: "p".into(),
+                to: vec!["a".into(), "b".into()],
+            }]
+        );
+    }
+}
