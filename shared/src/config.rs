@@ -637,7 +637,10 @@ mod tests {
         assert_eq!(e.var, "AUTH_VERIFYING_KEYS_FILE");
         // Verifying-only services start without a signing key; profile must not.
         let s = settings(&[]).unwrap();
-        assert_eq!(s.require_signing_key().unwrap_err().var, "AUTH_SIGNING_KEY_FILE");
+        assert_eq!(
+            s.require_signing_key().unwrap_err().var,
+            "AUTH_SIGNING_KEY_FILE"
+        );
         let s = settings(&[("AUTH_SIGNING_KEY_FILE", &key_files().0)]).unwrap();
         assert!(s.require_signing_key().is_ok());
         // A signing key whose public half nobody verifies with is a mistake.
@@ -647,7 +650,10 @@ mod tests {
             .unwrap();
         let e = settings(&[("AUTH_SIGNING_KEY_FILE", other.to_str().unwrap())]).unwrap_err();
         assert_eq!(e.var, "AUTH_SIGNING_KEY_FILE");
-        assert!(e.to_string().contains("not in AUTH_VERIFYING_KEYS_FILE"), "{e}");
+        assert!(
+            e.to_string().contains("not in AUTH_VERIFYING_KEYS_FILE"),
+            "{e}"
+        );
     }
 
     #[test]
