@@ -977,3 +977,173 @@ fn postgres_bin() -> std::path::PathBuf {
         .expect("an initdb under /usr/lib/postgresql")
         .1
 }
+
+/// A Redis Cluster of the test's own: three primaries and three replicas
+/// (`redis-server --cluster-enabled yes` ×6 on ports below the ephemeral range, so
+/// each bus port, +10000, is free too; `redis-cli --cluster create
+/// --cluster-replicas 1`). Nodes can be paused and killed; a killed primary's
+/// replica takes over after `cluster-node-timeout` (1 s). Killed on drop.
+pub struct PrivateCluster {
+    pub nodes: Vec<PrivateRedis>,
+    _dir: TempDir,
+}
+
+impl PrivateCluster {
+    pub fn start() -> Self {
+        let dir = TempDir::new("cluster");
+        let mut nodes: Vec<PrivateRedis> = Vec::new();
+        while nodes.len() < 6 {
+            let port = free_low_port();
+            if nodes
+                .iter()
+                .any(|n| n.port.abs_diff(port) == 10_000 || n.port == port)
+            {
+                continue;
+            }
+            let extra: Vec<String> = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &dir.file(&format!("nodes-{port}.conf")),
+                "--cluster-node-timeout",
+                "1000",
+                "--cluster-require-full-coverage",
+                "no",
+                "--cluster-allow-reads-when-down",
+                "no",
+                "--dir",
+                &dir.file(""),
+            ]
+            .iter()
+            .map(|a| (*a).to_owned())
+            .collect();
+            nodes.push(PrivateRedis::start_with(port, extra, None));
+        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        run(Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(Stdio::null()));
+        let me = Self { nodes, _dir: dir };
+        me.wait_converged(&(0..6).collect::<Vec<_>>());
+        me
+    }
+
+    /// `REDIS_CLUSTER_NODES`: every node as a seed.
+    pub fn seeds(&self) -> String {
+        self.nodes
+            .iter()
+            .map(PrivateRedis::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Waits until every node in `alive` says `cluster_state:ok`, sees three
+    /// primaries covering all slots, and every live replica is in sync.
+    pub fn wait_converged(&self, alive: &[usize]) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = alive.iter().all(|&i| {
+                let Ok(client) = self.nodes[i].client() else {
+                    return false;
+                };
+                let Ok(mut c) = client.get_connection_with_timeout(Duration::from_millis(500))
+                else {
+                    return false;
+                };
+                let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut c)
+                    .unwrap_or_default();
+                let replication: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query(&mut c)
+                    .unwrap_or_default();
+                info.contains("cluster_state:ok")
+                    && info.contains("cluster_slots_ok:16384")
+                    && (replication.contains("role:master")
+                        || replication.contains("master_link_status:up"))
+            });
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the test cluster did not converge"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The node that serves `key`'s slot as primary now, asked of node `ask`.
+    pub fn primary_for(&self, key: &str, ask: usize) -> usize {
+        let mut c = self.nodes[ask].connection();
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut c)
+            .expect("KEYSLOT");
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query(&mut c)
+            .expect("NODES");
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let serves = fields[8..].iter().any(|range| {
+                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if (lo..=hi).contains(&slot))
+            });
+            if serves {
+                let port: u16 = fields[1]
+                    .split(['@', ':'])
+                    .nth(1)
+                    .and_then(|p| p.parse().ok())
+                    .expect("node address");
+                return self
+                    .nodes
+                    .iter()
+                    .position(|n| n.port == port)
+                    .expect("known node");
+            }
+        }
+        panic!("no primary serves slot {slot}");
+    }
+
+    /// Sums `INFO commandstats` calls of `command` over every node in `alive`.
+    pub fn calls(&self, command: &str, alive: &[usize]) -> u64 {
+        alive
+            .iter()
+            .map(|&i| {
+                let stats: String = redis::cmd("INFO")
+                    .arg("commandstats")
+                    .query(&mut self.nodes[i].connection())
+                    .expect("INFO");
+                stats
+                    .lines()
+                    .find(|l| l.starts_with(&format!("cmdstat_{command}:")))
+                    .and_then(|l| l.split("calls=").nth(1))
+                    .and_then(|rest| rest.split(',').next())
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+
+    /// `CONFIG RESETSTAT` on every node in `alive`.
+    pub fn reset_stats(&self, alive: &[usize]) {
+        for &i in alive {
+            let _: () = redis::cmd("CONFIG")
+                .arg("RESETSTAT")
+                .query(&mut self.nodes[i].connection())
+                .expect("RESETSTAT");
+        }
+    }
+}

@@ -53,7 +53,7 @@ async fn reauthenticate(
 }
 
 /// Change the password; every other session of the user ends (401 everywhere within 1 s).
-#[utoipa::path(post, path = "/api/auth/password", request_body = ChangePassword,
+#[utoipa::path(post, path = "/api/auth/password", tag = "auth", request_body = ChangePassword,
     responses((status = 204), (status = 400, body = kai_shared::http::errors::Problem),
         (status = 401, description = "bad token or wrong current password", body = kai_shared::http::errors::Problem),
         (status = 429, body = kai_shared::http::errors::Problem)))]
@@ -75,7 +75,7 @@ pub async fn change_password(
 }
 
 /// End every session of the caller, this one included (401 everywhere within 1 s).
-#[utoipa::path(post, path = "/api/auth/logout-all", responses((status = 204), (status = 401)))]
+#[utoipa::path(post, path = "/api/auth/logout-all", tag = "auth", responses((status = 204), (status = 401)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 pub async fn logout_all(p: web::Data<Platform>, user: AuthUser) -> Result<HttpResponse, ApiError> {
     queries::revoke_user_sessions(&p.db, user.user_id).await?;
@@ -87,7 +87,7 @@ pub async fn logout_all(p: web::Data<Platform>, user: AuthUser) -> Result<HttpRe
 /// service: the user, profile and sessions at once (every token refused within
 /// 1 s); journal entries, conversations, messages and cached copies by the
 /// durable erasure event (see the README, "Erasure").
-#[utoipa::path(delete, path = "/api/account", request_body = DeleteAccount,
+#[utoipa::path(delete, path = "/api/account", tag = "profile", request_body = DeleteAccount,
     responses((status = 204), (status = 400, body = kai_shared::http::errors::Problem),
         (status = 401, description = "bad token or wrong password", body = kai_shared::http::errors::Problem),
         (status = 429, body = kai_shared::http::errors::Problem)))]

@@ -128,9 +128,12 @@ pub struct Profile {
 /// `POST /api/auth/password`.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({ "current_password": "correct horse battery staple", "new_password": "a longer, newer passphrase" }))]
 pub struct ChangePassword {
+    #[schema(format = Password)]
     pub current_password: String,
     /// 8–1024 characters.
+    #[schema(min_length = 8, max_length = 1024, format = Password)]
     pub new_password: String,
 }
 
@@ -157,7 +160,9 @@ impl ChangePassword {
 /// erase an account.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({ "password": "correct horse battery staple" }))]
 pub struct DeleteAccount {
+    #[schema(format = Password)]
     pub password: String,
 }
 

@@ -53,3 +53,129 @@ pub fn is_configuration_error(e: &redis::RedisError) -> bool {
     .iter()
     .any(|w| text.contains(w))
 }
+
+/// Where the cache's commands go: one node, or a Redis Cluster (routed by key
+/// slot; every multi-key script keeps its keys in one slot through hash tags).
+#[derive(Clone)]
+pub enum Target {
+    Node(Box<redis::Client>),
+    Cluster(Box<redis::cluster::ClusterClient>),
+}
+
+impl Target {
+    /// From the configuration: `REDIS_CLUSTER_NODES` if set, else `REDIS_URL`.
+    pub fn from_settings(settings: &crate::config::Settings) -> Result<Option<Self>, String> {
+        use secrecy::ExposeSecret;
+        let ca = settings.redis_ca.as_ref();
+        if !settings.redis_cluster_nodes.is_empty() {
+            let nodes: Vec<&str> = settings
+                .redis_cluster_nodes
+                .iter()
+                .map(|n| n.expose_secret())
+                .collect();
+            let mut builder = redis::cluster::ClusterClientBuilder::new(nodes)
+                // The circuit breaker and the per-command timeout decide; the
+                // client retries a moved slot, never for long.
+                .retries(2)
+                .min_retry_wait(10)
+                .max_retry_wait(100);
+            if let Some(ca) = ca {
+                let pem = ca
+                    .pem()
+                    .map_err(|e| format!("REDIS_CA_FILE {}: {e}", ca.path.display()))?;
+                builder = builder.certs(redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                });
+            }
+            return builder
+                .build()
+                .map(|c| Some(Self::Cluster(Box::new(c))))
+                .map_err(|e| format!("REDIS_CLUSTER_NODES: {e}"));
+        }
+        match &settings.redis_url {
+            None => Ok(None),
+            Some(url) => client(url.expose_secret(), ca)
+                .map(|c| Some(Self::Node(Box::new(c))))
+                .map_err(|e| format!("REDIS_URL: {e}")),
+        }
+    }
+
+    /// The variable that configured this target (for start-up errors).
+    pub fn variable(&self) -> &'static str {
+        match self {
+            Self::Node(_) => "REDIS_URL",
+            Self::Cluster(_) => "REDIS_CLUSTER_NODES",
+        }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+
+    pub async fn connect(&self) -> redis::RedisResult<Link> {
+        Ok(match self {
+            Self::Node(c) => Link::Node(c.get_multiplexed_async_connection().await?),
+            Self::Cluster(c) => Link::Cluster(c.get_async_connection().await?),
+        })
+    }
+}
+
+/// Plain clients for each seed node, for the pub/sub subscriber: classic PUBLISH
+/// is broadcast to every node of a cluster, so a subscription on any one node
+/// hears every invalidation; when that node dies the subscriber moves to the next.
+pub fn subscriber_nodes(settings: &crate::config::Settings) -> Result<Vec<redis::Client>, String> {
+    use secrecy::ExposeSecret;
+    let ca = settings.redis_ca.as_ref();
+    if settings.redis_cluster_nodes.is_empty() {
+        return settings
+            .redis_url
+            .iter()
+            .map(|u| client(u.expose_secret(), ca).map_err(|e| format!("REDIS_URL: {e}")))
+            .collect();
+    }
+    settings
+        .redis_cluster_nodes
+        .iter()
+        .map(|u| client(u.expose_secret(), ca).map_err(|e| format!("REDIS_CLUSTER_NODES: {e}")))
+        .collect()
+}
+
+/// A multiplexed connection to one node or to a cluster; the cache's commands
+/// run on either unchanged.
+#[derive(Clone)]
+pub enum Link {
+    Node(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Link {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Node(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Node(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Node(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}

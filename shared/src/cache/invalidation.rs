@@ -7,6 +7,10 @@
 //! safe. While it is not established (start-up, a lost connection, a silent
 //! partition caught by the periodic PING), the generation map is untrusted: every
 //! read asks Redis for the generation, which is always correct, only slower.
+//!
+//! On a Redis Cluster, classic PUBLISH is broadcast to every node, so the
+//! subscription lives on one node (the first seed that answers) and moves to the
+//! next seed when that node is lost.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::generations::Generations;
 use super::keys::{self, Scope};
+use super::redis::L2;
 
 /// How often the subscriber checks its connection is alive.
 const PING_EVERY: Duration = Duration::from_secs(1);
@@ -27,18 +32,22 @@ pub type OnRevoked = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// Runs until `stop` is cancelled.
 pub async fn subscribe(
-    client: redis::Client,
+    nodes: Vec<redis::Client>,
+    l2: Arc<L2>,
     prefix: String,
     timeout: Duration,
     generations: Arc<Generations>,
     on_revoked: OnRevoked,
     stop: CancellationToken,
 ) {
+    let mut node = 0;
     loop {
+        let client = &nodes[node % nodes.len()];
         let outcome = tokio::select! {
             _ = stop.cancelled() => return,
-            outcome = listen(&client, &prefix, timeout, &generations, &on_revoked) => outcome,
+            outcome = listen(client, &l2, &prefix, timeout, &generations, &on_revoked) => outcome,
         };
+        node += 1;
         generations.set_trusted(false);
         if let Err(e) = outcome {
             tracing::warn!(error = %e, "invalidation subscription lost; L1 bypassed until it is back");
@@ -52,6 +61,7 @@ pub async fn subscribe(
 
 async fn listen(
     client: &redis::Client,
+    l2: &L2,
     prefix: &str,
     timeout: Duration,
     generations: &Generations,
@@ -65,21 +75,7 @@ async fn listen(
         .split();
     tokio::time::timeout(patience, sink.subscribe(&[&invalidations, &revocations])).await??;
     // Sessions revoked before we subscribed (start-up, or while disconnected).
-    let mut conn =
-        tokio::time::timeout(patience, client.get_multiplexed_async_connection()).await??;
-    let now = chrono::Utc::now().timestamp();
-    let mut pipe = redis::pipe();
-    pipe.cmd("ZREMRANGEBYSCORE")
-        .arg(keys::revoked_sessions(prefix))
-        .arg("-inf")
-        .arg(now)
-        .ignore();
-    pipe.cmd("ZRANGE")
-        .arg(keys::revoked_sessions(prefix))
-        .arg(0)
-        .arg(-1);
-    let (revoked,): (Vec<String>,) =
-        tokio::time::timeout(patience, pipe.query_async(&mut conn)).await??;
+    let revoked = l2.revoked_sessions(patience).await?;
     for session in &revoked {
         on_revoked(session);
     }

@@ -50,7 +50,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use secrecy::ExposeSecret;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -167,14 +166,14 @@ impl Cache {
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         let prefix = settings.cache_prefix.clone();
-        let (l2, generations) = match &settings.redis_url {
+        let target = connect::Target::from_settings(settings).map_err(anyhow::Error::msg)?;
+        let (l2, generations) = match target {
             None => (None, Arc::new(Generations::local_only())),
-            Some(url) => {
+            Some(target) => {
+                let nodes = connect::subscriber_nodes(settings).map_err(anyhow::Error::msg)?;
                 let generations = Arc::new(Generations::shared());
-                let client = connect::client(url.expose_secret(), settings.redis_ca.as_ref())
-                    .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
                 let l2 = Arc::new(L2::new(
-                    client,
+                    target,
                     settings.redis_pool_size,
                     settings.redis_timeout,
                     prefix.clone(),
@@ -182,7 +181,8 @@ impl Cache {
                     metrics.clone(),
                 )?);
                 tokio::spawn(invalidation::subscribe(
-                    l2.client.clone(),
+                    nodes,
+                    l2.clone(),
                     prefix.clone(),
                     settings.redis_timeout,
                     generations.clone(),
@@ -529,7 +529,7 @@ impl Cache {
         };
         l2.check_configuration()
             .await
-            .map_err(|e| anyhow::anyhow!("REDIS_URL: Redis refused the connection: {e}"))
+            .map_err(|e| anyhow::anyhow!("{}: Redis refused the connection: {e}", l2.variable()))
     }
 
     /// Whether Redis is configured and currently used (circuit closed).

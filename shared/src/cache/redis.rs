@@ -19,8 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use redis::{FromRedisValue, Script};
+
+use super::connect::{Link, Target};
 
 use super::generations::Generations;
 use super::keys::{self, Scope};
@@ -82,12 +83,13 @@ return wait
 
 /// A pooled connection that remembers whether a command failed on it.
 pub struct Conn {
-    inner: MultiplexedConnection,
+    inner: Link,
     broken: bool,
 }
 
-/// bb8 manager over a configured client (TLS roots, ACL user), plus the broken flag.
-pub struct Manager(redis::Client);
+/// bb8 manager over a configured target (one node or a cluster; TLS roots, ACL
+/// user), plus the broken flag.
+pub struct Manager(Target);
 
 impl bb8::ManageConnection for Manager {
     type Connection = Conn;
@@ -95,7 +97,7 @@ impl bb8::ManageConnection for Manager {
 
     async fn connect(&self) -> Result<Conn, redis::RedisError> {
         Ok(Conn {
-            inner: self.0.get_multiplexed_async_connection().await?,
+            inner: self.0.connect().await?,
             broken: false,
         })
     }
@@ -141,7 +143,7 @@ pub enum L2Error {
 
 pub struct L2 {
     pool: bb8::Pool<Manager>,
-    pub(super) client: redis::Client,
+    target: Target,
     pub(super) prefix: String,
     pub(super) timeout: Duration,
     open: AtomicBool,
@@ -157,13 +159,20 @@ pub struct L2 {
 
 impl L2 {
     pub fn new(
-        client: redis::Client,
+        target: Target,
         pool_size: u32,
         timeout: Duration,
         prefix: String,
         generations: Arc<Generations>,
         metrics: Metrics,
     ) -> Result<Self, redis::RedisError> {
+        // A cluster connection already multiplexes over one connection per node:
+        // a few of them are plenty (50 would open 50 per node).
+        let pool_size = if target.is_cluster() {
+            pool_size.min(4)
+        } else {
+            pool_size
+        };
         let pool = bb8::Pool::builder()
             .max_size(pool_size)
             .min_idle(Some(1))
@@ -171,14 +180,14 @@ impl L2 {
             .test_on_check_out(false)
             .retry_connection(false)
             .error_sink(Box::new(LogSink))
-            .build_unchecked(Manager(client.clone()));
+            .build_unchecked(Manager(target.clone()));
         let _ = metrics
             .registry
             .register(Box::new(metrics.redis_up.clone()));
         metrics.redis_up.set(1);
         Ok(Self {
             pool,
-            client,
+            target,
             prefix,
             timeout,
             open: AtomicBool::new(false),
@@ -191,6 +200,46 @@ impl L2 {
             generations,
             metrics,
         })
+    }
+
+    /// The variable that configured Redis (`REDIS_URL` or `REDIS_CLUSTER_NODES`).
+    pub fn variable(&self) -> &'static str {
+        self.target.variable()
+    }
+
+    /// Drops expired revocations and returns the live ones (the subscriber reads
+    /// them once subscribed). Routed by key, so it works on a cluster too; does
+    /// not touch the circuit (the subscriber retries on its own).
+    pub async fn revoked_sessions(&self, patience: Duration) -> Result<Vec<String>, L2Error> {
+        let key = keys::revoked_sessions(&self.prefix);
+        let now = chrono::Utc::now().timestamp();
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(now)
+            .ignore();
+        pipe.cmd("ZRANGE").arg(&key).arg(0).arg(-1);
+        let mut conn = tokio::time::timeout(patience, self.pool.get())
+            .await
+            .map_err(|_| L2Error::Timeout)?
+            .map_err(|e| L2Error::Pool(e.to_string()))?;
+        match tokio::time::timeout(
+            patience,
+            pipe.query_async::<(Vec<String>,)>(&mut conn.inner),
+        )
+        .await
+        {
+            Ok(Ok((revoked,))) => Ok(revoked),
+            Ok(Err(e)) => {
+                conn.broken = true;
+                Err(e.into())
+            }
+            Err(_) => {
+                conn.broken = true;
+                Err(L2Error::Timeout)
+            }
+        }
     }
 
     /// False while the circuit is open: callers skip Redis entirely.
@@ -420,13 +469,32 @@ impl L2 {
         let gen_key = keys::generation_key(&self.prefix, scope);
         let channel = keys::invalidation_channel(&self.prefix);
         let ttl = GENERATION_TTL_SECS.to_string();
-        let result: Result<String, L2Error> = self
-            .run(Command::Script(
+        let result: Result<String, L2Error> = if self.target.is_cluster() {
+            // A cluster fails over to a replica that may lag its primary: the bump
+            // waits (briefly) for one replica, so a primary killed right after a
+            // write cannot take the write's invalidation with it. One pipeline,
+            // routed by the generation key's slot.
+            let wait_ms = (self.timeout.as_millis() / 4).max(1) as u64;
+            let mut pipe = redis::pipe();
+            pipe.cmd("EVAL")
+                .arg(BUMP)
+                .arg(1)
+                .arg(&gen_key)
+                .arg(&channel)
+                .arg(scope.tag())
+                .arg(&ttl);
+            pipe.cmd("WAIT").arg(1).arg(wait_ms).ignore();
+            self.run::<(String,)>(Command::Pipeline(pipe))
+                .await
+                .map(|(g,)| g)
+        } else {
+            self.run(Command::Script(
                 &self.bump,
                 &[gen_key.as_str()],
                 &[channel.as_str(), scope.tag(), ttl.as_str()],
             ))
-            .await;
+            .await
+        };
         match result {
             Ok(g) => g
                 .parse()
@@ -532,7 +600,7 @@ impl L2 {
     pub async fn check_configuration(&self) -> Result<(), redis::RedisError> {
         let patience = self.timeout.max(std::time::Duration::from_secs(2));
         let attempt = tokio::time::timeout(patience, async {
-            let mut conn = self.client.get_multiplexed_async_connection().await?;
+            let mut conn = self.target.connect().await?;
             redis::cmd("PING").query_async::<String>(&mut conn).await
         })
         .await;

@@ -69,7 +69,8 @@ fn default_description(code: &str) -> &'static str {
         "401" => "Missing, malformed, expired, tampered or revoked access token",
         "404" => "No such resource, or it belongs to another user",
         "409" => "Conflict with an existing resource",
-        "413" => "Body larger than 64 KiB",
+        "408" => "The body did not arrive within 10 s",
+        "413" => "Body larger than the limit: 64 KiB (4 MiB for the batch import)",
         "415" => "Content-Type is not application/json",
         "429" => "Rate limited; retry after `Retry-After` seconds",
         "502" => "The upstream model failed",
@@ -89,6 +90,11 @@ fn example_problem(code: &str) -> Value {
             "the request failed validation",
         ),
         "401" => ("unauthorized", "Unauthorized", "missing bearer token"),
+        "408" => (
+            "request-timeout",
+            "Request Timeout",
+            "the body did not arrive within 10 s",
+        ),
         "404" => ("not-found", "Not Found", "no such resource"),
         "409" => (
             "conflict",
@@ -188,6 +194,7 @@ fn complete_operation(op: &mut Map<String, Value>, problem_ref: &Value) {
     add("400", has_body || has_path || has_query);
     add("401", secured);
     add("404", has_path);
+    add("408", has_body);
     add("413", has_body);
     add("415", has_body);
     add("503", true);

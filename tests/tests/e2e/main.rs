@@ -2,6 +2,7 @@
 //! real and private Redis servers, and the services together.
 
 mod cache_engine;
+mod cluster;
 mod erasure;
 mod faults;
 mod hostile;

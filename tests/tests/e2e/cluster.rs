@@ -1,0 +1,239 @@
+//! The cache's guarantees on a Redis Cluster (3 primaries, 3 replicas, started by
+//! the test): entries, the generation script and single-flight through a
+//! slot-routing client; invalidations heard across replicas through classic
+//! pub/sub (broadcast to every node); O(1) invalidation; and a failover — a
+//! primary killed, its replica promoted — degrading to the loader and recovering
+//! with nothing stale. One cluster per test: starting one costs seconds.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use kai_shared::ApiError;
+use kai_shared::cache::{Cache, CacheStatus, Policy, Scope, keys};
+use kai_shared::metrics::Metrics;
+use kai_shared::testing::{self, PrivateCluster};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const POLICY: Policy = Policy::new("test_ns", Duration::from_secs(60));
+
+struct Replica {
+    cache: Cache,
+    stop: CancellationToken,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn replica(cluster: &PrivateCluster, prefix: &str) -> Replica {
+    let stop = CancellationToken::new();
+    let settings = testing::settings(
+        "postgres://postgres@127.0.0.1/unused",
+        None,
+        prefix,
+        &[
+            ("REDIS_CLUSTER_NODES", &cluster.seeds()),
+            ("REDIS_TIMEOUT_MS", "200"),
+        ],
+    );
+    let cache = Cache::new(
+        &settings,
+        &Metrics::new("test"),
+        Arc::new(|_: &str| {}),
+        stop.clone(),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cache.l1_trusted() {
+        assert!(Instant::now() < deadline, "never subscribed on the cluster");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Replica { cache, stop }
+}
+
+async fn read(
+    cache: &Cache,
+    scope: &Scope,
+    key: &str,
+    value: &str,
+    loads: &AtomicUsize,
+) -> (String, CacheStatus) {
+    let cached = cache
+        .get_or_load(scope, &POLICY, key, || async {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, ApiError>(Some(value.to_owned()))
+        })
+        .await
+        .unwrap();
+    (
+        serde_json::from_slice(&cached.entry.body).unwrap(),
+        cached.status,
+    )
+}
+
+fn scope() -> Scope {
+    Scope::user("test", Uuid::new_v4())
+}
+
+/// Reads until `cache` answers `want` (the loader gives `want`), at most `limit`.
+async fn eventually(cache: &Cache, s: &Scope, key: &str, want: &str, limit: Duration) {
+    let (loads, started) = (AtomicUsize::new(0), Instant::now());
+    loop {
+        if read(cache, s, key, want, &loads).await.0 == want {
+            return;
+        }
+        assert!(started.elapsed() < limit, "never answered {want}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_cache_guarantees_hold_on_a_redis_cluster() {
+    let cluster = PrivateCluster::start();
+    let all: Vec<usize> = (0..6).collect();
+    let (a, b) = (replica(&cluster, "cl").await, replica(&cluster, "cl").await);
+
+    // Read-your-writes across replicas: B hits A's entry in Redis, then hears
+    // A's invalidation (published on one node, heard on B's node).
+    let (s, loads) = (scope(), AtomicUsize::new(0));
+    read(&a.cache, &s, "k", "v1", &loads).await;
+    assert_eq!(
+        read(&b.cache, &s, "k", "v1", &loads).await.1,
+        CacheStatus::Hit
+    );
+    assert_eq!(
+        read(&b.cache, &s, "k", "v1", &loads).await.1,
+        CacheStatus::Hit
+    );
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+    a.cache.invalidate(&s).await;
+    assert_eq!(
+        read(&a.cache, &s, "k", "v2", &loads).await.0,
+        "v2",
+        "same replica: at once"
+    );
+    eventually(&b.cache, &s, "k", "v2", Duration::from_secs(5)).await;
+
+    // Stampede: 50 concurrent misses, one load.
+    let (hot, loads) = (scope(), Arc::new(AtomicUsize::new(0)));
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (cache, hot, loads) = (a.cache.clone(), hot.clone(), loads.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_load(&hot, &POLICY, "hot", || async {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Ok::<_, ApiError>(Some("once"))
+                    })
+                    .await
+                    .map(|c| c.entry.body.clone())
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(&t.await.unwrap().unwrap()[..], br#""once""#);
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+
+    // No stale set: the reader's late store lands under a dead generation.
+    let s = scope();
+    let loaded = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    {
+        let (loaded, release) = (loaded.clone(), release.clone());
+        a.cache.set_store_hook(Some(Arc::new(move |_key| {
+            let (loaded, release) = (loaded.clone(), release.clone());
+            Box::pin(async move {
+                loaded.notify_one();
+                release.notified().await;
+            })
+        })));
+    }
+    let reader = {
+        let (cache, s) = (a.cache.clone(), s.clone());
+        tokio::spawn(async move { read(&cache, &s, "row", "old", &AtomicUsize::new(0)).await })
+    };
+    loaded.notified().await;
+    a.cache.invalidate(&s).await;
+    release.notify_one();
+    assert_eq!(reader.await.unwrap().0, "old");
+    a.cache.set_store_hook(None);
+    let loads = AtomicUsize::new(0);
+    assert_eq!(read(&a.cache, &s, "row", "new", &loads).await.0, "new");
+    eventually(&b.cache, &s, "row", "new", Duration::from_secs(5)).await;
+
+    // O(1) invalidation, scopes spread over every primary: one script and one
+    // WAIT per write, no KEYS, no SCAN, on any node.
+    let scopes: Vec<Scope> = (0..30).map(|_| scope()).collect();
+    for s in &scopes {
+        for page in 0..3 {
+            read(&a.cache, s, &format!("page:{page}"), "x", &loads).await;
+        }
+    }
+    cluster.reset_stats(&all);
+    for s in &scopes {
+        a.cache.invalidate(s).await;
+    }
+    assert_eq!(cluster.calls("keys", &all) + cluster.calls("scan", &all), 0);
+    assert_eq!(
+        cluster.calls("eval", &all) + cluster.calls("evalsha", &all),
+        30
+    );
+    assert_eq!(cluster.calls("wait", &all), 30);
+    for s in &scopes {
+        assert_eq!(
+            read(&a.cache, s, "page:0", "y", &loads).await,
+            ("y".to_owned(), CacheStatus::Miss)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_cluster_failover_degrades_to_the_loader_and_serves_nothing_stale() {
+    let mut cluster = PrivateCluster::start();
+    let (a, b) = (replica(&cluster, "fo").await, replica(&cluster, "fo").await);
+    let (s, loads) = (scope(), AtomicUsize::new(0));
+    read(&a.cache, &s, "k", "before", &loads).await;
+    assert_eq!(
+        read(&b.cache, &s, "k", "before", &loads).await.1,
+        CacheStatus::Hit
+    );
+
+    // Kill the primary that holds this scope (its generation and its entries).
+    let victim = cluster.primary_for(&keys::generation_key("fo", &s), 0);
+    let ask = (victim + 1) % 6;
+    cluster.nodes[victim].kill();
+
+    // The write while the slot has no primary: the loader answers, never "before".
+    a.cache.invalidate(&s).await;
+    assert_eq!(read(&a.cache, &s, "k", "during", &loads).await.0, "during");
+
+    // The replica is promoted; the remembered invalidation is replayed and both
+    // replicas answer the new value from the cache again.
+    let alive: Vec<usize> = (0..6).filter(|&i| i != victim).collect();
+    cluster.wait_converged(&alive);
+    assert_ne!(
+        cluster.primary_for(&keys::generation_key("fo", &s), ask),
+        victim
+    );
+    eventually(&a.cache, &s, "k", "after", Duration::from_secs(30)).await;
+    eventually(&b.cache, &s, "k", "after", Duration::from_secs(30)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.cache.redis_available() != Some(true) {
+        assert!(Instant::now() < deadline, "the circuit never closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let loads = AtomicUsize::new(0);
+    let (v, _) = read(&a.cache, &s, "k", "after", &loads).await;
+    assert_eq!(v, "after");
+    assert_eq!(
+        read(&a.cache, &s, "k", "after", &loads).await.1,
+        CacheStatus::Hit,
+        "caching resumed on the promoted replica"
+    );
+}
