@@ -211,7 +211,7 @@ impl State {
 /// Every conversation of the caller with all its messages, one per line, oldest first; streamed.
 #[utoipa::path(get, path = "/api/conversations/export", tag = "conversations",
     responses(
-        (status = 200, description = "One conversation with all its messages per line, oldest first", content_type = "application/x-ndjson", body = ExportedConversation),
+        (status = 200, description = "One conversation with all its messages per line (NDJSON), oldest first; the schema is that of the sequence of lines", content_type = "application/x-ndjson", body = [ExportedConversation]),
         (status = 401), (status = 503)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 pub async fn export_conversations(

@@ -85,7 +85,7 @@ fn encode(entries: &[Entry]) -> Result<(Bytes, Next), ApiError> {
 /// Every live entry of the caller, one JSON object per line, oldest first; streamed.
 #[utoipa::path(get, path = "/api/journal/export", tag = "entries",
     responses(
-        (status = 200, description = "One entry per line, oldest first", content_type = "application/x-ndjson", body = Entry),
+        (status = 200, description = "One entry per line (NDJSON), oldest first; the schema is that of the sequence of lines", content_type = "application/x-ndjson", body = [Entry]),
         (status = 401), (status = 503)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 pub async fn export_entries(
