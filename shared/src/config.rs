@@ -1,55 +1,51 @@
-//! Configuration: one typed [`Settings`], read from the environment (and a `.env`
-//! file, real environment winning) and validated once at start.
+//! Configuration: declared once, as clap structs whose every field names its
+//! environment variable. From that one declaration come
 //!
-//! Every variable of SPEC §2 is parsed here and nowhere else. A bad value stops the
-//! process with one line naming the variable ([`ConfigError`]), never a panic trace.
-//! Parsing takes a lookup function rather than reading `std::env` directly, so unit
-//! tests exercise every error without touching the process environment.
+//! - the parsing and validation at start ([`parse`]): a bad value stops the process
+//!   with one line naming the variable ([`ConfigError`], exit code 2), never a panic;
+//! - `--help` (clap prints each flag with its `[env: …]` and default);
+//! - the README's configuration table ([`markdown_rows`]; a test in `tests/` fails
+//!   when README and declaration disagree).
+//!
+//! [`Settings`] holds what every service reads. A service's own settings are a
+//! `clap::Args` struct in that service (conversation-service's `LlmSettings`), which
+//! the binary's CLI flattens next to [`Settings`]; other services never parse them.
+//!
+//! **Adding a variable** is one change in one place: add a field to [`Settings`]
+//! (or to the service's own struct) with `#[arg(long, env = "NAME", help = "…")]`,
+//! a `default_value` unless it is required or optional (`Option<T>`), and a
+//! `value_parser` from the bottom of this file (or a new one returning
+//! `Result<T, String>`, whose message is what the operator reads). `--help`,
+//! validation and error naming follow; then regenerate the README rows
+//! (`cargo nextest run -p kai-e2e -E 'test(readme)'` prints them on mismatch).
+//!
+//! Values come from a lookup function, not straight from `std::env`: the binary
+//! passes the environment (after `.env`), tests pass a map, so unit tests exercise
+//! every error without touching the process environment. Values are trimmed; an
+//! empty value counts as unset. A flag on the command line wins over the variable.
 
+use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{ArgAction, FromArgMatches};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::tls::CaBundle;
-
-/// The table printed by `--help`: every variable a service reads, its default, its meaning.
-pub const ENV_HELP: &str = "\
-Environment (a .env file in the working directory is read; real environment wins):
-  DATABASE_URL               required  PostgreSQL URL (services share it; each owns its schema);
-                                       sslmode=disable|prefer|require|verify-ca|verify-full as libpq
-  DATABASE_CA_FILE           unset     PEM CA bundle for the PostgreSQL server certificate (else system roots)
-  REDIS_URL                  unset     Redis URL; rediss:// = TLS, user:password@ = ACL auth;
-                                       unset = in-process cache only
-  REDIS_CLUSTER_NODES        unset     comma-separated seed URLs of a Redis Cluster (instead of REDIS_URL)
-  REDIS_CA_FILE              unset     PEM CA bundle for the Redis server certificate (else system roots)
-  HOST / PORT                0.0.0.0 / journal 8081, conversation 8082, profile 8083
-  AUTH_SECRET                required  HS256 key for access tokens, at least 32 bytes
-  AUTH_TOKEN_TTL_SECS        3600      access-token lifetime
-  CACHE_ENABLED              true      false = every cacheable read goes to PostgreSQL (X-Cache: BYPASS)
-  DB_POOL_SIZE               20        PostgreSQL pool size
-  DB_POOL_TIMEOUT_SECS       30        wait for a pooled connection before answering 503
-  REDIS_POOL_SIZE            50        Redis pool size
-  REDIS_TIMEOUT_MS           100       per-command Redis timeout (then the circuit breaker opens)
-  SLOW_QUERY_THRESHOLD_MS    100       slower queries are logged as `slow query` and counted
-  SLOW_REQUEST_THRESHOLD_MS  1000      slower requests are logged as warnings
-  CORS_ALLOWED_ORIGINS       empty     comma-separated allowed origins
-  LLM_BASE_URL               unset     conversation only: OpenAI-compatible endpoint; unset = offline responder
-  LLM_API_KEY                unset     conversation only: bearer key for the LLM endpoint
-  LLM_MODEL                  gpt-4o-mini  conversation only: model name
-  LLM_TIMEOUT_MS             20000     conversation only: LLM request timeout
-  RUST_LOG                   info      tracing filter
-  LOG_FORMAT                 json      json or pretty
-  RUN_MIGRATIONS             true      false = `serve` does not apply migrations";
 
 /// A configuration error: which variable, and what is wrong with it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("configuration error: {var}: {message}")]
 pub struct ConfigError {
-    pub var: &'static str,
+    pub var: String,
     pub message: String,
 }
+
+/// [`ConfigError::var`] of an error that concerns no variable (an unknown flag,
+/// `--help`): the binary lets clap print it.
+pub const COMMAND_LINE: &str = "command line";
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,237 +134,126 @@ fn split_sslmode(url: &str) -> (String, Option<String>) {
     (format!("{}{}", &url[..at], &url[value_end..]), Some(mode))
 }
 
-/// Reads an optional CA bundle variable.
-fn ca_file(
-    get: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-) -> Result<Option<CaBundle>, ConfigError> {
-    get(var)
-        .map(|path| {
-            CaBundle::load(Path::new(&path)).map_err(|message| ConfigError { var, message })
-        })
-        .transpose()
-}
-
-/// Settings of the LLM client (conversation-service).
-#[derive(Debug, Clone)]
-pub struct LlmSettings {
-    pub base_url: Option<String>,
-    pub api_key: Option<SecretString>,
-    pub model: String,
-    pub timeout: Duration,
-}
-
-/// Everything a service is configured with. Secrets are [`SecretString`]s so a
+/// Everything every service is configured with. Secrets are [`SecretString`]s so a
 /// `Debug` print of the settings never shows them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Platform settings (every service)")]
 pub struct Settings {
+    #[arg(long, env = "DATABASE_URL", value_parser = postgres_url,
+        help = "PostgreSQL URL; services may share one database (one schema each). \
+                `sslmode=disable/prefer/require/verify-ca/verify-full` as libpq (default `prefer`); \
+                use `verify-full` in production")]
     pub database_url: SecretString,
-    /// `sslmode` of `DATABASE_URL` (libpq's default, `prefer`, when absent).
+    /// `sslmode` of `DATABASE_URL` (libpq's default, `prefer`, when absent); set by
+    /// [`Settings::check`].
+    #[arg(skip = SslMode::Prefer)]
     pub database_ssl_mode: SslMode,
+    #[arg(long, env = "DATABASE_CA_FILE", value_parser = ca_file,
+        help = "PEM CA bundle that signs the PostgreSQL server certificate (else the system roots); \
+                like libpq's `root.crt` it also makes `require` check the chain")]
     pub database_ca: Option<CaBundle>,
+    #[arg(long, env = "REDIS_URL", value_parser = redis_url,
+        help = "Redis URL; `rediss://` = TLS, `redis[s]://user:password@host:port` = ACL auth; \
+                unset = in-process cache only (one replica)")]
     pub redis_url: Option<SecretString>,
-    /// Seed nodes of a Redis Cluster; non-empty = cluster mode (then `redis_url` is unset).
-    pub redis_cluster_nodes: Vec<SecretString>,
+    #[arg(long, env = "REDIS_CA_FILE", value_parser = ca_file,
+        help = "PEM CA bundle that signs the Redis server certificate (else the system roots)")]
     pub redis_ca: Option<CaBundle>,
+    /// Seed nodes of a Redis Cluster; non-empty = cluster mode (then `redis_url` is unset).
+    #[arg(long, env = "REDIS_CLUSTER_NODES", default_value = "", value_parser = redis_url_list,
+        help = "comma-separated seed URLs of a Redis Cluster (same URL forms), instead of \
+                `REDIS_URL` (setting both is refused)")]
+    pub redis_cluster_nodes: ::std::vec::Vec<SecretString>,
+    #[arg(long, env = "HOST", default_value = "0.0.0.0", value_parser = number::<IpAddr>,
+        help = "listen address")]
     pub host: IpAddr,
+    /// The default is the service's own (set by [`with_port_default`]).
+    #[arg(long, env = "PORT", value_parser = number::<u16>, help = "listen port")]
     pub port: u16,
+    #[arg(long, env = "AUTH_SECRET", value_parser = auth_secret,
+        help = "HS256 signing key, ≥ 32 bytes; also the root of the list-cursor signing key")]
     pub auth_secret: SecretString,
+    #[arg(long = "auth-token-ttl-secs", env = "AUTH_TOKEN_TTL_SECS", default_value = "3600",
+        value_parser = positive_secs, help = "access-token lifetime")]
     pub auth_token_ttl: Duration,
+    #[arg(long, env = "CACHE_ENABLED", default_value = "true", value_parser = boolean,
+        action = ArgAction::Set,
+        help = "false: every cacheable read goes to PostgreSQL (`X-Cache: BYPASS`)")]
     pub cache_enabled: bool,
+    #[arg(long, env = "DB_POOL_SIZE", default_value = "20", value_parser = positive::<usize>,
+        help = "PostgreSQL pool size")]
     pub db_pool_size: usize,
+    #[arg(long = "db-pool-timeout-secs", env = "DB_POOL_TIMEOUT_SECS", default_value = "30",
+        value_parser = positive_secs,
+        help = "how long a request waits for a pooled connection before answering 503")]
     pub db_pool_timeout: Duration,
+    #[arg(long, env = "REDIS_POOL_SIZE", default_value = "50", value_parser = positive::<u32>,
+        help = "Redis pool size")]
     pub redis_pool_size: u32,
+    #[arg(long = "redis-timeout-ms", env = "REDIS_TIMEOUT_MS", default_value = "100",
+        value_parser = positive_millis,
+        help = "per-command Redis timeout (then the circuit breaker opens)")]
     pub redis_timeout: Duration,
+    #[arg(long = "slow-query-threshold-ms", env = "SLOW_QUERY_THRESHOLD_MS",
+        default_value = "100", value_parser = millis,
+        help = "slower statements are logged as `slow query` (SQL only, never parameters) and counted")]
     pub slow_query_threshold: Duration,
+    #[arg(long = "slow-request-threshold-ms", env = "SLOW_REQUEST_THRESHOLD_MS",
+        default_value = "1000", value_parser = millis,
+        help = "slower requests are logged as warnings")]
     pub slow_request_threshold: Duration,
-    pub cors_allowed_origins: Vec<String>,
-    pub llm: LlmSettings,
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "", value_parser = comma_list,
+        help = "comma-separated origins; scripts may read `Retry-After`, `ETag`, `Location`, \
+                `X-Request-Id`, `X-Cache`; a preflight offers only the route's methods and the \
+                headers `Authorization`, `Content-Type`, `If-None-Match`, `X-Request-Id`")]
+    pub cors_allowed_origins: ::std::vec::Vec<String>,
+    #[arg(
+        long,
+        env = "RUST_LOG",
+        default_value = "info",
+        help = "tracing filter"
+    )]
     pub rust_log: String,
+    #[arg(long, env = "LOG_FORMAT", default_value = "json", value_parser = log_format,
+        help = "`json` or `pretty`")]
     pub log_format: LogFormat,
+    #[arg(long, env = "RUN_MIGRATIONS", default_value = "true", value_parser = boolean,
+        action = ArgAction::Set, help = "false: `serve` does not migrate (a Job did)")]
     pub run_migrations: bool,
     /// Prefix of every Redis key and channel; tests give each test its own.
+    #[arg(skip = String::from("kai"))]
     pub cache_prefix: String,
 }
 
 impl Settings {
-    /// Reads `.env` (if present) and the process environment.
-    pub fn from_env(default_port: u16) -> Result<Self, ConfigError> {
-        // A missing .env is normal; a malformed one is worth saying.
-        if let Err(e) = dotenvy::dotenv()
-            && !e.not_found()
-        {
-            return Err(ConfigError {
-                var: ".env",
-                message: e.to_string(),
-            });
-        }
-        Self::from_lookup(default_port, |k| std::env::var(k).ok())
-    }
-
-    /// Parses settings from any lookup (the environment, or a map in tests).
+    /// Parses the platform settings alone from any lookup (tests, tools).
     pub fn from_lookup(
         default_port: u16,
         get: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let get = |k: &str| {
-            get(k)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
-        let err = |var: &'static str, message: String| ConfigError { var, message };
-
-        let database_url = get("DATABASE_URL").ok_or_else(|| {
-            err(
-                "DATABASE_URL",
-                "required (e.g. postgres://postgres@127.0.0.1:5432/kai)".into(),
-            )
-        })?;
-        let (without_mode, mode) = split_sslmode(&database_url);
-        let database_ssl_mode = match mode.as_deref() {
-            None => SslMode::Prefer,
-            Some(m) => SslMode::parse(m).ok_or_else(|| {
-                err(
-                    "DATABASE_URL",
-                    format!(
-                        "sslmode {m:?} is not one of disable, prefer, require, verify-ca, verify-full"
-                    ),
-                )
-            })?,
-        };
-        without_mode
-            .parse::<tokio_postgres::Config>()
-            .map_err(|e| err("DATABASE_URL", format!("not a PostgreSQL URL: {e}")))?;
-        let database_ca = ca_file(&get, "DATABASE_CA_FILE")?;
-
-        // A URL is checked for its form only; the password in it never reaches a message.
-        let redis_check = |var: &'static str, url: &str| {
-            redis::IntoConnectionInfo::into_connection_info(url)
-                .map(|_| ())
-                .map_err(|e| err(var, format!("not a Redis URL: {e}")))
-        };
-        let redis_url = match get("REDIS_URL") {
-            None => None,
-            Some(url) => {
-                redis_check("REDIS_URL", &url)?;
-                Some(SecretString::from(url))
-            }
-        };
-        let redis_cluster_nodes: Vec<SecretString> = match get("REDIS_CLUSTER_NODES") {
-            None => Vec::new(),
-            Some(list) => list
-                .split(',')
-                .map(str::trim)
-                .filter(|n| !n.is_empty())
-                .map(|n| redis_check("REDIS_CLUSTER_NODES", n).map(|()| SecretString::from(n)))
-                .collect::<Result<_, _>>()?,
-        };
-        if redis_url.is_some() && !redis_cluster_nodes.is_empty() {
-            return Err(err(
-                "REDIS_CLUSTER_NODES",
-                "set either REDIS_URL (one node) or REDIS_CLUSTER_NODES (a cluster), not both"
-                    .into(),
-            ));
-        }
-        let redis_ca = ca_file(&get, "REDIS_CA_FILE")?;
-
-        let auth_secret = get("AUTH_SECRET").ok_or_else(|| {
-            err(
-                "AUTH_SECRET",
-                "required: an HS256 key of at least 32 bytes".into(),
-            )
-        })?;
-        if auth_secret.len() < 32 {
-            return Err(err(
-                "AUTH_SECRET",
-                format!("must be at least 32 bytes, got {}", auth_secret.len()),
-            ));
-        }
-
-        let host = parse(&get, "HOST", "0.0.0.0".parse().expect("valid literal"))?;
-        let port = parse(&get, "PORT", default_port)?;
-        let ttl_secs: u64 = parse(&get, "AUTH_TOKEN_TTL_SECS", 3600)?;
-        positive("AUTH_TOKEN_TTL_SECS", ttl_secs)?;
-        let db_pool_size: usize = parse(&get, "DB_POOL_SIZE", 20)?;
-        positive("DB_POOL_SIZE", db_pool_size as u64)?;
-        let db_pool_timeout_secs: u64 = parse(&get, "DB_POOL_TIMEOUT_SECS", 30)?;
-        positive("DB_POOL_TIMEOUT_SECS", db_pool_timeout_secs)?;
-        let redis_pool_size: u32 = parse(&get, "REDIS_POOL_SIZE", 50)?;
-        positive("REDIS_POOL_SIZE", u64::from(redis_pool_size))?;
-        let redis_timeout_ms: u64 = parse(&get, "REDIS_TIMEOUT_MS", 100)?;
-        positive("REDIS_TIMEOUT_MS", redis_timeout_ms)?;
-        let llm_timeout_ms: u64 = parse(&get, "LLM_TIMEOUT_MS", 20_000)?;
-        positive("LLM_TIMEOUT_MS", llm_timeout_ms)?;
-
-        let log_format = match get("LOG_FORMAT").as_deref() {
-            None | Some("json") => LogFormat::Json,
-            Some("pretty") => LogFormat::Pretty,
-            Some(other) => {
-                return Err(err(
-                    "LOG_FORMAT",
-                    format!("expected json or pretty, got {other:?}"),
-                ));
-            }
-        };
-
-        let llm_base_url = get("LLM_BASE_URL");
-        if let Some(url) = &llm_base_url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
-        {
-            return Err(err(
-                "LLM_BASE_URL",
-                "must start with http:// or https://".into(),
-            ));
-        }
-
-        Ok(Self {
-            database_url: SecretString::from(database_url),
-            database_ssl_mode,
-            database_ca,
-            redis_url,
-            redis_cluster_nodes,
-            redis_ca,
-            host,
-            port,
-            auth_secret: SecretString::from(auth_secret),
-            auth_token_ttl: Duration::from_secs(ttl_secs),
-            cache_enabled: parse_bool(&get, "CACHE_ENABLED", true)?,
-            db_pool_size,
-            db_pool_timeout: Duration::from_secs(db_pool_timeout_secs),
-            redis_pool_size,
-            redis_timeout: Duration::from_millis(redis_timeout_ms),
-            slow_query_threshold: Duration::from_millis(parse(
-                &get,
-                "SLOW_QUERY_THRESHOLD_MS",
-                100,
-            )?),
-            slow_request_threshold: Duration::from_millis(parse(
-                &get,
-                "SLOW_REQUEST_THRESHOLD_MS",
-                1000,
-            )?),
-            cors_allowed_origins: get("CORS_ALLOWED_ORIGINS")
-                .map(|v| {
-                    v.split(',')
-                        .map(|o| o.trim().to_owned())
-                        .filter(|o| !o.is_empty())
-                        .collect()
-                })
-                .unwrap_or_default(),
-            llm: LlmSettings {
-                base_url: llm_base_url,
-                api_key: get("LLM_API_KEY").map(SecretString::from),
-                model: get("LLM_MODEL").unwrap_or_else(|| "gpt-4o-mini".into()),
-                timeout: Duration::from_millis(llm_timeout_ms),
-            },
-            rust_log: get("RUST_LOG").unwrap_or_else(|| "info".into()),
-            log_format,
-            run_migrations: parse_bool(&get, "RUN_MIGRATIONS", true)?,
-            cache_prefix: "kai".into(),
-        })
+        args_from_lookup::<Self>(with_port_default(command::<Self>(), default_port), get)?.check()
     }
 
-    /// The PostgreSQL configuration (already validated by `from_lookup`).
+    /// What one variable's parser cannot see: rules between variables, and values
+    /// derived from another's. Every way of reading settings ends here.
+    pub fn check(mut self) -> Result<Self, ConfigError> {
+        if self.redis_url.is_some() && !self.redis_cluster_nodes.is_empty() {
+            return Err(ConfigError {
+                var: "REDIS_CLUSTER_NODES".into(),
+                message:
+                    "set either REDIS_URL (one node) or REDIS_CLUSTER_NODES (a cluster), not both"
+                        .into(),
+            });
+        }
+        let (_, mode) = split_sslmode(self.database_url.expose_secret());
+        self.database_ssl_mode = mode
+            .as_deref()
+            .and_then(SslMode::parse)
+            .unwrap_or(SslMode::Prefer);
+        Ok(self)
+    }
+
+    /// The PostgreSQL configuration (already validated when parsed).
     /// `sslmode` is applied as tokio-postgres knows it (the verifying modes as
     /// `require`; what they verify is the TLS connector's job, see `db::pool`).
     pub fn pg_config(&self) -> tokio_postgres::Config {
@@ -386,47 +271,242 @@ impl Settings {
     }
 }
 
-fn parse<T: std::str::FromStr>(
-    get: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-    default: T,
-) -> Result<T, ConfigError>
+/// A service without settings of its own.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NoServiceSettings {}
+
+/// A bare command holding the arguments of `A` (for parsing `A` alone, and for docs).
+pub fn command<A: clap::Args>() -> clap::Command {
+    A::augment_args(clap::Command::new("kai").no_binary_name(true))
+}
+
+/// Parses any settings struct `A` from a lookup, with no command line.
+pub fn args_from_lookup<A: clap::Args>(
+    cmd: clap::Command,
+    get: impl Fn(&str) -> Option<String>,
+) -> Result<A, ConfigError> {
+    parse(cmd, get, Vec::<OsString>::new())
+}
+
+/// Sets `PORT`'s default to the service's own port.
+pub fn with_port_default(cmd: clap::Command, port: u16) -> clap::Command {
+    // clap keeps defaults as `'static`; this runs once per parse, a few bytes.
+    let port: &'static str = Box::leak(port.to_string().into_boxed_str());
+    cmd.mut_arg("port", |a| a.default_value(port).required(false))
+}
+
+/// Parses `cmd`'s arguments: each variable from `get` (trimmed, empty = unset),
+/// then `cli` (the command line after the binary name), which wins.
+pub fn parse<T: FromArgMatches>(
+    cmd: clap::Command,
+    get: impl Fn(&str) -> Option<String>,
+    cli: impl IntoIterator<Item = OsString>,
+) -> Result<T, ConfigError> {
+    let mut argv: Vec<OsString> = Vec::new();
+    for arg in cmd.get_arguments() {
+        let (Some(env), Some(long)) = (arg.get_env(), arg.get_long()) else {
+            continue;
+        };
+        let value = get(&env.to_string_lossy())
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty());
+        if let Some(value) = value {
+            argv.push(format!("--{long}={value}").into());
+        }
+    }
+    argv.extend(cli);
+    // The variables were read through `get`: clap must not read them again.
+    let parser = cmd
+        .clone()
+        .no_binary_name(true)
+        .args_override_self(true)
+        .mut_args(|a| a.env(None::<&'static str>));
+    let matches = parser
+        .try_get_matches_from(argv)
+        .map_err(|e| config_error(&cmd, e))?;
+    T::from_arg_matches(&matches).map_err(|e| config_error(&cmd, e))
+}
+
+/// Names the variable behind a clap error; errors that concern no variable (an
+/// unknown flag, `--help`) keep clap's own text under `command line`.
+fn config_error(cmd: &clap::Command, e: clap::Error) -> ConfigError {
+    let invalid = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        Some(ContextValue::Strings(v)) => v.first().cloned(),
+        _ => None,
+    };
+    let arg = invalid.and_then(|invalid| {
+        cmd.get_arguments().find(|a| {
+            a.get_long().is_some_and(|l| {
+                let flag = format!("--{l}");
+                invalid == flag || invalid.starts_with(&format!("{flag} "))
+            })
+        })
+    });
+    let Some(env) = arg.and_then(|a| a.get_env()) else {
+        return ConfigError {
+            var: COMMAND_LINE.into(),
+            message: e.to_string().trim().to_owned(),
+        };
+    };
+    let message = match (e.kind(), arg.and_then(|a| a.get_help())) {
+        (ErrorKind::MissingRequiredArgument, Some(help)) => format!("required: {help}"),
+        (ErrorKind::MissingRequiredArgument, None) => "required".into(),
+        _ => match std::error::Error::source(&e) {
+            Some(source) => source.to_string(),
+            None => e.kind().to_string(),
+        },
+    };
+    ConfigError {
+        var: env.to_string_lossy().into_owned(),
+        message,
+    }
+}
+
+/// The README configuration table's rows for `cmd`'s variables, one per variable,
+/// in declaration order; `scope` (e.g. `conversation-service`) prefixes the meaning
+/// of a service's own settings.
+pub fn markdown_rows(cmd: &clap::Command, scope: Option<&str>) -> String {
+    let mut out = String::new();
+    for arg in cmd.get_arguments() {
+        let Some(env) = arg.get_env() else { continue };
+        let defaults: Vec<String> = arg
+            .get_default_values()
+            .iter()
+            .map(|d| d.to_string_lossy().into_owned())
+            .collect();
+        let default = match defaults.first().map(String::as_str) {
+            Some("") => "empty".to_owned(),
+            Some(d) => format!("`{d}`"),
+            None if arg.get_long() == Some("port") => "the service's: 8081 / 8082 / 8083".into(),
+            None if arg.is_required_set() => "required".into(),
+            None => "unset".into(),
+        };
+        let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+        let meaning = match scope {
+            Some(scope) => format!("{scope} only: {help}"),
+            None => help,
+        };
+        out.push_str(&format!(
+            "| `{}` | {default} | {meaning} |\n",
+            env.to_string_lossy()
+        ));
+    }
+    out
+}
+
+// ---- value parsers: each returns the message an operator reads after the name ----
+
+/// Any `FromStr` value: `cannot parse "twenty": invalid digit found in string`.
+pub fn number<T: std::str::FromStr>(raw: &str) -> Result<T, String>
 where
     T::Err: std::fmt::Display,
 {
-    match get(var) {
-        None => Ok(default),
-        Some(raw) => raw.parse().map_err(|e| ConfigError {
-            var,
-            message: format!("cannot parse {raw:?}: {e}"),
-        }),
+    raw.parse()
+        .map_err(|e| format!("cannot parse {raw:?}: {e}"))
+}
+
+/// A number greater than zero.
+pub fn positive<T: std::str::FromStr + PartialOrd + Default>(raw: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    let value: T = number(raw)?;
+    if value <= T::default() {
+        return Err("must be greater than 0".into());
+    }
+    Ok(value)
+}
+
+pub fn millis(raw: &str) -> Result<Duration, String> {
+    number(raw).map(Duration::from_millis)
+}
+
+pub fn positive_millis(raw: &str) -> Result<Duration, String> {
+    positive(raw).map(Duration::from_millis)
+}
+
+pub fn positive_secs(raw: &str) -> Result<Duration, String> {
+    positive(raw).map(Duration::from_secs)
+}
+
+pub fn boolean(raw: &str) -> Result<bool, String> {
+    match raw.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        other => Err(format!("expected true or false, got {other:?}")),
     }
 }
 
-fn parse_bool(
-    get: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-    default: bool,
-) -> Result<bool, ConfigError> {
-    match get(var).map(|v| v.to_ascii_lowercase()).as_deref() {
-        None => Ok(default),
-        Some("true" | "1" | "yes" | "on") => Ok(true),
-        Some("false" | "0" | "no" | "off") => Ok(false),
-        Some(other) => Err(ConfigError {
-            var,
-            message: format!("expected true or false, got {other:?}"),
-        }),
+/// A secret kept as it is (never printed).
+pub fn secret(raw: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(raw.to_owned()))
+}
+
+/// An `http://` or `https://` URL.
+pub fn http_url(raw: &str) -> Result<String, String> {
+    if raw.starts_with("http://") || raw.starts_with("https://") {
+        Ok(raw.to_owned())
+    } else {
+        Err("must start with http:// or https://".into())
     }
 }
 
-fn positive(var: &'static str, value: u64) -> Result<(), ConfigError> {
-    if value == 0 {
-        return Err(ConfigError {
-            var,
-            message: "must be greater than 0".into(),
-        });
+fn comma_list(raw: &str) -> Result<Vec<String>, String> {
+    Ok(raw
+        .split(',')
+        .map(|o| o.trim().to_owned())
+        .filter(|o| !o.is_empty())
+        .collect())
+}
+
+fn postgres_url(raw: &str) -> Result<SecretString, String> {
+    let (without_mode, mode) = split_sslmode(raw);
+    if let Some(m) = mode
+        && SslMode::parse(&m).is_none()
+    {
+        return Err(format!(
+            "sslmode {m:?} is not one of disable, prefer, require, verify-ca, verify-full"
+        ));
     }
-    Ok(())
+    without_mode
+        .parse::<tokio_postgres::Config>()
+        .map_err(|e| format!("not a PostgreSQL URL: {e}"))?;
+    secret(raw)
+}
+
+/// A URL is checked for its form only; the password in it never reaches a message.
+fn redis_url(raw: &str) -> Result<SecretString, String> {
+    redis::IntoConnectionInfo::into_connection_info(raw)
+        .map_err(|e| format!("not a Redis URL: {e}"))?;
+    secret(raw)
+}
+
+fn redis_url_list(raw: &str) -> Result<Vec<SecretString>, String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(redis_url)
+        .collect()
+}
+
+fn ca_file(raw: &str) -> Result<CaBundle, String> {
+    CaBundle::load(Path::new(raw))
+}
+
+fn auth_secret(raw: &str) -> Result<SecretString, String> {
+    if raw.len() < 32 {
+        return Err(format!("must be at least 32 bytes, got {}", raw.len()));
+    }
+    secret(raw)
+}
+
+fn log_format(raw: &str) -> Result<LogFormat, String> {
+    match raw {
+        "json" => Ok(LogFormat::Json),
+        "pretty" => Ok(LogFormat::Pretty),
+        other => Err(format!("expected json or pretty, got {other:?}")),
+    }
 }
 
 #[cfg(test)]
@@ -465,9 +545,9 @@ mod tests {
         assert_eq!(s.slow_request_threshold, Duration::from_millis(1000));
         assert!(s.cors_allowed_origins.is_empty());
         assert!(s.redis_url.is_none());
-        assert_eq!(s.llm.model, "gpt-4o-mini");
-        assert_eq!(s.llm.timeout, Duration::from_millis(20_000));
         assert_eq!(s.log_format, LogFormat::Json);
+        assert!(s.run_migrations);
+        assert_eq!(s.cache_prefix, "kai");
     }
 
     #[test]
@@ -501,7 +581,6 @@ mod tests {
             ("LOG_FORMAT", "xml"),
             ("DATABASE_URL", "postgres://host:notaport/db"),
             ("REDIS_URL", "http://nope"),
-            ("LLM_BASE_URL", "ftp://x"),
         ] {
             let e = settings(&[(var, value)]).unwrap_err();
             assert_eq!(e.var, var, "{var}={value} gave {e}");
@@ -510,6 +589,15 @@ mod tests {
                     .starts_with(&format!("configuration error: {var}: "))
             );
         }
+    }
+
+    #[test]
+    fn the_readme_example_error_reads_as_documented() {
+        let e = settings(&[("DB_POOL_SIZE", "twenty")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "configuration error: DB_POOL_SIZE: cannot parse \"twenty\": invalid digit found in string"
+        );
     }
 
     #[test]
@@ -531,6 +619,39 @@ mod tests {
         assert!(!s.cache_enabled);
         assert_eq!(s.log_format, LogFormat::Pretty);
         assert!(s.redis_url.is_some());
+    }
+
+    #[test]
+    fn blank_values_count_as_unset_and_values_are_trimmed() {
+        let s = settings(&[("REDIS_URL", "  "), ("DB_POOL_SIZE", " 7 ")]).unwrap();
+        assert!(s.redis_url.is_none());
+        assert_eq!(s.db_pool_size, 7);
+    }
+
+    #[test]
+    fn a_command_line_flag_wins_over_the_variable() {
+        let env: HashMap<&str, &str> = HashMap::from([
+            ("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/kai"),
+            ("AUTH_SECRET", SECRET),
+            ("DB_POOL_SIZE", "7"),
+        ]);
+        let s: Settings = parse(
+            with_port_default(command::<Settings>(), 8081),
+            |k| env.get(k).map(|v| (*v).to_owned()),
+            ["--db-pool-size=9".into()],
+        )
+        .unwrap();
+        assert_eq!(s.db_pool_size, 9);
+    }
+
+    #[test]
+    fn every_variable_is_documented_with_a_flag() {
+        for arg in command::<Settings>().get_arguments() {
+            if arg.get_env().is_some() {
+                assert!(arg.get_long().is_some(), "{:?} has no flag", arg.get_id());
+                assert!(arg.get_help().is_some(), "{:?} has no help", arg.get_id());
+            }
+        }
     }
 
     #[test]

@@ -1,11 +1,14 @@
-//! Server bootstrap: the CLI every binary shares (`serve`, `migrate`, `--help`),
-//! the [`Platform`] state every handler can reach, and [`Application`], which binds
-//! (port 0 in tests), wires middleware and routes, and shuts down gracefully.
+//! Server bootstrap, read top-down like zero2prod's `startup.rs`: [`main`] reads the
+//! configuration and starts telemetry; [`Application::build`] builds the platform
+//! ([`Platform::build`]: metrics, pool + migrations, auth, cache), binds (port 0 in
+//! tests) and builds the server ([`run`]: middleware, health, docs, the service's
+//! routes); [`Application::run_until_stopped`] serves until a signal.
 //!
 //! Shutdown: on SIGTERM/SIGINT actix stops accepting, lets in-flight requests
 //! finish (up to [`DRAIN`]), then the background tasks are cancelled through one
 //! `CancellationToken`.
 
+use std::ffi::OsString;
 use std::net::TcpListener;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -17,7 +20,7 @@ use actix_web::middleware::{Compress, DefaultHeaders, ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
 use actix_web_prom::PrometheusMetricsBuilder;
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use utoipa_swagger_ui::SwaggerUi;
@@ -25,7 +28,7 @@ use uuid::Uuid;
 
 use crate::auth::Authenticator;
 use crate::cache::Cache;
-use crate::config::{ENV_HELP, Settings};
+use crate::config::{self, Settings};
 use crate::db::{Db, MigrationSet};
 use crate::http::errors::ApiError;
 use crate::http::stats::EndpointStats;
@@ -118,6 +121,154 @@ impl Platform {
     }
 }
 
+impl Platform {
+    /// Metrics, the pool (and migrations), auth and the cache: everything a handler
+    /// reaches through `web::Data<Platform>`. Background tasks stop with `stop`.
+    pub async fn build(
+        settings: Settings,
+        def: &ServiceDef,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let metrics = Metrics::new(def.name);
+        for ns in def.cache_namespaces {
+            metrics.cache_hits.with_label_values(&[ns]);
+            metrics.cache_misses.with_label_values(&[ns]);
+            metrics.cache_errors.with_label_values(&[ns]);
+        }
+        for outcome in def.llm_outcomes {
+            metrics.llm_requests.with_label_values(&[outcome]);
+        }
+        let db = Db::new(&settings, &metrics);
+        db.check_tls(&settings).await?;
+        if settings.run_migrations {
+            crate::db::migrate(&db, def.migrations).await?;
+        }
+        let auth = Arc::new(Authenticator::new(
+            &settings.auth_secret,
+            settings.auth_token_ttl,
+        ));
+        let on_revoked = {
+            let auth = auth.clone();
+            Arc::new(move |announced: &str| auth.apply_revocation(announced))
+        };
+        let cache =
+            Cache::new(&settings, &metrics, on_revoked, stop).context("configuring the cache")?;
+        cache.check_redis_configuration().await?;
+        Ok(Platform {
+            service: def.name,
+            session_check: def.session_check.map(|make| make(db.clone())),
+            limiter: crate::ratelimit::RateLimiter::new(cache.clone()),
+            settings,
+            db,
+            cache,
+            auth,
+            metrics,
+            stats: EndpointStats::default(),
+            migrations: def.migrations,
+            migration_version: def.migrations.latest_version(),
+            started: Instant::now(),
+        })
+    }
+}
+
+/// The HTTP server on `listener`: the platform's middleware around the service's
+/// routes, health, metrics and docs.
+pub fn run(
+    listener: TcpListener,
+    platform: web::Data<Platform>,
+    def: ServiceDef,
+    opts: RunOptions,
+) -> anyhow::Result<Server> {
+    let prometheus = http_metrics(&platform.metrics)?;
+    // The served document (see `http::openapi::complete`) and, from it, the
+    // methods of each route: the `Allow` of a 405 and what a preflight may ask.
+    let document = crate::http::openapi::complete(&def.openapi);
+    let operations = web::Data::new(crate::http::openapi::Operations::from_document(&document));
+    let mut server = HttpServer::new(move || {
+        let cors = cors(&platform.settings.cors_allowed_origins, &operations);
+        let (routes, document) = (def.routes.clone(), document.clone());
+        App::new()
+            .app_data(platform.clone())
+            .app_data(operations.clone())
+            .app_data(crate::http::json_config())
+            .app_data(crate::http::query_config())
+            .app_data(crate::http::path_config())
+            .app_data(crate::http::payload_config())
+            .wrap(ErrorHandlers::new().handler(
+                actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+                crate::http::method_not_allowed,
+            ))
+            .wrap(from_fn(crate::http::skip_small_bodies))
+            .wrap(Compress::default())
+            .wrap(prometheus.clone())
+            .wrap(cors)
+            .wrap(from_fn(crate::http::cors::preflight_per_route))
+            .wrap(security_headers())
+            .wrap(from_fn(crate::http::stamp))
+            .configure(crate::health::routes)
+            .configure(|cfg| docs(cfg, document))
+            .configure(|cfg| routes(cfg))
+            .default_service(web::to(crate::http::not_found))
+    })
+    .listen(listener)?
+    .shutdown_timeout(DRAIN.as_secs())
+    .client_request_timeout(Duration::from_secs(10))
+    .client_disconnect_timeout(Duration::from_secs(5))
+    .max_connection_rate(1024);
+    if !opts.handle_signals {
+        server = server.disable_signals();
+    }
+    if let Some(workers) = opts.workers {
+        server = server.workers(workers);
+    }
+    Ok(server.run())
+}
+
+/// `kai_http_*` per route pattern, on the platform's registry; `/docs` assets
+/// are left out (they would only be noise, and actix-web-prom warns on them).
+fn http_metrics(metrics: &Metrics) -> anyhow::Result<actix_web_prom::PrometheusMetrics> {
+    PrometheusMetricsBuilder::new("kai")
+        .registry(metrics.registry.clone())
+        .endpoint("/metrics")
+        .buckets(LATENCY_BUCKETS)
+        .mask_unmatched_patterns("UNMATCHED")
+        .exclude_regex("^/docs")
+        .build()
+        .map_err(|e| anyhow::anyhow!("building HTTP metrics: {e}"))
+}
+
+fn cors(allowed_origins: &[String], operations: &crate::http::openapi::Operations) -> Cors {
+    let mut cors = Cors::default()
+        .allowed_methods(operations.all_methods().iter().map(String::as_str))
+        .allowed_headers(crate::http::cors::ALLOWED_HEADERS)
+        .expose_headers(crate::http::cors::EXPOSED_HEADERS)
+        .max_age(3600);
+    for origin in allowed_origins {
+        cors = cors.allowed_origin(origin);
+    }
+    cors
+}
+
+fn security_headers() -> DefaultHeaders {
+    DefaultHeaders::new()
+        .add(("X-Content-Type-Options", "nosniff"))
+        .add(("X-Frame-Options", "DENY"))
+        .add(("Referrer-Policy", "no-referrer"))
+}
+
+/// `/openapi.json` and the bundled Swagger UI; `/docs` (SPEC §4) leads to `/docs/`.
+fn docs(cfg: &mut web::ServiceConfig, document: serde_json::Value) {
+    cfg.route(
+        "/docs",
+        web::get().to(|| async {
+            actix_web::HttpResponse::PermanentRedirect()
+                .insert_header(("location", "/docs/"))
+                .finish()
+        }),
+    )
+    .service(SwaggerUi::new("/docs/{_:.*}").external_url_unchecked("/openapi.json", document));
+}
+
 /// How the server runs: signals and workers differ between a binary and a test.
 #[derive(Debug, Clone, Copy)]
 pub struct RunOptions {
@@ -143,139 +294,26 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects, migrates (unless `RUN_MIGRATIONS=false`), binds and wires everything.
+    /// Builds the platform (connects, migrates unless `RUN_MIGRATIONS=false`),
+    /// binds, and builds the server around the service's routes.
     pub async fn build(
         settings: Settings,
         def: ServiceDef,
         opts: RunOptions,
     ) -> anyhow::Result<Self> {
-        let metrics = Metrics::new(def.name);
-        for ns in def.cache_namespaces {
-            metrics.cache_hits.with_label_values(&[ns]);
-            metrics.cache_misses.with_label_values(&[ns]);
-            metrics.cache_errors.with_label_values(&[ns]);
-        }
-        for outcome in def.llm_outcomes {
-            metrics.llm_requests.with_label_values(&[outcome]);
-        }
-        let db = Db::new(&settings, &metrics);
-        db.check_tls(&settings).await?;
-        if settings.run_migrations {
-            crate::db::migrate(&db, def.migrations).await?;
-        }
         let stop = CancellationToken::new();
-        let auth = Arc::new(Authenticator::new(
-            &settings.auth_secret,
-            settings.auth_token_ttl,
-        ));
-        let on_revoked = {
-            let auth = auth.clone();
-            Arc::new(move |announced: &str| auth.apply_revocation(announced))
-        };
-        let cache = Cache::new(&settings, &metrics, on_revoked, stop.clone())
-            .context("configuring the cache")?;
-        cache.check_redis_configuration().await?;
-        let listener = TcpListener::bind((settings.host, settings.port))
-            .with_context(|| format!("binding {}:{}", settings.host, settings.port))?;
-        let port = listener.local_addr()?.port();
-
-        let platform = web::Data::new(Platform {
-            service: def.name,
-            session_check: def.session_check.map(|make| make(db.clone())),
-            limiter: crate::ratelimit::RateLimiter::new(cache.clone()),
-            settings,
-            db,
-            cache,
-            auth,
-            metrics,
-            stats: EndpointStats::default(),
-            migrations: def.migrations,
-            migration_version: def.migrations.latest_version(),
-            started: Instant::now(),
-        });
+        let (host, port) = (settings.host, settings.port);
+        let platform = web::Data::new(Platform::build(settings, &def, stop.clone()).await?);
         if let Some(start) = &def.on_start {
             start(platform.clone(), stop.clone());
         }
-        let prometheus = PrometheusMetricsBuilder::new("kai")
-            .registry(platform.metrics.registry.clone())
-            .endpoint("/metrics")
-            .buckets(LATENCY_BUCKETS)
-            .mask_unmatched_patterns("UNMATCHED")
-            .exclude_regex("^/docs")
-            .build()
-            .map_err(|e| anyhow::anyhow!("building HTTP metrics: {e}"))?;
-
-        // The served document (see `http::openapi::complete`) and, from it, the
-        // methods of each route: the `Allow` of a 405 and what a preflight may ask.
-        let document = crate::http::openapi::complete(&def.openapi);
-        let operations = web::Data::new(crate::http::openapi::Operations::from_document(&document));
-
-        let server_platform = platform.clone();
-        let mut server = HttpServer::new(move || {
-            let platform = server_platform.clone();
-            let mut cors = Cors::default()
-                .allowed_methods(operations.all_methods().iter().map(String::as_str))
-                .allowed_headers(crate::http::cors::ALLOWED_HEADERS)
-                .expose_headers(crate::http::cors::EXPOSED_HEADERS)
-                .max_age(3600);
-            for origin in &platform.settings.cors_allowed_origins {
-                cors = cors.allowed_origin(origin);
-            }
-            let routes = def.routes.clone();
-            App::new()
-                .app_data(platform)
-                .app_data(operations.clone())
-                .app_data(crate::http::json_config())
-                .app_data(crate::http::query_config())
-                .app_data(crate::http::path_config())
-                .app_data(crate::http::payload_config())
-                .wrap(ErrorHandlers::new().handler(
-                    actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
-                    crate::http::method_not_allowed,
-                ))
-                .wrap(from_fn(crate::http::skip_small_bodies))
-                .wrap(Compress::default())
-                .wrap(prometheus.clone())
-                .wrap(cors)
-                .wrap(from_fn(crate::http::cors::preflight_per_route))
-                .wrap(
-                    DefaultHeaders::new()
-                        .add(("X-Content-Type-Options", "nosniff"))
-                        .add(("X-Frame-Options", "DENY"))
-                        .add(("Referrer-Policy", "no-referrer")),
-                )
-                .wrap(from_fn(crate::http::stamp))
-                .configure(crate::health::routes)
-                // `/docs` (SPEC §4) leads to the bundled Swagger UI under `/docs/`.
-                .route(
-                    "/docs",
-                    web::get().to(|| async {
-                        actix_web::HttpResponse::PermanentRedirect()
-                            .insert_header(("location", "/docs/"))
-                            .finish()
-                    }),
-                )
-                .service(
-                    SwaggerUi::new("/docs/{_:.*}")
-                        .external_url_unchecked("/openapi.json", document.clone()),
-                )
-                .configure(|cfg| routes(cfg))
-                .default_service(web::to(crate::http::not_found))
-        })
-        .listen(listener)?
-        .shutdown_timeout(DRAIN.as_secs())
-        .client_request_timeout(Duration::from_secs(10))
-        .client_disconnect_timeout(Duration::from_secs(5))
-        .max_connection_rate(1024);
-        if !opts.handle_signals {
-            server = server.disable_signals();
-        }
-        if let Some(workers) = opts.workers {
-            server = server.workers(workers);
-        }
+        let listener =
+            TcpListener::bind((host, port)).with_context(|| format!("binding {host}:{port}"))?;
+        let port = listener.local_addr()?.port();
+        let server = run(listener, platform.clone(), def, opts)?;
         Ok(Self {
             port,
-            server: server.run(),
+            server,
             platform,
             stop,
         })
@@ -304,11 +342,22 @@ impl Application {
     }
 }
 
+/// The command line every binary shares: a subcommand, the platform's settings and
+/// the service's own (`S`), each a flag that is also read from its variable.
 #[derive(Parser)]
-#[command(version, after_help = ENV_HELP)]
-struct Cli {
+#[command(
+    version,
+    about = "A Kai service: `serve` (the default) or `migrate`; every setting below is a flag and a variable.",
+    after_help = "Every setting is read from the environment variable shown (a .env file in the \
+                  working directory is read too; real environment wins). A flag wins over its variable."
+)]
+struct Cli<S: clap::Args> {
     #[command(subcommand)]
     command: Option<Command>,
+    #[command(flatten)]
+    settings: Settings,
+    #[command(flatten)]
+    service: S,
 }
 
 #[derive(Subcommand)]
@@ -319,22 +368,19 @@ enum Command {
     Migrate,
 }
 
-/// The whole of a service's `main`: parse the CLI, read and validate settings (one
-/// clear line and exit code 2 on a bad one), start telemetry, then serve or migrate.
-pub fn main(
+/// The whole of a service's `main`: read and validate the configuration (one clear
+/// line and exit code 2 on a bad value), start telemetry, then serve or migrate.
+/// `service` turns the service's own settings (`S`) into its [`ServiceDef`].
+pub fn main<S: clap::Args>(
     name: &'static str,
     default_port: u16,
-    def: impl FnOnce(&Settings) -> anyhow::Result<ServiceDef>,
+    service: impl FnOnce(S) -> anyhow::Result<ServiceDef>,
 ) -> ExitCode {
-    let cli = Cli::parse();
-    let settings = match Settings::from_env(default_port) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{name}-service: {e}");
-            return ExitCode::from(2);
-        }
+    let cli = match read_cli::<S>(name, default_port) {
+        Ok(cli) => cli,
+        Err(code) => return code,
     };
-    crate::telemetry::init(&settings.rust_log, settings.log_format);
+    crate::telemetry::init(&cli.settings.rust_log, cli.settings.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -346,23 +392,68 @@ pub fn main(
         }
     };
     let result = runtime.block_on(async move {
-        let def = def(&settings)?;
+        let def = service(cli.service)?;
         match cli.command.unwrap_or(Command::Serve) {
-            Command::Migrate => {
-                let metrics = Metrics::new(def.name);
-                let db = Db::new(&settings, &metrics);
-                db.check_tls(&settings).await?;
-                let applied = crate::db::migrate(&db, def.migrations).await?;
-                tracing::info!(applied, "migrations up to date");
-                Ok(())
-            }
-            Command::Serve => {
-                let app = Application::build(settings, def, RunOptions::default()).await?;
-                tracing::info!(port = app.port(), "{name}-service listening");
-                app.run_until_stopped().await.context("serving")
-            }
+            Command::Migrate => migrate(&cli.settings, &def).await,
+            Command::Serve => serve(cli.settings, def).await,
         }
     });
+    exit_code(name, result)
+}
+
+/// Reads `.env`, then the environment and the command line; prints the help, the
+/// version or the error itself (exit code 2 for an error).
+fn read_cli<S: clap::Args>(name: &'static str, default_port: u16) -> Result<Cli<S>, ExitCode> {
+    // A missing .env is normal; a malformed one is worth saying.
+    if let Err(e) = dotenvy::dotenv()
+        && !e.not_found()
+    {
+        eprintln!("{name}-service: configuration error: .env: {e}");
+        return Err(ExitCode::from(2));
+    }
+    let cmd = config::with_port_default(Cli::<S>::command(), default_port)
+        .name(Box::leak(format!("{name}-service").into_boxed_str()) as &str)
+        .mut_args(|a| a.hide_env_values(true));
+    let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let parsed = config::parse::<Cli<S>>(cmd.clone(), |k| std::env::var(k).ok(), argv.clone())
+        .and_then(|mut cli| {
+            cli.settings = cli.settings.check()?;
+            Ok(cli)
+        });
+    match parsed {
+        Ok(cli) => Ok(cli),
+        Err(e) if e.var == config::COMMAND_LINE => {
+            // `--help`, `--version` or an unknown flag: clap says it best (and exits).
+            let bin = OsString::from(format!("{name}-service"));
+            let _ = cmd.get_matches_from(std::iter::once(bin).chain(argv));
+            eprintln!("{name}-service: {e}");
+            Err(ExitCode::from(2))
+        }
+        Err(e) => {
+            eprintln!("{name}-service: {e}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// `migrate`: apply pending migrations and stop.
+async fn migrate(settings: &Settings, def: &ServiceDef) -> anyhow::Result<()> {
+    let db = Db::new(settings, &Metrics::new(def.name));
+    db.check_tls(settings).await?;
+    let applied = crate::db::migrate(&db, def.migrations).await?;
+    tracing::info!(applied, "migrations up to date");
+    Ok(())
+}
+
+/// `serve`: build the application, then run it until a signal.
+async fn serve(settings: Settings, def: ServiceDef) -> anyhow::Result<()> {
+    let name = def.name;
+    let app = Application::build(settings, def, RunOptions::default()).await?;
+    tracing::info!(port = app.port(), "{name}-service listening");
+    app.run_until_stopped().await.context("serving")
+}
+
+fn exit_code(name: &str, result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -330,6 +330,17 @@ pub fn settings(
     s
 }
 
+/// A service's own settings (`S`, e.g. conversation's `LlmSettings`) from `pairs`.
+pub fn service_settings<S: clap::Args>(pairs: &[(&str, &str)]) -> S {
+    crate::config::args_from_lookup(crate::config::command::<S>(), |k| {
+        pairs
+            .iter()
+            .find(|(name, _)| *name == k)
+            .map(|(_, v)| (*v).to_owned())
+    })
+    .expect("valid test service settings")
+}
+
 /// A user as journal and conversation see one: an id and a token for it.
 #[derive(Clone, Debug)]
 pub struct TestUser {

@@ -7,6 +7,8 @@
 pub mod assistant;
 /// Which reads are cached for how long, and which writes invalidate them.
 pub mod cache_rules;
+/// The service's own settings (the LLM endpoint).
+pub mod config;
 /// Account erasure: purging a deleted user's data when profile-service says so.
 pub mod erasure;
 /// `GET /api/conversations/export`: every conversation with its messages, streamed as NDJSON.
@@ -24,7 +26,6 @@ use std::sync::Arc;
 
 use actix_web::web;
 use kai_shared::ServiceDef;
-use kai_shared::config::Settings;
 use kai_shared::db::MigrationSet;
 use utoipa::OpenApi;
 
@@ -40,9 +41,9 @@ pub const MIGRATIONS: MigrationSet = MigrationSet {
 };
 
 /// The service as the platform runs it; fails only if the LLM client cannot be built.
-pub fn try_service(settings: &Settings) -> anyhow::Result<ServiceDef> {
+pub fn try_service(settings: &config::LlmSettings) -> anyhow::Result<ServiceDef> {
     // One client for every worker: it holds the connection pool to the LLM.
-    let llm = web::Data::new(llm::Llm::new(&settings.llm)?);
+    let llm = web::Data::new(llm::Llm::new(settings)?);
     Ok(ServiceDef {
         name: "conversation",
         default_port: DEFAULT_PORT,
@@ -62,6 +63,6 @@ pub fn try_service(settings: &Settings) -> anyhow::Result<ServiceDef> {
 
 /// [`try_service`] for tests and embedders, where a failure to build an HTTP
 /// client is a bug rather than a configuration error.
-pub fn service(settings: &Settings) -> ServiceDef {
+pub fn service(settings: &config::LlmSettings) -> ServiceDef {
     try_service(settings).expect("the LLM client builds")
 }

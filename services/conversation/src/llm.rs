@@ -12,8 +12,8 @@
 
 use std::time::Duration;
 
+use crate::config::LlmSettings;
 use kai_shared::ApiError;
-use kai_shared::config::LlmSettings;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

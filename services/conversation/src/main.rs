@@ -4,6 +4,6 @@ fn main() -> ExitCode {
     kai_shared::server::main(
         "conversation",
         conversation_service::DEFAULT_PORT,
-        conversation_service::try_service,
+        |llm: conversation_service::config::LlmSettings| conversation_service::try_service(&llm),
     )
 }

@@ -1,7 +1,9 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    kai_shared::server::main("profile", profile_service::DEFAULT_PORT, |_| {
-        Ok(profile_service::service())
-    })
+    kai_shared::server::main(
+        "profile",
+        profile_service::DEFAULT_PORT,
+        |_: kai_shared::config::NoServiceSettings| Ok(profile_service::service()),
+    )
 }

@@ -58,7 +58,13 @@ impl Stack {
 
     async fn start_conversation(&mut self) {
         let s = self.settings();
-        self.conversation = Some(TestApp::start(conversation_service::service(&s), s).await);
+        self.conversation = Some(
+            TestApp::start(
+                conversation_service::service(&testing::service_settings(&[])),
+                s,
+            )
+            .await,
+        );
     }
 
     async fn stop_conversation(&mut self) {

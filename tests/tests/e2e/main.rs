@@ -8,5 +8,6 @@ mod faults;
 mod hostile;
 mod migrations;
 mod openapi;
+mod readme;
 mod system;
 mod tls;

@@ -15,10 +15,9 @@ use kai_shared::testing;
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 
 fn services() -> Vec<ServiceDef> {
-    let settings = testing::settings("postgres://unused@127.0.0.1:1/unused", None, "unused", &[]);
     vec![
         journal_service::service(),
-        conversation_service::service(&settings),
+        conversation_service::service(&testing::service_settings(&[])),
         profile_service::service(),
     ]
 }

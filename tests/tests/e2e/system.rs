@@ -26,7 +26,8 @@ pub async fn start_with(extra: &[(&str, &str)]) -> System {
     let settings = || testing::settings(&db.url, Some(&prefix.url), &prefix.prefix, extra);
     let profile = TestApp::start(profile_service::service(), settings()).await;
     let journal = TestApp::start(journal_service::service(), settings()).await;
-    let conversation = TestApp::start(conversation_service::service(&settings()), settings()).await;
+    let llm = conversation_service::service(&testing::service_settings(extra));
+    let conversation = TestApp::start(llm, settings()).await;
     System {
         profile,
         journal,

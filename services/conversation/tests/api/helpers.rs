@@ -37,7 +37,8 @@ pub async fn spawn_with(redis: Option<&str>, fake_llm: bool, extra: &[(&str, &st
         env.push(("LLM_API_KEY", "test-key"));
     }
     let settings = testing::settings(&db.url, redis, &prefix.prefix, &env);
-    let app = TestApp::start(conversation_service::service(&settings), settings).await;
+    let service = conversation_service::service(&testing::service_settings(&env));
+    let app = TestApp::start(service, settings).await;
     Service {
         app,
         db,
@@ -63,7 +64,8 @@ impl Service {
             &self.prefix.prefix,
             &env,
         );
-        TestApp::start(conversation_service::service(&settings), settings).await
+        let service = conversation_service::service(&testing::service_settings(&env));
+        TestApp::start(service, settings).await
     }
 
     pub fn get(&self, user: &User, path: &str) -> RequestBuilder {
