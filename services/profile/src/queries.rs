@@ -94,11 +94,9 @@ pub async fn insert_user(
         .query_one(&tx, INSERT_USER, &[&user_id, &email, &password_hash])
         .await
         .map_err(|e| {
-            if e.constraint() == Some(EMAIL_UNIQUE) {
+            e.on_constraint(EMAIL_UNIQUE, || {
                 ApiError::Conflict("an account with this e-mail address already exists".into())
-            } else {
-                e.into()
-            }
+            })
         })?;
     db.execute(&tx, INSERT_PROFILE, &[&user_id, &display_name])
         .await?;

@@ -47,6 +47,17 @@ impl DbError {
         }
     }
 
+    /// The one place a named constraint becomes a client error (realworld-axum-sqlx's
+    /// `on_constraint`): a violation of `name` becomes `to_api()`'s error (a 409 for a
+    /// unique key), anything else the usual 503/500.
+    pub fn on_constraint(self, name: &str, to_api: impl FnOnce() -> ApiError) -> ApiError {
+        if self.constraint() == Some(name) {
+            to_api()
+        } else {
+            self.into()
+        }
+    }
+
     /// True when the database could not be reached (as opposed to a bad statement).
     fn is_unavailable(&self) -> bool {
         match self {
