@@ -59,7 +59,9 @@ pub fn is_configuration_error(e: &redis::RedisError) -> bool {
 #[derive(Clone)]
 pub enum Target {
     Node(Box<redis::Client>),
-    Cluster(Box<redis::cluster::ClusterClient>),
+    /// The routing client, and a plain client per seed node (for PUBLISH to
+    /// whichever node answers: a cluster broadcasts it to all).
+    Cluster(Box<(redis::cluster::ClusterClient, Vec<redis::Client>)>),
 }
 
 impl Target {
@@ -88,9 +90,10 @@ impl Target {
                     root_cert: Some(pem),
                 });
             }
+            let seeds = subscriber_nodes(settings)?;
             return builder
                 .build()
-                .map(|c| Some(Self::Cluster(Box::new(c))))
+                .map(|c| Some(Self::Cluster(Box::new((c, seeds)))))
                 .map_err(|e| format!("REDIS_CLUSTER_NODES: {e}"));
         }
         match &settings.redis_url {
@@ -116,8 +119,36 @@ impl Target {
     pub async fn connect(&self) -> redis::RedisResult<Link> {
         Ok(match self {
             Self::Node(c) => Link::Node(c.get_multiplexed_async_connection().await?),
-            Self::Cluster(c) => Link::Cluster(c.get_async_connection().await?),
+            Self::Cluster(c) => Link::Cluster(c.0.get_async_connection().await?),
         })
+    }
+
+    /// Cluster only: PUBLISH through the first seed node that answers within
+    /// `patience` (a node that lost its slots still relays pub/sub). True if sent.
+    pub async fn publish_anywhere(
+        &self,
+        channel: &str,
+        message: &str,
+        patience: std::time::Duration,
+    ) -> bool {
+        let Self::Cluster(c) = self else {
+            return false;
+        };
+        for node in &c.1 {
+            let sent = tokio::time::timeout(patience, async {
+                let mut conn = node.get_multiplexed_async_connection().await?;
+                redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(message)
+                    .query_async::<i64>(&mut conn)
+                    .await
+            })
+            .await;
+            if matches!(sent, Ok(Ok(_))) {
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -147,6 +178,31 @@ pub fn subscriber_nodes(settings: &crate::config::Settings) -> Result<Vec<redis:
 pub enum Link {
     Node(redis::aio::MultiplexedConnection),
     Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Link {
+    /// Runs `cmd` on the primary of `key`'s slot: on a cluster, keyless commands
+    /// (`SCAN`) would otherwise go to a random node.
+    pub async fn query_on_slot_of<T: redis::FromRedisValue>(
+        &mut self,
+        key: &str,
+        cmd: redis::Cmd,
+    ) -> redis::RedisResult<T> {
+        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+        match self {
+            Self::Node(c) => cmd.query_async(c).await,
+            Self::Cluster(c) => {
+                let route = Route::with_key(key, SlotAddr::Master);
+                let value = c
+                    .route_command(
+                        cmd,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                    )
+                    .await?;
+                Ok(redis::from_redis_value(value)?)
+            }
+        }
+    }
 }
 
 impl redis::aio::ConnectionLike for Link {

@@ -501,9 +501,35 @@ impl L2 {
                 .map_err(|_| L2Error::Pool(format!("bad generation {g:?}"))),
             Err(e) => {
                 self.remember_pending(scope);
+                self.tell_others_to_forget(scope, &channel);
                 Err(e)
             }
         }
+    }
+
+    /// Cluster only: the scope's slot has no primary, but the other nodes still
+    /// relay pub/sub. Announcing "newer than anything you know" makes every other
+    /// replica forget the scope's generation, so none answers it from L1; their
+    /// next read asks Redis, fails for this slot and goes to PostgreSQL until the
+    /// replayed bump (after the failover) gives the scope its new generation.
+    fn tell_others_to_forget(self: &Arc<Self>, scope: &Scope, channel: &str) {
+        if !self.target.is_cluster() {
+            return;
+        }
+        let (this, message, channel) = (
+            self.clone(),
+            format!("{} {}", scope.tag(), u64::MAX),
+            channel.to_owned(),
+        );
+        tokio::spawn(async move {
+            let sent = this
+                .target
+                .publish_anywhere(&channel, &message, this.timeout)
+                .await;
+            if !sent {
+                tracing::debug!("no cluster node relayed the forget announcement");
+            }
+        });
     }
 
     fn remember_pending(&self, scope: &Scope) {
@@ -522,16 +548,24 @@ impl L2 {
         session_id: &str,
         expires_at: i64,
     ) -> Result<(), L2Error> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("ZADD")
-            .arg(keys::revoked_sessions(&self.prefix))
+        let mut zadd = redis::cmd("ZADD");
+        zadd.arg(keys::revoked_sessions(&self.prefix))
             .arg(expires_at)
-            .arg(session_id)
-            .ignore();
-        pipe.cmd("PUBLISH")
+            .arg(session_id);
+        let mut publish = redis::cmd("PUBLISH");
+        publish
             .arg(keys::revocation_channel(&self.prefix))
-            .arg(session_id)
-            .ignore();
+            .arg(session_id);
+        if self.target.is_cluster() {
+            // A cluster routes PUBLISH by its channel's slot, which is not the
+            // set's: two commands (stored first, so a replica subscribing between
+            // them still reads it), each routed on its own.
+            self.run::<()>(Command::Plain(zadd)).await?;
+            return self.run::<()>(Command::Plain(publish)).await;
+        }
+        let mut pipe = redis::pipe();
+        pipe.add_command(zadd).ignore();
+        pipe.add_command(publish).ignore();
         self.run(Command::Pipeline(pipe)).await
     }
 
@@ -547,15 +581,16 @@ impl L2 {
         let mut conn = self.conn().await?;
         let (mut cursor, mut removed) = (0u64, 0u64);
         loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000);
+            // The scope's keys share one slot: scan the node that holds it.
             let (next, found): (u64, Vec<String>) = tokio::time::timeout(
                 self.timeout * 10,
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut conn.inner),
+                conn.inner.query_on_slot_of(&pattern, scan),
             )
             .await
             .map_err(|_| L2Error::Timeout)??;

@@ -5,8 +5,8 @@
 //! primary killed, its replica promoted — degrading to the loader and recovering
 //! with nothing stale. One cluster per test: starting one costs seconds.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kai_shared::ApiError;
@@ -21,6 +21,8 @@ const POLICY: Policy = Policy::new("test_ns", Duration::from_secs(60));
 struct Replica {
     cache: Cache,
     stop: CancellationToken,
+    /// Session ids this replica heard revoked.
+    revoked: Arc<Mutex<Vec<String>>>,
 }
 
 impl Drop for Replica {
@@ -29,21 +31,26 @@ impl Drop for Replica {
     }
 }
 
-async fn replica(cluster: &PrivateCluster, prefix: &str) -> Replica {
+/// A cache replica on `cluster`. `timeout_ms` is `REDIS_TIMEOUT_MS`: generous where
+/// the test is about routing (a loaded 2-core machine must not open the circuit
+/// and turn a stampede into uncached loads), short where it is about failure.
+async fn replica(cluster: &PrivateCluster, prefix: &str, timeout_ms: &str) -> Replica {
     let stop = CancellationToken::new();
+    let revoked = Arc::new(Mutex::new(Vec::new()));
+    let sink = revoked.clone();
     let settings = testing::settings(
         "postgres://postgres@127.0.0.1/unused",
         None,
         prefix,
         &[
             ("REDIS_CLUSTER_NODES", &cluster.seeds()),
-            ("REDIS_TIMEOUT_MS", "200"),
+            ("REDIS_TIMEOUT_MS", timeout_ms),
         ],
     );
     let cache = Cache::new(
         &settings,
         &Metrics::new("test"),
-        Arc::new(|_: &str| {}),
+        Arc::new(move |id: &str| sink.lock().unwrap().push(id.to_owned())),
         stop.clone(),
     )
     .unwrap();
@@ -52,7 +59,11 @@ async fn replica(cluster: &PrivateCluster, prefix: &str) -> Replica {
         assert!(Instant::now() < deadline, "never subscribed on the cluster");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    Replica { cache, stop }
+    Replica {
+        cache,
+        stop,
+        revoked,
+    }
 }
 
 async fn read(
@@ -95,7 +106,10 @@ async fn eventually(cache: &Cache, s: &Scope, key: &str, want: &str, limit: Dura
 async fn the_cache_guarantees_hold_on_a_redis_cluster() {
     let cluster = PrivateCluster::start();
     let all: Vec<usize> = (0..6).collect();
-    let (a, b) = (replica(&cluster, "cl").await, replica(&cluster, "cl").await);
+    let (a, b) = (
+        replica(&cluster, "cl", "2000").await,
+        replica(&cluster, "cl", "2000").await,
+    );
 
     // Read-your-writes across replicas: B hits A's entry in Redis, then hears
     // A's invalidation (published on one node, heard on B's node).
@@ -138,6 +152,11 @@ async fn the_cache_guarantees_hold_on_a_redis_cluster() {
     for t in tasks {
         assert_eq!(&t.await.unwrap().unwrap()[..], br#""once""#);
     }
+    assert_eq!(
+        a.cache.redis_available(),
+        Some(true),
+        "the circuit stayed closed"
+    );
     assert_eq!(loads.load(Ordering::SeqCst), 1);
 
     // No stale set: the reader's late store lands under a dead generation.
@@ -191,12 +210,59 @@ async fn the_cache_guarantees_hold_on_a_redis_cluster() {
             ("y".to_owned(), CacheStatus::Miss)
         );
     }
+
+    // Erasure: every key of a scope is found on the node that holds its slot.
+    let gone = &scopes[0];
+    let removed = a.cache.purge_scope(gone).await.expect("purge on a cluster");
+    assert!(removed >= 2, "entries and counter removed: {removed}");
+    let owner = cluster.primary_for(&keys::generation_key("cl", gone), 0);
+    let exists: u64 = redis::cmd("EXISTS")
+        .arg(keys::generation_key("cl", gone))
+        .query(&mut cluster.nodes[owner].connection())
+        .unwrap();
+    assert_eq!(exists, 0);
+
+    // Session revocation: heard by the other replica at once, and by a replica
+    // that subscribes later from the stored set.
+    let expires = chrono_free_now() + 3600;
+    assert!(a.cache.announce_revocation_of("session-1", expires).await);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !b.revoked.lock().unwrap().contains(&"session-1".to_owned()) {
+        assert!(Instant::now() < deadline, "B never heard the revocation");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let late = replica(&cluster, "cl", "2000").await;
+    assert!(
+        late.revoked
+            .lock()
+            .unwrap()
+            .contains(&"session-1".to_owned())
+    );
+
+    // The login rate limiter: one bucket in the cluster, shared by the replicas.
+    for _ in 0..3 {
+        assert_eq!(a.cache.token_bucket("login:sam", 3, 0.01).await, Some(None));
+    }
+    assert!(matches!(
+        b.cache.token_bucket("login:sam", 3, 0.01).await,
+        Some(Some(_))
+    ));
+}
+
+fn chrono_free_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 #[tokio::test]
 async fn a_cluster_failover_degrades_to_the_loader_and_serves_nothing_stale() {
     let mut cluster = PrivateCluster::start();
-    let (a, b) = (replica(&cluster, "fo").await, replica(&cluster, "fo").await);
+    let (a, b) = (
+        replica(&cluster, "fo", "250").await,
+        replica(&cluster, "fo", "250").await,
+    );
     let (s, loads) = (scope(), AtomicUsize::new(0));
     read(&a.cache, &s, "k", "before", &loads).await;
     assert_eq!(
@@ -209,9 +275,12 @@ async fn a_cluster_failover_degrades_to_the_loader_and_serves_nothing_stale() {
     let ask = (victim + 1) % 6;
     cluster.nodes[victim].kill();
 
-    // The write while the slot has no primary: the loader answers, never "before".
+    // The write while the slot has no primary: the loader answers, never "before",
+    // on the writer and — told through a live node to forget the scope — on B,
+    // whose subscription may live on a healthy node.
     a.cache.invalidate(&s).await;
     assert_eq!(read(&a.cache, &s, "k", "during", &loads).await.0, "during");
+    eventually(&b.cache, &s, "k", "during", Duration::from_secs(5)).await;
 
     // The replica is promoted; the remembered invalidation is replayed and both
     // replicas answer the new value from the cache again.
