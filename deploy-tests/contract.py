@@ -28,7 +28,9 @@ SERVICE_ENV = {
     "REDIS_URL",
     "HOST",
     "PORT",
-    "AUTH_SECRET",
+    "AUTH_VERIFYING_KEYS_FILE",
+    "AUTH_SIGNING_KEY_FILE",
+    "TRUSTED_PROXIES",
     "AUTH_TOKEN_TTL_SECS",
     "CACHE_ENABLED",
     "DB_POOL_SIZE",
@@ -42,8 +44,10 @@ SERVICE_ENV = {
     "LOG_FORMAT",
     "RUN_MIGRATIONS",
 } | LLM_ENV
-REQUIRED_ENV = {"DATABASE_URL", "AUTH_SECRET"}
-SECRET_ENV = {"DATABASE_URL", "REDIS_URL", "AUTH_SECRET", "LLM_API_KEY"}
+REQUIRED_ENV = {"DATABASE_URL", "AUTH_VERIFYING_KEYS_FILE"}
+# The signing key is a file (AUTH_SIGNING_KEY_FILE names its path), mounted from
+# a Secret into profile-service only.
+SECRET_ENV = {"DATABASE_URL", "REDIS_URL", "LLM_API_KEY"}
 
 # SPEC §4 health routes.
 LIVENESS_PATH = "/health"

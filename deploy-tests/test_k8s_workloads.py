@@ -203,8 +203,18 @@ def test_secrets_are_examples_only(target):
             continue
         values = " ".join(str(v) for v in s.get("stringData", {}).values()).lower()
         if "AUTH_SECRET" in s.get("stringData", {}):
-            assert "example" in values or "dev-only" in values, f"Secret {name} does not look like an example"
-            assert len(s["stringData"]["AUTH_SECRET"].encode()) >= 32
+            raise AssertionError(f"Secret {name}: AUTH_SECRET is gone (EdDSA keys, SPEC §2)")
+
+
+def test_only_profile_mounts_the_signing_key(target):
+    for name, d in by_name(target, "Deployment").items():
+        if name not in BINARIES:
+            continue
+        spec = d["spec"]["template"]["spec"]
+        secrets_mounted = {v["secret"]["secretName"] for v in spec.get("volumes", []) if "secret" in v}
+        assert ("kai-signing-key" in secrets_mounted) == (name == "profile-service"), name
+        maps = {v["configMap"]["name"].rsplit("-", 1)[0] for v in spec.get("volumes", []) if "configMap" in v}
+        assert "kai-verifying-keys" in maps, f"{name}: verifying keys not mounted"
 
 
 def test_prod_ships_no_secrets():
@@ -333,7 +343,7 @@ def test_migration_job(overlay, binary):
     assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
     names = env_names(target, job["spec"]["template"])
     assert not names - SERVICE_ENV
-    assert {"DATABASE_URL", "AUTH_SECRET"} <= names or target == "overlays/prod"
+    assert {"DATABASE_URL", "AUTH_VERIFYING_KEYS_FILE"} <= names or target == "overlays/prod"
     # the migration role, not the serving one
     refs = {src["secretRef"]["name"] for src in c["envFrom"] if "secretRef" in src}
     assert refs == {"kai-migrate-secrets"}

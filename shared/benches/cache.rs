@@ -42,16 +42,22 @@ fn page() -> Vec<Item> {
         .collect()
 }
 
+/// A throwaway public key (settings require one; nothing here verifies tokens).
+fn bench_keys_file() -> String {
+    let dir = std::env::temp_dir().join(format!("kai-bench-keys-{}", std::process::id()));
+    let (_, verifying) = kai_shared::auth::keys::KeyPair::generate()
+        .write_to(&dir)
+        .unwrap();
+    verifying.display().to_string()
+}
+
 fn settings(redis: Option<&str>) -> Settings {
     let mut env = std::collections::HashMap::from([
         (
             "DATABASE_URL".to_owned(),
             "postgres://postgres@127.0.0.1/unused".to_owned(),
         ),
-        (
-            "AUTH_SECRET".to_owned(),
-            "bench-secret-bench-secret-bench-secret".to_owned(),
-        ),
+        ("AUTH_VERIFYING_KEYS_FILE".to_owned(), bench_keys_file()),
     ]);
     if let Some(url) = redis {
         env.insert("REDIS_URL".into(), url.into());

@@ -1,6 +1,15 @@
-//! Access tokens: HS256 JWTs carrying the user id (`sub`) and a session id (`sid`),
-//! minted by profile-service and verified by every service with the shared
-//! `AUTH_SECRET`.
+//! Access tokens: EdDSA (Ed25519) JWTs carrying the user id (`sub`) and a session
+//! id (`sid`), signed by profile-service with the private key only it holds and
+//! verified by every service with public keys selected by the token's `kid`
+//! ([`keys`]). Any other algorithm (HS256 included), a `crit` header, an `nbf` or
+//! `iat` in the future (beyond [`CLOCK_SKEW_SECS`]) and a lifetime above
+//! `AUTH_TOKEN_TTL_SECS` are refused.
+//!
+//! An Ed25519 verification costs tens of microseconds, more than a cached read, so
+//! verified tokens are remembered in a bounded in-process cache keyed by the
+//! SHA-256 of the token (never the token itself), each entry expiring at the
+//! token's `exp`. Revocation is checked on every request, hit or miss, and a
+//! revoked session's cached tokens are dropped.
 //!
 //! Revocation costs no database round trip: a logout is announced on Redis pub/sub
 //! and remembered in a sorted set (loaded when a replica subscribes); each replica
@@ -14,22 +23,31 @@
 //! Session ids are UUIDv7, so a token carries its creation time to the
 //! millisecond (tokens with another kind of session id fall back to `iat`).
 
-use std::time::Duration;
+pub mod keys;
+
+use std::time::{Duration, Instant};
 
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest, web};
 use futures_util::future::{LocalBoxFuture, ready};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use secrecy::{ExposeSecret, SecretString};
+use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::Platform;
 use crate::http::errors::ApiError;
+use keys::{SigningMaterial, VerifyingKeys};
 
 /// Issuer and audience of every Kai token.
 pub const ISSUER: &str = "kai";
 pub const AUDIENCE: &str = "kai-api";
+
+/// How far in the future a token's `iat`/`nbf` may be (clocks of two pods differ).
+pub const CLOCK_SKEW_SECS: i64 = 30;
+
+/// How many verified tokens a replica remembers.
+const VERIFIED_CACHE_CAPACITY: u64 = 100_000;
 
 /// The claims of an access token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,18 +58,32 @@ pub struct Claims {
     pub exp: i64,
     pub iss: String,
     pub aud: String,
+    /// Never minted; refused when in the future.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
 }
 
-/// Signs and verifies tokens; holds the revoked-session set.
+/// Expires a cached verification at the token's own `exp`.
+struct UntilExp;
+
+impl moka::Expiry<[u8; 32], Claims> for UntilExp {
+    fn expire_after_create(&self, _: &[u8; 32], claims: &Claims, _: Instant) -> Option<Duration> {
+        let left = claims.exp - chrono::Utc::now().timestamp();
+        Some(Duration::from_secs(left.max(0) as u64))
+    }
+}
+
+/// Signs (profile-service only) and verifies tokens; holds the revoked-session set.
 pub struct Authenticator {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
+    signing: Option<SigningMaterial>,
+    verifying: VerifyingKeys,
     validation: Validation,
     ttl: Duration,
     revoked: moka::sync::Cache<Uuid, ()>,
     /// Per user: sessions created before this many unix milliseconds are revoked,
     /// except the one named (the caller of a password change).
     revoked_before: moka::sync::Cache<Uuid, Watermark>,
+    verified: moka::sync::Cache<[u8; 32], Claims>,
 }
 
 /// A user-wide revocation.
@@ -62,16 +94,17 @@ pub struct Watermark {
 }
 
 impl Authenticator {
-    pub fn new(secret: &SecretString, ttl: Duration) -> Self {
-        let key = secret.expose_secret().as_bytes();
-        let mut validation = Validation::new(Algorithm::HS256);
+    /// `signing` is `None` in every service but profile-service.
+    pub fn new(signing: Option<SigningMaterial>, verifying: VerifyingKeys, ttl: Duration) -> Self {
+        let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[AUDIENCE]);
-        validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+        validation.set_required_spec_claims(&["exp", "iat", "sub", "iss", "aud"]);
+        validation.validate_nbf = true;
         validation.leeway = 0;
         Self {
-            encoding: EncodingKey::from_secret(key),
-            decoding: DecodingKey::from_secret(key),
+            signing,
+            verifying,
             validation,
             ttl,
             // A revoked token is forgotten once it would have expired anyway.
@@ -83,6 +116,11 @@ impl Authenticator {
                 .max_capacity(1_000_000)
                 .time_to_live(ttl + Duration::from_secs(60))
                 .build(),
+            verified: moka::sync::Cache::builder()
+                .max_capacity(VERIFIED_CACHE_CAPACITY)
+                .expire_after(UntilExp)
+                .support_invalidation_closures()
+                .build(),
         }
     }
 
@@ -90,7 +128,8 @@ impl Authenticator {
         self.ttl
     }
 
-    /// Mints a token for a user's session.
+    /// Mints a token for a user's session (profile-service: the only holder of a
+    /// signing key).
     pub fn mint(&self, user_id: Uuid, session_id: Uuid) -> Result<(String, Claims), ApiError> {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
@@ -100,35 +139,100 @@ impl Authenticator {
             exp: now + self.ttl.as_secs() as i64,
             iss: ISSUER.into(),
             aud: AUDIENCE.into(),
+            nbf: None,
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(ApiError::internal)?;
+        let token = self.sign(&claims)?;
         Ok((token, claims))
     }
 
-    /// Verifies signature, algorithm, expiry, issuer, audience and revocation.
-    pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| ApiError::Unauthorized(format!("invalid access token: {}", reason(&e))))?;
-        if self.revoked.contains_key(&data.claims.sid) {
-            return Err(ApiError::Unauthorized("the session has ended".into()));
-        }
-        if let Some(w) = self.revoked_before.get(&data.claims.sub)
-            && created_ms(&data.claims) < w.before_ms
-            && w.keep != Some(data.claims.sid)
-        {
-            return Err(ApiError::Unauthorized("the session has ended".into()));
-        }
-        Ok(data.claims)
+    /// Signs arbitrary claims (tests use it to forge edge cases).
+    pub fn sign(&self, claims: &Claims) -> Result<String, ApiError> {
+        let signing = self.signing.as_ref().ok_or_else(|| {
+            ApiError::internal(anyhow::anyhow!(
+                "this service holds no signing key (AUTH_SIGNING_KEY_FILE)"
+            ))
+        })?;
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(signing.kid.clone());
+        jsonwebtoken::encode(&header, claims, &signing.key).map_err(ApiError::internal)
     }
 
-    /// Remembers a revoked session on this replica.
+    /// Verifies algorithm, key, signature, expiry, issuer, audience, lifetime and
+    /// revocation; a token verified before is answered from the cache.
+    pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        match self.verified.get(&digest) {
+            // moka may hand out an entry in the same second it expires.
+            Some(claims) if claims.exp > chrono::Utc::now().timestamp() => {
+                self.check_revocation(&claims)?;
+                Ok(claims)
+            }
+            _ => {
+                let claims = self.verify_uncached(token)?;
+                self.check_revocation(&claims)?;
+                self.verified.insert(digest, claims.clone());
+                Ok(claims)
+            }
+        }
+    }
+
+    /// Session revoked, or created before its user's watermark (and not kept).
+    fn check_revocation(&self, claims: &Claims) -> Result<(), ApiError> {
+        let ended = || ApiError::Unauthorized("the session has ended".into());
+        if self.revoked.contains_key(&claims.sid) {
+            return Err(ended());
+        }
+        if let Some(w) = self.revoked_before.get(&claims.sub)
+            && created_ms(claims) < w.before_ms
+            && w.keep != Some(claims.sid)
+        {
+            return Err(ended());
+        }
+        Ok(())
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<Claims, ApiError> {
+        let invalid = |why: &str| ApiError::Unauthorized(format!("invalid access token: {why}"));
+        let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(reason(&e)))?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(invalid("unsupported algorithm"));
+        }
+        if header.crit.is_some() {
+            return Err(invalid("unsupported critical header"));
+        }
+        let key = header
+            .kid
+            .as_deref()
+            .and_then(|kid| self.verifying.get(kid))
+            .ok_or_else(|| invalid("unknown signing key"))?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
+            .map_err(|e| invalid(reason(&e)))?;
+        let claims = data.claims;
+        let now = chrono::Utc::now().timestamp();
+        if claims.iat > now + CLOCK_SKEW_SECS {
+            return Err(invalid("issued in the future"));
+        }
+        if claims.nbf.is_some_and(|nbf| nbf > now + CLOCK_SKEW_SECS) {
+            return Err(invalid("not yet valid"));
+        }
+        if claims.exp - claims.iat > self.ttl.as_secs() as i64 {
+            return Err(invalid("lifetime above the allowed maximum"));
+        }
+        Ok(claims)
+    }
+
+    /// Remembers a revoked session on this replica and drops its cached tokens.
     pub fn mark_revoked(&self, session_id: Uuid) {
         self.revoked.insert(session_id, ());
+        // Only fails when closures are unsupported, which the builder enables.
+        let _ = self
+            .verified
+            .invalidate_entries_if(move |_, claims| claims.sid == session_id);
     }
 
     /// Remembers a user-wide revocation on this replica; the newest watermark wins
-    /// (an older one arriving late changes nothing).
+    /// (an older one arriving late changes nothing). The user's cached
+    /// verifications are dropped (the check runs on every hit anyway).
     pub fn mark_user_revoked(&self, user_id: Uuid, watermark: Watermark) {
         self.revoked_before.entry(user_id).and_upsert_with(|old| {
             match old.map(|e| e.into_value()) {
@@ -136,6 +240,9 @@ impl Authenticator {
                 _ => watermark,
             }
         });
+        let _ = self
+            .verified
+            .invalidate_entries_if(move |_, claims| claims.sub == user_id);
     }
 
     /// Applies a revocation as announced between replicas: a session id, or
@@ -155,6 +262,18 @@ impl Authenticator {
         } else if let Ok(sid) = announced.parse() {
             self.mark_revoked(sid);
         }
+    }
+
+    /// True when this token's verification is cached here (tests).
+    pub fn is_cached(&self, token: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.verified.get(&digest).is_some()
+    }
+
+    /// How many verified tokens this replica remembers (tests).
+    pub fn cached_verifications(&self) -> u64 {
+        self.verified.run_pending_tasks();
+        self.verified.entry_count()
     }
 }
 
@@ -183,6 +302,7 @@ fn reason(e: &jsonwebtoken::errors::Error) -> &'static str {
     use jsonwebtoken::errors::ErrorKind as K;
     match e.kind() {
         K::ExpiredSignature => "expired",
+        K::ImmatureSignature => "not yet valid",
         K::InvalidSignature => "bad signature",
         K::InvalidAlgorithm | K::InvalidAlgorithmName => "unsupported algorithm",
         K::InvalidIssuer | K::InvalidAudience => "not issued for this API",
@@ -248,22 +368,86 @@ impl FromRequest for AuthUser {
 
 #[cfg(test)]
 mod tests {
+    use super::keys::{KeyPair, parse_signing_pem, parse_verifying_pems};
     use super::*;
+    use base64::Engine;
 
-    fn auth() -> Authenticator {
+    fn auth_with(pair: &KeyPair, ttl: u64) -> Authenticator {
         Authenticator::new(
-            &SecretString::from("0123456789abcdef0123456789abcdef"),
-            Duration::from_secs(60),
+            Some(parse_signing_pem(&pair.private_pem).unwrap()),
+            parse_verifying_pems(&pair.public_pem).unwrap(),
+            Duration::from_secs(ttl),
         )
     }
 
+    fn auth() -> Authenticator {
+        auth_with(&KeyPair::generate(), 60)
+    }
+
+    fn claims(iat: i64, exp: i64) -> Claims {
+        Claims {
+            sub: Uuid::new_v4(),
+            sid: Uuid::new_v4(),
+            iat,
+            exp,
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            nbf: None,
+        }
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    fn now() -> i64 {
+        chrono::Utc::now().timestamp()
+    }
+
     #[test]
-    fn minted_tokens_verify() {
+    fn minted_tokens_verify_and_name_their_key() {
         let a = auth();
         let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
         let (token, _) = a.mint(user, session).unwrap();
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!(header.alg, Algorithm::EdDSA);
+        assert!(header.kid.is_some());
         let claims = a.verify(&token).unwrap();
         assert_eq!((claims.sub, claims.sid), (user, session));
+    }
+
+    #[test]
+    fn a_verifier_without_the_signing_key_verifies_but_cannot_mint() {
+        let pair = KeyPair::generate();
+        let (token, _) = auth_with(&pair, 60)
+            .mint(Uuid::new_v4(), Uuid::new_v4())
+            .unwrap();
+        let verifier = Authenticator::new(
+            None,
+            parse_verifying_pems(&pair.public_pem).unwrap(),
+            Duration::from_secs(60),
+        );
+        assert!(verifier.verify(&token).is_ok());
+        assert!(verifier.mint(Uuid::new_v4(), Uuid::new_v4()).is_err());
+    }
+
+    #[test]
+    fn rotation_verifies_tokens_of_every_listed_key() {
+        let (old, new) = (KeyPair::generate(), KeyPair::generate());
+        let (old_token, _) = auth_with(&old, 60)
+            .mint(Uuid::new_v4(), Uuid::new_v4())
+            .unwrap();
+        let both = parse_verifying_pems(&format!("{}{}", old.public_pem, new.public_pem)).unwrap();
+        let rotated = Authenticator::new(
+            Some(parse_signing_pem(&new.private_pem).unwrap()),
+            both,
+            Duration::from_secs(60),
+        );
+        let (new_token, _) = rotated.mint(Uuid::new_v4(), Uuid::new_v4()).unwrap();
+        assert!(rotated.verify(&old_token).is_ok());
+        assert!(rotated.verify(&new_token).is_ok());
+        // Old key removed: its tokens are refused.
+        assert!(auth_with(&new, 60).verify(&old_token).is_err());
     }
 
     #[test]
@@ -274,12 +458,14 @@ mod tests {
         tampered.pop();
         tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
         assert!(a.verify(&tampered).is_err());
-        let other = Authenticator::new(
-            &SecretString::from("another-secret-another-secret-xx"),
-            Duration::from_secs(60),
-        );
-        assert!(other.verify(&token).is_err());
+        assert!(auth().verify(&token).is_err(), "another key pair");
+        assert!(a.verify(&token).is_ok());
+        assert!(a.is_cached(&token));
         a.mark_revoked(claims.sid);
+        assert!(
+            !a.is_cached(&token),
+            "revocation drops the cached verification"
+        );
         assert!(matches!(a.verify(&token), Err(ApiError::Unauthorized(_))));
     }
 
@@ -291,6 +477,8 @@ mod tests {
         let kept_sid = Uuid::now_v7();
         let (kept, _) = a.mint(user, kept_sid).unwrap();
         let (other_user, _) = a.mint(Uuid::new_v4(), Uuid::now_v7()).unwrap();
+        // Verified (and cached) before the watermark: the cache must not save them.
+        assert!(a.verify(&old).is_ok() && a.is_cached(&old));
         std::thread::sleep(Duration::from_millis(2));
         let before_ms = chrono::Utc::now().timestamp_millis();
         let announced = user_revocation(
@@ -325,38 +513,88 @@ mod tests {
     }
 
     #[test]
-    fn alg_none_is_refused() {
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let now = chrono::Utc::now().timestamp();
-        let header = b64.encode(br#"{"alg":"none","typ":"JWT"}"#);
-        let body = b64.encode(
-            format!(
-                r#"{{"sub":"{}","sid":"{}","iat":{now},"exp":{},"iss":"kai","aud":"kai-api"}}"#,
-                Uuid::new_v4(),
-                Uuid::new_v4(),
-                now + 60
-            )
-            .as_bytes(),
-        );
-        assert!(auth().verify(&format!("{header}.{body}.")).is_err());
+    fn a_cache_hit_is_a_previously_verified_token_only() {
+        let a = auth();
+        let (token, _) = a.mint(Uuid::new_v4(), Uuid::new_v4()).unwrap();
+        for _ in 0..100 {
+            a.verify(&token).unwrap();
+        }
+        assert_eq!(a.cached_verifications(), 1);
+        let mut forged = token.clone();
+        forged.pop();
+        assert!(a.verify(&forged).is_err());
+        assert_eq!(a.cached_verifications(), 1, "failures are not cached");
     }
 
     #[test]
-    fn expired_tokens_are_refused() {
+    fn hs256_and_alg_none_are_refused() {
         let a = auth();
-        let now = chrono::Utc::now().timestamp();
-        let claims = Claims {
-            sub: Uuid::new_v4(),
-            sid: Uuid::new_v4(),
-            iat: now - 120,
-            exp: now - 60,
-            iss: ISSUER.into(),
-            aud: AUDIENCE.into(),
-        };
-        let token =
-            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &a.encoding).unwrap();
-        let err = a.verify(&token).unwrap_err();
-        assert!(err.to_string().contains("expired"), "{err}");
+        let body = b64(serde_json::to_string(&claims(now(), now() + 30))
+            .unwrap()
+            .as_bytes());
+        let none = b64(br#"{"alg":"none","typ":"JWT"}"#);
+        assert!(a.verify(&format!("{none}.{body}.")).is_err());
+        // HS256 signed with the (public) verifying key bytes: the classic confusion.
+        let hs = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims(now(), now() + 30),
+            &jsonwebtoken::EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
+        )
+        .unwrap();
+        let err = a.verify(&hs).unwrap_err();
+        assert!(err.to_string().contains("unsupported algorithm"), "{err}");
+    }
+
+    #[test]
+    fn crit_headers_and_unknown_kids_are_refused() {
+        let pair = KeyPair::generate();
+        let a = auth_with(&pair, 60);
+        let signing = parse_signing_pem(&pair.private_pem).unwrap();
+        let c = claims(now(), now() + 30);
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(signing.kid.clone());
+        header.crit = Some(vec!["exp".into()]);
+        let token = jsonwebtoken::encode(&header, &c, &signing.key).unwrap();
+        assert!(
+            a.verify(&token)
+                .unwrap_err()
+                .to_string()
+                .contains("critical")
+        );
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some("0000000000000000".into());
+        let token = jsonwebtoken::encode(&header, &c, &signing.key).unwrap();
+        assert!(
+            a.verify(&token)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown signing key")
+        );
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &c, &signing.key).unwrap();
+        assert!(a.verify(&token).is_err(), "no kid");
+    }
+
+    #[test]
+    fn expired_future_and_overlong_tokens_are_refused() {
+        let a = auth();
+        let t = now();
+        let cases = [
+            (claims(t - 120, t - 60), "expired"),
+            (claims(t + 600, t + 620), "future"),
+            (claims(t, t + 3600 * 24 * 365 * 10), "lifetime"),
+            (
+                Claims {
+                    nbf: Some(t + 600),
+                    ..claims(t, t + 30)
+                },
+                "not yet valid",
+            ),
+        ];
+        for (c, why) in cases {
+            let err = a.verify(&a.sign(&c).unwrap()).unwrap_err();
+            assert!(err.to_string().contains(why), "{why}: {err}");
+        }
+        // A small skew is tolerated.
+        assert!(a.verify(&a.sign(&claims(t + 5, t + 35)).unwrap()).is_ok());
     }
 }

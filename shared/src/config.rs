@@ -170,9 +170,22 @@ pub struct Settings {
     /// The default is the service's own (set by [`with_port_default`]).
     #[arg(long, env = "PORT", value_parser = number::<u16>, help = "listen port")]
     pub port: u16,
-    #[arg(long, env = "AUTH_SECRET", value_parser = auth_secret,
-        help = "HS256 signing key, ≥ 32 bytes; also the root of the list-cursor signing key")]
-    pub auth_secret: SecretString,
+    /// Public keys every token is verified with, by `kid`.
+    #[arg(long = "auth-verifying-keys-file", env = "AUTH_VERIFYING_KEYS_FILE",
+        value_parser = verifying_keys,
+        help = "PEM file of one or more Ed25519 public keys; a token is verified with the key its \
+                `kid` names (rotation: add a key, switch the signing key, remove the old key)")]
+    pub auth_verifying_keys: crate::auth::keys::VerifyingKeys,
+    /// The private signing key: profile-service only (see [`Settings::require_signing_key`]).
+    #[arg(long = "auth-signing-key-file", env = "AUTH_SIGNING_KEY_FILE", value_parser = signing_key,
+        help = "PKCS#8 PEM Ed25519 private key that signs access tokens (EdDSA); required by \
+                profile-service `serve`, held by no other service")]
+    pub auth_signing_key: Option<crate::auth::keys::SigningMaterial>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "", value_parser = cidr_list,
+        help = "CIDR list; `X-Forwarded-For` is believed only from these peers (then the \
+                rightmost untrusted hop is the client)")]
+    pub trusted_proxies: ::std::vec::Vec<ipnet::IpNet>,
     #[arg(long = "auth-token-ttl-secs", env = "AUTH_TOKEN_TTL_SECS", default_value = "3600",
         value_parser = positive_secs, help = "access-token lifetime")]
     pub auth_token_ttl: Duration,
@@ -245,12 +258,36 @@ impl Settings {
                         .into(),
             });
         }
+        if let Some(key) = &self.auth_signing_key
+            && !self.auth_verifying_keys.contains(&key.kid)
+        {
+            return Err(ConfigError {
+                var: "AUTH_SIGNING_KEY_FILE".into(),
+                message: format!(
+                    "its public key (kid {}) is not in AUTH_VERIFYING_KEYS_FILE",
+                    key.kid
+                ),
+            });
+        }
         let (_, mode) = split_sslmode(self.database_url.expose_secret());
         self.database_ssl_mode = mode
             .as_deref()
             .and_then(SslMode::parse)
             .unwrap_or(SslMode::Prefer);
         Ok(self)
+    }
+
+    /// profile-service signs tokens: without `AUTH_SIGNING_KEY_FILE` it must not serve.
+    pub fn require_signing_key(&self) -> Result<(), ConfigError> {
+        match self.auth_signing_key {
+            Some(_) => Ok(()),
+            None => Err(ConfigError {
+                var: "AUTH_SIGNING_KEY_FILE".into(),
+                message: "required in profile-service: the PKCS#8 PEM Ed25519 private key \
+                          that signs tokens"
+                    .into(),
+            }),
+        }
     }
 
     /// The PostgreSQL configuration (already validated when parsed).
@@ -494,11 +531,28 @@ fn ca_file(raw: &str) -> Result<CaBundle, String> {
     CaBundle::load(Path::new(raw))
 }
 
-fn auth_secret(raw: &str) -> Result<SecretString, String> {
-    if raw.len() < 32 {
-        return Err(format!("must be at least 32 bytes, got {}", raw.len()));
-    }
-    secret(raw)
+fn read_file(raw: &str) -> Result<String, String> {
+    std::fs::read_to_string(raw).map_err(|e| format!("cannot read {raw:?}: {e}"))
+}
+
+fn verifying_keys(raw: &str) -> Result<crate::auth::keys::VerifyingKeys, String> {
+    crate::auth::keys::parse_verifying_pems(&read_file(raw)?)
+}
+
+fn signing_key(raw: &str) -> Result<crate::auth::keys::SigningMaterial, String> {
+    crate::auth::keys::parse_signing_pem(&read_file(raw)?)
+}
+
+fn cidr_list(raw: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            c.parse::<ipnet::IpNet>()
+                .or_else(|_| c.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| format!("not a CIDR: {c:?}"))
+        })
+        .collect()
 }
 
 fn log_format(raw: &str) -> Result<LogFormat, String> {
@@ -514,7 +568,17 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    /// A key pair written once per test process.
+    fn key_files() -> &'static (String, String) {
+        static FILES: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+        FILES.get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("kai-config-test-{}", std::process::id()));
+            let (s, v) = crate::auth::keys::KeyPair::generate()
+                .write_to(&dir)
+                .unwrap();
+            (s.display().to_string(), v.display().to_string())
+        })
+    }
 
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         let mut env: HashMap<String, String> = HashMap::from([
@@ -522,7 +586,7 @@ mod tests {
                 "DATABASE_URL".into(),
                 "postgres://postgres@127.0.0.1:5432/kai".into(),
             ),
-            ("AUTH_SECRET".into(), SECRET.into()),
+            ("AUTH_VERIFYING_KEYS_FILE".into(), key_files().1.clone()),
         ]);
         for (k, v) in pairs {
             env.insert((*k).into(), (*v).into());
@@ -552,21 +616,53 @@ mod tests {
 
     #[test]
     fn missing_database_url_names_the_variable() {
-        let e = Settings::from_lookup(8081, |k| (k == "AUTH_SECRET").then(|| SECRET.to_owned()))
-            .unwrap_err();
+        let e = Settings::from_lookup(8081, |k| {
+            (k == "AUTH_VERIFYING_KEYS_FILE").then(|| key_files().1.clone())
+        })
+        .unwrap_err();
         assert_eq!(e.var, "DATABASE_URL");
     }
 
     #[test]
-    fn missing_or_short_secret_is_refused() {
+    fn missing_unreadable_or_mismatched_keys_are_refused() {
         let e = Settings::from_lookup(8081, |k| {
             (k == "DATABASE_URL").then(|| "postgres://localhost/kai".to_owned())
         })
         .unwrap_err();
-        assert_eq!(e.var, "AUTH_SECRET");
-        let e = settings(&[("AUTH_SECRET", "short")]).unwrap_err();
-        assert_eq!(e.var, "AUTH_SECRET");
-        assert!(e.to_string().contains("at least 32 bytes"), "{e}");
+        assert_eq!(e.var, "AUTH_VERIFYING_KEYS_FILE");
+        let e = settings(&[("AUTH_VERIFYING_KEYS_FILE", "/nonexistent/keys.pem")]).unwrap_err();
+        assert_eq!(e.var, "AUTH_VERIFYING_KEYS_FILE");
+        // A private key given as the verifying keys is not a public key.
+        let e = settings(&[("AUTH_VERIFYING_KEYS_FILE", &key_files().0)]).unwrap_err();
+        assert_eq!(e.var, "AUTH_VERIFYING_KEYS_FILE");
+        // Verifying-only services start without a signing key; profile must not.
+        let s = settings(&[]).unwrap();
+        assert_eq!(
+            s.require_signing_key().unwrap_err().var,
+            "AUTH_SIGNING_KEY_FILE"
+        );
+        let s = settings(&[("AUTH_SIGNING_KEY_FILE", &key_files().0)]).unwrap();
+        assert!(s.require_signing_key().is_ok());
+        // A signing key whose public half nobody verifies with is a mistake.
+        let dir = std::env::temp_dir().join(format!("kai-config-test-{}-b", std::process::id()));
+        let (other, _) = crate::auth::keys::KeyPair::generate()
+            .write_to(&dir)
+            .unwrap();
+        let e = settings(&[("AUTH_SIGNING_KEY_FILE", other.to_str().unwrap())]).unwrap_err();
+        assert_eq!(e.var, "AUTH_SIGNING_KEY_FILE");
+        assert!(
+            e.to_string().contains("not in AUTH_VERIFYING_KEYS_FILE"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_parse_as_cidrs() {
+        let s = settings(&[("TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.7,::1/128")]).unwrap();
+        assert_eq!(s.trusted_proxies.len(), 3);
+        assert!(settings(&[]).unwrap().trusted_proxies.is_empty());
+        let e = settings(&[("TRUSTED_PROXIES", "10.0.0.0/33")]).unwrap_err();
+        assert_eq!(e.var, "TRUSTED_PROXIES");
     }
 
     #[test]
@@ -632,7 +728,7 @@ mod tests {
     fn a_command_line_flag_wins_over_the_variable() {
         let env: HashMap<&str, &str> = HashMap::from([
             ("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/kai"),
-            ("AUTH_SECRET", SECRET),
+            ("AUTH_VERIFYING_KEYS_FILE", key_files().1.as_str()),
             ("DB_POOL_SIZE", "7"),
         ]);
         let s: Settings = parse(
@@ -718,7 +814,10 @@ mod tests {
 
     #[test]
     fn debug_output_hides_secrets() {
-        let s = settings(&[]).unwrap();
-        assert!(!format!("{s:?}").contains(SECRET));
+        let s = settings(&[("AUTH_SIGNING_KEY_FILE", &key_files().0)]).unwrap();
+        let pem = std::fs::read_to_string(&key_files().0).unwrap();
+        let body = pem.lines().nth(1).unwrap();
+        assert!(!format!("{s:?}").contains(body));
+        assert!(format!("{s:?}").contains("redacted"));
     }
 }

@@ -144,7 +144,8 @@ impl Platform {
             crate::db::migrate(&db, def.migrations).await?;
         }
         let auth = Arc::new(Authenticator::new(
-            &settings.auth_secret,
+            settings.auth_signing_key.clone(),
+            settings.auth_verifying_keys.clone(),
             settings.auth_token_ttl,
         ));
         let on_revoked = {
@@ -205,6 +206,7 @@ pub fn run(
             .wrap(from_fn(crate::http::cors::preflight_per_route))
             .wrap(security_headers())
             .wrap(from_fn(crate::http::stamp))
+            .wrap(from_fn(crate::http::bound_method))
             .configure(crate::health::routes)
             .configure(|cfg| docs(cfg, document))
             .configure(|cfg| routes(cfg))
@@ -254,6 +256,10 @@ fn security_headers() -> DefaultHeaders {
         .add(("X-Content-Type-Options", "nosniff"))
         .add(("X-Frame-Options", "DENY"))
         .add(("Referrer-Policy", "no-referrer"))
+        // Only added where a handler set none: cached GETs say `private, no-cache`
+        // themselves; everything else — auth answers, uncached reads of personal
+        // data, errors — is never stored by a browser or proxy.
+        .add(("Cache-Control", "no-store"))
 }
 
 /// `/openapi.json` and the bundled Swagger UI; `/docs` (SPEC §4) leads to `/docs/`.
@@ -418,6 +424,12 @@ fn read_cli<S: clap::Args>(name: &'static str, default_port: u16) -> Result<Cli<
     let parsed = config::parse::<Cli<S>>(cmd.clone(), |k| std::env::var(k).ok(), argv.clone())
         .and_then(|mut cli| {
             cli.settings = cli.settings.check()?;
+            // profile-service issues the tokens: serving, it alone needs (and
+            // holds) the signing key; `migrate` never signs, so a migration Job
+            // never holds it.
+            if name == "profile" && matches!(cli.command, None | Some(Command::Serve)) {
+                cli.settings.require_signing_key()?;
+            }
             Ok(cli)
         });
     match parsed {

@@ -13,7 +13,48 @@ use uuid::Uuid;
 use crate::config::Settings;
 use crate::server::{Application, RunOptions, ServiceDef};
 
-pub const TEST_SECRET: &str = "kai-test-secret-kai-test-secret-0123456789";
+/// The test key pair: derived from a fixed seed, so every test process (and every
+/// binary a test spawns) shares one pair, written once under the temp directory.
+pub fn test_keys() -> &'static (crate::auth::keys::KeyPair, String, String) {
+    static KEYS: std::sync::OnceLock<(crate::auth::keys::KeyPair, String, String)> =
+        std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        use sha2::Digest;
+        let seed: [u8; 32] =
+            sha2::Sha256::digest(b"kai test signing key, never in production").into();
+        let pair = crate::auth::keys::KeyPair::from_seed(seed);
+        let dir = std::env::temp_dir().join(format!("kai-test-keys-{}", pair.kid));
+        let (signing, verifying) = pair.write_to(&dir).expect("write the test key pair");
+        (
+            pair,
+            signing.display().to_string(),
+            verifying.display().to_string(),
+        )
+    })
+}
+
+/// The key-file variables every service under test gets (profile signs with the
+/// private key; all verify with the public one).
+pub fn auth_env() -> [(&'static str, String); 2] {
+    let (_, signing, verifying) = test_keys();
+    [
+        ("AUTH_SIGNING_KEY_FILE", signing.clone()),
+        ("AUTH_VERIFYING_KEYS_FILE", verifying.clone()),
+    ]
+}
+
+/// An authenticator holding the test signing key (mints tokens the services accept).
+pub fn test_authenticator() -> &'static crate::auth::Authenticator {
+    static AUTH: std::sync::OnceLock<crate::auth::Authenticator> = std::sync::OnceLock::new();
+    AUTH.get_or_init(|| {
+        let (pair, _, _) = test_keys();
+        crate::auth::Authenticator::new(
+            Some(crate::auth::keys::parse_signing_pem(&pair.private_pem).expect("test key")),
+            crate::auth::keys::parse_verifying_pems(&pair.public_pem).expect("test key"),
+            Duration::from_secs(3600),
+        )
+    })
+}
 
 /// The maintenance database URL (`TEST_DATABASE_URL`, default local trust auth).
 pub fn admin_url() -> String {
@@ -309,7 +350,6 @@ pub fn settings(
 ) -> Settings {
     let mut env: std::collections::HashMap<String, String> = [
         ("DATABASE_URL", database_url),
-        ("AUTH_SECRET", TEST_SECRET),
         ("HOST", "127.0.0.1"),
         ("PORT", "0"),
         ("DB_POOL_SIZE", "8"),
@@ -318,6 +358,7 @@ pub fn settings(
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .chain(auth_env().map(|(k, v)| (k.to_owned(), v)))
     .collect();
     if let Some(url) = redis_url {
         env.insert("REDIS_URL".into(), url.into());
@@ -361,11 +402,10 @@ impl TestUser {
 
 /// Mints an access token the services accept.
 pub fn token(user_id: Uuid) -> String {
-    let auth = crate::auth::Authenticator::new(
-        &secrecy::SecretString::from(TEST_SECRET),
-        Duration::from_secs(3600),
-    );
-    auth.mint(user_id, Uuid::now_v7()).expect("mint").0
+    test_authenticator()
+        .mint(user_id, Uuid::now_v7())
+        .expect("mint")
+        .0
 }
 
 /// One running service under test.

@@ -15,6 +15,9 @@ pub const MAX_STYLE_CHARS: usize = 200;
 pub const MAX_BATCH: usize = 1_000;
 /// Who wrote a message (the `messages_role_known` constraint says the same).
 pub const ROLES: [&str; 3] = ["user", "assistant", "system"];
+/// Roles a client may import. `system` messages steer the assistant (they are
+/// sent to the LLM as instructions), so only the service writes them.
+pub const IMPORTABLE_ROLES: [&str; 2] = ["user", "assistant"];
 /// How far in the future an imported `created_at` may lie (clock skew).
 const MAX_FUTURE_SKEW: Duration = Duration::minutes(5);
 
@@ -63,6 +66,7 @@ pub struct ConversationSummary {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Message {
     pub id: Uuid,
+    /// `user` or `assistant` (`system` is refused: only the service writes those).
     #[schema(value_type = Role)]
     pub role: String,
     pub content: String,
@@ -206,6 +210,7 @@ pub struct Exchange {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchMessage {
+    /// `user` or `assistant` (`system` is refused: only the service writes those).
     #[schema(value_type = Role)]
     pub role: String,
     /// 1–20,000 characters, not only white space.
@@ -244,10 +249,10 @@ impl BatchRequest {
         let latest = Utc::now() + MAX_FUTURE_SKEW;
         let mut errors = Vec::new();
         for (i, m) in self.messages.iter().enumerate() {
-            if !ROLES.contains(&m.role.as_str()) {
+            if !IMPORTABLE_ROLES.contains(&m.role.as_str()) {
                 errors.push(FieldError::new(
                     format!("messages[{i}].role"),
-                    "must be user, assistant or system",
+                    "must be user or assistant",
                 ));
             }
             check_content(&format!("messages[{i}].content"), &m.content, &mut errors);

@@ -121,6 +121,49 @@ async fn list_entries(
     } else {
         let page = in_range("page", q.page, 1, 1, 1_000_000)?;
         let page_size = in_range("page_size", q.page_size, 20, 1, 100)?;
+        if page > 1 {
+            // Pages beyond the last are answered but never cached: otherwise every
+            // page number up to a million is a key, evicting other users' entries.
+            // Page 1 (cached, one key per page size) knows the total.
+            let first = p
+                .cache
+                .get_or_load(
+                    &user_scope(uid),
+                    &LIST,
+                    &keys::journal_list_page(uid, 1, page_size),
+                    || async {
+                        queries::list_entries_page(&p.db, uid, 1, page_size)
+                            .await
+                            .map(Some)
+                    },
+                )
+                .await?;
+            #[derive(serde::Deserialize)]
+            struct Total {
+                total: i64,
+            }
+            let total =
+                serde_json::from_slice::<Total>(&first.entry.body).map_or(i64::MAX, |t| t.total);
+            if (page - 1).saturating_mul(page_size) >= total {
+                let body = serde_json::to_vec(&EntryPage {
+                    entries: Vec::new(),
+                    total,
+                    page,
+                    page_size,
+                    has_more: false,
+                })
+                .map_err(ApiError::internal)?;
+                // Rendered like any list answer (ETag, 304), marked BYPASS.
+                let entry = kai_shared::cache::entry::Entry::found(body.into(), 0, 0);
+                return Ok(respond::cached(
+                    &req,
+                    &kai_shared::cache::Cached {
+                        entry: std::sync::Arc::new(entry),
+                        status: kai_shared::cache::CacheStatus::Bypass,
+                    },
+                ));
+            }
+        }
         let key = keys::journal_list_page(uid, page, page_size);
         p.cache
             .get_or_load(&user_scope(uid), &LIST, &key, || async {
@@ -189,9 +232,17 @@ async fn delete_entry(
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// 20 searches at once per user, then one every two seconds.
+pub const SEARCH_PER_USER: kai_shared::ratelimit::Limit = kai_shared::ratelimit::Limit {
+    name: "search-user",
+    capacity: 20,
+    per_second: 0.5,
+};
+
 /// Full-text search over title and content, best match first.
 #[utoipa::path(get, path = "/api/journal/search", tag = "insights", params(SearchQuery),
-    responses((status = 200, body = SearchResults)))]
+    responses((status = 200, body = SearchResults),
+        (status = 429, description = "Too many searches by this user")))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn search_entries(
     p: web::Data<Platform>,
@@ -208,6 +259,10 @@ async fn search_entries(
     }
     let text = q.q.trim();
     let limit = in_range("limit", q.limit, 20, 1, 100)?;
+    // Uncached full-text search is the most expensive read: limited per user.
+    p.limiter
+        .check(&SEARCH_PER_USER, &user.user_id.to_string())
+        .await?;
     let entries = queries::search_entries(&p.db, user.user_id, text, limit).await?;
     Ok(HttpResponse::Ok().json(SearchResults { entries }))
 }

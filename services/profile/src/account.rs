@@ -37,7 +37,7 @@ async fn reauthenticate(
     given: String,
 ) -> Result<(), ApiError> {
     p.limiter
-        .check(&LOGIN_PER_CLIENT, &client_address(req))
+        .check(&LOGIN_PER_CLIENT, &client_address(req, p))
         .await?;
     p.limiter
         .check(&REAUTH_PER_USER, &user.user_id.to_string())

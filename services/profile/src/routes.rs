@@ -33,9 +33,13 @@ const BAD_CREDENTIALS: &str = "the e-mail address or password is incorrect";
 )]
 pub struct ApiDoc;
 
-/// 5 attempts at once per e-mail, then one every 12 s.
-pub const LOGIN_PER_EMAIL: Limit = Limit {
-    name: "login-email",
+// Brute force without lockout: attempts are limited per (e-mail, client address)
+// and per client address, never per e-mail alone — guesses from elsewhere cannot
+// lock the owner out, and a guesser's own buckets run dry instead.
+
+/// 5 attempts at once per (e-mail, client address), then one every 12 s.
+pub const LOGIN_PER_EMAIL_AND_CLIENT: Limit = Limit {
+    name: "login-email-client",
     capacity: 5,
     per_second: 1.0 / 12.0,
 };
@@ -45,18 +49,18 @@ pub const LOGIN_PER_CLIENT: Limit = Limit {
     capacity: 20,
     per_second: 1.0,
 };
+/// 10 registrations at once per client address, then one a minute: each costs an
+/// argon2 hash and answers "is this e-mail taken".
+pub const REGISTER_PER_CLIENT: Limit = Limit {
+    name: "register-client",
+    capacity: 10,
+    per_second: 1.0 / 60.0,
+};
 
-/// The client's address: the hop our ingress appended to `X-Forwarded-For` (the
-/// rightmost entry; entries left of it are client-supplied and spoofable), else
-/// the peer address.
-pub(crate) fn client_address(req: &HttpRequest) -> String {
-    req.headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
-        .or_else(|| req.peer_addr().map(|a| a.ip().to_string()))
+/// The client's address (`X-Forwarded-For` only through `TRUSTED_PROXIES`).
+pub(crate) fn client_address(req: &HttpRequest, p: &Platform) -> String {
+    kai_shared::http::client_ip(req, &p.settings.trusted_proxies)
+        .map(|ip| ip.to_string())
         .unwrap_or_else(|| "unknown".into())
 }
 
@@ -76,14 +80,20 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// Create an account (and its empty profile).
 #[utoipa::path(post, path = "/api/auth/register", tag = "auth", request_body = Register, security(()),
     responses((status = 201, description = "The account; `Location` is the profile (readable after login)", body = Registered),
-        (status = 409, description = "That e-mail address (in any case) is registered")))]
+        (status = 409, description = "That e-mail address (in any case) is registered"),
+        (status = 429, description = "Too many registrations from this address")))]
 #[tracing::instrument(skip_all, fields(user_id = tracing::field::Empty))]
 async fn register(
+    req: HttpRequest,
     p: web::Data<Platform>,
     body: web::Json<Register>,
 ) -> Result<HttpResponse, ApiError> {
     let mut new = body.into_inner();
     new.validate()?;
+    // Before the hash and the "taken" answer: both are what a flood is after.
+    p.limiter
+        .check(&REGISTER_PER_CLIENT, &client_address(&req, &p))
+        .await?;
     let hash = password::hash(new.password).await?;
     let user = queries::insert_user(&p.db, &new.email, &hash, new.display_name.as_deref()).await?;
     tracing::Span::current().record("user_id", tracing::field::display(user.user_id));
@@ -104,13 +114,15 @@ async fn login(
     body: web::Json<Login>,
 ) -> Result<HttpResponse, ApiError> {
     let Login { email, password } = body.into_inner();
-    // Brute force: a bucket per client address and one per e-mail (case-folded),
-    // checked before any password work.
+    // Brute force: a bucket per client address and one per (e-mail case-folded,
+    // address), checked before any password work.
+    let client = client_address(&req, &p);
+    p.limiter.check(&LOGIN_PER_CLIENT, &client).await?;
     p.limiter
-        .check(&LOGIN_PER_CLIENT, &client_address(&req))
-        .await?;
-    p.limiter
-        .check(&LOGIN_PER_EMAIL, &email.trim().to_lowercase())
+        .check(
+            &LOGIN_PER_EMAIL_AND_CLIENT,
+            &format!("{}\n{client}", email.trim().to_lowercase()),
+        )
         .await?;
     if password.chars().count() > MAX_PASSWORD_CHARS {
         return Err(ApiError::Unauthorized(BAD_CREDENTIALS.into()));

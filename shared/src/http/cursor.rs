@@ -9,14 +9,16 @@
 //! edited cursor, one from another service or user, or one replayed with another
 //! `limit` fails the tag and is a 400.
 //!
-//! The key: derived (HMAC, with a label of its own) from `AUTH_SECRET`, the
-//! secret every replica of every service already shares. A key generated per
-//! process would break a client's paging whenever the next request reached
-//! another replica or a restarted pod; a new `CURSOR_SECRET` would be one more
-//! secret to distribute and rotate for the same guarantee. The label keeps the
-//! derived key useless as a token-signing key and vice versa. Rotating
-//! `AUTH_SECRET` ends outstanding cursors (a 400; the client starts again from the
-//! first page), which it does to sessions anyway.
+//! The key: derived (HMAC, with a label of its own) from the `DATABASE_URL` —
+//! its credentials are the secret every replica of a service already shares
+//! (`AUTH_SECRET`, the previous root, is gone: tokens are EdDSA, and public keys
+//! are no secret). A key generated per process would break a client's paging
+//! whenever the next request reached another replica or a restarted pod; a new
+//! `CURSOR_SECRET` would be one more secret to distribute and rotate for the same
+//! guarantee. Rotating the database password ends outstanding cursors (a 400;
+//! the client starts again from the first page). A development URL without a
+//! password makes cursors forgeable — by their own user, for positions in their
+//! own lists only (every query is bound to the user).
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -83,10 +85,10 @@ impl CursorSigner {
         }
     }
 
-    /// The same, keyed from the settings' `AUTH_SECRET` (see the module docs).
+    /// The same, keyed from the settings' `DATABASE_URL` (see the module docs).
     pub fn from_settings(settings: &Settings, service: &str, user: Uuid, query: &str) -> Self {
         Self::new(
-            settings.auth_secret.expose_secret().as_bytes(),
+            settings.database_url.expose_secret().as_bytes(),
             service,
             user,
             query,

@@ -31,6 +31,14 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_RESPONSE_TIME: HeaderName = HeaderName::from_static("x-response-time");
 pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
+/// Content-Security-Policy of the bundled Swagger UI (`/docs`): its page loads
+/// only its own scripts (no inline script, no eval: checked against the vendored
+/// 5.32 bundle); React sets inline `style` attributes and the icons are `data:`
+/// SVGs, hence those two allowances; it fetches `/openapi.json` from the origin.
+pub const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+img-src 'self' data:; font-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; \
+frame-ancestors 'none'";
+
 /// Outermost middleware: request id, response time, per-route statistics,
 /// slow-request warnings. Also removes the `identity` marker [`skip_small_bodies`]
 /// set, so clients never see it.
@@ -80,7 +88,14 @@ pub async fn stamp(
             });
         }
     }
+    let on_docs = res.request().path().starts_with("/docs");
     let headers = res.headers_mut();
+    if on_docs {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(DOCS_CSP),
+        );
+    }
     if headers
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| v == "identity")
@@ -174,7 +189,9 @@ pub fn payload_config() -> web::PayloadConfig {
 }
 
 /// A known route asked with another method: actix answers 405 with an empty body;
-/// this gives it the problem+json every other failure has.
+/// this gives it the problem+json every other failure has, and the `Allow` header
+/// RFC 9110 requires (the methods come from the service's OpenAPI document,
+/// see [`allowed_methods`]).
 pub fn method_not_allowed<B>(
     res: ServiceResponse<B>,
 ) -> actix_web::Result<actix_web::middleware::ErrorHandlerResponse<B>> {
@@ -187,15 +204,66 @@ pub fn method_not_allowed<B>(
         .match_pattern()
         .and_then(|pattern| {
             let ops = req.app_data::<web::Data<openapi::Operations>>()?;
-            ops.methods(&pattern)
-                .map(|m| m.iter().cloned().collect::<Vec<_>>().join(", "))
+            ops.methods(&pattern).map(|m| {
+                let mut methods: Vec<String> = m.iter().cloned().collect();
+                // HEAD is answered wherever GET is (`bound_method`).
+                if m.contains("GET") {
+                    methods.push("HEAD".into());
+                }
+                methods.join(", ")
+            })
         })
-        .unwrap_or_else(|| "GET".to_owned());
+        .unwrap_or_else(|| "GET, HEAD".to_owned());
     if let Ok(v) = HeaderValue::from_str(&allow) {
         response.headers_mut().insert(header::ALLOW, v);
     }
     let res = ServiceResponse::new(req, response).map_into_right_body();
     Ok(actix_web::middleware::ErrorHandlerResponse::Response(res))
+}
+
+/// Longest method accepted at all; longer ones are refused before anything else
+/// sees them (the parser takes methods of any length).
+pub const MAX_METHOD_LEN: usize = 16;
+
+/// Outermost middleware: keeps the method out of unbounded places. A method over
+/// [`MAX_METHOD_LEN`] is a 400 at once (logged truncated); any other non-standard
+/// method becomes `OTHER` before metrics, statistics and logs see it (it then
+/// matches no route: 405 or 404). `HEAD` is served as `GET` (actix sends no body
+/// for a HEAD request whatever the handler produced), so it works wherever `GET`
+/// does.
+pub async fn bound_method(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<actix_web::body::EitherBody<impl MessageBody>>, actix_web::Error> {
+    use actix_web::http::Method;
+    let method = req.method().clone();
+    let standard = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    if method == Method::HEAD {
+        req.head_mut().method = Method::GET;
+    } else if !standard.contains(&method) {
+        let raw = method.as_str();
+        if raw.len() > MAX_METHOD_LEN {
+            let shown: String = raw.chars().take(MAX_METHOD_LEN).collect();
+            tracing::info!(method = %shown, length = raw.len(), "refused an over-long HTTP method");
+            let problem = ApiError::bad_request(format!(
+                "the request method is longer than {MAX_METHOD_LEN} characters"
+            ));
+            return Ok(req
+                .into_response(actix_web::ResponseError::error_response(&problem))
+                .map_into_right_body());
+        }
+        req.head_mut().method = Method::from_bytes(b"OTHER").expect("a valid token");
+    }
+    Ok(next.call(req).await?.map_into_left_body())
 }
 
 /// An integer query parameter, `default` when absent, checked against `min..=max`
@@ -249,6 +317,113 @@ where
     D: serde::Deserializer<'de>,
 {
     serde::Deserialize::deserialize(de).map(Some)
+}
+
+/// The client's address. `X-Forwarded-For` is believed only when the connecting
+/// peer is one of `TRUSTED_PROXIES`; then the hops are read right to left (each
+/// proxy appends the address it saw) and the first one that is not itself a
+/// trusted proxy is the client — entries left of it are whatever the client
+/// wrote and are never believed. With no trusted proxy (the default) the header is
+/// ignored and the peer is the client, so nobody escapes a per-address limit by
+/// writing the header.
+pub fn client_ip(req: &HttpRequest, trusted: &[ipnet::IpNet]) -> Option<std::net::IpAddr> {
+    let peer = req.peer_addr()?.ip();
+    client_ip_of(peer, req.headers(), trusted)
+}
+
+fn client_ip_of(
+    peer: std::net::IpAddr,
+    headers: &actix_web::http::header::HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> Option<std::net::IpAddr> {
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        match hop.parse::<std::net::IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(&ip) {
+                    return Some(ip);
+                }
+            }
+            // Garbage where an address should be: the last trusted hop is the
+            // client as far as anyone can tell.
+            Err(_) => return Some(client),
+        }
+    }
+    Some(client)
+}
+
+#[cfg(test)]
+mod client_ip_tests {
+    use super::*;
+    use actix_web::http::header::HeaderMap;
+
+    fn headers(xff: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in xff {
+            h.append(
+                HeaderName::from_static("x-forwarded-for"),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn ip(s: &str) -> std::net::IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_header_is_ignored_unless_the_peer_is_a_trusted_proxy() {
+        let h = headers(&["198.51.100.1"]);
+        assert_eq!(
+            client_ip_of(ip("203.0.113.9"), &h, &[]),
+            Some(ip("203.0.113.9"))
+        );
+        let trusted = ["10.0.0.0/8".parse().unwrap()];
+        assert_eq!(
+            client_ip_of(ip("203.0.113.9"), &h, &trusted),
+            Some(ip("203.0.113.9")),
+            "an untrusted peer's header is not believed"
+        );
+        assert_eq!(
+            client_ip_of(ip("10.1.2.3"), &h, &trusted),
+            Some(ip("198.51.100.1"))
+        );
+    }
+
+    #[test]
+    fn the_rightmost_untrusted_hop_is_the_client() {
+        let trusted = ["10.0.0.0/8".parse().unwrap()];
+        // client wrote 1.1.1.1 itself; 198.51.100.1 is who connected to our proxy
+        // chain 10.0.0.5 → 10.0.0.6 (peer).
+        let h = headers(&["1.1.1.1, 198.51.100.1", "10.0.0.5"]);
+        assert_eq!(
+            client_ip_of(ip("10.0.0.6"), &h, &trusted),
+            Some(ip("198.51.100.1"))
+        );
+        // Garbage after the real hop: the last trusted hop answers.
+        let h = headers(&["198.51.100.1, not-an-ip"]);
+        assert_eq!(
+            client_ip_of(ip("10.0.0.6"), &h, &trusted),
+            Some(ip("10.0.0.6"))
+        );
+        // No header through a trusted proxy: the proxy itself.
+        assert_eq!(
+            client_ip_of(ip("10.0.0.6"), &headers(&[]), &trusted),
+            Some(ip("10.0.0.6"))
+        );
+    }
 }
 
 /// For optional fields that may be absent but not null: `Some` of the value, and

@@ -302,64 +302,118 @@ async fn login(s: &System) -> String {
     login["access_token"].as_str().unwrap().to_owned()
 }
 
-fn sign(header: &Value, claims: &Value, secret: &[u8]) -> String {
-    use jsonwebtoken::{EncodingKey, Header, encode};
-    let alg = match header["alg"].as_str().unwrap() {
-        "HS512" => jsonwebtoken::Algorithm::HS512,
-        _ => jsonwebtoken::Algorithm::HS256,
+/// Signs `claims` with the test key (or `other`), EdDSA, `kid` as given.
+fn ed(claims: &Value, kid: Option<&str>, crit: bool, other: bool) -> String {
+    use jsonwebtoken::{Algorithm, Header, encode};
+    let (pair, _, _) = kai_shared::testing::test_keys();
+    let key = if other {
+        kai_shared::auth::keys::KeyPair::generate().private_pem
+    } else {
+        pair.private_pem.clone()
     };
-    encode(&Header::new(alg), claims, &EncodingKey::from_secret(secret)).unwrap()
+    let signing = kai_shared::auth::keys::parse_signing_pem(&key).unwrap();
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = kid.map(str::to_owned);
+    if crit {
+        header.crit = Some(vec!["exp".into()]);
+    }
+    encode(&header, claims, &signing.key).unwrap()
+}
+
+fn hs(alg: jsonwebtoken::Algorithm, claims: &Value, secret: &[u8]) -> String {
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    let mut header = Header::new(alg);
+    header.kid = Some(kai_shared::testing::test_keys().0.kid.clone());
+    encode(&header, claims, &EncodingKey::from_secret(secret)).unwrap()
 }
 
 #[tokio::test]
 async fn every_kind_of_bad_token_is_refused_by_every_service() {
+    use jsonwebtoken::Algorithm::{HS256, HS512};
     let s = start().await;
     let valid = login(&s).await;
     let user = uuid::Uuid::new_v4();
     let now = chrono_free_now();
-    let claims = |exp: i64, iss: &str, aud: &str| json!({"sub": user, "sid": uuid::Uuid::new_v4(), "iat": now, "exp": exp, "iss": iss, "aud": aud});
-    let secret = kai_shared::testing::TEST_SECRET.as_bytes();
-    let hs256 = json!({"alg": "HS256"});
+    let claims = |iat: i64, exp: i64, iss: &str, aud: &str| json!({"sub": user, "sid": uuid::Uuid::new_v4(), "iat": iat, "exp": exp, "iss": iss, "aud": aud});
+    let good = claims(now, now + 600, "kai", "kai-api");
+    let (pair, _, _) = kai_shared::testing::test_keys();
+    let kid = Some(pair.kid.as_str());
     let none_token = format!(
         "{}.{}.",
         B64.encode(br#"{"alg":"none","typ":"JWT"}"#),
-        B64.encode(claims(now + 600, "kai", "kai-api").to_string())
+        B64.encode(good.to_string())
     );
     let mut tampered = valid.clone();
     let last = tampered.pop().unwrap();
     tampered.push(if last == 'A' { 'B' } else { 'A' });
+    let mut nbf = good.clone();
+    nbf["nbf"] = json!(now + 600);
     let bad: Vec<(&str, String)> = vec![
         ("malformed", "not-a-jwt".into()),
         ("empty segments", "..".into()),
         ("tampered signature", tampered),
-        (
-            "wrong secret",
-            sign(
-                &hs256,
-                &claims(now + 600, "kai", "kai-api"),
-                b"some-other-secret-some-other-secret",
-            ),
-        ),
         ("alg none", none_token),
+        // Algorithm confusion: HMAC keyed with the public key everyone can read.
         (
-            "HS512 with the right secret",
-            sign(
-                &json!({"alg": "HS512"}),
-                &claims(now + 600, "kai", "kai-api"),
-                secret,
-            ),
+            "HS256 keyed with the public key",
+            hs(HS256, &good, pair.public_pem.as_bytes()),
         ),
+        (
+            "HS512 with a secret",
+            hs(HS512, &good, b"some-other-secret-some-other-secret"),
+        ),
+        ("another key claiming our kid", ed(&good, kid, false, true)),
+        (
+            "unknown kid",
+            ed(&good, Some("ffffffffffffffff"), false, false),
+        ),
+        ("no kid", ed(&good, None, false, false)),
+        ("a crit header", ed(&good, kid, true, false)),
         (
             "expired",
-            sign(&hs256, &claims(now - 5, "kai", "kai-api"), secret),
+            ed(
+                &claims(now - 60, now - 5, "kai", "kai-api"),
+                kid,
+                false,
+                false,
+            ),
+        ),
+        (
+            "issued in the future",
+            ed(
+                &claims(now + 600, now + 900, "kai", "kai-api"),
+                kid,
+                false,
+                false,
+            ),
+        ),
+        ("not yet valid", ed(&nbf, kid, false, false)),
+        (
+            "ten years long",
+            ed(
+                &claims(now, now + 315_360_000, "kai", "kai-api"),
+                kid,
+                false,
+                false,
+            ),
         ),
         (
             "another audience",
-            sign(&hs256, &claims(now + 600, "kai", "kai-admin"), secret),
+            ed(
+                &claims(now, now + 600, "kai", "kai-admin"),
+                kid,
+                false,
+                false,
+            ),
         ),
         (
             "another issuer",
-            sign(&hs256, &claims(now + 600, "evil", "kai-api"), secret),
+            ed(
+                &claims(now, now + 600, "evil", "kai-api"),
+                kid,
+                false,
+                false,
+            ),
         ),
     ];
     for (app, path) in [

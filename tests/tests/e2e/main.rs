@@ -9,5 +9,6 @@ mod hostile;
 mod migrations;
 mod openapi;
 mod readme;
+mod security;
 mod system;
 mod tls;

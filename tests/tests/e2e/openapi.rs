@@ -390,11 +390,12 @@ async fn cors_exposes_what_clients_read_and_preflights_offer_only_the_routes_met
         assert!(exposed.contains(h), "{h} not exposed: {exposed}");
     }
 
-    // Outside CORS, a method a route lacks is a 405 that says which it has.
+    // Outside CORS, a method a route lacks is a 405 that says which it has
+    // (HEAD wherever GET is).
     let (status, headers) = raw(&s.journal, "PUT", "/api/journal/entries", &[], None).await;
     assert_eq!(
         (status, headers["allow"].to_str().unwrap()),
-        (405, "GET, POST")
+        (405, "GET, POST, HEAD")
     );
     let (status, headers) = raw(&s.profile, "DELETE", "/api/auth/login", &[], None).await;
     assert_eq!((status, headers["allow"].to_str().unwrap()), (405, "POST"));

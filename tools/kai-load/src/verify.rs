@@ -43,7 +43,8 @@ pub struct Deployment {
     pub profile: Option<String>,
     pub database_url: Option<String>,
     pub redis_url: Option<String>,
-    pub auth_secret: Option<String>,
+    /// The deployment's signing key (PKCS#8 PEM), to mint a token for the cache checks.
+    pub signing_key_file: Option<std::path::PathBuf>,
 }
 
 /// SPEC §5: every service exposes these.
@@ -215,10 +216,12 @@ pub async fn run(d: &Deployment) -> Result<Checker> {
     }
 
     println!("— caching, compression, headers");
-    match &d.auth_secret {
-        None => c.warn("no --auth-secret / AUTH_SECRET: cache checks need a token, skipped"),
-        Some(secret) => {
-            if let Err(e) = cache_checks(&mut c, &http, d, secret).await {
+    match &d.signing_key_file {
+        None => c.warn(
+            "no --signing-key-file / AUTH_SIGNING_KEY_FILE: cache checks need a token, skipped",
+        ),
+        Some(key) => {
+            if let Err(e) = cache_checks(&mut c, &http, d, key).await {
                 c.fail(format!("cache checks: {e:#}"));
             }
         }
@@ -442,12 +445,9 @@ async fn cache_checks(
     c: &mut Checker,
     http: &reqwest::Client,
     d: &Deployment,
-    secret: &str,
+    signing_key_file: &std::path::Path,
 ) -> Result<()> {
-    let auth = kai_shared::auth::Authenticator::new(
-        &secrecy::SecretString::from(secret.to_owned()),
-        Duration::from_secs(600),
-    );
+    let auth = crate::minting_authenticator(Some(signing_key_file), Duration::from_secs(600))?;
     let user = Uuid::new_v4();
     let (token, _) = auth
         .mint(user, Uuid::new_v4())

@@ -7,7 +7,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kai_shared::testing::{self, TEST_SECRET, TestDb};
+use kai_shared::testing::{self, TestDb};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -20,7 +20,7 @@ async fn sigterm_stops_accepting_and_completes_every_in_flight_request() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_journal-service"))
         .env_clear()
         .env("DATABASE_URL", &db.url)
-        .env("AUTH_SECRET", TEST_SECRET)
+        .envs(testing::auth_env())
         .env("HOST", "127.0.0.1")
         .env("PORT", port.to_string())
         .env("RUST_LOG", "warn")

@@ -26,9 +26,23 @@ pub async fn spawn() -> Profiles {
 }
 
 pub async fn spawn_with(redis: Option<&str>) -> Profiles {
+    spawn_with_env(redis, &[]).await
+}
+
+/// A profile-service behind a "proxy" on loopback: `X-Forwarded-For` from the
+/// test client is believed, so a test can act as many client addresses.
+pub async fn spawn_behind_proxy() -> Profiles {
+    spawn_with_env(
+        Some(&testing::redis_url()),
+        &[("TRUSTED_PROXIES", "127.0.0.0/8, ::1/128")],
+    )
+    .await
+}
+
+pub async fn spawn_with_env(redis: Option<&str>, extra: &[(&str, &str)]) -> Profiles {
     let db = TestDb::create().await;
     let prefix = TestPrefix::new(redis.unwrap_or(&testing::redis_url()));
-    let settings = testing::settings(&db.url, redis, &prefix.prefix, &[]);
+    let settings = testing::settings(&db.url, redis, &prefix.prefix, extra);
     let app = TestApp::start(profile_service::service(), settings).await;
     Profiles {
         app,

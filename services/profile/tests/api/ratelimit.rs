@@ -1,6 +1,6 @@
 use serde_json::json;
 
-use crate::helpers::{PASSWORD, assert_problem, email, spawn, spawn_with};
+use crate::helpers::{PASSWORD, assert_problem, email, spawn, spawn_behind_proxy, spawn_with};
 
 #[tokio::test]
 async fn repeated_failed_logins_for_one_email_are_rate_limited_across_replicas() {
@@ -41,7 +41,7 @@ async fn repeated_failed_logins_for_one_email_are_rate_limited_across_replicas()
 
 #[tokio::test]
 async fn one_client_address_cannot_spray_many_emails() {
-    let p = spawn().await;
+    let p = spawn_behind_proxy().await;
     // The bucket holds 20 and refills one a second; password work makes each
     // allowed attempt take a while on a loaded machine, so count the refills the
     // elapsed time allows instead of assuming a fast run.
@@ -93,4 +93,86 @@ async fn without_redis_the_limit_holds_per_replica() {
         statuses.push(p.login(&target, "nope nope nope").await.status().as_u16());
     }
     assert_eq!(statuses, vec![401, 401, 401, 401, 401, 429]);
+}
+
+async fn login_from(
+    p: &crate::helpers::Profiles,
+    address: &str,
+    email: &str,
+    password: &str,
+) -> u16 {
+    p.app
+        .client
+        .post(p.app.url("/api/auth/login"))
+        .header("x-forwarded-for", address)
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn guesses_from_other_addresses_never_lock_the_owner_out() {
+    let p = spawn_behind_proxy().await;
+    let account = p.account().await;
+    // Five addresses each guess five times, then keep going: their own buckets
+    // for this e-mail run dry.
+    for i in 1..=5 {
+        let attacker = format!("203.0.113.{i}");
+        let mut statuses = Vec::new();
+        for _ in 0..6 {
+            statuses.push(login_from(&p, &attacker, &account.email, "wrong password").await);
+        }
+        assert_eq!(statuses, vec![401, 401, 401, 401, 401, 429], "{attacker}");
+    }
+    // The owner, from an address that is not flooding, gets in at once.
+    assert_eq!(
+        login_from(&p, "198.51.100.20", &account.email, PASSWORD).await,
+        200
+    );
+}
+
+#[tokio::test]
+async fn x_forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy() {
+    // No TRUSTED_PROXIES (the default): a client rotating the header is still one
+    // address, and its bucket runs dry.
+    let p = spawn().await;
+    let target = email();
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        statuses.push(login_from(&p, &format!("203.0.113.{i}"), &target, "nope nope nope").await);
+    }
+    assert_eq!(statuses, vec![401, 401, 401, 401, 401, 429]);
+}
+
+#[tokio::test]
+async fn registration_is_rate_limited_per_client_address() {
+    let p = spawn_behind_proxy().await;
+    let register = |address: &'static str| {
+        let app = &p.app;
+        async move {
+            app.client
+                .post(app.url("/api/auth/register"))
+                .header("x-forwarded-for", address)
+                .json(&json!({"email": email(), "password": PASSWORD}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // The bucket holds 10 and refills one a minute.
+    for i in 0..10 {
+        assert_eq!(
+            register("203.0.113.50").await.status(),
+            201,
+            "registration {i}"
+        );
+    }
+    let res = register("203.0.113.50").await;
+    assert!(res.headers().contains_key("retry-after"));
+    assert_problem(res, 429).await;
+    // Another address is not affected.
+    assert_eq!(register("203.0.113.51").await.status(), 201);
 }

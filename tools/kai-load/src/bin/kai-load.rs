@@ -55,14 +55,14 @@ struct Args {
     /// Redis for the spawned services; with --spawn its database is FLUSHDB'd before and after
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/5")]
     redis_url: String,
-    /// The services' AUTH_SECRET (tokens are minted with it)
-    #[arg(
-        long,
-        env = "AUTH_SECRET",
-        hide_env_values = true,
-        default_value = "kai-load-development-secret-not-for-production"
-    )]
-    auth_secret: String,
+    /// PKCS#8 PEM Ed25519 key the running services' tokens are signed with (mints
+    /// tokens); unset: kai-load's development key (what --spawn gives the services)
+    #[arg(long, env = "AUTH_SIGNING_KEY_FILE")]
+    signing_key_file: Option<PathBuf>,
+    /// Lifetime of minted tokens; at most the services' AUTH_TOKEN_TTL_SECS (with
+    /// --spawn the services are given this value)
+    #[arg(long, env = "AUTH_TOKEN_TTL_SECS", default_value_t = 3600)]
+    token_ttl_secs: u64,
     /// Running services, when not --spawn
     #[arg(long, default_value = "http://127.0.0.1:8081")]
     journal: String,
@@ -178,11 +178,15 @@ async fn run(args: Args) -> Result<()> {
         flush_redis(&args.redis_url)
             .await
             .context("FLUSHDB on --redis-url")?;
-        let env = vec![
+        let mut env = vec![
             ("DATABASE_URL".to_owned(), args.database_url.clone()),
             ("REDIS_URL".to_owned(), args.redis_url.clone()),
-            ("AUTH_SECRET".to_owned(), args.auth_secret.clone()),
+            (
+                "AUTH_TOKEN_TTL_SECS".to_owned(),
+                args.token_ttl_secs.to_string(),
+            ),
         ];
+        env.extend(kai_load::dev_auth_env());
         let bins = [
             ("journal", "journal-service"),
             ("conversation", "conversation-service"),
@@ -241,10 +245,14 @@ async fn run(args: Args) -> Result<()> {
         Some(p) => Some(auth_header(&profile_token(p).await?)?),
         None => None,
     };
-    let authenticator = kai_shared::auth::Authenticator::new(
-        &secrecy::SecretString::from(args.auth_secret.clone()),
-        Duration::from_secs(24 * 3600),
-    );
+    let authenticator = kai_load::minting_authenticator(
+        if args.spawn {
+            None
+        } else {
+            args.signing_key_file.as_deref()
+        },
+        Duration::from_secs(args.token_ttl_secs),
+    )?;
     let mint = |user| -> Result<HeaderValue> {
         let (token, _) = authenticator
             .mint(user, uuid::Uuid::new_v4())
@@ -329,7 +337,11 @@ async fn run(args: Args) -> Result<()> {
             profile: ctx.profile.as_ref().map(Target::url),
             database_url: Some(args.database_url.clone()),
             redis_url: Some(args.redis_url.clone()),
-            auth_secret: Some(args.auth_secret.clone()),
+            signing_key_file: if args.spawn {
+                Some(PathBuf::from(&kai_load::dev_keys().1))
+            } else {
+                args.signing_key_file.clone()
+            },
         };
         let c = kai_load::verify::run(&d).await?;
         println!(

@@ -31,9 +31,10 @@ struct Args {
     /// Redis URL, for its settings
     #[arg(long, env = "REDIS_URL")]
     redis_url: Option<String>,
-    /// The deployment's AUTH_SECRET, to mint a token for the cache checks
-    #[arg(long, env = "AUTH_SECRET", hide_env_values = true)]
-    auth_secret: Option<String>,
+    /// The deployment's signing key (PKCS#8 PEM, profile-service's
+    /// AUTH_SIGNING_KEY_FILE), to mint a token for the cache checks
+    #[arg(long, env = "AUTH_SIGNING_KEY_FILE")]
+    signing_key_file: Option<std::path::PathBuf>,
 }
 
 fn skip(url: String) -> Option<String> {
@@ -49,7 +50,7 @@ async fn main() {
         profile: skip(args.profile),
         database_url: args.database_url,
         redis_url: args.redis_url,
-        auth_secret: args.auth_secret,
+        signing_key_file: args.signing_key_file,
     };
     match run(&deployment).await {
         Ok(c) => {
