@@ -65,7 +65,7 @@ INGRESS_ROUTES = {
 # Must never be reachable through the ingress.
 INTERNAL_PATHS = ("/metrics", "/health", "/health/ready", "/health/detailed", "/docs", "/openapi.json")
 
-# SPEC §5 (plus kai_redis_up). Histograms are exposed as _bucket/_sum/_count.
+# SPEC §5 (plus kai_redis_up; kai_account_purges_total is SPEC §4 "Erasure"). Histograms are exposed as _bucket/_sum/_count.
 COUNTERS = {
     "kai_http_requests_total",
     "kai_cache_hits_total",
@@ -73,6 +73,7 @@ COUNTERS = {
     "kai_cache_errors_total",
     "kai_db_slow_queries_total",
     "kai_llm_requests_total",
+    "kai_account_purges_total",
 }
 GAUGES = {"kai_db_pool_connections", "kai_redis_up"}
 HISTOGRAMS = {"kai_http_requests_duration_seconds", "kai_db_query_duration_seconds"}
