@@ -10,5 +10,6 @@ mod migrations;
 mod openapi;
 mod readme;
 mod security;
+mod steady_state;
 mod system;
 mod tls;
