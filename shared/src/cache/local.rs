@@ -168,6 +168,11 @@ impl L1 {
         }
     }
 
+    /// The keys held now (diagnostics for tests and the soak).
+    pub fn keys(&self) -> Vec<String> {
+        self.cache.iter().map(|(k, _)| k.as_str().to_owned()).collect()
+    }
+
     pub fn clear(&self) {
         self.cache.invalidate_all();
     }

@@ -589,6 +589,11 @@ impl Cache {
         self.inner.l1.sizes()
     }
 
+    /// The keys L1 holds now.
+    pub fn l1_keys(&self) -> Vec<String> {
+        self.inner.l1.keys()
+    }
+
     /// Drops every L1 entry (the benchmark uses it to measure an L2 hit).
     pub fn clear_l1(&self) {
         self.inner.l1.clear();

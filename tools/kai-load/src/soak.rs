@@ -386,9 +386,13 @@ async fn step(
     } else {
         (&urls[1], &urls[0])
     };
-    let mut rng = rand::rng();
-    let writing = rng.random_bool(write_share.clamp(0.0, 1.0));
-    let pick: f64 = rng.random();
+    let (writing, pick) = {
+        let mut rng = rand::rng();
+        (
+            rng.random_bool(write_share.clamp(0.0, 1.0)),
+            rng.random::<f64>(),
+        )
+    };
     counters.ops.fetch_add(1, Ordering::Relaxed);
     if writing {
         counters.writes.fetch_add(1, Ordering::Relaxed);
