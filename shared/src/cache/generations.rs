@@ -244,7 +244,11 @@ mod tests {
         g.remember(&scope(), 10, epoch);
         assert_eq!(g.get(&scope()), Some(10));
         g.on_message(&scope(), 12);
-        assert_eq!(g.get(&scope()), Some(12), "an announcement is a generation too");
+        assert_eq!(
+            g.get(&scope()),
+            Some(12),
+            "an announcement is a generation too"
+        );
         g.on_message(&scope(), u64::MAX);
         assert_eq!(g.get(&scope()), None, "unknown generation: ask Redis");
     }
@@ -270,7 +274,11 @@ mod tests {
         assert_eq!(g.get(&scope()), None, "not subscribed yet");
         g.set_subscribed(true);
         g.raise(&scope(), 4);
-        assert_eq!(g.get(&scope()), None, "subscribed, no heartbeat answered yet");
+        assert_eq!(
+            g.get(&scope()),
+            None,
+            "subscribed, no heartbeat answered yet"
+        );
         g.confirm(mono_micros());
         assert_eq!(g.get(&scope()), Some(4));
         // A heartbeat sent longer ago than the window is not enough.
@@ -282,7 +290,11 @@ mod tests {
         g.confirm(old);
         assert_eq!(g.get(&scope()), None, "the last confirmation is too old");
         g.confirm(mono_micros());
-        assert_eq!(g.get(&scope()), Some(5), "a silent spell loses no generation");
+        assert_eq!(
+            g.get(&scope()),
+            Some(5),
+            "a silent spell loses no generation"
+        );
         g.set_subscribed(false);
         assert_eq!(g.get(&scope()), None);
     }
@@ -306,7 +318,11 @@ mod tests {
         l1.insert(&s, 1, "k:1:c".into(), entry());
         assert!(l1.get("k:1:c").is_none());
         g.on_message(&s, 3);
-        assert_eq!(l1.sizes(), (0, 0), "an announcement retires, and the index empties");
+        assert_eq!(
+            l1.sizes(),
+            (0, 0),
+            "an announcement retires, and the index empties"
+        );
         l1.insert(&s, 3, "k:3:a".into(), entry());
         g.forget(&s);
         assert_eq!(l1.sizes(), (0, 0), "a failed bump drops the whole scope");

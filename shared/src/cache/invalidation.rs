@@ -127,13 +127,17 @@ async fn listen(
     let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The heartbeat in flight: when it was sent (monotonic µs) and its answer.
-    let mut in_flight: Option<(u64, Instant, BoxFuture<'static, redis::RedisResult<redis::Value>>)> =
-        None;
+    let mut in_flight: Option<(
+        u64,
+        Instant,
+        BoxFuture<'static, redis::RedisResult<redis::Value>>,
+    )> = None;
     loop {
         let waiting = in_flight.is_some();
-        let lost_at = in_flight
-            .as_ref()
-            .map_or_else(|| Instant::now() + LOST_AFTER, |(_, at, _)| *at + LOST_AFTER);
+        let lost_at = in_flight.as_ref().map_or_else(
+            || Instant::now() + LOST_AFTER,
+            |(_, at, _)| *at + LOST_AFTER,
+        );
         tokio::select! {
             msg = stream.next() => {
                 let Some(msg) = msg else { anyhow::bail!("subscription stream ended") };

@@ -37,7 +37,12 @@ struct Held {
 struct UntilEntryExpires;
 
 impl Expiry<String, Held> for UntilEntryExpires {
-    fn expire_after_create(&self, _key: &String, value: &Held, _created_at: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &Held,
+        _created_at: Instant,
+    ) -> Option<Duration> {
         let now_ms = now_micros() / 1000;
         let left = Duration::from_millis(value.entry.expires_at_ms.saturating_sub(now_ms));
         Some(left.min(L1_MAX_TTL))
@@ -170,7 +175,10 @@ impl L1 {
 
     /// The keys held now (diagnostics for tests and the soak).
     pub fn keys(&self) -> Vec<String> {
-        self.cache.iter().map(|(k, _)| k.as_str().to_owned()).collect()
+        self.cache
+            .iter()
+            .map(|(k, _)| k.as_str().to_owned())
+            .collect()
     }
 
     pub fn clear(&self) {

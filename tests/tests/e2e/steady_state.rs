@@ -77,10 +77,7 @@ async fn two_journal_replicas() -> Pair {
 /// `(id, age)` of every connection in subscribed mode.
 fn subscribers(redis: &PrivateRedis) -> Vec<(u64, u64)> {
     let mut conn = redis.connection();
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query(&mut conn)
-        .unwrap();
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut conn).unwrap();
     list.lines()
         .filter(|l| l.contains(" sub=2 "))
         .map(|l| {
@@ -145,10 +142,18 @@ async fn the_subscription_stays_up_and_l1_hits_cost_no_redis_command() {
     let mut written = vec![0i64; users.len()];
     while started.elapsed() < Duration::from_secs(12) {
         for (i, user) in users.iter().enumerate() {
-            let (writer, reader) = if i % 2 == 0 { (&p.a, &p.b) } else { (&p.b, &p.a) };
+            let (writer, reader) = if i % 2 == 0 {
+                (&p.a, &p.b)
+            } else {
+                (&p.b, &p.a)
+            };
             write(writer, user, "steady").await;
             written[i] += 1;
-            assert_eq!(total(reader, user).await.0, written[i], "read-your-writes across replicas");
+            assert_eq!(
+                total(reader, user).await.0,
+                written[i],
+                "read-your-writes across replicas"
+            );
             assert_eq!(total(writer, user).await.0, written[i]);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -161,9 +166,16 @@ async fn the_subscription_stays_up_and_l1_hits_cost_no_redis_command() {
         ids.sort_unstable();
         ids
     };
-    assert_eq!(ids(&first), ids(&last), "a subscriber connection was replaced");
+    assert_eq!(
+        ids(&first),
+        ids(&last),
+        "a subscriber connection was replaced"
+    );
     for (id, age) in &last {
-        assert!(*age >= ran.as_secs() - 1, "subscriber {id} is only {age} s old");
+        assert!(
+            *age >= ran.as_secs() - 1,
+            "subscriber {id} is only {age} s old"
+        );
     }
     assert_eq!(
         calls(&p.redis, "subscribe"),
@@ -209,9 +221,13 @@ async fn the_subscription_stays_up_and_l1_hits_cost_no_redis_command() {
     let l1_hits = p.b.platform.cache.totals().l1_hits - hits_before;
     // A marker command closes the window: everything before it was monitored.
     let mut conn = p.redis.connection();
-    let _: String = redis::cmd("ECHO").arg("end-of-window").query(&mut conn).unwrap();
+    let _: String = redis::cmd("ECHO")
+        .arg("end-of-window")
+        .query(&mut conn)
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let _ = monitor.kill();
+    let _ = monitor.wait();
     let lines = lines.join().unwrap();
     assert!(
         lines.iter().any(|l| l.contains("end-of-window")),
@@ -231,14 +247,20 @@ async fn the_subscription_stays_up_and_l1_hits_cost_no_redis_command() {
         about_user.len()
     );
     assert_eq!(l1_hits, 50);
-    assert!(about_user.is_empty(), "L1 hits reached Redis: {about_user:?}");
+    assert!(
+        about_user.is_empty(),
+        "L1 hits reached Redis: {about_user:?}"
+    );
     assert!(
         window.iter().any(|l| l.contains("\"PING\"")),
         "the window did include heartbeats"
     );
 
     let warnings = logs.warnings();
-    assert!(warnings.is_empty(), "warnings in normal operation: {warnings:#?}");
+    assert!(
+        warnings.is_empty(),
+        "warnings in normal operation: {warnings:#?}"
+    );
 }
 
 /// Item 3: Redis paused without closing anything (SIGSTOP). A write on A; B, which
@@ -257,7 +279,10 @@ async fn a_silent_redis_makes_every_replica_stop_trusting_l1_within_the_window()
     // B issues nothing: its trust must lapse on its own.
     let deadline = paused + Duration::from_secs(5);
     while p.b.platform.cache.l1_trusted() {
-        assert!(Instant::now() < deadline, "B still trusts its L1 with Redis silent");
+        assert!(
+            Instant::now() < deadline,
+            "B still trusts its L1 with Redis silent"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let untrusted_after = paused.elapsed();
@@ -269,7 +294,10 @@ async fn a_silent_redis_makes_every_replica_stop_trusting_l1_within_the_window()
         if n == 2 {
             break written.elapsed();
         }
-        assert!(written.elapsed() < Duration::from_secs(3), "B kept serving the old list");
+        assert!(
+            written.elapsed() < Duration::from_secs(3),
+            "B kept serving the old list"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     p.redis.resume();
@@ -304,7 +332,11 @@ async fn l1_holds_live_generations_only() {
         let keys = app.platform.cache.l1_keys();
         let generations: std::collections::HashSet<&str> =
             keys.iter().filter_map(|k| k.split(':').nth(2)).collect();
-        assert_eq!(generations.len(), 1, "{name} keeps dead generations: {keys:#?}");
+        assert_eq!(
+            generations.len(),
+            1,
+            "{name} keeps dead generations: {keys:#?}"
+        );
         // The views read after the last write (two pages; page 2 also reads page 1's size-5 twin).
         assert!(entries <= 3, "{name}: {keys:#?}");
         assert_eq!(scopes, 1);

@@ -167,8 +167,13 @@ pub async fn main(argv: Vec<String>) -> Result<()> {
             ("conversation", "conversation-service"),
             ("profile", "profile-service"),
         ] {
-            let s = spawn::start(name, &spawn::binary(&args.bin_dir, bin)?, &env, &args.log_dir)
-                .await?;
+            let s = spawn::start(
+                name,
+                &spawn::binary(&args.bin_dir, bin)?,
+                &env,
+                &args.log_dir,
+            )
+            .await?;
             eprintln!("started {name} (pid {}) on {}", s.pid, s.target.url());
             nodes.push(Node {
                 name,
@@ -195,7 +200,9 @@ pub async fn main(argv: Vec<String>) -> Result<()> {
         let r = http
             .post(format!("{profile}/api/auth/register"))
             .header("X-Forwarded-For", &addr)
-            .json(&json!({"email": email, "password": password, "display_name": format!("Soak {i}")}))
+            .json(
+                &json!({"email": email, "password": password, "display_name": format!("Soak {i}")}),
+            )
             .send()
             .await?;
         if r.status() != 201 {
@@ -381,7 +388,7 @@ async fn step(
         u.token = login(http, &urls[3], &u.email, &u.password, &u.addr).await?;
         u.minted = Instant::now();
     }
-    let (mine, other) = if turn % 2 == 0 {
+    let (mine, other) = if turn.is_multiple_of(2) {
         (&urls[0], &urls[1])
     } else {
         (&urls[1], &urls[0])
@@ -692,7 +699,11 @@ fn render(r: &Render<'_>) -> String {
         out,
         "| Redis subscriber connections (start → end), replaced | {before} → {after}, {replaced} replaced |"
     );
-    let _ = writeln!(out, "| SUBSCRIBE commands during the run | {} |", r.subscribe_calls);
+    let _ = writeln!(
+        out,
+        "| SUBSCRIBE commands during the run | {} |",
+        r.subscribe_calls
+    );
     for n in r.nodes {
         if let Some(log) = &n.log {
             let (count, messages) = warnings(log);
@@ -818,7 +829,10 @@ mod tests {
              {\"level\":\"ERROR\",\"fields\":{\"message\":\"broken\"}}\n",
         )
         .unwrap();
-        assert_eq!(warnings(&log), (2, vec!["lost".to_owned(), "broken".to_owned()]));
+        assert_eq!(
+            warnings(&log),
+            (2, vec!["lost".to_owned(), "broken".to_owned()])
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 
