@@ -10,5 +10,6 @@ mod migrations;
 mod openapi;
 mod readme;
 mod security;
+mod storable;
 mod system;
 mod tls;
