@@ -394,27 +394,10 @@ impl L2 {
             // (recovery only, never on a request path). Re-seeded counters start at
             // the clock, above every generation handed out before.
             let pattern = format!("{}:{{*}}:gen", self.prefix);
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut conn.inner)
-                    .await?;
-                if !found.is_empty() {
-                    redis::cmd("UNLINK")
-                        .arg(&found)
-                        .query_async::<()>(&mut conn.inner)
-                        .await?;
-                }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
+            // Every primary of a cluster: the counters are spread over all slots.
+            conn.inner
+                .unlink_matching(&pattern, self.timeout * 10)
+                .await?;
         }
         Ok(scopes.len())
     }
