@@ -220,6 +220,11 @@ pub struct Settings {
         default_value = "1000", value_parser = millis,
         help = "slower requests are logged as warnings")]
     pub slow_request_threshold: Duration,
+    #[arg(long = "request-body-timeout-ms", env = "REQUEST_BODY_TIMEOUT_MS",
+        default_value = "10000", value_parser = positive_millis,
+        help = "a request body must arrive within this time of being asked for, else 408 \
+                (slow clients: a 4 MiB batch import needs about 420 KB/s)")]
+    pub request_body_timeout: Duration,
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "", value_parser = comma_list,
         help = "comma-separated origins; scripts may read `Retry-After`, `ETag`, `Location`, \
                 `X-Request-Id`, `X-Cache`; a preflight offers only the route's methods and the \

@@ -11,5 +11,6 @@ mod openapi;
 mod readme;
 mod security;
 mod steady_state;
+mod storable;
 mod system;
 mod tls;
