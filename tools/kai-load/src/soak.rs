@@ -622,8 +622,14 @@ fn warnings(log: &Path) -> (usize, Vec<String>) {
     let mut messages: Vec<String> = lines
         .iter()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| v["fields"]["message"].as_str().map(str::to_owned))
+        .filter_map(|v| {
+            v["message"]
+                .as_str()
+                .or_else(|| v["fields"]["message"].as_str())
+                .map(str::to_owned)
+        })
         .collect();
+    messages.sort();
     messages.dedup();
     messages.truncate(3);
     (lines.len(), messages)
@@ -752,12 +758,17 @@ async fn fresh_database(url: &str) -> Result<()> {
     let mut admin = config.clone();
     admin.dbname("postgres");
     let client = crate::seed::connect(&admin).await?;
-    client
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE); CREATE DATABASE \"{name}\""
-        ))
-        .await
-        .with_context(|| format!("re-creating database {name}"))?;
+    // Two statements, two calls: several in one string run as one transaction
+    // block, where DROP/CREATE DATABASE are refused.
+    for sql in [
+        format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+        format!("CREATE DATABASE \"{name}\""),
+    ] {
+        client
+            .batch_execute(&sql)
+            .await
+            .with_context(|| format!("re-creating database {name}"))?;
+    }
     Ok(())
 }
 
