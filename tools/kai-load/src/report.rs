@@ -65,9 +65,12 @@ pub struct ServiceResources {
     pub start_to_ready_ms: Option<f64>,
     /// Right after /health/ready, before any other request.
     pub idle_rss_mib: Option<f64>,
-    /// After seeding (profile: one register + one login, i.e. two argon2id hashes).
+    /// After seeding (profile: one register and `--logins` logins, each an
+    /// argon2id hash of 19 MiB working memory).
     pub after_setup_rss_mib: Option<f64>,
     pub peak_rss_under_load_mib: Option<f64>,
+    /// After every scenario ran (and a second's rest).
+    pub end_rss_mib: Option<f64>,
 }
 
 /// Everything a run found, written as JSON.
@@ -177,18 +180,19 @@ pub fn resources_table(services: &[ServiceResources]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| service | start → /health/ready | idle RSS | RSS after setup | peak RSS under cached-hit load |"
+        "| service | start → /health/ready | idle RSS | RSS after setup (profile: after the logins) | peak RSS under its scenarios | RSS at the end |"
     );
-    let _ = writeln!(s, "|---|--:|--:|--:|--:|");
+    let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|");
     for r in services {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             r.name,
             f(r.start_to_ready_ms, "ms"),
             f(r.idle_rss_mib, "MiB"),
             f(r.after_setup_rss_mib, "MiB"),
             f(r.peak_rss_under_load_mib, "MiB"),
+            f(r.end_rss_mib, "MiB"),
         );
     }
     s
@@ -248,10 +252,11 @@ mod tests {
             idle_rss_mib: Some(12.0),
             after_setup_rss_mib: None,
             peak_rss_under_load_mib: None,
+            end_rss_mib: None,
         }]);
         assert_eq!(
             res.lines().nth(2).unwrap(),
-            "| journal | 42.0 ms | 12.0 MiB | - | - |"
+            "| journal | 42.0 ms | 12.0 MiB | - | - | - |"
         );
     }
 }
