@@ -54,6 +54,9 @@ pub struct ScenarioResult {
     pub cache_hit_rate: Option<f64>,
     /// PostgreSQL statements the target service ran during the run.
     pub db_statements: Option<f64>,
+    /// Per-request costs during the measured run (service CPU, PostgreSQL CPU,
+    /// Redis commands and bytes).
+    pub unit_costs: Option<crate::costs::UnitCosts>,
     /// Scenario-specific findings (stampede: list loads), free text.
     pub notes: Vec<String>,
 }
@@ -81,6 +84,8 @@ pub struct Report {
     pub settings: serde_json::Value,
     pub scenarios: Vec<ScenarioResult>,
     pub services: Vec<ServiceResources>,
+    /// What the cache held in Redis at the end (spawned runs only).
+    pub redis_footprint: Option<crate::costs::RedisFootprint>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -136,6 +141,47 @@ pub fn scenario_block(r: &ScenarioResult) -> String {
     );
     for note in &r.notes {
         let _ = writeln!(s, "  · {note}");
+    }
+    if let Some(c) = &r.unit_costs {
+        let _ = writeln!(s, "  · per request: {}", costs_line(c));
+    }
+    s
+}
+
+/// `service CPU 21.3 µs · PostgreSQL CPU 0.0 µs · Redis 0.00 commands, 3 bytes`.
+pub fn costs_line(c: &crate::costs::UnitCosts) -> String {
+    let f = |v: Option<f64>, prec: usize| v.map_or_else(|| "-".into(), |v| format!("{v:.prec$}"));
+    format!(
+        "service CPU {} µs · PostgreSQL CPU {} µs · Redis {} commands, {} bytes",
+        f(c.service_cpu_us, 1),
+        f(c.postgres_cpu_us, 1),
+        f(c.redis_commands, 2),
+        f(c.redis_bytes, 0)
+    )
+}
+
+/// The unit-cost table of a run, in Markdown (docs/CAPACITY.md's inputs).
+pub fn costs_table(results: &[ScenarioResult]) -> String {
+    let f = |v: Option<f64>, prec: usize| v.map_or_else(|| "-".into(), |v| format!("{v:.prec$}"));
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| scenario | service CPU µs/req | PostgreSQL CPU µs/req | PostgreSQL statements/req | Redis commands/req | Redis bytes/req |"
+    );
+    let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|");
+    for r in results {
+        let c = r.unit_costs.unwrap_or_default();
+        let statements = r.db_statements.map(|d| d / r.requests.max(1) as f64);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            r.name,
+            f(c.service_cpu_us, 1),
+            f(c.postgres_cpu_us, 1),
+            f(statements, 2),
+            f(c.redis_commands, 2),
+            f(c.redis_bytes, 0)
+        );
     }
     s
 }
@@ -235,6 +281,7 @@ mod tests {
             },
             cache_hit_rate: Some(0.9999),
             db_statements: Some(0.0),
+            unit_costs: None,
             notes: vec!["1 list query".into()],
         };
         let table = summary_table(std::slice::from_ref(&r));

@@ -323,6 +323,7 @@ async fn run(args: Args) -> Result<()> {
         warmup: args.warmup,
         stampede: args.stampede,
         pids: spawned.iter().map(|s| (s.name.clone(), s.pid)).collect(),
+        redis: redis::Client::open(args.redis_url.as_str()).ok(),
     };
 
     let mut resources: Vec<ServiceResources> = spawned
@@ -358,6 +359,27 @@ async fn run(args: Args) -> Result<()> {
         r.end_rss_mib = spawn::rss_mib(s.pid);
     }
     println!("\n{}", report::summary_table(&results));
+    println!("{}", report::costs_table(&results));
+    let footprint = match &ctx.redis {
+        Some(c) if args.spawn => match kai_load::costs::redis_footprint(c).await {
+            Ok(f) => {
+                println!(
+                    "Redis (logical DB of --redis-url): {} keys, {} bytes; {} entries, {} bytes ({:.0} bytes per entry)\n",
+                    f.keys,
+                    f.bytes,
+                    f.entry_keys,
+                    f.entry_bytes,
+                    f.entry_bytes as f64 / f.entry_keys.max(1) as f64
+                );
+                Some(f)
+            }
+            Err(e) => {
+                eprintln!("Redis footprint not measured: {e:#}");
+                None
+            }
+        },
+        _ => None,
+    };
     if !resources.is_empty() {
         println!("{}", report::resources_table(&resources));
     }
@@ -374,6 +396,7 @@ async fn run(args: Args) -> Result<()> {
         }),
         scenarios: results,
         services: resources,
+        redis_footprint: footprint,
     };
     if let Some(dir) = args.report.parent() {
         std::fs::create_dir_all(dir)?;
