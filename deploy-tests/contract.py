@@ -26,6 +26,9 @@ LLM_ENV = {"LLM_BASE_URL", "LLM_API_KEY", "LLM_MODEL", "LLM_TIMEOUT_MS"}
 SERVICE_ENV = {
     "DATABASE_URL",
     "REDIS_URL",
+    "REDIS_CLUSTER_NODES",
+    "DATABASE_CA_FILE",
+    "REDIS_CA_FILE",
     "HOST",
     "PORT",
     "AUTH_VERIFYING_KEYS_FILE",
@@ -47,7 +50,11 @@ SERVICE_ENV = {
 REQUIRED_ENV = {"DATABASE_URL", "AUTH_VERIFYING_KEYS_FILE"}
 # The signing key is a file (AUTH_SIGNING_KEY_FILE names its path), mounted from
 # a Secret into profile-service only.
-SECRET_ENV = {"DATABASE_URL", "REDIS_URL", "LLM_API_KEY"}
+SECRET_ENV = {"DATABASE_URL", "REDIS_URL", "REDIS_CLUSTER_NODES", "LLM_API_KEY"}
+# Credentials the prod overlay composes DATABASE_URL / REDIS_URL from
+# (`$(DATABASE_USER)` substitution in the pod spec, k8s/overlays/prod/tls/):
+# always from a Secret (valueFrom), never read by the services themselves.
+CREDENTIAL_PARTS_ENV = {"DATABASE_USER", "DATABASE_PASSWORD", "REDIS_USER", "REDIS_PASSWORD"}
 
 # SPEC §4 health routes.
 LIVENESS_PATH = "/health"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from conftest import by_name, objects, render
 from contract import (
     BINARIES,
+    CREDENTIAL_PARTS_ENV,
     MONITORED_OVERLAYS,
     LIVENESS_PATH,
     LLM_ENV,
@@ -177,7 +180,7 @@ def test_env_from_config_and_secret(target, binary):
 def test_env_names_are_the_contract(target, binary):
     tmpl = deployment(target, binary)["spec"]["template"]
     names = env_names(target, tmpl)
-    unknown = names - SERVICE_ENV
+    unknown = names - SERVICE_ENV - CREDENTIAL_PARTS_ENV
     assert not unknown, f"{binary} gets env vars outside SPEC §2: {sorted(unknown)}"
     if binary != "conversation-service":
         assert not names & LLM_ENV, f"LLM_* are for conversation-service only ({binary})"
@@ -190,10 +193,22 @@ def test_no_secret_in_configmaps(target):
 
 
 def test_no_plain_env_secrets(target):
+    """A secret is never written into a manifest: it comes from a Secret, or — a
+    URL composed in the pod spec (prod) — its credentials are `$(VAR)`s that
+    come from a Secret."""
     for kind in ("Deployment", "Job"):
         for o in objects(target, kind):
-            for e in container(o).get("env", []):
-                assert e["name"] not in SECRET_ENV or "valueFrom" in e, f"{kind}/{o['metadata']['name']}: {e['name']} inline"
+            env = container(o).get("env", [])
+            from_secrets = {e["name"] for e in env if "secretKeyRef" in e.get("valueFrom", {})}
+            for e in env:
+                where = f"{kind}/{o['metadata']['name']}: {e['name']}"
+                if e["name"] in CREDENTIAL_PARTS_ENV:
+                    assert "secretKeyRef" in e.get("valueFrom", {}), f"{where} inline"
+                if e["name"] not in SECRET_ENV or "valueFrom" in e:
+                    continue
+                userinfo = re.fullmatch(r"[a-z]+://\$\((\w+)\):\$\((\w+)\)@[^@]+", e.get("value", ""))
+                assert userinfo, f"{where} inline"
+                assert set(userinfo.groups()) <= from_secrets, f"{where}: credentials not from a Secret"
 
 
 def test_secrets_are_examples_only(target):
@@ -342,7 +357,7 @@ def test_migration_job(overlay, binary):
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
     names = env_names(target, job["spec"]["template"])
-    assert not names - SERVICE_ENV
+    assert not names - SERVICE_ENV - CREDENTIAL_PARTS_ENV
     assert {"DATABASE_URL", "AUTH_VERIFYING_KEYS_FILE"} <= names or target == "overlays/prod"
     # the migration role, not the serving one
     refs = {src["secretRef"]["name"] for src in c["envFrom"] if "secretRef" in src}

@@ -20,6 +20,16 @@
 //! An event names the groups that still owe an acknowledgement; a group not named
 //! acknowledges it without handling it again. Entries older than [`RETAIN`] are
 //! trimmed on publish: anything still unacknowledged by then has been re-sent.
+//!
+//! **Redis Cluster** (`REDIS_CLUSTER_NODES`): a stream and its ack set share one
+//! hash tag (`<prefix>:{events:<stream>}` and `…:acks`), so they live on one slot
+//! and the acknowledging pipeline (`XACK` + `SADD`) goes to one node; commands are
+//! routed by that slot through a cluster connection, which follows the slot when
+//! its primary fails over. The consumer blocks in `XREADGROUP` on a cluster
+//! connection of its own (a blocked node connection would stall every other
+//! command multiplexed on it). A failover may lose an entry acknowledged to the
+//! publisher but not yet replicated; the outbox re-sends it, as after a Redis
+//! that lost its data.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,9 +37,9 @@ use std::time::Duration;
 use anyhow::Context;
 use futures_util::future::BoxFuture;
 use redis::Value;
-use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::connect::Target;
 use crate::config::Settings;
 
 /// Stream entries older than this are trimmed when a new one is added.
@@ -59,46 +69,100 @@ pub struct Event {
     pub to: Vec<String>,
 }
 
-/// Streams on the service's Redis, under its key prefix. Cheap to clone.
+/// Streams on the service's Redis (one node or a cluster), under its key prefix.
+/// Cheap to clone.
 #[derive(Clone)]
 pub struct Events {
-    client: redis::Client,
+    target: Target,
     prefix: String,
-    conn: Arc<tokio::sync::OnceCell<redis::aio::ConnectionManager>>,
+    conn: Arc<tokio::sync::OnceCell<Shared>>,
+}
+
+/// The connection shared by publishing and draining acknowledgements: a
+/// reconnecting manager on one node; a cluster connection (it refreshes its slot
+/// map and reconnects by itself) on a cluster.
+#[derive(Clone)]
+enum Shared {
+    Node(redis::aio::ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Shared {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Self::Node(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Node(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Node(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 impl Events {
-    /// `None` without `REDIS_URL`: there is nothing to carry events.
+    /// `None` without `REDIS_URL` or `REDIS_CLUSTER_NODES`: there is nothing to
+    /// carry events.
     pub fn new(settings: &Settings) -> anyhow::Result<Option<Self>> {
-        let Some(url) = &settings.redis_url else {
+        let Some(target) = Target::from_settings(settings).map_err(anyhow::Error::msg)? else {
             return Ok(None);
         };
         Ok(Some(Self {
-            client: crate::cache::connect::client(url.expose_secret(), settings.redis_ca.as_ref())
-                .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?,
+            target,
             prefix: settings.cache_prefix.clone(),
             conn: Arc::default(),
         }))
     }
 
-    fn stream_key(&self, stream: &str) -> String {
-        format!("{}:events:{stream}", self.prefix)
+    /// The stream's key. Its hash tag puts the stream and its ack set on one
+    /// cluster slot.
+    pub fn stream_key(&self, stream: &str) -> String {
+        format!("{}:{{events:{stream}}}", self.prefix)
     }
 
-    fn acks_key(&self, stream: &str) -> String {
-        format!("{}:events:{stream}:acks", self.prefix)
+    /// The set acknowledgements travel back to the publisher in.
+    pub fn acks_key(&self, stream: &str) -> String {
+        format!("{}:{{events:{stream}}}:acks", self.prefix)
     }
 
-    async fn conn(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
-        let client = self.client.clone();
+    async fn conn(&self) -> anyhow::Result<Shared> {
+        let target = self.target.clone();
         let conn = tokio::time::timeout(
             COMMAND_TIMEOUT,
-            self.conn
-                .get_or_try_init(|| redis::aio::ConnectionManager::new(client)),
+            self.conn.get_or_try_init(|| async move {
+                Ok::<_, redis::RedisError>(match target {
+                    Target::Node(client) => {
+                        Shared::Node(redis::aio::ConnectionManager::new(*client).await?)
+                    }
+                    Target::Cluster(c) => Shared::Cluster(c.0.get_async_connection().await?),
+                })
+            }),
         )
         .await
         .context("connecting to Redis timed out")??;
         Ok(conn.clone())
+    }
+
+    /// A connection of the consumer's own (it blocks in `XREADGROUP`).
+    async fn dedicated(&self) -> anyhow::Result<crate::cache::connect::Link> {
+        Ok(tokio::time::timeout(COMMAND_TIMEOUT, self.target.connect())
+            .await
+            .context("connecting to Redis timed out")??)
     }
 
     /// Adds an event for the groups `to` (trimming entries older than [`RETAIN`]).
@@ -185,12 +249,7 @@ impl Events {
         handle: &Handler,
     ) -> anyhow::Result<()> {
         let key = self.stream_key(stream);
-        let mut conn = tokio::time::timeout(
-            COMMAND_TIMEOUT,
-            self.client.get_multiplexed_async_connection(),
-        )
-        .await
-        .context("connecting to Redis timed out")??;
+        let mut conn = self.dedicated().await?;
         // From the stream's start: a group created after events were added (first
         // start, or Redis lost its data) still sees them.
         let created = redis::cmd("XGROUP")

@@ -1198,3 +1198,14 @@ impl PrivateCluster {
         }
     }
 }
+
+/// Test seam for the recovery path that drops every key matching `pattern` (the
+/// cache's "too many pending invalidations" fallback): connects as the service
+/// would (`REDIS_URL` or `REDIS_CLUSTER_NODES` in `settings`) and runs it.
+pub async fn unlink_matching(settings: &Settings, pattern: &str) -> redis::RedisResult<u64> {
+    let target = crate::cache::connect::Target::from_settings(settings)
+        .expect("redis settings")
+        .expect("redis configured");
+    let mut link = target.connect().await?;
+    link.unlink_matching(pattern, Duration::from_secs(5)).await
+}

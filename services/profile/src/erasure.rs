@@ -6,7 +6,7 @@
 //!                                         + INSERT outbox 'account-erased' awaiting {profile, journal, conversation}
 //!                     ─► user-wide revocation announced (every token refused within 1 s)
 //! relay (every profile replica, woken at once, else every second):
-//!     outbox rows due ──XADD──► Redis Stream <prefix>:events:account-erased
+//!     outbox rows due ──XADD──► Redis Stream <prefix>:{events:account-erased}
 //!     acks set ──SPOP──► outbox.awaiting minus the service; row deleted when empty
 //! each service's consumer group (profile, journal, conversation):
 //!     XREADGROUP ─► purge (idempotent) ─► XACK + ack back (SADD)

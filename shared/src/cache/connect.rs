@@ -59,10 +59,17 @@ pub fn is_configuration_error(e: &redis::RedisError) -> bool {
 #[derive(Clone)]
 pub enum Target {
     Node(Box<redis::Client>),
-    /// The routing client, and a plain client per seed node (for PUBLISH to
-    /// whichever node answers: a cluster broadcasts it to all).
-    Cluster(Box<(redis::cluster::ClusterClient, Vec<redis::Client>)>),
+    /// The routing client, a plain client per seed node (for PUBLISH to
+    /// whichever node answers: a cluster broadcasts it to all), and the
+    /// connections to those seeds, kept for the next PUBLISH.
+    Cluster(Box<(redis::cluster::ClusterClient, Vec<redis::Client>, Relays)>),
 }
+
+/// One lazily opened multiplexed connection per seed node, shared by clones: a
+/// failover announces "forget this scope" on every failed write, and a fresh
+/// connection (TCP, TLS, AUTH) per announcement would load the surviving nodes
+/// with handshakes exactly while they take over.
+pub type Relays = std::sync::Arc<std::sync::Mutex<Vec<Option<redis::aio::MultiplexedConnection>>>>;
 
 impl Target {
     /// From the configuration: `REDIS_CLUSTER_NODES` if set, else `REDIS_URL`.
@@ -93,7 +100,11 @@ impl Target {
             let seeds = subscriber_nodes(settings)?;
             return builder
                 .build()
-                .map(|c| Some(Self::Cluster(Box::new((c, seeds)))))
+                .map(|c| {
+                    let relays =
+                        std::sync::Arc::new(std::sync::Mutex::new(vec![None; seeds.len()]));
+                    Some(Self::Cluster(Box::new((c, seeds, relays))))
+                })
                 .map_err(|e| format!("REDIS_CLUSTER_NODES: {e}"));
         }
         match &settings.redis_url {
@@ -134,9 +145,18 @@ impl Target {
         let Self::Cluster(c) = self else {
             return false;
         };
-        for node in &c.1 {
+        let (seeds, relays) = (&c.1, &c.2);
+        for (i, node) in seeds.iter().enumerate() {
+            let cached = relays.lock().expect("relays lock")[i].clone();
             let sent = tokio::time::timeout(patience, async {
-                let mut conn = node.get_multiplexed_async_connection().await?;
+                let mut conn = match cached {
+                    Some(conn) => conn,
+                    None => {
+                        let conn = node.get_multiplexed_async_connection().await?;
+                        relays.lock().expect("relays lock")[i] = Some(conn.clone());
+                        conn
+                    }
+                };
                 redis::cmd("PUBLISH")
                     .arg(channel)
                     .arg(message)
@@ -147,6 +167,8 @@ impl Target {
             if matches!(sent, Ok(Ok(_))) {
                 return true;
             }
+            // Failed or silent: the next announcement reconnects.
+            relays.lock().expect("relays lock")[i] = None;
         }
         false
     }
@@ -205,6 +227,116 @@ impl Link {
     }
 }
 
+impl Link {
+    /// Deletes every key matching `pattern` (`SCAN MATCH` + `UNLINK`), on one node
+    /// or on every primary of a cluster (a `SCAN` cursor belongs to one node, and
+    /// the cluster client would send a keyless command to a random one). Recovery
+    /// paths only, never a request. Each command is bounded by `patience`.
+    /// Returns how many keys were removed.
+    pub async fn unlink_matching(
+        &mut self,
+        pattern: &str,
+        patience: std::time::Duration,
+    ) -> redis::RedisResult<u64> {
+        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+        let nodes: Vec<Option<(String, u16)>> = match self {
+            Self::Node(_) => vec![None],
+            Self::Cluster(_) => self
+                .primaries(patience)
+                .await?
+                .into_iter()
+                .map(Some)
+                .collect(),
+        };
+        let mut removed = 0;
+        for node in nodes {
+            let mut cursor: u64 = 0;
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1000);
+                let (next, found): (u64, Vec<String>) = bounded(patience, async {
+                    match (&mut *self, &node) {
+                        (Self::Cluster(c), Some((host, port))) => {
+                            let routing =
+                                RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                                    host: host.clone(),
+                                    port: *port,
+                                });
+                            redis::from_redis_value(c.route_command(scan, routing).await?)
+                                .map_err(redis::RedisError::from)
+                        }
+                        (link, _) => scan.query_async(link).await,
+                    }
+                })
+                .await?;
+                if !found.is_empty() {
+                    // On a cluster the client splits a multi-key UNLINK by slot.
+                    removed += bounded(
+                        patience,
+                        redis::cmd("UNLINK")
+                            .arg(&found)
+                            .query_async::<u64>(&mut *self),
+                    )
+                    .await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The addresses of the cluster's primaries that are not failed (`CLUSTER NODES`).
+    async fn primaries(
+        &mut self,
+        patience: std::time::Duration,
+    ) -> redis::RedisResult<Vec<(String, u16)>> {
+        let nodes: String = bounded(
+            patience,
+            redis::cmd("CLUSTER").arg("NODES").query_async(self),
+        )
+        .await?;
+        Ok(parse_primaries(&nodes))
+    }
+}
+
+/// `(host, port)` of every primary in a `CLUSTER NODES` answer that serves slots
+/// and is not marked failed.
+fn parse_primaries(nodes: &str) -> Vec<(String, u16)> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = fields.get(2)?;
+            if !flags.contains("master") || flags.contains("fail") || fields.len() < 9 {
+                return None;
+            }
+            // ip:port@cport[,hostname]
+            let address = fields[1].split('@').next()?;
+            let (host, port) = address.rsplit_once(':')?;
+            Some((host.to_owned(), port.parse().ok()?))
+        })
+        .collect()
+}
+
+async fn bounded<T>(
+    patience: std::time::Duration,
+    f: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    tokio::time::timeout(patience, f).await.unwrap_or_else(|_| {
+        Err(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "redis command timed out",
+        )))
+    })
+}
+
 impl redis::aio::ConnectionLike for Link {
     fn req_packed_command<'a>(
         &'a mut self,
@@ -233,5 +365,28 @@ impl redis::aio::ConnectionLike for Link {
             Self::Node(c) => c.get_db(),
             Self::Cluster(c) => c.get_db(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn primaries_are_the_live_masters_that_serve_slots() {
+        let nodes = "\
+a1 127.0.0.1:7001@17001 myself,master - 0 0 1 connected 0-5460
+b2 127.0.0.1:7002@17002 master - 0 1 2 connected 5461-10922
+c3 127.0.0.1:7003@17003 master,fail - 0 1 3 connected 10923-16383
+d4 127.0.0.1:7004@17004 slave b2 0 1 2 connected
+e5 10.0.0.5:7005@17005,redis-5.internal master - 0 1 5 connected 10923-16383
+f6 127.0.0.1:7006@17006 master - 0 1 6 connected
+";
+        assert_eq!(
+            super::parse_primaries(nodes),
+            vec![
+                ("127.0.0.1".to_owned(), 7001),
+                ("127.0.0.1".to_owned(), 7002),
+                ("10.0.0.5".to_owned(), 7005),
+            ]
+        );
     }
 }

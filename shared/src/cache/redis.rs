@@ -316,8 +316,9 @@ impl L2 {
         if !self.open.swap(true, Ordering::AcqRel) {
             tracing::warn!(error = %e, "redis unavailable: circuit open, serving from PostgreSQL");
             self.metrics.redis_up.set(0);
-            // Invalidations may be missed from now on: stop trusting remembered generations.
-            self.generations.set_trusted(false);
+            // This replica's own invalidations may not reach Redis from now on:
+            // forget remembered generations (trust itself follows the heartbeat).
+            self.generations.clear();
         }
         if !self.probing.swap(true, Ordering::AcqRel) {
             let this = self.clone();
@@ -394,27 +395,10 @@ impl L2 {
             // (recovery only, never on a request path). Re-seeded counters start at
             // the clock, above every generation handed out before.
             let pattern = format!("{}:{{*}}:gen", self.prefix);
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut conn.inner)
-                    .await?;
-                if !found.is_empty() {
-                    redis::cmd("UNLINK")
-                        .arg(&found)
-                        .query_async::<()>(&mut conn.inner)
-                        .await?;
-                }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
+            // Every primary of a cluster: the counters are spread over all slots.
+            conn.inner
+                .unlink_matching(&pattern, self.timeout * 10)
+                .await?;
         }
         Ok(scopes.len())
     }

@@ -3,7 +3,10 @@
 //! slot-routing client; invalidations heard across replicas through classic
 //! pub/sub (broadcast to every node); O(1) invalidation; and a failover — a
 //! primary killed, its replica promoted — degrading to the loader and recovering
-//! with nothing stale. One cluster per test: starting one costs seconds.
+//! with nothing stale; a primary paused (SIGSTOP) under two journal-service
+//! replicas costing latency, never an error or a stale answer; and the
+//! recovery-only sweep (`SCAN` on every primary). One cluster per test: starting
+//! one costs seconds.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,7 +15,8 @@ use std::time::{Duration, Instant};
 use kai_shared::ApiError;
 use kai_shared::cache::{Cache, CacheStatus, Policy, Scope, keys};
 use kai_shared::metrics::Metrics;
-use kai_shared::testing::{self, PrivateCluster};
+use kai_shared::testing::{self, PrivateCluster, TestApp, TestDb, TestUser};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -305,4 +309,175 @@ async fn a_cluster_failover_degrades_to_the_loader_and_serves_nothing_stale() {
         CacheStatus::Hit,
         "caching resumed on the promoted replica"
     );
+}
+
+/// POSTs a journal entry; the status.
+async fn post(app: &TestApp, user: &TestUser, content: &str) -> u16 {
+    app.client
+        .post(app.url("/api/journal/entries"))
+        .bearer_auth(&user.token)
+        .json(&json!({ "content": content }))
+        .send()
+        .await
+        .expect("request")
+        .status()
+        .as_u16()
+}
+
+/// Reads the user's list on `app` until it holds `total` entries and is a cache
+/// hit (caching resumed), at most `limit`; every answer on the way must be a 200
+/// with at least `total` entries (never a stale page).
+async fn eventually_cached(app: &TestApp, user: &TestUser, total: u64, limit: Duration) {
+    let started = Instant::now();
+    loop {
+        let (status, cache, page) = app.read(&user.token, "/api/journal/entries").await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["total"], total, "stale page: {page}");
+        if cache == "HIT" {
+            return;
+        }
+        assert!(started.elapsed() < limit, "caching never resumed ({cache})");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_paused_primary_costs_latency_never_an_error_or_a_stale_read() {
+    let cluster = PrivateCluster::start();
+    let db = TestDb::create().await;
+    let prefix = format!("pz{}", Uuid::new_v4().simple());
+    let settings = || {
+        testing::settings(
+            &db.url,
+            None,
+            &prefix,
+            &[
+                ("REDIS_CLUSTER_NODES", &cluster.seeds()),
+                ("REDIS_TIMEOUT_MS", "250"),
+            ],
+        )
+    };
+    let a = TestApp::start(journal_service::service(), settings()).await;
+    let b = TestApp::start(journal_service::service(), settings()).await;
+    let user = TestUser::new();
+    assert_eq!(post(&a, &user, "one").await, 201);
+    for app in [&a, &b] {
+        app.read(&user.token, "/api/journal/entries").await;
+        eventually_cached(app, &user, 1, Duration::from_secs(5)).await;
+    }
+
+    // Stop the primary of the user's scope. Everything below runs while it is
+    // stopped: each answer proves a request does not wait for the node.
+    let scope = journal_service::cache_rules::user_scope(user.id);
+    let victim = cluster.primary_for(&keys::generation_key(&prefix, &scope), 0);
+    cluster.nodes[victim].pause();
+    for (i, (writer, other)) in [(&a, &b), (&b, &a), (&a, &b)].into_iter().enumerate() {
+        let total = 2 + i as u64;
+        assert_eq!(post(writer, &user, &format!("while paused {i}")).await, 201);
+        // The writer: at once. The other replica: once it stops trusting what it
+        // remembers (its subscription may live on the stopped node), and from
+        // then on never an older page.
+        let (status, _, page) = writer.read(&user.token, "/api/journal/entries").await;
+        assert_eq!(
+            (status, page["total"].as_u64()),
+            (200, Some(total)),
+            "{page}"
+        );
+        let started = Instant::now();
+        loop {
+            let (status, _, page) = other.read(&user.token, "/api/journal/entries").await;
+            assert_eq!(status, 200, "{page}");
+            if page["total"] == total {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "{page}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for app in [&a, &b] {
+            let (status, _, page) = app.read(&user.token, "/api/journal/entries").await;
+            assert_eq!(
+                (status, page["total"].as_u64()),
+                (200, Some(total)),
+                "{page}"
+            );
+        }
+    }
+
+    // Resumed (as a primary again, or demoted if its replica took over meanwhile):
+    // the deferred invalidations are replayed, nothing stale is served, and both
+    // replicas cache again.
+    cluster.nodes[victim].resume();
+    cluster.wait_converged(&(0..6).collect::<Vec<_>>());
+    eventually_cached(&a, &user, 4, Duration::from_secs(30)).await;
+    eventually_cached(&b, &user, 4, Duration::from_secs(30)).await;
+    assert_eq!(post(&b, &user, "after").await, 201);
+    let (status, cache, page) = a.read(&user.token, "/api/journal/entries").await;
+    assert_eq!(
+        (status, page["total"].as_u64()),
+        (200, Some(5)),
+        "{cache} {page}"
+    );
+    let health = a.get_json("/health/detailed").await;
+    assert_eq!(health["redis"]["status"], "healthy", "{health}");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn the_recovery_sweep_scans_every_primary() {
+    let cluster = PrivateCluster::start();
+    let all: Vec<usize> = (0..6).collect();
+    let settings = testing::settings(
+        "postgres://postgres@127.0.0.1/unused",
+        None,
+        "sw",
+        &[("REDIS_CLUSTER_NODES", &cluster.seeds())],
+    );
+    // Counters of 300 scopes (spread over every slot range) and one other key.
+    let client = redis::cluster::ClusterClient::new(
+        cluster.nodes.iter().map(|n| n.url()).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let mut conn = client.get_connection().unwrap();
+    for _ in 0..300 {
+        let _: () = redis::cmd("SET")
+            .arg(keys::generation_key("sw", &scope()))
+            .arg(1)
+            .query(&mut conn)
+            .unwrap();
+    }
+    let _: () = redis::cmd("SET")
+        .arg("sw:other")
+        .arg(1)
+        .query(&mut conn)
+        .unwrap();
+    let owners: std::collections::HashSet<usize> = (0..50)
+        .map(|_| cluster.primary_for(&keys::generation_key("sw", &scope()), 0))
+        .collect();
+    assert_eq!(owners.len(), 3, "scopes spread over the three primaries");
+
+    let removed = testing::unlink_matching(&settings, "sw:{*}:gen")
+        .await
+        .expect("sweep");
+    assert_eq!(removed, 300);
+    // Only sw:other remains, on its primary and (once replicated) its replica.
+    let started = Instant::now();
+    loop {
+        let left: u64 = all
+            .iter()
+            .map(|&i| {
+                redis::cmd("DBSIZE")
+                    .query::<u64>(&mut cluster.nodes[i].connection())
+                    .unwrap()
+            })
+            .sum();
+        if left == 2 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{left} keys left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

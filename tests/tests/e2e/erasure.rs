@@ -2,11 +2,13 @@
 //! data in every service and warm caches on two journal replicas deletes their
 //! account; every token is refused within 1 s; within 30 s PostgreSQL holds no
 //! row of theirs and Redis no key — also when conversation-service was down at
-//! the time, and when Redis lost all its data between the deletion and the purge.
+//! the time, and when Redis lost all its data between the deletion and the purge;
+//! and on a Redis Cluster, where the stream, its consumer groups, the revocations
+//! and the cache keys are spread over three primaries.
 
 use std::time::{Duration, Instant};
 
-use kai_shared::testing::{self, PrivateRedis, TestApp, TestDb};
+use kai_shared::testing::{self, PrivateCluster, PrivateRedis, TestApp, TestDb};
 use reqwest::Method;
 use serde_json::json;
 use uuid::Uuid;
@@ -15,37 +17,91 @@ use crate::system::call;
 
 const PASSWORD: &str = "erase-me-entirely-please";
 
-/// What is running: its own PostgreSQL database and its own redis-server.
+/// Where the services' Redis is: one redis-server, or a cluster of 3 + 3.
+enum Redis {
+    Node(PrivateRedis),
+    Cluster(PrivateCluster),
+}
+
+/// What is running: its own PostgreSQL database and its own Redis.
 struct Stack {
     db: TestDb,
-    redis: PrivateRedis,
+    redis: Redis,
     prefix: String,
-    profile: TestApp,
+    profile: Option<TestApp>,
     journal: Vec<TestApp>,
     conversation: Option<TestApp>,
 }
 
 impl Stack {
     fn settings(&self) -> kai_shared::config::Settings {
-        testing::settings(&self.db.url, Some(&self.redis.url()), &self.prefix, &[])
+        match &self.redis {
+            Redis::Node(r) => testing::settings(&self.db.url, Some(&r.url()), &self.prefix, &[]),
+            Redis::Cluster(c) => testing::settings(
+                &self.db.url,
+                None,
+                &self.prefix,
+                &[("REDIS_CLUSTER_NODES", &c.seeds())],
+            ),
+        }
     }
 
     async fn start() -> Self {
+        Self::start_on(Redis::Node(PrivateRedis::start())).await
+    }
+
+    async fn start_on(redis: Redis) -> Self {
         let db = TestDb::create().await;
-        let redis = PrivateRedis::start();
         let prefix = format!("kai-test-{}", Uuid::new_v4().simple());
-        let settings = testing::settings(&db.url, Some(&redis.url()), &prefix, &[]);
-        let profile = TestApp::start(profile_service::service(), settings.clone()).await;
         let mut me = Self {
             db,
             redis,
             prefix,
-            profile,
+            profile: None,
             journal: Vec::new(),
             conversation: None,
         };
+        me.profile = Some(TestApp::start(profile_service::service(), me.settings()).await);
         me.start_journal_and_conversation().await;
         me
+    }
+
+    fn profile(&self) -> &TestApp {
+        self.profile.as_ref().expect("profile-service runs")
+    }
+
+    fn node(&self) -> &PrivateRedis {
+        match &self.redis {
+            Redis::Node(r) => r,
+            Redis::Cluster(_) => panic!("a single redis-server test"),
+        }
+    }
+
+    /// Every key of this test on every primary (a cluster's replicas hold copies).
+    fn all_keys(&self) -> Vec<String> {
+        let nodes: Vec<&PrivateRedis> = match &self.redis {
+            Redis::Node(r) => vec![r],
+            Redis::Cluster(c) => c
+                .nodes
+                .iter()
+                .filter(|n| {
+                    redis::cmd("INFO")
+                        .arg("replication")
+                        .query::<String>(&mut n.connection())
+                        .is_ok_and(|info| info.contains("role:master"))
+                })
+                .collect(),
+        };
+        let mut keys = Vec::new();
+        for node in nodes {
+            let mut conn = node.connection();
+            keys.extend(
+                redis::TypedCommands::scan_match(&mut conn, format!("{}:*", self.prefix))
+                    .unwrap()
+                    .filter_map(Result::ok),
+            );
+        }
+        keys
     }
 
     async fn start_journal_and_conversation(&mut self) {
@@ -88,13 +144,8 @@ impl Stack {
 
     /// Keys in this test's Redis that name `user`.
     fn redis_keys_of(&self, user: Uuid) -> Vec<String> {
-        let mut conn = self.redis.connection();
-        let keys: Vec<String> =
-            redis::TypedCommands::scan_match(&mut conn, format!("{}:*", self.prefix))
-                .unwrap()
-                .filter_map(Result::ok)
-                .collect();
-        keys.into_iter()
+        self.all_keys()
+            .into_iter()
             .filter(|k| k.contains(&user.to_string()))
             .collect()
     }
@@ -148,7 +199,7 @@ struct Person {
 
 async fn person(s: &Stack, email: &str) -> Person {
     let (status, _) = call(
-        &s.profile,
+        s.profile(),
         Method::POST,
         "/api/auth/register",
         None,
@@ -157,7 +208,7 @@ async fn person(s: &Stack, email: &str) -> Person {
     .await;
     assert_eq!(status, 201);
     let (_, login) = call(
-        &s.profile,
+        s.profile(),
         Method::POST,
         "/api/auth/login",
         None,
@@ -219,7 +270,7 @@ async fn person(s: &Stack, email: &str) -> Person {
     .await;
     assert_eq!(status, 201);
     let (status, _) = call(
-        &s.profile,
+        s.profile(),
         Method::PATCH,
         "/api/profile",
         t,
@@ -245,7 +296,7 @@ async fn person(s: &Stack, email: &str) -> Person {
                 .0,
             200
         );
-        assert_eq!(s.profile.read(&token, "/api/profile").await.0, 200);
+        assert_eq!(s.profile().read(&token, "/api/profile").await.0, 200);
     }
     let (_, _, hit) = s.journal[1].read(&token, "/api/journal/entries").await;
     assert_eq!(hit["total"], 3);
@@ -260,8 +311,8 @@ async fn person(s: &Stack, email: &str) -> Person {
 /// Every route that holds the person's data, with the old token: 401.
 async fn refused_everywhere_within_a_second(s: &Stack, p: &Person, started: Instant) {
     let mut routes: Vec<(&TestApp, String)> = vec![
-        (&s.profile, "/api/profile".into()),
-        (&s.profile, "/api/profile/export".into()),
+        (s.profile(), "/api/profile".into()),
+        (s.profile(), "/api/profile/export".into()),
     ];
     for j in &s.journal {
         routes.push((j, "/api/journal/entries".into()));
@@ -359,7 +410,7 @@ async fn purged_within_thirty_seconds(
 
 async fn delete_account(s: &Stack, p: &Person) {
     let (status, body) = call(
-        &s.profile,
+        s.profile(),
         Method::DELETE,
         "/api/account",
         Some(&p.token),
@@ -387,7 +438,7 @@ async fn deleting_an_account_erases_it_from_every_service_and_cache() {
     let started = Instant::now();
     refused_everywhere_within_a_second(&s, &p, started).await;
     purged_within_thirty_seconds(&s, &p, &bystander, started, true).await;
-    assert_eq!(purges(&s.profile.metrics().await), 1);
+    assert_eq!(purges(&s.profile().metrics().await), 1);
     assert_eq!(purges(&s.conversation().metrics().await), 1);
     let journal: u64 = {
         let mut n = 0;
@@ -445,10 +496,40 @@ async fn an_erasure_survives_redis_losing_all_its_data() {
     }
     // The stream, the consumer groups, the revocations, the acks: all gone.
     let _: () = redis::cmd("FLUSHALL")
-        .query(&mut s.redis.connection())
+        .query(&mut s.node().connection())
         .unwrap();
     s.start_journal_and_conversation().await;
     purged_within_thirty_seconds(&s, &p, &bystander, started, false).await;
     // Replicas that started after the loss heard the revocation again.
     refused_everywhere_within_a_second(&s, &p, Instant::now()).await;
+}
+
+#[tokio::test]
+async fn an_account_is_erased_on_a_redis_cluster() {
+    let s = Stack::start_on(Redis::Cluster(PrivateCluster::start())).await;
+    let bystander = person(&s, "stays@example.org").await;
+    let p = person(&s, "leaves@example.org").await;
+    // The person's cache keys and the event stream are spread over the primaries.
+    assert!(!s.redis_keys_of(p.id).is_empty());
+    delete_account(&s, &p).await;
+    let started = Instant::now();
+    refused_everywhere_within_a_second(&s, &p, started).await;
+    purged_within_thirty_seconds(&s, &p, &bystander, started, true).await;
+    assert_eq!(purges(&s.profile().metrics().await), 1);
+    assert_eq!(purges(&s.conversation().metrics().await), 1);
+    let mut journal = 0;
+    for j in &s.journal {
+        journal += purges(&j.metrics().await);
+    }
+    assert_eq!(journal, 1, "one replica of the journal group purged");
+    // The stream and its ack set share a slot (one hash tag).
+    let streams: Vec<String> = s
+        .all_keys()
+        .into_iter()
+        .filter(|k| k.contains(":{events:"))
+        .collect();
+    assert!(
+        !streams.is_empty(),
+        "the erasure travelled on a stream: {streams:?}"
+    );
 }

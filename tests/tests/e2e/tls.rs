@@ -211,3 +211,62 @@ async fn a_wrong_redis_password_or_an_untrusted_certificate_stops_the_start() {
     assert!(line.contains("UnknownIssuer"), "{line}");
     assert!(!line.contains(password), "the password leaked: {line}");
 }
+
+#[tokio::test]
+async fn only_prefer_falls_back_to_plaintext_and_disable_never_encrypts() {
+    // A server without TLS: every mode that asks for TLS refuses to start.
+    let plain = PrivatePostgres::start(None);
+    for mode in ["require", "verify-ca", "verify-full"] {
+        let line = start_error(&plain.url("127.0.0.1", &format!("sslmode={mode}")), &[]).await;
+        assert!(line.starts_with("DATABASE_URL: "), "{mode}: {line}");
+        assert!(!line.contains('\n'), "one line: {line}");
+    }
+    let settings = testing::settings(
+        &plain.url("127.0.0.1", "sslmode=prefer"),
+        None,
+        "kai-tls",
+        &[],
+    );
+    let app = TestApp::start(journal_service::service(), settings).await;
+    assert!(
+        !pool_connection_is_encrypted(&app).await,
+        "prefer: plaintext when offered nothing"
+    );
+    app.stop().await;
+
+    // A server with TLS: `disable` stays plaintext; `require` encrypts without a
+    // CA (libpq: no check), and checks the chain once DATABASE_CA_FILE is given.
+    let ca = TestCa::new();
+    let tls = PrivatePostgres::start(Some(&ca));
+    for (mode, extra, encrypted) in [
+        ("disable", vec![], false),
+        ("require", vec![], true),
+        ("require", vec![("DATABASE_CA_FILE", ca.ca_file())], true),
+    ] {
+        let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let settings = testing::settings(
+            &tls.url("127.0.0.1", &format!("sslmode={mode}")),
+            None,
+            "kai-tls",
+            &extra,
+        );
+        let app = TestApp::start(journal_service::service(), settings).await;
+        assert_eq!(
+            pool_connection_is_encrypted(&app).await,
+            encrypted,
+            "{mode}"
+        );
+        app.stop().await;
+    }
+    let other = TestCa::new();
+    let line = start_error(
+        &tls.url("127.0.0.1", "sslmode=require"),
+        &[("DATABASE_CA_FILE", &other.ca_file())],
+    )
+    .await;
+    // Both test CAs are named kai-test-ca: the chain is found, its signature fails.
+    assert!(
+        line.contains("invalid peer certificate"),
+        "require + a CA file checks the chain: {line}"
+    );
+}
