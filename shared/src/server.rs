@@ -207,8 +207,11 @@ pub fn run(
             .wrap(from_fn(crate::http::stamp))
             .wrap(from_fn(crate::http::bound_method))
             .configure(crate::health::routes)
-            .configure(|cfg| docs(cfg, document))
+            // The service's routes before the docs: actix tries resources in this
+            // order, and the docs' `/docs/{_:.*}` is a regex every API request
+            // would otherwise run first (the paths never overlap).
             .configure(|cfg| routes(cfg))
+            .configure(|cfg| docs(cfg, document))
             .default_service(web::to(crate::http::not_found))
     })
     .listen(listener)?

@@ -148,7 +148,12 @@ mod tests {
                 let stats = stats.clone();
                 std::thread::spawn(move || {
                     for i in 0..10_000u64 {
-                        stats.record(&Method::GET, "/api/y", Duration::from_micros(i % 100), false);
+                        stats.record(
+                            &Method::GET,
+                            "/api/y",
+                            Duration::from_micros(i % 100),
+                            false,
+                        );
                     }
                 })
             })

@@ -151,8 +151,7 @@ impl Ctx {
                     .collect();
                 let make: RequestFn =
                     Arc::new(move |c, n| reqs[(c * 7 + n as usize) % reqs.len()].clone());
-                self.timed(name, &self.journal, make, None, "journal")
-                    .await
+                self.timed(name, &self.journal, make, None, "journal").await
             }
             "write-read-mix" => {
                 let users = self.other_auth.clone();
@@ -170,8 +169,7 @@ impl Ctx {
                         Req::get(list).header(AUTHORIZATION, auth)
                     }
                 });
-                self.timed(name, &self.journal, make, None, "journal")
-                    .await
+                self.timed(name, &self.journal, make, None, "journal").await
             }
             "conversation-list" => {
                 let Some(target) = &self.conversation else {

@@ -562,13 +562,13 @@ async fn twice(
     let (first, second) = (&seen[0], &seen[1]);
     let faster = matches!((first.1, second.1), (Some(a), Some(b)) if b < a);
     let msg = format!(
-            "{what}: X-Cache {} then {}; server time {:.3} ms → {:.3} ms (client {:.2} → {:.2} ms)",
-            first.0,
-            second.0,
-            first.1.unwrap_or(f64::NAN),
-            second.1.unwrap_or(f64::NAN),
-            first.2,
-            second.2
+        "{what}: X-Cache {} then {}; server time {:.3} ms → {:.3} ms (client {:.2} → {:.2} ms)",
+        first.0,
+        second.0,
+        first.1.unwrap_or(f64::NAN),
+        second.1.unwrap_or(f64::NAN),
+        first.2,
+        second.2
     );
     // MISS then HIT is the contract; a hit slower than the miss on one sample is a
     // busy machine's scheduling, worth a look but not a failure.

@@ -70,9 +70,16 @@ async fn api_writes_soft_deletes_and_restores_keep_the_total() {
         assert_eq!(j.delete(&user, id.as_str().unwrap()).await.status(), 204);
     }
     // Deleting twice, and patching, change nothing.
-    assert_eq!(j.delete(&user, ids[0].as_str().unwrap()).await.status(), 404);
+    assert_eq!(
+        j.delete(&user, ids[0].as_str().unwrap()).await.status(),
+        404
+    );
     let patched = j
-        .patch(&user, ids[5].as_str().unwrap(), json!({"content": "changed"}))
+        .patch(
+            &user,
+            ids[5].as_str().unwrap(),
+            json!({"content": "changed"}),
+        )
         .await;
     assert_eq!(patched.status(), 200);
     assert_eq!(list_total(&j, &user).await, json!(4));
@@ -103,14 +110,18 @@ async fn concurrent_writers_of_one_user_keep_an_exact_total() {
         }
     }))
     .await;
+    let (jr, ur) = (&j, &user);
     let deletes = futures_util::future::join_all(
         created[..15]
             .iter()
-            .map(|id| async { j.delete(&user, id).await.status().as_u16() }),
+            .map(|id| async move { jr.delete(ur, id).await.status().as_u16() }),
     );
-    let creates = futures_util::future::join_all(
-        (0..10).map(|i| async move { j.create(&user, json!({"content": format!("d{i}")})).await.status().as_u16() }),
-    );
+    let creates = futures_util::future::join_all((0..10).map(|i| async move {
+        jr.create(ur, json!({"content": format!("d{i}")}))
+            .await
+            .status()
+            .as_u16()
+    }));
     let (d, c) = tokio::join!(deletes, creates);
     assert!(d.iter().all(|s| *s == 204), "{d:?}");
     assert!(c.iter().all(|s| *s == 201), "{c:?}");

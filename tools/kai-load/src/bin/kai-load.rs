@@ -151,7 +151,10 @@ async fn profile_token(profile: &Target, logins: usize) -> Result<String> {
         async move {
             let r = http
                 .post(format!("{base}/api/auth/login"))
-                .header("x-forwarded-for", format!("198.18.{}.{}", n / 250, 1 + n % 250))
+                .header(
+                    "x-forwarded-for",
+                    format!("198.18.{}.{}", n / 250, 1 + n % 250),
+                )
                 .json(&serde_json::json!({"email": email, "password": password}))
                 .send()
                 .await?;
@@ -176,7 +179,10 @@ async fn profile_token(profile: &Target, logins: usize) -> Result<String> {
     let login = login(0)
         .await?
         .context("the login was refused with 429 (rate limit)")?;
-    eprintln!("profile: {} logins ({limited} refused by the rate limit)", done + 1);
+    eprintln!(
+        "profile: {} logins ({limited} refused by the rate limit)",
+        done + 1
+    );
     let token = login["access_token"]
         .as_str()
         .context("login answered no access_token")?
