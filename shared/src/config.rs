@@ -193,6 +193,11 @@ pub struct Settings {
         action = ArgAction::Set,
         help = "false: every cacheable read goes to PostgreSQL (`X-Cache: BYPASS`)")]
     pub cache_enabled: bool,
+    #[arg(long = "cache-l1-max-mb", env = "CACHE_L1_MAX_MB", default_value = "32",
+        value_parser = positive::<u64>,
+        help = "in-process L1 cache bound (MiB of entries): the hot set, since L1 holds \
+                live generations only")]
+    pub cache_l1_max_mb: u64,
     #[arg(long, env = "DB_POOL_SIZE", default_value = "20", value_parser = positive::<usize>,
         help = "PostgreSQL pool size")]
     pub db_pool_size: usize,
