@@ -193,6 +193,11 @@ pub struct Settings {
         action = ArgAction::Set,
         help = "false: every cacheable read goes to PostgreSQL (`X-Cache: BYPASS`)")]
     pub cache_enabled: bool,
+    #[arg(long = "cache-l1-max-mb", env = "CACHE_L1_MAX_MB", default_value = "32",
+        value_parser = positive::<u64>,
+        help = "in-process L1 cache bound (MiB of entries): the hot set, since L1 holds \
+                live generations only")]
+    pub cache_l1_max_mb: u64,
     #[arg(long, env = "DB_POOL_SIZE", default_value = "20", value_parser = positive::<usize>,
         help = "PostgreSQL pool size")]
     pub db_pool_size: usize,
@@ -215,6 +220,11 @@ pub struct Settings {
         default_value = "1000", value_parser = millis,
         help = "slower requests are logged as warnings")]
     pub slow_request_threshold: Duration,
+    #[arg(long = "request-body-timeout-ms", env = "REQUEST_BODY_TIMEOUT_MS",
+        default_value = "10000", value_parser = positive_millis,
+        help = "a request body must arrive within this time of being asked for, else 408 \
+                (slow clients: a 4 MiB batch import needs about 420 KB/s)")]
+    pub request_body_timeout: Duration,
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "", value_parser = comma_list,
         help = "comma-separated origins; scripts may read `Retry-After`, `ETag`, `Location`, \
                 `X-Request-Id`, `X-Cache`; a preflight offers only the route's methods and the \

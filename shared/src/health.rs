@@ -69,7 +69,7 @@ async fn detailed(platform: web::Data<Platform>) -> HttpResponse {
     let database = match db_ping {
         Ok(rtt) => DatabaseHealth {
             status: "healthy",
-            response_time_ms: Some(rtt.as_secs_f64() * 1000.0),
+            response_time_ms: Some(millis(rtt)),
             pool: platform.db.status(),
         },
         Err(_) => DatabaseHealth {
@@ -111,4 +111,15 @@ async fn detailed(platform: web::Data<Platform>) -> HttpResponse {
     };
     let mut res = code;
     res.json(body)
+}
+
+/// A duration in milliseconds, to three decimals (microseconds).
+pub fn millis(d: std::time::Duration) -> f64 {
+    round_to(d.as_secs_f64() * 1000.0, 3)
+}
+
+/// `x` rounded to `decimals` places (health and stats figures, not arithmetic).
+pub fn round_to(x: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (x * scale).round() / scale
 }

@@ -191,7 +191,6 @@ pub fn run(
         App::new()
             .app_data(platform.clone())
             .app_data(operations.clone())
-            .app_data(crate::http::json_config())
             .app_data(crate::http::query_config())
             .app_data(crate::http::path_config())
             .app_data(crate::http::payload_config())

@@ -182,7 +182,9 @@ impl Remote {
             .into_iter()
             .next()
             .and_then(|c| c.message.content)
-            .map(|t| t.trim().to_owned())
+            // PostgreSQL text cannot hold NUL: a model that emits one must not
+            // turn the exchange into a 500 (nor its reply into a cached one).
+            .map(|t| t.replace('\0', "").trim().to_owned())
             .filter(|t| !t.is_empty())
             .ok_or_else(|| LlmError::Upstream("an answer without content".into()))?;
         // A message is at most 20,000 characters (the table says so too).

@@ -20,6 +20,11 @@ pub const ROLES: [&str; 3] = ["user", "assistant", "system"];
 pub const IMPORTABLE_ROLES: [&str; 2] = ["user", "assistant"];
 /// How far in the future an imported `created_at` may lie (clock skew).
 const MAX_FUTURE_SKEW: Duration = Duration::minutes(5);
+/// The earliest imported `created_at`: no conversation with an assistant is
+/// older, and it keeps years 0000–1969 (which PostgreSQL would store as odd BC
+/// or pre-epoch dates, and which cursors and exports were never meant to carry)
+/// out of the table.
+pub const EARLIEST_MESSAGE: &str = "1970-01-01T00:00:00Z";
 
 /// The newest message of a conversation, as lists show it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -129,13 +134,6 @@ impl CreateConversation {
     /// Checks the title's length as sent (what the document states), then trims
     /// it (blank becomes none).
     pub fn validate(&mut self) -> Result<(), ApiError> {
-        // PostgreSQL text cannot hold NUL: a 400, not a failed INSERT.
-        if self.title.as_ref().is_some_and(|t| t.contains('\0')) {
-            return Err(ApiError::validation(vec![FieldError::new(
-                "title",
-                "must not contain NUL characters",
-            )]));
-        }
         if self
             .title
             .as_ref()
@@ -220,7 +218,8 @@ pub struct BatchMessage {
         pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
     )]
     pub content: String,
-    /// When the message was written (imports); now when absent.
+    /// When the message was written (imports), from 1970-01-01T00:00:00Z to five
+    /// minutes from now; now when absent.
     pub created_at: Option<DateTime<Utc>>,
 }
 
@@ -247,6 +246,9 @@ impl BatchRequest {
             )]));
         }
         let latest = Utc::now() + MAX_FUTURE_SKEW;
+        let earliest = DateTime::parse_from_rfc3339(EARLIEST_MESSAGE)
+            .expect("a valid RFC 3339 constant")
+            .to_utc();
         let mut errors = Vec::new();
         for (i, m) in self.messages.iter().enumerate() {
             if !IMPORTABLE_ROLES.contains(&m.role.as_str()) {
@@ -260,6 +262,12 @@ impl BatchRequest {
                 errors.push(FieldError::new(
                     format!("messages[{i}].created_at"),
                     "must not lie in the future",
+                ));
+            }
+            if m.created_at.is_some_and(|t| t < earliest) {
+                errors.push(FieldError::new(
+                    format!("messages[{i}].created_at"),
+                    format!("must not be before {EARLIEST_MESSAGE}"),
                 ));
             }
         }

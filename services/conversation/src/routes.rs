@@ -8,7 +8,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use kai_shared::auth::AuthUser;
 use kai_shared::cache::keys;
 use kai_shared::http::openapi::BearerAuth;
-use kai_shared::http::{in_range, respond};
+use kai_shared::http::{Json, MAX_BATCH_BODY_BYTES, Query, in_range, respond};
 use kai_shared::{ApiError, FieldError, Platform};
 use utoipa::OpenApi;
 use uuid::Uuid;
@@ -66,7 +66,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, llm: web::Data<Llm>) {
 async fn create_conversation(
     p: web::Data<Platform>,
     user: AuthUser,
-    body: web::Json<CreateConversation>,
+    body: Json<CreateConversation>,
 ) -> Result<HttpResponse, ApiError> {
     let mut new = body.into_inner();
     new.validate()?;
@@ -87,7 +87,7 @@ async fn list_conversations(
     req: HttpRequest,
     p: web::Data<Platform>,
     user: AuthUser,
-    q: web::Query<ListQuery>,
+    q: Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
     let uid = user.user_id;
@@ -116,7 +116,7 @@ async fn get_conversation(
     p: web::Data<Platform>,
     user: AuthUser,
     id: web::Path<Uuid>,
-    q: web::Query<DetailQuery>,
+    q: Query<DetailQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let uid = user.user_id;
@@ -164,7 +164,7 @@ async fn post_message(
     llm: web::Data<Llm>,
     user: AuthUser,
     id: web::Path<Uuid>,
-    body: web::Json<PostMessage>,
+    body: Json<PostMessage>,
 ) -> Result<HttpResponse, ApiError> {
     let mut msg = body.into_inner();
     msg.validate()?;
@@ -205,7 +205,7 @@ async fn post_batch(
     p: web::Data<Platform>,
     user: AuthUser,
     id: web::Path<Uuid>,
-    body: web::Json<BatchRequest>,
+    body: Json<BatchRequest, MAX_BATCH_BODY_BYTES>,
 ) -> Result<HttpResponse, ApiError> {
     let batch = body.into_inner();
     batch.validate()?;

@@ -5,7 +5,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use kai_shared::auth::AuthUser;
 use kai_shared::cache::keys;
 use kai_shared::http::openapi::BearerAuth;
-use kai_shared::http::{in_range, respond};
+use kai_shared::http::{Json, Query, in_range, respond};
 use kai_shared::{ApiError, FieldError, Platform};
 use utoipa::OpenApi;
 use uuid::Uuid;
@@ -67,7 +67,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 async fn create_entry(
     p: web::Data<Platform>,
     user: AuthUser,
-    body: web::Json<CreateEntry>,
+    body: Json<CreateEntry>,
 ) -> Result<HttpResponse, ApiError> {
     let mut new = body.into_inner();
     new.validate()?;
@@ -90,7 +90,7 @@ async fn list_entries(
     req: HttpRequest,
     p: web::Data<Platform>,
     user: AuthUser,
-    q: web::Query<ListQuery>,
+    q: Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
     let uid = user.user_id;
@@ -205,7 +205,7 @@ async fn patch_entry(
     p: web::Data<Platform>,
     user: AuthUser,
     id: web::Path<Uuid>,
-    body: web::Json<PatchEntry>,
+    body: Json<PatchEntry>,
 ) -> Result<HttpResponse, ApiError> {
     let mut patch = body.into_inner();
     patch.validate()?;
@@ -247,7 +247,7 @@ pub const SEARCH_PER_USER: kai_shared::ratelimit::Limit = kai_shared::ratelimit:
 async fn search_entries(
     p: web::Data<Platform>,
     user: AuthUser,
-    q: web::Query<SearchQuery>,
+    q: Query<SearchQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
     // Checked as sent (what the document states), then trimmed.
@@ -275,7 +275,7 @@ async fn entry_stats(
     req: HttpRequest,
     p: web::Data<Platform>,
     user: AuthUser,
-    q: web::Query<StatsQuery>,
+    q: Query<StatsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let days = in_range("days", q.days, 30, 1, 365)?;
     let uid = user.user_id;

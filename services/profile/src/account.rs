@@ -7,6 +7,7 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use kai_shared::auth::AuthUser;
+use kai_shared::http::Json;
 use kai_shared::ratelimit::Limit;
 use kai_shared::{ApiError, Platform};
 
@@ -62,7 +63,7 @@ pub async fn change_password(
     req: HttpRequest,
     p: web::Data<Platform>,
     user: AuthUser,
-    body: web::Json<ChangePassword>,
+    body: Json<ChangePassword>,
 ) -> Result<HttpResponse, ApiError> {
     let change = body.into_inner();
     change.validate()?;
@@ -96,7 +97,7 @@ pub async fn delete_account(
     req: HttpRequest,
     p: web::Data<Platform>,
     user: AuthUser,
-    body: web::Json<DeleteAccount>,
+    body: Json<DeleteAccount>,
 ) -> Result<HttpResponse, ApiError> {
     reauthenticate(&req, &p, &user, body.into_inner().password).await?;
     erasure::delete_account(&p.db, user.user_id).await?;

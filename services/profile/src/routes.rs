@@ -6,7 +6,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use kai_shared::auth::AuthUser;
 use kai_shared::cache::keys;
 use kai_shared::http::openapi::BearerAuth;
-use kai_shared::http::respond;
+use kai_shared::http::{Json, respond};
 use kai_shared::ratelimit::Limit;
 use kai_shared::{ApiError, FieldError, Platform};
 use utoipa::OpenApi;
@@ -86,7 +86,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 async fn register(
     req: HttpRequest,
     p: web::Data<Platform>,
-    body: web::Json<Register>,
+    body: Json<Register>,
 ) -> Result<HttpResponse, ApiError> {
     let mut new = body.into_inner();
     new.validate()?;
@@ -111,7 +111,7 @@ async fn register(
 async fn login(
     req: HttpRequest,
     p: web::Data<Platform>,
-    body: web::Json<Login>,
+    body: Json<Login>,
 ) -> Result<HttpResponse, ApiError> {
     let Login { email, password } = body.into_inner();
     // Brute force: a bucket per client address and one per (e-mail case-folded,
@@ -197,7 +197,7 @@ async fn get_profile(
 async fn patch_profile(
     p: web::Data<Platform>,
     user: AuthUser,
-    body: web::Json<PatchProfile>,
+    body: Json<PatchProfile>,
 ) -> Result<HttpResponse, ApiError> {
     let mut patch = body.into_inner();
     patch.validate()?;

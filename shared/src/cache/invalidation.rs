@@ -4,9 +4,17 @@
 //! trip that sets it).
 //!
 //! The subscription is what makes remembered generations — and so L1 hits —
-//! safe. While it is not established (start-up, a lost connection, a silent
-//! partition caught by the periodic PING), the generation map is untrusted: every
-//! read asks Redis for the generation, which is always correct, only slower.
+//! safe. A heartbeat `PING` goes out on the subscribed connection every
+//! [`HEARTBEAT_EVERY`]; its answer (in subscribed mode an array `["pong", ""]`)
+//! comes after every message Redis queued before it, so once the messages already
+//! received are applied, the heartbeat's send time is
+//! [confirmed](Generations::confirm): remembered generations stay trusted for
+//! [`TRUST_WINDOW`](super::generations::TRUST_WINDOW) after it. A silent
+//! connection (Redis paused, packets dropped) thus stops L1 use within 250 ms,
+//! without tearing anything down; only a heartbeat unanswered for [`LOST_AFTER`]
+//! (or a closed connection) replaces the subscription, with one warning. In
+//! steady state the subscriber is one long-lived connection per replica costing
+//! ten PINGs a second.
 //!
 //! On a Redis Cluster, classic PUBLISH is broadcast to every node, so the
 //! subscription lives on one node (the first seed that answers) and moves to the
@@ -15,15 +23,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::generations::Generations;
+use super::generations::{Generations, mono_micros};
 use super::keys::{self, Scope};
 use super::redis::L2;
 
-/// How often the subscriber checks its connection is alive.
-const PING_EVERY: Duration = Duration::from_secs(1);
+/// How often the subscriber proves its connection hears Redis. Well inside the
+/// 250 ms trust window, so one late answer does not make L1 untrusted.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(100);
+/// A heartbeat unanswered this long means the connection is gone: replace it.
+pub const LOST_AFTER: Duration = Duration::from_secs(2);
 /// Wait between reconnection attempts.
 const RETRY_EVERY: Duration = Duration::from_millis(250);
 
@@ -41,16 +54,27 @@ pub async fn subscribe(
     stop: CancellationToken,
 ) {
     let mut node = 0;
+    let mut failures = 0u32;
     loop {
         let client = &nodes[node % nodes.len()];
+        let mut established = false;
         let outcome = tokio::select! {
             _ = stop.cancelled() => return,
-            outcome = listen(client, &l2, &prefix, timeout, &generations, &on_revoked) => outcome,
+            outcome = listen(client, &l2, &prefix, timeout, &generations, &on_revoked, &mut established) => outcome,
         };
+        generations.set_subscribed(false);
+        if established {
+            failures = 0;
+        }
+        failures += 1;
         node += 1;
-        generations.set_trusted(false);
         if let Err(e) = outcome {
-            tracing::warn!(error = %e, "invalidation subscription lost; L1 bypassed until it is back");
+            // One line per outage, not one per attempt while Redis stays away.
+            if failures == 1 {
+                tracing::warn!(error = %e, "invalidation subscription lost; L1 bypassed until it is back");
+            } else {
+                tracing::debug!(error = %e, attempt = failures, "invalidation subscription still down");
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -66,6 +90,7 @@ async fn listen(
     timeout: Duration,
     generations: &Generations,
     on_revoked: &OnRevoked,
+    established: &mut bool,
 ) -> anyhow::Result<()> {
     let invalidations = keys::invalidation_channel(prefix);
     let revocations = keys::revocation_channel(prefix);
@@ -74,35 +99,68 @@ async fn listen(
         .await??
         .split();
     tokio::time::timeout(patience, sink.subscribe(&[&invalidations, &revocations])).await??;
+    // Subscribed: from here on we hear every announcement. Generations remembered
+    // before are dropped (messages may have been missed).
+    generations.set_subscribed(true);
+    *established = true;
     // Sessions revoked before we subscribed (start-up, or while disconnected).
     let revoked = l2.revoked_sessions(patience).await?;
     for session in &revoked {
         on_revoked(session);
     }
-    // Subscribed: from here on we hear every announcement, so remembered
-    // generations (fetched from now on) can be trusted.
-    generations.set_trusted(true);
     tracing::info!(
         revoked = revoked.len(),
         "invalidation subscription established"
     );
-    let mut ping = tokio::time::interval(PING_EVERY);
-    ping.tick().await;
+
+    let apply = |msg: redis::Msg| {
+        let payload: String = msg.get_payload().unwrap_or_default();
+        if msg.get_channel_name() == revocations {
+            on_revoked(&payload);
+        } else if let Some((tag, generation)) = payload.rsplit_once(' ')
+            && let Ok(generation) = generation.parse::<u64>()
+        {
+            generations.on_message(&Scope::from_tag(tag), generation);
+        }
+    };
+
+    let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The heartbeat in flight: when it was sent (monotonic µs) and its answer.
+    let mut in_flight: Option<(
+        u64,
+        Instant,
+        BoxFuture<'static, redis::RedisResult<redis::Value>>,
+    )> = None;
     loop {
+        let waiting = in_flight.is_some();
+        let lost_at = in_flight.as_ref().map_or_else(
+            || Instant::now() + LOST_AFTER,
+            |(_, at, _)| *at + LOST_AFTER,
+        );
         tokio::select! {
             msg = stream.next() => {
                 let Some(msg) = msg else { anyhow::bail!("subscription stream ended") };
-                let payload: String = msg.get_payload().unwrap_or_default();
-                if msg.get_channel_name() == revocations {
-                    on_revoked(&payload);
-                } else if let Some((tag, generation)) = payload.rsplit_once(' ')
-                    && let Ok(generation) = generation.parse::<u64>()
-                {
-                    generations.on_message(&Scope::from_tag(tag), generation);
-                }
+                apply(msg);
             }
-            _ = ping.tick() => {
-                tokio::time::timeout(timeout.max(Duration::from_millis(500)), sink.ping::<String>()).await??;
+            _ = beat.tick(), if !waiting => {
+                let mut pinger = sink.clone();
+                // In subscribed mode PING is answered with an array, not "PONG".
+                let answer = async move { pinger.ping::<redis::Value>().await }.boxed();
+                in_flight = Some((mono_micros(), Instant::now(), answer));
+            }
+            answer = async { (&mut in_flight.as_mut().expect("waiting").2).await }, if waiting => {
+                let (sent_at, _, _) = in_flight.take().expect("waiting");
+                answer?;
+                // Every message Redis sent before this answer is already queued on
+                // the stream: apply them, then confirm.
+                while let Some(Some(msg)) = stream.next().now_or_never() {
+                    apply(msg);
+                }
+                generations.confirm(sent_at);
+            }
+            _ = tokio::time::sleep_until(lost_at), if waiting => {
+                anyhow::bail!("no heartbeat answer in {} s", LOST_AFTER.as_secs());
             }
         }
     }

@@ -25,8 +25,10 @@
 //!    are replayed before the circuit closes, so a Redis that kept its data through
 //!    the outage serves nothing older than an acknowledged write.
 //! 6. **Two tiers.** A byte-bounded moka L1 in front of Redis; an L1 hit costs no
-//!    network round trip while the pub/sub subscription is healthy, and is not
-//!    used on remembered generations otherwise.
+//!    Redis command while the pub/sub subscription's heartbeat is answered, and L1
+//!    is not used within 250 ms of it falling silent ([`generations`]). L1 holds
+//!    live generations only: older ones are retired the moment this replica
+//!    learns of a newer one ([`local`]).
 //! 7. **Cheap hits.** Entries are the serialized body plus its ETag
 //!    ([`entry::Entry`]); a hit copies no JSON and serializes nothing.
 //! 8. **Hygiene.** TTL per namespace with ±10 % jitter, short negative caching of
@@ -64,8 +66,6 @@ use local::L1;
 use redis::L2;
 use singleflight::SingleFlight;
 
-/// L1 size bound.
-const L1_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// XFetch β: 1 is the paper's optimum for an exponential recompute-time model.
 const XFETCH_BETA: f64 = 1.0;
 /// How long after a purge its second sweep runs (longer than a cacheable read takes).
@@ -120,6 +120,10 @@ pub struct Cached {
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct CacheTotals {
     pub hits: u64,
+    /// Of `hits`, answered from this replica's memory.
+    pub l1_hits: u64,
+    /// Of `hits`, answered from Redis.
+    pub l2_hits: u64,
     pub misses: u64,
     pub errors: u64,
     pub hit_rate: f64,
@@ -150,6 +154,7 @@ struct Inner {
     flights: SingleFlight<LoadResult>,
     metrics: Metrics,
     hits: AtomicU64,
+    l1_hits: AtomicU64,
     misses: AtomicU64,
     errors: AtomicU64,
     early_refreshes: AtomicU64,
@@ -167,11 +172,12 @@ impl Cache {
     ) -> anyhow::Result<Self> {
         let prefix = settings.cache_prefix.clone();
         let target = connect::Target::from_settings(settings).map_err(anyhow::Error::msg)?;
+        let l1 = L1::new(settings.cache_l1_max_mb.saturating_mul(1024 * 1024));
         let (l2, generations) = match target {
-            None => (None, Arc::new(Generations::local_only())),
+            None => (None, Arc::new(Generations::local_only(l1.clone()))),
             Some(target) => {
                 let nodes = connect::subscriber_nodes(settings).map_err(anyhow::Error::msg)?;
-                let generations = Arc::new(Generations::shared());
+                let generations = Arc::new(Generations::shared(l1.clone()));
                 let l2 = Arc::new(L2::new(
                     target,
                     settings.redis_pool_size,
@@ -196,12 +202,13 @@ impl Cache {
             inner: Arc::new(Inner {
                 enabled: settings.cache_enabled,
                 prefix,
-                l1: L1::new(L1_MAX_BYTES),
+                l1,
                 l2,
                 generations,
                 flights: SingleFlight::default(),
                 metrics: metrics.clone(),
                 hits: AtomicU64::new(0),
+                l1_hits: AtomicU64::new(0),
                 misses: AtomicU64::new(0),
                 errors: AtomicU64::new(0),
                 early_refreshes: AtomicU64::new(0),
@@ -264,8 +271,9 @@ impl Cache {
 
         // 2. L1, then L2. An entry due for early refresh is kept as a fallback.
         let mut due: Option<Arc<Entry>> = None;
-        if let Some(entry) = inner.l1.get(&key).await {
+        if let Some(entry) = inner.l1.get(&key) {
             if !refresh_early(&entry) {
+                inner.l1_hits.fetch_add(1, Ordering::Relaxed);
                 return self.hit(policy, entry);
             }
             due = Some(entry);
@@ -285,7 +293,9 @@ impl Cache {
                 .filter(|e| e.expires_at_ms > now_millis())
             {
                 let entry = Arc::new(entry);
-                inner.l1.insert(key.clone(), entry.clone()).await;
+                inner
+                    .l1
+                    .insert(scope, generation, key.clone(), entry.clone());
                 if !refresh_early(&entry) {
                     return self.hit(policy, entry);
                 }
@@ -305,7 +315,7 @@ impl Cache {
             .flights
             .run(
                 &key,
-                self.load_and_store(key.clone(), policy, refreshing, load),
+                self.load_and_store(scope, generation, key.clone(), policy, refreshing, load),
             )
             .await;
         if led && refreshing {
@@ -387,6 +397,8 @@ impl Cache {
 
     async fn load_and_store<T, F, Fut>(
         &self,
+        scope: &Scope,
+        generation: u64,
         key: String,
         policy: &Policy,
         refreshing: bool,
@@ -400,7 +412,7 @@ impl Cache {
         // A request that missed just before the previous leader stored and left may
         // lead a new flight: it finds that leader's entry in L1 and loads nothing.
         if !refreshing
-            && let Some(entry) = self.inner.l1.get(&key).await
+            && let Some(entry) = self.inner.l1.get(&key)
             && entry.expires_at_ms > now_millis()
         {
             return Ok(entry);
@@ -420,7 +432,16 @@ impl Cache {
                 self.count_error(policy, &e);
             }
         }
-        self.inner.l1.insert(key, entry.clone()).await;
+        // A write that landed while this loaded made `generation` dead: keep the
+        // answer for the waiters, not in L1.
+        if self
+            .inner
+            .generations
+            .get(scope)
+            .is_none_or(|known| known <= generation)
+        {
+            self.inner.l1.insert(scope, generation, key, entry.clone());
+        }
         Ok(entry)
     }
 
@@ -458,17 +479,20 @@ impl Cache {
 
     pub fn totals(&self) -> CacheTotals {
         let hits = self.inner.hits.load(Ordering::Relaxed);
+        let l1_hits = self.inner.l1_hits.load(Ordering::Relaxed).min(hits);
         let misses = self.inner.misses.load(Ordering::Relaxed);
         let errors = self.inner.errors.load(Ordering::Relaxed);
         let lookups = hits + misses;
         CacheTotals {
             hits,
+            l1_hits,
+            l2_hits: hits - l1_hits,
             misses,
             errors,
             hit_rate: if lookups == 0 {
                 0.0
             } else {
-                hits as f64 / lookups as f64
+                crate::health::round_to(hits as f64 / lookups as f64, 4)
             },
         }
     }
@@ -508,11 +532,11 @@ impl Cache {
         Some(match l2.ping().await {
             Ok(rtt) if l2.available() => RedisHealth {
                 status: "healthy",
-                response_time_ms: Some(rtt.as_secs_f64() * 1000.0),
+                response_time_ms: Some(crate::health::millis(rtt)),
             },
             Ok(rtt) => RedisHealth {
                 status: "recovering",
-                response_time_ms: Some(rtt.as_secs_f64() * 1000.0),
+                response_time_ms: Some(crate::health::millis(rtt)),
             },
             Err(_) => RedisHealth {
                 status: "unhealthy",
@@ -557,6 +581,17 @@ impl Cache {
     /// test can force the reader/writer interleaving of guarantee 2.
     pub fn set_store_hook(&self, hook: Option<StoreHook>) {
         *self.inner.store_hook.write().expect("hook lock") = hook;
+    }
+
+    /// L1 entries and scopes held now (tests and the soak check that L1 holds
+    /// live generations only).
+    pub fn l1_sizes(&self) -> (u64, usize) {
+        self.inner.l1.sizes()
+    }
+
+    /// The keys L1 holds now.
+    pub fn l1_keys(&self) -> Vec<String> {
+        self.inner.l1.keys()
     }
 
     /// Drops every L1 entry (the benchmark uses it to measure an L2 hit).

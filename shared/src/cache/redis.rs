@@ -316,8 +316,9 @@ impl L2 {
         if !self.open.swap(true, Ordering::AcqRel) {
             tracing::warn!(error = %e, "redis unavailable: circuit open, serving from PostgreSQL");
             self.metrics.redis_up.set(0);
-            // Invalidations may be missed from now on: stop trusting remembered generations.
-            self.generations.set_trusted(false);
+            // This replica's own invalidations may not reach Redis from now on:
+            // forget remembered generations (trust itself follows the heartbeat).
+            self.generations.clear();
         }
         if !self.probing.swap(true, Ordering::AcqRel) {
             let this = self.clone();

@@ -251,7 +251,7 @@ impl Db {
 
     fn record_slow(&self, sql: &str, elapsed: Duration) {
         let sql = sql.split_whitespace().collect::<Vec<_>>().join(" ");
-        let duration_ms = elapsed.as_secs_f64() * 1000.0;
+        let duration_ms = crate::health::millis(elapsed);
         // The SQL text only: parameters carry personal data and never reach a log.
         tracing::warn!(sql = %sql, duration_ms, "slow query");
         self.inner.metrics.db_slow_queries.inc();

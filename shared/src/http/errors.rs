@@ -58,6 +58,9 @@ pub enum ApiError {
     /// 405: the route exists, the method does not.
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// 408: the request body did not arrive in time (`REQUEST_BODY_TIMEOUT_MS`).
+    #[error("{0}")]
+    RequestTimeout(String),
     /// 409: a conflicting resource exists.
     #[error("{0}")]
     Conflict(String),
@@ -139,6 +142,7 @@ impl ApiError {
             Self::Unauthorized(m) => Self::Unauthorized(m.clone()),
             Self::NotFound(m) => Self::NotFound(m.clone()),
             Self::MethodNotAllowed(m) => Self::MethodNotAllowed(m.clone()),
+            Self::RequestTimeout(m) => Self::RequestTimeout(m.clone()),
             Self::Conflict(m) => Self::Conflict(m.clone()),
             Self::PayloadTooLarge(m) => Self::PayloadTooLarge(m.clone()),
             Self::UnsupportedMediaType(m) => Self::UnsupportedMediaType(m.clone()),
@@ -162,6 +166,7 @@ impl ApiError {
             Self::Unauthorized(_) => "Unauthorized",
             Self::NotFound(_) => "Not Found",
             Self::MethodNotAllowed(_) => "Method Not Allowed",
+            Self::RequestTimeout(_) => "Request Timeout",
             Self::Conflict(_) => "Conflict",
             Self::PayloadTooLarge(_) => "Payload Too Large",
             Self::UnsupportedMediaType(_) => "Unsupported Media Type",
@@ -180,6 +185,7 @@ impl ApiError {
             Self::Unauthorized(_) => "unauthorized",
             Self::NotFound(_) => "not-found",
             Self::MethodNotAllowed(_) => "method-not-allowed",
+            Self::RequestTimeout(_) => "request-timeout",
             Self::Conflict(_) => "conflict",
             Self::PayloadTooLarge(_) => "payload-too-large",
             Self::UnsupportedMediaType(_) => "unsupported-media-type",
@@ -220,6 +226,7 @@ impl ResponseError for ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -5,7 +5,9 @@
 pub mod cors;
 pub mod cursor;
 pub mod errors;
+pub mod json;
 pub mod openapi;
+pub mod query;
 pub mod respond;
 pub mod stats;
 
@@ -13,7 +15,7 @@ use std::time::Instant;
 
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::error::{PathError, QueryPayloadError};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -22,8 +24,14 @@ use tracing::Instrument;
 use crate::Platform;
 use errors::{ApiError, FieldError};
 
+pub use json::Json;
+pub use query::Query;
+
 /// Largest accepted request body (SPEC §3).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest accepted body of the conversation batch import (SPEC §3): 1,000
+/// messages of realistic size (~2 KB each, JSON-escaped) must fit.
+pub const MAX_BATCH_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// Smaller responses are not worth compressing (SPEC §3).
 pub const COMPRESS_MIN_BYTES: u64 = crate::cache::entry::COMPRESS_MIN_BYTES as u64;
 
@@ -130,36 +138,7 @@ pub async fn skip_small_bodies(
     Ok(res)
 }
 
-/// JSON bodies: 64 KiB limit, problem+json for every failure.
-pub fn json_config() -> web::JsonConfig {
-    web::JsonConfig::default()
-        .limit(MAX_BODY_BYTES)
-        .error_handler(|err, _req| {
-            let api = match &err {
-                JsonPayloadError::ContentType => {
-                    ApiError::UnsupportedMediaType("expected Content-Type: application/json".into())
-                }
-                JsonPayloadError::Overflow { .. }
-                | JsonPayloadError::OverflowKnownLength { .. } => ApiError::PayloadTooLarge(
-                    format!("the body is larger than {MAX_BODY_BYTES} bytes"),
-                ),
-                JsonPayloadError::Deserialize(e) if e.is_data() => {
-                    ApiError::validation(vec![FieldError::new(
-                        field_of(e),
-                        strip_position(&e.to_string()),
-                    )])
-                }
-                JsonPayloadError::Deserialize(e) => ApiError::bad_request(format!(
-                    "malformed JSON: {}",
-                    strip_position(&e.to_string())
-                )),
-                other => ApiError::bad_request(format!("unreadable body: {other}")),
-            };
-            api.into()
-        })
-}
-
-/// Query strings: problem+json on failure.
+/// Query strings read with `web::Query` (routes use [`Query`]): problem+json on failure.
 pub fn query_config() -> web::QueryConfig {
     web::QueryConfig::default().error_handler(|err, _req| {
         let QueryPayloadError::Deserialize(e) = &err else {
@@ -169,21 +148,23 @@ pub fn query_config() -> web::QueryConfig {
     })
 }
 
-/// Path parameters: problem+json on failure.
+/// Path parameters (every route's is a UUID `{id}`): problem+json in plain
+/// words on failure, never the parser's message (which would echo the input).
 pub fn path_config() -> web::PathConfig {
     web::PathConfig::default().error_handler(|err, _req| {
-        let PathError::Deserialize(e) = &err else {
+        let PathError::Deserialize(_) = &err else {
             return ApiError::bad_request("bad path").into();
         };
         ApiError::BadRequest {
-            detail: format!("bad path parameter: {e}"),
+            detail: "`id` must be a UUID".into(),
             errors: vec![FieldError::new("id", "must be a UUID")],
         }
         .into()
     })
 }
 
-/// Raw bodies (anything not JSON): the same limit.
+/// Raw bodies (`web::Bytes`, `String`; JSON bodies use [`Json`], which has its
+/// own per-route limit and ignores this): the same 64 KiB.
 pub fn payload_config() -> web::PayloadConfig {
     web::PayloadConfig::new(MAX_BODY_BYTES)
 }
@@ -293,20 +274,6 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
         req.method(),
         req.path()
     )))
-}
-
-fn field_of(e: &serde_json::Error) -> String {
-    // serde names the field in "missing field `x`" / "unknown field `x`".
-    let msg = e.to_string();
-    msg.split('`')
-        .nth(1)
-        .filter(|_| msg.contains("field"))
-        .unwrap_or("body")
-        .to_owned()
-}
-
-fn strip_position(msg: &str) -> String {
-    msg.split(" at line ").next().unwrap_or(msg).to_owned()
 }
 
 /// For PATCH bodies: tells "absent" (`None`) from "null" (`Some(None)`).
@@ -453,9 +420,9 @@ pub mod whole {
                 .map(|f| f as i64)
         });
         let Some(whole) = whole else {
-            return Err(E::custom(format!("expected a whole number, got {n}")));
+            return Err(E::custom("must be a whole number"));
         };
-        T::try_from(whole).map_err(|_| E::custom(format!("{n} is out of range")))
+        T::try_from(whole).map_err(|_| E::custom("is out of range"))
     }
 
     pub fn option<'de, T, D>(de: D) -> Result<Option<T>, D::Error>

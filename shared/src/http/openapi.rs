@@ -64,13 +64,16 @@ fn default_description(code: &str) -> &'static str {
         "204" => "Done; no body",
         "304" => "Not modified: the `If-None-Match` ETag is current; no body",
         "400" => {
-            "Malformed JSON, a bad path or query parameter, or failed validation; `errors` names each field"
+            "Malformed JSON, a body that is not a JSON object, a bad path or query parameter, text PostgreSQL \
+             cannot store (NUL, lone surrogates), or failed validation; `errors` names each field by its JSON path"
         }
         "401" => "Missing, malformed, expired, tampered or revoked access token",
         "404" => "No such resource, or it belongs to another user",
         "409" => "Conflict with an existing resource",
-        "408" => "The body did not arrive within 10 s",
-        "413" => "Body larger than the limit: 64 KiB (4 MiB for the batch import)",
+        "408" => "The body did not arrive within `REQUEST_BODY_TIMEOUT_MS` (10 s by default)",
+        "413" => {
+            "Body larger than the limit: 64 KiB (4 MiB for the batch import), by `Content-Length` or as it streams"
+        }
         "415" => "Content-Type is not application/json",
         "429" => "Rate limited; retry after `Retry-After` seconds",
         "502" => "The upstream model failed",
@@ -104,7 +107,7 @@ fn example_problem(code: &str) -> Value {
         "413" => (
             "payload-too-large",
             "Payload Too Large",
-            "the body is larger than 65536 bytes",
+            "the body is larger than 64 KiB (65536 bytes)",
         ),
         "415" => (
             "unsupported-media-type",

@@ -90,7 +90,10 @@ impl EndpointStats {
                             .load(Ordering::Relaxed)
                             .min(s.max_ns.load(Ordering::Relaxed))),
                         max_time_ms: ms(s.max_ns.load(Ordering::Relaxed)),
-                        error_rate: s.errors.load(Ordering::Relaxed) as f64 / count as f64,
+                        error_rate: crate::health::round_to(
+                            s.errors.load(Ordering::Relaxed) as f64 / count as f64,
+                            4,
+                        ),
                     },
                 )
             })

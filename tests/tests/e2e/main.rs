@@ -10,5 +10,7 @@ mod migrations;
 mod openapi;
 mod readme;
 mod security;
+mod steady_state;
+mod storable;
 mod system;
 mod tls;

@@ -11,7 +11,7 @@ pub struct System {
     pub profile: TestApp,
     pub journal: TestApp,
     pub conversation: TestApp,
-    _db: TestDb,
+    pub db: TestDb,
     _prefix: TestPrefix,
 }
 
@@ -32,7 +32,7 @@ pub async fn start_with(extra: &[(&str, &str)]) -> System {
         profile,
         journal,
         conversation,
-        _db: db,
+        db,
         _prefix: prefix,
     }
 }

@@ -6,6 +6,7 @@ pub mod metrics;
 pub mod report;
 pub mod scenarios;
 pub mod seed;
+pub mod soak;
 pub mod spawn;
 pub mod text;
 pub mod verify;

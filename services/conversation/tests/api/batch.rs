@@ -68,6 +68,24 @@ async fn batches_must_hold_1_to_1000_messages() {
     let future = json!([{ "role": "user", "content": "from the future", "created_at": "2999-01-01T00:00:00Z" }]);
     assert_problem(s.batch(&user, &id, future).await, 400).await;
     assert!(s.stored_messages(&id).await.is_empty());
+    // Before 1970 (year 0 included, which PostgreSQL would store as 1 BC) or past
+    // year 9999 (not RFC 3339): a 400 naming the field.
+    for at in [
+        "0000-01-01T00:00:00Z",
+        "1969-12-31T23:59:59Z",
+        "+10000-01-01T00:00:00Z",
+    ] {
+        let old = json!([{ "role": "user", "content": "old", "created_at": at }]);
+        let body = assert_problem(s.batch(&user, &id, old).await, 400).await;
+        assert_eq!(
+            body["errors"][0]["field"], "messages[0].created_at",
+            "{at}: {body}"
+        );
+    }
+    let epoch =
+        json!([{ "role": "user", "content": "epoch", "created_at": "1970-01-01T00:00:00Z" }]);
+    assert_eq!(s.batch(&user, &id, epoch).await.status(), 201);
+    assert_eq!(s.stored_messages(&id).await.len(), 1);
 }
 
 #[tokio::test]

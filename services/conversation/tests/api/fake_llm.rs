@@ -14,6 +14,8 @@ pub enum Mode {
     Answer = 0,
     Fail = 1,
     Hang = 2,
+    /// Answers with NUL characters in the text (PostgreSQL cannot store them).
+    Nul = 3,
 }
 
 #[derive(Default)]
@@ -82,6 +84,8 @@ impl Drop for FakeLlm {
     }
 }
 
+// The fake speaks plain actix: it is the LLM's side, not a Kai route.
+#[allow(clippy::disallowed_types)]
 async fn complete(
     req: HttpRequest,
     state: web::Data<State>,
@@ -99,6 +103,7 @@ async fn complete(
             .json(json!({"error": {"message": "model overloaded"}})),
         // Never answers: a 504 can only come from the client's own timeout.
         2 => std::future::pending().await,
+        3 => HttpResponse::Ok().json(answer("\u{0}I'm\u{0} here.\u{0}")),
         _ => HttpResponse::Ok().json(answer(&format!("I'm here for you (reply {n})."))),
     }
 }

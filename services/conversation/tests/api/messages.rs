@@ -239,3 +239,22 @@ async fn a_message_bumps_its_conversation_to_the_top_of_the_list() {
         "assistant"
     );
 }
+
+#[tokio::test]
+async fn nul_characters_in_a_models_answer_are_stripped_before_storing() {
+    let s = spawn().await;
+    s.llm().set_mode(Mode::Nul);
+    let user = User::new();
+    let id = s.conversation(&user, "nul").await;
+    let res = s.send(&user, &id, json!({ "content": "hello" })).await;
+    assert_eq!(res.status(), 201);
+    let x: Value = res.json().await.unwrap();
+    assert_eq!(x["assistant_message"]["content"], "I'm here.");
+    assert_eq!(
+        s.stored_messages(&id).await,
+        [
+            ("user".into(), "hello".into()),
+            ("assistant".into(), "I'm here.".into())
+        ]
+    );
+}

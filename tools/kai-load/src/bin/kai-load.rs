@@ -85,6 +85,15 @@ struct Args {
 }
 
 fn main() -> Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("soak") {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        return tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(kai_load::soak::main(argv[1..].to_vec()));
+    }
     let args = Args::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
     tokio::runtime::Builder::new_multi_thread()
