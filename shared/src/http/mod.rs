@@ -226,14 +226,15 @@ pub fn query_config() -> web::QueryConfig {
     })
 }
 
-/// Path parameters: problem+json on failure.
+/// Path parameters (every route's is a UUID `{id}`): problem+json in plain
+/// words on failure, never the parser's message (which would echo the input).
 pub fn path_config() -> web::PathConfig {
     web::PathConfig::default().error_handler(|err, _req| {
-        let PathError::Deserialize(e) = &err else {
+        let PathError::Deserialize(_) = &err else {
             return ApiError::bad_request("bad path").into();
         };
         ApiError::BadRequest {
-            detail: format!("bad path parameter: {e}"),
+            detail: "`id` must be a UUID".into(),
             errors: vec![FieldError::new("id", "must be a UUID")],
         }
         .into()
