@@ -220,6 +220,11 @@ pub struct Settings {
         default_value = "1000", value_parser = millis,
         help = "slower requests are logged as warnings")]
     pub slow_request_threshold: Duration,
+    #[arg(long = "access-log-sample", env = "ACCESS_LOG_SAMPLE", default_value = "0.01",
+        value_parser = fraction,
+        help = "share of requests written as a `request` log line (route pattern, status, duration): \
+                0 = none, 1 = every request; server errors and slow requests are always logged")]
+    pub access_log_sample: f64,
     #[arg(long = "request-body-timeout-ms", env = "REQUEST_BODY_TIMEOUT_MS",
         default_value = "10000", value_parser = positive_millis,
         help = "a request body must arrive within this time of being asked for, else 408 \
@@ -477,6 +482,15 @@ pub fn positive_secs(raw: &str) -> Result<Duration, String> {
     positive(raw).map(Duration::from_secs)
 }
 
+/// A share between 0 and 1 (`0.01` = 1 %).
+pub fn fraction(raw: &str) -> Result<f64, String> {
+    let value: f64 = number(raw)?;
+    if !(0.0..=1.0).contains(&value) {
+        return Err("must be between 0 and 1".into());
+    }
+    Ok(value)
+}
+
 pub fn boolean(raw: &str) -> Result<bool, String> {
     match raw.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
@@ -617,6 +631,7 @@ mod tests {
         assert_eq!(s.redis_timeout, Duration::from_millis(100));
         assert_eq!(s.slow_query_threshold, Duration::from_millis(100));
         assert_eq!(s.slow_request_threshold, Duration::from_millis(1000));
+        assert_eq!(s.access_log_sample, 0.01);
         assert!(s.cors_allowed_origins.is_empty());
         assert!(s.redis_url.is_none());
         assert_eq!(s.log_format, LogFormat::Json);
@@ -683,6 +698,8 @@ mod tests {
             ("PORT", "99999"),
             ("HOST", "not an ip"),
             ("REDIS_TIMEOUT_MS", "-1"),
+            ("ACCESS_LOG_SAMPLE", "1.5"),
+            ("ACCESS_LOG_SAMPLE", "often"),
             ("CACHE_ENABLED", "maybe"),
             ("LOG_FORMAT", "xml"),
             ("DATABASE_URL", "postgres://host:notaport/db"),

@@ -48,23 +48,37 @@ img-src 'self' data:; font-src 'self'; connect-src 'self'; base-uri 'none'; form
 frame-ancestors 'none'";
 
 /// Outermost middleware: request id, response time, per-route statistics,
-/// slow-request warnings. Also removes the `identity` marker [`skip_small_bodies`]
+/// slow-request warnings, and the access log (a sample of requests, see
+/// [`log_this_request`]). Also removes the `identity` marker [`skip_small_bodies`]
 /// set, so clients never see it.
+///
+/// Every request passes here, so it allocates little: the caller's request id is
+/// kept as the header value it came in, a new one is a UUID v4 from the thread's
+/// RNG (no system call) written on the stack, and `X-Response-Time` is formatted
+/// on the stack too.
 pub async fn stamp(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
-    let request_id = req
-        .headers()
-        .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let mut id_buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let request_id: HeaderValue = match req.headers().get(&X_REQUEST_ID).filter(|v| {
+        !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(u8::is_ascii_graphic)
+    }) {
+        Some(theirs) => theirs.clone(),
+        None => {
+            let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+            HeaderValue::from_str(id.hyphenated().encode_lower(&mut id_buf))
+                .expect("a hyphenated UUID is a valid header value")
+        }
+    };
     let method = req.method().clone();
     let platform = req.app_data::<web::Data<Platform>>().cloned();
-    let span = tracing::info_span!("request", request_id = %request_id, method = %method);
+    let span = tracing::info_span!(
+        "request",
+        request_id = request_id.to_str().unwrap_or_default(),
+        method = method.as_str()
+    );
     // No blanket handler timeout here (it would need a clone of the request, which
     // actix forbids while routing): every dependency has its own bound instead —
     // DB_POOL_TIMEOUT_SECS, REDIS_TIMEOUT_MS, LLM_TIMEOUT_MS — and the server
@@ -73,27 +87,34 @@ pub async fn stamp(
 
     let elapsed = started.elapsed();
     let status = res.status();
-    let route = res
-        .request()
-        .match_pattern()
-        .unwrap_or_else(|| "UNMATCHED".to_owned());
     if let Some(platform) = &platform {
-        if route.starts_with("/api/") {
-            platform.stats.record(
-                &format!("{method} {route}"),
-                elapsed,
-                status.is_server_error(),
-            );
-        }
-        // The access log: the route *pattern*, never the raw path or query string
-        // (a search query is journal text).
-        span.in_scope(|| {
-            tracing::info!(route = %route, status = status.as_u16(), duration_ms = elapsed.as_secs_f64() * 1000.0, "request");
-        });
-        if elapsed >= platform.settings.slow_request_threshold {
-            span.in_scope(|| {
-                tracing::warn!(route = %route, status = status.as_u16(), duration_ms = elapsed.as_secs_f64() * 1000.0, "slow request");
-            });
+        let slow = elapsed >= platform.settings.slow_request_threshold;
+        let logged = status.is_server_error()
+            || slow
+            || log_this_request(platform.settings.access_log_sample);
+        let api = res.request().path().starts_with("/api/");
+        if api || logged {
+            let route = res
+                .request()
+                .match_pattern()
+                .unwrap_or_else(|| "UNMATCHED".to_owned());
+            if api && route.starts_with("/api/") {
+                platform
+                    .stats
+                    .record(&method, &route, elapsed, status.is_server_error());
+            }
+            // The access log: the route *pattern*, never the raw path or query
+            // string (a search query is journal text).
+            if logged {
+                let ms = elapsed.as_secs_f64() * 1000.0;
+                span.in_scope(|| {
+                    if slow {
+                        tracing::warn!(route = %route, status = status.as_u16(), duration_ms = ms, "slow request");
+                    } else {
+                        tracing::info!(route = %route, status = status.as_u16(), duration_ms = ms, "request");
+                    }
+                });
+            }
         }
     }
     let on_docs = res.request().path().starts_with("/docs");
@@ -110,13 +131,70 @@ pub async fn stamp(
     {
         headers.remove(header::CONTENT_ENCODING);
     }
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        headers.insert(X_REQUEST_ID.clone(), v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&format!("{:.3}ms", elapsed.as_secs_f64() * 1000.0)) {
-        headers.insert(X_RESPONSE_TIME.clone(), v);
-    }
+    headers.insert(X_REQUEST_ID.clone(), request_id);
+    headers.insert(X_RESPONSE_TIME.clone(), response_time(elapsed));
     Ok(res)
+}
+
+/// `X-Response-Time`: milliseconds with three decimals (`0.412ms`), formatted
+/// without a heap allocation.
+fn response_time(elapsed: std::time::Duration) -> HeaderValue {
+    use std::io::Write;
+    let mut buf = [0u8; 32];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    // Whole microseconds in integer arithmetic (float formatting with a fixed
+    // precision takes the slow exact path on every request).
+    let micros = elapsed.as_micros();
+    let _ = write!(cursor, "{}.{:03}ms", micros / 1000, micros % 1000);
+    let len = cursor.position() as usize;
+    HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static("0.000ms"))
+}
+
+/// Whether this request gets an access-log line: `sample` is the share
+/// (`ACCESS_LOG_SAMPLE`: 0 = none, 1 = every one). Every `1/sample`-th request
+/// of each worker thread, counted rather than drawn: no RNG and no shared
+/// counter on the hot path, and the share is exact. (Server errors and slow
+/// requests are logged whatever this says.)
+pub fn log_this_request(sample: f64) -> bool {
+    thread_local! {
+        static SEEN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    if sample >= 1.0 {
+        return true;
+    }
+    if sample <= 0.0 {
+        return false;
+    }
+    let every = (1.0 / sample).round().max(1.0) as u64;
+    SEEN.with(|seen| {
+        let n = seen.get().wrapping_add(1);
+        seen.set(n);
+        n % every == 0
+    })
+}
+
+#[cfg(test)]
+mod stamp_tests {
+    #[test]
+    fn the_access_log_sample_is_an_exact_share() {
+        let count = |sample: f64| {
+            (0..10_000)
+                .filter(|_| super::log_this_request(sample))
+                .count()
+        };
+        assert_eq!(count(1.0), 10_000);
+        assert_eq!(count(0.0), 0);
+        assert_eq!(count(0.01), 100);
+        assert_eq!(count(0.25), 2_500);
+    }
+
+    #[test]
+    fn response_times_read_as_milliseconds() {
+        let v = super::response_time(std::time::Duration::from_micros(412));
+        assert_eq!(v.to_str().unwrap(), "0.412ms");
+        let v = super::response_time(std::time::Duration::from_secs(12));
+        assert_eq!(v.to_str().unwrap(), "12000.000ms");
+    }
 }
 
 /// Innermost middleware: marks bodies under [`COMPRESS_MIN_BYTES`] so actix's
@@ -148,14 +226,15 @@ pub fn query_config() -> web::QueryConfig {
     })
 }
 
-/// Path parameters: problem+json on failure.
+/// Path parameters (every route's is a UUID `{id}`): problem+json in plain
+/// words on failure, never the parser's message (which would echo the input).
 pub fn path_config() -> web::PathConfig {
     web::PathConfig::default().error_handler(|err, _req| {
-        let PathError::Deserialize(e) = &err else {
+        let PathError::Deserialize(_) = &err else {
             return ApiError::bad_request("bad path").into();
         };
         ApiError::BadRequest {
-            detail: format!("bad path parameter: {e}"),
+            detail: "`id` must be a UUID".into(),
             errors: vec![FieldError::new("id", "must be a UUID")],
         }
         .into()

@@ -50,8 +50,29 @@ pub struct EndpointStats {
 }
 
 impl EndpointStats {
-    /// Records one request; `key` is "METHOD /route/{pattern}" (bounded set).
-    pub fn record(&self, key: &str, elapsed: Duration, server_error: bool) {
+    /// Records one request of `method` on `route` (a pattern: a bounded set),
+    /// kept as "METHOD /route/{pattern}". The key of a known route is written on
+    /// the stack: recording allocates nothing.
+    pub fn record(
+        &self,
+        method: &actix_web::http::Method,
+        route: &str,
+        elapsed: Duration,
+        server_error: bool,
+    ) {
+        let mut buf = [0u8; 256];
+        let (m, r) = (method.as_str().as_bytes(), route.as_bytes());
+        let key_len = m.len() + 1 + r.len();
+        let owned;
+        let key: &str = if key_len <= buf.len() {
+            buf[..m.len()].copy_from_slice(m);
+            buf[m.len()] = b' ';
+            buf[m.len() + 1..key_len].copy_from_slice(r);
+            std::str::from_utf8(&buf[..key_len]).unwrap_or(route)
+        } else {
+            owned = format!("{method} {route}");
+            &owned
+        };
         let existing = self.map.read().expect("stats lock").get(key).cloned();
         let stat = match existing {
             Some(stat) => stat,
@@ -104,12 +125,13 @@ impl EndpointStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use actix_web::http::Method;
 
     #[test]
     fn summaries_are_computed_from_records() {
         let stats = EndpointStats::default();
-        stats.record("GET /api/x", Duration::from_millis(2), false);
-        stats.record("GET /api/x", Duration::from_millis(4), true);
+        stats.record(&Method::GET, "/api/x", Duration::from_millis(2), false);
+        stats.record(&Method::GET, "/api/x", Duration::from_millis(4), true);
         let s = &stats.summary()["GET /api/x"];
         assert_eq!(s.count, 2);
         assert_eq!(s.avg_time_ms, 3.0);
@@ -126,7 +148,12 @@ mod tests {
                 let stats = stats.clone();
                 std::thread::spawn(move || {
                     for i in 0..10_000u64 {
-                        stats.record("GET /api/y", Duration::from_micros(i % 100), false);
+                        stats.record(
+                            &Method::GET,
+                            "/api/y",
+                            Duration::from_micros(i % 100),
+                            false,
+                        );
                     }
                 })
             })

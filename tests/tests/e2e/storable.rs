@@ -296,6 +296,20 @@ async fn nul_in_a_query_parameter_is_a_400_that_never_reaches_postgresql() {
         let (status, problem) = call(app, Method::GET, path, t, None).await;
         assert_fields(path, status, &problem, &[field]);
     }
+    // In a path: the id is a UUID, and the answer does not echo what was sent.
+    for (app, method, path) in [
+        (&s.journal, Method::GET, "/api/journal/entries/%00"),
+        (
+            &s.conversation,
+            Method::POST,
+            "/api/conversations/a%00b/messages",
+        ),
+    ] {
+        let body = (method == Method::POST).then(|| json!({"content": "x"}));
+        let (status, problem) = call(app, method, path, t, body).await;
+        assert_fields(path, status, &problem, &["id"]);
+        assert_eq!(problem["detail"], "`id` must be a UUID");
+    }
     let (status, _) = call(
         &s.journal,
         Method::GET,

@@ -1,6 +1,7 @@
 //! kai-load and kai-verify: Kai's load-test and deployment-verification commands.
 //! See docs/PERFORMANCE.md for how to run them and what the numbers mean.
 
+pub mod costs;
 pub mod load;
 pub mod metrics;
 pub mod report;

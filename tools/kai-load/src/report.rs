@@ -54,6 +54,9 @@ pub struct ScenarioResult {
     pub cache_hit_rate: Option<f64>,
     /// PostgreSQL statements the target service ran during the run.
     pub db_statements: Option<f64>,
+    /// Per-request costs during the measured run (service CPU, PostgreSQL CPU,
+    /// Redis commands and bytes).
+    pub unit_costs: Option<crate::costs::UnitCosts>,
     /// Scenario-specific findings (stampede: list loads), free text.
     pub notes: Vec<String>,
 }
@@ -65,9 +68,12 @@ pub struct ServiceResources {
     pub start_to_ready_ms: Option<f64>,
     /// Right after /health/ready, before any other request.
     pub idle_rss_mib: Option<f64>,
-    /// After seeding (profile: one register + one login, i.e. two argon2id hashes).
+    /// After seeding (profile: one register and `--logins` logins, each an
+    /// argon2id hash of 19 MiB working memory).
     pub after_setup_rss_mib: Option<f64>,
     pub peak_rss_under_load_mib: Option<f64>,
+    /// After every scenario ran (and a second's rest).
+    pub end_rss_mib: Option<f64>,
 }
 
 /// Everything a run found, written as JSON.
@@ -78,6 +84,8 @@ pub struct Report {
     pub settings: serde_json::Value,
     pub scenarios: Vec<ScenarioResult>,
     pub services: Vec<ServiceResources>,
+    /// What the cache held in Redis at the end (spawned runs only).
+    pub redis_footprint: Option<crate::costs::RedisFootprint>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -134,6 +142,47 @@ pub fn scenario_block(r: &ScenarioResult) -> String {
     for note in &r.notes {
         let _ = writeln!(s, "  · {note}");
     }
+    if let Some(c) = &r.unit_costs {
+        let _ = writeln!(s, "  · per request: {}", costs_line(c));
+    }
+    s
+}
+
+/// `service CPU 21.3 µs · PostgreSQL CPU 0.0 µs · Redis 0.00 commands, 3 bytes`.
+pub fn costs_line(c: &crate::costs::UnitCosts) -> String {
+    let f = |v: Option<f64>, prec: usize| v.map_or_else(|| "-".into(), |v| format!("{v:.prec$}"));
+    format!(
+        "service CPU {} µs · PostgreSQL CPU {} µs · Redis {} commands, {} bytes",
+        f(c.service_cpu_us, 1),
+        f(c.postgres_cpu_us, 1),
+        f(c.redis_commands, 2),
+        f(c.redis_bytes, 0)
+    )
+}
+
+/// The unit-cost table of a run, in Markdown (docs/CAPACITY.md's inputs).
+pub fn costs_table(results: &[ScenarioResult]) -> String {
+    let f = |v: Option<f64>, prec: usize| v.map_or_else(|| "-".into(), |v| format!("{v:.prec$}"));
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| scenario | service CPU µs/req | PostgreSQL CPU µs/req | PostgreSQL statements/req | Redis commands/req | Redis bytes/req |"
+    );
+    let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|");
+    for r in results {
+        let c = r.unit_costs.unwrap_or_default();
+        let statements = r.db_statements.map(|d| d / r.requests.max(1) as f64);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            r.name,
+            f(c.service_cpu_us, 1),
+            f(c.postgres_cpu_us, 1),
+            f(statements, 2),
+            f(c.redis_commands, 2),
+            f(c.redis_bytes, 0)
+        );
+    }
     s
 }
 
@@ -177,18 +226,19 @@ pub fn resources_table(services: &[ServiceResources]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| service | start → /health/ready | idle RSS | RSS after setup | peak RSS under cached-hit load |"
+        "| service | start → /health/ready | idle RSS | RSS after setup (profile: after the logins) | peak RSS under its scenarios | RSS at the end |"
     );
-    let _ = writeln!(s, "|---|--:|--:|--:|--:|");
+    let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|");
     for r in services {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             r.name,
             f(r.start_to_ready_ms, "ms"),
             f(r.idle_rss_mib, "MiB"),
             f(r.after_setup_rss_mib, "MiB"),
             f(r.peak_rss_under_load_mib, "MiB"),
+            f(r.end_rss_mib, "MiB"),
         );
     }
     s
@@ -231,6 +281,7 @@ mod tests {
             },
             cache_hit_rate: Some(0.9999),
             db_statements: Some(0.0),
+            unit_costs: None,
             notes: vec!["1 list query".into()],
         };
         let table = summary_table(std::slice::from_ref(&r));
@@ -248,10 +299,11 @@ mod tests {
             idle_rss_mib: Some(12.0),
             after_setup_rss_mib: None,
             peak_rss_under_load_mib: None,
+            end_rss_mib: None,
         }]);
         assert_eq!(
             res.lines().nth(2).unwrap(),
-            "| journal | 42.0 ms | 12.0 MiB | - | - |"
+            "| journal | 42.0 ms | 12.0 MiB | - | - | - |"
         );
     }
 }

@@ -11,6 +11,7 @@ use hyper::Method;
 use hyper::header::{ACCEPT_ENCODING, AUTHORIZATION, HeaderValue};
 use uuid::Uuid;
 
+use crate::costs::Reading;
 use crate::load::{self, Conn, Req, RequestFn, Target};
 use crate::metrics::Snapshot;
 use crate::report::{Latency, ScenarioResult, histogram};
@@ -64,8 +65,10 @@ pub struct Ctx {
     pub duration: Duration,
     pub warmup: Duration,
     pub stampede: usize,
-    /// Service name → pid, for RSS sampling (spawned services only).
+    /// Service name → pid, for RSS and CPU sampling (spawned services only).
     pub pids: Vec<(String, u32)>,
+    /// The services' Redis, for its command and byte counters.
+    pub redis: Option<redis::Client>,
 }
 
 /// A scenario's result and the peak RSS of the service it loaded, if sampled.
@@ -119,7 +122,8 @@ impl Ctx {
                     req = req.header(ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
                 }
                 let make: RequestFn = Arc::new(move |_, _| req.clone());
-                self.timed(name, &self.journal, make, Some("journal")).await
+                self.timed(name, &self.journal, make, Some("journal"), "journal")
+                    .await
             }
             "uncached-list" => {
                 let Some(target) = &self.journal_uncached else {
@@ -130,7 +134,8 @@ impl Ctx {
                 };
                 let req = Req::get(list).header(AUTHORIZATION, self.heavy_auth.clone());
                 let make: RequestFn = Arc::new(move |_, _| req.clone());
-                self.timed(name, target, make, None).await
+                self.timed(name, target, make, None, "journal-uncached")
+                    .await
             }
             "single-entry-hit" => {
                 if self.entry_ids.is_empty() {
@@ -146,7 +151,7 @@ impl Ctx {
                     .collect();
                 let make: RequestFn =
                     Arc::new(move |c, n| reqs[(c * 7 + n as usize) % reqs.len()].clone());
-                self.timed(name, &self.journal, make, None).await
+                self.timed(name, &self.journal, make, None, "journal").await
             }
             "write-read-mix" => {
                 let users = self.other_auth.clone();
@@ -164,7 +169,7 @@ impl Ctx {
                         Req::get(list).header(AUTHORIZATION, auth)
                     }
                 });
-                self.timed(name, &self.journal, make, None).await
+                self.timed(name, &self.journal, make, None, "journal").await
             }
             "conversation-list" => {
                 let Some(target) = &self.conversation else {
@@ -174,7 +179,8 @@ impl Ctx {
                 let req = Req::get("/api/conversations?limit=20")
                     .header(AUTHORIZATION, self.heavy_auth.clone());
                 let make: RequestFn = Arc::new(move |_, _| req.clone());
-                self.timed(name, target, make, Some("conversation")).await
+                self.timed(name, target, make, Some("conversation"), "conversation")
+                    .await
             }
             "profile-read" => {
                 let (Some(target), Some(auth)) = (&self.profile, &self.profile_auth) else {
@@ -183,7 +189,8 @@ impl Ctx {
                 };
                 let req = Req::get("/api/profile").header(AUTHORIZATION, auth.clone());
                 let make: RequestFn = Arc::new(move |_, _| req.clone());
-                self.timed(name, target, make, Some("profile")).await
+                self.timed(name, target, make, Some("profile"), "profile")
+                    .await
             }
             "cold-key-stampede" => self.stampede().await.map(Some),
             other => bail!(
@@ -200,6 +207,7 @@ impl Ctx {
         target: &Target,
         make: RequestFn,
         rss_of: Option<&str>,
+        service: &str,
     ) -> Result<Option<Outcome>> {
         if !self.warmup.is_zero() {
             load::run(
@@ -215,12 +223,16 @@ impl Ctx {
         let pid = rss_of.and_then(|s| self.pid(s));
         let mut peak: Option<f64> = None;
         let before = snapshot(target).await?;
+        let service_pid = self.pid(service);
+        let costs_before = Reading::take(service_pid, self.redis.as_ref()).await;
         let out = load::run(name, target, self.connections, self.duration, make, || {
             if let Some(rss) = pid.and_then(rss_mib) {
                 peak = Some(peak.map_or(rss, |p: f64| p.max(rss)));
             }
         })
         .await?;
+        let costs_after = Reading::take(service_pid, self.redis.as_ref()).await;
+        let unit_costs = costs_before.per_request(&costs_after, out.requests);
         let delta = before.delta(&snapshot(target).await?);
         let secs = out.elapsed.as_secs_f64();
         let mut notes: Vec<String> = out
@@ -248,6 +260,7 @@ impl Ctx {
                 latency: Latency::from_micros(&out.histogram),
                 cache_hit_rate: delta.hit_rate(),
                 db_statements: Some(delta.db_statements),
+                unit_costs: Some(unit_costs),
                 notes,
             },
             peak_rss: peak.map(|p| (rss_of.unwrap_or_default().to_owned(), p)),
@@ -339,6 +352,7 @@ impl Ctx {
                 latency: Latency::from_micros(&hist),
                 cache_hit_rate: delta.hit_rate(),
                 db_statements: Some(delta.db_statements),
+                unit_costs: None,
                 notes,
             },
             peak_rss: None,

@@ -38,6 +38,27 @@ pub fn other_user(i: usize) -> Uuid {
     user(1 + i % OTHER_USERS)
 }
 
+/// Drops `url`'s database (if it exists), so the next [`connect_creating`]
+/// starts from an empty one: what a newcomer's first run meets.
+pub async fn drop_database(url: &str) -> Result<()> {
+    let config: tokio_postgres::Config = url.parse().context("DATABASE_URL")?;
+    let name = config
+        .get_dbname()
+        .context("DATABASE_URL names no database")?;
+    let mut admin = config.clone();
+    admin.dbname("postgres");
+    let client = connect(&admin).await?;
+    client
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            name.replace('"', "")
+        ))
+        .await
+        .with_context(|| format!("dropping database {name}"))?;
+    eprintln!("dropped database {name} (--fresh-database)");
+    Ok(())
+}
+
 /// Connects to `url`, first creating its database if it does not exist.
 pub async fn connect_creating(url: &str) -> Result<Client> {
     let config: tokio_postgres::Config = url.parse().context("DATABASE_URL")?;
@@ -173,7 +194,8 @@ pub async fn journal(db: &Client, force: bool) -> Result<()> {
     }
     inserted += batch.flush(db).await?;
     db.batch_execute("VACUUM ANALYZE journal.journal_entries")
-        .await?;
+        .await
+        .context("VACUUM ANALYZE journal.journal_entries")?;
     eprintln!(
         "journal: inserted {inserted} entries in {:.1}s",
         t0.elapsed().as_secs_f64()
@@ -260,10 +282,13 @@ pub async fn conversations(db: &Client, force: bool) -> Result<()> {
         .await
         .context("bulk insert into conversation.messages")?;
     }
-    db.batch_execute(
-        "VACUUM ANALYZE conversation.conversations; VACUUM ANALYZE conversation.messages",
-    )
-    .await?;
+    // One statement per call: several in one simple query run as one implicit
+    // transaction, and VACUUM refuses to run inside a transaction block.
+    for table in ["conversation.conversations", "conversation.messages"] {
+        db.batch_execute(&format!("VACUUM ANALYZE {table}"))
+            .await
+            .with_context(|| format!("VACUUM ANALYZE {table}"))?;
+    }
     eprintln!(
         "conversation: inserted {} conversations, {} messages in {:.1}s",
         c_id.len(),

@@ -561,18 +561,24 @@ async fn twice(
     }
     let (first, second) = (&seen[0], &seen[1]);
     let faster = matches!((first.1, second.1), (Some(a), Some(b)) if b < a);
-    c.check(
-        first.0 == "MISS" && second.0 == "HIT" && faster,
-        format!(
-            "{what}: X-Cache {} then {}; server time {:.3} ms → {:.3} ms (client {:.2} → {:.2} ms)",
-            first.0,
-            second.0,
-            first.1.unwrap_or(f64::NAN),
-            second.1.unwrap_or(f64::NAN),
-            first.2,
-            second.2
-        ),
+    let msg = format!(
+        "{what}: X-Cache {} then {}; server time {:.3} ms → {:.3} ms (client {:.2} → {:.2} ms)",
+        first.0,
+        second.0,
+        first.1.unwrap_or(f64::NAN),
+        second.1.unwrap_or(f64::NAN),
+        first.2,
+        second.2
     );
+    // MISS then HIT is the contract; a hit slower than the miss on one sample is a
+    // busy machine's scheduling, worth a look but not a failure.
+    if first.0 != "MISS" || second.0 != "HIT" {
+        c.fail(msg);
+    } else if faster {
+        c.ok(msg);
+    } else {
+        c.warn(format!("{msg} (the hit was not faster)"));
+    }
     Ok(())
 }
 

@@ -8,3 +8,4 @@ mod helpers;
 mod lists;
 mod platform;
 mod shutdown;
+mod totals;

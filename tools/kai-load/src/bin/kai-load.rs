@@ -17,7 +17,9 @@ use kai_load::{parse_duration, seed, spawn};
 /// named scenarios for a fixed time and concurrency. With --spawn it starts the
 /// release binaries itself (journal twice: cached and CACHE_ENABLED=false).
 #[derive(Parser, Debug)]
-#[command(version)]
+// A flag given twice takes its last value (scripts/load passes defaults, a caller
+// may repeat them: `scripts/load --duration 30s`).
+#[command(version, args_override_self = true)]
 struct Args {
     /// How long each scenario runs (e.g. 10s, 500ms, 1m)
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -73,9 +75,17 @@ struct Args {
     conversation: String,
     #[arg(long, default_value = "http://127.0.0.1:8083")]
     profile: String,
+    /// Logins of the load-test account before the scenarios (profile-service's
+    /// RSS after them is reported: each is an argon2id hash)
+    #[arg(long, default_value_t = 100)]
+    logins: usize,
     /// Delete and re-insert the seeded rows even if present
     #[arg(long)]
     reseed: bool,
+    /// Drop the database of --database-url first (a newcomer's first run: an empty
+    /// database, created, migrated and seeded from nothing)
+    #[arg(long)]
+    fresh_database: bool,
     /// After the scenarios, run kai-verify's checks against the same services
     #[arg(long)]
     verify: bool,
@@ -114,7 +124,10 @@ fn auth_header(token: &str) -> Result<HeaderValue> {
     Ok(HeaderValue::from_str(&format!("Bearer {token}"))?)
 }
 
-async fn profile_token(profile: &Target) -> Result<String> {
+/// Registers the load-test account, logs in `logins` times (4 clients at once:
+/// each login is an argon2id verification), PATCHes the profile; returns the
+/// last login's token.
+async fn profile_token(profile: &Target, logins: usize) -> Result<String> {
     let http = reqwest::Client::new();
     let base = profile.url();
     let email = "kai-load-profile@example.com";
@@ -127,14 +140,49 @@ async fn profile_token(profile: &Target) -> Result<String> {
     if !(r.status() == 201 || r.status() == 409) {
         bail!("register → {}: {}", r.status(), r.text().await?);
     }
-    let login: serde_json::Value = http
-        .post(format!("{base}/api/auth/login"))
-        .json(&serde_json::json!({"email": email, "password": password}))
-        .send()
+    // Each login as if from its own client (X-Forwarded-For, believed because
+    // --spawn gives the services TRUSTED_PROXIES=127.0.0.1/32; only a header, no
+    // traffic goes there), so the per-client login limit is not what is measured.
+    // Against a deployment that does not trust us, the limit answers 429 and the
+    // login is skipped.
+    let login = |n: usize| {
+        let http = http.clone();
+        let base = base.clone();
+        async move {
+            let r = http
+                .post(format!("{base}/api/auth/login"))
+                .header(
+                    "x-forwarded-for",
+                    format!("198.18.{}.{}", n / 250, 1 + n % 250),
+                )
+                .json(&serde_json::json!({"email": email, "password": password}))
+                .send()
+                .await?;
+            if r.status() == 429 {
+                return Ok(None);
+            }
+            r.error_for_status()?
+                .json::<serde_json::Value>()
+                .await
+                .map(Some)
+        }
+    };
+    let (mut done, mut limited) = (0, 0);
+    for batch in (1..logins).collect::<Vec<_>>().chunks(4) {
+        for r in futures_util::future::join_all(batch.iter().map(|n| login(*n))).await {
+            match r? {
+                Some(_) => done += 1,
+                None => limited += 1,
+            }
+        }
+    }
+    let login = login(0)
         .await?
-        .error_for_status()?
-        .json()
-        .await?;
+        .context("the login was refused with 429 (rate limit)")?;
+    eprintln!(
+        "profile: {} logins ({limited} refused by the rate limit)",
+        done + 1
+    );
     let token = login["access_token"]
         .as_str()
         .context("login answered no access_token")?
@@ -179,6 +227,9 @@ async fn run(args: Args) -> Result<()> {
         machine.cpus, machine.cpu_model, args.connections, args.duration
     );
 
+    if args.fresh_database {
+        seed::drop_database(&args.database_url).await?;
+    }
     let db = seed::connect_creating(&args.database_url).await?;
     let mut spawned = Vec::new();
     let mut idle_rss = Vec::new();
@@ -194,6 +245,8 @@ async fn run(args: Args) -> Result<()> {
                 "AUTH_TOKEN_TTL_SECS".to_owned(),
                 args.token_ttl_secs.to_string(),
             ),
+            // --logins come "from" many clients (X-Forwarded-For) through us.
+            ("TRUSTED_PROXIES".to_owned(), "127.0.0.1/32".to_owned()),
         ];
         env.extend(kai_load::dev_auth_env());
         let bins = [
@@ -251,7 +304,7 @@ async fn run(args: Args) -> Result<()> {
         seed::conversations(&db, args.reseed).await?;
     }
     let profile_auth = match &profile {
-        Some(p) => Some(auth_header(&profile_token(p).await?)?),
+        Some(p) => Some(auth_header(&profile_token(p, args.logins).await?)?),
         None => None,
     };
     let authenticator = kai_load::minting_authenticator(
@@ -285,6 +338,7 @@ async fn run(args: Args) -> Result<()> {
         warmup: args.warmup,
         stampede: args.stampede,
         pids: spawned.iter().map(|s| (s.name.clone(), s.pid)).collect(),
+        redis: redis::Client::open(args.redis_url.as_str()).ok(),
     };
 
     let mut resources: Vec<ServiceResources> = spawned
@@ -296,6 +350,7 @@ async fn run(args: Args) -> Result<()> {
             idle_rss_mib: *idle,
             after_setup_rss_mib: spawn::rss_mib(s.pid),
             peak_rss_under_load_mib: None,
+            end_rss_mib: None,
         })
         .collect();
 
@@ -314,7 +369,32 @@ async fn run(args: Args) -> Result<()> {
         results.push(outcome.result);
     }
 
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (r, s) in resources.iter_mut().zip(&spawned) {
+        r.end_rss_mib = spawn::rss_mib(s.pid);
+    }
     println!("\n{}", report::summary_table(&results));
+    println!("{}", report::costs_table(&results));
+    let footprint = match &ctx.redis {
+        Some(c) if args.spawn => match kai_load::costs::redis_footprint(c).await {
+            Ok(f) => {
+                println!(
+                    "Redis (logical DB of --redis-url): {} keys, {} bytes; {} entries, {} bytes ({:.0} bytes per entry)\n",
+                    f.keys,
+                    f.bytes,
+                    f.entry_keys,
+                    f.entry_bytes,
+                    f.entry_bytes as f64 / f.entry_keys.max(1) as f64
+                );
+                Some(f)
+            }
+            Err(e) => {
+                eprintln!("Redis footprint not measured: {e:#}");
+                None
+            }
+        },
+        _ => None,
+    };
     if !resources.is_empty() {
         println!("{}", report::resources_table(&resources));
     }
@@ -331,6 +411,7 @@ async fn run(args: Args) -> Result<()> {
         }),
         scenarios: results,
         services: resources,
+        redis_footprint: footprint,
     };
     if let Some(dir) = args.report.parent() {
         std::fs::create_dir_all(dir)?;
