@@ -842,7 +842,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             warnings(&log),
-            (2, vec!["lost".to_owned(), "broken".to_owned()])
+            (2, vec!["broken".to_owned(), "lost".to_owned()])
         );
         let _ = std::fs::remove_dir_all(dir);
     }
