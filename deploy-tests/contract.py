@@ -46,6 +46,9 @@ SERVICE_ENV = {
     "RUST_LOG",
     "LOG_FORMAT",
     "RUN_MIGRATIONS",
+    "ACCESS_LOG_SAMPLE",
+    "CACHE_L1_MAX_MB",
+    "REQUEST_BODY_TIMEOUT_MS",
 } | LLM_ENV
 REQUIRED_ENV = {"DATABASE_URL", "AUTH_VERIFYING_KEYS_FILE"}
 # The signing key is a file (AUTH_SIGNING_KEY_FILE names its path), mounted from
