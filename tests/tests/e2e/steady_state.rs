@@ -27,12 +27,22 @@ impl std::io::Write for Capture {
 impl Capture {
     /// Captures this process's log (call once per test process) at `info`.
     pub fn install() -> Self {
+        Self::install_at("info")
+    }
+
+    /// Captures this process's log at `filter` (once per test process).
+    pub fn install_at(filter: &str) -> Self {
         let logs = Capture::default();
         let writer = logs.clone();
-        kai_shared::telemetry::init_with("info", kai_shared::config::LogFormat::Json, move || {
+        kai_shared::telemetry::init_with(filter, kai_shared::config::LogFormat::Json, move || {
             writer.clone()
         });
         logs
+    }
+
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 
     /// Lines at WARN or ERROR.

@@ -79,23 +79,7 @@ async fn one_user_walks_through_every_service_and_logs_out_everywhere() {
 /// could choose) and scanned for personal data.
 #[tokio::test]
 async fn a_full_run_logs_no_journal_text_message_password_or_token() {
-    use std::sync::{Arc, Mutex};
-    #[derive(Clone)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Capture {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let logs = Capture(Arc::new(Mutex::new(Vec::new())));
-    let writer = logs.clone();
-    kai_shared::telemetry::init_with("debug", kai_shared::config::LogFormat::Json, move || {
-        writer.clone()
-    });
+    let logs = crate::steady_state::Capture::install_at("debug");
     // Thresholds of 0: every statement is a "slow query" and every request a
     // "slow request", so those log lines are produced and scanned too.
     let s = start_with(&[
@@ -104,7 +88,7 @@ async fn a_full_run_logs_no_journal_text_message_password_or_token() {
     ])
     .await;
     let token = walk(&s).await;
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     assert!(
         text.lines().count() > 50,
         "the run did log ({} lines)",
