@@ -113,7 +113,14 @@ impl Generations {
             self.map.invalidate(scope);
             self.l1.drop_scope(scope);
         } else {
-            self.raise(scope, generation);
+            // Only scopes this replica remembers are raised: remembering every scope
+            // written anywhere would grow the map with the number of users written,
+            // and a scope not remembered is fetched from Redis on its next read anyway.
+            if self.map.contains_key(scope) {
+                self.raise(scope, generation);
+            } else {
+                self.l1.retire_below(scope, generation);
+            }
         }
     }
 
@@ -251,6 +258,13 @@ mod tests {
         );
         g.on_message(&scope(), u64::MAX);
         assert_eq!(g.get(&scope()), None, "unknown generation: ask Redis");
+        let stranger = Scope::user("journal", Uuid::new_v4());
+        g.on_message(&stranger, 7);
+        assert_eq!(
+            g.get(&stranger),
+            None,
+            "announcements about scopes this replica never read are not remembered"
+        );
     }
 
     #[test]

@@ -174,6 +174,7 @@ impl L1 {
     }
 
     /// The keys held now (diagnostics for tests and the soak).
+    #[cfg(any(test, feature = "testing"))]
     pub fn keys(&self) -> Vec<String> {
         self.cache
             .iter()
@@ -186,6 +187,7 @@ impl L1 {
     }
 
     /// Entries and scopes currently held (after pending evictions ran).
+    #[cfg(any(test, feature = "testing"))]
     pub fn sizes(&self) -> (u64, usize) {
         self.cache.run_pending_tasks();
         let scopes = self.index.lock().expect("l1 index lock").len();

@@ -585,11 +585,13 @@ impl Cache {
 
     /// L1 entries and scopes held now (tests and the soak check that L1 holds
     /// live generations only).
+    #[cfg(any(test, feature = "testing"))]
     pub fn l1_sizes(&self) -> (u64, usize) {
         self.inner.l1.sizes()
     }
 
     /// The keys L1 holds now.
+    #[cfg(any(test, feature = "testing"))]
     pub fn l1_keys(&self) -> Vec<String> {
         self.inner.l1.keys()
     }
