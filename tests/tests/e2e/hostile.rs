@@ -369,24 +369,7 @@ async fn generated_requests_never_cause_a_5xx_and_errors_are_problem_details() {
 }
 
 async fn login(s: &System) -> String {
-    let creds = json!({"email": "fuzz@example.com", "password": "fuzz-password-123"});
-    call(
-        &s.profile,
-        Method::POST,
-        "/api/auth/register",
-        None,
-        Some(creds.clone()),
-    )
-    .await;
-    let (_, login) = call(
-        &s.profile,
-        Method::POST,
-        "/api/auth/login",
-        None,
-        Some(creds),
-    )
-    .await;
-    login["access_token"].as_str().unwrap().to_owned()
+    crate::system::register_and_login(s, "fuzz@example.com", "fuzz-password-123").await
 }
 
 /// Signs `claims` with the test key (or `other`), EdDSA, `kid` as given.

@@ -16,25 +16,7 @@ const NUL: &str = "\u{0}";
 
 /// Registers and logs in a user; returns the token.
 async fn token(s: &System, email: &str) -> String {
-    let creds = json!({"email": email, "password": "storable-password-1"});
-    let (status, _) = call(
-        &s.profile,
-        Method::POST,
-        "/api/auth/register",
-        None,
-        Some(creds.clone()),
-    )
-    .await;
-    assert_eq!(status, 201);
-    let (_, login) = call(
-        &s.profile,
-        Method::POST,
-        "/api/auth/login",
-        None,
-        Some(creds),
-    )
-    .await;
-    login["access_token"].as_str().unwrap().to_owned()
+    crate::system::register_and_login(s, email, "storable-password-1").await
 }
 
 async fn count(s: &System, sql: &str) -> i64 {

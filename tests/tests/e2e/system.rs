@@ -56,6 +56,31 @@ pub async fn call(
     (status, res.json().await.unwrap_or(Value::Null))
 }
 
+/// Registers `email` with `password` through profile-service and logs in;
+/// returns the access token.
+pub async fn register_and_login(s: &System, email: &str, password: &str) -> String {
+    let creds = json!({"email": email, "password": password});
+    let (status, body) = call(
+        &s.profile,
+        reqwest::Method::POST,
+        "/api/auth/register",
+        None,
+        Some(creds.clone()),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, login) = call(
+        &s.profile,
+        reqwest::Method::POST,
+        "/api/auth/login",
+        None,
+        Some(creds),
+    )
+    .await;
+    assert_eq!(status, 200, "{login}");
+    login["access_token"].as_str().unwrap().to_owned()
+}
+
 /// Personal data the walk sends; none of it may appear in a log line.
 struct Secrets {
     password: &'static str,
