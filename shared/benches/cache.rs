@@ -158,7 +158,7 @@ fn small_paths(c: &mut Criterion) {
                 "kai",
                 &scope,
                 1_763_000_000_000_000,
-                &keys::journal_list_page(user, 3, 20),
+                &format!("journal:list:{user}:page:3:size:20"),
             ))
         })
     });

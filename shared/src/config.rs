@@ -176,10 +176,10 @@ pub struct Settings {
         help = "PEM file of one or more Ed25519 public keys; a token is verified with the key its \
                 `kid` names (rotation: add a key, switch the signing key, remove the old key)")]
     pub auth_verifying_keys: crate::auth::keys::VerifyingKeys,
-    /// The private signing key: profile-service only (see [`Settings::require_signing_key`]).
+    /// The private signing key: the token-issuing service only (see [`Settings::require_signing_key`]).
     #[arg(long = "auth-signing-key-file", env = "AUTH_SIGNING_KEY_FILE", value_parser = signing_key,
         help = "PKCS#8 PEM Ed25519 private key that signs access tokens (EdDSA); required by \
-                profile-service `serve`, held by no other service")]
+                the service that issues tokens (`serve`), held by no other service")]
     pub auth_signing_key: Option<crate::auth::keys::SigningMaterial>,
     /// Peers whose `X-Forwarded-For` is believed.
     #[arg(long, env = "TRUSTED_PROXIES", default_value = "", value_parser = cidr_list,
@@ -298,8 +298,8 @@ impl Settings {
             Some(_) => Ok(()),
             None => Err(ConfigError {
                 var: "AUTH_SIGNING_KEY_FILE".into(),
-                message: "required in profile-service: the PKCS#8 PEM Ed25519 private key \
-                          that signs tokens"
+                message: "required by the service that issues tokens: the PKCS#8 PEM \
+                          Ed25519 private key that signs them"
                     .into(),
             }),
         }

@@ -6,6 +6,7 @@
 //! built on this same registry in [`crate::server`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
@@ -24,8 +25,19 @@ pub struct Metrics {
     pub cache_errors: IntCounterVec,
     pub db_query_duration: Histogram,
     pub db_slow_queries: IntCounter,
-    pub llm_requests: IntCounterVec,
     pub redis_up: IntGauge,
+    /// The service's own [`OutcomeCounter`]s, by name.
+    outcomes: Arc<HashMap<&'static str, IntCounterVec>>,
+}
+
+/// A counter of a service's outbound calls by `outcome` (say `success`, `error`,
+/// `timeout`), declared by the service ([`crate::ServiceDef::outcome_counters`])
+/// and registered with every outcome exported at 0 from the start.
+#[derive(Debug, Clone, Copy)]
+pub struct OutcomeCounter {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub outcomes: &'static [&'static str],
 }
 
 impl Metrics {
@@ -54,12 +66,6 @@ impl Metrics {
             "Cache (Redis) errors and timeouts by namespace",
             &["namespace"],
         );
-        let llm_requests = counter(
-            "kai_llm_requests_total",
-            "LLM requests by outcome",
-            &["outcome"],
-        );
-
         let db_query_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "kai_db_query_duration_seconds",
@@ -94,8 +100,32 @@ impl Metrics {
             cache_errors,
             db_query_duration,
             db_slow_queries,
-            llm_requests,
             redis_up,
+            outcomes: Arc::default(),
+        }
+    }
+
+    /// Registers the service's outcome counters, each outcome at 0.
+    pub fn with_outcome_counters(mut self, counters: &[OutcomeCounter]) -> prometheus::Result<Self> {
+        let mut outcomes = HashMap::new();
+        for spec in counters {
+            let c = IntCounterVec::new(Opts::new(spec.name, spec.help), &["outcome"])?;
+            self.registry.register(Box::new(c.clone()))?;
+            for outcome in spec.outcomes {
+                c.with_label_values(&[outcome]);
+            }
+            outcomes.insert(spec.name, c);
+        }
+        self.outcomes = Arc::new(outcomes);
+        Ok(self)
+    }
+
+    /// Counts one `outcome` of `counter` (registered at start by
+    /// [`Metrics::with_outcome_counters`]).
+    pub fn count_outcome(&self, counter: &OutcomeCounter, outcome: &str) {
+        match self.outcomes.get(counter.name) {
+            Some(c) => c.with_label_values(&[outcome]).inc(),
+            None => debug_assert!(false, "{} is not in the service's outcome counters", counter.name),
         }
     }
 

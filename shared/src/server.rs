@@ -37,24 +37,26 @@ use crate::metrics::{LATENCY_BUCKETS, Metrics};
 /// How long in-flight requests may take to finish after SIGTERM.
 pub const DRAIN: Duration = Duration::from_secs(30);
 
-/// A service-specific check of a session (profile-service owns the sessions table).
+/// A service-specific check of a session (for the service that owns the sessions table).
 pub type SessionCheck = Arc<dyn Fn(Uuid) -> BoxFuture<'static, Result<(), ApiError>> + Send + Sync>;
 
 /// What a service tells the platform about itself.
 #[derive(Clone)]
 pub struct ServiceDef {
-    /// `journal`, `conversation` or `profile`: metric label, key namespace, logs.
+    /// The service's short name: metric label, cursor key, logs.
     pub name: &'static str,
     pub default_port: u16,
     pub migrations: MigrationSet,
     /// Registers the service's routes (and its own app data).
     pub routes: Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>,
     pub openapi: utoipa::openapi::OpenApi,
-    /// Cache namespaces, exported at zero from the start so dashboards and alerts
-    /// see every series before its first event.
-    pub cache_namespaces: &'static [&'static str],
-    /// `kai_llm_requests_total` outcomes exported at zero from the start.
-    pub llm_outcomes: &'static [&'static str],
+    /// What the service caches (its `cache_rules.rs`): each policy's namespace is
+    /// exported at zero from the start so dashboards and alerts see every series
+    /// before its first event.
+    pub cached: &'static [crate::cache::Policy],
+    /// Counters of the service's outbound calls by outcome, registered (every
+    /// outcome at zero) on the service's registry at start.
+    pub outcome_counters: &'static [crate::metrics::OutcomeCounter],
     /// Builds an extra per-request session check from the pool.
     pub session_check: Option<fn(Db) -> SessionCheck>,
     /// Starts the service's background tasks once the platform is built; they
@@ -129,14 +131,13 @@ impl Platform {
         def: &ServiceDef,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let metrics = Metrics::new(def.name);
-        for ns in def.cache_namespaces {
+        let metrics = Metrics::new(def.name)
+            .with_outcome_counters(def.outcome_counters)
+            .context("registering the service's metrics")?;
+        for ns in def.cached.iter().map(|policy| policy.namespace) {
             metrics.cache_hits.with_label_values(&[ns]);
             metrics.cache_misses.with_label_values(&[ns]);
             metrics.cache_errors.with_label_values(&[ns]);
-        }
-        for outcome in def.llm_outcomes {
-            metrics.llm_requests.with_label_values(&[outcome]);
         }
         let db = Db::new(&settings, &metrics);
         db.check_tls(&settings).await?;
@@ -376,16 +377,28 @@ enum Command {
     Migrate,
 }
 
+/// What a service's binary tells [`main`] before anything is read.
+#[derive(Debug, Clone, Copy)]
+pub struct Binary {
+    /// The short name (`<name>-service` is the binary).
+    pub name: &'static str,
+    pub default_port: u16,
+    /// Whether the service issues access tokens: serving, it alone needs (and
+    /// holds) `AUTH_SIGNING_KEY_FILE`; `migrate` never signs, so a migration Job
+    /// never holds it.
+    pub signs_tokens: bool,
+}
+
 /// The whole of a service's `main`: read and validate the configuration (one clear
 /// line and exit code 2 on a bad value), start telemetry, then serve or migrate.
 /// `service` turns the service's own settings (`S`) into its [`ServiceDef`].
 pub fn main<S: clap::Args>(
-    name: &'static str,
-    default_port: u16,
+    binary: Binary,
     service: impl FnOnce(S) -> anyhow::Result<ServiceDef>,
 ) -> ExitCode {
+    let name = binary.name;
     with_allocator_settings(name);
-    let cli = match read_cli::<S>(name, default_port) {
+    let cli = match read_cli::<S>(binary) {
         Ok(cli) => cli,
         Err(code) => return code,
     };
@@ -465,7 +478,12 @@ fn with_allocator_settings(name: &str) {
 
 /// Reads `.env`, then the environment and the command line; prints the help, the
 /// version or the error itself (exit code 2 for an error).
-fn read_cli<S: clap::Args>(name: &'static str, default_port: u16) -> Result<Cli<S>, ExitCode> {
+fn read_cli<S: clap::Args>(binary: Binary) -> Result<Cli<S>, ExitCode> {
+    let Binary {
+        name,
+        default_port,
+        signs_tokens,
+    } = binary;
     // A missing .env is normal; a malformed one is worth saying.
     if let Err(e) = dotenvy::dotenv()
         && !e.not_found()
@@ -480,10 +498,7 @@ fn read_cli<S: clap::Args>(name: &'static str, default_port: u16) -> Result<Cli<
     let parsed = config::parse::<Cli<S>>(cmd.clone(), |k| std::env::var(k).ok(), argv.clone())
         .and_then(|mut cli| {
             cli.settings = cli.settings.check()?;
-            // profile-service issues the tokens: serving, it alone needs (and
-            // holds) the signing key; `migrate` never signs, so a migration Job
-            // never holds it.
-            if name == "profile" && matches!(cli.command, None | Some(Command::Serve)) {
+            if signs_tokens && matches!(cli.command, None | Some(Command::Serve)) {
                 cli.settings.require_signing_key()?;
             }
             Ok(cli)

@@ -9,12 +9,13 @@
 //! `kai_llm_requests_total{outcome}` counts what happened: `success`, `error`
 //! and `timeout` for calls made, `cached` for replies served from the cache.
 
-use kai_shared::cache::{CacheStatus, keys};
+use kai_shared::cache::CacheStatus;
+use kai_shared::metrics::OutcomeCounter;
 use kai_shared::{ApiError, Platform};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::cache_rules::{AI_RESPONSE, ai_scope};
+use crate::cache_rules::{AI_RESPONSE, ai_response_key, ai_scope};
 use crate::llm::{Llm, LlmError};
 
 pub const SUCCESS: &str = "success";
@@ -22,6 +23,13 @@ pub const CACHED: &str = "cached";
 pub const ERROR: &str = "error";
 pub const TIMEOUT: &str = "timeout";
 pub const OUTCOMES: [&str; 4] = [SUCCESS, CACHED, ERROR, TIMEOUT];
+
+/// `kai_llm_requests_total{outcome}` (SPEC §5).
+pub const LLM_REQUESTS: OutcomeCounter = OutcomeCounter {
+    name: "kai_llm_requests_total",
+    help: "LLM requests by outcome",
+    outcomes: &OUTCOMES,
+};
 
 /// A reply and whether it came from the cache.
 #[derive(Debug)]
@@ -37,8 +45,8 @@ pub async fn reply(
     style: Option<&str>,
     content: &str,
 ) -> Result<Reply, ApiError> {
-    let outcomes = &p.metrics.llm_requests;
-    let key = keys::ai_response(user_id, &prompt_hash(style, content));
+    let metrics = &p.metrics;
+    let key = ai_response_key(user_id, &prompt_hash(style, content));
     let cached = p
         .cache
         .get_or_load(&ai_scope(user_id), &AI_RESPONSE, &key, || async {
@@ -48,13 +56,13 @@ pub async fn reply(
                 Err(LlmError::Timeout(_)) => TIMEOUT,
                 Err(LlmError::Upstream(_)) => ERROR,
             };
-            outcomes.with_label_values(&[outcome]).inc();
+            metrics.count_outcome(&LLM_REQUESTS, outcome);
             result.map(Some).map_err(ApiError::from)
         })
         .await?;
     let hit = cached.status == CacheStatus::Hit;
     if hit {
-        outcomes.with_label_values(&[CACHED]).inc();
+        metrics.count_outcome(&LLM_REQUESTS, CACHED);
     }
     let content: String = serde_json::from_slice(&cached.entry.body).map_err(ApiError::internal)?;
     Ok(Reply {

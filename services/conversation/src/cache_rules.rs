@@ -1,11 +1,14 @@
-//! Cache rules.
+//! Cache rules, in one place: what conversation-service caches (key, namespace,
+//! TTL) and what each write invalidates.
 //!
 //! Every cached conversation read — list pages and conversation details — lives
 //! in the owner's conversation scope, so any write of theirs (new conversation,
 //! message, batch, delete) invalidates all of it in one O(1) generation bump.
 //! A new message changes the list (order, count, last message) as well as the
 //! detail, so nothing finer would save much, and a rule this simple cannot
-//! forget a key.
+//! forget a key. The write functions in `queries` return their result through
+//! [`written`], so a handler reaches it only by `Cache::commit`, which
+//! invalidates first.
 //!
 //! The assistant's replies live in a scope of their own, the "ai" scope, which
 //! no conversation write touches: a reply depends only on the message and the
@@ -14,12 +17,15 @@
 
 use std::time::Duration;
 
-use kai_shared::cache::{Policy, Scope};
+use kai_shared::cache::{Policy, Scope, Written};
 use uuid::Uuid;
 
 pub const LIST: Policy = Policy::new("conversation_list", Duration::from_secs(5 * 60));
 pub const DETAIL: Policy = Policy::new("conversation_detail", Duration::from_secs(30 * 60));
 pub const AI_RESPONSE: Policy = Policy::new("ai_response", Duration::from_secs(24 * 60 * 60));
+
+/// Every kind of read this service caches.
+pub const CACHED: [Policy; 3] = [LIST, DETAIL, AI_RESPONSE];
 
 /// Everything a user has cached in conversation-service, except AI replies.
 pub fn user_scope(user_id: Uuid) -> Scope {
@@ -29,4 +35,63 @@ pub fn user_scope(user_id: Uuid) -> Scope {
 /// A user's cached AI replies (never invalidated by conversation writes).
 pub fn ai_scope(user_id: Uuid) -> Scope {
     Scope::user("ai", user_id)
+}
+
+/// What a write of `user_id`'s conversations touches: their conversation scope.
+pub fn written<T>(user_id: Uuid, value: T) -> Written<T> {
+    Written::new(value, [user_scope(user_id)])
+}
+
+/// [`written`], for a write whose conversation may not exist (nothing touched then).
+pub fn written_if_found<T>(user_id: Uuid, value: Option<T>) -> Written<Option<T>> {
+    Written::if_found(value, [user_scope(user_id)])
+}
+
+/// [`written`], for a write that reports whether it changed a row.
+pub fn written_if_changed(user_id: Uuid, changed: bool) -> Written<bool> {
+    Written::if_changed(changed, [user_scope(user_id)])
+}
+
+/// SPEC §4 key: `conversation:{id}` plus the message limit asked for (DETAIL).
+pub fn detail_key(conversation_id: Uuid, limit: i64) -> String {
+    format!("conversation:{conversation_id}:limit:{limit}")
+}
+
+/// A list page (LIST).
+pub fn list_key(user_id: Uuid, cursor: Option<&str>, limit: i64) -> String {
+    format!(
+        "conversation:list:{user_id}:cursor:{}:limit:{limit}",
+        cursor.unwrap_or("-")
+    )
+}
+
+/// SPEC §4 key: `ai:response:{user_id}:{hash}` (AI_RESPONSE).
+pub fn ai_response_key(user_id: Uuid, hash: &str) -> String {
+    format!("ai:response:{user_id}:{hash}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const USER: Uuid = Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+
+    #[test]
+    fn spec_keys_are_spelled_as_the_spec_says() {
+        assert!(
+            detail_key(USER, 50).starts_with("conversation:01234567-89ab-cdef-0123-456789abcdef")
+        );
+        assert_eq!(
+            ai_response_key(USER, "abc"),
+            "ai:response:01234567-89ab-cdef-0123-456789abcdef:abc"
+        );
+    }
+
+    #[test]
+    fn writes_touch_the_conversation_scope_and_never_the_ai_scope() {
+        assert_eq!(written(USER, ()).touched(), [user_scope(USER)]);
+        assert_ne!(user_scope(USER), ai_scope(USER));
+        assert!(written_if_found::<()>(USER, None).touched().is_empty());
+        assert!(written_if_changed(USER, false).touched().is_empty());
+    }
 }

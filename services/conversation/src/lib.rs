@@ -31,6 +31,13 @@ use utoipa::OpenApi;
 
 pub const DEFAULT_PORT: u16 = 8082;
 
+/// The binary, as `kai_shared::server::main` starts it.
+pub const BINARY: kai_shared::server::Binary = kai_shared::server::Binary {
+    name: "conversation",
+    default_port: DEFAULT_PORT,
+    signs_tokens: false,
+};
+
 mod embedded {
     refinery::embed_migrations!("../../migrations/conversation");
 }
@@ -45,17 +52,13 @@ pub fn try_service(settings: &config::LlmSettings) -> anyhow::Result<ServiceDef>
     // One client for every worker: it holds the connection pool to the LLM.
     let llm = web::Data::new(llm::Llm::new(settings)?);
     Ok(ServiceDef {
-        name: "conversation",
+        name: BINARY.name,
         default_port: DEFAULT_PORT,
         migrations: MIGRATIONS,
         routes: Arc::new(move |cfg| routes::configure(cfg, llm.clone())),
         openapi: routes::ApiDoc::openapi(),
-        cache_namespaces: &[
-            cache_rules::LIST.namespace,
-            cache_rules::DETAIL.namespace,
-            cache_rules::AI_RESPONSE.namespace,
-        ],
-        llm_outcomes: &assistant::OUTCOMES,
+        cached: &cache_rules::CACHED,
+        outcome_counters: &[assistant::LLM_REQUESTS],
         session_check: None,
         on_start: Some(Arc::new(erasure::start)),
     })

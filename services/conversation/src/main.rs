@@ -7,8 +7,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     kai_shared::server::main(
-        "conversation",
-        conversation_service::DEFAULT_PORT,
+        conversation_service::BINARY,
         |llm: conversation_service::config::LlmSettings| conversation_service::try_service(&llm),
     )
 }

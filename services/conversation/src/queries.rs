@@ -8,9 +8,11 @@
 
 use chrono::{DateTime, Utc};
 use kai_shared::ApiError;
+use kai_shared::cache::Written;
 use kai_shared::db::{Db, DbError, Row};
 use uuid::Uuid;
 
+use crate::cache_rules::{written, written_if_changed, written_if_found};
 use crate::model::{BatchMessage, ConversationPage, ConversationSummary, LastMessage, Message};
 use kai_shared::http::cursor::{Cursor, CursorSigner};
 
@@ -128,20 +130,21 @@ pub async fn insert_conversation(
     db: &Db,
     user_id: Uuid,
     title: Option<&str>,
-) -> Result<ConversationSummary, ApiError> {
+) -> Result<Written<ConversationSummary>, ApiError> {
     let conn = db.conn().await?;
     let id = Uuid::now_v7();
     let row = db
         .query_one(&conn, INSERT_CONVERSATION, &[&id, &user_id, &title])
         .await?;
-    Ok(ConversationSummary {
+    let summary = ConversationSummary {
         id: row.get("id"),
         title: row.get("title"),
         created_at: row.get("created_at"),
         updated_at: row.get("updated_at"),
         message_count: 0,
         last_message: None,
-    })
+    };
+    Ok(written(user_id, summary))
 }
 
 /// One statement, asking for one row more than the page to learn whether
@@ -213,10 +216,10 @@ pub async fn append_message(
     conversation_id: Uuid,
     role: &str,
     content: &str,
-) -> Result<Option<Message>, ApiError> {
+) -> Result<Written<Option<Message>>, ApiError> {
     let conn = db.conn().await?;
     let id = Uuid::now_v7();
-    Ok(db
+    let stored = db
         .query_opt(
             &conn,
             APPEND_MESSAGE,
@@ -224,7 +227,8 @@ pub async fn append_message(
         )
         .await?
         .as_ref()
-        .map(message))
+        .map(message);
+    Ok(written_if_found(user_id, stored))
 }
 
 /// Stores every message or none, in one transaction of two statements whatever
@@ -234,7 +238,7 @@ pub async fn insert_batch(
     user_id: Uuid,
     conversation_id: Uuid,
     batch: &[BatchMessage],
-) -> Result<Option<u64>, ApiError> {
+) -> Result<Written<Option<u64>>, ApiError> {
     let ids: Vec<Uuid> = batch.iter().map(|_| Uuid::now_v7()).collect();
     let roles: Vec<&str> = batch.iter().map(|m| m.role.as_str()).collect();
     let contents: Vec<&str> = batch.iter().map(|m| m.content.as_str()).collect();
@@ -248,7 +252,7 @@ pub async fn insert_batch(
         .is_none()
     {
         // Dropping the transaction rolls it back (nothing was written anyway).
-        return Ok(None);
+        return Ok(Written::unchanged(None));
     }
     let inserted = db
         .execute(
@@ -258,16 +262,21 @@ pub async fn insert_batch(
         )
         .await?;
     tx.commit().await.map_err(DbError::from)?;
-    Ok(Some(inserted))
+    Ok(written_if_found(user_id, Some(inserted)))
 }
 
 /// True if the user's conversation existed and is now gone.
-pub async fn delete_conversation(db: &Db, user_id: Uuid, id: Uuid) -> Result<bool, ApiError> {
+pub async fn delete_conversation(
+    db: &Db,
+    user_id: Uuid,
+    id: Uuid,
+) -> Result<Written<bool>, ApiError> {
     let conn = db.conn().await?;
-    Ok(db
+    let deleted = db
         .execute(&conn, DELETE_CONVERSATION, &[&id, &user_id])
         .await?
-        == 1)
+        == 1;
+    Ok(written_if_changed(user_id, deleted))
 }
 
 /// Statements the hot paths run, for `EXPLAIN` checks (kai-verify and tests).

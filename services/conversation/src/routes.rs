@@ -1,12 +1,12 @@
 //! HTTP handlers: authenticate, validate, then either a cached read through
-//! `Cache::get_or_load` or a write followed by the owner's scope invalidation.
+//! `Cache::get_or_load` or a write whose result is reached through `Cache::commit`
+//! (which invalidates what `cache_rules` says the write touched).
 //! Every route under a conversation id looks the conversation up by id *and*
 //! owner, so another user's conversation is a 404 everywhere.
 
 use actix_web::http::header::LOCATION;
 use actix_web::{HttpRequest, HttpResponse, web};
 use kai_shared::auth::AuthUser;
-use kai_shared::cache::keys;
 use kai_shared::http::openapi::BearerAuth;
 use kai_shared::http::{Json, MAX_BATCH_BODY_BYTES, Query, in_range, respond};
 use kai_shared::{ApiError, FieldError, Platform};
@@ -14,7 +14,7 @@ use utoipa::OpenApi;
 use uuid::Uuid;
 
 use crate::assistant;
-use crate::cache_rules::{DETAIL, LIST, user_scope};
+use crate::cache_rules::{DETAIL, LIST, detail_key, list_key, user_scope};
 use crate::llm::Llm;
 use crate::model::{
     BatchInserted, BatchMessage, BatchRequest, ConversationDetail, ConversationPage,
@@ -70,9 +70,8 @@ async fn create_conversation(
 ) -> Result<HttpResponse, ApiError> {
     let mut new = body.into_inner();
     new.validate()?;
-    let conversation =
-        queries::insert_conversation(&p.db, user.user_id, new.title.as_deref()).await?;
-    p.cache.invalidate(&user_scope(user.user_id)).await;
+    let written = queries::insert_conversation(&p.db, user.user_id, new.title.as_deref()).await?;
+    let conversation = p.cache.commit(written).await;
     Ok(HttpResponse::Created()
         .insert_header((LOCATION, format!("/api/conversations/{}", conversation.id)))
         .json(conversation))
@@ -95,7 +94,7 @@ async fn list_conversations(
     let signer =
         CursorSigner::from_settings(&p.settings, p.service, uid, &format!("limit={limit}"));
     let cursor = signer.from_param(q.cursor.as_deref())?;
-    let key = keys::conversation_list(uid, q.cursor.as_deref(), limit);
+    let key = list_key(uid, q.cursor.as_deref(), limit);
     let cached = p
         .cache
         .get_or_load(&user_scope(uid), &LIST, &key, || async {
@@ -126,7 +125,7 @@ async fn get_conversation(
         .get_or_load(
             &user_scope(uid),
             &DETAIL,
-            &keys::conversation(id, limit),
+            &detail_key(id, limit),
             || async {
                 let found = queries::get_conversation(&p.db, uid, id, limit).await?;
                 Ok(found.map(|(summary, messages)| ConversationDetail::new(summary, messages)))
@@ -145,10 +144,10 @@ async fn delete_conversation(
     user: AuthUser,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    if !queries::delete_conversation(&p.db, user.user_id, id.into_inner()).await? {
+    let written = queries::delete_conversation(&p.db, user.user_id, id.into_inner()).await?;
+    if !p.cache.commit(written).await {
         return Err(ApiError::not_found());
     }
-    p.cache.invalidate(&user_scope(user.user_id)).await;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -169,12 +168,14 @@ async fn post_message(
     let mut msg = body.into_inner();
     msg.validate()?;
     let (uid, id) = (user.user_id, id.into_inner());
-    let user_message = queries::append_message(&p.db, uid, id, "user", &msg.content)
-        .await?
+    // Visible at once (committed before the model is asked): the model may fail
+    // or the client may leave, and the message is stored either way.
+    let written = queries::append_message(&p.db, uid, id, "user", &msg.content).await?;
+    let user_message = p
+        .cache
+        .commit(written)
+        .await
         .ok_or_else(ApiError::not_found)?;
-    // Visible at once: the model may fail or the client may leave, and the
-    // message is stored either way.
-    p.cache.invalidate(&user_scope(uid)).await;
 
     let reply = assistant::reply(
         &p,
@@ -184,10 +185,12 @@ async fn post_message(
         &msg.content,
     )
     .await?;
-    let assistant_message = queries::append_message(&p.db, uid, id, "assistant", &reply.content)
-        .await?
+    let written = queries::append_message(&p.db, uid, id, "assistant", &reply.content).await?;
+    let assistant_message = p
+        .cache
+        .commit(written)
+        .await
         .ok_or_else(ApiError::not_found)?;
-    p.cache.invalidate(&user_scope(uid)).await;
     Ok(HttpResponse::Created()
         .insert_header((LOCATION, format!("/api/conversations/{id}")))
         .json(Exchange {
@@ -210,10 +213,12 @@ async fn post_batch(
     let batch = body.into_inner();
     batch.validate()?;
     let id = id.into_inner();
-    let inserted = queries::insert_batch(&p.db, user.user_id, id, &batch.messages)
-        .await?
+    let written = queries::insert_batch(&p.db, user.user_id, id, &batch.messages).await?;
+    let inserted = p
+        .cache
+        .commit(written)
+        .await
         .ok_or_else(ApiError::not_found)?;
-    p.cache.invalidate(&user_scope(user.user_id)).await;
     Ok(HttpResponse::Created()
         .insert_header((LOCATION, format!("/api/conversations/{id}")))
         .json(BatchInserted { inserted }))

@@ -22,6 +22,13 @@ use utoipa::OpenApi;
 
 pub const DEFAULT_PORT: u16 = 8081;
 
+/// The binary, as `kai_shared::server::main` starts it.
+pub const BINARY: kai_shared::server::Binary = kai_shared::server::Binary {
+    name: "journal",
+    default_port: DEFAULT_PORT,
+    signs_tokens: false,
+};
+
 mod embedded {
     refinery::embed_migrations!("../../migrations/journal");
 }
@@ -34,17 +41,13 @@ pub const MIGRATIONS: MigrationSet = MigrationSet {
 /// The service as the platform runs it.
 pub fn service() -> ServiceDef {
     ServiceDef {
-        name: "journal",
+        name: BINARY.name,
         default_port: DEFAULT_PORT,
         migrations: MIGRATIONS,
         routes: Arc::new(routes::configure),
         openapi: routes::ApiDoc::openapi(),
-        cache_namespaces: &[
-            cache_rules::LIST.namespace,
-            cache_rules::ENTRY.namespace,
-            cache_rules::STATS.namespace,
-        ],
-        llm_outcomes: &[],
+        cached: &cache_rules::CACHED,
+        outcome_counters: &[],
         session_check: None,
         on_start: Some(Arc::new(erasure::start)),
     }

@@ -7,8 +7,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     kai_shared::server::main(
-        "journal",
-        journal_service::DEFAULT_PORT,
+        journal_service::BINARY,
         |_: kai_shared::config::NoServiceSettings| Ok(journal_service::service()),
     )
 }

@@ -4,9 +4,11 @@
 
 use chrono::NaiveDate;
 use kai_shared::ApiError;
+use kai_shared::cache::Written;
 use kai_shared::db::{Db, Row};
 use uuid::Uuid;
 
+use crate::cache_rules::{written, written_if_changed, written_if_found};
 use crate::model::{CreateEntry, DayStats, Entry, EntryCursorPage, EntryPage, PatchEntry, Stats};
 use kai_shared::http::cursor::{Cursor, CursorSigner};
 
@@ -87,7 +89,11 @@ pub(crate) fn entry(row: &Row) -> Entry {
     }
 }
 
-pub async fn insert_entry(db: &Db, user_id: Uuid, new: &CreateEntry) -> Result<Entry, ApiError> {
+pub async fn insert_entry(
+    db: &Db,
+    user_id: Uuid,
+    new: &CreateEntry,
+) -> Result<Written<Entry>, ApiError> {
     let conn = db.conn().await?;
     let id = Uuid::now_v7();
     let row = db
@@ -104,7 +110,7 @@ pub async fn insert_entry(db: &Db, user_id: Uuid, new: &CreateEntry) -> Result<E
             ],
         )
         .await?;
-    Ok(entry(&row))
+    Ok(written(user_id, entry(&row)))
 }
 
 pub async fn get_entry(db: &Db, user_id: Uuid, id: Uuid) -> Result<Option<Entry>, ApiError> {
@@ -193,7 +199,7 @@ pub async fn patch_entry(
     user_id: Uuid,
     id: Uuid,
     patch: &PatchEntry,
-) -> Result<Option<Entry>, ApiError> {
+) -> Result<Written<Option<Entry>>, ApiError> {
     let conn = db.conn().await?;
     let set_title = patch.title.is_some();
     let title = patch.title.clone().flatten();
@@ -215,13 +221,18 @@ pub async fn patch_entry(
             ],
         )
         .await?;
-    Ok(row.as_ref().map(entry))
+    Ok(written_if_found(user_id, row.as_ref().map(entry)))
 }
 
 /// True if a live entry was deleted.
-pub async fn soft_delete_entry(db: &Db, user_id: Uuid, id: Uuid) -> Result<bool, ApiError> {
+pub async fn soft_delete_entry(
+    db: &Db,
+    user_id: Uuid,
+    id: Uuid,
+) -> Result<Written<bool>, ApiError> {
     let conn = db.conn().await?;
-    Ok(db.execute(&conn, SOFT_DELETE, &[&id, &user_id]).await? == 1)
+    let deleted = db.execute(&conn, SOFT_DELETE, &[&id, &user_id]).await? == 1;
+    Ok(written_if_changed(user_id, deleted))
 }
 
 pub async fn search_entries(

@@ -1,16 +1,18 @@
 //! HTTP handlers: authenticate, validate, then either a cached read through
-//! `Cache::get_or_load` or a write followed by the owner's scope invalidation.
+//! `Cache::get_or_load` or a write whose result is reached through `Cache::commit`
+//! (which invalidates what `cache_rules` says the write touched).
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use kai_shared::auth::AuthUser;
-use kai_shared::cache::keys;
 use kai_shared::http::openapi::BearerAuth;
 use kai_shared::http::{Json, Query, in_range, respond};
 use kai_shared::{ApiError, FieldError, Platform};
 use utoipa::OpenApi;
 use uuid::Uuid;
 
-use crate::cache_rules::{ENTRY, LIST, STATS, user_scope};
+use crate::cache_rules::{
+    ENTRY, LIST, STATS, entry_key, list_cursor_key, list_page_key, stats_key, user_scope,
+};
 use crate::model::{
     CreateEntry, DayStats, Entry, EntryCursorPage, EntryPage, ListQuery, PatchEntry, SearchQuery,
     SearchResults, Stats, StatsQuery,
@@ -71,8 +73,10 @@ async fn create_entry(
 ) -> Result<HttpResponse, ApiError> {
     let mut new = body.into_inner();
     new.validate()?;
-    let entry = queries::insert_entry(&p.db, user.user_id, &new).await?;
-    p.cache.invalidate(&user_scope(user.user_id)).await;
+    let entry = p
+        .cache
+        .commit(queries::insert_entry(&p.db, user.user_id, &new).await?)
+        .await;
     Ok(HttpResponse::Created()
         .insert_header((
             actix_web::http::header::LOCATION,
@@ -110,7 +114,7 @@ async fn list_entries(
         let signer =
             CursorSigner::from_settings(&p.settings, p.service, uid, &format!("limit={limit}"));
         let cursor = signer.from_param(q.cursor.as_deref())?;
-        let key = keys::journal_list_cursor(uid, q.cursor.as_deref(), limit);
+        let key = list_cursor_key(uid, q.cursor.as_deref(), limit);
         p.cache
             .get_or_load(&user_scope(uid), &LIST, &key, || async {
                 queries::list_entries_after(&p.db, uid, cursor, limit, &signer)
@@ -130,7 +134,7 @@ async fn list_entries(
                 .get_or_load(
                     &user_scope(uid),
                     &LIST,
-                    &keys::journal_list_page(uid, 1, page_size),
+                    &list_page_key(uid, 1, page_size),
                     || async {
                         queries::list_entries_page(&p.db, uid, 1, page_size)
                             .await
@@ -164,7 +168,7 @@ async fn list_entries(
                 ));
             }
         }
-        let key = keys::journal_list_page(uid, page, page_size);
+        let key = list_page_key(uid, page, page_size);
         p.cache
             .get_or_load(&user_scope(uid), &LIST, &key, || async {
                 queries::list_entries_page(&p.db, uid, page, page_size)
@@ -190,7 +194,7 @@ async fn get_entry(
     let uid = user.user_id;
     let cached = p
         .cache
-        .get_or_load(&user_scope(uid), &ENTRY, &keys::journal_entry(id), || {
+        .get_or_load(&user_scope(uid), &ENTRY, &entry_key(id), || {
             queries::get_entry(&p.db, uid, id)
         })
         .await?;
@@ -209,10 +213,8 @@ async fn patch_entry(
 ) -> Result<HttpResponse, ApiError> {
     let mut patch = body.into_inner();
     patch.validate()?;
-    let entry = queries::patch_entry(&p.db, user.user_id, id.into_inner(), &patch)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
-    p.cache.invalidate(&user_scope(user.user_id)).await;
+    let written = queries::patch_entry(&p.db, user.user_id, id.into_inner(), &patch).await?;
+    let entry = p.cache.commit(written).await.ok_or_else(ApiError::not_found)?;
     Ok(HttpResponse::Ok().json(entry))
 }
 
@@ -225,10 +227,10 @@ async fn delete_entry(
     user: AuthUser,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    if !queries::soft_delete_entry(&p.db, user.user_id, id.into_inner()).await? {
+    let written = queries::soft_delete_entry(&p.db, user.user_id, id.into_inner()).await?;
+    if !p.cache.commit(written).await {
         return Err(ApiError::not_found());
     }
-    p.cache.invalidate(&user_scope(user.user_id)).await;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -284,7 +286,7 @@ async fn entry_stats(
         .get_or_load(
             &user_scope(uid),
             &STATS,
-            &keys::journal_stats(uid, days),
+            &stats_key(uid, days),
             || async { queries::entry_stats(&p.db, uid, days).await.map(Some) },
         )
         .await?;

@@ -31,6 +31,13 @@ use utoipa::OpenApi;
 
 pub const DEFAULT_PORT: u16 = 8083;
 
+/// The binary, as `kai_shared::server::main` starts it.
+pub const BINARY: kai_shared::server::Binary = kai_shared::server::Binary {
+    name: "profile",
+    default_port: DEFAULT_PORT,
+    signs_tokens: true,
+};
+
 mod embedded {
     refinery::embed_migrations!("../../migrations/profile");
 }
@@ -43,13 +50,13 @@ pub const MIGRATIONS: MigrationSet = MigrationSet {
 /// The service as the platform runs it.
 pub fn service() -> ServiceDef {
     ServiceDef {
-        name: "profile",
+        name: BINARY.name,
         default_port: DEFAULT_PORT,
         migrations: MIGRATIONS,
         routes: Arc::new(routes::configure),
         openapi: routes::ApiDoc::openapi(),
-        cache_namespaces: &[cache_rules::PROFILE.namespace],
-        llm_outcomes: &[],
+        cached: &cache_rules::CACHED,
+        outcome_counters: &[],
         session_check: Some(sessions::session_check),
         on_start: Some(Arc::new(erasure::start)),
     }

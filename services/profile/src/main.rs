@@ -7,8 +7,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     kai_shared::server::main(
-        "profile",
-        profile_service::DEFAULT_PORT,
+        profile_service::BINARY,
         |_: kai_shared::config::NoServiceSettings| Ok(profile_service::service()),
     )
 }

@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use kai_shared::ApiError;
+use kai_shared::cache::Written;
 use kai_shared::db::{Db, DbError, Row};
 use serde_json::Value;
 use uuid::Uuid;
@@ -208,7 +209,7 @@ pub async fn patch_profile(
     db: &Db,
     user_id: Uuid,
     patch: &PatchProfile,
-) -> Result<Option<Profile>, ApiError> {
+) -> Result<Written<Option<Profile>>, ApiError> {
     let conn = db.conn().await?;
     let set_name = patch.display_name.is_some();
     let name = patch.display_name.clone().flatten();
@@ -231,7 +232,10 @@ pub async fn patch_profile(
             ],
         )
         .await?;
-    Ok(row.as_ref().map(profile))
+    Ok(crate::cache_rules::written_if_found(
+        user_id,
+        row.as_ref().map(profile),
+    ))
 }
 
 /// Statements the hot paths run, for `EXPLAIN` checks.

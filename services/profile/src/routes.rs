@@ -4,14 +4,13 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use kai_shared::auth::AuthUser;
-use kai_shared::cache::keys;
 use kai_shared::http::openapi::BearerAuth;
 use kai_shared::http::{Json, respond};
 use kai_shared::ratelimit::Limit;
 use kai_shared::{ApiError, FieldError, Platform};
 use utoipa::OpenApi;
 
-use crate::cache_rules::{PROFILE, user_scope};
+use crate::cache_rules::{PROFILE, profile_key, user_scope};
 use crate::model::{
     AccountExport, Login, MAX_PASSWORD_CHARS, PatchProfile, Profile, Register, Registered, Token,
 };
@@ -183,7 +182,7 @@ async fn get_profile(
     let uid = user.user_id;
     let cached = p
         .cache
-        .get_or_load(&user_scope(uid), &PROFILE, &keys::user_profile(uid), || {
+        .get_or_load(&user_scope(uid), &PROFILE, &profile_key(uid), || {
             queries::get_profile(&p.db, uid)
         })
         .await?;
@@ -201,10 +200,12 @@ async fn patch_profile(
 ) -> Result<HttpResponse, ApiError> {
     let mut patch = body.into_inner();
     patch.validate()?;
-    let profile = queries::patch_profile(&p.db, user.user_id, &patch)
-        .await?
+    let written = queries::patch_profile(&p.db, user.user_id, &patch).await?;
+    let profile = p
+        .cache
+        .commit(written)
+        .await
         .ok_or_else(ApiError::not_found)?;
-    p.cache.invalidate(&user_scope(user.user_id)).await;
     Ok(HttpResponse::Ok().json(profile))
 }
 

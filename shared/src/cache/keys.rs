@@ -10,8 +10,8 @@
 //! <prefix>:{<service>:<owner>}:gen                      generation counter
 //! <prefix>:{<service>:<owner>}:<generation>:<logical>   an entry
 //! ```
-//! where `<logical>` is the key SPEC §4 names, e.g.
-//! `journal:list:<user>:page:1:size:20`.
+//! where `<logical>` is the key the service spells in its `cache_rules.rs` (SPEC §4
+//! names some, e.g. `journal:list:<user>:page:1:size:20`); this crate never does.
 
 use std::fmt;
 
@@ -73,49 +73,6 @@ pub fn revoked_sessions(prefix: &str) -> String {
     format!("{prefix}:revoked-sessions")
 }
 
-/// SPEC §4 key: `journal:list:{user_id}:page:{page}:size:{page_size}`.
-pub fn journal_list_page(user_id: Uuid, page: i64, page_size: i64) -> String {
-    format!("journal:list:{user_id}:page:{page}:size:{page_size}")
-}
-
-/// Cursor-mode journal list.
-pub fn journal_list_cursor(user_id: Uuid, cursor: Option<&str>, limit: i64) -> String {
-    format!(
-        "journal:list:{user_id}:cursor:{}:limit:{limit}",
-        cursor.unwrap_or("-")
-    )
-}
-
-pub fn journal_entry(entry_id: Uuid) -> String {
-    format!("journal:entry:{entry_id}")
-}
-
-pub fn journal_stats(user_id: Uuid, days: i64) -> String {
-    format!("journal:stats:{user_id}:days:{days}")
-}
-
-/// SPEC §4 key: `user:profile:{user_id}`.
-pub fn user_profile(user_id: Uuid) -> String {
-    format!("user:profile:{user_id}")
-}
-
-/// SPEC §4 key: `conversation:{id}` (plus the message limit asked for).
-pub fn conversation(conversation_id: Uuid, limit: i64) -> String {
-    format!("conversation:{conversation_id}:limit:{limit}")
-}
-
-pub fn conversation_list(user_id: Uuid, cursor: Option<&str>, limit: i64) -> String {
-    format!(
-        "conversation:list:{user_id}:cursor:{}:limit:{limit}",
-        cursor.unwrap_or("-")
-    )
-}
-
-/// SPEC §4 key: `ai:response:{user_id}:{hash}`.
-pub fn ai_response(user_id: Uuid, hash: &str) -> String {
-    format!("ai:response:{user_id}:{hash}")
-}
-
 /// Redis Cluster's slot of a key (CRC16/XMODEM of the hash tag, mod 16384).
 pub fn cluster_slot(key: &str) -> u16 {
     let bytes = key.as_bytes();
@@ -155,28 +112,9 @@ mod tests {
     const USER: Uuid = Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
 
     #[test]
-    fn spec_keys_are_spelled_as_the_spec_says() {
-        assert_eq!(
-            journal_list_page(USER, 2, 20),
-            "journal:list:01234567-89ab-cdef-0123-456789abcdef:page:2:size:20"
-        );
-        assert_eq!(
-            user_profile(USER),
-            "user:profile:01234567-89ab-cdef-0123-456789abcdef"
-        );
-        assert!(
-            conversation(USER, 50).starts_with("conversation:01234567-89ab-cdef-0123-456789abcdef")
-        );
-        assert_eq!(
-            ai_response(USER, "abc"),
-            "ai:response:01234567-89ab-cdef-0123-456789abcdef:abc"
-        );
-    }
-
-    #[test]
     fn entry_keys_embed_the_generation_under_the_scope_tag() {
         let scope = Scope::user("journal", USER);
-        let key = entry_key("kai", &scope, 42, &journal_entry(USER));
+        let key = entry_key("kai", &scope, 42, &format!("journal:entry:{USER}"));
         assert_eq!(
             key,
             format!("kai:{{journal:{USER}}}:42:journal:entry:{USER}")
@@ -193,7 +131,12 @@ mod tests {
         let scope = Scope::user("journal", USER);
         let slot = cluster_slot(&generation_key("kai", &scope));
         for generation in [1, 7, 1_700_000_000_000_000] {
-            let key = entry_key("kai", &scope, generation, &journal_list_page(USER, 1, 20));
+            let key = entry_key(
+                "kai",
+                &scope,
+                generation,
+                &format!("journal:list:{USER}:page:1:size:20"),
+            );
             assert_eq!(cluster_slot(&key), slot);
         }
         // Known vector from the Redis Cluster specification.

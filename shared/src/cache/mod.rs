@@ -1,5 +1,7 @@
-//! The cache engine: one small API — [`Cache::get_or_load`] and
-//! [`Cache::invalidate`] — that every service uses for every cacheable read.
+//! The cache engine: one small API — [`Cache::get_or_load`] for every cacheable
+//! read, [`Cache::commit`] of a [`Written`] result for every write — that every
+//! service uses. The engine knows no service: each spells its own keys, policies
+//! and the scopes its writes touch in its `cache_rules.rs`.
 //!
 //! # What it guarantees (SPEC §6)
 //!
@@ -45,6 +47,7 @@ pub mod keys;
 mod local;
 mod redis;
 pub mod singleflight;
+mod write;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -57,6 +60,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use entry::Entry;
 pub use keys::Scope;
+pub use write::Written;
 
 use crate::config::Settings;
 use crate::http::errors::ApiError;
@@ -332,8 +336,19 @@ impl Cache {
         }
     }
 
+    /// A committed write's result, once every scope it touched is invalidated
+    /// ([`Cache::invalidate`]): the way a service's write path answers.
+    pub async fn commit<T>(&self, written: Written<T>) -> T {
+        let (value, touched) = written.into_parts();
+        for scope in &touched {
+            self.invalidate(scope).await;
+        }
+        value
+    }
+
     /// Makes every entry of `scope` unreachable, on every replica. Call it after
-    /// the write commits and before answering.
+    /// the write commits and before answering (services do, through
+    /// [`Cache::commit`]).
     pub async fn invalidate(&self, scope: &Scope) {
         let inner = &self.inner;
         if !inner.enabled {

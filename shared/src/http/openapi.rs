@@ -31,7 +31,7 @@ impl Modify for BearerAuth {
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
                     .description(Some(
-                        "The `access_token` of `POST /api/auth/login` (profile-service).",
+                        "The `access_token` that `POST /api/auth/login` answers.",
                     ))
                     .build(),
             ),
