@@ -106,7 +106,10 @@ impl Metrics {
     }
 
     /// Registers the service's outcome counters, each outcome at 0.
-    pub fn with_outcome_counters(mut self, counters: &[OutcomeCounter]) -> prometheus::Result<Self> {
+    pub fn with_outcome_counters(
+        mut self,
+        counters: &[OutcomeCounter],
+    ) -> prometheus::Result<Self> {
         let mut outcomes = HashMap::new();
         for spec in counters {
             let c = IntCounterVec::new(Opts::new(spec.name, spec.help), &["outcome"])?;
@@ -125,7 +128,11 @@ impl Metrics {
     pub fn count_outcome(&self, counter: &OutcomeCounter, outcome: &str) {
         match self.outcomes.get(counter.name) {
             Some(c) => c.with_label_values(&[outcome]).inc(),
-            None => debug_assert!(false, "{} is not in the service's outcome counters", counter.name),
+            None => debug_assert!(
+                false,
+                "{} is not in the service's outcome counters",
+                counter.name
+            ),
         }
     }
 

@@ -214,7 +214,11 @@ async fn patch_entry(
     let mut patch = body.into_inner();
     patch.validate()?;
     let written = queries::patch_entry(&p.db, user.user_id, id.into_inner(), &patch).await?;
-    let entry = p.cache.commit(written).await.ok_or_else(ApiError::not_found)?;
+    let entry = p
+        .cache
+        .commit(written)
+        .await
+        .ok_or_else(ApiError::not_found)?;
     Ok(HttpResponse::Ok().json(entry))
 }
 
@@ -283,12 +287,9 @@ async fn entry_stats(
     let uid = user.user_id;
     let cached = p
         .cache
-        .get_or_load(
-            &user_scope(uid),
-            &STATS,
-            &stats_key(uid, days),
-            || async { queries::entry_stats(&p.db, uid, days).await.map(Some) },
-        )
+        .get_or_load(&user_scope(uid), &STATS, &stats_key(uid, days), || async {
+            queries::entry_stats(&p.db, uid, days).await.map(Some)
+        })
         .await?;
     Ok(respond::cached(&req, &cached))
 }

@@ -46,7 +46,10 @@ mod tests {
 
     #[test]
     fn a_patch_touches_the_owners_scope() {
-        assert_eq!(written_if_found(USER, Some(())).touched(), [user_scope(USER)]);
+        assert_eq!(
+            written_if_found(USER, Some(())).touched(),
+            [user_scope(USER)]
+        );
         assert!(written_if_found::<()>(USER, None).touched().is_empty());
     }
 }

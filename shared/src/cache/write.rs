@@ -71,9 +71,19 @@ mod tests {
     #[test]
     fn only_a_write_that_found_its_row_touches_a_scope() {
         let scope = Scope::user("svc", Uuid::nil());
-        assert_eq!(Written::if_found(Some(1), [scope.clone()]).touched().len(), 1);
-        assert!(Written::<Option<i32>>::if_found(None, [scope.clone()]).touched().is_empty());
-        assert_eq!(Written::if_changed(true, [scope.clone()]).touched().len(), 1);
+        assert_eq!(
+            Written::if_found(Some(1), [scope.clone()]).touched().len(),
+            1
+        );
+        assert!(
+            Written::<Option<i32>>::if_found(None, [scope.clone()])
+                .touched()
+                .is_empty()
+        );
+        assert_eq!(
+            Written::if_changed(true, [scope.clone()]).touched().len(),
+            1
+        );
         assert!(Written::if_changed(false, [scope]).touched().is_empty());
     }
 }
