@@ -49,12 +49,11 @@ mod redis;
 pub mod singleflight;
 mod write;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -141,7 +140,10 @@ pub struct RedisHealth {
 }
 
 type LoadResult = Result<Arc<Entry>, Arc<ApiError>>;
-type StoreHook = Arc<dyn Fn(String) -> BoxFuture<'static, ()> + Send + Sync>;
+/// See [`Cache::set_store_hook`].
+#[cfg(any(test, feature = "testing"))]
+pub type StoreHook =
+    Arc<dyn Fn(String) -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>;
 
 /// The two-tier cache. Cheap to clone.
 #[derive(Clone)]
@@ -162,7 +164,8 @@ struct Inner {
     misses: AtomicU64,
     errors: AtomicU64,
     early_refreshes: AtomicU64,
-    store_hook: RwLock<Option<StoreHook>>,
+    #[cfg(any(test, feature = "testing"))]
+    store_hook: std::sync::RwLock<Option<StoreHook>>,
 }
 
 impl Cache {
@@ -216,7 +219,8 @@ impl Cache {
                 misses: AtomicU64::new(0),
                 errors: AtomicU64::new(0),
                 early_refreshes: AtomicU64::new(0),
-                store_hook: RwLock::new(None),
+                #[cfg(any(test, feature = "testing"))]
+                store_hook: std::sync::RwLock::new(None),
             }),
         })
     }
@@ -436,10 +440,8 @@ impl Cache {
             .await
             .map_err(Arc::new)?
             .with_gzip();
-        let hook = self.inner.store_hook.read().expect("hook lock").clone();
-        if let Some(hook) = hook {
-            hook(key.clone()).await;
-        }
+        #[cfg(any(test, feature = "testing"))]
+        self.run_store_hook(&key).await;
         let entry = Arc::new(entry);
         if let Some(l2) = &self.inner.l2 {
             let ttl = Duration::from_millis(entry.expires_at_ms.saturating_sub(now_millis()));
@@ -570,7 +572,11 @@ impl Cache {
             .await
             .map_err(|e| anyhow::anyhow!("{}: Redis refused the connection: {e}", l2.variable()))
     }
+}
 
+/// Test hooks and diagnostics: compiled for tests (the `testing` feature) only.
+#[cfg(any(test, feature = "testing"))]
+impl Cache {
     /// Whether Redis is configured and currently used (circuit closed).
     pub fn redis_available(&self) -> Option<bool> {
         self.inner.l2.as_ref().map(|l2| l2.available())
@@ -600,13 +606,11 @@ impl Cache {
 
     /// L1 entries and scopes held now (tests and the soak check that L1 holds
     /// live generations only).
-    #[cfg(any(test, feature = "testing"))]
     pub fn l1_sizes(&self) -> (u64, usize) {
         self.inner.l1.sizes()
     }
 
     /// The keys L1 holds now.
-    #[cfg(any(test, feature = "testing"))]
     pub fn l1_keys(&self) -> Vec<String> {
         self.inner.l1.keys()
     }
@@ -614,6 +618,13 @@ impl Cache {
     /// Drops every L1 entry (the benchmark uses it to measure an L2 hit).
     pub fn clear_l1(&self) {
         self.inner.l1.clear();
+    }
+
+    async fn run_store_hook(&self, key: &str) {
+        let hook = self.inner.store_hook.read().expect("hook lock").clone();
+        if let Some(hook) = hook {
+            hook(key.to_owned()).await;
+        }
     }
 }
 

@@ -1,0 +1,74 @@
+//! Tokens: the test key pair (shared by every test process and every binary a
+//! test spawns), the authenticator that mints with it, and [`TestUser`].
+
+use std::time::Duration;
+use uuid::Uuid;
+
+/// The test key pair: derived from a fixed seed, so every test process (and every
+/// binary a test spawns) shares one pair, written once under the temp directory.
+pub fn test_keys() -> &'static (crate::auth::keys::KeyPair, String, String) {
+    static KEYS: std::sync::OnceLock<(crate::auth::keys::KeyPair, String, String)> =
+        std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        use sha2::Digest;
+        let seed: [u8; 32] =
+            sha2::Sha256::digest(b"kai test signing key, never in production").into();
+        let pair = crate::auth::keys::KeyPair::from_seed(seed);
+        let dir = std::env::temp_dir().join(format!("kai-test-keys-{}", pair.kid));
+        let (signing, verifying) = pair.write_to(&dir).expect("write the test key pair");
+        (
+            pair,
+            signing.display().to_string(),
+            verifying.display().to_string(),
+        )
+    })
+}
+
+/// The key-file variables every service under test gets (profile signs with the
+/// private key; all verify with the public one).
+pub fn auth_env() -> [(&'static str, String); 2] {
+    let (_, signing, verifying) = test_keys();
+    [
+        ("AUTH_SIGNING_KEY_FILE", signing.clone()),
+        ("AUTH_VERIFYING_KEYS_FILE", verifying.clone()),
+    ]
+}
+
+/// An authenticator holding the test signing key (mints tokens the services accept).
+pub fn test_authenticator() -> &'static crate::auth::Authenticator {
+    static AUTH: std::sync::OnceLock<crate::auth::Authenticator> = std::sync::OnceLock::new();
+    AUTH.get_or_init(|| {
+        let (pair, _, _) = test_keys();
+        crate::auth::Authenticator::new(
+            Some(crate::auth::keys::parse_signing_pem(&pair.private_pem).expect("test key")),
+            crate::auth::keys::parse_verifying_pems(&pair.public_pem).expect("test key"),
+            Duration::from_secs(3600),
+        )
+    })
+}
+
+/// A user as journal and conversation see one: an id and a token for it.
+#[derive(Clone, Debug)]
+pub struct TestUser {
+    pub id: Uuid,
+    pub token: String,
+}
+
+impl TestUser {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        let id = Uuid::new_v4();
+        Self {
+            id,
+            token: token(id),
+        }
+    }
+}
+
+/// Mints an access token the services accept.
+pub fn token(user_id: Uuid) -> String {
+    test_authenticator()
+        .mint(user_id, Uuid::now_v7())
+        .expect("mint")
+        .0
+}
