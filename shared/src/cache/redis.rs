@@ -1,5 +1,6 @@
-//! L2: Redis through a bb8 pool, every command bounded by `REDIS_TIMEOUT_MS`, behind
-//! a circuit breaker.
+//! L2: Redis — one node through a bb8 pool, a cluster through one shared
+//! multiplexed connection — every command bounded by `REDIS_TIMEOUT_MS`, behind a
+//! circuit breaker.
 //!
 //! * A timeout or connection error opens the circuit: from then on requests skip
 //!   Redis at once (they go to PostgreSQL) and a background probe PINGs Redis every
@@ -13,8 +14,15 @@
 //!   instead of handing it out again — and no PING per checkout is needed. The
 //!   manager connects through a configured client (`rediss://` roots, ACL user:
 //!   see `connect`).
+//! * A cluster connection is itself multiplexed (one connection per node, routed
+//!   by slot, reconnecting and re-reading the slot map on its own): every call
+//!   clones the one [`Shared`] connection instead of checking one out, so no
+//!   caller ever queues behind another. After a command fails on it the next
+//!   caller connects anew (in a task of its own, which a timed-out caller does
+//!   not cancel).
 
 use std::collections::HashSet;
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -114,6 +122,132 @@ impl bb8::ManageConnection for Manager {
     }
 }
 
+/// How a call gets a connection.
+enum Links {
+    /// One node: a pool of multiplexed connections, each held by one call.
+    Pool(bb8::Pool<Manager>),
+    /// A cluster: one connection shared by every call.
+    Shared(Arc<Shared>),
+}
+
+/// The one cluster connection. Connecting (the seed's slot map, then a
+/// connection per node) runs in a task of its own: a caller that gives up after
+/// `REDIS_TIMEOUT_MS` does not cancel it, and concurrent callers wait for the same
+/// attempt.
+struct Shared {
+    target: Target,
+    current: Mutex<Option<Link>>,
+    failure: Mutex<Option<String>>,
+    connecting: AtomicBool,
+    attempted: tokio::sync::Notify,
+}
+
+impl Shared {
+    fn new(target: Target) -> Arc<Self> {
+        let shared = Arc::new(Self {
+            target,
+            current: Mutex::default(),
+            failure: Mutex::default(),
+            connecting: AtomicBool::new(false),
+            attempted: tokio::sync::Notify::new(),
+        });
+        shared.connect_in_background();
+        shared
+    }
+
+    fn current(&self) -> Option<Link> {
+        self.current.lock().expect("not poisoned").clone()
+    }
+
+    fn connect_in_background(self: &Arc<Self>) {
+        if self.connecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let outcome = this.target.connect().await;
+            match outcome {
+                Ok(link) => *this.current.lock().expect("not poisoned") = Some(link),
+                Err(e) => {
+                    tracing::debug!(error = %e, "redis cluster could not connect");
+                    *this.failure.lock().expect("not poisoned") = Some(e.to_string());
+                }
+            }
+            this.connecting.store(false, Ordering::Release);
+            this.attempted.notify_waiters();
+        });
+    }
+
+    async fn get(self: &Arc<Self>) -> Result<Conn, L2Error> {
+        let conn = |inner| Conn {
+            inner,
+            broken: false,
+        };
+        if let Some(inner) = self.current() {
+            return Ok(conn(inner));
+        }
+        let attempted = self.attempted.notified();
+        tokio::pin!(attempted);
+        attempted.as_mut().enable();
+        if let Some(inner) = self.current() {
+            return Ok(conn(inner));
+        }
+        self.connect_in_background();
+        attempted.await;
+        match self.current() {
+            Some(inner) => Ok(conn(inner)),
+            None => Err(L2Error::Pool(
+                self.failure
+                    .lock()
+                    .expect("not poisoned")
+                    .clone()
+                    .unwrap_or_else(|| "not connected".into()),
+            )),
+        }
+    }
+
+    fn forget(&self) {
+        self.current.lock().expect("not poisoned").take();
+    }
+}
+
+/// A connection held for one call: returned to the pool, or — when a command
+/// broke the shared one — making the next caller connect anew.
+enum Checkout<'a> {
+    Pooled(bb8::PooledConnection<'a, Manager>),
+    Shared(Conn, &'a Shared),
+}
+
+impl Deref for Checkout<'_> {
+    type Target = Conn;
+
+    fn deref(&self) -> &Conn {
+        match self {
+            Self::Pooled(c) => c,
+            Self::Shared(c, _) => c,
+        }
+    }
+}
+
+impl DerefMut for Checkout<'_> {
+    fn deref_mut(&mut self) -> &mut Conn {
+        match self {
+            Self::Pooled(c) => c,
+            Self::Shared(c, _) => c,
+        }
+    }
+}
+
+impl Drop for Checkout<'_> {
+    fn drop(&mut self) {
+        if let Self::Shared(conn, home) = self
+            && conn.broken
+        {
+            home.forget();
+        }
+    }
+}
+
 /// Logs pool errors (bb8 otherwise drops them silently).
 #[derive(Debug, Clone, Copy)]
 struct LogSink;
@@ -142,7 +276,7 @@ pub enum L2Error {
 }
 
 pub struct L2 {
-    pool: bb8::Pool<Manager>,
+    links: Links,
     target: Target,
     pub(super) prefix: String,
     pub(super) timeout: Duration,
@@ -166,27 +300,26 @@ impl L2 {
         generations: Arc<Generations>,
         metrics: Metrics,
     ) -> Result<Self, redis::RedisError> {
-        // A cluster connection already multiplexes over one connection per node:
-        // a few of them are plenty (50 would open 50 per node).
-        let pool_size = if target.is_cluster() {
-            pool_size.min(4)
+        let links = if target.is_cluster() {
+            Links::Shared(Shared::new(target.clone()))
         } else {
-            pool_size
+            Links::Pool(
+                bb8::Pool::builder()
+                    .max_size(pool_size)
+                    .min_idle(Some(1))
+                    .connection_timeout(timeout)
+                    .test_on_check_out(false)
+                    .retry_connection(false)
+                    .error_sink(Box::new(LogSink))
+                    .build_unchecked(Manager(target.clone())),
+            )
         };
-        let pool = bb8::Pool::builder()
-            .max_size(pool_size)
-            .min_idle(Some(1))
-            .connection_timeout(timeout)
-            .test_on_check_out(false)
-            .retry_connection(false)
-            .error_sink(Box::new(LogSink))
-            .build_unchecked(Manager(target.clone()));
         let _ = metrics
             .registry
             .register(Box::new(metrics.redis_up.clone()));
         metrics.redis_up.set(1);
         Ok(Self {
-            pool,
+            links,
             target,
             prefix,
             timeout,
@@ -220,10 +353,7 @@ impl L2 {
             .arg(now)
             .ignore();
         pipe.cmd("ZRANGE").arg(&key).arg(0).arg(-1);
-        let mut conn = tokio::time::timeout(patience, self.pool.get())
-            .await
-            .map_err(|_| L2Error::Timeout)?
-            .map_err(|e| L2Error::Pool(e.to_string()))?;
+        let mut conn = self.checkout(patience).await?;
         match tokio::time::timeout(
             patience,
             pipe.query_async::<(Vec<String>,)>(&mut conn.inner),
@@ -247,11 +377,22 @@ impl L2 {
         !self.open.load(Ordering::Acquire)
     }
 
-    async fn conn(&self) -> Result<bb8::PooledConnection<'_, Manager>, L2Error> {
-        match tokio::time::timeout(self.timeout, self.pool.get()).await {
-            Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(L2Error::Pool(e.to_string())),
-            Err(_) => Err(L2Error::Timeout),
+    async fn conn(&self) -> Result<Checkout<'_>, L2Error> {
+        self.checkout(self.timeout).await
+    }
+
+    async fn checkout(&self, patience: Duration) -> Result<Checkout<'_>, L2Error> {
+        match &self.links {
+            Links::Pool(pool) => match tokio::time::timeout(patience, pool.get()).await {
+                Ok(Ok(conn)) => Ok(Checkout::Pooled(conn)),
+                Ok(Err(e)) => Err(L2Error::Pool(e.to_string())),
+                Err(_) => Err(L2Error::Timeout),
+            },
+            Links::Shared(shared) => match tokio::time::timeout(patience, shared.get()).await {
+                Ok(Ok(conn)) => Ok(Checkout::Shared(conn, shared)),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(L2Error::Timeout),
+            },
         }
     }
 

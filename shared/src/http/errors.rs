@@ -70,6 +70,9 @@ pub enum ApiError {
     /// 415: wrong content type.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// 431: the request's header fields are larger than the server reads.
+    #[error("{0}")]
+    HeaderFieldsTooLarge(String),
     /// 429: rate limited; retry after the given time.
     #[error("{detail}")]
     TooManyRequests {
@@ -146,6 +149,7 @@ impl ApiError {
             Self::Conflict(m) => Self::Conflict(m.clone()),
             Self::PayloadTooLarge(m) => Self::PayloadTooLarge(m.clone()),
             Self::UnsupportedMediaType(m) => Self::UnsupportedMediaType(m.clone()),
+            Self::HeaderFieldsTooLarge(m) => Self::HeaderFieldsTooLarge(m.clone()),
             Self::TooManyRequests {
                 detail,
                 retry_after,
@@ -170,6 +174,7 @@ impl ApiError {
             Self::Conflict(_) => "Conflict",
             Self::PayloadTooLarge(_) => "Payload Too Large",
             Self::UnsupportedMediaType(_) => "Unsupported Media Type",
+            Self::HeaderFieldsTooLarge(_) => "Request Header Fields Too Large",
             Self::TooManyRequests { .. } => "Too Many Requests",
             Self::BadGateway(_) => "Bad Gateway",
             Self::GatewayTimeout(_) => "Gateway Timeout",
@@ -189,6 +194,7 @@ impl ApiError {
             Self::Conflict(_) => "conflict",
             Self::PayloadTooLarge(_) => "payload-too-large",
             Self::UnsupportedMediaType(_) => "unsupported-media-type",
+            Self::HeaderFieldsTooLarge(_) => "header-fields-too-large",
             Self::TooManyRequests { .. } => "rate-limited",
             Self::BadGateway(_) => "upstream-error",
             Self::GatewayTimeout(_) => "upstream-timeout",
@@ -230,6 +236,7 @@ impl ResponseError for ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::HeaderFieldsTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,

@@ -284,7 +284,14 @@ pub fn method_not_allowed<B>(
 /// sees them (the parser takes methods of any length).
 pub const MAX_METHOD_LEN: usize = 16;
 
-/// Outermost middleware: keeps the method out of unbounded places. A method over
+/// Most bytes of header fields (names and values) a request may carry. actix
+/// refuses a head over 128 KiB only when it arrives in pieces; one that lands in
+/// a single read is parsed whole, so the bound is kept here (nginx's default is
+/// 32 KiB across four buffers).
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Outermost middleware: keeps the request head bounded. Header fields over
+/// [`MAX_HEADER_BYTES`] are a 431; a method over
 /// [`MAX_METHOD_LEN`] is a 400 at once (logged truncated); any other non-standard
 /// method becomes `OTHER` before metrics, statistics and logs see it (it then
 /// matches no route: 405 or 404). `HEAD` is served as `GET` (actix sends no body
@@ -295,6 +302,21 @@ pub async fn bound_method(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<actix_web::body::EitherBody<impl MessageBody>>, actix_web::Error> {
     use actix_web::http::Method;
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        tracing::info!(bytes = header_bytes, "refused over-large request headers");
+        let problem = ApiError::HeaderFieldsTooLarge(format!(
+            "the request's header fields are larger than {} KiB",
+            MAX_HEADER_BYTES / 1024
+        ));
+        return Ok(req
+            .into_response(actix_web::ResponseError::error_response(&problem))
+            .map_into_right_body());
+    }
     let method = req.method().clone();
     let standard = [
         Method::GET,

@@ -5,8 +5,9 @@
 //! primary killed, its replica promoted — degrading to the loader and recovering
 //! with nothing stale; a primary paused (SIGSTOP) under two journal-service
 //! replicas costing latency, never an error or a stale answer; and the
-//! recovery-only sweep (`SCAN` on every primary). One cluster per test: starting
-//! one costs seconds.
+//! recovery-only sweep (`SCAN` on every primary); and many concurrent callers
+//! sharing one connection per node. One cluster per test: starting one costs
+//! seconds.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -94,6 +95,49 @@ fn scope() -> Scope {
     Scope::user("test", Uuid::new_v4())
 }
 
+/// Connections a new replica opens on the cluster (`total_connections_received`
+/// over every node, read on connections held open) while `callers` concurrent
+/// tasks make 640 misses in all.
+async fn connections_opened(cluster: &PrivateCluster, callers: usize) -> u64 {
+    let mut watchers: Vec<redis::Connection> =
+        cluster.nodes.iter().map(|n| n.connection()).collect();
+    let mut received = || -> u64 {
+        watchers
+            .iter_mut()
+            .map(|c| {
+                let info: String = redis::cmd("INFO").arg("stats").query(c).unwrap();
+                info.lines()
+                    .find_map(|l| l.strip_prefix("total_connections_received:"))
+                    .unwrap()
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap()
+            })
+            .sum()
+    };
+    let before = received();
+    let replica = replica(cluster, "many", "2000").await;
+    let tasks: Vec<_> = (0..callers)
+        .map(|task| {
+            let cache = replica.cache.clone();
+            tokio::spawn(async move {
+                for n in 0..640 / callers {
+                    let (s, loads) = (scope(), AtomicUsize::new(0));
+                    let value = format!("{task}-{n}");
+                    assert_eq!(read(&cache, &s, "k", &value, &loads).await.0, value);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(replica.cache.redis_available(), Some(true));
+    let opened = received() - before;
+    drop(replica);
+    opened
+}
+
 /// Reads until `cache` answers `want` (the loader gives `want`), at most `limit`.
 async fn eventually(cache: &Cache, s: &Scope, key: &str, want: &str, limit: Duration) {
     let (loads, started) = (AtomicUsize::new(0), Instant::now());
@@ -162,6 +206,15 @@ async fn the_cache_guarantees_hold_on_a_redis_cluster() {
         "the circuit stayed closed"
     );
     assert_eq!(loads.load(Ordering::SeqCst), 1);
+
+    // Many callers, one connection: a replica whose 64 concurrent callers make
+    // 640 misses (generation script, then SET each) opens no more connections
+    // than one whose single caller makes the same 640 — the callers share the
+    // replica's one connection per node. Counted by Redis itself.
+    let one = connections_opened(&cluster, 1).await;
+    let many = connections_opened(&cluster, 64).await;
+    assert!(one > 0, "the replica connected at all");
+    assert_eq!(many, one, "64 concurrent callers opened extra connections");
 
     // No stale set: the reader's late store lands under a dead generation.
     let s = scope();
