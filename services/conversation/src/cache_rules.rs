@@ -6,8 +6,8 @@
 //! message, batch, delete) invalidates all of it in one O(1) generation bump.
 //! A new message changes the list (order, count, last message) as well as the
 //! detail, so nothing finer would save much, and a rule this simple cannot
-//! forget a key. The write functions in `queries` return their result through
-//! [`written`], so a handler reaches it only by `Cache::commit`, which
+//! forget a key. The write functions in `queries` return their result as a
+//! `Written` naming [`write_touches`], so a handler reaches it only by `Cache::commit`, which
 //! invalidates first.
 //!
 //! The assistant's replies live in a scope of their own, the "ai" scope, which
@@ -17,7 +17,7 @@
 
 use std::time::Duration;
 
-use kai_shared::cache::{Policy, Scope, Written};
+use kai_shared::cache::{Policy, Scope};
 use uuid::Uuid;
 
 pub const LIST: Policy = Policy::new("conversation_list", Duration::from_secs(5 * 60));
@@ -37,19 +37,10 @@ pub fn ai_scope(user_id: Uuid) -> Scope {
     Scope::user("ai", user_id)
 }
 
-/// What a write of `user_id`'s conversations touches: their conversation scope.
-pub fn written<T>(user_id: Uuid, value: T) -> Written<T> {
-    Written::new(value, [user_scope(user_id)])
-}
-
-/// [`written`], for a write whose conversation may not exist (nothing touched then).
-pub fn written_if_found<T>(user_id: Uuid, value: Option<T>) -> Written<Option<T>> {
-    Written::if_found(value, [user_scope(user_id)])
-}
-
-/// [`written`], for a write that reports whether it changed a row.
-pub fn written_if_changed(user_id: Uuid, changed: bool) -> Written<bool> {
-    Written::if_changed(changed, [user_scope(user_id)])
+/// What every write of `user_id`'s conversations touches: their conversation
+/// scope (never the AI scope).
+pub fn write_touches(user_id: Uuid) -> [Scope; 1] {
+    [user_scope(user_id)]
 }
 
 /// SPEC §4 key: `conversation:{id}` plus the message limit asked for (DETAIL).
@@ -89,9 +80,7 @@ mod tests {
 
     #[test]
     fn writes_touch_the_conversation_scope_and_never_the_ai_scope() {
-        assert_eq!(written(USER, ()).touched(), [user_scope(USER)]);
+        assert_eq!(write_touches(USER), [user_scope(USER)]);
         assert_ne!(user_scope(USER), ai_scope(USER));
-        assert!(written_if_found::<()>(USER, None).touched().is_empty());
-        assert!(written_if_changed(USER, false).touched().is_empty());
     }
 }

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use kai_shared::auth::AuthUser;
-use kai_shared::db::Db;
+use kai_shared::db::{Db, DbError};
 use kai_shared::http::respond;
 use kai_shared::{ApiError, Platform};
 use serde::{Deserialize, Serialize};
@@ -92,7 +92,7 @@ struct State {
     open: Option<(Uuid, Option<Key>, bool)>,
 }
 
-async fn conversations(db: &Db, user_id: Uuid, after: Option<Key>) -> Result<Vec<Head>, ApiError> {
+async fn conversations(db: &Db, user_id: Uuid, after: Option<Key>) -> Result<Vec<Head>, DbError> {
     let conn = db.conn().await?;
     let rows = match after {
         None => {
@@ -127,7 +127,7 @@ async fn messages(
     db: &Db,
     conversation: Uuid,
     after: Option<Key>,
-) -> Result<Vec<Message>, ApiError> {
+) -> Result<Vec<Message>, DbError> {
     let conn = db.conn().await?;
     let rows = match after {
         None => {

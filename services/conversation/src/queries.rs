@@ -7,12 +7,12 @@
 //! create 1, message 2 (the user's, the assistant's), batch 2, delete 1.
 
 use chrono::{DateTime, Utc};
-use kai_shared::ApiError;
+
 use kai_shared::cache::Written;
 use kai_shared::db::{Db, DbError, Row};
 use uuid::Uuid;
 
-use crate::cache_rules::{written, written_if_changed, written_if_found};
+use crate::cache_rules::write_touches;
 use crate::model::{BatchMessage, ConversationPage, ConversationSummary, LastMessage, Message};
 use kai_shared::http::cursor::{Cursor, CursorSigner};
 
@@ -130,7 +130,7 @@ pub async fn insert_conversation(
     db: &Db,
     user_id: Uuid,
     title: Option<&str>,
-) -> Result<Written<ConversationSummary>, ApiError> {
+) -> Result<Written<ConversationSummary>, DbError> {
     let conn = db.conn().await?;
     let id = Uuid::now_v7();
     let row = db
@@ -144,7 +144,7 @@ pub async fn insert_conversation(
         message_count: 0,
         last_message: None,
     };
-    Ok(written(user_id, summary))
+    Ok(Written::new(summary, write_touches(user_id)))
 }
 
 /// One statement, asking for one row more than the page to learn whether
@@ -155,7 +155,7 @@ pub async fn list_conversations(
     cursor: Option<Cursor>,
     limit: i64,
     signer: &CursorSigner,
-) -> Result<ConversationPage, ApiError> {
+) -> Result<ConversationPage, DbError> {
     let conn = db.conn().await?;
     let fetch = limit + 1;
     let rows = match cursor {
@@ -192,7 +192,7 @@ pub async fn get_conversation(
     user_id: Uuid,
     id: Uuid,
     limit: i64,
-) -> Result<Option<(ConversationSummary, Vec<Message>)>, ApiError> {
+) -> Result<Option<(ConversationSummary, Vec<Message>)>, DbError> {
     let conn = db.conn().await?;
     let Some(row) = db
         .query_opt(&conn, GET_CONVERSATION, &[&id, &user_id])
@@ -216,7 +216,7 @@ pub async fn append_message(
     conversation_id: Uuid,
     role: &str,
     content: &str,
-) -> Result<Written<Option<Message>>, ApiError> {
+) -> Result<Written<Option<Message>>, DbError> {
     let conn = db.conn().await?;
     let id = Uuid::now_v7();
     let stored = db
@@ -228,7 +228,7 @@ pub async fn append_message(
         .await?
         .as_ref()
         .map(message);
-    Ok(written_if_found(user_id, stored))
+    Ok(Written::if_found(stored, write_touches(user_id)))
 }
 
 /// Stores every message or none, in one transaction of two statements whatever
@@ -238,7 +238,7 @@ pub async fn insert_batch(
     user_id: Uuid,
     conversation_id: Uuid,
     batch: &[BatchMessage],
-) -> Result<Written<Option<u64>>, ApiError> {
+) -> Result<Written<Option<u64>>, DbError> {
     let ids: Vec<Uuid> = batch.iter().map(|_| Uuid::now_v7()).collect();
     let roles: Vec<&str> = batch.iter().map(|m| m.role.as_str()).collect();
     let contents: Vec<&str> = batch.iter().map(|m| m.content.as_str()).collect();
@@ -262,7 +262,7 @@ pub async fn insert_batch(
         )
         .await?;
     tx.commit().await.map_err(DbError::from)?;
-    Ok(written_if_found(user_id, Some(inserted)))
+    Ok(Written::new(Some(inserted), write_touches(user_id)))
 }
 
 /// True if the user's conversation existed and is now gone.
@@ -270,13 +270,13 @@ pub async fn delete_conversation(
     db: &Db,
     user_id: Uuid,
     id: Uuid,
-) -> Result<Written<bool>, ApiError> {
+) -> Result<Written<bool>, DbError> {
     let conn = db.conn().await?;
     let deleted = db
         .execute(&conn, DELETE_CONVERSATION, &[&id, &user_id])
         .await?
         == 1;
-    Ok(written_if_changed(user_id, deleted))
+    Ok(Written::if_changed(deleted, write_touches(user_id)))
 }
 
 /// Statements the hot paths run, for `EXPLAIN` checks (kai-verify and tests).

@@ -101,6 +101,7 @@ async fn list_conversations(
             queries::list_conversations(&p.db, uid, cursor, limit, &signer)
                 .await
                 .map(Some)
+                .map_err(ApiError::from)
         })
         .await?;
     Ok(respond::cached(&req, &cached))

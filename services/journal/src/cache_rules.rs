@@ -5,12 +5,12 @@
 //! (create, patch, delete) invalidates all of it — lists, entries, stats — in one
 //! O(1) generation bump. Writes are rare next to reads, and a rule this simple
 //! cannot forget a key. The write functions in `queries` return their result
-//! through [`written`], so a handler reaches it only by `Cache::commit`, which
+//! through `Written` naming [`write_touches`], so a handler reaches it only by `Cache::commit`, which
 //! invalidates first.
 
 use std::time::Duration;
 
-use kai_shared::cache::{Policy, Scope, Written};
+use kai_shared::cache::{Policy, Scope};
 use uuid::Uuid;
 
 pub const LIST: Policy = Policy::new("journal_list", Duration::from_secs(300));
@@ -25,19 +25,9 @@ pub fn user_scope(user_id: Uuid) -> Scope {
     Scope::user("journal", user_id)
 }
 
-/// What a write of `user_id`'s entries touches: their whole scope.
-pub fn written<T>(user_id: Uuid, value: T) -> Written<T> {
-    Written::new(value, [user_scope(user_id)])
-}
-
-/// [`written`], for a write whose row may not exist (nothing touched then).
-pub fn written_if_found<T>(user_id: Uuid, value: Option<T>) -> Written<Option<T>> {
-    Written::if_found(value, [user_scope(user_id)])
-}
-
-/// [`written`], for a write that reports whether it changed a row.
-pub fn written_if_changed(user_id: Uuid, changed: bool) -> Written<bool> {
-    Written::if_changed(changed, [user_scope(user_id)])
+/// What every write of `user_id`'s entries touches: their whole scope.
+pub fn write_touches(user_id: Uuid) -> [Scope; 1] {
+    [user_scope(user_id)]
 }
 
 /// SPEC §4 key: `journal:list:{user_id}:page:{page}:size:{page_size}` (LIST).
@@ -79,8 +69,6 @@ mod tests {
 
     #[test]
     fn every_write_touches_the_owners_scope() {
-        assert_eq!(written(USER, ()).touched(), [user_scope(USER)]);
-        assert!(written_if_found::<()>(USER, None).touched().is_empty());
-        assert!(written_if_changed(USER, false).touched().is_empty());
+        assert_eq!(write_touches(USER), [user_scope(USER)]);
     }
 }

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use kai_shared::auth::AuthUser;
-use kai_shared::db::Db;
+use kai_shared::db::{Db, DbError};
 use kai_shared::http::respond;
 use kai_shared::{ApiError, Platform};
 use uuid::Uuid;
@@ -56,7 +56,7 @@ async fn batch(
     db: &Db,
     user_id: Uuid,
     after: Option<(DateTime<Utc>, Uuid)>,
-) -> Result<Vec<Entry>, ApiError> {
+) -> Result<Vec<Entry>, DbError> {
     let conn = db.conn().await?;
     let rows = match after {
         None => db.query(&conn, EXPORT_FIRST, &[&user_id, &BATCH]).await?,
@@ -104,7 +104,7 @@ pub async fn export_entries(
             let chunk = match batch(&db, user_id, Some((at, id))).await {
                 Ok(entries) if entries.is_empty() => return None,
                 Ok(entries) => encode(&entries),
-                Err(e) => Err(e),
+                Err(e) => Err(ApiError::from(e)),
             };
             Some(match chunk {
                 Ok((bytes, next)) => (Ok(bytes), next),

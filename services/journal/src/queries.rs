@@ -3,12 +3,12 @@
 //! NULL`, so another user's or a deleted entry is simply not found.
 
 use chrono::NaiveDate;
-use kai_shared::ApiError;
+
 use kai_shared::cache::Written;
-use kai_shared::db::{Db, Row};
+use kai_shared::db::{Db, DbError, Row};
 use uuid::Uuid;
 
-use crate::cache_rules::{written, written_if_changed, written_if_found};
+use crate::cache_rules::write_touches;
 use crate::model::{CreateEntry, DayStats, Entry, EntryCursorPage, EntryPage, PatchEntry, Stats};
 use kai_shared::http::cursor::{Cursor, CursorSigner};
 
@@ -93,7 +93,7 @@ pub async fn insert_entry(
     db: &Db,
     user_id: Uuid,
     new: &CreateEntry,
-) -> Result<Written<Entry>, ApiError> {
+) -> Result<Written<Entry>, DbError> {
     let conn = db.conn().await?;
     let id = Uuid::now_v7();
     let row = db
@@ -110,10 +110,10 @@ pub async fn insert_entry(
             ],
         )
         .await?;
-    Ok(written(user_id, entry(&row)))
+    Ok(Written::new(entry(&row), write_touches(user_id)))
 }
 
-pub async fn get_entry(db: &Db, user_id: Uuid, id: Uuid) -> Result<Option<Entry>, ApiError> {
+pub async fn get_entry(db: &Db, user_id: Uuid, id: Uuid) -> Result<Option<Entry>, DbError> {
     let conn = db.conn().await?;
     Ok(db
         .query_opt(&conn, GET, &[&id, &user_id])
@@ -128,7 +128,7 @@ pub async fn list_entries_page(
     user_id: Uuid,
     page: i64,
     page_size: i64,
-) -> Result<EntryPage, ApiError> {
+) -> Result<EntryPage, DbError> {
     let conn = db.conn().await?;
     let offset = (page - 1) * page_size;
     let rows = db
@@ -157,7 +157,7 @@ pub async fn list_entries_after(
     cursor: Option<Cursor>,
     limit: i64,
     signer: &CursorSigner,
-) -> Result<EntryCursorPage, ApiError> {
+) -> Result<EntryCursorPage, DbError> {
     let conn = db.conn().await?;
     let fetch = limit + 1;
     let rows = match cursor {
@@ -199,7 +199,7 @@ pub async fn patch_entry(
     user_id: Uuid,
     id: Uuid,
     patch: &PatchEntry,
-) -> Result<Written<Option<Entry>>, ApiError> {
+) -> Result<Written<Option<Entry>>, DbError> {
     let conn = db.conn().await?;
     let set_title = patch.title.is_some();
     let title = patch.title.clone().flatten();
@@ -221,18 +221,17 @@ pub async fn patch_entry(
             ],
         )
         .await?;
-    Ok(written_if_found(user_id, row.as_ref().map(entry)))
+    Ok(Written::if_found(
+        row.as_ref().map(entry),
+        write_touches(user_id),
+    ))
 }
 
 /// True if a live entry was deleted.
-pub async fn soft_delete_entry(
-    db: &Db,
-    user_id: Uuid,
-    id: Uuid,
-) -> Result<Written<bool>, ApiError> {
+pub async fn soft_delete_entry(db: &Db, user_id: Uuid, id: Uuid) -> Result<Written<bool>, DbError> {
     let conn = db.conn().await?;
     let deleted = db.execute(&conn, SOFT_DELETE, &[&id, &user_id]).await? == 1;
-    Ok(written_if_changed(user_id, deleted))
+    Ok(Written::if_changed(deleted, write_touches(user_id)))
 }
 
 pub async fn search_entries(
@@ -240,7 +239,7 @@ pub async fn search_entries(
     user_id: Uuid,
     q: &str,
     limit: i64,
-) -> Result<Vec<Entry>, ApiError> {
+) -> Result<Vec<Entry>, DbError> {
     let conn = db.conn().await?;
     Ok(db
         .query(&conn, SEARCH, &[&user_id, &q, &limit])
@@ -250,7 +249,7 @@ pub async fn search_entries(
         .collect())
 }
 
-pub async fn entry_stats(db: &Db, user_id: Uuid, days: i64) -> Result<Stats, ApiError> {
+pub async fn entry_stats(db: &Db, user_id: Uuid, days: i64) -> Result<Stats, DbError> {
     let conn = db.conn().await?;
     let days_i32 = days as i32;
     let rows = db

@@ -120,6 +120,7 @@ async fn list_entries(
                 queries::list_entries_after(&p.db, uid, cursor, limit, &signer)
                     .await
                     .map(Some)
+                    .map_err(ApiError::from)
             })
             .await?
     } else {
@@ -139,6 +140,7 @@ async fn list_entries(
                         queries::list_entries_page(&p.db, uid, 1, page_size)
                             .await
                             .map(Some)
+                            .map_err(ApiError::from)
                     },
                 )
                 .await?;
@@ -174,6 +176,7 @@ async fn list_entries(
                 queries::list_entries_page(&p.db, uid, page, page_size)
                     .await
                     .map(Some)
+                    .map_err(ApiError::from)
             })
             .await?
     };
@@ -194,8 +197,8 @@ async fn get_entry(
     let uid = user.user_id;
     let cached = p
         .cache
-        .get_or_load(&user_scope(uid), &ENTRY, &entry_key(id), || {
-            queries::get_entry(&p.db, uid, id)
+        .get_or_load(&user_scope(uid), &ENTRY, &entry_key(id), || async {
+            Ok(queries::get_entry(&p.db, uid, id).await?)
         })
         .await?;
     Ok(respond::cached(&req, &cached))
@@ -288,7 +291,7 @@ async fn entry_stats(
     let cached = p
         .cache
         .get_or_load(&user_scope(uid), &STATS, &stats_key(uid, days), || async {
-            queries::entry_stats(&p.db, uid, days).await.map(Some)
+            Ok(Some(queries::entry_stats(&p.db, uid, days).await?))
         })
         .await?;
     Ok(respond::cached(&req, &cached))

@@ -100,7 +100,9 @@ pub async fn delete_account(
     body: Json<DeleteAccount>,
 ) -> Result<HttpResponse, ApiError> {
     reauthenticate(&req, &p, &user, body.into_inner().password).await?;
-    erasure::delete_account(&p.db, user.user_id).await?;
+    if !erasure::delete_account(&p.db, user.user_id).await? {
+        return Err(ApiError::not_found());
+    }
     p.revoke_user_sessions(user.user_id, None).await;
     erasure::wake_relay();
     tracing::info!("account deleted; erasure event recorded");

@@ -1,12 +1,12 @@
 //! Cache rules, in one place: the profile is the one cached read, under the
-//! owner's scope; a PATCH returns its result through [`written_if_found`], so the
-//! handler reaches it only by `Cache::commit`, which invalidates the scope (one
-//! O(1) generation bump) after the write commits: the next GET on any replica
-//! shows the change.
+//! owner's scope; a PATCH returns its result as a `Written` naming
+//! [`write_touches`], so the handler reaches it only by `Cache::commit`, which
+//! invalidates the scope (one O(1) generation bump) after the write commits: the
+//! next GET on any replica shows the change.
 
 use std::time::Duration;
 
-use kai_shared::cache::{Policy, Scope, Written};
+use kai_shared::cache::{Policy, Scope};
 use uuid::Uuid;
 
 /// `GET /api/profile`, `user:profile:{user_id}`, 1 h (SPEC §4).
@@ -20,9 +20,9 @@ pub fn user_scope(user_id: Uuid) -> Scope {
     Scope::user("profile", user_id)
 }
 
-/// What a write of `user_id`'s profile touches, when the profile exists.
-pub fn written_if_found<T>(user_id: Uuid, value: Option<T>) -> Written<Option<T>> {
-    Written::if_found(value, [user_scope(user_id)])
+/// What a write of `user_id`'s profile touches.
+pub fn write_touches(user_id: Uuid) -> [Scope; 1] {
+    [user_scope(user_id)]
 }
 
 /// SPEC §4 key: `user:profile:{user_id}` (PROFILE).
@@ -46,10 +46,6 @@ mod tests {
 
     #[test]
     fn a_patch_touches_the_owners_scope() {
-        assert_eq!(
-            written_if_found(USER, Some(())).touched(),
-            [user_scope(USER)]
-        );
-        assert!(written_if_found::<()>(USER, None).touched().is_empty());
+        assert_eq!(write_touches(USER), [user_scope(USER)]);
     }
 }

@@ -31,9 +31,9 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use actix_web::web;
+use kai_shared::Platform;
 use kai_shared::db::{Db, DbError};
 use kai_shared::events::{Events, Handler};
-use kai_shared::{ApiError, Platform};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -76,12 +76,12 @@ pub const DELETE_DONE: &str =
 static WAKE: LazyLock<Notify> = LazyLock::new(Notify::new);
 
 /// Deletes the user (profile and sessions cascade) and records the erasure event,
-/// in one transaction.
-pub async fn delete_account(db: &Db, user_id: Uuid) -> Result<(), ApiError> {
+/// in one transaction; false when there was no such user.
+pub async fn delete_account(db: &Db, user_id: Uuid) -> Result<bool, DbError> {
     let mut conn = db.conn().await?;
-    let tx = conn.transaction().await.map_err(DbError::from)?;
+    let tx = conn.transaction().await?;
     if db.execute(&tx, DELETE_USER, &[&user_id]).await? == 0 {
-        return Err(ApiError::not_found());
+        return Ok(false);
     }
     let awaiting: Vec<String> = SERVICES.iter().map(|s| (*s).to_owned()).collect();
     db.execute(
@@ -90,8 +90,8 @@ pub async fn delete_account(db: &Db, user_id: Uuid) -> Result<(), ApiError> {
         &[&Uuid::now_v7(), &STREAM, &user_id.to_string(), &awaiting],
     )
     .await?;
-    tx.commit().await.map_err(DbError::from)?;
-    Ok(())
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// Wakes the relays of this process: call it once the revocation is announced,

@@ -3,7 +3,6 @@
 //! caller's `user_id`, taken from the token.
 
 use chrono::{DateTime, Utc};
-use kai_shared::ApiError;
 use kai_shared::cache::Written;
 use kai_shared::db::{Db, DbError, Row};
 use serde_json::Value;
@@ -80,25 +79,20 @@ fn profile(row: &Row) -> Profile {
 }
 
 /// Creates the user and their empty profile in one transaction. An address
-/// already taken (in any case) is a 409: the unique index decides, so two
-/// concurrent registrations cannot both win.
+/// already taken (in any case) breaks [`EMAIL_UNIQUE`] (the handler answers 409):
+/// the unique index decides, so two concurrent registrations cannot both win.
 pub async fn insert_user(
     db: &Db,
     email: &str,
     password_hash: &str,
     display_name: Option<&str>,
-) -> Result<Registered, ApiError> {
+) -> Result<Registered, DbError> {
     let mut conn = db.conn().await?;
     let tx = conn.transaction().await.map_err(DbError::from)?;
     let user_id = Uuid::now_v7();
     let row = db
         .query_one(&tx, INSERT_USER, &[&user_id, &email, &password_hash])
-        .await
-        .map_err(|e| {
-            e.on_constraint(EMAIL_UNIQUE, || {
-                ApiError::Conflict("an account with this e-mail address already exists".into())
-            })
-        })?;
+        .await?;
     db.execute(&tx, INSERT_PROFILE, &[&user_id, &display_name])
         .await?;
     tx.commit().await.map_err(DbError::from)?;
@@ -111,7 +105,7 @@ pub async fn insert_user(
 }
 
 /// The user id and password hash registered for an e-mail (any case).
-pub async fn credentials(db: &Db, email: &str) -> Result<Option<(Uuid, String)>, ApiError> {
+pub async fn credentials(db: &Db, email: &str) -> Result<Option<(Uuid, String)>, DbError> {
     let conn = db.conn().await?;
     Ok(db
         .query_opt(&conn, CREDENTIALS_BY_EMAIL, &[&email])
@@ -125,7 +119,7 @@ pub async fn insert_session(
     user_id: Uuid,
     token_hash: &str,
     expires_at: DateTime<Utc>,
-) -> Result<(), ApiError> {
+) -> Result<(), DbError> {
     let conn = db.conn().await?;
     db.execute(
         &conn,
@@ -137,7 +131,7 @@ pub async fn insert_session(
 }
 
 /// True if a live session was revoked.
-pub async fn revoke_session(db: &Db, session_id: Uuid, user_id: Uuid) -> Result<bool, ApiError> {
+pub async fn revoke_session(db: &Db, session_id: Uuid, user_id: Uuid) -> Result<bool, DbError> {
     let conn = db.conn().await?;
     Ok(db
         .execute(&conn, REVOKE_SESSION, &[&session_id, &user_id])
@@ -145,7 +139,7 @@ pub async fn revoke_session(db: &Db, session_id: Uuid, user_id: Uuid) -> Result<
         == 1)
 }
 
-pub async fn get_profile(db: &Db, user_id: Uuid) -> Result<Option<Profile>, ApiError> {
+pub async fn get_profile(db: &Db, user_id: Uuid) -> Result<Option<Profile>, DbError> {
     let conn = db.conn().await?;
     Ok(db
         .query_opt(&conn, GET_PROFILE, &[&user_id])
@@ -155,7 +149,7 @@ pub async fn get_profile(db: &Db, user_id: Uuid) -> Result<Option<Profile>, ApiE
 }
 
 /// The stored password hash of a user, if the account exists.
-pub async fn password_hash(db: &Db, user_id: Uuid) -> Result<Option<String>, ApiError> {
+pub async fn password_hash(db: &Db, user_id: Uuid) -> Result<Option<String>, DbError> {
     let conn = db.conn().await?;
     Ok(db
         .query_opt(&conn, PASSWORD_HASH_BY_ID, &[&user_id])
@@ -169,7 +163,7 @@ pub async fn change_password(
     user_id: Uuid,
     hash: &str,
     keep: Uuid,
-) -> Result<(), ApiError> {
+) -> Result<(), DbError> {
     let mut conn = db.conn().await?;
     let tx = conn.transaction().await.map_err(DbError::from)?;
     db.execute(&tx, SET_PASSWORD_HASH, &[&user_id, &hash])
@@ -181,14 +175,14 @@ pub async fn change_password(
 }
 
 /// Revokes every live session of a user.
-pub async fn revoke_user_sessions(db: &Db, user_id: Uuid) -> Result<u64, ApiError> {
+pub async fn revoke_user_sessions(db: &Db, user_id: Uuid) -> Result<u64, DbError> {
     let conn = db.conn().await?;
     Ok(db
         .execute(&conn, REVOKE_USER_SESSIONS, &[&user_id, &None::<Uuid>])
         .await?)
 }
 
-pub async fn export_account(db: &Db, user_id: Uuid) -> Result<Option<AccountExport>, ApiError> {
+pub async fn export_account(db: &Db, user_id: Uuid) -> Result<Option<AccountExport>, DbError> {
     let conn = db.conn().await?;
     Ok(db
         .query_opt(&conn, EXPORT_ACCOUNT, &[&user_id])
@@ -209,7 +203,7 @@ pub async fn patch_profile(
     db: &Db,
     user_id: Uuid,
     patch: &PatchProfile,
-) -> Result<Written<Option<Profile>>, ApiError> {
+) -> Result<Written<Option<Profile>>, DbError> {
     let conn = db.conn().await?;
     let set_name = patch.display_name.is_some();
     let name = patch.display_name.clone().flatten();
@@ -232,9 +226,9 @@ pub async fn patch_profile(
             ],
         )
         .await?;
-    Ok(crate::cache_rules::written_if_found(
-        user_id,
+    Ok(Written::if_found(
         row.as_ref().map(profile),
+        crate::cache_rules::write_touches(user_id),
     ))
 }
 

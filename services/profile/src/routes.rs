@@ -4,6 +4,7 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use kai_shared::auth::AuthUser;
+use kai_shared::db::DbError;
 use kai_shared::http::openapi::BearerAuth;
 use kai_shared::http::{Json, respond};
 use kai_shared::ratelimit::Limit;
@@ -94,7 +95,9 @@ async fn register(
         .check(&REGISTER_PER_CLIENT, &client_address(&req, &p))
         .await?;
     let hash = password::hash(new.password).await?;
-    let user = queries::insert_user(&p.db, &new.email, &hash, new.display_name.as_deref()).await?;
+    let user = queries::insert_user(&p.db, &new.email, &hash, new.display_name.as_deref())
+        .await
+        .map_err(db_error)?;
     tracing::Span::current().record("user_id", tracing::field::display(user.user_id));
     Ok(HttpResponse::Created()
         .insert_header((actix_web::http::header::LOCATION, "/api/profile"))
@@ -182,8 +185,8 @@ async fn get_profile(
     let uid = user.user_id;
     let cached = p
         .cache
-        .get_or_load(&user_scope(uid), &PROFILE, &profile_key(uid), || {
-            queries::get_profile(&p.db, uid)
+        .get_or_load(&user_scope(uid), &PROFILE, &profile_key(uid), || async {
+            Ok(queries::get_profile(&p.db, uid).await?)
         })
         .await?;
     Ok(respond::cached(&req, &cached))
@@ -219,4 +222,12 @@ async fn export_profile(p: web::Data<Platform>, user: AuthUser) -> Result<HttpRe
         .await?
         .ok_or_else(ApiError::not_found)?;
     Ok(respond::private_json(&account))
+}
+
+/// The one place this service's database errors become answers: a taken e-mail
+/// address (the unique index) is a 409; anything else the usual 503/500.
+pub(crate) fn db_error(e: DbError) -> ApiError {
+    e.on_constraint(queries::EMAIL_UNIQUE, || {
+        ApiError::Conflict("an account with this e-mail address already exists".into())
+    })
 }
