@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use kai_shared::http::openapi::is_blank;
+use kai_shared::http::valid::{Validate, no_field_errors};
 use kai_shared::{ApiError, FieldError};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -130,10 +131,10 @@ pub struct CreateConversation {
     pub title: Option<String>,
 }
 
-impl CreateConversation {
+impl Validate for CreateConversation {
     /// Checks the title's length as sent (what the document states), then trims
     /// it (blank becomes none).
-    pub fn validate(&mut self) -> Result<(), ApiError> {
+    fn checked(mut self) -> Result<Self, ApiError> {
         if self
             .title
             .as_ref()
@@ -149,7 +150,7 @@ impl CreateConversation {
             .take()
             .map(|t| t.trim().to_owned())
             .filter(|t| !t.is_empty());
-        Ok(())
+        Ok(self)
     }
 }
 
@@ -170,8 +171,8 @@ pub struct PostMessage {
     pub communication_style: Option<String>,
 }
 
-impl PostMessage {
-    pub fn validate(&mut self) -> Result<(), ApiError> {
+impl Validate for PostMessage {
+    fn checked(mut self) -> Result<Self, ApiError> {
         let mut errors = Vec::new();
         check_content("content", &self.content, &mut errors);
         // Checked as sent (what the document states), then normalized.
@@ -192,7 +193,8 @@ impl PostMessage {
             .take()
             .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
             .filter(|s| !s.is_empty());
-        finish(errors)
+        no_field_errors(errors)?;
+        Ok(self)
     }
 }
 
@@ -235,9 +237,9 @@ pub struct BatchRequest {
     pub messages: Vec<BatchMessage>,
 }
 
-impl BatchRequest {
+impl Validate for BatchRequest {
     /// Checks every message before any is written: one bad row rejects the batch.
-    pub fn validate(&self) -> Result<(), ApiError> {
+    fn checked(self) -> Result<Self, ApiError> {
         let n = self.messages.len();
         if n == 0 || n > MAX_BATCH {
             return Err(ApiError::validation(vec![FieldError::new(
@@ -271,7 +273,8 @@ impl BatchRequest {
                 ));
             }
         }
-        finish(errors)
+        no_field_errors(errors)?;
+        Ok(self)
     }
 }
 
@@ -310,13 +313,5 @@ fn check_content(field: &str, content: &str, errors: &mut Vec<FieldError>) {
             field,
             format!("must be 1 to {MAX_CONTENT_CHARS} characters (got {n})"),
         ));
-    }
-}
-
-fn finish(errors: Vec<FieldError>) -> Result<(), ApiError> {
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::validation(errors))
     }
 }

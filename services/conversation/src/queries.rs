@@ -10,10 +10,13 @@ use chrono::{DateTime, Utc};
 
 use kai_shared::cache::Written;
 use kai_shared::db::{Db, DbError, Row};
+use kai_shared::http::Valid;
 use uuid::Uuid;
 
 use crate::cache_rules::write_touches;
-use crate::model::{BatchMessage, ConversationPage, ConversationSummary, LastMessage, Message};
+use crate::model::{
+    BatchRequest, ConversationPage, ConversationSummary, CreateConversation, LastMessage, Message,
+};
 use kai_shared::http::cursor::{Cursor, CursorSigner};
 
 pub const INSERT_CONVERSATION: &str = "INSERT INTO conversation.conversations (id, user_id, title)
@@ -129,8 +132,9 @@ fn message(row: &Row) -> Message {
 pub async fn insert_conversation(
     db: &Db,
     user_id: Uuid,
-    title: Option<&str>,
+    new: &Valid<CreateConversation>,
 ) -> Result<Written<ConversationSummary>, DbError> {
+    let title = new.title.as_deref();
     let conn = db.conn().await?;
     let id = Uuid::now_v7();
     let row = db
@@ -237,8 +241,9 @@ pub async fn insert_batch(
     db: &Db,
     user_id: Uuid,
     conversation_id: Uuid,
-    batch: &[BatchMessage],
+    batch: &Valid<BatchRequest>,
 ) -> Result<Written<Option<u64>>, DbError> {
+    let batch = &batch.messages;
     let ids: Vec<Uuid> = batch.iter().map(|_| Uuid::now_v7()).collect();
     let roles: Vec<&str> = batch.iter().map(|m| m.role.as_str()).collect();
     let contents: Vec<&str> = batch.iter().map(|m| m.content.as_str()).collect();

@@ -8,7 +8,7 @@ use actix_web::http::header::LOCATION;
 use actix_web::{HttpRequest, HttpResponse, web};
 use kai_shared::auth::AuthUser;
 use kai_shared::http::openapi::BearerAuth;
-use kai_shared::http::{Json, MAX_BATCH_BODY_BYTES, Query, in_range, respond};
+use kai_shared::http::{Json, MAX_BATCH_BODY_BYTES, Query, Valid, in_range, respond};
 use kai_shared::{ApiError, FieldError, Platform};
 use utoipa::OpenApi;
 use uuid::Uuid;
@@ -68,9 +68,8 @@ async fn create_conversation(
     user: AuthUser,
     body: Json<CreateConversation>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut new = body.into_inner();
-    new.validate()?;
-    let written = queries::insert_conversation(&p.db, user.user_id, new.title.as_deref()).await?;
+    let new = Valid::parse(body.into_inner())?;
+    let written = queries::insert_conversation(&p.db, user.user_id, &new).await?;
     let conversation = p.cache.commit(written).await;
     Ok(HttpResponse::Created()
         .insert_header((LOCATION, format!("/api/conversations/{}", conversation.id)))
@@ -166,8 +165,7 @@ async fn post_message(
     id: web::Path<Uuid>,
     body: Json<PostMessage>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut msg = body.into_inner();
-    msg.validate()?;
+    let msg = Valid::parse(body.into_inner())?;
     let (uid, id) = (user.user_id, id.into_inner());
     // Visible at once (committed before the model is asked): the model may fail
     // or the client may leave, and the message is stored either way.
@@ -211,10 +209,9 @@ async fn post_batch(
     id: web::Path<Uuid>,
     body: Json<BatchRequest, MAX_BATCH_BODY_BYTES>,
 ) -> Result<HttpResponse, ApiError> {
-    let batch = body.into_inner();
-    batch.validate()?;
+    let batch = Valid::parse(body.into_inner())?;
     let id = id.into_inner();
-    let written = queries::insert_batch(&p.db, user.user_id, id, &batch.messages).await?;
+    let written = queries::insert_batch(&p.db, user.user_id, id, &batch).await?;
     let inserted = p
         .cache
         .commit(written)

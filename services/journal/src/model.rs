@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use kai_shared::http::openapi::is_blank;
+use kai_shared::http::valid::{Validate, no_field_errors};
 use kai_shared::{ApiError, FieldError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -105,8 +106,8 @@ pub struct PatchEntry {
     pub tags: Option<Vec<String>>,
 }
 
-impl CreateEntry {
-    pub fn validate(&mut self) -> Result<(), ApiError> {
+impl Validate for CreateEntry {
+    fn checked(mut self) -> Result<Self, ApiError> {
         let mut errors = Vec::new();
         check_content(&self.content, &mut errors);
         if let Some(title) = &self.title {
@@ -116,12 +117,13 @@ impl CreateEntry {
             check_mood(mood, &mut errors);
         }
         check_tags(&mut self.tags, &mut errors);
-        finish(errors)
+        no_field_errors(errors)?;
+        Ok(self)
     }
 }
 
-impl PatchEntry {
-    pub fn validate(&mut self) -> Result<(), ApiError> {
+impl Validate for PatchEntry {
+    fn checked(mut self) -> Result<Self, ApiError> {
         let mut errors = Vec::new();
         if self.content.is_none()
             && self.title.is_none()
@@ -144,7 +146,8 @@ impl PatchEntry {
         if let Some(tags) = &mut self.tags {
             check_tags(tags, &mut errors);
         }
-        finish(errors)
+        no_field_errors(errors)?;
+        Ok(self)
     }
 }
 
@@ -190,14 +193,6 @@ fn check_tags(tags: &mut Vec<String>, errors: &mut Vec<FieldError>) {
     let mut seen = std::collections::HashSet::new();
     tags.iter_mut().for_each(|t| *t = t.trim().to_owned());
     tags.retain(|t| seen.insert(t.clone()));
-}
-
-fn finish(errors: Vec<FieldError>) -> Result<(), ApiError> {
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::validation(errors))
-    }
 }
 
 /// `GET /api/journal/entries`: page mode (`page`, `page_size`) unless `limit` or

@@ -6,6 +6,7 @@ use chrono::NaiveDate;
 
 use kai_shared::cache::Written;
 use kai_shared::db::{Db, DbError, Row};
+use kai_shared::http::Valid;
 use uuid::Uuid;
 
 use crate::cache_rules::write_touches;
@@ -92,7 +93,7 @@ pub(crate) fn entry(row: &Row) -> Entry {
 pub async fn insert_entry(
     db: &Db,
     user_id: Uuid,
-    new: &CreateEntry,
+    new: &Valid<CreateEntry>,
 ) -> Result<Written<Entry>, DbError> {
     let conn = db.conn().await?;
     let id = Uuid::now_v7();
@@ -198,7 +199,7 @@ pub async fn patch_entry(
     db: &Db,
     user_id: Uuid,
     id: Uuid,
-    patch: &PatchEntry,
+    patch: &Valid<PatchEntry>,
 ) -> Result<Written<Option<Entry>>, DbError> {
     let conn = db.conn().await?;
     let set_title = patch.title.is_some();

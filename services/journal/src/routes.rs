@@ -5,7 +5,7 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use kai_shared::auth::AuthUser;
 use kai_shared::http::openapi::BearerAuth;
-use kai_shared::http::{Json, Query, in_range, respond};
+use kai_shared::http::{Json, Query, Valid, in_range, respond};
 use kai_shared::{ApiError, FieldError, Platform};
 use utoipa::OpenApi;
 use uuid::Uuid;
@@ -71,8 +71,7 @@ async fn create_entry(
     user: AuthUser,
     body: Json<CreateEntry>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut new = body.into_inner();
-    new.validate()?;
+    let new = Valid::parse(body.into_inner())?;
     let entry = p
         .cache
         .commit(queries::insert_entry(&p.db, user.user_id, &new).await?)
@@ -214,8 +213,7 @@ async fn patch_entry(
     id: web::Path<Uuid>,
     body: Json<PatchEntry>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut patch = body.into_inner();
-    patch.validate()?;
+    let patch = Valid::parse(body.into_inner())?;
     let written = queries::patch_entry(&p.db, user.user_id, id.into_inner(), &patch).await?;
     let entry = p
         .cache

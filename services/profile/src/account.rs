@@ -8,6 +8,7 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use kai_shared::auth::AuthUser;
 use kai_shared::http::Json;
+use kai_shared::http::Valid;
 use kai_shared::ratelimit::Limit;
 use kai_shared::{ApiError, Platform};
 
@@ -65,8 +66,8 @@ pub async fn change_password(
     user: AuthUser,
     body: Json<ChangePassword>,
 ) -> Result<HttpResponse, ApiError> {
-    let change = body.into_inner();
-    change.validate()?;
+    // Only the checked new password's hash is stored.
+    let change = Valid::parse(body.into_inner())?.into_inner();
     reauthenticate(&req, &p, &user, change.current_password).await?;
     let hash = password::hash(change.new_password).await?;
     queries::change_password(&p.db, user.user_id, &hash, user.session_id).await?;

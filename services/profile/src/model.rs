@@ -9,6 +9,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use kai_shared::http::openapi::is_blank;
+use kai_shared::http::valid::{Validate, no_field_errors};
 use kai_shared::{ApiError, FieldError};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
@@ -50,9 +51,9 @@ impl fmt::Debug for Register {
     }
 }
 
-impl Register {
+impl Validate for Register {
     /// Trims the e-mail and display name, then checks every field.
-    pub fn validate(&mut self) -> Result<(), ApiError> {
+    fn checked(mut self) -> Result<Self, ApiError> {
         let mut errors = Vec::new();
         self.email = self.email.trim().to_owned();
         if !is_email(&self.email) {
@@ -69,7 +70,8 @@ impl Register {
             check_display_name(name, &mut errors);
             *name = name.trim().to_owned();
         }
-        finish(errors)
+        no_field_errors(errors)?;
+        Ok(self)
     }
 }
 
@@ -143,8 +145,8 @@ impl fmt::Debug for ChangePassword {
     }
 }
 
-impl ChangePassword {
-    pub fn validate(&self) -> Result<(), ApiError> {
+impl Validate for ChangePassword {
+    fn checked(self) -> Result<Self, ApiError> {
         let n = self.new_password.chars().count();
         if !(MIN_PASSWORD_CHARS..=MAX_PASSWORD_CHARS).contains(&n) {
             return Err(ApiError::validation(vec![FieldError::new(
@@ -152,7 +154,7 @@ impl ChangePassword {
                 format!("must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"),
             )]));
         }
-        Ok(())
+        Ok(self)
     }
 }
 
@@ -222,8 +224,8 @@ pub struct PatchProfile {
     pub communication_style: Option<Option<String>>,
 }
 
-impl PatchProfile {
-    pub fn validate(&mut self) -> Result<(), ApiError> {
+impl Validate for PatchProfile {
+    fn checked(mut self) -> Result<Self, ApiError> {
         if self.display_name.is_none()
             && self.traits.is_none()
             && self.preferences.is_none()
@@ -251,7 +253,8 @@ impl PatchProfile {
                 format!("must be at most {MAX_COMMUNICATION_STYLE_CHARS} characters"),
             ));
         }
-        finish(errors)
+        no_field_errors(errors)?;
+        Ok(self)
     }
 }
 
@@ -283,14 +286,6 @@ fn check_display_name(name: &str, errors: &mut Vec<FieldError>) {
             "display_name",
             format!("must be 1 to {MAX_DISPLAY_NAME_CHARS} characters, not only white space"),
         ));
-    }
-}
-
-fn finish(errors: Vec<FieldError>) -> Result<(), ApiError> {
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::validation(errors))
     }
 }
 
@@ -335,10 +330,10 @@ mod tests {
 
     #[test]
     fn null_objects_are_rejected_not_ignored() {
-        let mut p: PatchProfile = serde_json::from_str(r#"{"traits": null}"#).unwrap();
-        assert!(p.validate().is_err());
-        let mut p: PatchProfile = serde_json::from_str(r#"{"display_name": null}"#).unwrap();
-        assert!(p.validate().is_ok(), "display_name may be cleared");
+        let p: PatchProfile = serde_json::from_str(r#"{"traits": null}"#).unwrap();
+        assert!(p.checked().is_err());
+        let p: PatchProfile = serde_json::from_str(r#"{"display_name": null}"#).unwrap();
+        assert!(p.checked().is_ok(), "display_name may be cleared");
         assert!(serde_json::from_str::<PatchProfile>(r#"{"email": "x@y.z"}"#).is_err());
     }
 }

@@ -5,10 +5,11 @@
 use chrono::{DateTime, Utc};
 use kai_shared::cache::Written;
 use kai_shared::db::{Db, DbError, Row};
+use kai_shared::http::Valid;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::model::{AccountExport, PatchProfile, Profile, Registered};
+use crate::model::{AccountExport, PatchProfile, Profile, Register, Registered};
 
 /// The unique index that makes e-mail addresses case-insensitively unique (V2).
 pub const EMAIL_UNIQUE: &str = "users_email_lower_key";
@@ -83,10 +84,10 @@ fn profile(row: &Row) -> Profile {
 /// the unique index decides, so two concurrent registrations cannot both win.
 pub async fn insert_user(
     db: &Db,
-    email: &str,
+    new: &Valid<Register>,
     password_hash: &str,
-    display_name: Option<&str>,
 ) -> Result<Registered, DbError> {
+    let (email, display_name) = (new.email.as_str(), new.display_name.as_deref());
     let mut conn = db.conn().await?;
     let tx = conn.transaction().await.map_err(DbError::from)?;
     let user_id = Uuid::now_v7();
@@ -202,7 +203,7 @@ pub async fn export_account(db: &Db, user_id: Uuid) -> Result<Option<AccountExpo
 pub async fn patch_profile(
     db: &Db,
     user_id: Uuid,
-    patch: &PatchProfile,
+    patch: &Valid<PatchProfile>,
 ) -> Result<Written<Option<Profile>>, DbError> {
     let conn = db.conn().await?;
     let set_name = patch.display_name.is_some();

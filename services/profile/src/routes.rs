@@ -6,7 +6,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use kai_shared::auth::AuthUser;
 use kai_shared::db::DbError;
 use kai_shared::http::openapi::BearerAuth;
-use kai_shared::http::{Json, respond};
+use kai_shared::http::{Json, Valid, respond};
 use kai_shared::ratelimit::Limit;
 use kai_shared::{ApiError, FieldError, Platform};
 use utoipa::OpenApi;
@@ -88,14 +88,13 @@ async fn register(
     p: web::Data<Platform>,
     body: Json<Register>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut new = body.into_inner();
-    new.validate()?;
+    let new = Valid::parse(body.into_inner())?;
     // Before the hash and the "taken" answer: both are what a flood is after.
     p.limiter
         .check(&REGISTER_PER_CLIENT, &client_address(&req, &p))
         .await?;
-    let hash = password::hash(new.password).await?;
-    let user = queries::insert_user(&p.db, &new.email, &hash, new.display_name.as_deref())
+    let hash = password::hash(new.password.clone()).await?;
+    let user = queries::insert_user(&p.db, &new, &hash)
         .await
         .map_err(db_error)?;
     tracing::Span::current().record("user_id", tracing::field::display(user.user_id));
@@ -201,8 +200,7 @@ async fn patch_profile(
     user: AuthUser,
     body: Json<PatchProfile>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut patch = body.into_inner();
-    patch.validate()?;
+    let patch = Valid::parse(body.into_inner())?;
     let written = queries::patch_profile(&p.db, user.user_id, &patch).await?;
     let profile = p
         .cache

@@ -10,6 +10,7 @@ pub mod openapi;
 pub mod query;
 pub mod respond;
 pub mod stats;
+pub mod valid;
 
 use std::time::Instant;
 
@@ -26,6 +27,7 @@ use errors::{ApiError, FieldError};
 
 pub use json::Json;
 pub use query::Query;
+pub use valid::{Valid, Validate};
 
 /// Largest accepted request body (SPEC §3).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
