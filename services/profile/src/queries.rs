@@ -178,9 +178,8 @@ pub async fn change_password(
 /// Revokes every live session of a user.
 pub async fn revoke_user_sessions(db: &Db, user_id: Uuid) -> Result<u64, DbError> {
     let conn = db.conn().await?;
-    Ok(db
-        .execute(&conn, REVOKE_USER_SESSIONS, &[&user_id, &None::<Uuid>])
-        .await?)
+    db.execute(&conn, REVOKE_USER_SESSIONS, &[&user_id, &None::<Uuid>])
+        .await
 }
 
 pub async fn export_account(db: &Db, user_id: Uuid) -> Result<Option<AccountExport>, DbError> {
