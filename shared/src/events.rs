@@ -54,6 +54,64 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 /// Wait before reconnecting after an error.
 const RETRY_EVERY: Duration = Duration::from_millis(500);
 
+/// A service's consumer group on one stream, and the counter of the events it
+/// handled (exported at 0 from the start).
+#[derive(Debug, Clone, Copy)]
+pub struct Consumer {
+    pub stream: &'static str,
+    pub group: &'static str,
+    /// The counter's name and help.
+    pub counted_as: (&'static str, &'static str),
+}
+
+impl Consumer {
+    /// Starts consuming in the background (until `stop`): `handle` runs on each
+    /// payload, each success is counted. Returns the [`Events`] it consumes from,
+    /// or `None` — said in the log — without Redis (there is no one to hear
+    /// from) or when it cannot be set up.
+    pub fn start<F, Fut>(
+        &self,
+        p: &actix_web::web::Data<crate::Platform>,
+        stop: CancellationToken,
+        handle: F,
+    ) -> Option<Events>
+    where
+        F: Fn(actix_web::web::Data<crate::Platform>, String) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let (name, help) = self.counted_as;
+        let handled = match p.metrics.counter(name, help) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "registering {name}");
+                return None;
+            }
+        };
+        let events = match Events::new(&p.settings) {
+            Ok(events) => events?,
+            Err(e) => {
+                tracing::error!(error = %e, stream = self.stream, "events cannot be received");
+                return None;
+            }
+        };
+        let (p, handle) = (p.clone(), Arc::new(handle));
+        let handler: Handler = Arc::new(move |payload: String| {
+            let (p, handle, handled) = (p.clone(), handle.clone(), handled.clone());
+            Box::pin(async move {
+                handle(p, payload).await?;
+                handled.inc();
+                Ok(())
+            })
+        });
+        tokio::spawn(
+            events
+                .clone()
+                .consume(self.stream, self.group, handler, stop),
+        );
+        Some(events)
+    }
+}
+
 /// Handles one event's payload; an error leaves it unacknowledged (retried).
 pub type Handler = Arc<dyn Fn(String) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
 

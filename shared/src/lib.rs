@@ -12,6 +12,8 @@ pub mod cache;
 pub mod config;
 /// PostgreSQL pool, timed statements, migrations.
 pub mod db;
+/// Account erasure: the stream every service purges a deleted user's data from.
+pub mod erasure;
 /// Durable events between services (Redis Streams, one consumer group per service).
 pub mod events;
 /// `/health`, `/health/ready`, `/health/detailed`.

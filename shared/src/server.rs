@@ -64,6 +64,56 @@ pub struct ServiceDef {
     pub on_start: Option<OnStart>,
 }
 
+impl ServiceDef {
+    /// The service `binary` with its migrations, routes and OpenAPI document;
+    /// nothing cached, counted, checked or started until the methods below say so.
+    pub fn new(
+        binary: Binary,
+        migrations: MigrationSet,
+        routes: impl Fn(&mut web::ServiceConfig) + Send + Sync + 'static,
+        openapi: utoipa::openapi::OpenApi,
+    ) -> Self {
+        Self {
+            name: binary.name,
+            default_port: binary.default_port,
+            migrations,
+            routes: Arc::new(routes),
+            openapi,
+            cached: &[],
+            outcome_counters: &[],
+            session_check: None,
+            on_start: None,
+        }
+    }
+
+    /// What the service caches (its `cache_rules.rs`).
+    pub fn caching(mut self, cached: &'static [crate::cache::Policy]) -> Self {
+        self.cached = cached;
+        self
+    }
+
+    /// The counters of its outbound calls.
+    pub fn counting(mut self, counters: &'static [crate::metrics::OutcomeCounter]) -> Self {
+        self.outcome_counters = counters;
+        self
+    }
+
+    /// An extra per-request session check.
+    pub fn checking_sessions(mut self, check: fn(Db) -> SessionCheck) -> Self {
+        self.session_check = Some(check);
+        self
+    }
+
+    /// Its background tasks.
+    pub fn on_start(
+        mut self,
+        start: impl Fn(web::Data<Platform>, CancellationToken) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_start = Some(Arc::new(start));
+        self
+    }
+}
+
 /// See [`ServiceDef::on_start`].
 pub type OnStart = Arc<dyn Fn(web::Data<Platform>, CancellationToken) + Send + Sync>;
 
@@ -387,6 +437,25 @@ pub struct Binary {
     /// holds) `AUTH_SIGNING_KEY_FILE`; `migrate` never signs, so a migration Job
     /// never holds it.
     pub signs_tokens: bool,
+}
+
+impl Binary {
+    /// `<name>-service`, listening on `default_port` unless `PORT` says otherwise.
+    pub const fn new(name: &'static str, default_port: u16) -> Self {
+        Self {
+            name,
+            default_port,
+            signs_tokens: false,
+        }
+    }
+
+    /// The binary of the service that issues access tokens.
+    pub const fn signing_tokens(self) -> Self {
+        Self {
+            signs_tokens: true,
+            ..self
+        }
+    }
 }
 
 /// The whole of a service's `main`: read and validate the configuration (one clear

@@ -15,14 +15,12 @@
 
 use actix_web::web;
 use kai_shared::Platform;
-use kai_shared::events::Events;
+use kai_shared::erasure;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::cache_rules::{ai_scope, user_scope};
 
-/// The stream profile-service publishes account erasures on.
-pub const STREAM: &str = "account-erased";
 /// This service's consumer group.
 pub const GROUP: &str = "conversation";
 
@@ -41,33 +39,7 @@ pub async fn purge(p: &Platform, user_id: Uuid) -> anyhow::Result<u64> {
 
 /// Starts the consumer (with Redis; without it there is no one to hear from).
 pub fn start(p: web::Data<Platform>, stop: CancellationToken) {
-    let purges = match p.metrics.counter(
-        "kai_account_purges_total",
-        "Account erasures carried out by this service",
-    ) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "registering kai_account_purges_total");
-            return;
-        }
-    };
-    let events = match Events::new(&p.settings) {
-        Ok(Some(events)) => events,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::error!(error = %e, "account erasures cannot be received");
-            return;
-        }
-    };
-    let handler: kai_shared::events::Handler = std::sync::Arc::new(move |payload: String| {
-        let (p, purges) = (p.clone(), purges.clone());
-        Box::pin(async move {
-            let user_id: Uuid = payload.parse()?;
-            let deleted = purge(&p, user_id).await?;
-            purges.inc();
-            tracing::info!(%user_id, deleted, "account purged");
-            Ok(())
-        })
+    erasure::consume(&p, stop, GROUP, |p, user_id| async move {
+        purge(&p, user_id).await
     });
-    tokio::spawn(events.consume(STREAM, GROUP, handler, stop));
 }

@@ -22,46 +22,27 @@ pub mod queries;
 /// HTTP handlers.
 pub mod routes;
 
-use std::sync::Arc;
-
 use actix_web::web;
 use kai_shared::ServiceDef;
-use kai_shared::db::MigrationSet;
+use kai_shared::server::Binary;
 use utoipa::OpenApi;
 
-pub const DEFAULT_PORT: u16 = 8082;
-
 /// The binary, as `kai_shared::server::main` starts it.
-pub const BINARY: kai_shared::server::Binary = kai_shared::server::Binary {
-    name: "conversation",
-    default_port: DEFAULT_PORT,
-    signs_tokens: false,
-};
+pub const BINARY: Binary = Binary::new("conversation", 8082);
 
-mod embedded {
-    refinery::embed_migrations!("../../migrations/conversation");
-}
-
-pub const MIGRATIONS: MigrationSet = MigrationSet {
-    schema: "conversation",
-    runner: embedded::migrations::runner,
-};
+kai_shared::migrations!("conversation", "../../migrations/conversation");
 
 /// The service as the platform runs it; fails only if the LLM client cannot be built.
 pub fn try_service(settings: &config::LlmSettings) -> anyhow::Result<ServiceDef> {
     // One client for every worker: it holds the connection pool to the LLM.
     let llm = web::Data::new(llm::Llm::new(settings)?);
-    Ok(ServiceDef {
-        name: BINARY.name,
-        default_port: DEFAULT_PORT,
-        migrations: MIGRATIONS,
-        routes: Arc::new(move |cfg| routes::configure(cfg, llm.clone())),
-        openapi: routes::ApiDoc::openapi(),
-        cached: &cache_rules::CACHED,
-        outcome_counters: &[assistant::LLM_REQUESTS],
-        session_check: None,
-        on_start: Some(Arc::new(erasure::start)),
-    })
+    let routes = move |cfg: &mut web::ServiceConfig| routes::configure(cfg, llm.clone());
+    Ok(
+        ServiceDef::new(BINARY, MIGRATIONS, routes, routes::ApiDoc::openapi())
+            .caching(&cache_rules::CACHED)
+            .counting(&[assistant::LLM_REQUESTS])
+            .on_start(erasure::start),
+    )
 }
 
 /// [`try_service`] for tests and embedders, where a failure to build an HTTP

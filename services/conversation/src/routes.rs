@@ -145,10 +145,7 @@ async fn delete_conversation(
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     let written = queries::delete_conversation(&p.db, user.user_id, id.into_inner()).await?;
-    if !p.cache.commit(written).await {
-        return Err(ApiError::not_found());
-    }
-    Ok(HttpResponse::NoContent().finish())
+    respond::deleted(p.cache.commit(written).await)
 }
 
 /// Send a message; the assistant replies (from the AI-response cache when the
@@ -170,11 +167,7 @@ async fn post_message(
     // Visible at once (committed before the model is asked): the model may fail
     // or the client may leave, and the message is stored either way.
     let written = queries::append_message(&p.db, uid, id, "user", &msg.content).await?;
-    let user_message = p
-        .cache
-        .commit(written)
-        .await
-        .ok_or_else(ApiError::not_found)?;
+    let user_message = p.cache.commit_found(written).await?;
 
     let reply = assistant::reply(
         &p,
@@ -185,11 +178,7 @@ async fn post_message(
     )
     .await?;
     let written = queries::append_message(&p.db, uid, id, "assistant", &reply.content).await?;
-    let assistant_message = p
-        .cache
-        .commit(written)
-        .await
-        .ok_or_else(ApiError::not_found)?;
+    let assistant_message = p.cache.commit_found(written).await?;
     Ok(HttpResponse::Created()
         .insert_header((LOCATION, format!("/api/conversations/{id}")))
         .json(Exchange {
@@ -212,11 +201,7 @@ async fn post_batch(
     let batch = Valid::parse(body.into_inner())?;
     let id = id.into_inner();
     let written = queries::insert_batch(&p.db, user.user_id, id, &batch).await?;
-    let inserted = p
-        .cache
-        .commit(written)
-        .await
-        .ok_or_else(ApiError::not_found)?;
+    let inserted = p.cache.commit_found(written).await?;
     Ok(HttpResponse::Created()
         .insert_header((LOCATION, format!("/api/conversations/{id}")))
         .json(BatchInserted { inserted }))

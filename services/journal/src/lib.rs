@@ -14,41 +14,23 @@ pub mod queries;
 /// HTTP handlers.
 pub mod routes;
 
-use std::sync::Arc;
-
 use kai_shared::ServiceDef;
-use kai_shared::db::MigrationSet;
+use kai_shared::server::Binary;
 use utoipa::OpenApi;
 
-pub const DEFAULT_PORT: u16 = 8081;
-
 /// The binary, as `kai_shared::server::main` starts it.
-pub const BINARY: kai_shared::server::Binary = kai_shared::server::Binary {
-    name: "journal",
-    default_port: DEFAULT_PORT,
-    signs_tokens: false,
-};
+pub const BINARY: Binary = Binary::new("journal", 8081);
 
-mod embedded {
-    refinery::embed_migrations!("../../migrations/journal");
-}
-
-pub const MIGRATIONS: MigrationSet = MigrationSet {
-    schema: "journal",
-    runner: embedded::migrations::runner,
-};
+kai_shared::migrations!("journal", "../../migrations/journal");
 
 /// The service as the platform runs it.
 pub fn service() -> ServiceDef {
-    ServiceDef {
-        name: BINARY.name,
-        default_port: DEFAULT_PORT,
-        migrations: MIGRATIONS,
-        routes: Arc::new(routes::configure),
-        openapi: routes::ApiDoc::openapi(),
-        cached: &cache_rules::CACHED,
-        outcome_counters: &[],
-        session_check: None,
-        on_start: Some(Arc::new(erasure::start)),
-    }
+    ServiceDef::new(
+        BINARY,
+        MIGRATIONS,
+        routes::configure,
+        routes::ApiDoc::openapi(),
+    )
+    .caching(&cache_rules::CACHED)
+    .on_start(erasure::start)
 }

@@ -215,11 +215,7 @@ async fn patch_entry(
 ) -> Result<HttpResponse, ApiError> {
     let patch = Valid::parse(body.into_inner())?;
     let written = queries::patch_entry(&p.db, user.user_id, id.into_inner(), &patch).await?;
-    let entry = p
-        .cache
-        .commit(written)
-        .await
-        .ok_or_else(ApiError::not_found)?;
+    let entry = p.cache.commit_found(written).await?;
     Ok(HttpResponse::Ok().json(entry))
 }
 
@@ -233,10 +229,7 @@ async fn delete_entry(
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     let written = queries::soft_delete_entry(&p.db, user.user_id, id.into_inner()).await?;
-    if !p.cache.commit(written).await {
-        return Err(ApiError::not_found());
-    }
-    Ok(HttpResponse::NoContent().finish())
+    respond::deleted(p.cache.commit(written).await)
 }
 
 /// 20 searches at once per user, then one every two seconds.

@@ -33,7 +33,8 @@ use std::time::Duration;
 use actix_web::web;
 use kai_shared::Platform;
 use kai_shared::db::{Db, DbError};
-use kai_shared::events::{Events, Handler};
+use kai_shared::erasure;
+use kai_shared::events::Events;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -41,7 +42,7 @@ use uuid::Uuid;
 use crate::cache_rules::user_scope;
 
 /// The stream account erasures are published on.
-pub const STREAM: &str = "account-erased";
+pub use kai_shared::erasure::STREAM;
 /// This service's consumer group.
 pub const GROUP: &str = "profile";
 /// Every service that holds a person's data, each a consumer group.
@@ -100,47 +101,21 @@ pub fn wake_relay() {
     WAKE.notify_waiters();
 }
 
-/// Profile's own purge: the cache scope (rows went with the request).
-async fn purge(p: &Platform, user_id: Uuid) -> anyhow::Result<()> {
+/// Profile's own purge: the cache scope (rows went with the request, so none
+/// are deleted here).
+async fn purge(p: &Platform, user_id: Uuid) -> anyhow::Result<u64> {
     p.cache.purge_scope(&user_scope(user_id)).await?;
-    Ok(())
+    Ok(0)
 }
 
 /// Starts the relay and this service's consumer (with Redis).
 pub fn start(p: web::Data<Platform>, stop: CancellationToken) {
-    let purges = match p.metrics.counter(
-        "kai_account_purges_total",
-        "Account erasures carried out by this service",
-    ) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "registering kai_account_purges_total");
-            return;
-        }
-    };
-    let events = match Events::new(&p.settings) {
-        Ok(Some(events)) => events,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::error!(error = %e, "account erasures cannot be relayed");
-            return;
-        }
-    };
-    let handler: Handler = {
-        let p = p.clone();
-        std::sync::Arc::new(move |payload: String| {
-            let (p, purges) = (p.clone(), purges.clone());
-            Box::pin(async move {
-                let user_id: Uuid = payload.parse()?;
-                purge(&p, user_id).await?;
-                purges.inc();
-                tracing::info!(%user_id, "account purged");
-                Ok(())
-            })
-        })
-    };
-    tokio::spawn(events.clone().consume(STREAM, GROUP, handler, stop.clone()));
-    tokio::spawn(relay(p, events, stop));
+    let consumed = erasure::consume(&p, stop.clone(), GROUP, |p, user_id| async move {
+        purge(&p, user_id).await
+    });
+    if let Some(events) = consumed {
+        tokio::spawn(relay(p, events, stop));
+    }
 }
 
 /// Moves acknowledgements into the outbox and (re-)sends what is due, until stopped.

@@ -23,41 +23,24 @@ pub mod routes;
 /// Session bookkeeping: token hashes and the per-request session check.
 pub mod sessions;
 
-use std::sync::Arc;
-
 use kai_shared::ServiceDef;
-use kai_shared::db::MigrationSet;
+use kai_shared::server::Binary;
 use utoipa::OpenApi;
 
-pub const DEFAULT_PORT: u16 = 8083;
-
 /// The binary, as `kai_shared::server::main` starts it.
-pub const BINARY: kai_shared::server::Binary = kai_shared::server::Binary {
-    name: "profile",
-    default_port: DEFAULT_PORT,
-    signs_tokens: true,
-};
+pub const BINARY: Binary = Binary::new("profile", 8083).signing_tokens();
 
-mod embedded {
-    refinery::embed_migrations!("../../migrations/profile");
-}
-
-pub const MIGRATIONS: MigrationSet = MigrationSet {
-    schema: "profile",
-    runner: embedded::migrations::runner,
-};
+kai_shared::migrations!("profile", "../../migrations/profile");
 
 /// The service as the platform runs it.
 pub fn service() -> ServiceDef {
-    ServiceDef {
-        name: BINARY.name,
-        default_port: DEFAULT_PORT,
-        migrations: MIGRATIONS,
-        routes: Arc::new(routes::configure),
-        openapi: routes::ApiDoc::openapi(),
-        cached: &cache_rules::CACHED,
-        outcome_counters: &[],
-        session_check: Some(sessions::session_check),
-        on_start: Some(Arc::new(erasure::start)),
-    }
+    ServiceDef::new(
+        BINARY,
+        MIGRATIONS,
+        routes::configure,
+        routes::ApiDoc::openapi(),
+    )
+    .caching(&cache_rules::CACHED)
+    .checking_sessions(sessions::session_check)
+    .on_start(erasure::start)
 }

@@ -202,11 +202,7 @@ async fn patch_profile(
 ) -> Result<HttpResponse, ApiError> {
     let patch = Valid::parse(body.into_inner())?;
     let written = queries::patch_profile(&p.db, user.user_id, &patch).await?;
-    let profile = p
-        .cache
-        .commit(written)
-        .await
-        .ok_or_else(ApiError::not_found)?;
+    let profile = p.cache.commit_found(written).await?;
     Ok(HttpResponse::Ok().json(profile))
 }
 

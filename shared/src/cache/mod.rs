@@ -350,6 +350,11 @@ impl Cache {
         value
     }
 
+    /// [`Cache::commit`] of a write whose row may not exist: its value, or a 404.
+    pub async fn commit_found<T>(&self, written: Written<Option<T>>) -> Result<T, ApiError> {
+        self.commit(written).await.ok_or_else(ApiError::not_found)
+    }
+
     /// Makes every entry of `scope` unreachable, on every replica. Call it after
     /// the write commits and before answering (services do, through
     /// [`Cache::commit`]).

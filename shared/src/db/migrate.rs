@@ -13,6 +13,24 @@ use anyhow::Context;
 
 use super::Db;
 
+/// Declares `pub const MIGRATIONS: MigrationSet`: the service's schema and the
+/// refinery migrations of `dir` (relative to the service's crate), embedded in the
+/// binary: `kai_shared::migrations!("journal", "../../migrations/journal");`.
+#[macro_export]
+macro_rules! migrations {
+    ($schema:literal, $dir:literal) => {
+        mod embedded_migrations {
+            refinery::embed_migrations!($dir);
+        }
+
+        /// This service's schema and its embedded migrations.
+        pub const MIGRATIONS: $crate::db::MigrationSet = $crate::db::MigrationSet {
+            schema: $schema,
+            runner: embedded_migrations::migrations::runner,
+        };
+    };
+}
+
 /// A service's migrations: its schema and the embedded refinery runner.
 #[derive(Clone, Copy)]
 pub struct MigrationSet {

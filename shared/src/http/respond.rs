@@ -9,6 +9,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use crate::cache::Cached;
 
 use super::X_CACHE;
+use super::errors::ApiError;
 
 pub fn cached(req: &HttpRequest, cached: &Cached) -> HttpResponse {
     let etag = &cached.entry.etag;
@@ -70,6 +71,15 @@ where
 }
 
 /// An uncached JSON answer carrying personal data (`Cache-Control: no-store`).
+/// The answer to a DELETE: 204 when something was deleted, else 404.
+pub fn deleted(found: bool) -> Result<HttpResponse, ApiError> {
+    if found {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::not_found())
+    }
+}
+
 pub fn private_json<T: serde::Serialize>(value: &T) -> HttpResponse {
     HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
