@@ -39,8 +39,8 @@ use futures_util::future::BoxFuture;
 use redis::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::connect::Target;
 use crate::config::Settings;
+use crate::redis::{Link, Target};
 
 /// Stream entries older than this are trimmed when a new one is added.
 pub const RETAIN: Duration = Duration::from_secs(3600);
@@ -133,44 +133,10 @@ pub struct Event {
 pub struct Events {
     target: Target,
     prefix: String,
-    conn: Arc<tokio::sync::OnceCell<Shared>>,
-}
-
-/// The connection shared by publishing and draining acknowledgements: a
-/// reconnecting manager on one node; a cluster connection (it refreshes its slot
-/// map and reconnects by itself) on a cluster.
-#[derive(Clone)]
-enum Shared {
-    Node(redis::aio::ConnectionManager),
-    Cluster(redis::cluster_async::ClusterConnection),
-}
-
-impl redis::aio::ConnectionLike for Shared {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
-        match self {
-            Self::Node(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> redis::RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Node(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Self::Node(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
-        }
-    }
+    /// The connection shared by publishing and draining acknowledgements: it
+    /// reconnects by itself (a connection manager on one node; a cluster
+    /// connection refreshes its slot map and reconnects on its own).
+    conn: Arc<tokio::sync::OnceCell<Link>>,
 }
 
 impl Events {
@@ -198,18 +164,11 @@ impl Events {
         format!("{}:{{events:{stream}}}:acks", self.prefix)
     }
 
-    async fn conn(&self) -> anyhow::Result<Shared> {
-        let target = self.target.clone();
+    async fn conn(&self) -> anyhow::Result<Link> {
+        let target = &self.target;
         let conn = tokio::time::timeout(
             COMMAND_TIMEOUT,
-            self.conn.get_or_try_init(|| async move {
-                Ok::<_, redis::RedisError>(match target {
-                    Target::Node(client) => {
-                        Shared::Node(redis::aio::ConnectionManager::new(*client).await?)
-                    }
-                    Target::Cluster(c) => Shared::Cluster(c.0.get_async_connection().await?),
-                })
-            }),
+            self.conn.get_or_try_init(|| target.connect_managed()),
         )
         .await
         .context("connecting to Redis timed out")??;
@@ -217,7 +176,7 @@ impl Events {
     }
 
     /// A connection of the consumer's own (it blocks in `XREADGROUP`).
-    async fn dedicated(&self) -> anyhow::Result<crate::cache::connect::Link> {
+    async fn dedicated(&self) -> anyhow::Result<Link> {
         Ok(tokio::time::timeout(COMMAND_TIMEOUT, self.target.connect())
             .await
             .context("connecting to Redis timed out")??)

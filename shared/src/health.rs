@@ -9,10 +9,11 @@ use actix_web::{HttpResponse, web};
 use serde::Serialize;
 
 use crate::Platform;
-use crate::cache::{CacheTotals, RedisHealth};
+use crate::cache::CacheTotals;
 use crate::db::{PoolStatus, SlowQuery};
 use crate::http::errors::ApiError;
 use crate::http::stats::EndpointSummary;
+use crate::redis::RedisHealth;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/health", web::get().to(live))
@@ -65,7 +66,13 @@ struct Performance {
 }
 
 async fn detailed(platform: web::Data<Platform>) -> HttpResponse {
-    let (db_ping, redis) = tokio::join!(platform.db.ping(), platform.cache.redis_health());
+    let redis_health = async {
+        match &platform.redis {
+            Some(redis) => Some(redis.health().await),
+            None => None,
+        }
+    };
+    let (db_ping, redis) = tokio::join!(platform.db.ping(), redis_health);
     let database = match db_ping {
         Ok(rtt) => DatabaseHealth {
             status: "healthy",

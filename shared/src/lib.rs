@@ -24,6 +24,9 @@ pub mod http;
 pub mod metrics;
 /// Token-bucket rate limiting (Redis, with an in-process fallback).
 pub mod ratelimit;
+/// Redis, in one place: connections (one node or a cluster, TLS, ACL), timeouts,
+/// the circuit breaker; session revocation over it.
+pub mod redis;
 /// Server bootstrap, CLI and graceful shutdown.
 pub mod server;
 /// Tracing subscriber setup.

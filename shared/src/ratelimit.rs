@@ -3,11 +3,29 @@
 //! or its circuit is open — so a Redis outage never turns into unlimited login
 //! attempts, only into per-replica limits.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::cache::Cache;
 use crate::http::errors::ApiError;
+use crate::redis::{Command, Redis};
+
+/// Token bucket: refill by elapsed server time, take one token or return the wait
+/// in milliseconds. State is a hash {tokens, ts}; it expires once full again.
+const TOKEN_BUCKET: &str = r"
+local cap = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1]) or cap
+local ts = tonumber(state[2]) or now
+tokens = math.min(cap, tokens + math.max(0, now - ts) * rate / 1000)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) * 1000 / rate) end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(cap * 1000 / rate) + 1000)
+return wait
+";
 
 /// A bucket: `capacity` requests at once, refilled at `per_second`.
 #[derive(Debug, Clone, Copy)]
@@ -26,14 +44,14 @@ struct Bucket {
 /// Token-bucket limiter, cheap to clone.
 #[derive(Clone)]
 pub struct RateLimiter {
-    cache: Cache,
+    redis: Option<Arc<Redis>>,
     local: moka::sync::Cache<String, Arc<Mutex<Bucket>>>,
 }
 
 impl RateLimiter {
-    pub fn new(cache: Cache) -> Self {
+    pub fn new(redis: Option<Arc<Redis>>) -> Self {
         Self {
-            cache,
+            redis,
             local: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_idle(Duration::from_secs(3600))
@@ -49,14 +67,11 @@ impl RateLimiter {
             limit.name,
             crate::cache::entry::etag_of(subject.as_bytes()).trim_matches('"')
         );
-        let wait = match self
-            .cache
-            .token_bucket(&key, limit.capacity, limit.per_second)
-            .await
-        {
-            Some(wait) => wait,
-            None => self.check_local(&key, limit),
-        };
+        let wait =
+            match token_bucket(self.redis.as_ref(), &key, limit.capacity, limit.per_second).await {
+                Some(wait) => wait,
+                None => self.check_local(&key, limit),
+            };
         match wait {
             None => Ok(()),
             Some(retry_after) => Err(ApiError::TooManyRequests {
@@ -76,6 +91,30 @@ impl RateLimiter {
         let mut b = bucket.lock().expect("bucket lock");
         take(&mut b, limit, Instant::now())
     }
+}
+
+/// One token-bucket step in Redis: `Some(None)` allowed, `Some(Some(wait))`
+/// refused, `None` when Redis is not configured or unavailable (the caller falls
+/// back to an in-process bucket).
+pub async fn token_bucket(
+    redis: Option<&Arc<Redis>>,
+    key: &str,
+    capacity: u32,
+    per_second: f64,
+) -> Option<Option<Duration>> {
+    let store = redis.filter(|r| r.available())?;
+    let key = format!("{}:ratelimit:{key}", store.prefix());
+    let (cap, rate) = (capacity.to_string(), per_second.to_string());
+    static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(TOKEN_BUCKET));
+    let wait_ms: u64 = store
+        .run(Command::Script(
+            &SCRIPT,
+            &[key.as_str()],
+            &[cap.as_str(), rate.as_str()],
+        ))
+        .await
+        .ok()?;
+    Some((wait_ms > 0).then(|| Duration::from_millis(wait_ms)))
 }
 
 /// One token-bucket step: refill for the time passed, then take a token or say how

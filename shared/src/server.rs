@@ -33,6 +33,7 @@ use crate::db::{Db, MigrationSet};
 use crate::http::errors::ApiError;
 use crate::http::stats::EndpointStats;
 use crate::metrics::{LATENCY_BUCKETS, Metrics};
+use crate::redis::{Redis, revocation};
 
 /// How long in-flight requests may take to finish after SIGTERM.
 pub const DRAIN: Duration = Duration::from_secs(30);
@@ -132,6 +133,8 @@ pub struct Platform {
     pub started: Instant,
     pub session_check: Option<SessionCheck>,
     pub limiter: crate::ratelimit::RateLimiter,
+    /// The service's Redis (none without `REDIS_URL`/`REDIS_CLUSTER_NODES`).
+    pub redis: Option<Arc<Redis>>,
 }
 
 impl Platform {
@@ -139,7 +142,8 @@ impl Platform {
     /// every service through Redis pub/sub.
     pub async fn revoke_session(&self, session_id: Uuid, expires_at: i64) {
         self.auth.mark_revoked(session_id);
-        if !self.cache.announce_revocation(session_id, expires_at).await {
+        let announced = session_id.to_string();
+        if !revocation::announce(self.redis.as_ref(), &announced, expires_at).await {
             tracing::warn!(
                 "logout could not be announced through Redis; other services learn it when it answers"
             );
@@ -161,11 +165,7 @@ impl Platform {
         // Kept in Redis as long as a token issued just now could live.
         let expires_at = chrono::Utc::now().timestamp() + self.auth.ttl().as_secs() as i64 + 60;
         let announced = crate::auth::user_revocation(user_id, watermark);
-        if !self
-            .cache
-            .announce_revocation_of(&announced, expires_at)
-            .await
-        {
+        if !revocation::announce(self.redis.as_ref(), &announced, expires_at).await {
             tracing::warn!(
                 "revocation could not be announced through Redis; other services learn it when it answers"
             );
@@ -203,13 +203,17 @@ impl Platform {
             let auth = auth.clone();
             Arc::new(move |announced: &str| auth.apply_revocation(announced))
         };
-        let cache =
-            Cache::new(&settings, &metrics, on_revoked, stop).context("configuring the cache")?;
-        cache.check_redis_configuration().await?;
+        let redis = Redis::from_settings(&settings, &metrics)?;
+        if let Some(redis) = &redis {
+            redis.check_configuration_at_start().await?;
+        }
+        let cache = Cache::with_redis(&settings, redis.clone(), &metrics, on_revoked, stop)
+            .context("configuring the cache")?;
         Ok(Platform {
             service: def.name,
             session_check: def.session_check.map(|make| make(db.clone())),
-            limiter: crate::ratelimit::RateLimiter::new(cache.clone()),
+            limiter: crate::ratelimit::RateLimiter::new(redis.clone()),
+            redis,
             settings,
             db,
             cache,

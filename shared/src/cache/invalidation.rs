@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::generations::{Generations, mono_micros};
 use super::keys::{self, Scope};
-use super::redis::L2;
+use crate::redis::{Redis, revocation};
 
 /// How often the subscriber proves its connection hears Redis. Well inside the
 /// 250 ms trust window, so one late answer does not make L1 untrusted.
@@ -46,7 +46,7 @@ pub type OnRevoked = Arc<dyn Fn(&str) + Send + Sync>;
 /// Runs until `stop` is cancelled.
 pub async fn subscribe(
     nodes: Vec<redis::Client>,
-    l2: Arc<L2>,
+    redis: Arc<Redis>,
     prefix: String,
     timeout: Duration,
     generations: Arc<Generations>,
@@ -60,7 +60,7 @@ pub async fn subscribe(
         let mut established = false;
         let outcome = tokio::select! {
             _ = stop.cancelled() => return,
-            outcome = listen(client, &l2, &prefix, timeout, &generations, &on_revoked, &mut established) => outcome,
+            outcome = listen(client, &redis, &prefix, timeout, &generations, &on_revoked, &mut established) => outcome,
         };
         generations.set_subscribed(false);
         if established {
@@ -85,7 +85,7 @@ pub async fn subscribe(
 
 async fn listen(
     client: &redis::Client,
-    l2: &L2,
+    redis: &Redis,
     prefix: &str,
     timeout: Duration,
     generations: &Generations,
@@ -93,7 +93,7 @@ async fn listen(
     established: &mut bool,
 ) -> anyhow::Result<()> {
     let invalidations = keys::invalidation_channel(prefix);
-    let revocations = keys::revocation_channel(prefix);
+    let revocations = revocation::channel(prefix);
     let patience = timeout.max(Duration::from_millis(500));
     let (mut sink, mut stream) = tokio::time::timeout(patience, client.get_async_pubsub())
         .await??
@@ -104,7 +104,7 @@ async fn listen(
     generations.set_subscribed(true);
     *established = true;
     // Sessions revoked before we subscribed (start-up, or while disconnected).
-    let revoked = l2.revoked_sessions(patience).await?;
+    let revoked = revocation::revoked_sessions(redis, patience).await?;
     for session in &revoked {
         on_revoked(session);
     }

@@ -63,16 +63,6 @@ pub fn invalidation_channel(prefix: &str) -> String {
     format!("{prefix}:invalidations")
 }
 
-/// The channel on which logouts are announced (shared by all services).
-pub fn revocation_channel(prefix: &str) -> String {
-    format!("{prefix}:revocations")
-}
-
-/// Sorted set of revoked session ids, scored by token expiry.
-pub fn revoked_sessions(prefix: &str) -> String {
-    format!("{prefix}:revoked-sessions")
-}
-
 /// Redis Cluster's slot of a key (CRC16/XMODEM of the hash tag, mod 16384).
 pub fn cluster_slot(key: &str) -> u16 {
     let bytes = key.as_bytes();

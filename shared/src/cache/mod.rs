@@ -39,7 +39,6 @@
 //! With `REDIS_URL` unset the same API runs on L1 alone (one replica); with
 //! `CACHE_ENABLED=false` every read goes to the loader (`X-Cache: BYPASS`).
 
-pub(crate) mod connect;
 pub mod entry;
 mod generations;
 pub mod invalidation;
@@ -64,6 +63,7 @@ pub use write::Written;
 use crate::config::Settings;
 use crate::http::errors::ApiError;
 use crate::metrics::Metrics;
+use crate::redis::{Failure, Redis};
 use generations::{Generations, now_micros};
 use local::L1;
 use redis::L2;
@@ -132,13 +132,6 @@ pub struct CacheTotals {
     pub hit_rate: f64,
 }
 
-/// Redis as `/health/detailed` sees it.
-#[derive(Debug, Clone, Serialize)]
-pub struct RedisHealth {
-    pub status: &'static str,
-    pub response_time_ms: Option<f64>,
-}
-
 type LoadResult = Result<Arc<Entry>, Arc<ApiError>>;
 /// See [`Cache::set_store_hook`].
 #[cfg(any(test, feature = "testing"))]
@@ -169,33 +162,40 @@ struct Inner {
 }
 
 impl Cache {
-    /// Builds the cache; with Redis configured, starts the invalidation subscriber
-    /// (stopped by `stop`). Must run inside a Tokio runtime.
+    /// Builds the cache, on the Redis the settings name (if any); see
+    /// [`Cache::with_redis`].
     pub fn new(
         settings: &Settings,
         metrics: &Metrics,
         on_revoked: invalidation::OnRevoked,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
+        let redis = Redis::from_settings(settings, metrics)?;
+        Self::with_redis(settings, redis, metrics, on_revoked, stop)
+    }
+
+    /// Builds the cache on `redis` (none: L1 only); with Redis, starts the
+    /// invalidation subscriber (stopped by `stop`), which also hears revocations
+    /// (`on_revoked`). Must run inside a Tokio runtime.
+    pub fn with_redis(
+        settings: &Settings,
+        redis: Option<Arc<Redis>>,
+        metrics: &Metrics,
+        on_revoked: invalidation::OnRevoked,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Self> {
         let prefix = settings.cache_prefix.clone();
-        let target = connect::Target::from_settings(settings).map_err(anyhow::Error::msg)?;
         let l1 = L1::new(settings.cache_l1_max_mb.saturating_mul(1024 * 1024));
-        let (l2, generations) = match target {
+        let (l2, generations) = match redis {
             None => (None, Arc::new(Generations::local_only(l1.clone()))),
-            Some(target) => {
-                let nodes = connect::subscriber_nodes(settings).map_err(anyhow::Error::msg)?;
+            Some(redis) => {
+                let nodes =
+                    crate::redis::link::subscriber_nodes(settings).map_err(anyhow::Error::msg)?;
                 let generations = Arc::new(Generations::shared(l1.clone()));
-                let l2 = Arc::new(L2::new(
-                    target,
-                    settings.redis_pool_size,
-                    settings.redis_timeout,
-                    prefix.clone(),
-                    generations.clone(),
-                    metrics.clone(),
-                )?);
+                let l2 = L2::new(redis.clone(), generations.clone());
                 tokio::spawn(invalidation::subscribe(
                     nodes,
-                    l2.clone(),
+                    redis,
                     prefix.clone(),
                     settings.redis_timeout,
                     generations.clone(),
@@ -487,8 +487,8 @@ impl Cache {
         }
     }
 
-    fn count_error(&self, policy: &Policy, e: &redis::L2Error) {
-        if !matches!(e, redis::L2Error::Open) {
+    fn count_error(&self, policy: &Policy, e: &Failure) {
+        if !matches!(e, Failure::Open) {
             tracing::debug!(error = %e, namespace = policy.namespace, "cache error, falling back to PostgreSQL");
         }
         self.inner.errors.fetch_add(1, Ordering::Relaxed);
@@ -517,65 +517,6 @@ impl Cache {
                 crate::health::round_to(hits as f64 / lookups as f64, 4)
             },
         }
-    }
-
-    /// Announces a logout to every replica (no-op without Redis: the local set is
-    /// all there is). Returns false if Redis could not be told.
-    pub async fn announce_revocation(&self, session_id: uuid::Uuid, expires_at: i64) -> bool {
-        self.announce_revocation_of(&session_id.to_string(), expires_at)
-            .await
-    }
-
-    /// [`Cache::announce_revocation`] of anything the subscribers understand (a
-    /// session id, or a user-wide revocation), kept until `expires_at` (unix s).
-    pub async fn announce_revocation_of(&self, announced: &str, expires_at: i64) -> bool {
-        match &self.inner.l2 {
-            None => true,
-            Some(l2) => l2.revoke(announced, expires_at).await.is_ok(),
-        }
-    }
-
-    /// One token-bucket step in Redis: `Some(None)` allowed, `Some(Some(wait))`
-    /// refused, `None` when Redis is not configured or unavailable (the caller
-    /// falls back to an in-process bucket).
-    pub async fn token_bucket(
-        &self,
-        key: &str,
-        capacity: u32,
-        per_second: f64,
-    ) -> Option<Option<Duration>> {
-        let l2 = self.inner.l2.as_ref().filter(|l2| l2.available())?;
-        l2.token_bucket(key, capacity, per_second).await.ok()
-    }
-
-    /// `None` when no Redis is configured.
-    pub async fn redis_health(&self) -> Option<RedisHealth> {
-        let l2 = self.inner.l2.as_ref()?;
-        Some(match l2.ping().await {
-            Ok(rtt) if l2.available() => RedisHealth {
-                status: "healthy",
-                response_time_ms: Some(crate::health::millis(rtt)),
-            },
-            Ok(rtt) => RedisHealth {
-                status: "recovering",
-                response_time_ms: Some(crate::health::millis(rtt)),
-            },
-            Err(_) => RedisHealth {
-                status: "unhealthy",
-                response_time_ms: None,
-            },
-        })
-    }
-
-    /// Stops the start, with one line naming `REDIS_URL`, when Redis answers that
-    /// the configuration is wrong (ACL password, TLS trust). Never prints the URL.
-    pub async fn check_redis_configuration(&self) -> anyhow::Result<()> {
-        let Some(l2) = &self.inner.l2 else {
-            return Ok(());
-        };
-        l2.check_configuration()
-            .await
-            .map_err(|e| anyhow::anyhow!("{}: Redis refused the connection: {e}", l2.variable()))
     }
 }
 
@@ -623,6 +564,11 @@ impl Cache {
     /// Drops every L1 entry (the benchmark uses it to measure an L2 hit).
     pub fn clear_l1(&self) {
         self.inner.l1.clear();
+    }
+
+    /// The Redis this cache runs on (none: L1 only).
+    pub fn redis(&self) -> Option<Arc<Redis>> {
+        self.inner.l2.as_ref().map(|l2| l2.redis().clone())
     }
 
     async fn run_store_hook(&self, key: &str) {

@@ -390,7 +390,7 @@ impl PrivateCluster {
 /// cache's "too many pending invalidations" fallback): connects as the service
 /// would (`REDIS_URL` or `REDIS_CLUSTER_NODES` in `settings`) and runs it.
 pub async fn unlink_matching(settings: &Settings, pattern: &str) -> redis::RedisResult<u64> {
-    let target = crate::cache::connect::Target::from_settings(settings)
+    let target = crate::redis::Target::from_settings(settings)
         .expect("redis settings")
         .expect("redis configured");
     let mut link = target.connect().await?;

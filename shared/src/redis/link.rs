@@ -1,5 +1,5 @@
-//! How a Redis client is made from the configuration, and which start-up failures
-//! are configuration errors.
+//! How a Redis client is made from the configuration, the connections made from
+//! it ([`Link`]), and which start-up failures are configuration errors.
 //!
 //! `rediss://` is TLS (rustls, ring), verified against `REDIS_CA_FILE` or the
 //! system roots; `redis://user:password@host` is ACL auth, which the redis crate
@@ -127,6 +127,17 @@ impl Target {
         matches!(self, Self::Cluster(_))
     }
 
+    /// A connection that reconnects by itself (a connection manager on one node;
+    /// a cluster connection does anyway): for long-lived users such as events.
+    pub async fn connect_managed(&self) -> redis::RedisResult<Link> {
+        Ok(match self {
+            Self::Node(c) => {
+                Link::Managed(redis::aio::ConnectionManager::new((**c).clone()).await?)
+            }
+            Self::Cluster(c) => Link::Cluster(c.0.get_async_connection().await?),
+        })
+    }
+
     pub async fn connect(&self) -> redis::RedisResult<Link> {
         Ok(match self {
             Self::Node(c) => Link::Node(c.get_multiplexed_async_connection().await?),
@@ -199,6 +210,8 @@ pub fn subscriber_nodes(settings: &crate::config::Settings) -> Result<Vec<redis:
 #[derive(Clone)]
 pub enum Link {
     Node(redis::aio::MultiplexedConnection),
+    /// One node, reconnecting by itself.
+    Managed(redis::aio::ConnectionManager),
     Cluster(redis::cluster_async::ClusterConnection),
 }
 
@@ -213,6 +226,7 @@ impl Link {
         use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
         match self {
             Self::Node(c) => cmd.query_async(c).await,
+            Self::Managed(c) => cmd.query_async(c).await,
             Self::Cluster(c) => {
                 let route = Route::with_key(key, SlotAddr::Master);
                 let value = c
@@ -240,7 +254,7 @@ impl Link {
     ) -> redis::RedisResult<u64> {
         use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
         let nodes: Vec<Option<(String, u16)>> = match self {
-            Self::Node(_) => vec![None],
+            Self::Node(_) | Self::Managed(_) => vec![None],
             Self::Cluster(_) => self
                 .primaries(patience)
                 .await?
@@ -344,6 +358,7 @@ impl redis::aio::ConnectionLike for Link {
     ) -> redis::RedisFuture<'a, redis::Value> {
         match self {
             Self::Node(c) => c.req_packed_command(cmd),
+            Self::Managed(c) => c.req_packed_command(cmd),
             Self::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -356,6 +371,7 @@ impl redis::aio::ConnectionLike for Link {
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
         match self {
             Self::Node(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Managed(c) => c.req_packed_commands(pipeline, offset, count),
             Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
@@ -363,6 +379,7 @@ impl redis::aio::ConnectionLike for Link {
     fn get_db(&self) -> i64 {
         match self {
             Self::Node(c) => c.get_db(),
+            Self::Managed(c) => c.get_db(),
             Self::Cluster(c) => c.get_db(),
         }
     }

@@ -1,0 +1,379 @@
+//! Redis, in one place: how a client is made from the configuration (one node or
+//! a cluster, `rediss://` TLS, ACL users: [`link`]), how a call gets a connection
+//! ([`pool`]), and [`Redis`] — every command bounded by `REDIS_TIMEOUT_MS`, behind
+//! one circuit breaker — which the cache (`crate::cache`), session revocation
+//! ([`revocation`]) and rate limiting (`crate::ratelimit`) each use through their
+//! own module; durable events (`crate::events`) use its [`Link`] too.
+//!
+//! * A timeout or connection error opens the circuit: from then on requests skip
+//!   Redis at once (they go to PostgreSQL) and a background probe PINGs Redis every
+//!   [`PROBE_EVERY`] until it answers.
+//! * Before the circuit closes the probe runs the recovery hook the cache set
+//!   ([`Redis::on_recovery`]): invalidations that could not reach Redis while it
+//!   was unreachable are replayed first, so a Redis that kept its data through a
+//!   partition or a pause never serves an entry older than a write acknowledged
+//!   meanwhile.
+//! * A multiplexed connection never reports itself broken; the pool's manager
+//!   wraps it with a flag that a failed command sets, so the pool drops that
+//!   connection instead of handing it out again — and no PING per checkout is
+//!   needed.
+//! * A cluster connection is itself multiplexed (one connection per node, routed
+//!   by slot, reconnecting and re-reading the slot map on its own): every call
+//!   clones the one shared connection instead of checking one out, so no caller
+//!   ever queues behind another. After a command fails on it the next caller
+//!   connects anew (in a task of its own, which a timed-out caller does not
+//!   cancel).
+
+pub mod link;
+mod pool;
+pub mod revocation;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use redis::{FromRedisValue, Script};
+use serde::Serialize;
+
+pub use link::{Link, Target};
+use pool::{Checkout, Links, LogSink, Manager, Shared};
+
+use crate::config::Settings;
+use crate::metrics::Metrics;
+
+/// How often the probe retries an open circuit.
+pub const PROBE_EVERY: Duration = Duration::from_millis(200);
+/// Why an L2 call gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("redis circuit open")]
+    Open,
+    #[error("redis timed out")]
+    Timeout,
+    #[error("redis error: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis pool: {0}")]
+    Pool(String),
+}
+
+/// Redis as `/health/detailed` sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RedisHealth {
+    pub status: &'static str,
+    pub response_time_ms: Option<f64>,
+}
+
+/// What the breaker calls: when it opens, and before it closes (the close waits
+/// until `recover` succeeds; it returns how many things it replayed).
+pub(crate) struct Hooks {
+    pub on_trip: Box<dyn Fn() + Send + Sync>,
+    pub recover: Box<dyn Fn() -> BoxFuture<'static, Result<usize, Failure>> + Send + Sync>,
+}
+
+/// The service's Redis: connections, timeouts, the circuit breaker.
+pub struct Redis {
+    links: Links,
+    target: Target,
+    prefix: String,
+    timeout: Duration,
+    open: AtomicBool,
+    probing: AtomicBool,
+    hooks: OnceLock<Hooks>,
+    metrics: Metrics,
+}
+
+impl Redis {
+    /// From `REDIS_CLUSTER_NODES` or `REDIS_URL`; `None` when neither is set.
+    pub fn from_settings(
+        settings: &Settings,
+        metrics: &Metrics,
+    ) -> anyhow::Result<Option<Arc<Self>>> {
+        let target = Target::from_settings(settings).map_err(anyhow::Error::msg)?;
+        Ok(target.map(|target| {
+            Arc::new(Self::new(
+                target,
+                settings.redis_pool_size,
+                settings.redis_timeout,
+                settings.cache_prefix.clone(),
+                metrics.clone(),
+            ))
+        }))
+    }
+
+    pub fn new(
+        target: Target,
+        pool_size: u32,
+        timeout: Duration,
+        prefix: String,
+        metrics: Metrics,
+    ) -> Self {
+        let links = if target.is_cluster() {
+            Links::Shared(Shared::new(target.clone()))
+        } else {
+            Links::Pool(
+                bb8::Pool::builder()
+                    .max_size(pool_size)
+                    .min_idle(Some(1))
+                    .connection_timeout(timeout)
+                    .test_on_check_out(false)
+                    .retry_connection(false)
+                    .error_sink(Box::new(LogSink))
+                    .build_unchecked(Manager(target.clone())),
+            )
+        };
+        let _ = metrics
+            .registry
+            .register(Box::new(metrics.redis_up.clone()));
+        metrics.redis_up.set(1);
+        Self {
+            links,
+            target,
+            prefix,
+            timeout,
+            open: AtomicBool::new(false),
+            probing: AtomicBool::new(false),
+            hooks: OnceLock::new(),
+            metrics,
+        }
+    }
+
+    /// Sets what the breaker calls when it opens and before it closes (the
+    /// cache's; one cache per Redis, later calls are ignored).
+    pub(crate) fn on_recovery(&self, hooks: Hooks) {
+        let _ = self.hooks.set(hooks);
+    }
+
+    /// The variable that configured Redis (`REDIS_URL` or `REDIS_CLUSTER_NODES`).
+    pub fn variable(&self) -> &'static str {
+        self.target.variable()
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// The key prefix every key of this service starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The bound on one command (`REDIS_TIMEOUT_MS`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// False while the circuit is open: callers skip Redis entirely.
+    pub fn available(&self) -> bool {
+        !self.open.load(Ordering::Acquire)
+    }
+
+    pub(crate) async fn conn(&self) -> Result<Checkout<'_>, Failure> {
+        self.checkout(self.timeout).await
+    }
+
+    pub(crate) async fn checkout(&self, patience: Duration) -> Result<Checkout<'_>, Failure> {
+        match &self.links {
+            Links::Pool(pool) => match tokio::time::timeout(patience, pool.get()).await {
+                Ok(Ok(conn)) => Ok(Checkout::Pooled(conn)),
+                Ok(Err(e)) => Err(Failure::Pool(e.to_string())),
+                Err(_) => Err(Failure::Timeout),
+            },
+            Links::Shared(shared) => match tokio::time::timeout(patience, shared.get()).await {
+                Ok(Ok(conn)) => Ok(Checkout::Shared(conn, shared)),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(Failure::Timeout),
+            },
+        }
+    }
+
+    /// Runs one command within the timeout; any failure marks the connection
+    /// broken and opens the circuit.
+    pub(crate) async fn run<T: FromRedisValue>(
+        self: &Arc<Self>,
+        cmd: Command<'_>,
+    ) -> Result<T, Failure> {
+        if !self.available() {
+            return Err(Failure::Open);
+        }
+        let result = async {
+            let mut conn = self.conn().await?;
+            let outcome = tokio::time::timeout(self.timeout, async {
+                match &cmd {
+                    Command::Plain(c) => c.query_async::<T>(&mut conn.inner).await,
+                    Command::Pipeline(p) => p.query_async::<T>(&mut conn.inner).await,
+                    Command::Script(s, keys, args) => {
+                        let mut inv = s.prepare_invoke();
+                        for k in *keys {
+                            inv.key(k);
+                        }
+                        for a in *args {
+                            inv.arg(a);
+                        }
+                        inv.invoke_async::<T>(&mut conn.inner).await
+                    }
+                }
+            })
+            .await;
+            match outcome {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => {
+                    conn.broken = e.is_io_error() || e.is_connection_dropped() || e.is_timeout();
+                    Err(Failure::Redis(e))
+                }
+                Err(_) => {
+                    conn.broken = true;
+                    Err(Failure::Timeout)
+                }
+            }
+        }
+        .await;
+        if let Err(e) = &result {
+            self.trip(e);
+        }
+        result
+    }
+
+    fn trip(self: &Arc<Self>, e: &Failure) {
+        let connectivity = match e {
+            Failure::Open => false,
+            Failure::Timeout | Failure::Pool(_) => true,
+            Failure::Redis(r) => {
+                r.is_io_error()
+                    || r.is_connection_dropped()
+                    || r.is_connection_refusal()
+                    || r.is_timeout()
+            }
+        };
+        if !connectivity {
+            return;
+        }
+        if !self.open.swap(true, Ordering::AcqRel) {
+            tracing::warn!(error = %e, "redis unavailable: circuit open, serving from PostgreSQL");
+            self.metrics.redis_up.set(0);
+            if let Some(hooks) = self.hooks.get() {
+                (hooks.on_trip)();
+            }
+        }
+        if !self.probing.swap(true, Ordering::AcqRel) {
+            let this = self.clone();
+            tokio::spawn(async move { this.probe_until_recovered().await });
+        }
+    }
+
+    /// PINGs until Redis answers, runs the recovery hook (the cache replays its
+    /// pending invalidations), then closes the circuit.
+    async fn probe_until_recovered(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(PROBE_EVERY).await;
+            let ping = async {
+                let mut conn = self.conn().await?;
+                let r = tokio::time::timeout(
+                    self.timeout,
+                    redis::cmd("PING").query_async::<String>(&mut conn.inner),
+                )
+                .await;
+                match r {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => {
+                        conn.broken = true;
+                        Err(Failure::Redis(e))
+                    }
+                    Err(_) => {
+                        conn.broken = true;
+                        Err(Failure::Timeout)
+                    }
+                }
+            };
+            if ping.await.is_err() {
+                continue;
+            }
+            let recovered = match self.hooks.get() {
+                Some(hooks) => (hooks.recover)().await,
+                None => Ok(0),
+            };
+            match recovered {
+                Ok(replayed) => {
+                    self.open.store(false, Ordering::Release);
+                    self.probing.store(false, Ordering::Release);
+                    self.metrics.redis_up.set(1);
+                    tracing::info!(replayed, "redis answers again: circuit closed");
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "redis recovery replay failed; probing on"),
+            }
+        }
+    }
+
+    /// One PING at start: `Err` only when the answer proves the configuration
+    /// wrong (password, certificate); an unreachable Redis starts degraded.
+    pub async fn check_configuration(&self) -> Result<(), redis::RedisError> {
+        let patience = self.timeout.max(std::time::Duration::from_secs(2));
+        let attempt = tokio::time::timeout(patience, async {
+            let mut conn = self.target.connect().await?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        })
+        .await;
+        match attempt {
+            Ok(Err(e)) if link::is_configuration_error(&e) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Round-trip time of a PING (detailed health); does not touch the circuit.
+    pub async fn ping(&self) -> Result<Duration, Failure> {
+        let started = std::time::Instant::now();
+        let mut conn = self.conn().await?;
+        match tokio::time::timeout(
+            self.timeout,
+            redis::cmd("PING").query_async::<String>(&mut conn.inner),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(started.elapsed()),
+            Ok(Err(e)) => {
+                conn.broken = true;
+                Err(e.into())
+            }
+            Err(_) => {
+                conn.broken = true;
+                Err(Failure::Timeout)
+            }
+        }
+    }
+
+    /// `/health/detailed`'s view: the PING's round trip and whether the circuit
+    /// is closed.
+    pub async fn health(&self) -> RedisHealth {
+        match self.ping().await {
+            Ok(rtt) if self.available() => RedisHealth {
+                status: "healthy",
+                response_time_ms: Some(crate::health::millis(rtt)),
+            },
+            Ok(rtt) => RedisHealth {
+                status: "recovering",
+                response_time_ms: Some(crate::health::millis(rtt)),
+            },
+            Err(_) => RedisHealth {
+                status: "unhealthy",
+                response_time_ms: None,
+            },
+        }
+    }
+
+    /// Stops the start, with one line naming the variable, when Redis answers
+    /// that the configuration is wrong (ACL password, TLS trust). Never prints
+    /// the URL.
+    pub async fn check_configuration_at_start(&self) -> anyhow::Result<()> {
+        self.check_configuration()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: Redis refused the connection: {e}", self.variable()))
+    }
+}
+
+/// One command, pipeline or script invocation for [`Redis::run`].
+pub(crate) enum Command<'a> {
+    Plain(redis::Cmd),
+    Pipeline(redis::Pipeline),
+    Script(&'a Script, &'a [&'a str], &'a [&'a str]),
+}

@@ -1,0 +1,83 @@
+//! Session revocation over Redis: a logout (or a user-wide watermark) is kept in
+//! a sorted set until the token's expiry, for replicas that subscribe later, and
+//! announced on a channel every replica of every service subscribes to (the
+//! cache's subscriber listens to it beside the invalidations).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Command, Failure, Redis};
+
+/// The channel on which logouts are announced (shared by all services).
+pub fn channel(prefix: &str) -> String {
+    format!("{prefix}:revocations")
+}
+
+/// Sorted set of revoked session ids, scored by token expiry.
+pub fn key(prefix: &str) -> String {
+    format!("{prefix}:revoked-sessions")
+}
+
+/// Announces a revocation (a session id, or a user-wide revocation) to every
+/// replica, kept until `expires_at` (unix s). True when Redis was told; without
+/// Redis there is no one else to tell.
+pub async fn announce(store: Option<&Arc<Redis>>, announced: &str, expires_at: i64) -> bool {
+    match store {
+        None => true,
+        Some(store) => revoke(store, announced, expires_at).await.is_ok(),
+    }
+}
+
+/// Announces a revoked session to every replica of every service and keeps it
+/// (until the token's expiry) for replicas that subscribe later.
+pub async fn revoke(store: &Arc<Redis>, session_id: &str, expires_at: i64) -> Result<(), Failure> {
+    let mut zadd = redis::cmd("ZADD");
+    zadd.arg(key(store.prefix()))
+        .arg(expires_at)
+        .arg(session_id);
+    let mut publish = redis::cmd("PUBLISH");
+    publish.arg(channel(store.prefix())).arg(session_id);
+    if store.target().is_cluster() {
+        // A cluster routes PUBLISH by its channel's slot, which is not the
+        // set's: two commands (stored first, so a replica subscribing between
+        // them still reads it), each routed on its own.
+        store.run::<()>(Command::Plain(zadd)).await?;
+        return store.run::<()>(Command::Plain(publish)).await;
+    }
+    let mut pipe = redis::pipe();
+    pipe.add_command(zadd).ignore();
+    pipe.add_command(publish).ignore();
+    store.run(Command::Pipeline(pipe)).await
+}
+
+/// Drops expired revocations and returns the live ones (the subscriber reads
+/// them once subscribed). Routed by key, so it works on a cluster too; does
+/// not touch the circuit (the subscriber retries on its own).
+pub async fn revoked_sessions(store: &Redis, patience: Duration) -> Result<Vec<String>, Failure> {
+    let key = key(store.prefix());
+    let now = chrono::Utc::now().timestamp();
+    let mut pipe = redis::pipe();
+    pipe.cmd("ZREMRANGEBYSCORE")
+        .arg(&key)
+        .arg("-inf")
+        .arg(now)
+        .ignore();
+    pipe.cmd("ZRANGE").arg(&key).arg(0).arg(-1);
+    let mut conn = store.checkout(patience).await?;
+    match tokio::time::timeout(
+        patience,
+        pipe.query_async::<(Vec<String>,)>(&mut conn.inner),
+    )
+    .await
+    {
+        Ok(Ok((revoked,))) => Ok(revoked),
+        Ok(Err(e)) => {
+            conn.broken = true;
+            Err(e.into())
+        }
+        Err(_) => {
+            conn.broken = true;
+            Err(Failure::Timeout)
+        }
+    }
+}
