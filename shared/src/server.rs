@@ -1,6 +1,6 @@
 //! Server bootstrap, read top-down like zero2prod's `startup.rs`: [`main`] reads the
 //! configuration and starts telemetry; [`Application::build`] builds the platform
-//! ([`Platform::build`]: metrics, pool + migrations, auth, cache), binds (port 0 in
+//! ([`Platform::build`]: metrics, pool + migrations, auth, Redis, cache), binds (port 0 in
 //! tests) and builds the server ([`run`]: middleware, health, docs, the service's
 //! routes); [`Application::run_until_stopped`] serves until a signal.
 //!
@@ -66,14 +66,14 @@ pub struct ServiceDef {
 }
 
 impl ServiceDef {
-    /// The service `binary` with its migrations, routes and OpenAPI document;
+    /// The service `binary` with its migrations, routes and OpenAPI document (`D`);
     /// nothing cached, counted, checked or started until the methods below say so.
-    pub fn new(
+    pub fn new<D: utoipa::OpenApi>(
         binary: Binary,
         migrations: MigrationSet,
         routes: impl Fn(&mut web::ServiceConfig) + Send + Sync + 'static,
-        openapi: utoipa::openapi::OpenApi,
     ) -> Self {
+        let openapi = D::openapi();
         Self {
             name: binary.name,
             default_port: binary.default_port,
@@ -174,39 +174,25 @@ impl Platform {
 }
 
 impl Platform {
-    /// Metrics, the pool (and migrations), auth and the cache: everything a handler
-    /// reaches through `web::Data<Platform>`. Background tasks stop with `stop`.
+    /// Metrics, the pool (and migrations), auth, Redis and the cache: everything a
+    /// handler reaches through `web::Data<Platform>`. Background tasks stop with `stop`.
     pub async fn build(
         settings: Settings,
         def: &ServiceDef,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let metrics = Metrics::new(def.name)
-            .with_outcome_counters(def.outcome_counters)
-            .context("registering the service's metrics")?;
-        for ns in def.cached.iter().map(|policy| policy.namespace) {
-            metrics.cache_hits.with_label_values(&[ns]);
-            metrics.cache_misses.with_label_values(&[ns]);
-            metrics.cache_errors.with_label_values(&[ns]);
-        }
-        let db = Db::new(&settings, &metrics);
-        db.check_tls(&settings).await?;
-        if settings.run_migrations {
-            crate::db::migrate(&db, def.migrations).await?;
-        }
+        let metrics = service_metrics(def)?;
+        let db = database(&settings, def, &metrics).await?;
         let auth = Arc::new(Authenticator::new(
             settings.auth_signing_key.clone(),
             settings.auth_verifying_keys.clone(),
             settings.auth_token_ttl,
         ));
+        let redis = redis(&settings, &metrics).await?;
         let on_revoked = {
             let auth = auth.clone();
             Arc::new(move |announced: &str| auth.apply_revocation(announced))
         };
-        let redis = Redis::from_settings(&settings, &metrics)?;
-        if let Some(redis) = &redis {
-            redis.check_configuration_at_start().await?;
-        }
         let cache = Cache::with_redis(&settings, redis.clone(), &metrics, on_revoked, stop)
             .context("configuring the cache")?;
         Ok(Platform {
@@ -225,6 +211,40 @@ impl Platform {
             started: Instant::now(),
         })
     }
+}
+
+/// The service's registry: the platform's metrics, its cache namespaces and
+/// outcome counters exported at zero.
+fn service_metrics(def: &ServiceDef) -> anyhow::Result<Metrics> {
+    let metrics = Metrics::new(def.name)
+        .with_outcome_counters(def.outcome_counters)
+        .context("registering the service's metrics")?;
+    for ns in def.cached.iter().map(|policy| policy.namespace) {
+        metrics.cache_hits.with_label_values(&[ns]);
+        metrics.cache_misses.with_label_values(&[ns]);
+        metrics.cache_errors.with_label_values(&[ns]);
+    }
+    Ok(metrics)
+}
+
+/// The pool, its TLS checked, migrations applied unless `RUN_MIGRATIONS=false`.
+async fn database(settings: &Settings, def: &ServiceDef, metrics: &Metrics) -> anyhow::Result<Db> {
+    let db = Db::new(settings, metrics);
+    db.check_tls(settings).await?;
+    if settings.run_migrations {
+        crate::db::migrate(&db, def.migrations).await?;
+    }
+    Ok(db)
+}
+
+/// Redis, if configured; a configuration Redis refuses (password, TLS trust)
+/// stops the start, an unreachable Redis does not.
+async fn redis(settings: &Settings, metrics: &Metrics) -> anyhow::Result<Option<Arc<Redis>>> {
+    let redis = Redis::from_settings(settings, metrics)?;
+    if let Some(redis) = &redis {
+        redis.check_configuration_at_start().await?;
+    }
+    Ok(redis)
 }
 
 /// The HTTP server on `listener`: the platform's middleware around the service's

@@ -25,7 +25,6 @@ pub mod routes;
 use actix_web::web;
 use kai_shared::ServiceDef;
 use kai_shared::server::Binary;
-use utoipa::OpenApi;
 
 /// The binary, as `kai_shared::server::main` starts it.
 pub const BINARY: Binary = Binary::new("conversation", 8082);
@@ -38,7 +37,7 @@ pub fn try_service(settings: &config::LlmSettings) -> anyhow::Result<ServiceDef>
     let llm = web::Data::new(llm::Llm::new(settings)?);
     let routes = move |cfg: &mut web::ServiceConfig| routes::configure(cfg, llm.clone());
     Ok(
-        ServiceDef::new(BINARY, MIGRATIONS, routes, routes::ApiDoc::openapi())
+        ServiceDef::new::<routes::ApiDoc>(BINARY, MIGRATIONS, routes)
             .caching(&cache_rules::CACHED)
             .counting(&[assistant::LLM_REQUESTS])
             .on_start(erasure::start),

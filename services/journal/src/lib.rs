@@ -16,7 +16,6 @@ pub mod routes;
 
 use kai_shared::ServiceDef;
 use kai_shared::server::Binary;
-use utoipa::OpenApi;
 
 /// The binary, as `kai_shared::server::main` starts it.
 pub const BINARY: Binary = Binary::new("journal", 8081);
@@ -25,12 +24,7 @@ kai_shared::migrations!("journal", "../../migrations/journal");
 
 /// The service as the platform runs it.
 pub fn service() -> ServiceDef {
-    ServiceDef::new(
-        BINARY,
-        MIGRATIONS,
-        routes::configure,
-        routes::ApiDoc::openapi(),
-    )
-    .caching(&cache_rules::CACHED)
-    .on_start(erasure::start)
+    ServiceDef::new::<routes::ApiDoc>(BINARY, MIGRATIONS, routes::configure)
+        .caching(&cache_rules::CACHED)
+        .on_start(erasure::start)
 }

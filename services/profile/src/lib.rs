@@ -25,7 +25,6 @@ pub mod sessions;
 
 use kai_shared::ServiceDef;
 use kai_shared::server::Binary;
-use utoipa::OpenApi;
 
 /// The binary, as `kai_shared::server::main` starts it.
 pub const BINARY: Binary = Binary::new("profile", 8083).signing_tokens();
@@ -34,13 +33,8 @@ kai_shared::migrations!("profile", "../../migrations/profile");
 
 /// The service as the platform runs it.
 pub fn service() -> ServiceDef {
-    ServiceDef::new(
-        BINARY,
-        MIGRATIONS,
-        routes::configure,
-        routes::ApiDoc::openapi(),
-    )
-    .caching(&cache_rules::CACHED)
-    .checking_sessions(sessions::session_check)
-    .on_start(erasure::start)
+    ServiceDef::new::<routes::ApiDoc>(BINARY, MIGRATIONS, routes::configure)
+        .checking_sessions(sessions::session_check)
+        .caching(&cache_rules::CACHED)
+        .on_start(erasure::start)
 }
