@@ -1,5 +1,5 @@
 //! Access tokens: EdDSA (Ed25519) JWTs carrying the user id (`sub`) and a session
-//! id (`sid`), signed by profile-service with the private key only it holds and
+//! id (`sid`), signed by the service that issues tokens with the private key only it holds and
 //! verified by every service with public keys selected by the token's `kid`
 //! ([`keys`]). Any other algorithm (HS256 included), a `crit` header, an `nbf` or
 //! `iat` in the future (beyond [`CLOCK_SKEW_SECS`]) and a lifetime above
@@ -14,7 +14,8 @@
 //! Revocation costs no database round trip: a logout is announced on Redis pub/sub
 //! and remembered in a sorted set (loaded when a replica subscribes); each replica
 //! keeps the revoked session ids in memory until the tokens would have expired
-//! anyway. profile-service, which owns the sessions table, additionally checks it.
+//! anyway. The service that owns the sessions table additionally checks it
+//! ([`crate::server::ServiceDef::checking_sessions`]).
 //!
 //! "Every session of a user" (log out everywhere, password change, account
 //! deletion) travels the same way as one message, not one per session: a per-user
@@ -73,7 +74,8 @@ impl moka::Expiry<[u8; 32], Claims> for UntilExp {
     }
 }
 
-/// Signs (profile-service only) and verifies tokens; holds the revoked-session set.
+/// Signs (the token-issuing service only) and verifies tokens; holds the
+/// revoked-session set.
 pub struct Authenticator {
     signing: Option<SigningMaterial>,
     verifying: VerifyingKeys,
@@ -94,7 +96,7 @@ pub struct Watermark {
 }
 
 impl Authenticator {
-    /// `signing` is `None` in every service but profile-service.
+    /// `signing` is `None` in every service but the one that issues tokens.
     pub fn new(signing: Option<SigningMaterial>, verifying: VerifyingKeys, ttl: Duration) -> Self {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[ISSUER]);
@@ -128,7 +130,7 @@ impl Authenticator {
         self.ttl
     }
 
-    /// Mints a token for a user's session (profile-service: the only holder of a
+    /// Mints a token for a user's session (the token-issuing service: the only holder of a
     /// signing key).
     pub fn mint(&self, user_id: Uuid, session_id: Uuid) -> Result<(String, Claims), ApiError> {
         let now = chrono::Utc::now().timestamp();
@@ -357,7 +359,7 @@ impl FromRequest for AuthUser {
         match (user, platform.session_check.clone()) {
             (Err(e), _) => Box::pin(ready(Err(e))),
             (Ok(user), None) => Box::pin(ready(Ok(user))),
-            // A service that owns the sessions (profile) adds its own check.
+            // The service that owns the sessions adds its own check.
             (Ok(user), Some(check)) => Box::pin(async move {
                 check(user.session_id).await?;
                 Ok(user)

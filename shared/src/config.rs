@@ -8,7 +8,7 @@
 //!   when README and declaration disagree).
 //!
 //! [`Settings`] holds what every service reads. A service's own settings are a
-//! `clap::Args` struct in that service (conversation-service's `LlmSettings`), which
+//! `clap::Args` struct in that service (e.g. an outbound endpoint's URL and timeout), which
 //! the binary's CLI flattens next to [`Settings`]; other services never parse them.
 //!
 //! **Adding a variable** is one change in one place: add a field to [`Settings`]
@@ -292,7 +292,7 @@ impl Settings {
         Ok(self)
     }
 
-    /// profile-service signs tokens: without `AUTH_SIGNING_KEY_FILE` it must not serve.
+    /// The service that signs tokens: without `AUTH_SIGNING_KEY_FILE` it must not serve.
     pub fn require_signing_key(&self) -> Result<(), ConfigError> {
         match self.auth_signing_key {
             Some(_) => Ok(()),
@@ -416,7 +416,7 @@ fn config_error(cmd: &clap::Command, e: clap::Error) -> ConfigError {
 }
 
 /// The README configuration table's rows for `cmd`'s variables, one per variable,
-/// in declaration order; `scope` (e.g. `conversation-service`) prefixes the meaning
+/// in declaration order; `scope` (a binary's name) prefixes the meaning
 /// of a service's own settings.
 pub fn markdown_rows(cmd: &clap::Command, scope: Option<&str>) -> String {
     let mut out = String::new();

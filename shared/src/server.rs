@@ -519,8 +519,8 @@ pub fn main<S: clap::Args>(
 /// The settings of the binaries' global allocator (mimalloc) that return memory
 /// to the system as soon as it is freed, instead of mimalloc's defaults, which
 /// commit whole arenas up front and purge freed pages only later, on the thread
-/// that freed them: an idle profile-service held 37 MiB and 82 MiB after 100
-/// logins (argon2id's 19 MiB per hash stayed with the blocking thread that ran it
+/// that freed them: an idle service that hashes passwords held 37 MiB and 82 MiB
+/// after 100 logins (argon2id's 19 MiB per hash stayed with the blocking thread that ran it
 /// until the thread exited); with these, 19 and 20 MiB (docs/PERFORMANCE.md).
 /// An operator's own value of either variable wins.
 pub const ALLOCATOR_SETTINGS: &[(&str, &str)] = &[

@@ -1,6 +1,6 @@
 //! Tracing setup in one place: JSON lines for machines, pretty output for people.
 //!
-//! Handlers log ids and sizes, never bodies: personal data (journal text, messages,
+//! Handlers log ids and sizes, never bodies: personal data (what people wrote, messages,
 //! passwords, tokens) must not reach a log line. The request span carries the
 //! request id so every line of one request can be found together.
 
@@ -21,7 +21,7 @@ where
 {
     // Caps appended after the operator's filter, so they win even over RUST_LOG=debug:
     // - tokio-postgres logs every statement's *parameters* at debug level — personal
-    //   data (journal text, password hashes) that must never reach a log line;
+    //   data (what people wrote, password hashes) that must never reach a log line;
     // - actix-web-prom warns on every vendored Swagger UI asset (upstream issue #82).
     const CAPS: &str = "tokio_postgres=info,actix_web_prom=error";
     let filter = EnvFilter::try_new(format!("{filter},{CAPS}"))

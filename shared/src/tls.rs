@@ -1,7 +1,7 @@
 //! TLS client configuration for the two network dependencies, PostgreSQL and Redis.
 //!
 //! Production databases and caches are managed services outside the cluster: what
-//! crosses the network is journal text and passwords, so it goes over TLS. rustls
+//! crosses the network is what people wrote and passwords, so it goes over TLS. rustls
 //! with the `ring` provider (never aws-lc, which needs a C toolchain in the image);
 //! the server certificate is checked against a private CA bundle
 //! (`DATABASE_CA_FILE` / `REDIS_CA_FILE`) or, without one, the system roots.

@@ -237,6 +237,10 @@ pub struct BatchRequest {
     pub messages: Vec<BatchMessage>,
 }
 
+/// Largest accepted body of the batch import (SPEC §3): 1,000 messages of
+/// realistic size (~2 KB each, JSON-escaped) must fit.
+pub const MAX_BATCH_BODY_BYTES: usize = 4 * 1024 * 1024;
+
 impl Validate for BatchRequest {
     /// Checks every message before any is written: one bad row rejects the batch.
     fn checked(self) -> Result<Self, ApiError> {

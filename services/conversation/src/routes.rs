@@ -8,7 +8,7 @@ use actix_web::http::header::LOCATION;
 use actix_web::{HttpRequest, HttpResponse, web};
 use kai_shared::auth::AuthUser;
 use kai_shared::http::openapi::BearerAuth;
-use kai_shared::http::{Json, MAX_BATCH_BODY_BYTES, Query, Valid, in_range, respond};
+use kai_shared::http::{Json, Query, Valid, in_range, respond};
 use kai_shared::{ApiError, FieldError, Platform};
 use utoipa::OpenApi;
 use uuid::Uuid;
@@ -19,7 +19,7 @@ use crate::llm::Llm;
 use crate::model::{
     BatchInserted, BatchMessage, BatchRequest, ConversationDetail, ConversationPage,
     ConversationSummary, CreateConversation, DetailQuery, Exchange, LastMessage, ListQuery,
-    Message, PostMessage, Role,
+    MAX_BATCH_BODY_BYTES, Message, PostMessage, Role,
 };
 use crate::queries;
 use kai_shared::http::cursor::CursorSigner;

@@ -1,7 +1,7 @@
 //! Ed25519 key material for access tokens.
 //!
 //! Why asymmetric: with one shared HMAC secret, whoever compromises any pod can
-//! mint tokens for every user on every service. Here only profile-service holds
+//! mint tokens for every user on every service. Here only the service that issues tokens holds
 //! the private key (`AUTH_SIGNING_KEY_FILE`, PKCS#8 PEM); every service holds
 //! public keys only (`AUTH_VERIFYING_KEYS_FILE`, one or more `PUBLIC KEY` PEM
 //! blocks). Each key is named by its `kid` — a hash of the public key, so nobody

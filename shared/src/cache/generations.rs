@@ -159,6 +159,7 @@ impl Generations {
     }
 
     /// How many times the subscription was (re)established.
+    #[cfg(any(test, feature = "testing"))]
     pub fn subscriptions(&self) -> u64 {
         self.subscriptions.load(Ordering::Acquire)
     }

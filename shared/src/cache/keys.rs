@@ -11,7 +11,7 @@
 //! <prefix>:{<service>:<owner>}:<generation>:<logical>   an entry
 //! ```
 //! where `<logical>` is the key the service spells in its `cache_rules.rs` (SPEC §4
-//! names some, e.g. `journal:list:<user>:page:1:size:20`); this crate never does.
+//! names some, e.g. `<kind>:list:<user>:page:1:size:20`); this crate never does.
 
 use std::fmt;
 

@@ -182,6 +182,7 @@ impl L1 {
             .collect()
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub fn clear(&self) {
         self.cache.invalidate_all();
     }

@@ -41,11 +41,11 @@
 
 pub mod entry;
 mod generations;
-pub mod invalidation;
+mod invalidation;
 pub mod keys;
 mod local;
 mod redis;
-pub mod singleflight;
+mod singleflight;
 mod write;
 
 use std::sync::Arc;
@@ -57,6 +57,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 pub use entry::Entry;
+pub use invalidation::OnRevoked;
 pub use keys::Scope;
 pub use write::Written;
 
@@ -72,9 +73,9 @@ use singleflight::SingleFlight;
 /// XFetch β: 1 is the paper's optimum for an exponential recompute-time model.
 const XFETCH_BETA: f64 = 1.0;
 /// How long after a purge its second sweep runs (longer than a cacheable read takes).
-pub const PURGE_SETTLE: Duration = Duration::from_secs(2);
+const PURGE_SETTLE: Duration = Duration::from_secs(2);
 /// How long a remembered 404 lives.
-pub const NEGATIVE_TTL: Duration = Duration::from_secs(30);
+const NEGATIVE_TTL: Duration = Duration::from_secs(30);
 
 /// How one kind of data is cached: its metric namespace and TTL.
 #[derive(Debug, Clone, Copy)]
@@ -167,7 +168,7 @@ impl Cache {
     pub fn new(
         settings: &Settings,
         metrics: &Metrics,
-        on_revoked: invalidation::OnRevoked,
+        on_revoked: OnRevoked,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         let redis = Redis::from_settings(settings, metrics)?;
@@ -181,7 +182,7 @@ impl Cache {
         settings: &Settings,
         redis: Option<Arc<Redis>>,
         metrics: &Metrics,
-        on_revoked: invalidation::OnRevoked,
+        on_revoked: OnRevoked,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         let prefix = settings.cache_prefix.clone();
@@ -223,10 +224,6 @@ impl Cache {
                 store_hook: std::sync::RwLock::new(None),
             }),
         })
-    }
-
-    pub fn enabled(&self) -> bool {
-        self.inner.enabled
     }
 
     /// The cached answer for `logical` in `scope`, or the loader's (then stored).
@@ -610,7 +607,7 @@ fn expiry(ttl: Duration) -> u64 {
     now_millis() + jittered(ttl).as_millis() as u64
 }
 
-pub fn jittered(ttl: Duration) -> Duration {
+fn jittered(ttl: Duration) -> Duration {
     ttl.mul_f64(rand::random_range(0.9..=1.1))
 }
 

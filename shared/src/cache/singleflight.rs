@@ -86,7 +86,8 @@ impl<T: Clone> SingleFlight<T> {
             .contains_key(key)
     }
 
-    /// Keys currently in flight (for tests and diagnostics).
+    /// Keys currently in flight (for tests).
+    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.inflight.lock().expect("single-flight lock").len()
     }

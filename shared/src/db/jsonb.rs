@@ -3,7 +3,7 @@
 //! PostgreSQL keeps a JSONB number as an exact decimal and writes it out in full
 //! on the way back: `1.7976931348623157e308` (a valid JSON number, and what a
 //! client may send) returns as 309 digits, which serde_json refuses as "out of
-//! range" — so a profile could be written and then never read (a panic in the
+//! range" — so a row could be written and then never read (a panic in the
 //! row mapping before this existed). [`Jsonb`] parses the column as usual and, only
 //! if that fails, rewrites long numbers in exponent form and parses again.
 

@@ -15,7 +15,7 @@ use super::Db;
 
 /// Declares `pub const MIGRATIONS: MigrationSet`: the service's schema and the
 /// refinery migrations of `dir` (relative to the service's crate), embedded in the
-/// binary: `kai_shared::migrations!("journal", "../../migrations/journal");`.
+/// binary: `kai_shared::migrations!("<schema>", "../../migrations/<schema>");`.
 #[macro_export]
 macro_rules! migrations {
     ($schema:literal, $dir:literal) => {

@@ -1,5 +1,5 @@
 //! The keyset cursor every list uses: the `(timestamp, id)` of the last row of a
-//! page — `created_at` for journal entries, `updated_at` for conversations — so
+//! page (a creation or an update time, whichever the list is ordered by) — so
 //! rows sharing a timestamp are never skipped or repeated. Microseconds are
 //! PostgreSQL's own precision, so the round trip is exact.
 //!

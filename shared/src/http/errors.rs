@@ -79,10 +79,10 @@ pub enum ApiError {
         detail: String,
         retry_after: Duration,
     },
-    /// 502: an upstream (the LLM) failed.
+    /// 502: an upstream service failed.
     #[error("{0}")]
     BadGateway(String),
-    /// 504: an upstream (the LLM) timed out.
+    /// 504: an upstream service timed out.
     #[error("{0}")]
     GatewayTimeout(String),
     /// 503: the database is unreachable or the pool is exhausted.

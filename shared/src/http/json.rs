@@ -26,7 +26,7 @@
 //!    naming the field too.
 //!
 //! `LIMIT` is a const parameter so a route's limit is in its signature:
-//! `Json<BatchRequest, MAX_BATCH_BODY_BYTES>`. Nothing global caps it (the
+//! `Json<Batch, { 4 * 1024 * 1024 }>`. Nothing global caps it (the
 //! extractor reads the payload itself; `PayloadConfig`/`JsonConfig` do not apply).
 
 use std::future::Future;

@@ -31,9 +31,6 @@ pub use valid::{Valid, Validate};
 
 /// Largest accepted request body (SPEC §3).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
-/// Largest accepted body of the conversation batch import (SPEC §3): 1,000
-/// messages of realistic size (~2 KB each, JSON-escaped) must fit.
-pub const MAX_BATCH_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// Smaller responses are not worth compressing (SPEC §3).
 pub const COMPRESS_MIN_BYTES: u64 = crate::cache::entry::COMPRESS_MIN_BYTES as u64;
 
@@ -83,7 +80,7 @@ pub async fn stamp(
     );
     // No blanket handler timeout here (it would need a clone of the request, which
     // actix forbids while routing): every dependency has its own bound instead —
-    // DB_POOL_TIMEOUT_SECS, REDIS_TIMEOUT_MS, LLM_TIMEOUT_MS — and the server
+    // DB_POOL_TIMEOUT_SECS, REDIS_TIMEOUT_MS, a service's outbound timeouts — and the server
     // bounds slow clients (client_request_timeout, client_disconnect_timeout).
     let mut res = next.call(req).instrument(span.clone()).await?;
 
@@ -106,7 +103,7 @@ pub async fn stamp(
                     .record(&method, &route, elapsed, status.is_server_error());
             }
             // The access log: the route *pattern*, never the raw path or query
-            // string (a search query is journal text).
+            // string (a search query is personal text).
             if logged {
                 let ms = elapsed.as_secs_f64() * 1000.0;
                 span.in_scope(|| {

@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 use utoipa::Modify;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-/// Declares the `bearer` security scheme (JWT from profile-service).
+/// Declares the `bearer` security scheme (the JWT of the token-issuing service).
 pub struct BearerAuth;
 
 impl Modify for BearerAuth {

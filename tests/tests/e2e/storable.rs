@@ -504,7 +504,7 @@ async fn a_batch_of_1000_realistic_messages_fits_and_more_than_4_mib_is_413() {
     let body = json!({ "messages": messages(1000, 2000) });
     let size = serde_json::to_vec(&body).unwrap().len();
     assert!(
-        size > 2_000_000 && size < kai_shared::http::MAX_BATCH_BODY_BYTES,
+        size > 2_000_000 && size < conversation_service::model::MAX_BATCH_BODY_BYTES,
         "{size}"
     );
     let (status, answer) = call(&s.conversation, Method::POST, &path, t, Some(body)).await;
@@ -523,7 +523,10 @@ async fn a_batch_of_1000_realistic_messages_fits_and_more_than_4_mib_is_413() {
     // 1,000 messages of 4.5 KB: every message valid, the body over 4 MiB.
     let body = json!({ "messages": messages(1000, 4500) });
     let size = serde_json::to_vec(&body).unwrap().len();
-    assert!(size > kai_shared::http::MAX_BATCH_BODY_BYTES, "{size}");
+    assert!(
+        size > conversation_service::model::MAX_BATCH_BODY_BYTES,
+        "{size}"
+    );
     let (status, problem) = call(&s.conversation, Method::POST, &path, t, Some(body)).await;
     assert_eq!(status, 413, "{problem}");
     assert_eq!(problem["status"], 413);
