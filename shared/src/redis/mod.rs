@@ -198,23 +198,7 @@ impl Redis {
         }
         let result = async {
             let mut conn = self.conn().await?;
-            let outcome = tokio::time::timeout(self.timeout, async {
-                match &cmd {
-                    Command::Plain(c) => c.query_async::<T>(&mut conn.inner).await,
-                    Command::Pipeline(p) => p.query_async::<T>(&mut conn.inner).await,
-                    Command::Script(s, keys, args) => {
-                        let mut inv = s.prepare_invoke();
-                        for k in *keys {
-                            inv.key(k);
-                        }
-                        for a in *args {
-                            inv.arg(a);
-                        }
-                        inv.invoke_async::<T>(&mut conn.inner).await
-                    }
-                }
-            })
-            .await;
+            let outcome = tokio::time::timeout(self.timeout, cmd.query::<T>(&mut conn.inner)).await;
             match outcome {
                 Ok(Ok(v)) => Ok(v),
                 Ok(Err(e)) => {
@@ -266,26 +250,7 @@ impl Redis {
     async fn probe_until_recovered(self: Arc<Self>) {
         loop {
             tokio::time::sleep(PROBE_EVERY).await;
-            let ping = async {
-                let mut conn = self.conn().await?;
-                let r = tokio::time::timeout(
-                    self.timeout,
-                    redis::cmd("PING").query_async::<String>(&mut conn.inner),
-                )
-                .await;
-                match r {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => {
-                        conn.broken = true;
-                        Err(Failure::Redis(e))
-                    }
-                    Err(_) => {
-                        conn.broken = true;
-                        Err(Failure::Timeout)
-                    }
-                }
-            };
-            if ping.await.is_err() {
+            if self.ping().await.is_err() {
                 continue;
             }
             let recovered = match self.hooks.get() {
@@ -320,17 +285,26 @@ impl Redis {
         }
     }
 
-    /// Round-trip time of a PING (detailed health); does not touch the circuit.
+    /// Round-trip time of a PING (detailed health, the probe); does not touch
+    /// the circuit.
     pub async fn ping(&self) -> Result<Duration, Failure> {
         let started = std::time::Instant::now();
-        let mut conn = self.conn().await?;
-        match tokio::time::timeout(
-            self.timeout,
-            redis::cmd("PING").query_async::<String>(&mut conn.inner),
-        )
-        .await
-        {
-            Ok(Ok(_)) => Ok(started.elapsed()),
+        self.run_quietly::<String>(self.timeout, Command::Plain(redis::cmd("PING")))
+            .await?;
+        Ok(started.elapsed())
+    }
+
+    /// Runs one command within `patience` without touching the circuit (health,
+    /// the probe, the subscriber's reads): a failure only marks the connection
+    /// broken.
+    pub(crate) async fn run_quietly<T: FromRedisValue>(
+        &self,
+        patience: Duration,
+        cmd: Command<'_>,
+    ) -> Result<T, Failure> {
+        let mut conn = self.checkout(patience).await?;
+        match tokio::time::timeout(patience, cmd.query::<T>(&mut conn.inner)).await {
+            Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
                 conn.broken = true;
                 Err(e.into())
@@ -376,4 +350,23 @@ pub(crate) enum Command<'a> {
     Plain(redis::Cmd),
     Pipeline(redis::Pipeline),
     Script(&'a Script, &'a [&'a str], &'a [&'a str]),
+}
+
+impl Command<'_> {
+    async fn query<T: FromRedisValue>(&self, link: &mut Link) -> redis::RedisResult<T> {
+        match self {
+            Self::Plain(c) => c.query_async::<T>(link).await,
+            Self::Pipeline(p) => p.query_async::<T>(link).await,
+            Self::Script(s, keys, args) => {
+                let mut inv = s.prepare_invoke();
+                for k in *keys {
+                    inv.key(k);
+                }
+                for a in *args {
+                    inv.arg(a);
+                }
+                inv.invoke_async::<T>(link).await
+            }
+        }
+    }
 }

@@ -63,21 +63,6 @@ pub async fn revoked_sessions(store: &Redis, patience: Duration) -> Result<Vec<S
         .arg(now)
         .ignore();
     pipe.cmd("ZRANGE").arg(&key).arg(0).arg(-1);
-    let mut conn = store.checkout(patience).await?;
-    match tokio::time::timeout(
-        patience,
-        pipe.query_async::<(Vec<String>,)>(&mut conn.inner),
-    )
-    .await
-    {
-        Ok(Ok((revoked,))) => Ok(revoked),
-        Ok(Err(e)) => {
-            conn.broken = true;
-            Err(e.into())
-        }
-        Err(_) => {
-            conn.broken = true;
-            Err(Failure::Timeout)
-        }
-    }
+    let (revoked,): (Vec<String>,) = store.run_quietly(patience, Command::Pipeline(pipe)).await?;
+    Ok(revoked)
 }
