@@ -1,16 +1,19 @@
 //! kai-shared: what the platform gives every Kai service.
 //!
-//! A service crate is its domain — routes, SQL, models, and the rules saying which
-//! writes invalidate which cached reads. Everything a second service would need
-//! lives here:
+//! A service crate is its domain — routes, SQL, request shapes and their checks,
+//! its cache rules (keys, policies, the scopes each write touches), its own
+//! settings and metrics. Everything a second service would need lives here, and
+//! nothing here names a service or its domain:
 
-/// Access tokens (HS256 JWT) and the `AuthUser` extractor, with revocation.
+/// Access tokens (EdDSA JWT, keys chosen by `kid`) and the `AuthUser` extractor,
+/// with revocation.
 pub mod auth;
-/// The two-tier cache engine and its guarantees.
+/// The two-tier cache engine and its guarantees; `Written<T>` and `Cache::commit`
+/// for writes.
 pub mod cache;
 /// Typed settings from the environment, validated once.
 pub mod config;
-/// PostgreSQL pool, timed statements, migrations.
+/// PostgreSQL pool, timed statements, `DbError`, migrations (`migrations!`).
 pub mod db;
 /// Account erasure: the stream every service purges a deleted user's data from.
 pub mod erasure;
@@ -18,20 +21,22 @@ pub mod erasure;
 pub mod events;
 /// `/health`, `/health/ready`, `/health/detailed`.
 pub mod health;
-/// Middleware, problem+json errors, cached responses, per-route statistics.
+/// Middleware, problem+json errors, the `Json`/`Query` extractors, `Valid<T>`
+/// (parse, don't validate), cached responses, per-route statistics.
 pub mod http;
-/// The Prometheus registry and Kai's metrics.
+/// The Prometheus registry, Kai's metrics and a service's `OutcomeCounter`s.
 pub mod metrics;
 /// Token-bucket rate limiting (Redis, with an in-process fallback).
 pub mod ratelimit;
 /// Redis, in one place: connections (one node or a cluster, TLS, ACL), timeouts,
 /// the circuit breaker; session revocation over it.
 pub mod redis;
-/// Server bootstrap, CLI and graceful shutdown.
+/// Server bootstrap (`Binary`, `ServiceDef`), CLI and graceful shutdown.
 pub mod server;
 /// Tracing subscriber setup.
 pub mod telemetry;
-/// Helpers for tests: throwaway databases, private Redis prefixes, tokens.
+/// Helpers for tests, by concern: tokens, PostgreSQL, Redis, a running service,
+/// HTTP assertions, ports and proxies, a private CA, processes.
 #[cfg(feature = "testing")]
 pub mod testing;
 /// TLS client configurations (rustls + ring) for PostgreSQL and Redis.

@@ -5,6 +5,10 @@
 //!
 //! Statement budget per request, whatever the data holds: list 1, detail 2,
 //! create 1, message 2 (the user's, the assistant's), batch 2, delete 1.
+//!
+//! The functions return [`DbError`]: the handlers decide what a failure means to a
+//! client. A write returns a `Written` naming what it touched
+//! (`cache_rules::write_touches`), and input to store arrives as a `Valid` value.
 
 use chrono::{DateTime, Utc};
 

@@ -1,6 +1,10 @@
 //! journal-service's SQL: one `const` per statement (readable and `EXPLAIN`able as
 //! is), one function per use. Every read filters on `user_id` and `deleted_at IS
 //! NULL`, so another user's or a deleted entry is simply not found.
+//!
+//! The functions return [`DbError`]: the handlers decide what a failure means to a
+//! client. A write returns a `Written` naming what it touched
+//! (`cache_rules::write_touches`), and input to store arrives as a `Valid` value.
 
 use chrono::NaiveDate;
 

@@ -1,6 +1,10 @@
 //! profile-service's SQL: one `const` per statement (readable and `EXPLAIN`able as
 //! is), one function per use. Every profile read and write is keyed by the
 //! caller's `user_id`, taken from the token.
+//!
+//! The functions return [`DbError`]: the handlers decide what a failure means to a
+//! client. A write returns a `Written` naming what it touched
+//! (`cache_rules::write_touches`), and input to store arrives as a `Valid` value.
 
 use chrono::{DateTime, Utc};
 use kai_shared::cache::Written;
