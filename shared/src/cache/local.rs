@@ -173,6 +173,12 @@ impl L1 {
         }
     }
 
+    /// Entries held and their weight in bytes (moka's running figures: evictions
+    /// still pending are included), for `/health/detailed`.
+    pub fn occupancy(&self) -> (u64, u64) {
+        (self.cache.entry_count(), self.cache.weighted_size())
+    }
+
     /// The keys held now (diagnostics for tests and the soak).
     #[cfg(any(test, feature = "testing"))]
     pub fn keys(&self) -> Vec<String> {

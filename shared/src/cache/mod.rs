@@ -77,12 +77,14 @@ const PURGE_SETTLE: Duration = Duration::from_secs(2);
 /// How long a remembered 404 lives.
 const NEGATIVE_TTL: Duration = Duration::from_secs(30);
 
-/// How one kind of data is cached: its metric namespace and TTL.
+/// How one kind of data is cached: its metric namespace and TTL, and whether
+/// this replica's memory (L1) keeps it too.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
     pub namespace: &'static str,
     pub ttl: Duration,
     pub negative_ttl: Duration,
+    pub in_memory: bool,
 }
 
 impl Policy {
@@ -91,6 +93,17 @@ impl Policy {
             namespace,
             ttl,
             negative_ttl: NEGATIVE_TTL,
+            in_memory: true,
+        }
+    }
+
+    /// Kept in Redis only (in memory only when there is no Redis): for entries
+    /// written once and seldom read again, which would otherwise fill L1 with
+    /// what no one asks for and push out the hot set.
+    pub const fn redis_only(self) -> Self {
+        Self {
+            in_memory: false,
+            ..self
         }
     }
 }
@@ -131,6 +144,10 @@ pub struct CacheTotals {
     pub misses: u64,
     pub errors: u64,
     pub hit_rate: f64,
+    /// Entries in this replica's memory now, and their size in bytes (bounded by
+    /// `CACHE_L1_MAX_MB`).
+    pub l1_entries: u64,
+    pub l1_bytes: u64,
 }
 
 type LoadResult = Result<Arc<Entry>, Arc<ApiError>>;
@@ -298,9 +315,11 @@ impl Cache {
                 .filter(|e| e.expires_at_ms > now_millis())
             {
                 let entry = Arc::new(entry);
-                inner
-                    .l1
-                    .insert(scope, generation, key.clone(), entry.clone());
+                if self.in_memory(policy) {
+                    inner
+                        .l1
+                        .insert(scope, generation, key.clone(), entry.clone());
+                }
                 if !refresh_early(&entry) {
                     return self.hit(policy, entry);
                 }
@@ -453,15 +472,22 @@ impl Cache {
         }
         // A write that landed while this loaded made `generation` dead: keep the
         // answer for the waiters, not in L1.
-        if self
-            .inner
-            .generations
-            .get(scope)
-            .is_none_or(|known| known <= generation)
+        if self.in_memory(policy)
+            && self
+                .inner
+                .generations
+                .get(scope)
+                .is_none_or(|known| known <= generation)
         {
             self.inner.l1.insert(scope, generation, key, entry.clone());
         }
         Ok(entry)
+    }
+
+    /// Whether `policy`'s entries go to L1: always without Redis (L1 is then the
+    /// only cache), else as the policy says.
+    fn in_memory(&self, policy: &Policy) -> bool {
+        policy.in_memory || self.inner.l2.is_none()
     }
 
     fn hit(&self, policy: &Policy, entry: Arc<Entry>) -> Result<Cached, ApiError> {
@@ -502,6 +528,7 @@ impl Cache {
         let misses = self.inner.misses.load(Ordering::Relaxed);
         let errors = self.inner.errors.load(Ordering::Relaxed);
         let lookups = hits + misses;
+        let (l1_entries, l1_bytes) = self.inner.l1.occupancy();
         CacheTotals {
             hits,
             l1_hits,
@@ -513,6 +540,8 @@ impl Cache {
             } else {
                 crate::health::round_to(hits as f64 / lookups as f64, 4)
             },
+            l1_entries,
+            l1_bytes,
         }
     }
 }

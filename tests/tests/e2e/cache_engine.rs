@@ -528,3 +528,46 @@ async fn a_hot_key_is_refreshed_early_and_never_expires_under_load() {
         "every load after the first was an early refresh: the key never expired"
     );
 }
+
+#[tokio::test]
+async fn a_redis_only_policy_hits_from_redis_and_leaves_memory_to_the_hot_set() {
+    const REDIS_ONLY: Policy = POLICY.redis_only();
+    let prefix = TestPrefix::new(&testing::redis_url());
+    let r = replica(Some(&prefix.url), &prefix.prefix).await;
+    let (s, loads) = (scope(), AtomicUsize::new(0));
+    let get = || async {
+        r.cache
+            .get_or_load(&s, &REDIS_ONLY, "reply", || async {
+                loads.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, ApiError>(Some("once"))
+            })
+            .await
+            .unwrap()
+            .status
+    };
+    assert_eq!(get().await, CacheStatus::Miss);
+    assert_eq!(get().await, CacheStatus::Hit);
+    assert_eq!(get().await, CacheStatus::Hit);
+    assert_eq!(loads.load(Ordering::SeqCst), 1, "loaded once");
+    let totals = r.cache.totals();
+    assert_eq!(
+        (totals.hits, totals.l1_hits),
+        (2, 0),
+        "both hits from Redis"
+    );
+    assert_eq!(r.cache.l1_sizes().0, 0, "nothing in this replica's memory");
+
+    // Without Redis, memory is the only cache: the policy keeps it there.
+    let alone = replica(None, "redis-only-alone").await;
+    for want in [CacheStatus::Miss, CacheStatus::Hit] {
+        let status = alone
+            .cache
+            .get_or_load(&s, &REDIS_ONLY, "reply", || async {
+                Ok::<_, ApiError>(Some("once"))
+            })
+            .await
+            .unwrap()
+            .status;
+        assert_eq!(status, want);
+    }
+}

@@ -593,8 +593,11 @@ async fn subscribe_calls(conn: &mut redis::aio::MultiplexedConnection) -> Result
         .unwrap_or(0))
 }
 
-/// `(l1_hits, l2_hits, misses)` per node, from `/health/detailed`.
-async fn cache_totals(http: &reqwest::Client, nodes: &[Node]) -> Result<Vec<(u64, u64, u64)>> {
+/// `(l1_hits, l2_hits, misses, l1_entries, l1_bytes)` per node, from `/health/detailed`.
+async fn cache_totals(
+    http: &reqwest::Client,
+    nodes: &[Node],
+) -> Result<Vec<(u64, u64, u64, u64, u64)>> {
     let mut out = Vec::new();
     for n in nodes {
         let v: Value = http
@@ -605,7 +608,13 @@ async fn cache_totals(http: &reqwest::Client, nodes: &[Node]) -> Result<Vec<(u64
             .await?;
         let c = &v["cache"];
         let get = |k: &str| c[k].as_u64().unwrap_or(0);
-        out.push((get("l1_hits"), get("l2_hits"), get("misses")));
+        out.push((
+            get("l1_hits"),
+            get("l2_hits"),
+            get("misses"),
+            get("l1_entries"),
+            get("l1_bytes"),
+        ));
     }
     Ok(out)
 }
@@ -643,8 +652,8 @@ struct Render<'a> {
     counters: &'a Counters,
     delays: &'a hdrhistogram::Histogram<u64>,
     nodes: &'a [Node],
-    cache_before: &'a [(u64, u64, u64)],
-    cache_after: &'a [(u64, u64, u64)],
+    cache_before: &'a [(u64, u64, u64, u64, u64)],
+    cache_after: &'a [(u64, u64, u64, u64, u64)],
     subscribers: (usize, usize, usize),
     subscribe_calls: u64,
 }
@@ -692,12 +701,14 @@ fn render(r: &Render<'_>) -> String {
         let all = (l1 + l2 + miss).max(1) as f64;
         let _ = writeln!(
             out,
-            "| {} cache lookups | {} : L1 {:.1} %, L2 {:.1} %, miss {:.1} % |",
+            "| {} cache lookups | {} : L1 {:.1} %, L2 {:.1} %, miss {:.1} %; L1 at the end {} entries, {:.1} MiB |",
             n.name,
             l1 + l2 + miss,
             l1 as f64 * 100.0 / all,
             l2 as f64 * 100.0 / all,
-            miss as f64 * 100.0 / all
+            miss as f64 * 100.0 / all,
+            a.3,
+            a.4 as f64 / 1_048_576.0
         );
     }
     let (before, after, replaced) = r.subscribers;
