@@ -351,10 +351,15 @@ impl FromRequest for AuthUser {
             });
         let user = token
             .and_then(|token| platform.auth.verify(token))
-            .map(|claims| AuthUser {
-                user_id: claims.sub,
-                session_id: claims.sid,
-                expires_at: claims.exp,
+            .map(|claims| {
+                // Into the request span (see `http::stamp`): one record, not a
+                // span per handler.
+                tracing::Span::current().record("user_id", tracing::field::display(claims.sub));
+                AuthUser {
+                    user_id: claims.sub,
+                    session_id: claims.sid,
+                    expires_at: claims.exp,
+                }
             });
         match (user, platform.session_check.clone()) {
             (Err(e), _) => Box::pin(ready(Err(e))),

@@ -213,7 +213,6 @@ impl State {
     responses(
         (status = 200, description = "One conversation with all its messages per line (NDJSON), oldest first; the schema is that of the sequence of lines", content_type = "application/x-ndjson", body = [ExportedConversation]),
         (status = 401), (status = 503)))]
-#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 pub async fn export_conversations(
     p: web::Data<Platform>,
     user: AuthUser,

@@ -62,7 +62,6 @@ pub fn configure(cfg: &mut web::ServiceConfig, llm: web::Data<Llm>) {
 /// Start a conversation.
 #[utoipa::path(post, path = "/api/conversations", tag = "conversations", request_body = CreateConversation,
     responses((status = 201, description = "The conversation; `Location` is its URL", body = ConversationSummary)))]
-#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn create_conversation(
     p: web::Data<Platform>,
     user: AuthUser,
@@ -80,7 +79,6 @@ async fn create_conversation(
 /// last messages (one SQL statement per page).
 #[utoipa::path(get, path = "/api/conversations", tag = "conversations", params(ListQuery),
     responses((status = 200, body = ConversationPage), (status = 304)))]
-#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn list_conversations(
     req: HttpRequest,
     p: web::Data<Platform>,
@@ -109,7 +107,6 @@ async fn list_conversations(
 /// One conversation with its latest messages, oldest first.
 #[utoipa::path(get, path = "/api/conversations/{id}", tag = "conversations", params(("id" = Uuid, Path, description = "The conversation's id"), DetailQuery),
     responses((status = 200, body = ConversationDetail), (status = 304)))]
-#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn get_conversation(
     req: HttpRequest,
     p: web::Data<Platform>,
@@ -138,7 +135,6 @@ async fn get_conversation(
 /// Delete a conversation and its messages.
 #[utoipa::path(delete, path = "/api/conversations/{id}", tag = "conversations", params(("id" = Uuid, Path, description = "The conversation's id")),
     responses((status = 204)))]
-#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn delete_conversation(
     p: web::Data<Platform>,
     user: AuthUser,
@@ -154,7 +150,6 @@ async fn delete_conversation(
 #[utoipa::path(post, path = "/api/conversations/{id}/messages", tag = "messages", params(("id" = Uuid, Path, description = "The conversation's id")), request_body = PostMessage,
     responses((status = 201, description = "Both messages, stored; `Location` is the conversation", body = Exchange),
         (status = 502), (status = 504)))]
-#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn post_message(
     p: web::Data<Platform>,
     llm: web::Data<Llm>,
@@ -191,7 +186,6 @@ async fn post_message(
 /// Import up to 1,000 messages at once: all or none, in one INSERT.
 #[utoipa::path(post, path = "/api/conversations/{id}/messages/batch", tag = "messages", params(("id" = Uuid, Path, description = "The conversation's id")), request_body = BatchRequest,
     responses((status = 201, description = "How many messages were stored; `Location` is the conversation", body = BatchInserted)))]
-#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn post_batch(
     p: web::Data<Platform>,
     user: AuthUser,

@@ -87,7 +87,6 @@ fn encode(entries: &[Entry]) -> Result<(Bytes, Next), ApiError> {
     responses(
         (status = 200, description = "One entry per line (NDJSON), oldest first; the schema is that of the sequence of lines", content_type = "application/x-ndjson", body = [Entry]),
         (status = 401), (status = 503)))]
-#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 pub async fn export_entries(
     p: web::Data<Platform>,
     user: AuthUser,

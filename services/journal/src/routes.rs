@@ -65,7 +65,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// Create an entry.
 #[utoipa::path(post, path = "/api/journal/entries", tag = "entries", request_body = CreateEntry,
     responses((status = 201, description = "The entry, stored; `Location` is its URL", body = Entry)))]
-#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn create_entry(
     p: web::Data<Platform>,
     user: AuthUser,
@@ -88,7 +87,6 @@ async fn create_entry(
 #[utoipa::path(get, path = "/api/journal/entries", tag = "entries", params(ListQuery),
     responses((status = 200, description = "`EntryPage` in page mode, `EntryCursorPage` in cursor mode",
         body = inline(ListAnswer)), (status = 304)))]
-#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn list_entries(
     req: HttpRequest,
     p: web::Data<Platform>,
@@ -185,7 +183,6 @@ async fn list_entries(
 /// One entry.
 #[utoipa::path(get, path = "/api/journal/entries/{id}", tag = "entries", params(("id" = Uuid, Path, description = "The entry's id")),
     responses((status = 200, body = Entry), (status = 304)))]
-#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn get_entry(
     req: HttpRequest,
     p: web::Data<Platform>,
@@ -206,7 +203,6 @@ async fn get_entry(
 /// Change any of content, title, mood, tags.
 #[utoipa::path(patch, path = "/api/journal/entries/{id}", tag = "entries", params(("id" = Uuid, Path, description = "The entry's id")), request_body = PatchEntry,
     responses((status = 200, description = "The entry as changed", body = Entry)))]
-#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn patch_entry(
     p: web::Data<Platform>,
     user: AuthUser,
@@ -222,7 +218,6 @@ async fn patch_entry(
 /// Delete an entry (soft: it disappears from every read).
 #[utoipa::path(delete, path = "/api/journal/entries/{id}", tag = "entries", params(("id" = Uuid, Path, description = "The entry's id")),
     responses((status = 204)))]
-#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn delete_entry(
     p: web::Data<Platform>,
     user: AuthUser,
@@ -243,7 +238,6 @@ pub const SEARCH_PER_USER: kai_shared::ratelimit::Limit = kai_shared::ratelimit:
 #[utoipa::path(get, path = "/api/journal/search", tag = "insights", params(SearchQuery),
     responses((status = 200, body = SearchResults),
         (status = 429, description = "Too many searches by this user")))]
-#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn search_entries(
     p: web::Data<Platform>,
     user: AuthUser,
@@ -270,7 +264,6 @@ async fn search_entries(
 /// Entries and mood per day over the last `days` days.
 #[utoipa::path(get, path = "/api/journal/stats", tag = "insights", params(StatsQuery),
     responses((status = 200, body = Stats), (status = 304)))]
-#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn entry_stats(
     req: HttpRequest,
     p: web::Data<Platform>,

@@ -59,7 +59,6 @@ async fn reauthenticate(
     responses((status = 204), (status = 400, body = kai_shared::http::errors::Problem),
         (status = 401, description = "bad token or wrong current password", body = kai_shared::http::errors::Problem),
         (status = 429, body = kai_shared::http::errors::Problem)))]
-#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 pub async fn change_password(
     req: HttpRequest,
     p: web::Data<Platform>,
@@ -78,7 +77,6 @@ pub async fn change_password(
 
 /// End every session of the caller, this one included (401 everywhere within 1 s).
 #[utoipa::path(post, path = "/api/auth/logout-all", tag = "auth", responses((status = 204), (status = 401)))]
-#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 pub async fn logout_all(p: web::Data<Platform>, user: AuthUser) -> Result<HttpResponse, ApiError> {
     queries::revoke_user_sessions(&p.db, user.user_id).await?;
     p.revoke_user_sessions(user.user_id, None).await;
@@ -93,7 +91,6 @@ pub async fn logout_all(p: web::Data<Platform>, user: AuthUser) -> Result<HttpRe
     responses((status = 204), (status = 400, body = kai_shared::http::errors::Problem),
         (status = 401, description = "bad token or wrong password", body = kai_shared::http::errors::Problem),
         (status = 429, body = kai_shared::http::errors::Problem)))]
-#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 pub async fn delete_account(
     req: HttpRequest,
     p: web::Data<Platform>,

@@ -82,7 +82,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     responses((status = 201, description = "The account; `Location` is the profile (readable after login)", body = Registered),
         (status = 409, description = "That e-mail address (in any case) is registered"),
         (status = 429, description = "Too many registrations from this address")))]
-#[tracing::instrument(skip_all, fields(user_id = tracing::field::Empty))]
 async fn register(
     req: HttpRequest,
     p: web::Data<Platform>,
@@ -108,7 +107,6 @@ async fn register(
     responses((status = 200, description = "A new session's access token", body = Token),
         (status = 401, description = "Unknown e-mail or wrong password (one answer for both)"),
         (status = 429, description = "Too many attempts for this e-mail or from this address")))]
-#[tracing::instrument(skip_all, fields(user_id = tracing::field::Empty))]
 async fn login(
     req: HttpRequest,
     p: web::Data<Platform>,
@@ -163,7 +161,6 @@ async fn login(
 
 /// End the caller's session: from then on every Kai service answers its token with 401.
 #[utoipa::path(post, path = "/api/auth/logout", tag = "auth", responses((status = 204, description = "The session is over on every service")))]
-#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn logout(p: web::Data<Platform>, user: AuthUser) -> Result<HttpResponse, ApiError> {
     // The row first: once it says revoked, this service refuses the token even if
     // the announcement below never reaches Redis.
@@ -175,7 +172,6 @@ async fn logout(p: web::Data<Platform>, user: AuthUser) -> Result<HttpResponse, 
 /// The caller's profile.
 #[utoipa::path(get, path = "/api/profile", tag = "profile",
     responses((status = 200, body = Profile), (status = 304), (status = 404, description = "The account was deleted")))]
-#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn get_profile(
     req: HttpRequest,
     p: web::Data<Platform>,
@@ -194,7 +190,6 @@ async fn get_profile(
 /// Change any of display_name, traits, preferences, communication_style.
 #[utoipa::path(patch, path = "/api/profile", tag = "profile", request_body = PatchProfile,
     responses((status = 200, description = "The profile as changed", body = Profile), (status = 404, description = "The account was deleted")))]
-#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn patch_profile(
     p: web::Data<Platform>,
     user: AuthUser,
@@ -210,7 +205,6 @@ async fn patch_profile(
 /// portability. Read from PostgreSQL, never cached, `Cache-Control: no-store`.
 #[utoipa::path(get, path = "/api/profile/export", tag = "profile",
     responses((status = 200, body = AccountExport), (status = 401), (status = 404)))]
-#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn export_profile(p: web::Data<Platform>, user: AuthUser) -> Result<HttpResponse, ApiError> {
     let account = queries::export_account(&p.db, user.user_id)
         .await?

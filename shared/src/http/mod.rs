@@ -73,10 +73,13 @@ pub async fn stamp(
     };
     let method = req.method().clone();
     let platform = req.app_data::<web::Data<Platform>>().cloned();
+    // One span per request; the auth extractor records `user_id` in it, so every
+    // line a handler writes names the request and the user (an id, never data).
     let span = tracing::info_span!(
         "request",
         request_id = request_id.to_str().unwrap_or_default(),
-        method = method.as_str()
+        method = method.as_str(),
+        user_id = tracing::field::Empty
     );
     // No blanket handler timeout here (it would need a clone of the request, which
     // actix forbids while routing): every dependency has its own bound instead —
