@@ -120,12 +120,16 @@ impl Entry {
     }
 }
 
-/// gzip at the default level; `None` should compression fail (never expected).
+/// gzip at level 1; `None` should compression fail (never expected). Every
+/// miss pays it: on a 13 KB list page level 6 (the default) costs ~270 µs and
+/// level 1 ~90 µs for a body 10 % larger (4,915 against 4,484 bytes), so after
+/// each write the next read would otherwise spend more on compression than on
+/// PostgreSQL.
 fn gzip(body: &[u8]) -> Option<Bytes> {
     use std::io::Write;
     let mut encoder = flate2::write::GzEncoder::new(
         Vec::with_capacity(body.len() / 3),
-        flate2::Compression::default(),
+        flate2::Compression::fast(),
     );
     encoder.write_all(body).ok()?;
     encoder.finish().ok().map(Bytes::from)
