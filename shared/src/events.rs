@@ -175,9 +175,11 @@ impl Events {
         Ok(conn.clone())
     }
 
-    /// A connection of the consumer's own (it blocks in `XREADGROUP`).
+    /// A connection of the consumer's own (it blocks in `XREADGROUP` for up to
+    /// [`BLOCK`], longer than the client's default response timeout).
     async fn dedicated(&self) -> anyhow::Result<Link> {
-        Ok(tokio::time::timeout(COMMAND_TIMEOUT, self.target.connect())
+        let blocking = self.target.connect_blocking(BLOCK + COMMAND_TIMEOUT);
+        Ok(tokio::time::timeout(COMMAND_TIMEOUT, blocking)
             .await
             .context("connecting to Redis timed out")??)
     }

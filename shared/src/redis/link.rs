@@ -145,6 +145,30 @@ impl Target {
         })
     }
 
+    /// A connection for commands the server holds on purpose (`XREADGROUP …
+    /// BLOCK`): the client's own response timeout (500 ms by default) is raised
+    /// to `patience`, else every quiet blocking read fails and the connection is
+    /// replaced. The caller bounds each command itself.
+    pub async fn connect_blocking(
+        &self,
+        patience: std::time::Duration,
+    ) -> redis::RedisResult<Link> {
+        Ok(match self {
+            Self::Node(c) => {
+                let config =
+                    redis::AsyncConnectionConfig::new().set_response_timeout(Some(patience));
+                Link::Node(
+                    c.get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                )
+            }
+            Self::Cluster(c) => {
+                let config = redis::cluster::ClusterConfig::new().set_response_timeout(patience);
+                Link::Cluster(c.0.get_async_connection_with_config(config).await?)
+            }
+        })
+    }
+
     /// Cluster only: PUBLISH through the first seed node that answers within
     /// `patience` (a node that lost its slots still relays pub/sub). True if sent.
     pub async fn publish_anywhere(

@@ -103,6 +103,15 @@ fn subscribers(redis: &PrivateRedis) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// `total_connections_received` of `INFO stats`.
+fn connections_received(conn: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("stats").query(conn).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_connections_received:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
 /// `calls` of one command in `INFO commandstats`.
 fn calls(redis: &PrivateRedis, command: &str) -> u64 {
     let mut conn = redis.connection();
@@ -145,6 +154,11 @@ async fn the_subscription_stays_up_and_l1_hits_cost_no_redis_command() {
     let first = subscribers(&p.redis);
     assert_eq!(first.len(), 2, "one subscriber per replica: {first:?}");
     let (subscribes, pings) = (calls(&p.redis, "subscribe"), calls(&p.redis, "ping"));
+    // Redis's own count of connections ever accepted, read on a connection held
+    // open: normal operation opens none (a consumer whose blocking read outlived
+    // the client's response timeout reconnected every 1.5 s).
+    let mut watch = p.redis.connection();
+    let opened_before = connections_received(&mut watch);
 
     // 12 s of normal operation: writes and reads on both replicas.
     let started = Instant::now();
@@ -174,6 +188,11 @@ async fn the_subscription_stays_up_and_l1_hits_cost_no_redis_command() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let ran = started.elapsed();
+    assert_eq!(
+        connections_received(&mut watch),
+        opened_before,
+        "no Redis connection opened in {ran:?} of normal operation"
+    );
 
     let last = subscribers(&p.redis);
     let ids = |v: &[(u64, u64)]| {

@@ -232,6 +232,7 @@ pub async fn main(argv: Vec<String>) -> Result<()> {
     // 3. Evidence before.
     let subscribers_before = subscribers(&mut rconn).await?;
     let subscribe_calls_before = subscribe_calls(&mut rconn).await?;
+    let connections_before = connections_received(&mut rconn).await?;
     let cache_before = cache_totals(&http, &nodes).await?;
     for n in &mut nodes {
         let now = n.pid.and_then(spawn::rss_mib);
@@ -303,6 +304,7 @@ pub async fn main(argv: Vec<String>) -> Result<()> {
     // 5. Evidence after.
     let subscribers_after = subscribers(&mut rconn).await?;
     let subscribe_calls_after = subscribe_calls(&mut rconn).await?;
+    let connections_after = connections_received(&mut rconn).await?;
     let cache_after = cache_totals(&http, &nodes).await?;
     for n in &mut nodes {
         if let Some(now) = n.pid.and_then(spawn::rss_mib) {
@@ -326,6 +328,7 @@ pub async fn main(argv: Vec<String>) -> Result<()> {
         cache_after: &cache_after,
         subscribers: (subscribers_before.len(), subscribers_after.len(), replaced),
         subscribe_calls: subscribe_calls_after.saturating_sub(subscribe_calls_before),
+        connections_opened: connections_after.saturating_sub(connections_before),
     });
     println!("{report}");
     if let Some(dir) = args.report.parent() {
@@ -580,6 +583,16 @@ async fn subscribers(conn: &mut redis::aio::MultiplexedConnection) -> Result<Vec
         .collect())
 }
 
+/// `total_connections_received` of `INFO stats`: connections Redis ever accepted.
+async fn connections_received(conn: &mut redis::aio::MultiplexedConnection) -> Result<u64> {
+    let info: String = redis::cmd("INFO").arg("stats").query_async(conn).await?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("total_connections_received:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0))
+}
+
 async fn subscribe_calls(conn: &mut redis::aio::MultiplexedConnection) -> Result<u64> {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
@@ -656,6 +669,7 @@ struct Render<'a> {
     cache_after: &'a [(u64, u64, u64, u64, u64)],
     subscribers: (usize, usize, usize),
     subscribe_calls: u64,
+    connections_opened: u64,
 }
 
 fn render(r: &Render<'_>) -> String {
@@ -720,6 +734,11 @@ fn render(r: &Render<'_>) -> String {
         out,
         "| SUBSCRIBE commands during the run | {} |",
         r.subscribe_calls
+    );
+    let _ = writeln!(
+        out,
+        "| Redis connections opened during the run (`total_connections_received`) | {} |",
+        r.connections_opened
     );
     for n in r.nodes {
         if let Some(log) = &n.log {
