@@ -323,20 +323,31 @@ async fn pg_connect(database_url: &str, ca: &str, n: usize) -> Sample {
     }
 }
 
-fn print_table(title: &str, rows: &[(String, Sample)], baseline: usize) {
+/// Each configuration's median round (configurations named in the order of
+/// `samples`), printed as a table against the first.
+fn print_medians<'a>(
+    title: &str,
+    names: impl IntoIterator<Item = &'a str>,
+    samples: Vec<Vec<Sample>>,
+) {
+    let rows: Vec<(&str, Sample)> = names
+        .into_iter()
+        .zip(samples)
+        .map(|(n, s)| (n, median(s)))
+        .collect();
     println!("\n{title}");
     println!(
         "| configuration | ops/s | p50 | p99 | throughput vs {} |",
-        rows[baseline].0
+        rows[0].0
     );
     println!("|---|--:|--:|--:|--:|");
-    for (name, s) in rows {
+    for (name, s) in &rows {
         println!(
             "| {name} | {:.0} | {} | {} | {:.2} |",
             s.per_sec,
             ms(s.p50),
             ms(s.p99),
-            s.per_sec / rows[baseline].1.per_sec
+            s.per_sec / rows[0].1.per_sec
         );
     }
 }
@@ -362,39 +373,8 @@ async fn main() {
     let ca_file = ca.ca_file();
     let pg = PrivatePostgres::start(Some(&ca));
     let (user, password) = REDIS_ACL_USER;
-    let plain_port = testing::free_low_port();
-    let tls_port = loop {
-        let p = testing::free_low_port();
-        if p != plain_port {
-            break p;
-        }
-    };
-    let node = PrivateRedis::start_with(
-        plain_port,
-        [
-            "--tls-port",
-            &tls_port.to_string(),
-            "--tls-cert-file",
-            &ca.dir.file("server.crt"),
-            "--tls-key-file",
-            &ca.dir.file("server.key"),
-            "--tls-ca-cert-file",
-            &ca_file,
-            "--tls-auth-clients",
-            "no",
-            "--user",
-            user,
-            "on",
-            &format!(">{password}"),
-            "~*",
-            "&*",
-            "+@all",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect(),
-        None,
-    );
+    let (node, tls_port) = PrivateRedis::start_plain_and_tls(&ca);
+    let plain_port = node.port;
     let cluster = PrivateCluster::start();
     eprintln!(
         "servers: PostgreSQL :{} (ssl=on), redis-server :{} plain + :{} TLS, cluster {}",
@@ -465,12 +445,7 @@ async fn main() {
                     samples[i].push(s);
                 }
             }
-            let rows: Vec<(String, Sample)> = redis_configs
-                .iter()
-                .zip(samples)
-                .map(|(r, s)| (r.name.to_owned(), median(s)))
-                .collect();
-            print_table(
+            print_medians(
                 &format!(
                     "{path}, {label}{}",
                     if tasks > 1 {
@@ -479,8 +454,8 @@ async fn main() {
                         String::new()
                     }
                 ),
-                &rows,
-                0,
+                redis_configs.iter().map(|r| r.name),
+                samples,
             );
         }
     }
@@ -501,15 +476,10 @@ async fn main() {
             samples[i].push(pg_connect(url, &ca_file, 30).await);
         }
     }
-    let rows: Vec<(String, Sample)> = pg_configs
-        .iter()
-        .zip(samples)
-        .map(|((n, _), s)| ((*n).to_owned(), median(s)))
-        .collect();
-    print_table(
+    print_medians(
         "pg-connect (one new pooled connection, sequential)",
-        &rows,
-        0,
+        pg_configs.iter().map(|(n, _)| *n),
+        samples,
     );
 
     // Uncached list: the same seeded users, read through each connection mode.
@@ -538,18 +508,13 @@ async fn main() {
             samples[i].push(http_list(app, &users, a.duration).await);
         }
     }
-    let rows: Vec<(String, Sample)> = pg_configs
-        .iter()
-        .zip(samples)
-        .map(|((n, _), s)| ((*n).to_owned(), median(s)))
-        .collect();
-    print_table(
+    print_medians(
         &format!(
             "uncached-list over HTTP ({} connections, CACHE_ENABLED=false)",
             a.concurrency
         ),
-        &rows,
-        0,
+        pg_configs.iter().map(|(n, _)| *n),
+        samples,
     );
     for app in apps.drain(..) {
         app.stop().await;
@@ -592,18 +557,13 @@ async fn main() {
             samples[i].push(http_write(app, a.concurrency, a.duration).await);
         }
     }
-    let rows: Vec<(String, Sample)> = combos
-        .iter()
-        .zip(samples)
-        .map(|((n, _, _), s)| ((*n).to_owned(), median(s)))
-        .collect();
-    print_table(
+    print_medians(
         &format!(
             "write over HTTP: POST entry = INSERT + bump ({} connections)",
             a.concurrency
         ),
-        &rows,
-        0,
+        combos.iter().map(|(n, _, _)| *n),
+        samples,
     );
     for app in apps.drain(..) {
         app.stop().await;

@@ -62,6 +62,34 @@ pub struct PrivateRedis {
     tls_ca: Option<Vec<u8>>,
 }
 
+/// `redis-server` arguments: TLS on `tls_port` with a certificate from `ca`, and
+/// the ACL user [`REDIS_ACL_USER`].
+fn tls_and_acl_args(ca: &TestCa, tls_port: &str) -> Vec<String> {
+    let (user, password) = REDIS_ACL_USER;
+    [
+        "--tls-port",
+        tls_port,
+        "--tls-cert-file",
+        &ca.dir.file("server.crt"),
+        "--tls-key-file",
+        &ca.dir.file("server.key"),
+        "--tls-ca-cert-file",
+        &ca.ca_file(),
+        "--tls-auth-clients",
+        "no",
+        "--user",
+        user,
+        "on",
+        &format!(">{password}"),
+        "~*",
+        "&*",
+        "+@all",
+    ]
+    .iter()
+    .map(|a| (*a).to_owned())
+    .collect()
+}
+
 /// The ACL user [`PrivateRedis::start_tls`] creates, and its password.
 pub const REDIS_ACL_USER: (&str, &str) = ("kai", "kai-acl-password-1");
 
@@ -73,33 +101,24 @@ impl PrivateRedis {
     /// TLS only (no plaintext port), a certificate from `ca`, and an ACL user
     /// [`REDIS_ACL_USER`] next to the default user.
     pub fn start_tls(ca: &TestCa) -> Self {
-        let (user, password) = REDIS_ACL_USER;
-        let extra = [
-            "--tls-port",
-            "{port}",
-            "--port",
-            "0",
-            "--tls-cert-file",
-            &ca.dir.file("server.crt"),
-            "--tls-key-file",
-            &ca.dir.file("server.key"),
-            "--tls-ca-cert-file",
-            &ca.ca_file(),
-            "--tls-auth-clients",
-            "no",
-            "--user",
-            user,
-            "on",
-            &format!(">{password}"),
-            "~*",
-            "&*",
-            "+@all",
-        ]
-        .iter()
-        .map(|a| (*a).to_owned())
-        .collect();
+        let mut extra = tls_and_acl_args(ca, "{port}");
+        extra.extend(["--port".to_owned(), "0".to_owned()]);
         let pem = std::fs::read(ca.ca_file()).expect("CA file");
         Self::start_with(free_low_port(), extra, Some(pem))
+    }
+
+    /// A plaintext port and a TLS port (returned) on one server, both with the
+    /// ACL user [`REDIS_ACL_USER`]: the same server measured both ways.
+    pub fn start_plain_and_tls(ca: &TestCa) -> (Self, u16) {
+        let plain = free_low_port();
+        let tls = loop {
+            let p = free_low_port();
+            if p != plain {
+                break p;
+            }
+        };
+        let extra = tls_and_acl_args(ca, &tls.to_string());
+        (Self::start_with(plain, extra, None), tls)
     }
 
     /// A server on `port` with `extra` arguments (`{port}` is replaced).

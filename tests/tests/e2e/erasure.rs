@@ -429,6 +429,18 @@ fn purges(metrics: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Each consumer group purged the person once: profile, conversation, and one
+/// replica of the journal group.
+async fn purged_once_per_service(s: &Stack) {
+    assert_eq!(purges(&s.profile().metrics().await), 1);
+    assert_eq!(purges(&s.conversation().metrics().await), 1);
+    let mut journal = 0;
+    for j in &s.journal {
+        journal += purges(&j.metrics().await);
+    }
+    assert_eq!(journal, 1, "one replica of the journal group purged");
+}
+
 #[tokio::test]
 async fn deleting_an_account_erases_it_from_every_service_and_cache() {
     let s = Stack::start().await;
@@ -438,16 +450,7 @@ async fn deleting_an_account_erases_it_from_every_service_and_cache() {
     let started = Instant::now();
     refused_everywhere_within_a_second(&s, &p, started).await;
     purged_within_thirty_seconds(&s, &p, &bystander, started, true).await;
-    assert_eq!(purges(&s.profile().metrics().await), 1);
-    assert_eq!(purges(&s.conversation().metrics().await), 1);
-    let journal: u64 = {
-        let mut n = 0;
-        for j in &s.journal {
-            n += purges(&j.metrics().await);
-        }
-        n
-    };
-    assert_eq!(journal, 1, "one replica of the journal group purged");
+    purged_once_per_service(&s).await;
 }
 
 #[tokio::test]
@@ -515,13 +518,7 @@ async fn an_account_is_erased_on_a_redis_cluster() {
     let started = Instant::now();
     refused_everywhere_within_a_second(&s, &p, started).await;
     purged_within_thirty_seconds(&s, &p, &bystander, started, true).await;
-    assert_eq!(purges(&s.profile().metrics().await), 1);
-    assert_eq!(purges(&s.conversation().metrics().await), 1);
-    let mut journal = 0;
-    for j in &s.journal {
-        journal += purges(&j.metrics().await);
-    }
-    assert_eq!(journal, 1, "one replica of the journal group purged");
+    purged_once_per_service(&s).await;
     // The stream and its ack set share a slot (one hash tag).
     let streams: Vec<String> = s
         .all_keys()

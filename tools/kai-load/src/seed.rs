@@ -42,12 +42,7 @@ pub fn other_user(i: usize) -> Uuid {
 /// starts from an empty one: what a newcomer's first run meets.
 pub async fn drop_database(url: &str) -> Result<()> {
     let config: tokio_postgres::Config = url.parse().context("DATABASE_URL")?;
-    let name = config
-        .get_dbname()
-        .context("DATABASE_URL names no database")?;
-    let mut admin = config.clone();
-    admin.dbname("postgres");
-    let client = connect(&admin).await?;
+    let (name, client) = admin(&config).await?;
     client
         .batch_execute(&format!(
             "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
@@ -67,18 +62,25 @@ pub async fn connect_creating(url: &str) -> Result<Client> {
         Err(e) if !format!("{e:#}").contains("does not exist") => return Err(e),
         Err(_) => {}
     }
-    let name = config
-        .get_dbname()
-        .context("DATABASE_URL names no database")?;
-    let mut admin = config.clone();
-    admin.dbname("postgres");
-    let client = connect(&admin).await?;
+    let (name, client) = admin(&config).await?;
     client
         .batch_execute(&format!("CREATE DATABASE \"{}\"", name.replace('"', "")))
         .await
         .with_context(|| format!("creating database {name}"))?;
     eprintln!("created database {name}");
     connect(&config).await
+}
+
+/// `config`'s database name, and a connection to the `postgres` database of the
+/// same server (to create or drop it).
+async fn admin(config: &tokio_postgres::Config) -> Result<(String, Client)> {
+    let name = config
+        .get_dbname()
+        .context("DATABASE_URL names no database")?
+        .to_owned();
+    let mut admin = config.clone();
+    admin.dbname("postgres");
+    Ok((name, connect(&admin).await?))
 }
 
 pub async fn connect(config: &tokio_postgres::Config) -> Result<Client> {
