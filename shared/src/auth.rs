@@ -373,6 +373,33 @@ impl FromRequest for AuthUser {
     }
 }
 
+/// One of the caller's resources, by the `{id}` in the path: the authenticated
+/// user and the id. Routes under an id look the resource up by both, so another
+/// user's resource is a 404, never a 403 that confirms it exists. The token is
+/// checked first: without one, a malformed id is still a 401.
+#[derive(Debug, Clone, Copy)]
+pub struct Owned {
+    pub user_id: Uuid,
+    pub id: Uuid,
+}
+
+impl FromRequest for Owned {
+    type Error = actix_web::Error;
+    type Future = LocalBoxFuture<'static, Result<Self, actix_web::Error>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let user = AuthUser::from_request(req, payload);
+        let id = web::Path::<Uuid>::from_request(req, payload);
+        Box::pin(async move {
+            let user = user.await?;
+            Ok(Owned {
+                user_id: user.user_id,
+                id: id.await?.into_inner(),
+            })
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::keys::{KeyPair, parse_signing_pem, parse_verifying_pems};

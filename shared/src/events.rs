@@ -233,6 +233,27 @@ impl Events {
             .collect())
     }
 
+    /// The consumer groups of `stream` — every service that consumes it, since
+    /// each creates its group when its consumer starts (and again after Redis
+    /// lost its data). Empty while the stream does not exist.
+    pub async fn groups(&self, stream: &str) -> anyhow::Result<Vec<String>> {
+        let mut conn = self.conn().await?;
+        let mut cmd = redis::cmd("XINFO");
+        cmd.arg("GROUPS").arg(self.stream_key(stream));
+        let info = tokio::time::timeout(COMMAND_TIMEOUT, cmd.query_async::<Value>(&mut conn))
+            .await
+            .context("XINFO GROUPS timed out")?;
+        let info = match info {
+            Ok(info) => info,
+            Err(e) if e.to_string().contains("no such key") => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let Value::Array(groups) = info else {
+            return Ok(Vec::new());
+        };
+        Ok(groups.iter().filter_map(group_name).collect())
+    }
+
     /// Runs `group`'s consumer of `stream` until `stop` is cancelled: reads new
     /// events (and claims ones abandoned by dead replicas), hands each payload to
     /// `handle`, and acknowledges the ones it handled.
@@ -367,6 +388,21 @@ fn text(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
         Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// The `name` of one `XINFO GROUPS` answer (field/value pairs, or a map in RESP3).
+fn group_name(group: &Value) -> Option<String> {
+    match group {
+        Value::Array(fields) => fields
+            .chunks(2)
+            .find(|pair| pair.first().and_then(text).as_deref() == Some("name"))
+            .and_then(|pair| pair.get(1).and_then(text)),
+        Value::Map(pairs) => pairs
+            .iter()
+            .find(|(k, _)| text(k).as_deref() == Some("name"))
+            .and_then(|(_, v)| text(v)),
         _ => None,
     }
 }

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub redis_up: IntGauge,
     /// The service's own [`OutcomeCounter`]s, by name.
     outcomes: Arc<HashMap<&'static str, IntCounterVec>>,
+    /// Counters registered through [`Metrics::counter`], by name.
+    counters: Arc<std::sync::Mutex<HashMap<String, IntCounter>>>,
 }
 
 /// A counter of a service's outbound calls by `outcome` (say `success`, `error`,
@@ -102,6 +104,7 @@ impl Metrics {
             db_slow_queries,
             redis_up,
             outcomes: Arc::default(),
+            counters: Arc::default(),
         }
     }
 
@@ -136,10 +139,19 @@ impl Metrics {
         }
     }
 
-    /// Registers a service's own counter (exported at 0 from the start).
+    /// A service's own counter (exported at 0 from the start), registered on
+    /// first use: asking again for the same name gives the same counter.
     pub fn counter(&self, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+        let mut counters = self
+            .counters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = counters.get(name) {
+            return Ok(c.clone());
+        }
         let c = IntCounter::new(name, help)?;
         self.registry.register(Box::new(c.clone()))?;
+        counters.insert(name.to_owned(), c.clone());
         Ok(c)
     }
 

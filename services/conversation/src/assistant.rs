@@ -57,7 +57,7 @@ pub async fn reply(
                 Err(LlmError::Upstream(_)) => ERROR,
             };
             metrics.count_outcome(&LLM_REQUESTS, outcome);
-            result.map(Some).map_err(ApiError::from)
+            result.map(Some)
         })
         .await?;
     let hit = cached.status == CacheStatus::Hit;

@@ -3,8 +3,7 @@
 //! assignment) — it gets a 400.
 
 use chrono::{DateTime, Duration, Utc};
-use kai_shared::http::openapi::is_blank;
-use kai_shared::http::valid::{Validate, no_field_errors};
+use kai_shared::http::valid::{Validate, check_non_blank, no_field_errors};
 use kai_shared::{ApiError, FieldError};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -158,12 +157,7 @@ impl Validate for CreateConversation {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({ "content": "I slept badly again and feel on edge.", "communication_style": "warm and brief" }))]
 pub struct PostMessage {
-    /// 1–20,000 characters, not only white space.
-    #[schema(
-        min_length = 1,
-        max_length = 20000,
-        pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
-    )]
+    #[schema(schema_with = kai_shared::http::openapi::non_blank::<MAX_CONTENT_CHARS>)]
     pub content: String,
     /// How the assistant should speak (e.g. the profile's communication style),
     /// at most 200 characters; passed to the LLM as a system message.
@@ -213,12 +207,7 @@ pub struct BatchMessage {
     /// `user` or `assistant` (`system` is refused: only the service writes those).
     #[schema(value_type = Role)]
     pub role: String,
-    /// 1–20,000 characters, not only white space.
-    #[schema(
-        min_length = 1,
-        max_length = 20000,
-        pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
-    )]
+    #[schema(schema_with = kai_shared::http::openapi::non_blank::<MAX_CONTENT_CHARS>)]
     pub content: String,
     /// When the message was written (imports), from 1970-01-01T00:00:00Z to five
     /// minutes from now; now when absent.
@@ -311,11 +300,5 @@ pub struct DetailQuery {
 }
 
 fn check_content(field: &str, content: &str, errors: &mut Vec<FieldError>) {
-    let n = content.chars().count();
-    if is_blank(content) || n > MAX_CONTENT_CHARS {
-        errors.push(FieldError::new(
-            field,
-            format!("must be 1 to {MAX_CONTENT_CHARS} characters (got {n})"),
-        ));
-    }
+    check_non_blank(field, content, MAX_CONTENT_CHARS, errors);
 }

@@ -21,7 +21,7 @@ use crate::cache_rules::write_touches;
 use crate::model::{
     BatchRequest, ConversationPage, ConversationSummary, CreateConversation, LastMessage, Message,
 };
-use kai_shared::http::cursor::{Cursor, CursorSigner};
+use kai_shared::http::cursor::{Cursor, CursorQuery};
 
 pub const INSERT_CONVERSATION: &str = "INSERT INTO conversation.conversations (id, user_id, title)
      VALUES ($1, $2, $3)
@@ -160,36 +160,27 @@ pub async fn insert_conversation(
 pub async fn list_conversations(
     db: &Db,
     user_id: Uuid,
-    cursor: Option<Cursor>,
-    limit: i64,
-    signer: &CursorSigner,
+    q: &CursorQuery,
 ) -> Result<ConversationPage, DbError> {
     let conn = db.conn().await?;
-    let fetch = limit + 1;
-    let rows = match cursor {
-        None => db.query(&conn, FIRST_PAGE, &[&user_id, &fetch]).await?,
+    let rows = match q.after {
+        None => db.query(&conn, FIRST_PAGE, &[&user_id, &q.fetch()]).await?,
         Some(c) => {
-            db.query(&conn, NEXT_PAGE, &[&user_id, &fetch, &c.at, &c.id])
+            db.query(&conn, NEXT_PAGE, &[&user_id, &q.fetch(), &c.at, &c.id])
                 .await?
         }
     };
-    let mut conversations: Vec<ConversationSummary> = rows.iter().map(summary).collect();
-    let has_more = conversations.len() as i64 > limit;
-    conversations.truncate(limit as usize);
-    let next_cursor = if has_more {
-        conversations.last().map(|c| {
-            signer.sign(&Cursor {
-                at: c.updated_at,
-                id: c.id,
-            })
-        })
-    } else {
-        None
-    };
+    let page = q.page(
+        rows.iter().map(summary).collect(),
+        |c: &ConversationSummary| Cursor {
+            at: c.updated_at,
+            id: c.id,
+        },
+    );
     Ok(ConversationPage {
-        conversations,
-        next_cursor,
-        has_more,
+        conversations: page.items,
+        next_cursor: page.next_cursor,
+        has_more: page.has_more,
     })
 }
 

@@ -6,12 +6,11 @@
 
 use actix_web::http::header::LOCATION;
 use actix_web::{HttpRequest, HttpResponse, web};
-use kai_shared::auth::AuthUser;
+use kai_shared::auth::{AuthUser, Owned};
 use kai_shared::http::openapi::BearerAuth;
 use kai_shared::http::{Json, Query, Valid, in_range, respond};
 use kai_shared::{ApiError, FieldError, Platform};
 use utoipa::OpenApi;
-use uuid::Uuid;
 
 use crate::assistant;
 use crate::cache_rules::{DETAIL, LIST, detail_key, list_key, user_scope};
@@ -22,7 +21,7 @@ use crate::model::{
     MAX_BATCH_BODY_BYTES, Message, PostMessage, Role,
 };
 use crate::queries;
-use kai_shared::http::cursor::CursorSigner;
+use kai_shared::http::cursor::CursorQuery;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -65,9 +64,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, llm: web::Data<Llm>) {
 async fn create_conversation(
     p: web::Data<Platform>,
     user: AuthUser,
-    body: Json<CreateConversation>,
+    new: Valid<CreateConversation>,
 ) -> Result<HttpResponse, ApiError> {
-    let new = Valid::parse(body.into_inner())?;
     let written = queries::insert_conversation(&p.db, user.user_id, &new).await?;
     let conversation = p.cache.commit(written).await;
     Ok(HttpResponse::Created()
@@ -82,23 +80,15 @@ async fn create_conversation(
 async fn list_conversations(
     req: HttpRequest,
     p: web::Data<Platform>,
-    user: AuthUser,
-    q: Query<ListQuery>,
+    AuthUser { user_id: uid, .. }: AuthUser,
+    Query(q): Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let q = q.into_inner();
-    let uid = user.user_id;
-    let limit = in_range("limit", q.limit, 20, 1, 100)?;
-    let signer =
-        CursorSigner::from_settings(&p.settings, p.service, uid, &format!("limit={limit}"));
-    let cursor = signer.from_param(q.cursor.as_deref())?;
-    let key = list_key(uid, q.cursor.as_deref(), limit);
+    let cq = CursorQuery::parse(&p, uid, q.limit, q.cursor.as_deref())?;
+    let key = list_key(uid, q.cursor.as_deref(), cq.limit);
     let cached = p
         .cache
         .get_or_load(&user_scope(uid), &LIST, &key, || async {
-            queries::list_conversations(&p.db, uid, cursor, limit, &signer)
-                .await
-                .map(Some)
-                .map_err(ApiError::from)
+            queries::list_conversations(&p.db, uid, &cq).await.map(Some)
         })
         .await?;
     Ok(respond::cached(&req, &cached))
@@ -110,12 +100,10 @@ async fn list_conversations(
 async fn get_conversation(
     req: HttpRequest,
     p: web::Data<Platform>,
-    user: AuthUser,
-    id: web::Path<Uuid>,
+    it: Owned,
     q: Query<DetailQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = id.into_inner();
-    let uid = user.user_id;
+    let Owned { user_id: uid, id } = it;
     let limit = in_range("limit", q.limit, 50, 1, 200)?;
     let cached = p
         .cache
@@ -124,8 +112,8 @@ async fn get_conversation(
             &DETAIL,
             &detail_key(id, limit),
             || async {
-                let found = queries::get_conversation(&p.db, uid, id, limit).await?;
-                Ok(found.map(|(summary, messages)| ConversationDetail::new(summary, messages)))
+                let found = queries::get_conversation(&p.db, uid, id, limit).await;
+                found.map(|found| found.map(|(s, messages)| ConversationDetail::new(s, messages)))
             },
         )
         .await?;
@@ -135,12 +123,8 @@ async fn get_conversation(
 /// Delete a conversation and its messages.
 #[utoipa::path(delete, path = "/api/conversations/{id}", tag = "conversations", params(("id" = Uuid, Path, description = "The conversation's id")),
     responses((status = 204)))]
-async fn delete_conversation(
-    p: web::Data<Platform>,
-    user: AuthUser,
-    id: web::Path<Uuid>,
-) -> Result<HttpResponse, ApiError> {
-    let written = queries::delete_conversation(&p.db, user.user_id, id.into_inner()).await?;
+async fn delete_conversation(p: web::Data<Platform>, it: Owned) -> Result<HttpResponse, ApiError> {
+    let written = queries::delete_conversation(&p.db, it.user_id, it.id).await?;
     respond::deleted(p.cache.commit(written).await)
 }
 
@@ -153,12 +137,10 @@ async fn delete_conversation(
 async fn post_message(
     p: web::Data<Platform>,
     llm: web::Data<Llm>,
-    user: AuthUser,
-    id: web::Path<Uuid>,
-    body: Json<PostMessage>,
+    it: Owned,
+    msg: Valid<PostMessage>,
 ) -> Result<HttpResponse, ApiError> {
-    let msg = Valid::parse(body.into_inner())?;
-    let (uid, id) = (user.user_id, id.into_inner());
+    let Owned { user_id: uid, id } = it;
     // Visible at once (committed before the model is asked): the model may fail
     // or the client may leave, and the message is stored either way.
     let written = queries::append_message(&p.db, uid, id, "user", &msg.content).await?;
@@ -188,13 +170,12 @@ async fn post_message(
     responses((status = 201, description = "How many messages were stored; `Location` is the conversation", body = BatchInserted)))]
 async fn post_batch(
     p: web::Data<Platform>,
-    user: AuthUser,
-    id: web::Path<Uuid>,
+    it: Owned,
     body: Json<BatchRequest, MAX_BATCH_BODY_BYTES>,
 ) -> Result<HttpResponse, ApiError> {
     let batch = Valid::parse(body.into_inner())?;
-    let id = id.into_inner();
-    let written = queries::insert_batch(&p.db, user.user_id, id, &batch).await?;
+    let Owned { user_id: uid, id } = it;
+    let written = queries::insert_batch(&p.db, uid, id, &batch).await?;
     let inserted = p.cache.commit_found(written).await?;
     Ok(HttpResponse::Created()
         .insert_header((LOCATION, format!("/api/conversations/{id}")))

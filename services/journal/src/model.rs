@@ -2,8 +2,7 @@
 //! cannot set `id`, `user_id` or timestamps (mass assignment) — it gets a 400.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use kai_shared::http::openapi::is_blank;
-use kai_shared::http::valid::{Validate, no_field_errors};
+use kai_shared::http::valid::{Validate, check_non_blank, no_field_errors};
 use kai_shared::{ApiError, FieldError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -14,6 +13,7 @@ pub const MAX_CONTENT_CHARS: usize = 20_000;
 pub const MAX_TITLE_CHARS: usize = 200;
 pub const MAX_TAGS: usize = 20;
 pub const MAX_TAG_CHARS: usize = 50;
+pub const MAX_QUERY_CHARS: usize = 200;
 
 /// A journal entry as clients see it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -46,12 +46,7 @@ pub struct Entry {
     "tags": ["walk", "calm"]
 }))]
 pub struct CreateEntry {
-    /// 1–20,000 characters, not only white space.
-    #[schema(
-        min_length = 1,
-        max_length = 20000,
-        pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
-    )]
+    #[schema(schema_with = kai_shared::http::openapi::non_blank::<MAX_CONTENT_CHARS>)]
     pub content: String,
     /// At most 200 characters.
     #[schema(max_length = 200)]
@@ -83,14 +78,8 @@ pub struct Tag(String);
 #[serde(deny_unknown_fields)]
 #[schema(min_properties = 1, example = json!({ "mood": 8, "tags": ["walk", "calm", "river"] }))]
 pub struct PatchEntry {
-    /// 1–20,000 characters, not only white space.
     #[serde(default, deserialize_with = "kai_shared::http::some")]
-    #[schema(
-        nullable = false,
-        min_length = 1,
-        max_length = 20000,
-        pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
-    )]
+    #[schema(schema_with = kai_shared::http::openapi::non_blank::<MAX_CONTENT_CHARS>)]
     pub content: Option<String>,
     /// At most 200 characters; null clears it.
     #[serde(default, deserialize_with = "kai_shared::http::double_option")]
@@ -152,13 +141,7 @@ impl Validate for PatchEntry {
 }
 
 fn check_content(content: &str, errors: &mut Vec<FieldError>) {
-    let n = content.chars().count();
-    if is_blank(content) || n > MAX_CONTENT_CHARS {
-        errors.push(FieldError::new(
-            "content",
-            format!("must be 1 to {MAX_CONTENT_CHARS} characters (got {n})"),
-        ));
-    }
+    check_non_blank("content", content, MAX_CONTENT_CHARS, errors);
 }
 
 fn check_title(title: &str, errors: &mut Vec<FieldError>) {
@@ -183,12 +166,7 @@ fn check_tags(tags: &mut Vec<String>, errors: &mut Vec<FieldError>) {
         errors.push(FieldError::new("tags", format!("at most {MAX_TAGS} tags")));
     }
     for (i, t) in tags.iter().enumerate() {
-        if is_blank(t) || t.chars().count() > MAX_TAG_CHARS {
-            errors.push(FieldError::new(
-                format!("tags[{i}]"),
-                format!("must be 1 to {MAX_TAG_CHARS} characters, not only white space"),
-            ));
-        }
+        check_non_blank(&format!("tags[{i}]"), t, MAX_TAG_CHARS, errors);
     }
     let mut seen = std::collections::HashSet::new();
     tags.iter_mut().for_each(|t| *t = t.trim().to_owned());
@@ -238,12 +216,7 @@ pub struct EntryCursorPage {
 pub struct SearchQuery {
     /// Words to find (web-search syntax: quotes, `or`, `-word`), 1–200 characters,
     /// not only white space.
-    #[param(
-        min_length = 1,
-        max_length = 200,
-        pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]",
-        example = "river walk"
-    )]
+    #[param(schema_with = kai_shared::http::openapi::non_blank::<MAX_QUERY_CHARS>, example = "river walk")]
     pub q: String,
     /// 1–100 (default 20).
     #[param(minimum = 1, maximum = 100, example = 20)]

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::cache_rules::write_touches;
 use crate::model::{CreateEntry, DayStats, Entry, EntryCursorPage, EntryPage, PatchEntry, Stats};
-use kai_shared::http::cursor::{Cursor, CursorSigner};
+use kai_shared::http::cursor::{Cursor, CursorQuery};
 
 pub const INSERT: &str =
     "INSERT INTO journal.journal_entries (id, user_id, title, content, mood, tags)
@@ -159,43 +159,31 @@ pub async fn list_entries_page(
 pub async fn list_entries_after(
     db: &Db,
     user_id: Uuid,
-    cursor: Option<Cursor>,
-    limit: i64,
-    signer: &CursorSigner,
+    q: &CursorQuery,
 ) -> Result<EntryCursorPage, DbError> {
     let conn = db.conn().await?;
-    let fetch = limit + 1;
-    let rows = match cursor {
+    let rows = match q.after {
         None => {
-            db.query(&conn, FIRST_PAGE_BY_CURSOR, &[&user_id, &fetch])
+            db.query(&conn, FIRST_PAGE_BY_CURSOR, &[&user_id, &q.fetch()])
                 .await?
         }
         Some(c) => {
             db.query(
                 &conn,
                 NEXT_PAGE_BY_CURSOR,
-                &[&user_id, &fetch, &c.at, &c.id],
+                &[&user_id, &q.fetch(), &c.at, &c.id],
             )
             .await?
         }
     };
-    let mut entries: Vec<Entry> = rows.iter().map(entry).collect();
-    let has_more = entries.len() as i64 > limit;
-    entries.truncate(limit as usize);
-    let next_cursor = if has_more {
-        entries.last().map(|e| {
-            signer.sign(&Cursor {
-                at: e.created_at,
-                id: e.id,
-            })
-        })
-    } else {
-        None
-    };
+    let page = q.page(rows.iter().map(entry).collect(), |e: &Entry| Cursor {
+        at: e.created_at,
+        id: e.id,
+    });
     Ok(EntryCursorPage {
-        entries,
-        next_cursor,
-        has_more,
+        entries: page.items,
+        next_cursor: page.next_cursor,
+        has_more: page.has_more,
     })
 }
 

@@ -3,22 +3,22 @@
 //! (which invalidates what `cache_rules` says the write touched).
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use kai_shared::auth::AuthUser;
+use kai_shared::auth::{AuthUser, Owned};
 use kai_shared::http::openapi::BearerAuth;
-use kai_shared::http::{Json, Query, Valid, in_range, respond};
+use kai_shared::http::valid::{check_non_blank, no_field_errors};
+use kai_shared::http::{Query, Valid, in_range, respond};
 use kai_shared::{ApiError, FieldError, Platform};
 use utoipa::OpenApi;
-use uuid::Uuid;
 
 use crate::cache_rules::{
     ENTRY, LIST, STATS, entry_key, list_cursor_key, list_page_key, stats_key, user_scope,
 };
 use crate::model::{
-    CreateEntry, DayStats, Entry, EntryCursorPage, EntryPage, ListQuery, PatchEntry, SearchQuery,
-    SearchResults, Stats, StatsQuery,
+    CreateEntry, DayStats, Entry, EntryCursorPage, EntryPage, ListQuery, MAX_QUERY_CHARS,
+    PatchEntry, SearchQuery, SearchResults, Stats, StatsQuery,
 };
 use crate::queries;
-use kai_shared::http::cursor::CursorSigner;
+use kai_shared::http::cursor::CursorQuery;
 
 /// The list's answer: one of the two modes' shapes (documentation only).
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -68,9 +68,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 async fn create_entry(
     p: web::Data<Platform>,
     user: AuthUser,
-    body: Json<CreateEntry>,
+    new: Valid<CreateEntry>,
 ) -> Result<HttpResponse, ApiError> {
-    let new = Valid::parse(body.into_inner())?;
     let entry = p
         .cache
         .commit(queries::insert_entry(&p.db, user.user_id, &new).await?)
@@ -90,11 +89,9 @@ async fn create_entry(
 async fn list_entries(
     req: HttpRequest,
     p: web::Data<Platform>,
-    user: AuthUser,
-    q: Query<ListQuery>,
+    AuthUser { user_id: uid, .. }: AuthUser,
+    Query(q): Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let q = q.into_inner();
-    let uid = user.user_id;
     let cursor_mode = q.limit.is_some() || q.cursor.is_some();
     if cursor_mode && (q.page.is_some() || q.page_size.is_some()) {
         return Err(ApiError::validation(vec![FieldError::new(
@@ -107,17 +104,11 @@ async fn list_entries(
         )]));
     }
     let cached = if cursor_mode {
-        let limit = in_range("limit", q.limit, 20, 1, 100)?;
-        let signer =
-            CursorSigner::from_settings(&p.settings, p.service, uid, &format!("limit={limit}"));
-        let cursor = signer.from_param(q.cursor.as_deref())?;
-        let key = list_cursor_key(uid, q.cursor.as_deref(), limit);
+        let cq = CursorQuery::parse(&p, uid, q.limit, q.cursor.as_deref())?;
+        let key = list_cursor_key(uid, q.cursor.as_deref(), cq.limit);
         p.cache
             .get_or_load(&user_scope(uid), &LIST, &key, || async {
-                queries::list_entries_after(&p.db, uid, cursor, limit, &signer)
-                    .await
-                    .map(Some)
-                    .map_err(ApiError::from)
+                queries::list_entries_after(&p.db, uid, &cq).await.map(Some)
             })
             .await?
     } else {
@@ -137,7 +128,6 @@ async fn list_entries(
                         queries::list_entries_page(&p.db, uid, 1, page_size)
                             .await
                             .map(Some)
-                            .map_err(ApiError::from)
                     },
                 )
                 .await?;
@@ -173,7 +163,6 @@ async fn list_entries(
                 queries::list_entries_page(&p.db, uid, page, page_size)
                     .await
                     .map(Some)
-                    .map_err(ApiError::from)
             })
             .await?
     };
@@ -186,15 +175,12 @@ async fn list_entries(
 async fn get_entry(
     req: HttpRequest,
     p: web::Data<Platform>,
-    user: AuthUser,
-    id: web::Path<Uuid>,
+    it: Owned,
 ) -> Result<HttpResponse, ApiError> {
-    let id = id.into_inner();
-    let uid = user.user_id;
     let cached = p
         .cache
-        .get_or_load(&user_scope(uid), &ENTRY, &entry_key(id), || async {
-            Ok(queries::get_entry(&p.db, uid, id).await?)
+        .get_or_load(&user_scope(it.user_id), &ENTRY, &entry_key(it.id), || {
+            queries::get_entry(&p.db, it.user_id, it.id)
         })
         .await?;
     Ok(respond::cached(&req, &cached))
@@ -205,12 +191,10 @@ async fn get_entry(
     responses((status = 200, description = "The entry as changed", body = Entry)))]
 async fn patch_entry(
     p: web::Data<Platform>,
-    user: AuthUser,
-    id: web::Path<Uuid>,
-    body: Json<PatchEntry>,
+    it: Owned,
+    patch: Valid<PatchEntry>,
 ) -> Result<HttpResponse, ApiError> {
-    let patch = Valid::parse(body.into_inner())?;
-    let written = queries::patch_entry(&p.db, user.user_id, id.into_inner(), &patch).await?;
+    let written = queries::patch_entry(&p.db, it.user_id, it.id, &patch).await?;
     let entry = p.cache.commit_found(written).await?;
     Ok(HttpResponse::Ok().json(entry))
 }
@@ -218,12 +202,8 @@ async fn patch_entry(
 /// Delete an entry (soft: it disappears from every read).
 #[utoipa::path(delete, path = "/api/journal/entries/{id}", tag = "entries", params(("id" = Uuid, Path, description = "The entry's id")),
     responses((status = 204)))]
-async fn delete_entry(
-    p: web::Data<Platform>,
-    user: AuthUser,
-    id: web::Path<Uuid>,
-) -> Result<HttpResponse, ApiError> {
-    let written = queries::soft_delete_entry(&p.db, user.user_id, id.into_inner()).await?;
+async fn delete_entry(p: web::Data<Platform>, it: Owned) -> Result<HttpResponse, ApiError> {
+    let written = queries::soft_delete_entry(&p.db, it.user_id, it.id).await?;
     respond::deleted(p.cache.commit(written).await)
 }
 
@@ -241,16 +221,12 @@ pub const SEARCH_PER_USER: kai_shared::ratelimit::Limit = kai_shared::ratelimit:
 async fn search_entries(
     p: web::Data<Platform>,
     user: AuthUser,
-    q: Query<SearchQuery>,
+    Query(q): Query<SearchQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let q = q.into_inner();
     // Checked as sent (what the document states), then trimmed.
-    if kai_shared::http::openapi::is_blank(&q.q) || q.q.chars().count() > 200 {
-        return Err(ApiError::validation(vec![FieldError::new(
-            "q",
-            "must be 1 to 200 characters, not only white space",
-        )]));
-    }
+    let mut errors = Vec::new();
+    check_non_blank("q", &q.q, MAX_QUERY_CHARS, &mut errors);
+    no_field_errors(errors)?;
     let text = q.q.trim();
     let limit = in_range("limit", q.limit, 20, 1, 100)?;
     // Uncached full-text search is the most expensive read: limited per user.
@@ -267,15 +243,14 @@ async fn search_entries(
 async fn entry_stats(
     req: HttpRequest,
     p: web::Data<Platform>,
-    user: AuthUser,
+    AuthUser { user_id: uid, .. }: AuthUser,
     q: Query<StatsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let days = in_range("days", q.days, 30, 1, 365)?;
-    let uid = user.user_id;
     let cached = p
         .cache
         .get_or_load(&user_scope(uid), &STATS, &stats_key(uid, days), || async {
-            Ok(Some(queries::entry_stats(&p.db, uid, days).await?))
+            queries::entry_stats(&p.db, uid, days).await.map(Some)
         })
         .await?;
     Ok(respond::cached(&req, &cached))

@@ -63,10 +63,10 @@ pub async fn change_password(
     req: HttpRequest,
     p: web::Data<Platform>,
     user: AuthUser,
-    body: Json<ChangePassword>,
+    change: Valid<ChangePassword>,
 ) -> Result<HttpResponse, ApiError> {
     // Only the checked new password's hash is stored.
-    let change = Valid::parse(body.into_inner())?.into_inner();
+    let change = change.into_inner();
     reauthenticate(&req, &p, &user, change.current_password).await?;
     let hash = password::hash(change.new_password).await?;
     queries::change_password(&p.db, user.user_id, &hash, user.session_id).await?;

@@ -3,15 +3,21 @@
 //!
 //! ```text
 //! DELETE /api/account ─► one transaction: DELETE users (profile, sessions cascade)
-//!                                         + INSERT outbox 'account-erased' awaiting {profile, journal, conversation}
+//!                                         + INSERT outbox 'account-erased' awaiting every participant
 //!                     ─► user-wide revocation announced (every token refused within 1 s)
 //! relay (every profile replica, woken at once, else every second):
 //!     outbox rows due ──XADD──► Redis Stream <prefix>:{events:account-erased}
 //!     acks set ──SPOP──► outbox.awaiting minus the service; row deleted when empty
-//! each service's consumer group (profile, journal, conversation):
+//!     consumer groups on the stream ──XINFO GROUPS──► new ones into erasure_participants
+//! each service's consumer group (profile, journal, conversation, …):
 //!     XREADGROUP ─► purge (idempotent) ─► XACK + ack back (SADD)
 //! ```
 //!
+//! * **Who is awaited** is learned, not listed: a service that holds personal
+//!   data starts `kai_shared::erasure::consume` with its own group, and the relay
+//!   records every group it sees on the stream in `profile.erasure_participants`
+//!   (PostgreSQL, so a Redis that lost its groups does not make an erasure skip a
+//!   service that is down). Adding a service touches only that service.
 //! * **Durable**: the event is a row written with the deletion; Redis carries it
 //!   but is not trusted to keep it. A row not fully acknowledged is re-sent after
 //!   10 s, then 20 s, 40 s … (at most every 5 min), so a service that was down
@@ -27,6 +33,7 @@
 //! Without Redis nothing can be relayed: rows wait in the outbox until it is
 //! configured (the other services could not hear anything either).
 
+use std::collections::BTreeSet;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -45,15 +52,18 @@ use crate::cache_rules::user_scope;
 pub use kai_shared::erasure::STREAM;
 /// This service's consumer group.
 pub const GROUP: &str = "profile";
-/// Every service that holds a person's data, each a consumer group.
-pub const SERVICES: [&str; 3] = ["profile", "journal", "conversation"];
 /// How often the relay looks at the outbox when not woken.
 const RELAY_EVERY: Duration = Duration::from_secs(1);
 
 pub const DELETE_USER: &str = "DELETE FROM profile.users WHERE id = $1";
 
-pub const INSERT_EVENT: &str =
-    "INSERT INTO profile.outbox (id, topic, payload, awaiting) VALUES ($1, $2, $3, $4)";
+/// The event, awaiting every known participant (and this service, which always is one).
+pub const INSERT_EVENT: &str = "INSERT INTO profile.outbox (id, topic, payload, awaiting)
+     SELECT $1, $2, $3, array(SELECT name FROM profile.erasure_participants UNION SELECT $4 ORDER BY 1)";
+
+/// A consumer group seen on the stream becomes a participant (once).
+pub const ADD_PARTICIPANT: &str =
+    "INSERT INTO profile.erasure_participants (name) VALUES ($1) ON CONFLICT DO NOTHING";
 
 /// Rows never sent, or not acknowledged in time (backing off to every 5 min),
 /// locked so that concurrent relays of other replicas skip them.
@@ -84,11 +94,10 @@ pub async fn delete_account(db: &Db, user_id: Uuid) -> Result<bool, DbError> {
     if db.execute(&tx, DELETE_USER, &[&user_id]).await? == 0 {
         return Ok(false);
     }
-    let awaiting: Vec<String> = SERVICES.iter().map(|s| (*s).to_owned()).collect();
     db.execute(
         &tx,
         INSERT_EVENT,
-        &[&Uuid::now_v7(), &STREAM, &user_id.to_string(), &awaiting],
+        &[&Uuid::now_v7(), &STREAM, &user_id.to_string(), &GROUP],
     )
     .await?;
     tx.commit().await?;
@@ -120,7 +129,11 @@ pub fn start(p: web::Data<Platform>, stop: CancellationToken) {
 
 /// Moves acknowledgements into the outbox and (re-)sends what is due, until stopped.
 async fn relay(p: web::Data<Platform>, events: Events, stop: CancellationToken) {
+    let mut participants = BTreeSet::new();
     loop {
+        if let Err(e) = learn_participants(&p, &events, &mut participants).await {
+            tracing::debug!(error = format!("{e:#}"), "erasure participants: retrying");
+        }
         if let Err(e) = relay_once(&p, &events).await {
             tracing::debug!(error = format!("{e:#}"), "outbox relay: retrying");
         }
@@ -130,6 +143,26 @@ async fn relay(p: web::Data<Platform>, events: Events, stop: CancellationToken) 
             _ = tokio::time::sleep(RELAY_EVERY) => {}
         }
     }
+}
+
+/// Records the consumer groups on the stream that `known` (what this replica
+/// already recorded) lacks: one `XINFO GROUPS` a pass, a write only for a new one.
+async fn learn_participants(
+    p: &Platform,
+    events: &Events,
+    known: &mut BTreeSet<String>,
+) -> anyhow::Result<()> {
+    let groups = events.groups(STREAM).await?;
+    let new: Vec<String> = groups.into_iter().filter(|g| !known.contains(g)).collect();
+    if new.is_empty() {
+        return Ok(());
+    }
+    let conn = p.db.conn().await?;
+    for group in new {
+        p.db.execute(&conn, ADD_PARTICIPANT, &[&group]).await?;
+        known.insert(group);
+    }
+    Ok(())
 }
 
 async fn relay_once(p: &Platform, events: &Events) -> anyhow::Result<()> {

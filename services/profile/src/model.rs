@@ -8,8 +8,7 @@
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use kai_shared::http::openapi::is_blank;
-use kai_shared::http::valid::{Validate, no_field_errors};
+use kai_shared::http::valid::{Validate, check_non_blank, no_field_errors};
 use kai_shared::{ApiError, FieldError};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
@@ -280,13 +279,7 @@ pub fn is_email(email: &str) -> bool {
 
 /// Checked as sent (what the document states); trimmed afterwards.
 fn check_display_name(name: &str, errors: &mut Vec<FieldError>) {
-    let n = name.chars().count();
-    if is_blank(name) || n > MAX_DISPLAY_NAME_CHARS {
-        errors.push(FieldError::new(
-            "display_name",
-            format!("must be 1 to {MAX_DISPLAY_NAME_CHARS} characters, not only white space"),
-        ));
-    }
+    check_non_blank("display_name", name, MAX_DISPLAY_NAME_CHARS, errors);
 }
 
 #[cfg(test)]

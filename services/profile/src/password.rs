@@ -9,7 +9,7 @@
 //! time ([`PERMITS`]); others queue for up to [`QUEUE_TIMEOUT`], then get a 503
 //! with `Retry-After` instead of growing memory without bound (a few hundred
 //! concurrent anonymous registrations used to take the process to gigabytes). The
-//! global allocator (mimalloc, see `main.rs`) returns freed hash memory to the
+//! global allocator (mimalloc, kai-shared's `server` module) returns freed hash memory to the
 //! system.
 //!
 //! Login must not reveal whether an e-mail is registered, by its answer or by its

@@ -85,9 +85,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 async fn register(
     req: HttpRequest,
     p: web::Data<Platform>,
-    body: Json<Register>,
+    new: Valid<Register>,
 ) -> Result<HttpResponse, ApiError> {
-    let new = Valid::parse(body.into_inner())?;
     // Before the hash and the "taken" answer: both are what a flood is after.
     p.limiter
         .check(&REGISTER_PER_CLIENT, &client_address(&req, &p))
@@ -175,13 +174,12 @@ async fn logout(p: web::Data<Platform>, user: AuthUser) -> Result<HttpResponse, 
 async fn get_profile(
     req: HttpRequest,
     p: web::Data<Platform>,
-    user: AuthUser,
+    AuthUser { user_id: uid, .. }: AuthUser,
 ) -> Result<HttpResponse, ApiError> {
-    let uid = user.user_id;
     let cached = p
         .cache
         .get_or_load(&user_scope(uid), &PROFILE, &profile_key(uid), || async {
-            Ok(queries::get_profile(&p.db, uid).await?)
+            queries::get_profile(&p.db, uid).await
         })
         .await?;
     Ok(respond::cached(&req, &cached))
@@ -193,9 +191,8 @@ async fn get_profile(
 async fn patch_profile(
     p: web::Data<Platform>,
     user: AuthUser,
-    body: Json<PatchProfile>,
+    patch: Valid<PatchProfile>,
 ) -> Result<HttpResponse, ApiError> {
-    let patch = Valid::parse(body.into_inner())?;
     let written = queries::patch_profile(&p.db, user.user_id, &patch).await?;
     let profile = p.cache.commit_found(written).await?;
     Ok(HttpResponse::Ok().json(profile))

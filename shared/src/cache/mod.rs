@@ -246,8 +246,9 @@ impl Cache {
     /// The cached answer for `logical` in `scope`, or the loader's (then stored).
     ///
     /// `load` returns `Ok(None)` for "not found", which is cached briefly and
-    /// answered as a 404. Loader errors reach every waiter and are not cached.
-    pub async fn get_or_load<T, F, Fut>(
+    /// answered as a 404. Loader errors (any error a handler could return, e.g.
+    /// a query's `DbError`) reach every waiter and are not cached.
+    pub async fn get_or_load<T, E, F, Fut>(
         &self,
         scope: &Scope,
         policy: &Policy,
@@ -256,9 +257,11 @@ impl Cache {
     ) -> Result<Cached, ApiError>
     where
         T: Serialize,
+        E: Into<ApiError>,
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Option<T>, ApiError>>,
+        Fut: Future<Output = Result<Option<T>, E>>,
     {
+        let load = || async move { load().await.map_err(Into::into) };
         let inner = &self.inner;
         if !inner.enabled {
             let entry = load_entry(policy, load).await?;

@@ -146,6 +146,76 @@ impl CursorSigner {
     }
 }
 
+/// A cursor-mode list request, parsed: the page size, where the page starts,
+/// and the signer of the answer's `next_cursor` — bound to the service, the user
+/// and the page size, so the cursor works only for the query that produced it.
+#[derive(Debug, Clone)]
+pub struct CursorQuery {
+    /// `limit`: 1–100, 20 when absent.
+    pub limit: i64,
+    /// The last row of the previous page; `None` for the first page.
+    pub after: Option<Cursor>,
+    pub signer: CursorSigner,
+}
+
+impl CursorQuery {
+    /// From the `limit` and `cursor` query parameters (a 400 naming the one at
+    /// fault).
+    pub fn parse(
+        platform: &crate::Platform,
+        user: Uuid,
+        limit: Option<i64>,
+        cursor: Option<&str>,
+    ) -> Result<Self, ApiError> {
+        let limit = super::in_range("limit", limit, 20, 1, 100)?;
+        let signer = CursorSigner::from_settings(
+            &platform.settings,
+            platform.service,
+            user,
+            &format!("limit={limit}"),
+        );
+        let after = signer.from_param(cursor)?;
+        Ok(Self {
+            limit,
+            after,
+            signer,
+        })
+    }
+
+    /// How many rows to ask the database for: one more than the page, to learn
+    /// whether another page exists.
+    pub fn fetch(&self) -> i64 {
+        self.limit + 1
+    }
+
+    /// The page made of `rows` (at most [`Self::fetch`] of them, in list
+    /// order): the first `limit`, and when there were more, the signed cursor
+    /// of the last one kept (`position` says where a row stands).
+    pub fn page<T>(&self, mut rows: Vec<T>, position: impl Fn(&T) -> Cursor) -> CursorPage<T> {
+        let has_more = rows.len() as i64 > self.limit;
+        rows.truncate(usize::try_from(self.limit).unwrap_or(0));
+        let next_cursor = if has_more {
+            rows.last().map(|row| self.signer.sign(&position(row)))
+        } else {
+            None
+        };
+        CursorPage {
+            items: rows,
+            next_cursor,
+            has_more,
+        }
+    }
+}
+
+/// One page of a cursor-mode list (see [`CursorQuery::page`]).
+#[derive(Debug)]
+pub struct CursorPage<T> {
+    pub items: Vec<T>,
+    /// Pass back as `cursor` for the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+    pub has_more: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

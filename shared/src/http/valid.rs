@@ -5,7 +5,13 @@
 
 use std::ops::Deref;
 
+use actix_web::dev::Payload;
+use actix_web::{FromRequest, HttpRequest};
+use futures_util::future::LocalBoxFuture;
+use serde::de::DeserializeOwned;
+
 use super::errors::{ApiError, FieldError};
+use super::json::Json;
 
 /// A request shape's checks.
 pub trait Validate: Sized {
@@ -30,11 +36,36 @@ impl<T> Valid<T> {
     }
 }
 
+/// As an extractor: a JSON body as [`Json`] reads it (at most 64 KiB), then
+/// checked. A route with another body limit takes `Json<T, LIMIT>` and calls
+/// [`Valid::parse`].
+impl<T: Validate + DeserializeOwned + 'static> FromRequest for Valid<T> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let body = Json::<T>::from_request(req, payload);
+        Box::pin(async move { Valid::parse(body.await?.0) })
+    }
+}
+
 impl<T> Deref for Valid<T> {
     type Target = T;
 
     fn deref(&self) -> &T {
         &self.0
+    }
+}
+
+/// The check [`super::openapi::non_blank`] documents, on the text as sent:
+/// 1 to `max` characters, not only white space.
+pub fn check_non_blank(field: &str, value: &str, max: usize, errors: &mut Vec<FieldError>) {
+    let n = value.chars().count();
+    if n > max || super::openapi::is_blank(value) {
+        errors.push(FieldError::new(
+            field,
+            format!("must be 1 to {max} characters, not only white space (got {n})"),
+        ));
     }
 }
 
@@ -64,6 +95,20 @@ mod tests {
             no_field_errors(errors)?;
             Ok(Self(name))
         }
+    }
+
+    #[test]
+    fn non_blank_counts_characters_and_refuses_white_space_only() {
+        let check = |value: &str| {
+            let mut errors = Vec::new();
+            check_non_blank("f", value, 3, &mut errors);
+            errors.len()
+        };
+        assert_eq!(check("héé"), 0, "three characters, six bytes");
+        assert_eq!(check("abcd"), 1);
+        assert_eq!(check(""), 1);
+        assert_eq!(check(" \u{3000}"), 1);
+        assert_eq!(check(" a "), 0);
     }
 
     #[test]

@@ -239,6 +239,78 @@ async fn deleting_an_account_needs_the_password_and_removes_it_at_once() {
     );
 }
 
+/// A service added later takes part in erasure by consuming the stream in a
+/// group of its own: nothing in profile-service names it.
+#[tokio::test]
+async fn a_new_service_that_consumes_the_erasure_stream_is_awaited_and_purges() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let p = spawn().await;
+    let a = p.account().await;
+    let purged = Arc::new(AtomicU64::new(0));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let seen = purged.clone();
+    let user = a.id;
+    kai_shared::erasure::consume(&p.app.platform, stop.clone(), "insights", move |_, id| {
+        let seen = seen.clone();
+        async move {
+            assert_eq!(id, user);
+            seen.fetch_add(1, Ordering::SeqCst);
+            Ok(1)
+        }
+    })
+    .expect("Redis is configured");
+    // The relay records the new group (within a pass, about a second).
+    let db = p.db.connect().await;
+    let started = Instant::now();
+    loop {
+        let known: i64 = db
+            .query_one(
+                "SELECT count(*) FROM profile.erasure_participants WHERE name = 'insights'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if known == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the relay never learned the new group"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    assert_eq!(delete_account(&p, &a.token, PASSWORD).await.status(), 204);
+    let row = db
+        .query_one("SELECT awaiting FROM profile.outbox", &[])
+        .await
+        .unwrap();
+    let awaiting: Vec<String> = row.get(0);
+    assert!(awaiting.contains(&"insights".to_owned()), "{awaiting:?}");
+    // It purges and acknowledges; journal and conversation are not running here.
+    let started = Instant::now();
+    loop {
+        let row = db
+            .query_one("SELECT awaiting FROM profile.outbox", &[])
+            .await
+            .unwrap();
+        let awaiting: Vec<String> = row.get(0);
+        if awaiting == ["conversation", "journal"] {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not acknowledged: {awaiting:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(purged.load(Ordering::SeqCst), 1);
+    stop.cancel();
+}
+
 #[tokio::test]
 async fn password_guessing_on_a_stolen_token_is_rate_limited() {
     let p = spawn().await;
