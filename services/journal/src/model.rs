@@ -216,7 +216,14 @@ pub struct EntryCursorPage {
 pub struct SearchQuery {
     /// Words to find (web-search syntax: quotes, `or`, `-word`), 1–200 characters,
     /// not only white space.
-    #[param(schema_with = kai_shared::http::openapi::non_blank::<MAX_QUERY_CHARS>, example = "river walk")]
+    // Not `schema_with` (which drops a parameter's `required`, description and
+    // example); the bound is MAX_QUERY_CHARS.
+    #[param(
+        min_length = 1,
+        max_length = 200,
+        pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]",
+        example = "river walk"
+    )]
     pub q: String,
     /// 1–100 (default 20).
     #[param(minimum = 1, maximum = 100, example = 20)]
