@@ -26,6 +26,7 @@
 
 pub mod keys;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::dev::Payload;
@@ -67,8 +68,13 @@ pub struct Claims {
 /// Expires a cached verification at the token's own `exp`.
 struct UntilExp;
 
-impl moka::Expiry<[u8; 32], Claims> for UntilExp {
-    fn expire_after_create(&self, _: &[u8; 32], claims: &Claims, _: Instant) -> Option<Duration> {
+impl moka::Expiry<[u8; 32], Arc<Claims>> for UntilExp {
+    fn expire_after_create(
+        &self,
+        _: &[u8; 32],
+        claims: &Arc<Claims>,
+        _: Instant,
+    ) -> Option<Duration> {
         let left = claims.exp - chrono::Utc::now().timestamp();
         Some(Duration::from_secs(left.max(0) as u64))
     }
@@ -85,7 +91,8 @@ pub struct Authenticator {
     /// Per user: sessions created before this many unix milliseconds are revoked,
     /// except the one named (the caller of a password change).
     revoked_before: moka::sync::Cache<Uuid, Watermark>,
-    verified: moka::sync::Cache<[u8; 32], Claims>,
+    /// Shared, so a hit clones a pointer, not the claims' strings.
+    verified: moka::sync::Cache<[u8; 32], Arc<Claims>>,
 }
 
 /// A user-wide revocation.
@@ -161,7 +168,7 @@ impl Authenticator {
 
     /// Verifies algorithm, key, signature, expiry, issuer, audience, lifetime and
     /// revocation; a token verified before is answered from the cache.
-    pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+    pub fn verify(&self, token: &str) -> Result<Arc<Claims>, ApiError> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         match self.verified.get(&digest) {
             // moka may hand out an entry in the same second it expires.
@@ -170,7 +177,7 @@ impl Authenticator {
                 Ok(claims)
             }
             _ => {
-                let claims = self.verify_uncached(token)?;
+                let claims = Arc::new(self.verify_uncached(token)?);
                 self.check_revocation(&claims)?;
                 self.verified.insert(digest, claims.clone());
                 Ok(claims)
@@ -352,9 +359,8 @@ impl FromRequest for AuthUser {
         let user = token
             .and_then(|token| platform.auth.verify(token))
             .map(|claims| {
-                // Into the request span (see `http::stamp`): one record, not a
-                // span per handler.
-                tracing::Span::current().record("user_id", tracing::field::display(claims.sub));
+                // Every later line of the request names the user (`telemetry`).
+                crate::telemetry::set_user(claims.sub);
                 AuthUser {
                     user_id: claims.sub,
                     session_id: claims.sid,

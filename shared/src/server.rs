@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 
 use actix_cors::Cors;
 use actix_web::dev::Server;
-use actix_web::middleware::{Compress, Condition, DefaultHeaders, ErrorHandlers, from_fn};
+use actix_web::middleware::{Compress, Condition, ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
-use actix_web_prom::PrometheusMetricsBuilder;
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 use futures_util::future::BoxFuture;
@@ -32,7 +31,7 @@ use crate::config::{self, Settings};
 use crate::db::{Db, MigrationSet};
 use crate::http::errors::ApiError;
 use crate::http::stats::EndpointStats;
-use crate::metrics::{LATENCY_BUCKETS, Metrics};
+use crate::metrics::Metrics;
 use crate::redis::{Redis, revocation};
 
 /// How long in-flight requests may take to finish after SIGTERM.
@@ -255,7 +254,6 @@ pub fn run(
     def: ServiceDef,
     opts: RunOptions,
 ) -> anyhow::Result<Server> {
-    let prometheus = http_metrics(&platform.metrics)?;
     // The served document (see `http::openapi::complete`) and, from it, the
     // methods of each route: the `Allow` of a 405 and what a preflight may ask.
     let document = crate::http::openapi::complete(&def.openapi);
@@ -278,13 +276,11 @@ pub fn run(
             ))
             .wrap(from_fn(crate::http::skip_small_bodies))
             .wrap(Compress::default())
-            .wrap(prometheus.clone())
             .wrap(cors)
             .wrap(from_fn(crate::http::cors::preflight_per_route))
-            .wrap(security_headers())
             .wrap(from_fn(crate::http::stamp))
-            .wrap(from_fn(crate::http::bound_method))
             .configure(crate::health::routes)
+            .route("/metrics", web::get().to(crate::metrics::endpoint))
             // The service's routes before the docs: actix tries resources in this
             // order, and the docs' `/docs/{_:.*}` is a regex every API request
             // would otherwise run first (the paths never overlap).
@@ -306,19 +302,6 @@ pub fn run(
     Ok(server.run())
 }
 
-/// `kai_http_*` per route pattern, on the platform's registry; `/docs` assets
-/// are left out (they would only be noise, and actix-web-prom warns on them).
-fn http_metrics(metrics: &Metrics) -> anyhow::Result<actix_web_prom::PrometheusMetrics> {
-    PrometheusMetricsBuilder::new("kai")
-        .registry(metrics.registry.clone())
-        .endpoint("/metrics")
-        .buckets(LATENCY_BUCKETS)
-        .mask_unmatched_patterns("UNMATCHED")
-        .exclude_regex("^/docs")
-        .build()
-        .map_err(|e| anyhow::anyhow!("building HTTP metrics: {e}"))
-}
-
 fn cors(allowed_origins: &[String], operations: &crate::http::openapi::Operations) -> Cors {
     let mut cors = Cors::default()
         .allowed_methods(operations.all_methods().iter().map(String::as_str))
@@ -329,17 +312,6 @@ fn cors(allowed_origins: &[String], operations: &crate::http::openapi::Operation
         cors = cors.allowed_origin(origin);
     }
     cors
-}
-
-fn security_headers() -> DefaultHeaders {
-    DefaultHeaders::new()
-        .add(("X-Content-Type-Options", "nosniff"))
-        .add(("X-Frame-Options", "DENY"))
-        .add(("Referrer-Policy", "no-referrer"))
-        // Only added where a handler set none: cached GETs say `private, no-cache`
-        // themselves; everything else — auth answers, uncached reads of personal
-        // data, errors — is never stored by a browser or proxy.
-        .add(("Cache-Control", "no-store"))
 }
 
 /// `/openapi.json` and the bundled Swagger UI; `/docs` (SPEC §4) leads to `/docs/`.

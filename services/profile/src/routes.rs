@@ -95,7 +95,7 @@ async fn register(
     let user = queries::insert_user(&p.db, &new, &hash)
         .await
         .map_err(db_error)?;
-    tracing::Span::current().record("user_id", tracing::field::display(user.user_id));
+    kai_shared::telemetry::set_user(user.user_id);
     Ok(HttpResponse::Created()
         .insert_header((actix_web::http::header::LOCATION, "/api/profile"))
         .json(user))
@@ -135,7 +135,7 @@ async fn login(
         (true, Some(id)) => id,
         _ => return Err(ApiError::Unauthorized(BAD_CREDENTIALS.into())),
     };
-    tracing::Span::current().record("user_id", tracing::field::display(user_id));
+    kai_shared::telemetry::set_user(user_id);
 
     // UUIDv7: the token carries its session's creation time (user-wide revocation).
     let session_id = uuid::Uuid::now_v7();

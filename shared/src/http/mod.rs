@@ -20,7 +20,6 @@ use actix_web::error::{PathError, QueryPayloadError};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{HttpRequest, HttpResponse, web};
-use tracing::Instrument;
 
 use crate::Platform;
 use errors::{ApiError, FieldError};
@@ -46,19 +45,28 @@ pub const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'se
 img-src 'self' data:; font-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; \
 frame-ancestors 'none'";
 
-/// Outermost middleware: request id, response time, per-route statistics,
-/// slow-request warnings, and the access log (a sample of requests, see
-/// [`log_this_request`]). Also removes the `identity` marker [`skip_small_bodies`]
-/// set, so clients never see it.
+/// Outermost middleware, one layer for what every request needs: the head
+/// bounded ([`bound_head`]), the request context every log line names
+/// (`telemetry`), request id, response time, the HTTP metrics, per-route
+/// statistics, slow-request warnings, the access log (a sample of requests, see
+/// [`log_this_request`]) and the security headers. Also removes the `identity`
+/// marker [`skip_small_bodies`] set, so clients never see it.
 ///
 /// Every request passes here, so it allocates little: the caller's request id is
 /// kept as the header value it came in, a new one is a UUID v4 from the thread's
-/// RNG (no system call) written on the stack, and `X-Response-Time` is formatted
-/// on the stack too.
+/// RNG (no system call) written on the stack, `X-Response-Time` is formatted on
+/// the stack too, and the metric series are kept per worker thread. (It was four
+/// layers — this, the head bound, actix-web-prom and `DefaultHeaders` — each a
+/// boxed future and a pass over the response: docs/PERFORMANCE.md.)
 pub async fn stamp(
-    req: ServiceRequest,
+    mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+) -> Result<ServiceResponse<actix_web::body::EitherBody<impl MessageBody>>, actix_web::Error> {
+    if let Err(problem) = bound_head(&mut req) {
+        return Ok(req
+            .into_response(actix_web::ResponseError::error_response(&problem))
+            .map_into_right_body());
+    }
     let started = Instant::now();
     let mut id_buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let request_id: HeaderValue = match req.headers().get(&X_REQUEST_ID).filter(|v| {
@@ -73,69 +81,76 @@ pub async fn stamp(
     };
     let method = req.method().clone();
     let platform = req.app_data::<web::Data<Platform>>().cloned();
-    // One span per request; the auth extractor records `user_id` in it, so every
-    // line a handler writes names the request and the user (an id, never data).
-    let span = tracing::info_span!(
-        "request",
-        request_id = request_id.to_str().unwrap_or_default(),
-        method = method.as_str(),
-        user_id = tracing::field::Empty
-    );
-    // No blanket handler timeout here (it would need a clone of the request, which
-    // actix forbids while routing): every dependency has its own bound instead —
-    // DB_POOL_TIMEOUT_SECS, REDIS_TIMEOUT_MS, a service's outbound timeouts — and the server
-    // bounds slow clients (client_request_timeout, client_disconnect_timeout).
-    let mut res = next.call(req).instrument(span.clone()).await?;
+    // Every line written while the request is handled names it (and, once the
+    // auth extractor verified the token, the user: an id, never data). A
+    // task-local, not span fields: see `telemetry`.
+    let context = crate::telemetry::RequestContext::new(request_id.clone(), &method);
+    crate::telemetry::in_request(context, async move {
+        // No blanket handler timeout here (it would need a clone of the request, which
+        // actix forbids while routing): every dependency has its own bound instead —
+        // DB_POOL_TIMEOUT_SECS, REDIS_TIMEOUT_MS, a service's outbound timeouts — and the server
+        // bounds slow clients (client_request_timeout, client_disconnect_timeout).
+        let mut res = next.call(req).await?;
 
-    let elapsed = started.elapsed();
-    let status = res.status();
-    if let Some(platform) = &platform {
-        let slow = elapsed >= platform.settings.slow_request_threshold;
-        let logged = status.is_server_error()
-            || slow
-            || log_this_request(platform.settings.access_log_sample);
-        let api = res.request().path().starts_with("/api/");
-        if api || logged {
-            let route = res
-                .request()
-                .match_pattern()
-                .unwrap_or_else(|| "UNMATCHED".to_owned());
-            if api && route.starts_with("/api/") {
+        let elapsed = started.elapsed();
+        let status = res.status();
+        let on_docs = res.request().path().starts_with("/docs");
+        // The bundled Swagger UI's assets are no route anyone monitors.
+        if let Some(platform) = platform.as_ref().filter(|_| !on_docs) {
+            // The route *pattern*, never the raw path: bounded label values, and
+            // no personal text (ids, a search query) in a metric or a log line.
+            let matched = res.request().match_pattern();
+            let route = matched.as_deref().unwrap_or("UNMATCHED");
+            platform
+                .metrics
+                .observe_http(route, method.as_str(), status.as_u16(), elapsed);
+            if route.starts_with("/api/") {
                 platform
                     .stats
-                    .record(&method, &route, elapsed, status.is_server_error());
+                    .record(&method, route, elapsed, status.is_server_error());
             }
-            // The access log: the route *pattern*, never the raw path or query
-            // string (a search query is personal text).
-            if logged {
+            let slow = elapsed >= platform.settings.slow_request_threshold;
+            // The access log: a sample, plus every server error and slow request.
+            if status.is_server_error()
+                || slow
+                || log_this_request(platform.settings.access_log_sample)
+            {
                 let ms = elapsed.as_secs_f64() * 1000.0;
-                span.in_scope(|| {
-                    if slow {
-                        tracing::warn!(route = %route, status = status.as_u16(), duration_ms = ms, "slow request");
-                    } else {
-                        tracing::info!(route = %route, status = status.as_u16(), duration_ms = ms, "request");
-                    }
-                });
+                if slow {
+                    tracing::warn!(
+                        route,
+                        status = status.as_u16(),
+                        duration_ms = ms,
+                        "slow request"
+                    );
+                } else {
+                    tracing::info!(route, status = status.as_u16(), duration_ms = ms, "request");
+                }
             }
         }
-    }
-    let on_docs = res.request().path().starts_with("/docs");
-    let headers = res.headers_mut();
-    if on_docs {
-        headers.insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(DOCS_CSP),
-        );
-    }
-    if headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| v == "identity")
-    {
-        headers.remove(header::CONTENT_ENCODING);
-    }
-    headers.insert(X_REQUEST_ID.clone(), request_id);
-    headers.insert(X_RESPONSE_TIME.clone(), response_time(elapsed));
-    Ok(res)
+        let headers = res.headers_mut();
+        if on_docs {
+            headers.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(DOCS_CSP),
+            );
+        }
+        if headers
+            .get(header::CONTENT_ENCODING)
+            .is_some_and(|v| v == "identity")
+        {
+            headers.remove(header::CONTENT_ENCODING);
+        }
+        for (name, value) in SECURITY_HEADERS {
+            if !headers.contains_key(&name) {
+                headers.insert(name, HeaderValue::from_static(value));
+            }
+        }
+        headers.insert(X_REQUEST_ID.clone(), request_id);
+        headers.insert(X_RESPONSE_TIME.clone(), response_time(elapsed));
+        Ok(res.map_into_left_body())
+    })
+    .await
 }
 
 /// `X-Response-Time`: milliseconds with three decimals (`0.412ms`), formatted
@@ -292,17 +307,14 @@ pub const MAX_METHOD_LEN: usize = 16;
 /// 32 KiB across four buffers).
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
-/// Outermost middleware: keeps the request head bounded. Header fields over
-/// [`MAX_HEADER_BYTES`] are a 431; a method over
-/// [`MAX_METHOD_LEN`] is a 400 at once (logged truncated); any other non-standard
-/// method becomes `OTHER` before metrics, statistics and logs see it (it then
-/// matches no route: 405 or 404). `HEAD` is served as `GET` (actix sends no body
-/// for a HEAD request whatever the handler produced), so it works wherever `GET`
-/// does.
-pub async fn bound_method(
-    mut req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<actix_web::body::EitherBody<impl MessageBody>>, actix_web::Error> {
+/// The request head, bounded before anything else looks at it (the first step
+/// of [`stamp`]). Header fields over [`MAX_HEADER_BYTES`] are a 431; a method
+/// over [`MAX_METHOD_LEN`] is a 400 at once (logged truncated); any other
+/// non-standard method becomes `OTHER` before metrics, statistics and logs see
+/// it (it then matches no route: 405 or 404). `HEAD` is served as `GET` (actix
+/// sends no body for a HEAD request whatever the handler produced), so it works
+/// wherever `GET` does.
+fn bound_head(req: &mut ServiceRequest) -> Result<(), ApiError> {
     use actix_web::http::Method;
     let header_bytes: usize = req
         .headers()
@@ -311,13 +323,10 @@ pub async fn bound_method(
         .sum();
     if header_bytes > MAX_HEADER_BYTES {
         tracing::info!(bytes = header_bytes, "refused over-large request headers");
-        let problem = ApiError::HeaderFieldsTooLarge(format!(
+        return Err(ApiError::HeaderFieldsTooLarge(format!(
             "the request's header fields are larger than {} KiB",
             MAX_HEADER_BYTES / 1024
-        ));
-        return Ok(req
-            .into_response(actix_web::ResponseError::error_response(&problem))
-            .map_into_right_body());
+        )));
     }
     let method = req.method().clone();
     let standard = [
@@ -337,17 +346,24 @@ pub async fn bound_method(
         if raw.len() > MAX_METHOD_LEN {
             let shown: String = raw.chars().take(MAX_METHOD_LEN).collect();
             tracing::info!(method = %shown, length = raw.len(), "refused an over-long HTTP method");
-            let problem = ApiError::bad_request(format!(
+            return Err(ApiError::bad_request(format!(
                 "the request method is longer than {MAX_METHOD_LEN} characters"
-            ));
-            return Ok(req
-                .into_response(actix_web::ResponseError::error_response(&problem))
-                .map_into_right_body());
+            )));
         }
         req.head_mut().method = Method::from_bytes(b"OTHER").expect("a valid token");
     }
-    Ok(next.call(req).await?.map_into_left_body())
+    Ok(())
 }
+
+/// Set on every answer that has none of its own: cached GETs say `private,
+/// no-cache` themselves; everything else — auth answers, uncached reads of
+/// personal data, errors — is never stored by a browser or proxy.
+const SECURITY_HEADERS: [(HeaderName, &str); 4] = [
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (header::X_FRAME_OPTIONS, "DENY"),
+    (header::REFERRER_POLICY, "no-referrer"),
+    (header::CACHE_CONTROL, "no-store"),
+];
 
 /// An integer query parameter, `default` when absent, checked against `min..=max`
 /// (a 400 naming the parameter otherwise).
