@@ -84,7 +84,7 @@ fn hit_paths(c: &mut Criterion) {
         })
     });
     g.bench_function("stored_bytes_hit", |b| {
-        b.iter(|| black_box((stored.body.clone(), stored.etag.as_str())))
+        b.iter(|| black_box((stored.body.clone(), stored.etag.as_bytes())))
     });
 
     let metrics = Metrics::new("bench");

@@ -260,9 +260,12 @@ pub fn run(
     let operations = web::Data::new(crate::http::openapi::Operations::from_document(&document));
     let mut server = HttpServer::new(move || {
         // No origin allowed (the default): no cross-origin request can succeed,
-        // so the CORS middleware is left out of every request's path.
+        // so the CORS middleware (and its per-route preflight check) is left out
+        // of every request's path.
         let origins = &platform.settings.cors_allowed_origins;
-        let cors = Condition::new(!origins.is_empty(), cors(origins, &operations));
+        let cors_on = !origins.is_empty();
+        let cors = Condition::new(cors_on, cors(origins, &operations));
+        let preflight = Condition::new(cors_on, from_fn(crate::http::cors::preflight_per_route));
         let (routes, document) = (def.routes.clone(), document.clone());
         App::new()
             .app_data(platform.clone())
@@ -277,7 +280,7 @@ pub fn run(
             .wrap(from_fn(crate::http::skip_small_bodies))
             .wrap(Compress::default())
             .wrap(cors)
-            .wrap(from_fn(crate::http::cors::preflight_per_route))
+            .wrap(preflight)
             .wrap(from_fn(crate::http::stamp))
             .configure(crate::health::routes)
             .route("/metrics", web::get().to(crate::metrics::endpoint))

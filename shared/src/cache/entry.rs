@@ -3,6 +3,7 @@
 //! long it took to load) — as one byte frame, so a hit hands the stored bytes to
 //! the client without deserializing, serializing or compressing anything.
 
+use actix_web::http::header::HeaderValue;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
@@ -17,8 +18,9 @@ pub const COMPRESS_MIN_BYTES: usize = 500;
 pub struct Entry {
     /// 200 for a found resource, 404 for a negative entry.
     pub status: u16,
-    /// Strong ETag of `body`, quoted.
-    pub etag: String,
+    /// Strong ETag of `body`, quoted: a header value, checked once when the
+    /// entry is made, so a hit hands it to the response as it is.
+    pub etag: HeaderValue,
     /// The serialized JSON body.
     pub body: Bytes,
     /// `body` gzipped, for clients that accept it (absent for small bodies).
@@ -34,7 +36,7 @@ impl Entry {
     pub fn found(body: Bytes, expires_at_ms: u64, delta_ms: u32) -> Self {
         Self {
             status: 200,
-            etag: etag_of(&body),
+            etag: HeaderValue::try_from(etag_of(&body)).expect("hex in quotes is a header value"),
             body,
             gzip: None,
             expires_at_ms,
@@ -55,7 +57,7 @@ impl Entry {
     pub fn not_found(expires_at_ms: u64, delta_ms: u32) -> Self {
         Self {
             status: 404,
-            etag: String::new(),
+            etag: HeaderValue::from_static(""),
             body: Bytes::new(),
             gzip: None,
             expires_at_ms,
@@ -105,7 +107,7 @@ impl Entry {
         if cur.remaining() < etag_len + gzip_len {
             return None;
         }
-        let etag = String::from_utf8(cur.copy_to_bytes(etag_len).to_vec()).ok()?;
+        let etag = HeaderValue::from_maybe_shared(cur.copy_to_bytes(etag_len)).ok()?;
         let at = raw.len() - cur.remaining();
         let gzip = (gzip_len > 0).then(|| raw.slice(at..at + gzip_len));
         let body = raw.slice(at + gzip_len..);

@@ -20,7 +20,7 @@ pub fn cached(req: &HttpRequest, cached: &Cached) -> HttpResponse {
         .is_some_and(|v| {
             v.trim() == "*"
                 || v.split(',')
-                    .any(|t| t.trim().trim_start_matches("W/") == etag)
+                    .any(|t| t.trim().trim_start_matches("W/").as_bytes() == etag.as_bytes())
         });
     let mut res = if matches {
         HttpResponse::NotModified()
@@ -36,9 +36,7 @@ pub fn cached(req: &HttpRequest, cached: &Cached) -> HttpResponse {
         HeaderValue::from_static(cached.status.as_str()),
     ))
     .insert_header((header::VARY, HeaderValue::from_static("accept-encoding")));
-    if let Ok(v) = HeaderValue::from_str(etag) {
-        res.insert_header((header::ETAG, v));
-    }
+    res.insert_header((header::ETAG, etag.clone()));
     if matches {
         return res.finish();
     }
