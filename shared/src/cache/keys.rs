@@ -53,9 +53,28 @@ pub fn entry_key_head(prefix: &str, scope: &Scope) -> String {
     format!("{prefix}:{{{}}}:", scope.0)
 }
 
-/// An entry's key under a given generation.
+/// An entry's key under a given generation: [`entry_key_head`], the generation,
+/// `:`, the logical key. Built on every lookup, so in one allocation without the
+/// formatting machinery.
 pub fn entry_key(prefix: &str, scope: &Scope, generation: u64, logical: &str) -> String {
-    format!("{}{generation}:{logical}", entry_key_head(prefix, scope))
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = generation;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let generation = std::str::from_utf8(&digits[at..]).unwrap_or("0");
+    let mut key =
+        String::with_capacity(prefix.len() + scope.0.len() + generation.len() + logical.len() + 6);
+    for part in [prefix, ":{", &scope.0, "}:", generation, ":", logical] {
+        key.push_str(part);
+    }
+    key
 }
 
 /// The pub/sub channel on which generations are announced.
@@ -100,6 +119,17 @@ mod tests {
     use super::*;
 
     const USER: Uuid = Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+
+    #[test]
+    fn entry_keys_are_the_head_the_generation_and_the_logical_key() {
+        let scope = Scope::user("journal", USER);
+        for generation in [0, 7, 10, 42, 1_000_000, u64::MAX] {
+            assert_eq!(
+                entry_key("kai", &scope, generation, "a:b"),
+                format!("{}{generation}:a:b", entry_key_head("kai", &scope))
+            );
+        }
+    }
 
     #[test]
     fn entry_keys_embed_the_generation_under_the_scope_tag() {
