@@ -5,8 +5,8 @@
 //! settings and metrics. Everything a second service would need lives here, and
 //! nothing here names a service or its domain:
 
-/// Access tokens (EdDSA JWT, keys chosen by `kid`) and the `AuthUser` extractor,
-/// with revocation.
+/// Access tokens (EdDSA JWT, keys chosen by `kid`), the `AuthUser` and `Owned`
+/// (user + the path's id) extractors, with revocation.
 pub mod auth;
 /// The two-tier cache engine and its guarantees; `Written<T>` and `Cache::commit`
 /// for writes.
@@ -22,9 +22,11 @@ pub mod events;
 /// `/health`, `/health/ready`, `/health/detailed`.
 pub mod health;
 /// Middleware, problem+json errors, the `Json`/`Query` extractors, `Valid<T>`
-/// (parse, don't validate), cached responses, per-route statistics.
+/// (parse, don't validate; an extractor too), `CursorQuery` for cursor-mode lists,
+/// cached responses, per-route statistics.
 pub mod http;
-/// The Prometheus registry, Kai's metrics and a service's `OutcomeCounter`s.
+/// The Prometheus registry, Kai's metrics (`kai_http_*` included, recorded by
+/// `http::stamp`), `GET /metrics`, and a service's `OutcomeCounter`s.
 pub mod metrics;
 /// Token-bucket rate limiting (Redis, with an in-process fallback).
 pub mod ratelimit;
@@ -33,7 +35,8 @@ pub mod ratelimit;
 pub mod redis;
 /// Server bootstrap (`Binary`, `ServiceDef`), CLI and graceful shutdown.
 pub mod server;
-/// Tracing subscriber setup.
+/// Tracing subscriber setup, and the task-local request context (`request_id`,
+/// `method`, `user_id`) every log line of a request carries.
 pub mod telemetry;
 /// Helpers for tests, by concern: tokens, PostgreSQL, Redis, a running service,
 /// HTTP assertions, ports and proxies, a private CA, processes.
