@@ -134,6 +134,8 @@ pub struct Platform {
     pub limiter: crate::ratelimit::RateLimiter,
     /// The service's Redis (none without `REDIS_URL`/`REDIS_CLUSTER_NODES`).
     pub redis: Option<Arc<Redis>>,
+    /// The list cursors' key, derived from the settings once.
+    pub cursor_key: crate::http::cursor::CursorKey,
 }
 
 impl Platform {
@@ -199,6 +201,7 @@ impl Platform {
             session_check: def.session_check.map(|make| make(db.clone())),
             limiter: crate::ratelimit::RateLimiter::new(redis.clone()),
             redis,
+            cursor_key: crate::http::cursor::CursorKey::from_settings(&settings),
             settings,
             db,
             cache,

@@ -17,6 +17,7 @@ use std::cell::Cell;
 use std::fmt as stdfmt;
 use std::future::Future;
 
+use actix_web::http::Method;
 use actix_web::http::header::HeaderValue;
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
@@ -34,31 +35,19 @@ use crate::config::LogFormat;
 pub struct RequestContext {
     /// The `X-Request-Id` (the caller's, or one made up for the request).
     pub request_id: HeaderValue,
-    pub method: &'static str,
+    /// As the metrics see it: `http::stamp` has already turned a non-standard
+    /// method into `OTHER`.
+    pub method: Method,
     user_id: Cell<Option<Uuid>>,
 }
 
 impl RequestContext {
-    pub fn new(request_id: HeaderValue, method: &actix_web::http::Method) -> Self {
+    pub fn new(request_id: HeaderValue, method: Method) -> Self {
         Self {
             request_id,
-            method: static_method(method),
+            method,
             user_id: Cell::new(None),
         }
-    }
-}
-
-fn static_method(method: &actix_web::http::Method) -> &'static str {
-    use actix_web::http::Method;
-    match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        _ => "OTHER",
     }
 }
 
@@ -78,11 +67,11 @@ pub fn set_user(user_id: Uuid) {
 }
 
 /// The current request's `(request_id, method, user_id)`, if any.
-fn current() -> Option<(String, &'static str, Option<Uuid>)> {
+fn current() -> Option<(String, String, Option<Uuid>)> {
     REQUEST
         .try_with(|c| {
             let id = c.request_id.to_str().unwrap_or_default().to_owned();
-            (id, c.method, c.user_id.get())
+            (id, c.method.as_str().to_owned(), c.user_id.get())
         })
         .ok()
 }
@@ -158,7 +147,7 @@ where
             let mut span = Map::new();
             span.insert("name".into(), Value::String("request".into()));
             span.insert("request_id".into(), Value::String(request_id));
-            span.insert("method".into(), Value::String(method.into()));
+            span.insert("method".into(), Value::String(method));
             if let Some(user_id) = user_id {
                 span.insert("user_id".into(), Value::String(user_id.to_string()));
             }
@@ -278,10 +267,7 @@ mod tests {
             );
         let _guard = tracing::subscriber::set_default(subscriber);
         let user = Uuid::from_u128(7);
-        let context = RequestContext::new(
-            HeaderValue::from_static("req-1"),
-            &actix_web::http::Method::PATCH,
-        );
+        let context = RequestContext::new(HeaderValue::from_static("req-1"), Method::PATCH);
         in_request(context, async {
             tracing::info!(route = "/api/x", status = 200u64, "before auth");
             set_user(user);

@@ -255,3 +255,30 @@ async fn entry_stats(
         .await?;
     Ok(respond::cached(&req, &cached))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The search parameter and the tag spell their bounds as literals (utoipa's `schema_with`
+    /// would drop the parameter's `required`): they must be the check's.
+    #[test]
+    fn literal_schema_bounds_are_the_checked_ones() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let q = doc["paths"]["/api/journal/search"]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "q")
+            .expect("the q parameter")
+            .clone();
+        assert_eq!(q["required"], true);
+        assert_eq!(q["schema"]["minLength"], 1);
+        assert_eq!(q["schema"]["maxLength"], MAX_QUERY_CHARS);
+        assert_eq!(q["schema"]["pattern"], kai_shared::http::openapi::NOT_BLANK);
+        // The tag type too (a container attribute: no `schema_with` there), inlined.
+        let tag = &doc["components"]["schemas"]["CreateEntry"]["properties"]["tags"]["items"];
+        assert_eq!(tag["maxLength"], crate::model::MAX_TAG_CHARS);
+        assert_eq!(tag["pattern"], kai_shared::http::openapi::NOT_BLANK);
+    }
+}

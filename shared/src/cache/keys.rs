@@ -54,26 +54,11 @@ pub fn entry_key_head(prefix: &str, scope: &Scope) -> String {
 }
 
 /// An entry's key under a given generation: [`entry_key_head`], the generation,
-/// `:`, the logical key. Built on every lookup, so in one allocation without the
-/// formatting machinery.
+/// `:`, the logical key. Built on every lookup, so in one allocation.
 pub fn entry_key(prefix: &str, scope: &Scope, generation: u64, logical: &str) -> String {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut n = generation;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let generation = std::str::from_utf8(&digits[at..]).unwrap_or("0");
-    let mut key =
-        String::with_capacity(prefix.len() + scope.0.len() + generation.len() + logical.len() + 6);
-    for part in [prefix, ":{", &scope.0, "}:", generation, ":", logical] {
-        key.push_str(part);
-    }
+    use std::fmt::Write;
+    let mut key = String::with_capacity(prefix.len() + scope.0.len() + logical.len() + 26);
+    let _ = write!(key, "{prefix}:{{{}}}:{generation}:{logical}", scope.0);
     key
 }
 

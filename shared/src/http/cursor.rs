@@ -60,6 +60,28 @@ fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     outer.finalize().into()
 }
 
+/// The cursors' key, derived once per process (see the module docs): deriving it
+/// is two SHA-256 passes, which every cursor-mode request would otherwise pay.
+#[derive(Clone)]
+pub struct CursorKey([u8; 32]);
+
+impl CursorKey {
+    pub fn new(secret: &[u8]) -> Self {
+        Self(hmac_sha256(secret, &[b"kai list cursor key v1"]))
+    }
+
+    /// Keyed from the settings' `DATABASE_URL`.
+    pub fn from_settings(settings: &Settings) -> Self {
+        Self::new(settings.database_url.expose_secret().as_bytes())
+    }
+}
+
+impl std::fmt::Debug for CursorKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CursorKey(..)")
+    }
+}
+
 /// Signs and opens the cursors of one list, for one user and one query.
 #[derive(Clone)]
 pub struct CursorSigner {
@@ -79,20 +101,15 @@ impl CursorSigner {
     /// `service` and `query` (every parameter that shapes the pages, e.g.
     /// `limit=20`) and `user` are what a cursor is bound to.
     pub fn new(secret: &[u8], service: &str, user: Uuid, query: &str) -> Self {
-        Self {
-            key: hmac_sha256(secret, &[b"kai list cursor key v1"]),
-            binding: format!("{service}\n{user}\n{query}"),
-        }
+        Self::with_key(&CursorKey::new(secret), service, user, query)
     }
 
-    /// The same, keyed from the settings' `DATABASE_URL` (see the module docs).
-    pub fn from_settings(settings: &Settings, service: &str, user: Uuid, query: &str) -> Self {
-        Self::new(
-            settings.database_url.expose_secret().as_bytes(),
-            service,
-            user,
-            query,
-        )
+    /// The same with the key already derived ([`crate::Platform::cursor_key`]).
+    pub fn with_key(key: &CursorKey, service: &str, user: Uuid, query: &str) -> Self {
+        Self {
+            key: key.0,
+            binding: format!("{service}\n{user}\n{query}"),
+        }
     }
 
     fn tag(&self, position: &[u8]) -> [u8; 32] {
@@ -168,8 +185,8 @@ impl CursorQuery {
         cursor: Option<&str>,
     ) -> Result<Self, ApiError> {
         let limit = super::in_range("limit", limit, 20, 1, 100)?;
-        let signer = CursorSigner::from_settings(
-            &platform.settings,
+        let signer = CursorSigner::with_key(
+            &platform.cursor_key,
             platform.service,
             user,
             &format!("limit={limit}"),

@@ -84,7 +84,7 @@ pub async fn stamp(
     // Every line written while the request is handled names it (and, once the
     // auth extractor verified the token, the user: an id, never data). A
     // task-local, not span fields: see `telemetry`.
-    let context = crate::telemetry::RequestContext::new(request_id.clone(), &method);
+    let context = crate::telemetry::RequestContext::new(request_id.clone(), method.clone());
     crate::telemetry::in_request(context, async move {
         // No blanket handler timeout here (it would need a clone of the request, which
         // actix forbids while routing): every dependency has its own bound instead —
@@ -103,7 +103,7 @@ pub async fn stamp(
             let route = matched.as_deref().unwrap_or("UNMATCHED");
             platform
                 .metrics
-                .observe_http(route, method.as_str(), status.as_u16(), elapsed);
+                .observe_http(route, method.as_str(), status, elapsed);
             if route.starts_with("/api/") {
                 platform
                     .stats
