@@ -1,4 +1,4 @@
-//! The per-user live totals of `journal.entry_totals` (migration V4), against real
+//! The per-user live totals of `journal.entry_totals` (migrations V4 and V5), against real
 //! PostgreSQL: whatever writes the entries — the API, concurrent writers, soft
 //! deletes, batch inserts of many users, account erasure — each user's kept total
 //! equals a fresh count(*) of their live entries, and the list's `total` says so.
@@ -17,7 +17,7 @@ async fn kept_and_counted(j: &Journal, users: &[Uuid]) -> HashMap<Uuid, (i64, i6
     let rows = conn
         .query(
             "SELECT u,
-                    coalesce((SELECT live FROM journal.entry_totals WHERE user_id = u), 0),
+                    coalesce((SELECT sum(live) FROM journal.entry_totals WHERE user_id = u), 0)::bigint,
                     (SELECT count(*) FROM journal.journal_entries WHERE user_id = u AND deleted_at IS NULL)
              FROM unnest($1::uuid[]) AS u",
             &[&users],
@@ -40,7 +40,8 @@ async fn assert_totals_exact(j: &Journal, users: &[Uuid]) {
             "SELECT count(*) FROM (
                  SELECT user_id, count(*) AS n FROM journal.journal_entries
                  WHERE deleted_at IS NULL GROUP BY user_id) c
-             FULL JOIN journal.entry_totals t USING (user_id)
+             FULL JOIN (SELECT user_id, sum(live) AS live FROM journal.entry_totals
+                        GROUP BY user_id) t USING (user_id)
              WHERE coalesce(c.n, 0) <> coalesce(t.live, 0) OR t.live <= 0",
             &[],
         )
@@ -214,4 +215,53 @@ async fn account_erasure_leaves_no_total_behind() {
     assert_totals_exact(&j, &[gone.id, stays.id]).await;
     assert_eq!(list_total(&j, &gone).await, json!(0));
     assert_eq!(list_total(&j, &stays).await, json!(6));
+}
+
+async fn shard_of(c: &tokio_postgres::Client) -> i32 {
+    c.query_one("SELECT pg_backend_pid() % 16", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// V5: writers of one user on different connections add to different rows of
+/// the user's total, so one does not wait for the other's commit. (With V4's one
+/// row per user, the second INSERT below blocks on the first transaction's row
+/// lock and fails on `lock_timeout`.)
+#[tokio::test]
+async fn writers_of_one_user_on_different_connections_do_not_wait_for_each_other() {
+    let j = spawn().await;
+    let user = User::new();
+    let first = j.db.connect().await;
+    let mut second = j.db.connect().await;
+    while shard_of(&second).await == shard_of(&first).await {
+        second = j.db.connect().await;
+    }
+    let insert = "INSERT INTO journal.journal_entries (id, user_id, content)
+                  VALUES (gen_random_uuid(), $1, 'concurrent')";
+    first.batch_execute("BEGIN").await.unwrap();
+    first.execute(insert, &[&user.id]).await.unwrap();
+    // The first transaction is open and holds its shard's row.
+    second
+        .batch_execute("BEGIN; SET LOCAL lock_timeout = '2s'")
+        .await
+        .unwrap();
+    second
+        .execute(insert, &[&user.id])
+        .await
+        .expect("the second writer does not wait for the first");
+    second.batch_execute("COMMIT").await.unwrap();
+    first.batch_execute("COMMIT").await.unwrap();
+    let conn = j.db.connect().await;
+    let rows: i64 = conn
+        .query_one(
+            "SELECT count(*) FROM journal.entry_totals WHERE user_id = $1",
+            &[&user.id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 2, "one row per shard written");
+    assert_totals_exact(&j, &[user.id]).await;
+    assert_eq!(list_total(&j, &user).await, json!(2));
 }
