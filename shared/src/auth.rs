@@ -27,11 +27,12 @@
 pub mod keys;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest, web};
-use futures_util::future::{LocalBoxFuture, ready};
+use futures_util::future::{Either, LocalBoxFuture, Ready, ready};
 use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -68,16 +69,24 @@ pub struct Claims {
 /// Expires a cached verification at the token's own `exp`.
 struct UntilExp;
 
-impl moka::Expiry<[u8; 32], Arc<Claims>> for UntilExp {
+impl moka::Expiry<[u8; 32], Arc<Verified>> for UntilExp {
     fn expire_after_create(
         &self,
         _: &[u8; 32],
-        claims: &Arc<Claims>,
+        verified: &Arc<Verified>,
         _: Instant,
     ) -> Option<Duration> {
-        let left = claims.exp - chrono::Utc::now().timestamp();
+        let left = verified.claims.exp - chrono::Utc::now().timestamp();
         Some(Duration::from_secs(left.max(0) as u64))
     }
+}
+
+/// A token verified before, as remembered: its claims, and the value of
+/// [`Authenticator::revocations`] when they last passed the revocation check.
+struct Verified {
+    /// Shared, so a hit clones a pointer, not the claims' strings.
+    claims: Arc<Claims>,
+    passed_at: AtomicU64,
 }
 
 /// Signs (the token-issuing service only) and verifies tokens; holds the
@@ -87,12 +96,16 @@ pub struct Authenticator {
     verifying: VerifyingKeys,
     validation: Validation,
     ttl: Duration,
-    revoked: moka::sync::Cache<Uuid, ()>,
+    revoked: moka::sync::Cache<Uuid, (), crate::FastHash>,
     /// Per user: sessions created before this many unix milliseconds are revoked,
     /// except the one named (the caller of a password change).
-    revoked_before: moka::sync::Cache<Uuid, Watermark>,
-    /// Shared, so a hit clones a pointer, not the claims' strings.
-    verified: moka::sync::Cache<[u8; 32], Arc<Claims>>,
+    revoked_before: moka::sync::Cache<Uuid, Watermark, crate::FastHash>,
+    verified: moka::sync::Cache<[u8; 32], Arc<Verified>, crate::FastHash>,
+    /// How many revocations this replica has learned; raised after each is
+    /// recorded. A cached token that passed the check at the current count is
+    /// not checked again: nothing was revoked since (revocations only add — a
+    /// remembered one is forgotten only once its tokens have expired).
+    revocations: AtomicU64,
 }
 
 /// A user-wide revocation.
@@ -120,16 +133,17 @@ impl Authenticator {
             revoked: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(ttl + Duration::from_secs(60))
-                .build(),
+                .build_with_hasher(crate::FastHash::default()),
             revoked_before: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(ttl + Duration::from_secs(60))
-                .build(),
+                .build_with_hasher(crate::FastHash::default()),
             verified: moka::sync::Cache::builder()
                 .max_capacity(VERIFIED_CACHE_CAPACITY)
                 .expire_after(UntilExp)
                 .support_invalidation_closures()
-                .build(),
+                .build_with_hasher(crate::FastHash::default()),
+            revocations: AtomicU64::new(0),
         }
     }
 
@@ -170,16 +184,26 @@ impl Authenticator {
     /// revocation; a token verified before is answered from the cache.
     pub fn verify(&self, token: &str) -> Result<Arc<Claims>, ApiError> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        // Read before the check: a revocation recorded after this load raises
+        // the count, so the next hit checks again (`mark_*` record, then raise).
+        let revocations = self.revocations.load(Ordering::Acquire);
         match self.verified.get(&digest) {
             // moka may hand out an entry in the same second it expires.
-            Some(claims) if claims.exp > chrono::Utc::now().timestamp() => {
-                self.check_revocation(&claims)?;
-                Ok(claims)
+            Some(v) if v.claims.exp > chrono::Utc::now().timestamp() => {
+                if v.passed_at.load(Ordering::Relaxed) != revocations {
+                    self.check_revocation(&v.claims)?;
+                    v.passed_at.store(revocations, Ordering::Relaxed);
+                }
+                Ok(v.claims.clone())
             }
             _ => {
                 let claims = Arc::new(self.verify_uncached(token)?);
                 self.check_revocation(&claims)?;
-                self.verified.insert(digest, claims.clone());
+                let verified = Verified {
+                    claims: claims.clone(),
+                    passed_at: AtomicU64::new(revocations),
+                };
+                self.verified.insert(digest, Arc::new(verified));
                 Ok(claims)
             }
         }
@@ -233,15 +257,17 @@ impl Authenticator {
     /// Remembers a revoked session on this replica and drops its cached tokens.
     pub fn mark_revoked(&self, session_id: Uuid) {
         self.revoked.insert(session_id, ());
+        self.revocations.fetch_add(1, Ordering::Release);
         // Only fails when closures are unsupported, which the builder enables.
         let _ = self
             .verified
-            .invalidate_entries_if(move |_, claims| claims.sid == session_id);
+            .invalidate_entries_if(move |_, v| v.claims.sid == session_id);
     }
 
     /// Remembers a user-wide revocation on this replica; the newest watermark wins
     /// (an older one arriving late changes nothing). The user's cached
-    /// verifications are dropped (the check runs on every hit anyway).
+    /// verifications are dropped (and every cached token is checked again on its
+    /// next use: the revocation count moved).
     pub fn mark_user_revoked(&self, user_id: Uuid, watermark: Watermark) {
         self.revoked_before.entry(user_id).and_upsert_with(|old| {
             match old.map(|e| e.into_value()) {
@@ -249,9 +275,10 @@ impl Authenticator {
                 _ => watermark,
             }
         });
+        self.revocations.fetch_add(1, Ordering::Release);
         let _ = self
             .verified
-            .invalidate_entries_if(move |_, claims| claims.sub == user_id);
+            .invalidate_entries_if(move |_, v| v.claims.sub == user_id);
     }
 
     /// Applies a revocation as announced between replicas: a session id, or
@@ -330,11 +357,13 @@ pub struct AuthUser {
 
 impl FromRequest for AuthUser {
     type Error = ApiError;
-    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+    /// Ready at once unless the service checks sessions itself (no allocation).
+    type Future =
+        Either<Ready<Result<Self, ApiError>>, LocalBoxFuture<'static, Result<Self, ApiError>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let Some(platform) = req.app_data::<web::Data<Platform>>().cloned() else {
-            return Box::pin(ready(Err(ApiError::internal(anyhow::anyhow!(
+        let Some(platform) = req.app_data::<web::Data<Platform>>() else {
+            return Either::Left(ready(Err(ApiError::internal(anyhow::anyhow!(
                 "platform state missing"
             )))));
         };
@@ -343,9 +372,11 @@ impl FromRequest for AuthUser {
             .get(actix_web::http::header::AUTHORIZATION)
             .ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))
             .and_then(|header| {
-                header
-                    .to_str()
-                    .ok()
+                // What HeaderValue::to_str accepts (a header value holds no
+                // control byte but tab), checked a word at a time, not a byte.
+                Some(header.as_bytes())
+                    .filter(|b| b.is_ascii())
+                    .and_then(|b| std::str::from_utf8(b).ok())
                     .and_then(|h| {
                         h.strip_prefix("Bearer ")
                             .or_else(|| h.strip_prefix("bearer "))
@@ -368,13 +399,13 @@ impl FromRequest for AuthUser {
                 }
             });
         match (user, platform.session_check.clone()) {
-            (Err(e), _) => Box::pin(ready(Err(e))),
-            (Ok(user), None) => Box::pin(ready(Ok(user))),
+            (Err(e), _) => Either::Left(ready(Err(e))),
+            (Ok(user), None) => Either::Left(ready(Ok(user))),
             // The service that owns the sessions adds its own check.
-            (Ok(user), Some(check)) => Box::pin(async move {
+            (Ok(user), Some(check)) => Either::Right(Box::pin(async move {
                 check(user.session_id).await?;
                 Ok(user)
-            }),
+            })),
         }
     }
 }
@@ -507,6 +538,51 @@ mod tests {
             "revocation drops the cached verification"
         );
         assert!(matches!(a.verify(&token), Err(ApiError::Unauthorized(_))));
+    }
+
+    /// A cached token skips the revocation check only while nothing was revoked
+    /// since it last passed: a revocation recorded while other threads are
+    /// serving hits of the same token refuses every use that starts after it,
+    /// on every thread, and the other sessions stay valid.
+    #[test]
+    fn a_revocation_recorded_while_hits_are_served_refuses_every_later_use() {
+        use std::sync::atomic::AtomicBool;
+        let a = auth();
+        let (bystander, _) = a.mint(Uuid::new_v4(), Uuid::new_v4()).unwrap();
+        for round in 0..50 {
+            let (token, claims) = a.mint(Uuid::new_v4(), Uuid::new_v4()).unwrap();
+            a.verify(&token).unwrap();
+            let revoked = AtomicBool::new(false);
+            std::thread::scope(|s| {
+                for _ in 0..3 {
+                    s.spawn(|| {
+                        loop {
+                            let after = revoked.load(Ordering::SeqCst);
+                            let ok = a.verify(&token).is_ok();
+                            assert!(!(after && ok), "round {round}: used after its revocation");
+                            assert!(a.verify(&bystander).is_ok());
+                            if after {
+                                break;
+                            }
+                        }
+                    });
+                }
+                std::thread::sleep(Duration::from_micros(200));
+                if round % 2 == 0 {
+                    a.mark_revoked(claims.sid);
+                } else {
+                    a.mark_user_revoked(
+                        claims.sub,
+                        Watermark {
+                            before_ms: chrono::Utc::now().timestamp_millis() + 1,
+                            keep: None,
+                        },
+                    );
+                }
+                revoked.store(true, Ordering::SeqCst);
+            });
+            assert!(a.verify(&token).is_err());
+        }
     }
 
     #[test]

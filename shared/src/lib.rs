@@ -46,4 +46,11 @@ pub mod testing;
 pub mod tls;
 
 pub use http::errors::{ApiError, FieldError};
+
+/// The hasher of the in-process caches on the request path (tokens, L1,
+/// generations, revocations): foldhash with a per-process random seed. moka's
+/// default, SipHash-1-3, cost more than the lookup itself on a ~100-byte cache
+/// key; the keys here are a token's SHA-256, ids and key strings built by the
+/// service (a random seed keeps them from being chosen to collide).
+pub type FastHash = foldhash::fast::RandomState;
 pub use server::{Application, Platform, ServiceDef};

@@ -202,6 +202,37 @@ impl Metrics {
         Ok(c)
     }
 
+    /// One cache hit (`hit`) or miss of `namespace`: `kai_cache_hits_total` or
+    /// `kai_cache_misses_total`. As in [`Metrics::observe_http`], each worker
+    /// thread looks the labelled counter up once and keeps it (a namespace is a
+    /// `&'static str`: its address and length name it, with no hashing).
+    pub fn count_cache(&self, hit: bool, namespace: &'static str) {
+        type Seen = (u64, bool, usize, usize, IntCounter);
+        thread_local! {
+            static SERIES: std::cell::RefCell<Vec<Seen>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let key = (self.id, hit, namespace.as_ptr() as usize, namespace.len());
+        SERIES.with_borrow_mut(|series| {
+            let found = series
+                .iter()
+                .find(|s| (s.0, s.1, s.2, s.3) == key)
+                .map(|s| &s.4);
+            match found {
+                Some(counter) => counter.inc(),
+                None => {
+                    let vec = if hit {
+                        &self.cache_hits
+                    } else {
+                        &self.cache_misses
+                    };
+                    let counter = vec.with_label_values(&[namespace]);
+                    counter.inc();
+                    series.push((key.0, key.1, key.2, key.3, counter));
+                }
+            }
+        });
+    }
+
     /// One answered request: `endpoint` is the route pattern (or `UNMATCHED`),
     /// never the raw path.
     ///

@@ -36,7 +36,7 @@ use super::local::L1;
 pub const TRUST_WINDOW: Duration = Duration::from_millis(250);
 
 pub struct Generations {
-    map: moka::sync::Cache<Scope, u64>,
+    map: moka::sync::Cache<Scope, u64, crate::FastHash>,
     l1: L1,
     /// Without Redis this replica is the only one: always trusted.
     local_only: bool,
@@ -61,7 +61,9 @@ impl Generations {
 
     fn build(local_only: bool, l1: L1) -> Self {
         Self {
-            map: moka::sync::Cache::builder().max_capacity(200_000).build(),
+            map: moka::sync::Cache::builder()
+                .max_capacity(200_000)
+                .build_with_hasher(crate::FastHash::default()),
             l1,
             local_only,
             subscribed: AtomicBool::new(false),

@@ -61,7 +61,7 @@ type Index = Arc<Mutex<HashMap<Scope, ScopeKeys>>>;
 
 #[derive(Clone)]
 pub struct L1 {
-    cache: moka::sync::Cache<String, Held>,
+    cache: moka::sync::Cache<String, Held, crate::FastHash>,
     index: Index,
 }
 
@@ -94,7 +94,7 @@ impl L1 {
             .weigher(|k: &String, v: &Held| v.entry.weight().saturating_add(k.len() as u32))
             .expire_after(UntilEntryExpires)
             .eviction_listener(on_removal)
-            .build();
+            .build_with_hasher(crate::FastHash::default());
         Self { cache, index }
     }
 

@@ -503,11 +503,11 @@ impl Cache {
         match status {
             CacheStatus::Hit => {
                 self.inner.hits.fetch_add(1, Ordering::Relaxed);
-                m.cache_hits.with_label_values(&[policy.namespace]).inc();
+                m.count_cache(true, policy.namespace);
             }
             CacheStatus::Miss => {
                 self.inner.misses.fetch_add(1, Ordering::Relaxed);
-                m.cache_misses.with_label_values(&[policy.namespace]).inc();
+                m.count_cache(false, policy.namespace);
             }
             CacheStatus::Bypass => {}
         }

@@ -2,10 +2,15 @@
 //! error rate), collected by the [`super::stamp`] middleware. Prometheus has the
 //! histograms; this is the quick human view the seeds' health check promised.
 //!
-//! Recording is on every request's path, so it takes a shared read lock and
-//! updates atomics; the write lock is taken once per new route (a bounded set:
-//! route patterns, never raw paths).
+//! Recording is on every request's path. Each worker thread finds a route's
+//! numbers once and keeps them (no lock, no hashing of the key afterwards), and
+//! adds to a shard of them no other thread writes to (padded to its own cache
+//! line): two workers recording at 80k requests/s no longer bounce one line of
+//! five counters, a lock word and a reference count between the cores. A summary
+//! adds the shards up. The write lock is taken once per new route (a bounded
+//! set: route patterns, never raw paths).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -13,7 +18,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+/// Shards per route: worker threads take them in turn.
+const SHARDS: usize = 8;
+
 #[derive(Debug)]
+#[repr(align(128))]
 struct Stat {
     count: AtomicU64,
     errors: AtomicU64,
@@ -34,6 +43,11 @@ impl Default for Stat {
     }
 }
 
+#[derive(Debug, Default)]
+struct Route {
+    shards: [Stat; SHARDS],
+}
+
 /// The public view of one route's numbers.
 #[derive(Debug, Clone, Serialize)]
 pub struct EndpointSummary {
@@ -44,15 +58,47 @@ pub struct EndpointSummary {
     pub error_rate: f64,
 }
 
-#[derive(Default)]
 pub struct EndpointStats {
-    map: RwLock<HashMap<String, Arc<Stat>>>,
+    map: RwLock<HashMap<String, Arc<Route>>>,
+    /// Tells these statistics apart from another instance's in a worker
+    /// thread's memo (several services run in one test process).
+    id: u64,
+}
+
+impl Default for EndpointStats {
+    fn default() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        Self {
+            map: RwLock::default(),
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+}
+
+/// A route a worker thread has recorded: its key and its numbers.
+type Known = (Box<str>, Arc<Route>);
+
+/// A worker thread's routes, by (statistics id, hash of "METHOD route"), each
+/// bucket with its keys (almost always one); and the thread's shard.
+struct Memo {
+    routes: HashMap<(u64, u64), Vec<Known>>,
+    shard: usize,
+}
+
+thread_local! {
+    static MEMO: RefCell<Memo> = RefCell::new(Memo {
+        routes: HashMap::new(),
+        shard: {
+            static NEXT: AtomicU64 = AtomicU64::new(0);
+            NEXT.fetch_add(1, Ordering::Relaxed) as usize % SHARDS
+        },
+    });
 }
 
 impl EndpointStats {
     /// Records one request of `method` on `route` (a pattern: a bounded set),
-    /// kept as "METHOD /route/{pattern}". The key of a known route is written on
-    /// the stack: recording allocates nothing.
+    /// kept as "METHOD /route/{pattern}". A route this thread has recorded
+    /// before is found without allocating, locking or hashing the key with SipHash.
     pub fn record(
         &self,
         method: &actix_web::http::Method,
@@ -60,37 +106,39 @@ impl EndpointStats {
         elapsed: Duration,
         server_error: bool,
     ) {
-        let mut buf = [0u8; 256];
-        let (m, r) = (method.as_str().as_bytes(), route.as_bytes());
-        let key_len = m.len() + 1 + r.len();
-        let owned;
-        let key: &str = if key_len <= buf.len() {
-            buf[..m.len()].copy_from_slice(m);
-            buf[m.len()] = b' ';
-            buf[m.len() + 1..key_len].copy_from_slice(r);
-            std::str::from_utf8(&buf[..key_len]).unwrap_or(route)
-        } else {
-            owned = format!("{method} {route}");
-            &owned
-        };
-        let existing = self.map.read().expect("stats lock").get(key).cloned();
-        let stat = match existing {
-            Some(stat) => stat,
-            None => self
-                .map
-                .write()
-                .expect("stats lock")
-                .entry(key.to_owned())
-                .or_default()
-                .clone(),
-        };
+        let (m, r) = (method.as_str(), route);
+        let same = |k: &str| k.len() == m.len() + 1 + r.len() && k.starts_with(m) && k.ends_with(r);
         let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        stat.count.fetch_add(1, Ordering::Relaxed);
-        stat.errors
-            .fetch_add(u64::from(server_error), Ordering::Relaxed);
-        stat.total_ns.fetch_add(ns, Ordering::Relaxed);
-        stat.min_ns.fetch_min(ns, Ordering::Relaxed);
-        stat.max_ns.fetch_max(ns, Ordering::Relaxed);
+        MEMO.with_borrow_mut(|memo| {
+            let bucket = memo.routes.entry((self.id, fnv1a(m, r))).or_default();
+            let i = match bucket.iter().position(|(k, _)| same(k)) {
+                Some(i) => i,
+                None => {
+                    let key = format!("{m} {r}");
+                    let route = self
+                        .map
+                        .write()
+                        .expect("stats lock")
+                        .entry(key.clone())
+                        .or_default()
+                        .clone();
+                    bucket.push((key.into(), route));
+                    bucket.len() - 1
+                }
+            };
+            let stat = &bucket[i].1.shards[memo.shard];
+            stat.count.fetch_add(1, Ordering::Relaxed);
+            if server_error {
+                stat.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            stat.total_ns.fetch_add(ns, Ordering::Relaxed);
+            if ns < stat.min_ns.load(Ordering::Relaxed) {
+                stat.min_ns.fetch_min(ns, Ordering::Relaxed);
+            }
+            if ns > stat.max_ns.load(Ordering::Relaxed) {
+                stat.max_ns.fetch_max(ns, Ordering::Relaxed);
+            }
+        });
     }
 
     pub fn summary(&self) -> HashMap<String, EndpointSummary> {
@@ -99,20 +147,35 @@ impl EndpointStats {
             .read()
             .expect("stats lock")
             .iter()
-            .map(|(k, s)| {
-                let count = s.count.load(Ordering::Relaxed).max(1);
+            .map(|(k, route)| {
+                let sum = |f: fn(&Stat) -> &AtomicU64| -> u64 {
+                    route
+                        .shards
+                        .iter()
+                        .map(|s| f(s).load(Ordering::Relaxed))
+                        .sum()
+                };
+                let count = sum(|s| &s.count);
+                let min = route
+                    .shards
+                    .iter()
+                    .map(|s| s.min_ns.load(Ordering::Relaxed))
+                    .min();
+                let max = route
+                    .shards
+                    .iter()
+                    .map(|s| s.max_ns.load(Ordering::Relaxed))
+                    .max();
+                let (min, max) = (min.unwrap_or(0), max.unwrap_or(0));
                 (
                     k.clone(),
                     EndpointSummary {
-                        count: s.count.load(Ordering::Relaxed),
-                        avg_time_ms: ms(s.total_ns.load(Ordering::Relaxed) / count),
-                        min_time_ms: ms(s
-                            .min_ns
-                            .load(Ordering::Relaxed)
-                            .min(s.max_ns.load(Ordering::Relaxed))),
-                        max_time_ms: ms(s.max_ns.load(Ordering::Relaxed)),
+                        count,
+                        avg_time_ms: ms(sum(|s| &s.total_ns) / count.max(1)),
+                        min_time_ms: ms(min.min(max)),
+                        max_time_ms: ms(max),
                         error_rate: crate::health::round_to(
-                            s.errors.load(Ordering::Relaxed) as f64 / count as f64,
+                            sum(|s| &s.errors) as f64 / count.max(1) as f64,
                             4,
                         ),
                     },
@@ -120,6 +183,16 @@ impl EndpointStats {
             })
             .collect()
     }
+}
+
+/// FNV-1a of "METHOD route" (the memo's bucket; equal keys compared after).
+fn fnv1a(method: &str, route: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in method.as_bytes().iter().chain(b" ").chain(route.as_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 #[cfg(test)]
@@ -138,6 +211,25 @@ mod tests {
         assert_eq!(s.min_time_ms, 2.0);
         assert_eq!(s.max_time_ms, 4.0);
         assert_eq!(s.error_rate, 0.5);
+    }
+
+    /// A worker thread's memo keeps two instances (two services in one process,
+    /// or one dropped and another made) and two methods of one route apart.
+    #[test]
+    fn each_instance_and_method_counts_its_own() {
+        let (a, b) = (EndpointStats::default(), EndpointStats::default());
+        for _ in 0..3 {
+            a.record(&Method::GET, "/api/z", Duration::from_millis(1), false);
+        }
+        b.record(&Method::GET, "/api/z", Duration::from_millis(1), false);
+        b.record(&Method::POST, "/api/z", Duration::from_millis(1), true);
+        drop(a);
+        let c = EndpointStats::default();
+        c.record(&Method::GET, "/api/z", Duration::from_millis(1), false);
+        assert_eq!(b.summary()["GET /api/z"].count, 1);
+        assert_eq!(b.summary()["POST /api/z"].error_rate, 1.0);
+        assert_eq!(c.summary()["GET /api/z"].count, 1);
+        assert_eq!(c.summary().len(), 1);
     }
 
     #[test]
