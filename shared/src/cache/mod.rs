@@ -169,6 +169,8 @@ struct Inner {
     l2: Option<Arc<L2>>,
     generations: Arc<Generations>,
     flights: SingleFlight<LoadResult>,
+    /// L2 reads in progress, by key (one `GET` for concurrent readers).
+    l2_reads: SingleFlight<Option<Bytes>>,
     metrics: Metrics,
     hits: AtomicU64,
     l1_hits: AtomicU64,
@@ -231,6 +233,7 @@ impl Cache {
                 l2,
                 generations,
                 flights: SingleFlight::default(),
+                l2_reads: SingleFlight::default(),
                 metrics: metrics.clone(),
                 hits: AtomicU64::new(0),
                 l1_hits: AtomicU64::new(0),
@@ -303,15 +306,38 @@ impl Cache {
             }
             due = Some(entry);
         }
+        // A load of this key already running (after a write, every read of the
+        // new generation until the first load stores it): its answer, without
+        // asking Redis what the leader just found missing.
+        if due.is_none()
+            && from_l2.is_none()
+            && let Some(result) = inner.flights.follow(&key).await
+        {
+            return match result {
+                Ok(entry) => {
+                    self.count(policy, CacheStatus::Miss);
+                    answer(entry, CacheStatus::Miss)
+                }
+                Err(e) => Err(e.duplicate()),
+            };
+        }
         if due.is_none()
             && let Some(l2) = &inner.l2
         {
             let raw = match from_l2 {
                 Some(raw) => raw,
-                None => l2.get(&key).await.unwrap_or_else(|e| {
-                    self.count_error(policy, &e);
-                    None
-                }),
+                // Concurrent reads of one key ask Redis once: after a write the
+                // reads of the new generation arrive together, before any of
+                // them has found the entry missing and started the load.
+                None => {
+                    let get = async {
+                        l2.get(&key).await.unwrap_or_else(|e| {
+                            self.count_error(policy, &e);
+                            None
+                        })
+                    };
+                    inner.l2_reads.run(&key, get).await.0
+                }
             };
             if let Some(entry) = raw
                 .and_then(Entry::decode)

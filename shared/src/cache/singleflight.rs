@@ -79,6 +79,17 @@ impl<T: Clone> SingleFlight<T> {
     }
 
     /// Whether `key` is being loaded right now.
+    /// Waits for the flight running for `key`, if one is: its value; `None` when
+    /// none runs (or its leader was dropped before finishing).
+    pub async fn follow(&self, key: &str) -> Option<T> {
+        let mut rx = {
+            let map = self.inflight.lock().expect("single-flight lock");
+            map.get(key)?.clone()
+        };
+        let value = rx.wait_for(Option::is_some).await.ok()?;
+        value.clone()
+    }
+
     pub fn is_running(&self, key: &str) -> bool {
         self.inflight
             .lock()

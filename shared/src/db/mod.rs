@@ -13,6 +13,6 @@ mod pool;
 
 pub use jsonb::Jsonb;
 pub use migrate::{MigrationSet, is_current, migrate};
-pub use pool::{Db, DbError, PoolStatus, SlowQuery};
+pub use pool::{Db, DbError, PoolStatus, SlowQuery, VERIFY_IF_IDLE_FOR};
 pub use tokio_postgres::Row;
 pub use tokio_postgres::types::ToSql;

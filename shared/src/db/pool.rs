@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{
-    GenericClient, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+    ClientWrapper, GenericClient, Hook, HookError, Manager, ManagerConfig, Metrics as Metrics_,
+    Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
@@ -25,6 +26,14 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use crate::config::{Settings, SslMode};
 use crate::http::errors::ApiError;
 use crate::metrics::Metrics;
+
+/// A pooled connection unused for this long is verified (an empty query, one
+/// round trip) before it is handed out; one used more recently only has to be
+/// open. HikariCP's `aliveBypassWindowMs` is the same idea with 500 ms: a
+/// connection that answered a moment ago is alive, and verifying it on every
+/// checkout cost a round trip per write and per cache miss (a fifth of the
+/// statements PostgreSQL ran in the 90/10 benchmark).
+pub const VERIFY_IF_IDLE_FOR: Duration = Duration::from_millis(500);
 
 /// How many recent slow queries `/health/detailed` shows.
 const SLOW_LOG_LEN: usize = 20;
@@ -121,14 +130,29 @@ impl Db {
             pg,
             tls_connector(settings),
             ManagerConfig {
-                recycling_method: RecyclingMethod::Verified,
+                // Closed connections are dropped here; the hook below verifies
+                // the ones that sat idle.
+                recycling_method: RecyclingMethod::Fast,
             },
         );
+        let verify_idle = Hook::async_fn(|client: &mut ClientWrapper, metrics: &Metrics_| {
+            Box::pin(async move {
+                if metrics.last_used() < VERIFY_IF_IDLE_FOR {
+                    return Ok(());
+                }
+                match tokio::time::timeout(Duration::from_secs(5), client.simple_query("")).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(HookError::Backend(e)),
+                    Err(_) => Err(HookError::message("verification timed out")),
+                }
+            })
+        });
         let pool = Pool::builder(manager)
             .max_size(settings.db_pool_size)
             .wait_timeout(Some(settings.db_pool_timeout))
             .create_timeout(Some(settings.db_pool_timeout))
             .recycle_timeout(Some(Duration::from_secs(5)))
+            .post_recycle(verify_idle)
             .runtime(Runtime::Tokio1)
             .build()
             .expect("pool settings validated at start");

@@ -8,6 +8,7 @@ mod faults;
 mod hostile;
 mod migrations;
 mod openapi;
+mod pool;
 mod readme;
 mod security;
 mod steady_state;

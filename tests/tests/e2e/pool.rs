@@ -1,0 +1,80 @@
+//! The PostgreSQL pool's recycling, observed from PostgreSQL's side
+//! (`pg_stat_activity.query` is the last statement a backend ran): a connection
+//! used a moment ago is handed out as it is; one idle for
+//! `kai_shared::db::VERIFY_IF_IDLE_FOR` or longer is verified first (an empty
+//! query), and one whose backend is gone is replaced, not handed out.
+
+use std::time::Duration;
+
+use kai_shared::db::{Db, VERIFY_IF_IDLE_FOR};
+use kai_shared::metrics::Metrics;
+use kai_shared::testing::{self, TestDb};
+
+fn pool(db: &TestDb) -> Db {
+    let settings = testing::settings(&db.url, None, "unused", &[("DB_POOL_SIZE", "1")]);
+    Db::new(&settings, &Metrics::new("pool"))
+}
+
+/// The last statement backend `pid` ran, as PostgreSQL reports it.
+async fn last_statement(observer: &tokio_postgres::Client, pid: i32) -> String {
+    observer
+        .query_one("SELECT query FROM pg_stat_activity WHERE pid = $1", &[&pid])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_connection_used_a_moment_ago_is_not_verified_and_an_idle_one_is() {
+    let db = TestDb::create().await;
+    let (pool, observer) = (pool(&db), db.connect().await);
+    let conn = pool.conn().await.unwrap();
+    let pid: i32 = conn
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    conn.simple_query("SELECT 'marker'").await.unwrap();
+    drop(conn);
+    // Handed out again at once: no round trip before it.
+    let again = pool.conn().await.unwrap();
+    assert_eq!(last_statement(&observer, pid).await, "SELECT 'marker'");
+    drop(again);
+    // Idle past the window: verified (PostgreSQL ran the empty query) first.
+    tokio::time::sleep(VERIFY_IF_IDLE_FOR + Duration::from_millis(100)).await;
+    let idle = pool.conn().await.unwrap();
+    assert_eq!(last_statement(&observer, pid).await, "");
+    let same: i32 = idle
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(same, pid, "the verified connection itself is handed out");
+}
+
+#[tokio::test]
+async fn a_connection_whose_backend_was_terminated_is_replaced() {
+    let db = TestDb::create().await;
+    let (pool, observer) = (pool(&db), db.connect().await);
+    let conn = pool.conn().await.unwrap();
+    let pid: i32 = conn
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    drop(conn);
+    let terminated: bool = observer
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(terminated);
+    tokio::time::sleep(VERIFY_IF_IDLE_FOR + Duration::from_millis(100)).await;
+    let fresh = pool.conn().await.unwrap();
+    let new_pid: i32 = fresh
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("a working connection, not the terminated one")
+        .get(0);
+    assert_ne!(new_pid, pid);
+}
