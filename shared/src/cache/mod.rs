@@ -264,6 +264,56 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<T>, E>>,
     {
+        if let Some(hit) = self.l1_hit(scope, policy, logical) {
+            return hit;
+        }
+        // Everything else (Redis, the single-flight, the loader, the store) in
+        // a future of its own on the heap: the hit path's future — and every
+        // handler future that awaits it, which actix moves into a box per
+        // request — stays small instead of carrying the largest state of the
+        // loader's query.
+        Box::pin(self.get_or_load_slow(scope, policy, logical, load)).await
+    }
+
+    /// An L1 hit needing no refresh, with the generation known here: answered
+    /// without a future, a lock or a round trip.
+    fn l1_hit(
+        &self,
+        scope: &Scope,
+        policy: &Policy,
+        logical: &str,
+    ) -> Option<Result<Cached, ApiError>> {
+        let inner = &self.inner;
+        if !inner.enabled {
+            return None;
+        }
+        let generation = match &inner.l2 {
+            None => inner.generations.local(scope),
+            Some(l2) if !l2.available() => return None,
+            Some(_) => inner.generations.get(scope)?,
+        };
+        let key = keys::entry_key(&inner.prefix, scope, generation, logical);
+        let entry = inner.l1.get(&key)?;
+        if refresh_early(&entry) {
+            return None;
+        }
+        inner.l1_hits.fetch_add(1, Ordering::Relaxed);
+        Some(self.hit(policy, entry))
+    }
+
+    async fn get_or_load_slow<T, E, F, Fut>(
+        &self,
+        scope: &Scope,
+        policy: &Policy,
+        logical: &str,
+        load: F,
+    ) -> Result<Cached, ApiError>
+    where
+        T: Serialize,
+        E: Into<ApiError>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+    {
         let load = || async move { load().await.map_err(Into::into) };
         let inner = &self.inner;
         if !inner.enabled {

@@ -40,7 +40,10 @@ pub fn cached(req: &HttpRequest, cached: &Cached) -> HttpResponse {
     if matches {
         return res.finish();
     }
-    res.content_type("application/json");
+    res.insert_header((
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    ));
     if let Some(gzip) = &cached.entry.gzip
         && accepts_gzip(req)
     {
