@@ -299,7 +299,7 @@ struct HttpSeries {
 }
 
 /// FNV-1a over `parts`: a quick hash for a thread's own map.
-fn fnv1a(parts: &[&[u8]]) -> u64 {
+pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for &b in *part {

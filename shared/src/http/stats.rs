@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::metrics::fnv1a;
+
 /// Shards per route: worker threads take them in turn.
 const SHARDS: usize = 8;
 
@@ -110,7 +112,10 @@ impl EndpointStats {
         let same = |k: &str| k.len() == m.len() + 1 + r.len() && k.starts_with(m) && k.ends_with(r);
         let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         MEMO.with_borrow_mut(|memo| {
-            let bucket = memo.routes.entry((self.id, fnv1a(m, r))).or_default();
+            let bucket = memo
+                .routes
+                .entry((self.id, fnv1a(&[m.as_bytes(), b" ", r.as_bytes()])))
+                .or_default();
             let i = match bucket.iter().position(|(k, _)| same(k)) {
                 Some(i) => i,
                 None => {
@@ -183,16 +188,6 @@ impl EndpointStats {
             })
             .collect()
     }
-}
-
-/// FNV-1a of "METHOD route" (the memo's bucket; equal keys compared after).
-fn fnv1a(method: &str, route: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in method.as_bytes().iter().chain(b" ").chain(route.as_bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }
 
 #[cfg(test)]

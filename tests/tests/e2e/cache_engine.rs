@@ -332,30 +332,45 @@ async fn an_l1_hit_costs_no_redis_round_trip() {
     assert!(total_calls(&stats) <= 4, "{stats}");
 }
 
-/// After a write, every read of the new generation waits for one load: reads
-/// that arrive while it runs join it without asking Redis for the entry the
-/// leader found missing (the 90/10 benchmark did one GET per read: 74k GETs for
-/// 6k loads). Counted by Redis itself: one GET, one loader, for 21 reads.
-#[tokio::test]
-async fn reads_behind_a_running_load_join_it_without_asking_redis() {
+/// A replica on a private Redis right after a write: key "k" of the scope was
+/// read once (so the generation is known here), then the scope moved to a new
+/// generation; the load counter and Redis's command statistics start at 0.
+struct AfterAWrite {
+    _redis: PrivateRedis,
+    r: Replica,
+    conn: redis::Connection,
+    s: Scope,
+    loads: Arc<AtomicUsize>,
+}
+
+async fn after_a_write(prefix: &str) -> AfterAWrite {
     let redis = PrivateRedis::start();
-    let r = replica(Some(&redis.url()), "follow").await;
+    let r = replica(Some(&redis.url()), prefix).await;
     let mut conn = redis.connection();
     let (s, loads) = (scope(), Arc::new(AtomicUsize::new(0)));
     read(&r.cache, &s, "k", "v1", &loads).await;
-    // A write: the scope moves to a new generation, known to this replica.
     r.cache.invalidate(&s).await;
     loads.store(0, Ordering::SeqCst);
     let _: () = redis::cmd("CONFIG")
         .arg("RESETSTAT")
         .query(&mut conn)
         .unwrap();
-    let (started, release) = (
-        Arc::new(tokio::sync::Notify::new()),
-        Arc::new(tokio::sync::Notify::new()),
-    );
-    let spawn_read = |gate: Option<(Arc<tokio::sync::Notify>, Arc<tokio::sync::Notify>)>| {
-        let (cache, s, loads) = (r.cache.clone(), s.clone(), loads.clone());
+    AfterAWrite {
+        _redis: redis,
+        r,
+        conn,
+        s,
+        loads,
+    }
+}
+
+type Gate = (Arc<tokio::sync::Notify>, Arc<tokio::sync::Notify>);
+
+impl AfterAWrite {
+    /// A read of "k" in a task of its own; its loader (if it runs) counts,
+    /// and with a gate says it started and waits to be released.
+    fn spawn_read(&self, gate: Option<Gate>) -> tokio::task::JoinHandle<(Vec<u8>, CacheStatus)> {
+        let (cache, s, loads) = (self.r.cache.clone(), self.s.clone(), self.loads.clone());
         tokio::spawn(async move {
             let cached = cache
                 .get_or_load(&s, &POLICY, "k", || async move {
@@ -368,24 +383,47 @@ async fn reads_behind_a_running_load_join_it_without_asking_redis() {
                 })
                 .await
                 .unwrap();
-            (cached.entry.body.clone(), cached.status)
+            (cached.entry.body.to_vec(), cached.status)
         })
-    };
-    let leader = spawn_read(Some((started.clone(), release.clone())));
+    }
+
+    /// Every read answered the new value; one load and `gets` Redis GETs ran.
+    async fn assert_reads(
+        &mut self,
+        reads: Vec<tokio::task::JoinHandle<(Vec<u8>, CacheStatus)>>,
+        gets: u64,
+    ) {
+        for t in reads {
+            let (body, status) = t.await.unwrap();
+            assert_eq!(&body[..], br#""v2""#);
+            assert_ne!(status, CacheStatus::Bypass);
+        }
+        assert_eq!(self.loads.load(Ordering::SeqCst), 1, "one load");
+        let stats = commandstats(&mut self.conn);
+        assert_eq!(calls(&stats, "get"), gets, "{stats}");
+    }
+}
+
+/// After a write, every read of the new generation waits for one load: reads
+/// that arrive while it runs join it without asking Redis for the entry the
+/// leader found missing (the 90/10 benchmark did one GET per read: 74k GETs for
+/// 6k loads). Counted by Redis itself: one GET, one loader, for 21 reads.
+#[tokio::test]
+async fn reads_behind_a_running_load_join_it_without_asking_redis() {
+    let mut w = after_a_write("follow").await;
+    let (started, release) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let leader = w.spawn_read(Some((started.clone(), release.clone())));
     started.notified().await;
-    let followers: Vec<_> = (0..20).map(|_| spawn_read(None)).collect();
+    let mut reads: Vec<_> = (0..20).map(|_| w.spawn_read(None)).collect();
     // Let the followers reach the running load (one that comes late finds the
     // stored entry in L1: no GET either).
     tokio::time::sleep(Duration::from_millis(100)).await;
     release.notify_one();
-    for t in std::iter::once(leader).chain(followers) {
-        let (body, status) = t.await.unwrap();
-        assert_eq!(&body[..], br#""v2""#);
-        assert_ne!(status, CacheStatus::Bypass);
-    }
-    assert_eq!(loads.load(Ordering::SeqCst), 1, "one load");
-    let stats = commandstats(&mut conn);
-    assert_eq!(calls(&stats, "get"), 1, "the leader's GET only: {stats}");
+    reads.push(leader);
+    w.assert_reads(reads, 1).await;
 }
 
 /// Reads of one key that arrive together (after a write, the readers that were
@@ -393,40 +431,9 @@ async fn reads_behind_a_running_load_join_it_without_asking_redis() {
 /// the entry missing yet when the others start.
 #[tokio::test]
 async fn reads_arriving_together_after_a_write_ask_redis_once() {
-    let redis = PrivateRedis::start();
-    let r = replica(Some(&redis.url()), "together").await;
-    let mut conn = redis.connection();
-    let (s, loads) = (scope(), Arc::new(AtomicUsize::new(0)));
-    read(&r.cache, &s, "k", "v1", &loads).await;
-    r.cache.invalidate(&s).await;
-    loads.store(0, Ordering::SeqCst);
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query(&mut conn)
-        .unwrap();
-    let reads: Vec<_> = (0..20)
-        .map(|_| {
-            let (cache, s, loads) = (r.cache.clone(), s.clone(), loads.clone());
-            tokio::spawn(async move {
-                cache
-                    .get_or_load(&s, &POLICY, "k", || async move {
-                        loads.fetch_add(1, Ordering::SeqCst);
-                        Ok::<_, ApiError>(Some("v2"))
-                    })
-                    .await
-                    .unwrap()
-                    .entry
-                    .body
-                    .clone()
-            })
-        })
-        .collect();
-    for t in reads {
-        assert_eq!(&t.await.unwrap()[..], br#""v2""#);
-    }
-    assert_eq!(loads.load(Ordering::SeqCst), 1, "one load");
-    let stats = commandstats(&mut conn);
-    assert_eq!(calls(&stats, "get"), 1, "one GET for 20 reads: {stats}");
+    let mut w = after_a_write("together").await;
+    let reads: Vec<_> = (0..20).map(|_| w.spawn_read(None)).collect();
+    w.assert_reads(reads, 1).await;
 }
 
 #[tokio::test]

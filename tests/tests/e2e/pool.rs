@@ -15,6 +15,13 @@ fn pool(db: &TestDb) -> Db {
     Db::new(&settings, &Metrics::new("pool"))
 }
 
+async fn backend_pid(conn: &tokio_postgres::Client) -> i32 {
+    conn.query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("a working connection")
+        .get(0)
+}
+
 /// The last statement backend `pid` ran, as PostgreSQL reports it.
 async fn last_statement(observer: &tokio_postgres::Client, pid: i32) -> String {
     observer
@@ -29,11 +36,7 @@ async fn a_connection_used_a_moment_ago_is_not_verified_and_an_idle_one_is() {
     let db = TestDb::create().await;
     let (pool, observer) = (pool(&db), db.connect().await);
     let conn = pool.conn().await.unwrap();
-    let pid: i32 = conn
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid = backend_pid(&conn).await;
     conn.simple_query("SELECT 'marker'").await.unwrap();
     drop(conn);
     // Handed out again at once: no round trip before it.
@@ -44,12 +47,11 @@ async fn a_connection_used_a_moment_ago_is_not_verified_and_an_idle_one_is() {
     tokio::time::sleep(VERIFY_IF_IDLE_FOR + Duration::from_millis(100)).await;
     let idle = pool.conn().await.unwrap();
     assert_eq!(last_statement(&observer, pid).await, "");
-    let same: i32 = idle
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(same, pid, "the verified connection itself is handed out");
+    assert_eq!(
+        backend_pid(&idle).await,
+        pid,
+        "the verified connection itself is handed out"
+    );
 }
 
 #[tokio::test]
@@ -57,11 +59,7 @@ async fn a_connection_whose_backend_was_terminated_is_replaced() {
     let db = TestDb::create().await;
     let (pool, observer) = (pool(&db), db.connect().await);
     let conn = pool.conn().await.unwrap();
-    let pid: i32 = conn
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid = backend_pid(&conn).await;
     drop(conn);
     let terminated: bool = observer
         .query_one("SELECT pg_terminate_backend($1)", &[&pid])
@@ -71,10 +69,5 @@ async fn a_connection_whose_backend_was_terminated_is_replaced() {
     assert!(terminated);
     tokio::time::sleep(VERIFY_IF_IDLE_FOR + Duration::from_millis(100)).await;
     let fresh = pool.conn().await.unwrap();
-    let new_pid: i32 = fresh
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("a working connection, not the terminated one")
-        .get(0);
-    assert_ne!(new_pid, pid);
+    assert_ne!(backend_pid(&fresh).await, pid, "not the terminated one");
 }

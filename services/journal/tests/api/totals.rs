@@ -29,6 +29,19 @@ async fn kept_and_counted(j: &Journal, users: &[Uuid]) -> HashMap<Uuid, (i64, i6
         .collect()
 }
 
+/// How many rows of `journal.entry_totals` hold `user`'s total.
+async fn total_rows(j: &Journal, user: Uuid) -> i64 {
+    j.db.connect()
+        .await
+        .query_one(
+            "SELECT count(*) FROM journal.entry_totals WHERE user_id = $1",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 async fn assert_totals_exact(j: &Journal, users: &[Uuid]) {
     for (user, (kept, counted)) in kept_and_counted(j, users).await {
         assert_eq!(kept, counted, "user {user}: kept total vs count(*)");
@@ -202,15 +215,7 @@ async fn account_erasure_leaves_no_total_behind() {
         .await
         .unwrap();
     assert_eq!(deleted, 7);
-    let conn = j.db.connect().await;
-    let rows: i64 = conn
-        .query_one(
-            "SELECT count(*) FROM journal.entry_totals WHERE user_id = $1",
-            &[&gone.id],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let rows = total_rows(&j, gone.id).await;
     assert_eq!(rows, 0, "the erased user's total row is gone");
     assert_totals_exact(&j, &[gone.id, stays.id]).await;
     assert_eq!(list_total(&j, &gone).await, json!(0));
@@ -252,15 +257,7 @@ async fn writers_of_one_user_on_different_connections_do_not_wait_for_each_other
         .expect("the second writer does not wait for the first");
     second.batch_execute("COMMIT").await.unwrap();
     first.batch_execute("COMMIT").await.unwrap();
-    let conn = j.db.connect().await;
-    let rows: i64 = conn
-        .query_one(
-            "SELECT count(*) FROM journal.entry_totals WHERE user_id = $1",
-            &[&user.id],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let rows = total_rows(&j, user.id).await;
     assert_eq!(rows, 2, "one row per shard written");
     assert_totals_exact(&j, &[user.id]).await;
     assert_eq!(list_total(&j, &user).await, json!(2));
