@@ -31,7 +31,7 @@ pub const PURGE_SOFT_DELETED: &str =
 /// The user's kept totals: their rows sum to 0 once the entries are gone, but a
 /// shard written through one connection and emptied through another is not 0
 /// itself (migrations/journal/V5__entry_totals_sharded.sql).
-pub const PURGE_TOTALS: &str = "DELETE FROM journal.entry_totals WHERE user_id = $1";
+pub const PURGE_TOTALS: &str = "DELETE FROM journal.entry_total_shards WHERE user_id = $1";
 
 /// Deletes everything of `user_id` this service holds; returns the rows deleted.
 pub async fn purge(p: &Platform, user_id: Uuid) -> anyhow::Result<u64> {

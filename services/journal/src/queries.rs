@@ -28,12 +28,12 @@ pub const GET: &str = "SELECT id, title, content, mood, tags, created_at, update
 
 /// Page mode in one round trip: the live total, joined to the page's rows. Always
 /// returns at least one row (entry columns NULL when the page is past the end).
-/// The total is the sum of the user's rows of `journal.entry_totals` (at most 16,
-/// kept by triggers, see migrations/journal/V4__entry_totals.sql and
-/// V5__entry_totals_sharded.sql; no row = 0), not a count(*) over the
-/// user's entries: one primary-key lookup whatever the user has written.
+/// The total is the sum of the user's rows of `journal.entry_total_shards` (at
+/// most 16, kept by triggers, see migrations/journal/V4__entry_totals.sql and
+/// V5__entry_totals_sharded.sql; no row = 0), not a count(*) over the user's
+/// entries: one primary-key range whatever the user has written.
 pub const PAGE: &str = "SELECT e.id, e.title, e.content, e.mood, e.tags, e.created_at, e.updated_at, t.total
-     FROM (SELECT coalesce((SELECT sum(live) FROM journal.entry_totals WHERE user_id = $1), 0)::bigint AS total) t
+     FROM (SELECT coalesce((SELECT sum(live) FROM journal.entry_total_shards WHERE user_id = $1), 0)::bigint AS total) t
      LEFT JOIN LATERAL (
          SELECT id, title, content, mood, tags, created_at, updated_at
          FROM journal.journal_entries

@@ -1,4 +1,4 @@
-//! The per-user live totals of `journal.entry_totals` (migrations V4 and V5), against real
+//! The per-user live totals (`journal.entry_totals`, migrations V4 and V5), against real
 //! PostgreSQL: whatever writes the entries — the API, concurrent writers, soft
 //! deletes, batch inserts of many users, account erasure — each user's kept total
 //! equals a fresh count(*) of their live entries, and the list's `total` says so.
@@ -29,12 +29,12 @@ async fn kept_and_counted(j: &Journal, users: &[Uuid]) -> HashMap<Uuid, (i64, i6
         .collect()
 }
 
-/// How many rows of `journal.entry_totals` hold `user`'s total.
+/// How many rows of `journal.entry_total_shards` hold `user`'s total.
 async fn total_rows(j: &Journal, user: Uuid) -> i64 {
     j.db.connect()
         .await
         .query_one(
-            "SELECT count(*) FROM journal.entry_totals WHERE user_id = $1",
+            "SELECT count(*) FROM journal.entry_total_shards WHERE user_id = $1",
             &[&user],
         )
         .await
@@ -261,4 +261,34 @@ async fn writers_of_one_user_on_different_connections_do_not_wait_for_each_other
     assert_eq!(rows, 2, "one row per shard written");
     assert_totals_exact(&j, &[user.id]).await;
     assert_eq!(list_total(&j, &user).await, json!(2));
+}
+
+/// A rolling update runs the previous release's replicas on V5's schema: their
+/// page statement reads `journal.entry_totals` as one row per user (V4), which
+/// is now a view summing the shards — exact, and never "more than one row
+/// returned by a subquery" for a user whose total spans several shards.
+#[tokio::test]
+async fn the_previous_releases_total_statement_still_reads_an_exact_total() {
+    const V4_TOTAL: &str =
+        "SELECT coalesce((SELECT live FROM journal.entry_totals WHERE user_id = $1), 0)::bigint";
+    let j = spawn().await;
+    let user = User::new();
+    let first = j.db.connect().await;
+    let mut second = j.db.connect().await;
+    while shard_of(&second).await == shard_of(&first).await {
+        second = j.db.connect().await;
+    }
+    let insert = "INSERT INTO journal.journal_entries (id, user_id, content)
+                  VALUES (gen_random_uuid(), $1, 'from an old replica')";
+    for conn in [&first, &second, &second] {
+        conn.execute(insert, &[&user.id]).await.unwrap();
+    }
+    assert_eq!(total_rows(&j, user.id).await, 2, "two shards");
+    let total: i64 = first
+        .query_one(V4_TOTAL, &[&user.id])
+        .await
+        .expect("V4's statement on V5's schema")
+        .get(0);
+    assert_eq!(total, 3);
+    assert_totals_exact(&j, &[user.id]).await;
 }
