@@ -348,21 +348,19 @@ mod tests {
         assert!(text.contains(r#"status="404""#));
         assert!(text.contains("process_cpu_seconds_total"));
         // Another registry on the same thread keeps its own series.
-        let other = Metrics::new("profile");
-        for _ in 0..3 {
-            other.observe_http(
+        let get_entry = |m: &Metrics| {
+            m.observe_http(
                 "/api/journal/entries/{id}",
                 "GET",
                 StatusCode::OK,
                 Duration::from_micros(1),
-            );
+            )
+        };
+        let other = Metrics::new("profile");
+        for _ in 0..3 {
+            get_entry(&other);
         }
-        m.observe_http(
-            "/api/journal/entries/{id}",
-            "GET",
-            StatusCode::OK,
-            Duration::from_micros(1),
-        );
+        get_entry(&m);
         assert!(other.render().contains(
             r#"kai_http_requests_total{endpoint="/api/journal/entries/{id}",method="GET",status="200",service="profile"} 3"#
         ));

@@ -181,6 +181,21 @@ struct Inner {
     store_hook: std::sync::RwLock<Option<StoreHook>>,
 }
 
+/// What [`Cache::get_or_load`] finds before any await.
+enum Probe {
+    /// An L1 entry of the current generation, not due for refresh.
+    Hit(Arc<Entry>),
+    /// The generation is known here; L1 has nothing live for the key, or an
+    /// entry due for early refresh (kept as the fallback).
+    Known {
+        generation: u64,
+        key: String,
+        due: Option<Arc<Entry>>,
+    },
+    /// Cache off, Redis unavailable, or the generation must come from Redis.
+    Unknown,
+}
+
 impl Cache {
     /// Builds the cache, on the Redis the settings name (if any); see
     /// [`Cache::with_redis`].
@@ -264,41 +279,45 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<T>, E>>,
     {
-        if let Some(hit) = self.l1_hit(scope, policy, logical) {
-            return hit;
-        }
+        let probe = match self.probe(scope, logical) {
+            Probe::Hit(entry) => {
+                self.inner.l1_hits.fetch_add(1, Ordering::Relaxed);
+                return self.hit(policy, entry);
+            }
+            other => other,
+        };
         // Everything else (Redis, the single-flight, the loader, the store) in
         // a future of its own on the heap: the hit path's future — and every
         // handler future that awaits it, which actix moves into a box per
         // request — stays small instead of carrying the largest state of the
         // loader's query.
-        Box::pin(self.get_or_load_slow(scope, policy, logical, load)).await
+        Box::pin(self.get_or_load_slow(scope, policy, logical, probe, load)).await
     }
 
-    /// An L1 hit needing no refresh, with the generation known here: answered
-    /// without a future, a lock or a round trip.
-    fn l1_hit(
-        &self,
-        scope: &Scope,
-        policy: &Policy,
-        logical: &str,
-    ) -> Option<Result<Cached, ApiError>> {
+    /// The part of a lookup that needs no future, lock or round trip: the
+    /// generation if this replica knows it, and L1.
+    fn probe(&self, scope: &Scope, logical: &str) -> Probe {
         let inner = &self.inner;
         if !inner.enabled {
-            return None;
+            return Probe::Unknown;
         }
         let generation = match &inner.l2 {
             None => inner.generations.local(scope),
-            Some(l2) if !l2.available() => return None,
-            Some(_) => inner.generations.get(scope)?,
+            Some(l2) if !l2.available() => return Probe::Unknown,
+            Some(_) => match inner.generations.get(scope) {
+                Some(generation) => generation,
+                None => return Probe::Unknown,
+            },
         };
         let key = keys::entry_key(&inner.prefix, scope, generation, logical);
-        let entry = inner.l1.get(&key)?;
-        if refresh_early(&entry) {
-            return None;
+        match inner.l1.get(&key) {
+            Some(entry) if !refresh_early(&entry) => Probe::Hit(entry),
+            due => Probe::Known {
+                generation,
+                key,
+                due,
+            },
         }
-        inner.l1_hits.fetch_add(1, Ordering::Relaxed);
-        Some(self.hit(policy, entry))
     }
 
     async fn get_or_load_slow<T, E, F, Fut>(
@@ -306,6 +325,7 @@ impl Cache {
         scope: &Scope,
         policy: &Policy,
         logical: &str,
+        probe: Probe,
         load: F,
     ) -> Result<Cached, ApiError>
     where
@@ -321,44 +341,55 @@ impl Cache {
             return answer(Arc::new(entry), CacheStatus::Bypass);
         }
 
-        // 1. The generation, read before any database work (guarantee 2). Asking
-        //    Redis for it also fetches the entry, in the same round trip.
+        // 1. The generation, read before any database work (guarantee 2), and
+        //    L1 — both done by the probe when this replica knows the
+        //    generation. Otherwise asking Redis for it also fetches the entry,
+        //    in the same round trip.
         let mut from_l2: Option<Option<Bytes>> = None;
-        let generation = match &inner.l2 {
-            None => inner.generations.local(scope),
-            Some(l2) if !l2.available() => return self.uncached(policy, load).await,
-            Some(l2) => match inner.generations.get(scope) {
-                Some(generation) => generation,
-                None => {
-                    let epoch = inner.generations.epoch();
-                    match l2.generation_and_get(scope, Some(logical)).await {
-                        Ok((generation, raw)) => {
-                            inner.generations.remember(scope, generation, epoch);
-                            from_l2 = Some(raw);
-                            generation
+        let (generation, key, mut due) = match probe {
+            Probe::Known {
+                generation,
+                key,
+                due,
+            } => (generation, key, due),
+            Probe::Hit(_) | Probe::Unknown => {
+                let generation = match &inner.l2 {
+                    None => inner.generations.local(scope),
+                    Some(l2) if !l2.available() => return self.uncached(policy, load).await,
+                    Some(l2) => match inner.generations.get(scope) {
+                        Some(generation) => generation,
+                        None => {
+                            let epoch = inner.generations.epoch();
+                            match l2.generation_and_get(scope, Some(logical)).await {
+                                Ok((generation, raw)) => {
+                                    inner.generations.remember(scope, generation, epoch);
+                                    from_l2 = Some(raw);
+                                    generation
+                                }
+                                Err(e) => {
+                                    self.count_error(policy, &e);
+                                    return self.uncached(policy, load).await;
+                                }
+                            }
                         }
-                        Err(e) => {
-                            self.count_error(policy, &e);
-                            return self.uncached(policy, load).await;
-                        }
+                    },
+                };
+                let key = keys::entry_key(&inner.prefix, scope, generation, logical);
+                // 2. L1 (an entry due for early refresh is kept as a fallback).
+                let due = match inner.l1.get(&key) {
+                    Some(entry) if !refresh_early(&entry) => {
+                        inner.l1_hits.fetch_add(1, Ordering::Relaxed);
+                        return self.hit(policy, entry);
                     }
-                }
-            },
-        };
-        let key = keys::entry_key(&inner.prefix, scope, generation, logical);
-
-        // 2. L1, then L2. An entry due for early refresh is kept as a fallback.
-        let mut due: Option<Arc<Entry>> = None;
-        if let Some(entry) = inner.l1.get(&key) {
-            if !refresh_early(&entry) {
-                inner.l1_hits.fetch_add(1, Ordering::Relaxed);
-                return self.hit(policy, entry);
+                    due => due,
+                };
+                (generation, key, due)
             }
-            due = Some(entry);
-        }
-        // A load of this key already running (after a write, every read of the
-        // new generation until the first load stores it): its answer, without
-        // asking Redis what the leader just found missing.
+        };
+        // 3. L2 — unless a load of this key is already running (after a write,
+        //    every read of the new generation until the first load stores it):
+        //    then its answer, without asking Redis what the leader just found
+        //    missing.
         if due.is_none()
             && from_l2.is_none()
             && let Some(result) = inner.flights.follow(&key).await
@@ -406,7 +437,7 @@ impl Cache {
             }
         }
 
-        // 3. Miss (or this request drew an early refresh): one loader per key. While
+        // 4. Miss (or this request drew an early refresh): one loader per key. While
         //    a refresh is already running, the live entry is served without waiting.
         if let Some(entry) = &due
             && inner.flights.is_running(&key)

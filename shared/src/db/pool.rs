@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{
-    ClientWrapper, GenericClient, Hook, HookError, Manager, ManagerConfig, Metrics as Metrics_,
-    Object, Pool, PoolError, RecyclingMethod, Runtime,
+    ClientWrapper, GenericClient, Hook, HookError, Manager, ManagerConfig, Object, Pool, PoolError,
+    RecyclingMethod, Runtime,
 };
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
@@ -135,18 +135,22 @@ impl Db {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
-        let verify_idle = Hook::async_fn(|client: &mut ClientWrapper, metrics: &Metrics_| {
-            Box::pin(async move {
-                if metrics.last_used() < VERIFY_IF_IDLE_FOR {
-                    return Ok(());
-                }
-                match tokio::time::timeout(Duration::from_secs(5), client.simple_query("")).await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(HookError::Backend(e)),
-                    Err(_) => Err(HookError::message("verification timed out")),
-                }
-            })
-        });
+        let verify_idle = Hook::async_fn(
+            |client: &mut ClientWrapper, metrics: &deadpool_postgres::Metrics| {
+                Box::pin(async move {
+                    if metrics.last_used() < VERIFY_IF_IDLE_FOR {
+                        return Ok(());
+                    }
+                    match tokio::time::timeout(Duration::from_secs(5), client.simple_query(""))
+                        .await
+                    {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(e)) => Err(HookError::Backend(e)),
+                        Err(_) => Err(HookError::message("verification timed out")),
+                    }
+                })
+            },
+        );
         let pool = Pool::builder(manager)
             .max_size(settings.db_pool_size)
             .wait_timeout(Some(settings.db_pool_timeout))

@@ -229,6 +229,18 @@ async fn shard_of(c: &tokio_postgres::Client) -> i32 {
         .get(0)
 }
 
+/// Two connections whose backends write to different shards of a user's total.
+async fn connections_in_two_shards(
+    j: &Journal,
+) -> (tokio_postgres::Client, tokio_postgres::Client) {
+    let first = j.db.connect().await;
+    let mut second = j.db.connect().await;
+    while shard_of(&second).await == shard_of(&first).await {
+        second = j.db.connect().await;
+    }
+    (first, second)
+}
+
 /// V5: writers of one user on different connections add to different rows of
 /// the user's total, so one does not wait for the other's commit. (With V4's one
 /// row per user, the second INSERT below blocks on the first transaction's row
@@ -237,11 +249,7 @@ async fn shard_of(c: &tokio_postgres::Client) -> i32 {
 async fn writers_of_one_user_on_different_connections_do_not_wait_for_each_other() {
     let j = spawn().await;
     let user = User::new();
-    let first = j.db.connect().await;
-    let mut second = j.db.connect().await;
-    while shard_of(&second).await == shard_of(&first).await {
-        second = j.db.connect().await;
-    }
+    let (first, second) = connections_in_two_shards(&j).await;
     let insert = "INSERT INTO journal.journal_entries (id, user_id, content)
                   VALUES (gen_random_uuid(), $1, 'concurrent')";
     first.batch_execute("BEGIN").await.unwrap();
@@ -273,11 +281,7 @@ async fn the_previous_releases_total_statement_still_reads_an_exact_total() {
         "SELECT coalesce((SELECT live FROM journal.entry_totals WHERE user_id = $1), 0)::bigint";
     let j = spawn().await;
     let user = User::new();
-    let first = j.db.connect().await;
-    let mut second = j.db.connect().await;
-    while shard_of(&second).await == shard_of(&first).await {
-        second = j.db.connect().await;
-    }
+    let (first, second) = connections_in_two_shards(&j).await;
     let insert = "INSERT INTO journal.journal_entries (id, user_id, content)
                   VALUES (gen_random_uuid(), $1, 'from an old replica')";
     for conn in [&first, &second, &second] {
