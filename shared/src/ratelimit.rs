@@ -6,6 +6,8 @@
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
+
 use crate::http::errors::ApiError;
 use crate::redis::{Command, Redis};
 
@@ -65,7 +67,7 @@ impl RateLimiter {
         let key = format!(
             "{}:{}",
             limit.name,
-            crate::cache::entry::etag_of(subject.as_bytes()).trim_matches('"')
+            hex::encode(&Sha256::digest(subject.as_bytes())[..16])
         );
         let wait =
             match token_bucket(self.redis.as_ref(), &key, limit.capacity, limit.per_second).await {

@@ -63,7 +63,9 @@ pub const MESSAGES_AFTER: &str = "SELECT id, role, content, created_at
 pub struct ExportedConversation {
     pub id: Uuid,
     pub title: Option<String>,
+    #[serde(serialize_with = "kai_shared::http::timestamp::rfc3339")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "kai_shared::http::timestamp::rfc3339")]
     pub updated_at: DateTime<Utc>,
     pub messages: Vec<Message>,
 }

@@ -32,6 +32,7 @@ pub struct LastMessage {
     #[schema(value_type = Role)]
     pub role: String,
     pub content: String,
+    #[serde(serialize_with = "kai_shared::http::timestamp::rfc3339")]
     pub created_at: DateTime<Utc>,
 }
 
@@ -61,7 +62,9 @@ pub enum Role {
 pub struct ConversationSummary {
     pub id: Uuid,
     pub title: Option<String>,
+    #[serde(serialize_with = "kai_shared::http::timestamp::rfc3339")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "kai_shared::http::timestamp::rfc3339")]
     pub updated_at: DateTime<Utc>,
     pub message_count: i64,
     pub last_message: Option<LastMessage>,
@@ -75,6 +78,7 @@ pub struct Message {
     #[schema(value_type = Role)]
     pub role: String,
     pub content: String,
+    #[serde(serialize_with = "kai_shared::http::timestamp::rfc3339")]
     pub created_at: DateTime<Utc>,
 }
 
@@ -83,7 +87,9 @@ pub struct Message {
 pub struct ConversationDetail {
     pub id: Uuid,
     pub title: Option<String>,
+    #[serde(serialize_with = "kai_shared::http::timestamp::rfc3339")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "kai_shared::http::timestamp::rfc3339")]
     pub updated_at: DateTime<Utc>,
     pub message_count: i64,
     pub last_message: Option<LastMessage>,

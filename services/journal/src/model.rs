@@ -33,7 +33,9 @@ pub struct Entry {
     #[schema(minimum = 1, maximum = 10)]
     pub mood: Option<i16>,
     pub tags: Vec<String>,
+    #[serde(serialize_with = "kai_shared::http::timestamp::rfc3339")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "kai_shared::http::timestamp::rfc3339")]
     pub updated_at: DateTime<Utc>,
 }
 

@@ -79,6 +79,7 @@ pub struct Registered {
     pub user_id: Uuid,
     pub email: String,
     pub display_name: Option<String>,
+    #[serde(serialize_with = "kai_shared::http::timestamp::rfc3339")]
     pub created_at: DateTime<Utc>,
 }
 
@@ -123,6 +124,7 @@ pub struct Profile {
     #[schema(value_type = Object)]
     pub preferences: Value,
     pub communication_style: Option<String>,
+    #[serde(serialize_with = "kai_shared::http::timestamp::rfc3339")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -188,8 +190,10 @@ pub struct AccountExport {
     pub preferences: Value,
     pub communication_style: Option<String>,
     /// When the account was created.
+    #[serde(serialize_with = "kai_shared::http::timestamp::rfc3339")]
     pub created_at: DateTime<Utc>,
     /// When the profile last changed.
+    #[serde(serialize_with = "kai_shared::http::timestamp::rfc3339")]
     pub updated_at: DateTime<Utc>,
 }
 

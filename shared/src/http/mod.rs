@@ -10,6 +10,7 @@ pub mod openapi;
 pub mod query;
 pub mod respond;
 pub mod stats;
+pub mod timestamp;
 pub mod valid;
 
 use std::time::Instant;
