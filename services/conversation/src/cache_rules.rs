@@ -17,6 +17,7 @@
 
 use std::time::Duration;
 
+use kai_shared::cache::keys::Key;
 use kai_shared::cache::{Policy, Scope};
 use uuid::Uuid;
 
@@ -49,20 +50,27 @@ pub fn write_touches(user_id: Uuid) -> [Scope; 1] {
 
 /// SPEC §4 key: `conversation:{id}` plus the message limit asked for (DETAIL).
 pub fn detail_key(conversation_id: Uuid, limit: i64) -> String {
-    format!("conversation:{conversation_id}:limit:{limit}")
+    Key::new("conversation")
+        .uuid(conversation_id)
+        .str("limit")
+        .int(limit)
+        .into()
 }
 
 /// A list page (LIST).
 pub fn list_key(user_id: Uuid, cursor: Option<&str>, limit: i64) -> String {
-    format!(
-        "conversation:list:{user_id}:cursor:{}:limit:{limit}",
-        cursor.unwrap_or("-")
-    )
+    Key::new("conversation:list")
+        .uuid(user_id)
+        .str("cursor")
+        .str(cursor.unwrap_or("-"))
+        .str("limit")
+        .int(limit)
+        .into()
 }
 
 /// SPEC §4 key: `ai:response:{user_id}:{hash}` (AI_RESPONSE).
 pub fn ai_response_key(user_id: Uuid, hash: &str) -> String {
-    format!("ai:response:{user_id}:{hash}")
+    Key::new("ai:response").uuid(user_id).str(hash).into()
 }
 
 #[cfg(test)]

@@ -40,9 +40,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, llm: web::Data<Llm>) {
         web::scope("/api/conversations")
             .app_data(llm)
             .service(
+                // GET first (see journal's routes: one method guard for a read).
                 web::resource("")
-                    .route(web::post().to(create_conversation))
-                    .route(web::get().to(list_conversations)),
+                    .route(web::get().to(list_conversations))
+                    .route(web::post().to(create_conversation)),
             )
             // Before `/{id}`, which would otherwise take "export" for an id.
             .service(

@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use kai_shared::cache::keys::Key;
 use kai_shared::cache::{Policy, Scope};
 use uuid::Uuid;
 
@@ -32,25 +33,38 @@ pub fn write_touches(user_id: Uuid) -> [Scope; 1] {
 
 /// SPEC §4 key: `journal:list:{user_id}:page:{page}:size:{page_size}` (LIST).
 pub fn list_page_key(user_id: Uuid, page: i64, page_size: i64) -> String {
-    format!("journal:list:{user_id}:page:{page}:size:{page_size}")
+    Key::new("journal:list")
+        .uuid(user_id)
+        .str("page")
+        .int(page)
+        .str("size")
+        .int(page_size)
+        .into()
 }
 
 /// Cursor-mode list (LIST).
 pub fn list_cursor_key(user_id: Uuid, cursor: Option<&str>, limit: i64) -> String {
-    format!(
-        "journal:list:{user_id}:cursor:{}:limit:{limit}",
-        cursor.unwrap_or("-")
-    )
+    Key::new("journal:list")
+        .uuid(user_id)
+        .str("cursor")
+        .str(cursor.unwrap_or("-"))
+        .str("limit")
+        .int(limit)
+        .into()
 }
 
 /// One entry (ENTRY).
 pub fn entry_key(entry_id: Uuid) -> String {
-    format!("journal:entry:{entry_id}")
+    Key::new("journal:entry").uuid(entry_id).into()
 }
 
 /// Statistics over `days` (STATS).
 pub fn stats_key(user_id: Uuid, days: i64) -> String {
-    format!("journal:stats:{user_id}:days:{days}")
+    Key::new("journal:stats")
+        .uuid(user_id)
+        .str("days")
+        .int(days)
+        .into()
 }
 
 #[cfg(test)]
@@ -65,6 +79,16 @@ mod tests {
             list_page_key(USER, 2, 20),
             "journal:list:01234567-89ab-cdef-0123-456789abcdef:page:2:size:20"
         );
+        assert_eq!(
+            list_cursor_key(USER, Some("abc"), 5),
+            format!("journal:list:{USER}:cursor:abc:limit:5")
+        );
+        assert_eq!(
+            list_cursor_key(USER, None, 5),
+            format!("journal:list:{USER}:cursor:-:limit:5")
+        );
+        assert_eq!(entry_key(USER), format!("journal:entry:{USER}"));
+        assert_eq!(stats_key(USER, 30), format!("journal:stats:{USER}:days:30"));
     }
 
     #[test]

@@ -45,9 +45,11 @@ pub struct ApiDoc;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
+        // GET first: each method guard actix checks records its method in the
+        // request's extensions (allocating), so the common read checks one.
         web::resource("/api/journal/entries")
-            .route(web::post().to(create_entry))
-            .route(web::get().to(list_entries)),
+            .route(web::get().to(list_entries))
+            .route(web::post().to(create_entry)),
     )
     .service(
         web::resource("/api/journal/entries/{id}")

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use kai_shared::cache::keys::Key;
 use kai_shared::cache::{Policy, Scope};
 use uuid::Uuid;
 
@@ -27,7 +28,7 @@ pub fn write_touches(user_id: Uuid) -> [Scope; 1] {
 
 /// SPEC §4 key: `user:profile:{user_id}` (PROFILE).
 pub fn profile_key(user_id: Uuid) -> String {
-    format!("user:profile:{user_id}")
+    Key::new("user:profile").uuid(user_id).into()
 }
 
 #[cfg(test)]
