@@ -61,10 +61,7 @@ pub fn detail_key(conversation_id: Uuid, limit: i64) -> String {
 pub fn list_key(user_id: Uuid, cursor: Option<&str>, limit: i64) -> String {
     Key::new("conversation:list")
         .uuid(user_id)
-        .str("cursor")
-        .str(cursor.unwrap_or("-"))
-        .str("limit")
-        .int(limit)
+        .cursor_page(cursor, limit)
         .into()
 }
 
@@ -87,6 +84,18 @@ mod tests {
         assert_eq!(
             ai_response_key(USER, "abc"),
             "ai:response:01234567-89ab-cdef-0123-456789abcdef:abc"
+        );
+        assert_eq!(
+            detail_key(USER, 50),
+            format!("conversation:{USER}:limit:50")
+        );
+        assert_eq!(
+            list_key(USER, Some("c1"), 10),
+            format!("conversation:list:{USER}:cursor:c1:limit:10")
+        );
+        assert_eq!(
+            list_key(USER, None, 10),
+            format!("conversation:list:{USER}:cursor:-:limit:10")
         );
     }
 

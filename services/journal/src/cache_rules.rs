@@ -46,10 +46,7 @@ pub fn list_page_key(user_id: Uuid, page: i64, page_size: i64) -> String {
 pub fn list_cursor_key(user_id: Uuid, cursor: Option<&str>, limit: i64) -> String {
     Key::new("journal:list")
         .uuid(user_id)
-        .str("cursor")
-        .str(cursor.unwrap_or("-"))
-        .str("limit")
-        .int(limit)
+        .cursor_page(cursor, limit)
         .into()
 }
 

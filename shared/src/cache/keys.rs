@@ -57,6 +57,16 @@ impl Key {
     }
 }
 
+impl Key {
+    /// Appends a cursor-mode page: `:cursor:<cursor, or ->:limit:<limit>`.
+    pub fn cursor_page(self, cursor: Option<&str>, limit: i64) -> Self {
+        self.str("cursor")
+            .str(cursor.unwrap_or("-"))
+            .str("limit")
+            .int(limit)
+    }
+}
+
 impl From<Key> for String {
     fn from(key: Key) -> Self {
         key.0
