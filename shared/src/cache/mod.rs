@@ -352,27 +352,29 @@ impl Cache {
                 key,
                 due,
             } => (generation, key, due),
-            Probe::Hit(_) | Probe::Unknown => {
-                let generation = match &inner.l2 {
-                    None => inner.generations.local(scope),
-                    Some(l2) if !l2.available() => return self.uncached(policy, load).await,
-                    Some(l2) => match inner.generations.get(scope) {
-                        Some(generation) => generation,
-                        None => {
-                            let epoch = inner.generations.epoch();
-                            match l2.generation_and_get(scope, Some(logical)).await {
-                                Ok((generation, raw)) => {
-                                    inner.generations.remember(scope, generation, epoch);
-                                    from_l2 = Some(raw);
-                                    generation
-                                }
-                                Err(e) => {
-                                    self.count_error(policy, &e);
-                                    return self.uncached(policy, load).await;
-                                }
-                            }
-                        }
-                    },
+            // Not reached (the caller answers a hit), but a hit is a hit.
+            Probe::Hit(entry) => {
+                inner.l1_hits.fetch_add(1, Ordering::Relaxed);
+                return self.hit(policy, entry);
+            }
+            // The probe found no generation on this replica (without Redis it
+            // always does): Redis has it, and the entry, in one round trip — or
+            // Redis is out of reach and PostgreSQL answers.
+            Probe::Unknown => {
+                let Some(l2) = inner.l2.as_ref().filter(|l2| l2.available()) else {
+                    return self.uncached(policy, load).await;
+                };
+                let epoch = inner.generations.epoch();
+                let generation = match l2.generation_and_get(scope, Some(logical)).await {
+                    Ok((generation, raw)) => {
+                        inner.generations.remember(scope, generation, epoch);
+                        from_l2 = Some(raw);
+                        generation
+                    }
+                    Err(e) => {
+                        self.count_error(policy, &e);
+                        return self.uncached(policy, load).await;
+                    }
                 };
                 let key = keys::entry_key(&inner.prefix, scope, generation, logical);
                 // 2. L1 (an entry due for early refresh is kept as a fallback).

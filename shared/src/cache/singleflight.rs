@@ -78,7 +78,6 @@ impl<T: Clone> SingleFlight<T> {
         }
     }
 
-    /// Whether `key` is being loaded right now.
     /// Waits for the flight running for `key`, if one is: its value; `None` when
     /// none runs (or its leader was dropped before finishing).
     pub async fn follow(&self, key: &str) -> Option<T> {
@@ -90,6 +89,7 @@ impl<T: Clone> SingleFlight<T> {
         value.clone()
     }
 
+    /// Whether `key` is being loaded right now.
     pub fn is_running(&self, key: &str) -> bool {
         self.inflight
             .lock()
