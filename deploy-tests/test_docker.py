@@ -135,6 +135,33 @@ def test_dockerfile_bakes_no_secrets():
             assert ".env" not in args.split(), args
 
 
+def test_dockerfile_pgo_is_optional_checked_and_shared_by_both_builds():
+    """PGO=on builds with pgo/kai.profdata (scripts/pgo); off, the default, needs no profile."""
+    ins = dockerfile_instructions()
+    assert ("ARG", "PGO=off") in ins
+    builder = {name: stage for _, name, stage in stages()}["builder"]
+    runs = [a for i, a in builder if i == "RUN"]
+    assert ("COPY", "pgo/ /pgo/") in builder
+    check = next(a for a in runs if "/pgo/rustflags" in a and "case" in a)
+    # the profile is refused unless this rustc made it, and the flags are written once
+    assert "rustc -vV | cmp -s - /pgo/kai.profdata.rustc" in check
+    assert '-Cprofile-use=/pgo/kai.profdata' in check
+    # the dependency layer and the final build: the same RUSTFLAGS and an explicit
+    # target (symbol names, hence the profile's matches, depend on both)
+    builds = [a for a in runs if "cargo chef cook" in a or "cargo build" in a]
+    assert len(builds) == 2
+    for a in builds:
+        assert 'RUSTFLAGS="$(cat /pgo/rustflags)"' in a, a
+        assert '--target "$(cat /pgo/target)"' in a, a
+    assert "target/$(cat /pgo/target)/release/${SERVICE}-service" in builds[1]
+    # the profile's directory is in the build context, the profile itself not in git
+    assert (REPO / "pgo" / "README.md").is_file()
+    ignore = (REPO / ".dockerignore").read_text().split()
+    assert "pgo/" not in ignore and "pgo" not in ignore
+    gitignore = (REPO / ".gitignore").read_text().split()
+    assert "/pgo/kai.profdata" in gitignore and "/pgo/kai.profdata.rustc" in gitignore
+
+
 def test_dockerignore():
     ignore = (REPO / ".dockerignore").read_text().split()
     assert "target/" in ignore or "target" in ignore

@@ -9,13 +9,33 @@ use anyhow::{Context, Result, bail};
 
 use crate::load::{Conn, Req, Target};
 
-/// A running service process that kai-load started (killed on drop).
+/// A running service process that kai-load started: [`Spawned::stop`] ends it
+/// the way an orchestrator does (SIGTERM, then SIGKILL); dropped, it is killed.
 pub struct Spawned {
     pub name: String,
     pub pid: u32,
     pub target: Target,
     pub start_to_ready: Duration,
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
+}
+
+impl Spawned {
+    /// SIGTERM, then up to `grace` for the service's graceful shutdown (it drains
+    /// requests and, in a PGO-instrumented build, writes its profile at exit:
+    /// scripts/pgo), then SIGKILL. Returns whether it exited within `grace`.
+    pub async fn stop(mut self, grace: Duration) -> bool {
+        // `kill` rather than a signal crate: the workspace forbids unsafe code.
+        let termed = tokio::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .await
+            .is_ok_and(|s| s.success());
+        if termed && let Ok(Ok(_)) = tokio::time::timeout(grace, self.child.wait()).await {
+            return true;
+        }
+        let _ = self.child.kill().await;
+        false
+    }
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
@@ -102,7 +122,7 @@ pub async fn start(
         pid,
         target,
         start_to_ready: started.elapsed(),
-        _child: child,
+        child,
     })
 }
 
