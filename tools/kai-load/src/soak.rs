@@ -337,7 +337,7 @@ pub async fn main(argv: Vec<String>) -> Result<()> {
     std::fs::write(&args.report, &report)
         .with_context(|| format!("writing {}", args.report.display()))?;
     eprintln!("soak: report written to {}", args.report.display());
-    drop(keep);
+    spawn::stop_all(keep).await;
     if counters.stale.load(Ordering::Relaxed) > 0 || counters.failures.load(Ordering::Relaxed) > 0 {
         bail!("stale reads or failed operations: see the report");
     }

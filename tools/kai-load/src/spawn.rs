@@ -22,8 +22,12 @@ pub struct Spawned {
 impl Spawned {
     /// SIGTERM, then up to `grace` for the service's graceful shutdown (it drains
     /// requests and, in a PGO-instrumented build, writes its profile at exit:
-    /// scripts/pgo), then SIGKILL. Returns whether it exited within `grace`.
+    /// scripts/pgo), then SIGKILL. Returns whether it was gone without SIGKILL
+    /// (a process that had already exited is).
     pub async fn stop(mut self, grace: Duration) -> bool {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return true;
+        }
         // `kill` rather than a signal crate: the workspace forbids unsafe code.
         let termed = tokio::process::Command::new("kill")
             .args(["-TERM", &self.pid.to_string()])
@@ -36,6 +40,19 @@ impl Spawned {
         let _ = self.child.kill().await;
         false
     }
+}
+
+/// Stops every service kai-load started, all at once ([`Spawned::stop`], 30 s of
+/// grace each), saying which needed SIGKILL.
+pub async fn stop_all(spawned: Vec<Spawned>) {
+    const GRACE: Duration = Duration::from_secs(30);
+    let stops = spawned.into_iter().map(|s| async move {
+        let name = s.name.clone();
+        if !s.stop(GRACE).await {
+            eprintln!("{name} did not stop within {GRACE:?} of SIGTERM: killed");
+        }
+    });
+    futures_util::future::join_all(stops).await;
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released).

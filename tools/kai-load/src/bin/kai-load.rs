@@ -440,12 +440,7 @@ async fn run(args: Args) -> Result<()> {
         );
         verify_failed = c.failures > 0;
     }
-    for s in spawned {
-        let name = s.name.clone();
-        if !s.stop(Duration::from_secs(30)).await {
-            eprintln!("{name} did not stop within 30 s of SIGTERM: killed");
-        }
-    }
+    spawn::stop_all(spawned).await;
     if args.spawn {
         flush_redis(&args.redis_url).await?;
     }
