@@ -13,6 +13,8 @@ pub mod model;
 pub mod queries;
 /// HTTP handlers.
 pub mod routes;
+/// Creating entries, combined into multi-row statements under load.
+pub mod writer;
 
 use kai_shared::ServiceDef;
 use kai_shared::server::Binary;
@@ -24,7 +26,10 @@ kai_shared::migrations!("journal", "../../migrations/journal");
 
 /// The service as the platform runs it.
 pub fn service() -> ServiceDef {
-    ServiceDef::new::<routes::ApiDoc>(BINARY, MIGRATIONS, routes::configure)
-        .caching(&cache_rules::CACHED)
-        .on_start(erasure::start)
+    let writer = actix_web::web::Data::new(writer::EntryWriter::default());
+    ServiceDef::new::<routes::ApiDoc>(BINARY, MIGRATIONS, move |cfg| {
+        routes::configure(cfg, &writer)
+    })
+    .caching(&cache_rules::CACHED)
+    .on_start(erasure::start)
 }

@@ -8,6 +8,7 @@
 
 use chrono::NaiveDate;
 
+use kai_shared::ApiError;
 use kai_shared::cache::Written;
 use kai_shared::db::{Db, DbError, Row};
 use kai_shared::http::Valid;
@@ -20,6 +21,16 @@ use kai_shared::http::cursor::{Cursor, CursorQuery};
 pub const INSERT: &str =
     "INSERT INTO journal.journal_entries (id, user_id, title, content, mood, tags)
      VALUES ($1, $2, $3, $4, $5, $6)
+     RETURNING id, title, content, mood, tags, created_at, updated_at";
+
+/// [`INSERT`] of several entries in one statement (a combined batch, see
+/// `crate::writer`): one array per column; each row's tags are the slice
+/// `tags_from..=tags_to` (1-based) of the flattened `$6` (an empty slice is `{}`).
+pub const INSERT_MANY: &str =
+    "INSERT INTO journal.journal_entries (id, user_id, title, content, mood, tags)
+     SELECT r.id, r.user_id, r.title, r.content, r.mood, ($6::text[])[r.tags_from:r.tags_to]
+     FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int2[], $7::int4[], $8::int4[])
+          AS r(id, user_id, title, content, mood, tags_from, tags_to)
      RETURNING id, title, content, mood, tags, created_at, updated_at";
 
 pub const GET: &str = "SELECT id, title, content, mood, tags, created_at, updated_at
@@ -117,6 +128,95 @@ pub async fn insert_entry(
         )
         .await?;
     Ok(Written::new(entry(&row), write_touches(user_id)))
+}
+
+/// Several users' new entries (a combined batch): one statement for all of them,
+/// one result per entry, in order. The rows share one `created_at` (the
+/// statement's); their ids, UUIDv7 taken in order, keep them in that order.
+///
+/// When PostgreSQL refuses the statement as a whole (a constraint one entry
+/// breaks), nothing was written: each entry is then inserted on its own, so only
+/// the entry at fault fails. When the database could not be reached, every entry
+/// gets that error (the statement may or may not have run: nothing is retried).
+pub async fn insert_entries(
+    db: &Db,
+    batch: &[(Uuid, Valid<CreateEntry>)],
+) -> Vec<Result<Written<Entry>, ApiError>> {
+    if let [(user_id, new)] = batch {
+        return vec![
+            insert_entry(db, *user_id, new)
+                .await
+                .map_err(ApiError::from),
+        ];
+    }
+    match insert_many(db, batch).await {
+        Ok(written) => written.into_iter().map(Ok).collect(),
+        Err(e) if e.is_refused() => {
+            let each = batch
+                .iter()
+                .map(|(user_id, new)| insert_entry(db, *user_id, new));
+            futures_util::future::join_all(each)
+                .await
+                .into_iter()
+                .map(|r| r.map_err(ApiError::from))
+                .collect()
+        }
+        Err(e) => {
+            let e = ApiError::from(e);
+            let mut failed: Vec<_> = (1..batch.len()).map(|_| Err(e.duplicate())).collect();
+            failed.push(Err(e));
+            failed
+        }
+    }
+}
+
+async fn insert_many(
+    db: &Db,
+    batch: &[(Uuid, Valid<CreateEntry>)],
+) -> Result<Vec<Written<Entry>>, DbError> {
+    let n = batch.len();
+    let (mut ids, mut users, mut titles, mut contents, mut moods) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut tags, mut tags_from, mut tags_to) =
+        (Vec::new(), Vec::with_capacity(n), Vec::with_capacity(n));
+    for (user_id, new) in batch {
+        ids.push(Uuid::now_v7());
+        users.push(*user_id);
+        titles.push(new.title.as_deref());
+        contents.push(new.content.as_str());
+        moods.push(new.mood);
+        // At most 20 tags per entry and 64 entries per batch: far from i32::MAX.
+        tags_from.push(tags.len() as i32 + 1);
+        tags.extend(new.tags.iter().map(String::as_str));
+        tags_to.push(tags.len() as i32);
+    }
+    let conn = db.conn().await?;
+    let rows = db
+        .query(
+            &conn,
+            INSERT_MANY,
+            &[
+                &ids, &users, &titles, &contents, &moods, &tags, &tags_from, &tags_to,
+            ],
+        )
+        .await?;
+    let mut by_id: std::collections::HashMap<Uuid, Entry> =
+        rows.iter().map(entry).map(|e| (e.id, e)).collect();
+    Ok(ids
+        .iter()
+        .zip(&users)
+        .map(|(id, user_id)| {
+            let stored = by_id
+                .remove(id)
+                .expect("INSERT … RETURNING returns every row it inserted");
+            Written::new(stored, write_touches(*user_id))
+        })
+        .collect())
 }
 
 pub async fn get_entry(db: &Db, user_id: Uuid, id: Uuid) -> Result<Option<Entry>, DbError> {

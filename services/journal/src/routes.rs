@@ -18,6 +18,7 @@ use crate::model::{
     PatchEntry, SearchQuery, SearchResults, Stats, StatsQuery,
 };
 use crate::queries;
+use crate::writer::EntryWriter;
 use kai_shared::http::cursor::CursorQuery;
 
 /// The list's answer: one of the two modes' shapes (documentation only).
@@ -43,25 +44,27 @@ enum ListAnswer {
 )]
 pub struct ApiDoc;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        // GET first: each method guard actix checks records its method in the
-        // request's extensions (allocating), so the common read checks one.
-        web::resource("/api/journal/entries")
-            .route(web::get().to(list_entries))
-            .route(web::post().to(create_entry)),
-    )
-    .service(
-        web::resource("/api/journal/entries/{id}")
-            .route(web::get().to(get_entry))
-            .route(web::patch().to(patch_entry))
-            .route(web::delete().to(delete_entry)),
-    )
-    .service(web::resource("/api/journal/search").route(web::get().to(search_entries)))
-    .service(web::resource("/api/journal/stats").route(web::get().to(entry_stats)))
-    .service(
-        web::resource("/api/journal/export").route(web::get().to(crate::export::export_entries)),
-    );
+pub fn configure(cfg: &mut web::ServiceConfig, writer: &web::Data<EntryWriter>) {
+    cfg.app_data(writer.clone())
+        .service(
+            // GET first: each method guard actix checks records its method in the
+            // request's extensions (allocating), so the common read checks one.
+            web::resource("/api/journal/entries")
+                .route(web::get().to(list_entries))
+                .route(web::post().to(create_entry)),
+        )
+        .service(
+            web::resource("/api/journal/entries/{id}")
+                .route(web::get().to(get_entry))
+                .route(web::patch().to(patch_entry))
+                .route(web::delete().to(delete_entry)),
+        )
+        .service(web::resource("/api/journal/search").route(web::get().to(search_entries)))
+        .service(web::resource("/api/journal/stats").route(web::get().to(entry_stats)))
+        .service(
+            web::resource("/api/journal/export")
+                .route(web::get().to(crate::export::export_entries)),
+        );
 }
 
 /// Create an entry.
@@ -69,13 +72,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     responses((status = 201, description = "The entry, stored; `Location` is its URL", body = Entry)))]
 async fn create_entry(
     p: web::Data<Platform>,
+    writer: web::Data<EntryWriter>,
     user: AuthUser,
     new: Valid<CreateEntry>,
 ) -> Result<HttpResponse, ApiError> {
-    let entry = p
-        .cache
-        .commit(queries::insert_entry(&p.db, user.user_id, &new).await?)
-        .await;
+    let entry = writer.create(p, user.user_id, new).await?;
     Ok(HttpResponse::Created()
         .insert_header((
             actix_web::http::header::LOCATION,

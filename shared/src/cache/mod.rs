@@ -478,6 +478,26 @@ impl Cache {
         value
     }
 
+    /// [`Cache::commit`] of several writes (a combined batch's): each scope any of
+    /// them touched is invalidated once, then every value is returned, in order.
+    pub async fn commit_all<T>(&self, written: Vec<Written<T>>) -> Vec<T> {
+        let mut scopes: Vec<Scope> = Vec::new();
+        let values = written
+            .into_iter()
+            .map(|w| {
+                let (value, touched) = w.into_parts();
+                for scope in touched {
+                    if !scopes.contains(&scope) {
+                        scopes.push(scope);
+                    }
+                }
+                value
+            })
+            .collect();
+        futures_util::future::join_all(scopes.iter().map(|s| self.invalidate(s))).await;
+        values
+    }
+
     /// [`Cache::commit`] of a write whose row may not exist: its value, or a 404.
     pub async fn commit_found<T>(&self, written: Written<Option<T>>) -> Result<T, ApiError> {
         self.commit(written).await.ok_or_else(ApiError::not_found)

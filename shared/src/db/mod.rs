@@ -7,10 +7,12 @@
 //! `slow query` with its SQL text — never its parameters, which carry personal
 //! data — when it is slower than `SLOW_QUERY_THRESHOLD_MS`.
 
+mod combine;
 mod jsonb;
 mod migrate;
 mod pool;
 
+pub use combine::{Combiner, CombinerStats, Lost};
 pub use jsonb::Jsonb;
 pub use migrate::{MigrationSet, is_current, migrate};
 pub use pool::{Db, DbError, PoolStatus, SlowQuery, VERIFY_IF_IDLE_FOR};

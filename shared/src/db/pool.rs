@@ -67,6 +67,13 @@ impl DbError {
         }
     }
 
+    /// True when PostgreSQL answered the statement with an error: it did not run
+    /// (an autocommitted statement wrote nothing), as opposed to a connection
+    /// lost on the way, after which nobody knows.
+    pub fn is_refused(&self) -> bool {
+        matches!(self, Self::Query(e) if e.as_db_error().is_some())
+    }
+
     /// True when the database could not be reached (as opposed to a bad statement).
     fn is_unavailable(&self) -> bool {
         match self {

@@ -2,6 +2,7 @@
 //! PostgreSQL database and a private Redis key prefix per test.
 
 mod cache;
+mod combined;
 mod entries;
 mod export;
 mod helpers;

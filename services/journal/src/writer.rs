@@ -1,0 +1,87 @@
+//! Creating entries: through a [`Combiner`], so creates that arrive while
+//! earlier ones are in flight reach PostgreSQL as one multi-row `INSERT`
+//! (`queries::insert_entries`) and invalidate each user's cache scope once per
+//! batch instead of once per entry. Each create still answers 201 only after its
+//! row is committed and its scope invalidated (SPEC §6: a reader sees its write).
+//!
+//! Measured in docs/PERFORMANCE.md ("Sixth round"): what a batch saves is what
+//! PostgreSQL pays per statement rather than per row.
+
+use actix_web::web;
+use kai_shared::db::Combiner;
+use kai_shared::http::Valid;
+use kai_shared::{ApiError, Platform};
+use uuid::Uuid;
+
+use crate::model::{CreateEntry, Entry};
+use crate::queries;
+
+/// Batches in flight at once, per replica. A create that finds one free runs at
+/// once, alone; only when both are busy do creates queue and combine. One would
+/// combine more but make every create wait for the batch ahead of it; more than
+/// two would rarely combine at all on the two cores a replica gets.
+pub const SLOTS: usize = 2;
+
+/// The most creates in one statement (each at most 20,000 characters: a
+/// statement of at most ~5 MB).
+pub const MAX_BATCH: usize = 64;
+
+type Item = (Uuid, Valid<CreateEntry>);
+
+/// The service's one writer of new entries (one per replica, shared by its
+/// workers).
+#[derive(Clone)]
+pub struct EntryWriter(Combiner<Item, Result<Entry, ApiError>>);
+
+impl Default for EntryWriter {
+    fn default() -> Self {
+        Self(Combiner::new(SLOTS, MAX_BATCH))
+    }
+}
+
+impl EntryWriter {
+    /// Stores `new` as `user_id`'s, alone or in a batch, and returns it once it is
+    /// committed and the user's cache scope invalidated.
+    pub async fn create(
+        &self,
+        p: web::Data<Platform>,
+        user_id: Uuid,
+        new: Valid<CreateEntry>,
+    ) -> Result<Entry, ApiError> {
+        self.0
+            .submit(p, (user_id, new), run)
+            .await
+            .map_err(|lost| ApiError::Internal(lost.into()))?
+    }
+
+    /// Batches and creates so far (tests read the mean batch size from it).
+    pub fn stats(&self) -> kai_shared::db::CombinerStats {
+        self.0.stats()
+    }
+}
+
+/// One batch: one statement, then each touched scope invalidated once.
+async fn run(p: web::Data<Platform>, batch: Vec<Item>) -> Vec<Result<Entry, ApiError>> {
+    let results = queries::insert_entries(&p.db, &batch).await;
+    let mut written = Vec::with_capacity(results.len());
+    let mut failures = Vec::with_capacity(results.len());
+    for result in results {
+        match result {
+            Ok(w) => {
+                written.push(w);
+                failures.push(None);
+            }
+            Err(e) => failures.push(Some(e)),
+        }
+    }
+    let mut stored = p.cache.commit_all(written).await.into_iter();
+    failures
+        .into_iter()
+        .map(|failure| match failure {
+            Some(e) => Err(e),
+            None => stored.next().ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!("a committed entry went missing"))
+            }),
+        })
+        .collect()
+}

@@ -1,0 +1,213 @@
+//! Creates combined into multi-row statements (`journal_service::writer`,
+//! `queries::insert_entries`), against real PostgreSQL and Redis: a batch is one
+//! statement and each create gets its own row back; an entry PostgreSQL refuses
+//! fails alone; concurrent creates are all stored, counted and visible at once.
+
+use journal_service::model::{CreateEntry, Entry};
+use journal_service::queries::insert_entries;
+use kai_shared::http::Valid;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::{Journal, User, read, spawn};
+
+fn new_entry(
+    content: &str,
+    title: Option<&str>,
+    mood: Option<i16>,
+    tags: &[&str],
+) -> Valid<CreateEntry> {
+    Valid::parse(CreateEntry {
+        content: content.into(),
+        title: title.map(Into::into),
+        mood,
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+    })
+    .expect("valid entry")
+}
+
+/// Runs `batch` as the writer does and returns each result, committed.
+async fn write(j: &Journal, batch: &[(Uuid, Valid<CreateEntry>)]) -> (Vec<Option<Entry>>, u64) {
+    let p = &j.app.platform;
+    let before = p.db.statements_executed();
+    let results = insert_entries(&p.db, batch).await;
+    let statements = p.db.statements_executed() - before;
+    let mut out = Vec::new();
+    for result in results {
+        out.push(match result {
+            Ok(written) => Some(p.cache.commit(written).await),
+            Err(_) => None,
+        });
+    }
+    (out, statements)
+}
+
+#[tokio::test]
+async fn a_batch_of_several_users_entries_is_one_statement_and_each_gets_its_own_row() {
+    let j = spawn().await;
+    let (a, b) = (User::new(), User::new());
+    let batch = vec![
+        (
+            a.id,
+            new_entry("first", Some("a title"), Some(3), &["x", "y"]),
+        ),
+        (b.id, new_entry("second", None, None, &[])),
+        (a.id, new_entry("third", None, Some(10), &["z"])),
+        (
+            b.id,
+            new_entry("fourth", Some("t"), Some(1), &["p", "q", "r"]),
+        ),
+    ];
+    let (stored, statements) = write(&j, &batch).await;
+    assert_eq!(statements, 1, "four creates, one statement");
+    let stored: Vec<Entry> = stored.into_iter().map(|e| e.expect("stored")).collect();
+    let shapes: Vec<_> = stored
+        .iter()
+        .map(|e| {
+            (
+                e.content.as_str(),
+                e.title.as_deref(),
+                e.mood,
+                e.tags.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shapes,
+        [
+            (
+                "first",
+                Some("a title"),
+                Some(3),
+                vec!["x".to_string(), "y".into()]
+            ),
+            ("second", None, None, vec![]),
+            ("third", None, Some(10), vec!["z".into()]),
+            (
+                "fourth",
+                Some("t"),
+                Some(1),
+                vec!["p".into(), "q".into(), "r".into()]
+            ),
+        ],
+        "each create gets its own row back, in order, tags included"
+    );
+    assert!(
+        stored.windows(2).all(|w| w[0].id < w[1].id),
+        "ids are taken in order"
+    );
+
+    // Each user sees their own, newest first (one created_at: the id orders them),
+    // with the kept total.
+    let (status, _, page) = read(&j.app, &a, "/api/journal/entries").await;
+    assert_eq!(status, 200);
+    assert_eq!(page["total"], 2);
+    let contents: Vec<_> = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["content"].clone())
+        .collect();
+    assert_eq!(contents, [json!("third"), json!("first")]);
+    let (_, _, page) = read(&j.app, &b, "/api/journal/entries").await;
+    assert_eq!(page["total"], 2);
+    let (status, _, one) = read(
+        &j.app,
+        &b,
+        &format!("/api/journal/entries/{}", stored[3].id),
+    )
+    .await;
+    assert_eq!((status, one["tags"].clone()), (200, json!(["p", "q", "r"])));
+}
+
+#[tokio::test]
+async fn an_entry_the_database_refuses_fails_alone_and_the_rest_of_its_batch_is_stored() {
+    let j = spawn().await;
+    // A rule only PostgreSQL knows (validation lets the content through).
+    j.db.connect()
+        .await
+        .batch_execute(
+            "ALTER TABLE journal.journal_entries
+             ADD CONSTRAINT test_refused CHECK (content <> 'refused by the database')",
+        )
+        .await
+        .unwrap();
+    let user = User::new();
+    let batch = vec![
+        (user.id, new_entry("kept one", None, None, &["a"])),
+        (
+            user.id,
+            new_entry("refused by the database", None, None, &[]),
+        ),
+        (user.id, new_entry("kept two", None, Some(4), &[])),
+    ];
+    let (stored, statements) = write(&j, &batch).await;
+    assert_eq!(
+        stored
+            .iter()
+            .map(|e| e.as_ref().map(|e| e.content.as_str()))
+            .collect::<Vec<_>>(),
+        [Some("kept one"), None, Some("kept two")]
+    );
+    assert_eq!(
+        statements, 4,
+        "the refused batch, then one statement per entry"
+    );
+    let (_, _, page) = read(&j.app, &user, "/api/journal/entries").await;
+    assert_eq!(
+        page["total"], 2,
+        "nothing of the refused statement was kept twice"
+    );
+    assert_eq!(page["entries"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn concurrent_creates_of_one_user_are_all_stored_counted_and_read_at_once() {
+    let j = spawn().await;
+    let user = User::new();
+    // A cached, empty list first: every batch must invalidate it.
+    let (_, _, page) = read(&j.app, &user, "/api/journal/entries?page_size=100").await;
+    assert_eq!(page["total"], 0);
+    let (_, cache, _) = read(&j.app, &user, "/api/journal/entries?page_size=100").await;
+    assert_eq!(cache, "HIT");
+
+    let creates = (0..48).map(|i| {
+        let (j, user) = (&j, &user);
+        async move {
+            let res = j
+                .create(
+                    user,
+                    json!({ "content": format!("entry {i}"), "tags": [format!("t{i}")] }),
+                )
+                .await;
+            assert_eq!(res.status(), 201);
+            let location = res.headers()["location"].to_str().unwrap().to_string();
+            let body: serde_json::Value = res.json().await.unwrap();
+            assert_eq!(body["content"], format!("entry {i}"));
+            assert_eq!(body["tags"], json!([format!("t{i}")]));
+            assert_eq!(
+                location,
+                format!("/api/journal/entries/{}", body["id"].as_str().unwrap())
+            );
+            // Read-your-writes: the 201 came after the invalidation.
+            let (status, _, page) = read(&j.app, user, "/api/journal/entries?page_size=100").await;
+            assert_eq!(status, 200);
+            assert!(
+                page["entries"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["id"] == body["id"]),
+                "entry {i} is listed as soon as its create answered"
+            );
+            body["id"].as_str().unwrap().to_string()
+        }
+    });
+    let mut ids = futures_util::future::join_all(creates).await;
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 48, "48 distinct entries");
+    let (_, _, page) = read(&j.app, &user, "/api/journal/entries?page_size=100").await;
+    assert_eq!(page["total"], 48);
+    assert_eq!(page["entries"].as_array().unwrap().len(), 48);
+}
