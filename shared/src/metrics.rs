@@ -34,6 +34,8 @@ pub struct Metrics {
     pub cache_errors: IntCounterVec,
     pub db_query_duration: Histogram,
     pub db_slow_queries: IntCounter,
+    /// `kai_db_batch_size{batch}`: writes per combined statement (`db::Combiner`).
+    pub db_batch_size: HistogramVec,
     pub redis_up: IntGauge,
     /// `kai_http_requests_total{endpoint, method, status}`.
     pub http_requests: IntCounterVec,
@@ -103,6 +105,18 @@ impl Metrics {
         registry
             .register(Box::new(db_slow_queries.clone()))
             .expect("metric registered once");
+        let db_batch_size = HistogramVec::new(
+            HistogramOpts::new(
+                "kai_db_batch_size",
+                "Writes per combined statement (group commit), by batch kind",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+            &["batch"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(db_batch_size.clone()))
+            .expect("metric registered once");
         // Registered only when Redis is configured (see cache::redis): absent, not 0,
         // for a service that runs without Redis, so the "Redis degraded" alert stays quiet.
         let redis_up = IntGauge::new(
@@ -143,6 +157,7 @@ impl Metrics {
             cache_errors,
             db_query_duration,
             db_slow_queries,
+            db_batch_size,
             redis_up,
             http_requests,
             http_duration,

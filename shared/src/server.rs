@@ -4,9 +4,17 @@
 //! tests) and builds the server ([`run`]: middleware, health, docs, the service's
 //! routes); [`Application::run_until_stopped`] serves until a signal.
 //!
-//! Shutdown: on SIGTERM/SIGINT actix stops accepting, lets in-flight requests
-//! finish (up to [`DRAIN`]), then the background tasks are cancelled through one
-//! `CancellationToken`.
+//! Shutdown: on SIGTERM the service's own background tasks (`ServiceDef::on_start`:
+//! erasure relays and consumers) are told to stop at once, the server stops
+//! accepting and lets in-flight requests finish (up to [`DRAIN`]), then the
+//! platform's tasks (invalidations, revocations) are cancelled. SIGINT and SIGQUIT
+//! stop without the drain (actix's meanings of the three).
+//!
+//! Why the service's tasks stop first: a pooled connection is driven by a task on
+//! the runtime of the worker that opened it, and a worker's runtime ends with the
+//! worker. A background task still running after the workers stopped checked out
+//! those dead connections, and every profile-service termination logged
+//! `Connection could not be recycled` warnings from deadpool.
 
 use std::ffi::OsString;
 use std::net::TcpListener;
@@ -60,7 +68,8 @@ pub struct ServiceDef {
     /// Builds an extra per-request session check from the pool.
     pub session_check: Option<fn(Db) -> SessionCheck>,
     /// Starts the service's background tasks once the platform is built; they
-    /// must end when the token is cancelled (at shutdown).
+    /// must end when the token is cancelled (when the replica starts shutting
+    /// down, before its in-flight requests have drained).
     pub on_start: Option<OnStart>,
 }
 
@@ -299,9 +308,8 @@ pub fn run(
     .client_request_timeout(Duration::from_secs(10))
     .client_disconnect_timeout(Duration::from_secs(5))
     .max_connection_rate(1024);
-    if !opts.handle_signals {
-        server = server.disable_signals();
-    }
+    // Signals are [`Application::run_until_stopped`]'s (see the module's docs).
+    server = server.disable_signals();
     if let Some(workers) = opts.workers {
         server = server.workers(workers);
     }
@@ -355,6 +363,9 @@ pub struct Application {
     server: Server,
     platform: web::Data<Platform>,
     stop: CancellationToken,
+    /// Cancelled when shutdown starts (a child of `stop`): the service's tasks.
+    draining: CancellationToken,
+    handle_signals: bool,
 }
 
 impl Application {
@@ -366,10 +377,11 @@ impl Application {
         opts: RunOptions,
     ) -> anyhow::Result<Self> {
         let stop = CancellationToken::new();
+        let draining = stop.child_token();
         let (host, port) = (settings.host, settings.port);
         let platform = web::Data::new(Platform::build(settings, &def, stop.clone()).await?);
         if let Some(start) = &def.on_start {
-            start(platform.clone(), stop.clone());
+            start(platform.clone(), draining.clone());
         }
         let listener =
             TcpListener::bind((host, port)).with_context(|| format!("binding {host}:{port}"))?;
@@ -380,6 +392,8 @@ impl Application {
             server,
             platform,
             stop,
+            draining,
+            handle_signals: opts.handle_signals,
         })
     }
 
@@ -400,10 +414,35 @@ impl Application {
     /// Serves until a signal (or the handle) stops the server and in-flight
     /// requests have finished.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        if self.handle_signals {
+            tokio::spawn(stop_on_signal(self.server.handle(), self.draining.clone()));
+        }
         let result = self.server.await;
         self.stop.cancel();
         result
     }
+}
+
+/// SIGTERM: the service's tasks stop, then the server drains and stops. SIGINT,
+/// SIGQUIT: the same without waiting for in-flight requests.
+async fn stop_on_signal(server: actix_web::dev::ServerHandle, draining: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::quit()),
+    ) else {
+        tracing::error!("cannot listen for signals: stop the process with SIGKILL");
+        return;
+    };
+    let (name, graceful) = tokio::select! {
+        _ = term.recv() => ("SIGTERM", true),
+        _ = int.recv() => ("SIGINT", false),
+        _ = quit.recv() => ("SIGQUIT", false),
+    };
+    tracing::info!(signal = name, graceful, "shutting down");
+    draining.cancel();
+    server.stop(graceful).await;
 }
 
 /// The command line every binary shares: a subcommand, the platform's settings and

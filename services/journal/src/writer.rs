@@ -16,11 +16,15 @@ use uuid::Uuid;
 use crate::model::{CreateEntry, Entry};
 use crate::queries;
 
-/// Batches in flight at once, per replica. A create that finds one free runs at
-/// once, alone; only when both are busy do creates queue and combine. One would
-/// combine more but make every create wait for the batch ahead of it; more than
-/// two would rarely combine at all on the two cores a replica gets.
-pub const SLOTS: usize = 2;
+/// Batches in flight at once, per replica: one, as PostgreSQL's own WAL flush
+/// works — a create that finds no batch running runs at once, alone; creates that
+/// arrive while one runs queue and go together in the next. Measured against two
+/// (docs/PERFORMANCE.md, "Sixth round"): with two, batches held ~2.5 creates
+/// instead of ~6, each of the extra batches bumped the user's cache generation
+/// and made every reader of the user wait for a fresh page, and the 90/10 mix ran
+/// at 15,658 instead of 18,936 requests/s. The cost: one slow statement holds up
+/// the replica's creates behind it.
+pub const SLOTS: usize = 1;
 
 /// The most creates in one statement (each at most 20,000 characters: a
 /// statement of at most ~5 MB).
@@ -62,6 +66,10 @@ impl EntryWriter {
 
 /// One batch: one statement, then each touched scope invalidated once.
 async fn run(p: web::Data<Platform>, batch: Vec<Item>) -> Vec<Result<Entry, ApiError>> {
+    p.metrics
+        .db_batch_size
+        .with_label_values(&["journal_entries"])
+        .observe(batch.len() as f64);
     let results = queries::insert_entries(&p.db, &batch).await;
     let mut written = Vec::with_capacity(results.len());
     let mut failures = Vec::with_capacity(results.len());

@@ -210,4 +210,22 @@ async fn concurrent_creates_of_one_user_are_all_stored_counted_and_read_at_once(
     let (_, _, page) = read(&j.app, &user, "/api/journal/entries?page_size=100").await;
     assert_eq!(page["total"], 48);
     assert_eq!(page["entries"].as_array().unwrap().len(), 48);
+
+    // Every create went through the writer's batches (however they combined).
+    let metrics = j.app.metrics().await;
+    let series = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains(r#"batch="journal_entries""#))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics"))
+    };
+    assert_eq!(
+        series("kai_db_batch_size_sum"),
+        48.0,
+        "48 creates in the batches"
+    );
+    let batches = series("kai_db_batch_size_count");
+    assert!((1.0..=48.0).contains(&batches), "{batches} batches");
 }

@@ -1,8 +1,10 @@
-//! Graceful shutdown of the real binary. Sixteen requests are made to be
-//! in flight for certain — their INSERTs wait on a table lock the test holds —
-//! then SIGTERM arrives: the service stops accepting, every one of the sixteen
-//! completes with 201 once the lock is released, the process exits 0, and every
-//! acknowledged write is in PostgreSQL.
+//! Graceful shutdown of the real binary. Seventeen requests are made to be in
+//! flight for certain — sixteen PATCHes and a create, each waiting in PostgreSQL
+//! on a table lock the test holds (creates queue behind a running one in the
+//! writer's combiner, out of PostgreSQL's sight, so one create is what the test
+//! can see waiting) — then SIGTERM arrives: the service stops accepting, every
+//! one of them completes once the lock is released, the process exits 0, and
+//! every acknowledged write is in PostgreSQL.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -42,27 +44,56 @@ async fn sigterm_stops_accepting_and_completes_every_in_flight_request() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    // Hold a lock that makes every INSERT wait.
+    let user = Uuid::new_v4();
+    let token = testing::token(user);
+    let mut ids = Vec::new();
+    for i in 0..IN_FLIGHT {
+        let res = client
+            .post(format!("{base}/api/journal/entries"))
+            .bearer_auth(&token)
+            .json(&json!({"content": format!("written {i}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+        let body: serde_json::Value = res.json().await.unwrap();
+        ids.push(body["id"].as_str().unwrap().to_string());
+    }
+
+    // Hold a lock that makes every INSERT and UPDATE wait.
     let locker = db.connect().await;
     locker
         .batch_execute("BEGIN; LOCK TABLE journal.journal_entries IN SHARE ROW EXCLUSIVE MODE")
         .await
         .unwrap();
-    let user = Uuid::new_v4();
-    let token = testing::token(user);
-    let requests: Vec<_> = (0..IN_FLIGHT)
-        .map(|i| {
-            let (client, base, token) = (client.clone(), base.clone(), token.clone());
+    let mut requests: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let (client, token) = (client.clone(), token.clone());
+            let url = format!("{base}/api/journal/entries/{id}");
             tokio::spawn(async move {
                 client
-                    .post(format!("{base}/api/journal/entries"))
+                    .patch(url)
                     .bearer_auth(&token)
-                    .json(&json!({"content": format!("in flight {i}")}))
+                    .json(&json!({"content": format!("patched {i}")}))
                     .send()
                     .await
             })
         })
         .collect();
+    requests.push(tokio::spawn({
+        let (client, token) = (client.clone(), token.clone());
+        let url = format!("{base}/api/journal/entries");
+        async move {
+            client
+                .post(url)
+                .bearer_auth(&token)
+                .json(&json!({"content": "created in flight"}))
+                .send()
+                .await
+        }
+    }));
     // Wait until all of them are inside the service, blocked in PostgreSQL.
     let observer = db.connect().await;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -72,7 +103,7 @@ async fn sigterm_stops_accepting_and_completes_every_in_flight_request() {
             .await
             .unwrap()
             .get(0);
-        if waiting as usize == IN_FLIGHT {
+        if waiting as usize == IN_FLIGHT + 1 {
             break;
         }
         assert!(
@@ -106,9 +137,10 @@ async fn sigterm_stops_accepting_and_completes_every_in_flight_request() {
     );
 
     locker.batch_execute("COMMIT").await.unwrap();
-    for r in requests {
+    let last = requests.len() - 1;
+    for (i, r) in requests.into_iter().enumerate() {
         let res = r.await.unwrap().expect("an in-flight request was reset");
-        assert_eq!(res.status(), 201);
+        assert_eq!(res.status(), if i == last { 201 } else { 200 });
     }
     let deadline = Instant::now() + Duration::from_secs(35);
     let status = loop {
@@ -122,16 +154,19 @@ async fn sigterm_stops_accepting_and_completes_every_in_flight_request() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(status.success(), "exit status {status:?}");
-    let stored: i64 = observer
+    let row = observer
         .query_one(
-            "SELECT count(*) FROM journal.journal_entries WHERE user_id = $1",
+            "SELECT count(*) FILTER (WHERE content LIKE 'patched %'),
+                    count(*) FILTER (WHERE content = 'created in flight')
+             FROM journal.journal_entries WHERE user_id = $1",
             &[&user],
         )
         .await
-        .unwrap()
-        .get(0);
+        .unwrap();
+    let (patched, created): (i64, i64) = (row.get(0), row.get(1));
     assert_eq!(
-        stored as usize, IN_FLIGHT,
+        (patched as usize, created),
+        (IN_FLIGHT, 1),
         "every acknowledged write is stored"
     );
 }
