@@ -139,23 +139,48 @@ impl<I: Send + 'static, O: Send + 'static> Combiner<I, O> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::future::BoxFuture;
     use std::time::Duration;
 
     type Runs = Arc<Mutex<Vec<Vec<u32>>>>;
 
+    type Run = Box<dyn Fn((), Vec<u32>) -> BoxFuture<'static, Vec<u32>> + Send + Sync>;
+
     /// A `run` that records each batch, waits for the gate, and doubles each item.
-    fn recording(
-        runs: Runs,
-        gate: Arc<tokio::sync::Notify>,
-    ) -> impl Fn((), Vec<u32>) -> futures_util::future::BoxFuture<'static, Vec<u32>> + Clone {
-        move |(), items: Vec<u32>| {
+    fn recording(runs: Runs, gate: Arc<tokio::sync::Notify>) -> Arc<Run> {
+        Arc::new(Box::new(move |(), items: Vec<u32>| {
             let (runs, gate) = (runs.clone(), gate.clone());
             Box::pin(async move {
                 runs.lock().unwrap().push(items.clone());
                 gate.notified().await;
                 items.into_iter().map(|i| i * 2).collect()
-            })
-        }
+            }) as BoxFuture<'static, Vec<u32>>
+        }))
+    }
+
+    /// A combiner with `slots` and `max_batch`, and a recording `run` held at its gate.
+    fn fixture(
+        slots: usize,
+        max_batch: usize,
+    ) -> (Combiner<u32, u32>, Runs, Arc<tokio::sync::Notify>, Arc<Run>) {
+        let runs: Runs = Arc::default();
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let run = recording(runs.clone(), gate.clone());
+        (Combiner::new(slots, max_batch), runs, gate, run)
+    }
+
+    /// Submits `item` from its own task (a request of its own).
+    fn submit(
+        combiner: &Combiner<u32, u32>,
+        run: &Arc<Run>,
+        item: u32,
+    ) -> tokio::task::JoinHandle<u32> {
+        let (c, run) = (combiner.clone(), run.clone());
+        tokio::spawn(async move {
+            c.submit((), item, |ctx, items| run(ctx, items))
+                .await
+                .unwrap()
+        })
     }
 
     async fn until(mut done: impl FnMut() -> bool) {
@@ -170,24 +195,13 @@ mod tests {
 
     #[tokio::test]
     async fn writes_queued_behind_a_busy_slot_run_as_one_batch_and_each_gets_its_own_result() {
-        let combiner = Combiner::<u32, u32>::new(1, 64);
-        let runs: Runs = Arc::default();
-        let gate = Arc::new(tokio::sync::Notify::new());
-        let run = recording(runs.clone(), gate.clone());
+        let (combiner, runs, gate, run) = fixture(1, 64);
 
         // The first write finds the slot free and runs alone.
-        let first = tokio::spawn({
-            let (c, run) = (combiner.clone(), run.clone());
-            async move { c.submit((), 1, run).await.unwrap() }
-        });
+        let first = submit(&combiner, &run, 1);
         until(|| runs.lock().unwrap().len() == 1).await;
         // Three more arrive while it is in flight: they queue.
-        let rest: Vec<_> = (2..=4)
-            .map(|i| {
-                let (c, run) = (combiner.clone(), run.clone());
-                tokio::spawn(async move { c.submit((), i, run).await.unwrap() })
-            })
-            .collect();
+        let rest: Vec<_> = (2..=4).map(|i| submit(&combiner, &run, i)).collect();
         until(|| combiner.lock().len() == 3).await;
         gate.notify_one();
         assert_eq!(first.await.unwrap(), 2);
@@ -210,21 +224,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_holds_at_most_max_batch_items_and_the_rest_follow() {
-        let combiner = Combiner::<u32, u32>::new(1, 2);
-        let runs: Runs = Arc::default();
-        let gate = Arc::new(tokio::sync::Notify::new());
-        let run = recording(runs.clone(), gate.clone());
-        let first = tokio::spawn({
-            let (c, run) = (combiner.clone(), run.clone());
-            async move { c.submit((), 0, run).await.unwrap() }
-        });
+        let (combiner, runs, gate, run) = fixture(1, 2);
+        let first = submit(&combiner, &run, 0);
         until(|| runs.lock().unwrap().len() == 1).await;
-        let rest: Vec<_> = (1..=5)
-            .map(|i| {
-                let (c, run) = (combiner.clone(), run.clone());
-                tokio::spawn(async move { c.submit((), i, run).await.unwrap() })
-            })
-            .collect();
+        let rest: Vec<_> = (1..=5).map(|i| submit(&combiner, &run, i)).collect();
         until(|| combiner.lock().len() == 5).await;
         for expected_runs in 2..=4 {
             gate.notify_one();
@@ -241,25 +244,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_writer_that_goes_away_does_not_cancel_the_batch_it_leads() {
-        let combiner = Combiner::<u32, u32>::new(1, 64);
-        let runs: Runs = Arc::default();
-        let gate = Arc::new(tokio::sync::Notify::new());
-        let run = recording(runs.clone(), gate.clone());
-        let busy = tokio::spawn({
-            let (c, run) = (combiner.clone(), run.clone());
-            async move { c.submit((), 1, run).await.unwrap() }
-        });
+        let (combiner, runs, gate, run) = fixture(1, 64);
+        let busy = submit(&combiner, &run, 1);
         until(|| runs.lock().unwrap().len() == 1).await;
         // Two writers queue; the first of them will lead their batch.
-        let leader = tokio::spawn({
-            let (c, run) = (combiner.clone(), run.clone());
-            async move { c.submit((), 2, run).await.unwrap() }
-        });
+        let leader = submit(&combiner, &run, 2);
         until(|| combiner.lock().len() == 1).await;
-        let follower = tokio::spawn({
-            let (c, run) = (combiner.clone(), run.clone());
-            async move { c.submit((), 3, run).await.unwrap() }
-        });
+        let follower = submit(&combiner, &run, 3);
         until(|| combiner.lock().len() == 2).await;
         gate.notify_one();
         busy.await.unwrap();
@@ -276,18 +267,9 @@ mod tests {
 
     #[tokio::test]
     async fn with_free_slots_each_write_runs_at_once_alone() {
-        let combiner = Combiner::<u32, u32>::new(2, 64);
-        let runs: Runs = Arc::default();
-        let gate = Arc::new(tokio::sync::Notify::new());
-        let run = recording(runs.clone(), gate.clone());
-        let a = tokio::spawn({
-            let (c, run) = (combiner.clone(), run.clone());
-            async move { c.submit((), 1, run).await.unwrap() }
-        });
-        let b = tokio::spawn({
-            let (c, run) = (combiner.clone(), run.clone());
-            async move { c.submit((), 2, run).await.unwrap() }
-        });
+        let (combiner, runs, gate, run) = fixture(2, 64);
+        let a = submit(&combiner, &run, 1);
+        let b = submit(&combiner, &run, 2);
         until(|| runs.lock().unwrap().len() == 2).await;
         gate.notify_one();
         gate.notify_one();

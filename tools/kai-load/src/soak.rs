@@ -315,6 +315,9 @@ pub async fn main(argv: Vec<String>) -> Result<()> {
         .iter()
         .filter(|id| !subscribers_after.contains(id))
         .count();
+    // Stopped (SIGTERM, as an orchestrator stops them) before their logs are read:
+    // a warning at shutdown counts like any other.
+    spawn::stop_all(keep).await;
 
     let report = render(&Render {
         args: &args,
@@ -337,7 +340,6 @@ pub async fn main(argv: Vec<String>) -> Result<()> {
     std::fs::write(&args.report, &report)
         .with_context(|| format!("writing {}", args.report.display()))?;
     eprintln!("soak: report written to {}", args.report.display());
-    spawn::stop_all(keep).await;
     if counters.stale.load(Ordering::Relaxed) > 0 || counters.failures.load(Ordering::Relaxed) > 0 {
         bail!("stale reads or failed operations: see the report");
     }
@@ -745,7 +747,7 @@ fn render(r: &Render<'_>) -> String {
             let (count, messages) = warnings(log);
             let _ = writeln!(
                 out,
-                "| {} WARN/ERROR log lines | {count}{} |",
+                "| {} WARN/ERROR log lines (through its SIGTERM) | {count}{} |",
                 n.name,
                 if messages.is_empty() {
                     String::new()
