@@ -424,7 +424,11 @@ impl Application {
 }
 
 /// SIGTERM: the service's tasks stop, then the server drains and stops. SIGINT,
-/// SIGQUIT: the same without waiting for in-flight requests.
+/// SIGQUIT: the same without waiting for in-flight requests. A second signal while
+/// the first is being carried out ends the process at once (exit status 1): once
+/// listened for, a signal no longer terminates the process by itself, and actix
+/// handles one stop at a time, so a second Ctrl-C would otherwise wait out the
+/// drain.
 async fn stop_on_signal(server: actix_web::dev::ServerHandle, draining: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
@@ -435,14 +439,23 @@ async fn stop_on_signal(server: actix_web::dev::ServerHandle, draining: Cancella
         tracing::error!("cannot listen for signals: stop the process with SIGKILL");
         return;
     };
-    let (name, graceful) = tokio::select! {
-        _ = term.recv() => ("SIGTERM", true),
-        _ = int.recv() => ("SIGINT", false),
-        _ = quit.recv() => ("SIGQUIT", false),
-    };
-    tracing::info!(signal = name, graceful, "shutting down");
-    draining.cancel();
-    server.stop(graceful).await;
+    let mut stopping = false;
+    loop {
+        let (name, graceful) = tokio::select! {
+            _ = term.recv() => ("SIGTERM", true),
+            _ = int.recv() => ("SIGINT", false),
+            _ = quit.recv() => ("SIGQUIT", false),
+        };
+        if stopping {
+            tracing::info!(signal = name, "second signal: exiting without waiting");
+            std::process::exit(1);
+        }
+        stopping = true;
+        tracing::info!(signal = name, graceful, "shutting down");
+        draining.cancel();
+        // The command is sent now; the server's own future ends when it is done.
+        drop(server.stop(graceful));
+    }
 }
 
 /// The command line every binary shares: a subcommand, the platform's settings and

@@ -57,11 +57,6 @@ impl EntryWriter {
             .await
             .map_err(|lost| ApiError::Internal(lost.into()))?
     }
-
-    /// Batches and creates so far (tests read the mean batch size from it).
-    pub fn stats(&self) -> kai_shared::db::CombinerStats {
-        self.0.stats()
-    }
 }
 
 /// One batch: one statement, then each touched scope invalidated once.

@@ -472,9 +472,7 @@ impl Cache {
     /// ([`Cache::invalidate`]): the way a service's write path answers.
     pub async fn commit<T>(&self, written: Written<T>) -> T {
         let (value, touched) = written.into_parts();
-        for scope in &touched {
-            self.invalidate(scope).await;
-        }
+        self.invalidate_all(&touched).await;
         value
     }
 
@@ -494,8 +492,14 @@ impl Cache {
                 value
             })
             .collect();
-        futures_util::future::join_all(scopes.iter().map(|s| self.invalidate(s))).await;
+        self.invalidate_all(&scopes).await;
         values
+    }
+
+    /// [`Cache::invalidate`] of each scope, all at once (each its own round trip:
+    /// in a cluster their generation keys live in different slots).
+    async fn invalidate_all(&self, scopes: &[Scope]) {
+        futures_util::future::join_all(scopes.iter().map(|s| self.invalidate(s))).await;
     }
 
     /// [`Cache::commit`] of a write whose row may not exist: its value, or a 404.

@@ -12,7 +12,7 @@ mod jsonb;
 mod migrate;
 mod pool;
 
-pub use combine::{Combiner, CombinerStats, Lost};
+pub use combine::{Combiner, Lost};
 pub use jsonb::Jsonb;
 pub use migrate::{MigrationSet, is_current, migrate};
 pub use pool::{Db, DbError, PoolStatus, SlowQuery, VERIFY_IF_IDLE_FOR};

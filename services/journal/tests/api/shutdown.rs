@@ -4,9 +4,10 @@
 //! writer's combiner, out of PostgreSQL's sight, so one create is what the test
 //! can see waiting) — then SIGTERM arrives: the service stops accepting, every
 //! one of them completes once the lock is released, the process exits 0, and
-//! every acknowledged write is in PostgreSQL.
+//! every acknowledged write is in PostgreSQL. A second signal during that drain
+//! ends the process at once.
 
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use kai_shared::testing::{self, TestDb};
@@ -15,11 +16,10 @@ use uuid::Uuid;
 
 const IN_FLIGHT: usize = 16;
 
-#[tokio::test]
-async fn sigterm_stops_accepting_and_completes_every_in_flight_request() {
-    let db = TestDb::create().await;
+/// The service binary (this build) on `db`, ready: the process, its base URL, a client.
+async fn start(db: &TestDb) -> (Child, String, reqwest::Client) {
     let port = testing::free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_journal-service"))
+    let child = Command::new(env!("CARGO_BIN_EXE_journal-service"))
         .env_clear()
         .env("DATABASE_URL", &db.url)
         .envs(testing::auth_env())
@@ -43,6 +43,80 @@ async fn sigterm_stops_accepting_and_completes_every_in_flight_request() {
         assert!(Instant::now() < deadline, "service never became ready");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    (child, base, client)
+}
+
+/// A connection that holds a lock making every INSERT and UPDATE wait.
+async fn lock_entries(db: &TestDb) -> tokio_postgres::Client {
+    let locker = db.connect().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE journal.journal_entries IN SHARE ROW EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    locker
+}
+
+/// Waits until `n` statements of the test's database wait on a lock.
+async fn until_waiting_on_the_lock(observer: &tokio_postgres::Client, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = observer
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if waiting as usize == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {waiting} requests reached PostgreSQL"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let sent = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// Waits until the server refuses connections (it is draining or gone).
+async fn until_not_accepting(client: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match client.get(format!("{base}/health")).send().await {
+            Err(e) if e.is_connect() => return,
+            _ => {
+                assert!(
+                    Instant::now() < deadline,
+                    "still accepting connections after SIGTERM"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// The process's exit status, waiting at most `within`.
+async fn exit_within(child: &mut Child, within: Duration) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "did not exit within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_stops_accepting_and_completes_every_in_flight_request() {
+    let db = TestDb::create().await;
+    let (mut child, base, client) = start(&db).await;
 
     let user = Uuid::new_v4();
     let token = testing::token(user);
@@ -60,12 +134,7 @@ async fn sigterm_stops_accepting_and_completes_every_in_flight_request() {
         ids.push(body["id"].as_str().unwrap().to_string());
     }
 
-    // Hold a lock that makes every INSERT and UPDATE wait.
-    let locker = db.connect().await;
-    locker
-        .batch_execute("BEGIN; LOCK TABLE journal.journal_entries IN SHARE ROW EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let locker = lock_entries(&db).await;
     let mut requests: Vec<_> = ids
         .iter()
         .enumerate()
@@ -96,41 +165,11 @@ async fn sigterm_stops_accepting_and_completes_every_in_flight_request() {
     }));
     // Wait until all of them are inside the service, blocked in PostgreSQL.
     let observer = db.connect().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let waiting: i64 = observer
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'", &[])
-            .await
-            .unwrap()
-            .get(0);
-        if waiting as usize == IN_FLIGHT + 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {waiting} requests reached PostgreSQL"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_waiting_on_the_lock(&observer, IN_FLIGHT + 1).await;
 
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    signal(&child, "TERM");
     // Draining: no longer accepting, but not gone.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match client.get(format!("{base}/health")).send().await {
-            Err(e) if e.is_connect() => break,
-            _ => {
-                assert!(
-                    Instant::now() < deadline,
-                    "still accepting connections after SIGTERM"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
+    until_not_accepting(&client, &base).await;
     assert!(
         child.try_wait().unwrap().is_none(),
         "exited with requests in flight"
@@ -142,17 +181,7 @@ async fn sigterm_stops_accepting_and_completes_every_in_flight_request() {
         let res = r.await.unwrap().expect("an in-flight request was reset");
         assert_eq!(res.status(), if i == last { 201 } else { 200 });
     }
-    let deadline = Instant::now() + Duration::from_secs(35);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "did not exit within the grace period"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = exit_within(&mut child, Duration::from_secs(35)).await;
     assert!(status.success(), "exit status {status:?}");
     let row = observer
         .query_one(
@@ -169,4 +198,41 @@ async fn sigterm_stops_accepting_and_completes_every_in_flight_request() {
         (IN_FLIGHT, 1),
         "every acknowledged write is stored"
     );
+}
+
+#[tokio::test]
+async fn a_second_signal_during_the_drain_ends_the_process_at_once() {
+    let db = TestDb::create().await;
+    let (mut child, base, client) = start(&db).await;
+    let locker = lock_entries(&db).await;
+    let token = testing::token(Uuid::new_v4());
+    let in_flight = tokio::spawn({
+        let (client, url) = (client.clone(), format!("{base}/api/journal/entries"));
+        async move {
+            client
+                .post(url)
+                .bearer_auth(&token)
+                .json(&json!({"content": "never answered"}))
+                .send()
+                .await
+        }
+    });
+    let observer = db.connect().await;
+    until_waiting_on_the_lock(&observer, 1).await;
+
+    signal(&child, "TERM");
+    until_not_accepting(&client, &base).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first signal drains: the request is still in flight"
+    );
+    // The operator does not want to wait for the drain (the lock is still held).
+    signal(&child, "INT");
+    let status = exit_within(&mut child, Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(1), "exit status {status:?}");
+    assert!(
+        in_flight.await.unwrap().is_err(),
+        "the in-flight request was cut, not answered"
+    );
+    locker.batch_execute("ROLLBACK").await.unwrap();
 }
