@@ -112,7 +112,7 @@ pub async fn token_bucket(
         .run(Command::Script(
             &SCRIPT,
             &[key.as_str()],
-            &[cap.as_str(), rate.as_str()],
+            &[cap.as_bytes(), rate.as_bytes()],
         ))
         .await
         .ok()?;

@@ -7,8 +7,11 @@ use kai_shared::auth::{AuthUser, Owned};
 use kai_shared::http::openapi::BearerAuth;
 use kai_shared::http::valid::{check_non_blank, no_field_errors};
 use kai_shared::http::{Query, Valid, in_range, respond};
+use kai_shared::cache::Refresh;
+use kai_shared::db::{Db, DbError};
 use kai_shared::{ApiError, FieldError, Platform};
 use utoipa::OpenApi;
+use uuid::Uuid;
 
 use crate::cache_rules::{
     ENTRY, LIST, STATS, entry_key, list_cursor_key, list_page_key, stats_key, user_scope,
@@ -116,7 +119,7 @@ async fn list_entries(
             .await?
     } else {
         let page = in_range("page", q.page, 1, 1, 1_000_000)?;
-        let page_size = in_range("page_size", q.page_size, 20, 1, 100)?;
+        let page_size = in_range("page_size", q.page_size, DEFAULT_PAGE_SIZE, 1, 100)?;
         if page > 1 {
             // Pages beyond the last are answered but never cached: otherwise every
             // page number up to a million is a key, evicting other users' entries.
@@ -127,11 +130,7 @@ async fn list_entries(
                     &user_scope(uid),
                     &LIST,
                     &list_page_key(uid, 1, page_size),
-                    || async {
-                        queries::list_entries_page(&p.db, uid, 1, page_size)
-                            .await
-                            .map(Some)
-                    },
+                    || load_page(&p.db, uid, 1, page_size),
                 )
                 .await?;
             #[derive(serde::Deserialize)]
@@ -162,14 +161,49 @@ async fn list_entries(
         }
         let key = list_page_key(uid, page, page_size);
         p.cache
-            .get_or_load(&user_scope(uid), &LIST, &key, || async {
-                queries::list_entries_page(&p.db, uid, page, page_size)
-                    .await
-                    .map(Some)
+            .get_or_load(&user_scope(uid), &LIST, &key, || {
+                load_page(&p.db, uid, page, page_size)
             })
             .await?
     };
     Ok(respond::cached(&req, &cached))
+}
+
+/// The list's page size when a request names none, in page and cursor mode.
+const DEFAULT_PAGE_SIZE: i64 = 20;
+
+/// A page-mode list page, as cached.
+async fn load_page(
+    db: &Db,
+    uid: Uuid,
+    page: i64,
+    page_size: i64,
+) -> Result<Option<EntryPage>, DbError> {
+    queries::list_entries_page(db, uid, page, page_size)
+        .await
+        .map(Some)
+}
+
+/// The list's first page at the default size, in both modes: what a client's
+/// first screen reads. Creates redo the ones their replica holds
+/// (`Cache::commit_all`), so that after each create the readers of a busy list
+/// find its new first page ready instead of all waiting for one load.
+pub fn first_pages(p: &Platform, uid: Uuid) -> Vec<Refresh<'_>> {
+    let mut pages = vec![Refresh::new(
+        user_scope(uid),
+        &LIST,
+        list_page_key(uid, 1, DEFAULT_PAGE_SIZE),
+        load_page(&p.db, uid, 1, DEFAULT_PAGE_SIZE),
+    )];
+    if let Ok(cq) = CursorQuery::parse(p, uid, None, None) {
+        pages.push(Refresh::new(
+            user_scope(uid),
+            &LIST,
+            list_cursor_key(uid, None, cq.limit),
+            async move { queries::list_entries_after(&p.db, uid, &cq).await.map(Some) },
+        ));
+    }
+    pages
 }
 
 /// One entry.

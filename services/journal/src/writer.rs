@@ -59,7 +59,9 @@ impl EntryWriter {
     }
 }
 
-/// One batch: one statement, then each touched scope invalidated once.
+/// One batch: one statement, then each touched scope invalidated once — with the
+/// list's first pages the replica holds for those users refreshed under the new
+/// generation (`routes::first_pages`), so their readers do not wait for a load.
 async fn run(p: web::Data<Platform>, batch: Vec<Item>) -> Vec<Result<Entry, ApiError>> {
     p.metrics
         .db_batch_size
@@ -77,7 +79,17 @@ async fn run(p: web::Data<Platform>, batch: Vec<Item>) -> Vec<Result<Entry, ApiE
             Err(e) => failures.push(Some(e)),
         }
     }
-    let mut stored = p.cache.commit_all(written).await.into_iter();
+    let mut users: Vec<Uuid> = Vec::new();
+    for (user_id, _) in &batch {
+        if !users.contains(user_id) {
+            users.push(*user_id);
+        }
+    }
+    let refresh = users
+        .into_iter()
+        .flat_map(|user_id| crate::routes::first_pages(&p, user_id))
+        .collect();
+    let mut stored = p.cache.commit_all(written, refresh).await.into_iter();
     failures
         .into_iter()
         .map(|failure| match failure {

@@ -59,7 +59,7 @@ use tokio_util::sync::CancellationToken;
 pub use entry::Entry;
 pub use invalidation::OnRevoked;
 pub use keys::Scope;
-pub use write::Written;
+pub use write::{Refresh, Written};
 
 use crate::config::Settings;
 use crate::http::errors::ApiError;
@@ -67,7 +67,7 @@ use crate::metrics::Metrics;
 use crate::redis::{Failure, Redis};
 use generations::{Generations, now_micros};
 use local::L1;
-use redis::L2;
+use redis::{L2, Refill};
 use singleflight::SingleFlight;
 
 /// XFetch β: 1 is the paper's optimum for an exponential recompute-time model.
@@ -151,6 +151,12 @@ pub struct CacheTotals {
 }
 
 type LoadResult = Result<Arc<Entry>, Arc<ApiError>>;
+
+/// Refreshed answers, loaded while the scope was at `generation`.
+struct Refreshed {
+    generation: u64,
+    entries: Vec<(Policy, String, Arc<Entry>)>,
+}
 /// See [`Cache::set_store_hook`].
 #[cfg(any(test, feature = "testing"))]
 pub type StoreHook =
@@ -472,13 +478,31 @@ impl Cache {
     /// ([`Cache::invalidate`]): the way a service's write path answers.
     pub async fn commit<T>(&self, written: Written<T>) -> T {
         let (value, touched) = written.into_parts();
-        self.invalidate_all(&touched).await;
+        // Each scope at once, each its own round trip: in a cluster their
+        // generation keys live in different slots.
+        futures_util::future::join_all(touched.iter().map(|s| self.invalidate(s))).await;
         value
     }
 
     /// [`Cache::commit`] of several writes (a combined batch's): each scope any of
     /// them touched is invalidated once, then every value is returned, in order.
-    pub async fn commit_all<T>(&self, written: Vec<Written<T>>) -> Vec<T> {
+    ///
+    /// `refresh` names reads to redo for the touched scopes. One that is hot (a
+    /// live entry of the scope's current generation is in this replica's memory)
+    /// is loaded after the writes committed, and stored under the scope's next
+    /// generation by the same Redis script that moves the scope there — only if
+    /// no other write moved the scope since this replica's generation was read
+    /// (then what was loaded may miss that write, and is dropped). Readers of a
+    /// hot key then find its new answer at once instead of all waiting for one
+    /// load (guarantee 4's single flight) after every write; the write waits for
+    /// it instead. Refreshes of scopes none of the writes touched, of reads that
+    /// are not hot, or without Redis, are dropped unrun; a refresh that fails
+    /// leaves a plain invalidation.
+    pub async fn commit_all<T>(
+        &self,
+        written: Vec<Written<T>>,
+        mut refresh: Vec<Refresh<'_>>,
+    ) -> Vec<T> {
         let mut scopes: Vec<Scope> = Vec::new();
         let values = written
             .into_iter()
@@ -492,14 +516,13 @@ impl Cache {
                 value
             })
             .collect();
-        self.invalidate_all(&scopes).await;
+        let work = scopes.iter().map(|scope| {
+            let (mine, rest) = refresh.drain(..).partition(|r| r.scope == *scope);
+            refresh = rest;
+            self.invalidate_refreshing(scope, mine)
+        });
+        futures_util::future::join_all(work.collect::<Vec<_>>()).await;
         values
-    }
-
-    /// [`Cache::invalidate`] of each scope, all at once (each its own round trip:
-    /// in a cluster their generation keys live in different slots).
-    async fn invalidate_all(&self, scopes: &[Scope]) {
-        futures_util::future::join_all(scopes.iter().map(|s| self.invalidate(s))).await;
     }
 
     /// [`Cache::commit`] of a write whose row may not exist: its value, or a 404.
@@ -511,23 +534,93 @@ impl Cache {
     /// the write commits and before answering (services do, through
     /// [`Cache::commit`]).
     pub async fn invalidate(&self, scope: &Scope) {
+        self.invalidate_refreshing(scope, Vec::new()).await;
+    }
+
+    /// [`Cache::invalidate`], storing the hot ones of `refresh` under the new
+    /// generation as it is made (see [`Cache::commit_all`]).
+    async fn invalidate_refreshing(&self, scope: &Scope, refresh: Vec<Refresh<'_>>) {
         let inner = &self.inner;
         if !inner.enabled {
             return;
         }
-        match &inner.l2 {
-            None => {
-                inner.generations.next_local(scope);
-            }
-            Some(l2) => match l2.bump(scope).await {
-                Ok(generation) => inner.generations.raise(scope, generation),
-                Err(e) => {
-                    tracing::warn!(error = %e, "invalidation deferred until Redis answers");
-                    inner.errors.fetch_add(1, Ordering::Relaxed);
-                    inner.generations.forget(scope);
+        let Some(l2) = &inner.l2 else {
+            inner.generations.next_local(scope);
+            return;
+        };
+        let refill = self.refill(l2, scope, refresh).await;
+        let bumped = l2
+            .bump(
+                scope,
+                refill.as_ref().map(|r| Refill {
+                    generation: r.generation,
+                    entries: r
+                        .entries
+                        .iter()
+                        .map(|(_, logical, entry)| (logical.as_str(), entry.as_ref()))
+                        .collect(),
+                }),
+            )
+            .await;
+        match bumped {
+            Ok((generation, stored)) => {
+                // This replica's memory first, under the generation that is not
+                // yet its own: reachable the moment `raise` makes it so.
+                if stored && let Some(refill) = refill {
+                    for (policy, logical, entry) in refill.entries {
+                        if self.in_memory(&policy) {
+                            let key = keys::entry_key(&inner.prefix, scope, generation, &logical);
+                            inner.l1.insert(scope, generation, key, entry);
+                        }
+                    }
                 }
-            },
+                inner.generations.raise(scope, generation);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "invalidation deferred until Redis answers");
+                inner.errors.fetch_add(1, Ordering::Relaxed);
+                inner.generations.forget(scope);
+            }
         }
+    }
+
+    /// Loads the hot ones of `refresh` (all at once), with the generation they
+    /// were hot under — read before loading, so a write committed after the
+    /// load began has either moved the scope past it by the time the bump runs
+    /// (and the bump stores nothing) or not announced itself yet (and its own
+    /// bump, later, makes what is stored dead).
+    async fn refill(&self, l2: &L2, scope: &Scope, refresh: Vec<Refresh<'_>>) -> Option<Refreshed> {
+        let inner = &self.inner;
+        if refresh.is_empty() || !l2.available() {
+            return None;
+        }
+        let generation = inner.generations.get(scope)?;
+        let hot: Vec<Refresh<'_>> = refresh
+            .into_iter()
+            .filter(|r| {
+                let key = keys::entry_key(&inner.prefix, scope, generation, &r.logical);
+                inner.l1.get(&key).is_some()
+            })
+            .collect();
+        if hot.is_empty() {
+            return None;
+        }
+        let loaded =
+            futures_util::future::join_all(hot.into_iter().map(|r| async move {
+                let entry = r.load.await.ok()?;
+                Some((r.policy, r.logical, Arc::new(entry)))
+            }))
+            .await;
+        let entries: Vec<_> = loaded.into_iter().flatten().collect();
+        #[cfg(any(test, feature = "testing"))]
+        if let Some((_, logical, _)) = entries.first() {
+            self.run_store_hook(&keys::entry_key(&inner.prefix, scope, generation, logical))
+                .await;
+        }
+        (!entries.is_empty()).then_some(Refreshed {
+            generation,
+            entries,
+        })
     }
 
     /// Erases a scope: every replica stops using its entries (a generation bump,

@@ -37,16 +37,37 @@ return {g, redis.call('GET', ARGV[1] .. g .. ARGV[2])}
 ";
 
 /// Moves a scope to a new generation, above both the old one and the server clock,
-/// and announces it to every replica.
+/// and announces it to every replica. With a refill (ARGV[4]: the generation its
+/// entries were loaded under; ARGV[5]: the entry key head; then key tail, value,
+/// milliseconds to live, for each entry) the entries are stored under the new
+/// generation — only if the scope was still at the refill's generation, so no
+/// other write moved it while they were loaded. Returns the new generation and
+/// whether the entries were stored.
 const BUMP: &str = r"
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local raw = redis.call('GET', KEYS[1])
+local cur = tonumber(raw or '0')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local nxt = string.format('%.0f', math.max(cur + 1, now))
 redis.call('SET', KEYS[1], nxt, 'EX', ARGV[3])
+local stored = 0
+if #ARGV > 5 and raw == ARGV[4] then
+  for i = 6, #ARGV, 3 do
+    redis.call('SET', ARGV[5] .. nxt .. ARGV[i], ARGV[i + 1], 'PX', ARGV[i + 2])
+  end
+  stored = 1
+end
 redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. nxt)
-return nxt
+return {nxt, stored}
 ";
+
+/// Entries a bump stores under the generation it makes ([`L2::bump`]).
+pub struct Refill<'a> {
+    /// The generation the entries were loaded under.
+    pub generation: u64,
+    /// Each entry's logical key and the entry.
+    pub entries: Vec<(&'a str, &'a super::entry::Entry)>,
+}
 
 pub struct L2 {
     redis: Arc<Redis>,
@@ -115,7 +136,7 @@ impl L2 {
                 .arg(GENERATION_TTL_SECS);
             tokio::time::timeout(
                 self.redis.timeout() * 4,
-                inv.invoke_async::<String>(&mut conn.inner),
+                inv.invoke_async::<(String, i64)>(&mut conn.inner),
             )
             .await
             .map_err(|_| Failure::Timeout)??;
@@ -149,7 +170,7 @@ impl L2 {
             .run(Command::Script(
                 &self.generation_and_get,
                 &[gen_key.as_str()],
-                &[head.as_str(), tail.as_str(), ttl.as_str()],
+                &[head.as_bytes(), tail.as_bytes(), ttl.as_bytes()],
             ))
             .await?;
         let generation = generation
@@ -179,43 +200,64 @@ impl L2 {
         self.redis.run(Command::Plain(cmd)).await
     }
 
-    /// Moves the scope to a new generation and announces it. If Redis cannot be
+    /// Moves the scope to a new generation and announces it, storing `refill`'s
+    /// entries under it if the scope was still at the refill's generation; returns
+    /// the new generation and whether they were stored. If Redis cannot be
     /// reached the scope is remembered and replayed on recovery.
-    pub async fn bump(self: &Arc<Self>, scope: &Scope) -> Result<u64, Failure> {
-        let gen_key = keys::generation_key(self.redis.prefix(), scope);
-        let channel = keys::invalidation_channel(self.redis.prefix());
+    pub async fn bump(
+        self: &Arc<Self>,
+        scope: &Scope,
+        refill: Option<Refill<'_>>,
+    ) -> Result<(u64, bool), Failure> {
+        let prefix = self.redis.prefix();
+        let gen_key = keys::generation_key(prefix, scope);
+        let channel = keys::invalidation_channel(prefix);
         let ttl = GENERATION_TTL_SECS.to_string();
-        let result: Result<String, Failure> = if self.redis.target().is_cluster() {
+        let mut args: Vec<Vec<u8>> = vec![
+            channel.as_bytes().to_vec(),
+            scope.tag().as_bytes().to_vec(),
+            ttl.into_bytes(),
+        ];
+        if let Some(refill) = refill {
+            let now_ms = super::generations::now_micros() / 1000;
+            let live: Vec<_> = refill
+                .entries
+                .into_iter()
+                .filter(|(_, e)| e.expires_at_ms > now_ms)
+                .collect();
+            if !live.is_empty() {
+                args.push(refill.generation.to_string().into_bytes());
+                args.push(keys::entry_key_head(prefix, scope).into_bytes());
+                for (logical, entry) in live {
+                    args.push(format!(":{logical}").into_bytes());
+                    args.push(entry.encode());
+                    args.push((entry.expires_at_ms - now_ms).to_string().into_bytes());
+                }
+            }
+        }
+        let result: Result<(String, i64), Failure> = if self.redis.target().is_cluster() {
             // A cluster fails over to a replica that may lag its primary: the bump
             // waits (briefly) for one replica, so a primary killed right after a
             // write cannot take the write's invalidation with it. One pipeline,
             // routed by the generation key's slot.
             let wait_ms = (self.redis.timeout().as_millis() / 4).max(1) as u64;
             let mut pipe = redis::pipe();
-            pipe.cmd("EVAL")
-                .arg(BUMP)
-                .arg(1)
-                .arg(&gen_key)
-                .arg(&channel)
-                .arg(scope.tag())
-                .arg(&ttl);
+            pipe.cmd("EVAL").arg(BUMP).arg(1).arg(&gen_key).arg(&args);
             pipe.cmd("WAIT").arg(1).arg(wait_ms).ignore();
             self.redis
-                .run::<(String,)>(Command::Pipeline(pipe))
+                .run::<((String, i64),)>(Command::Pipeline(pipe))
                 .await
                 .map(|(g,)| g)
         } else {
+            let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
             self.redis
-                .run(Command::Script(
-                    &self.bump,
-                    &[gen_key.as_str()],
-                    &[channel.as_str(), scope.tag(), ttl.as_str()],
-                ))
+                .run(Command::Script(&self.bump, &[gen_key.as_str()], &args))
                 .await
         };
         match result {
-            Ok(g) => g
+            Ok((g, stored)) => g
                 .parse()
+                .map(|g| (g, stored == 1))
                 .map_err(|_| Failure::Pool(format!("bad generation {g:?}"))),
             Err(e) => {
                 self.remember_pending(scope);

@@ -4,8 +4,21 @@
 //! which invalidates those scopes first. A handler therefore cannot answer a write
 //! without the invalidation, and dropping a `Written` is a `must_use` warning
 //! (an error under `clippy -D warnings`).
+//!
+//! A write may also name [`Refresh`]es: reads of its scope it redoes itself
+//! after committing, so that their answers are stored under the scope's new
+//! generation in the same step that makes the old one dead, and readers of a
+//! hot key find it ready instead of waiting for a load (see
+//! [`Cache::commit_all`](super::Cache::commit_all)).
 
-use super::Scope;
+use std::future::Future;
+
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+
+use super::entry::Entry;
+use super::{Policy, Scope};
+use crate::http::errors::ApiError;
 
 /// A committed write's result, held until the scopes it changed are invalidated.
 #[derive(Debug)]
@@ -60,6 +73,56 @@ impl Written<bool> {
         } else {
             Self::unchanged(false)
         }
+    }
+}
+
+/// A cached read of one scope that a write redoes before it answers, if the
+/// read is hot: a live entry of the scope's current generation is in this
+/// replica's memory. Built without running anything (the load is a future that
+/// is dropped unpolled when the read is not hot).
+#[must_use = "a refresh does nothing until it is handed to `Cache::commit_all`"]
+pub struct Refresh<'a> {
+    pub(super) scope: Scope,
+    pub(super) policy: Policy,
+    pub(super) logical: String,
+    pub(super) load: BoxFuture<'a, Result<Entry, ApiError>>,
+}
+
+impl<'a> Refresh<'a> {
+    /// The read of `logical` in `scope` under `policy`, loaded by `load` — the
+    /// same key, policy and loader as the read's `Cache::get_or_load`.
+    pub fn new<T, E, Fut>(
+        scope: Scope,
+        policy: &Policy,
+        logical: impl Into<String>,
+        load: Fut,
+    ) -> Self
+    where
+        T: Serialize,
+        E: Into<ApiError>,
+        Fut: Future<Output = Result<Option<T>, E>> + Send + 'a,
+    {
+        let policy = *policy;
+        Self {
+            scope,
+            policy,
+            logical: logical.into(),
+            load: Box::pin(async move {
+                super::load_entry(&policy, || async { load.await.map_err(Into::into) })
+                    .await
+                    .map(Entry::with_gzip)
+            }),
+        }
+    }
+}
+
+impl std::fmt::Debug for Refresh<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Refresh")
+            .field("scope", &self.scope)
+            .field("namespace", &self.policy.namespace)
+            .field("logical", &self.logical)
+            .finish_non_exhaustive()
     }
 }
 

@@ -349,7 +349,8 @@ impl Redis {
 pub(crate) enum Command<'a> {
     Plain(redis::Cmd),
     Pipeline(redis::Pipeline),
-    Script(&'a Script, &'a [&'a str], &'a [&'a str]),
+    /// A script, its keys and its arguments (bytes: text or binary values).
+    Script(&'a Script, &'a [&'a str], &'a [&'a [u8]]),
 }
 
 impl Command<'_> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use kai_shared::cache::{Cache, CacheStatus, Policy, Scope, keys};
+use kai_shared::cache::{Cache, CacheStatus, Policy, Refresh, Scope, Written, keys};
 use kai_shared::metrics::Metrics;
 use kai_shared::testing::{self, PrivateRedis, TestPrefix};
 use kai_shared::{ApiError, config::Settings};
@@ -228,6 +228,117 @@ async fn a_store_that_raced_a_write_lands_under_a_dead_generation() {
         "new",
         "nor does another replica see the old row"
     );
+}
+
+/// A refresh whose loader counts its runs and answers `value`.
+fn refresh<'a>(s: &Scope, key: &str, value: &'a str, loads: &'a AtomicUsize) -> Refresh<'a> {
+    Refresh::new(s.clone(), &POLICY, key, async move {
+        loads.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, ApiError>(Some(value.to_owned()))
+    })
+}
+
+#[tokio::test]
+async fn a_write_refreshes_its_hot_reads_under_the_new_generation() {
+    let prefix = TestPrefix::new(&testing::redis_url());
+    let r = replica(Some(&testing::redis_url()), &prefix.prefix).await;
+    let other = replica(Some(&testing::redis_url()), &prefix.prefix).await;
+    let s = scope();
+    let loads = AtomicUsize::new(0);
+    assert_eq!(
+        read(&r.cache, &s, "hot", "v1", &loads).await,
+        ("v1".to_owned(), CacheStatus::Miss)
+    );
+    // A read of an untouched scope, a read of this scope no one made (not hot):
+    // neither is run.
+    let (refreshed, cold, untouched) = (
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    );
+    let values = r
+        .cache
+        .commit_all(
+            vec![Written::new(7, [s.clone()])],
+            vec![
+                refresh(&s, "hot", "v2", &refreshed),
+                refresh(&s, "cold", "never", &cold),
+                refresh(&scope(), "hot", "never", &untouched),
+            ],
+        )
+        .await;
+    assert_eq!(values, [7]);
+    assert_eq!(
+        (
+            refreshed.load(Ordering::SeqCst),
+            cold.load(Ordering::SeqCst),
+            untouched.load(Ordering::SeqCst)
+        ),
+        (1, 0, 0),
+        "only the hot read of the touched scope is redone"
+    );
+    let before = loads.load(Ordering::SeqCst);
+    assert_eq!(
+        read(&r.cache, &s, "hot", "loaded", &loads).await,
+        ("v2".to_owned(), CacheStatus::Hit),
+        "the writer's replica answers the refreshed value from memory"
+    );
+    assert_eq!(
+        read(&other.cache, &s, "hot", "loaded", &loads).await,
+        ("v2".to_owned(), CacheStatus::Hit),
+        "another replica finds it in Redis"
+    );
+    assert_eq!(loads.load(Ordering::SeqCst), before, "no reader loaded");
+    assert_eq!(
+        read(&r.cache, &s, "cold", "fresh", &loads).await,
+        ("fresh".to_owned(), CacheStatus::Miss)
+    );
+}
+
+/// Guarantee 2 for a refresh: another replica's write lands between the refresh's
+/// load and its bump; what the refresh loaded may miss that write, so it must not
+/// be stored.
+#[tokio::test]
+async fn a_refresh_that_raced_another_write_stores_nothing() {
+    let prefix = TestPrefix::new(&testing::redis_url());
+    let r = replica(Some(&testing::redis_url()), &prefix.prefix).await;
+    let other = replica(Some(&testing::redis_url()), &prefix.prefix).await;
+    let s = scope();
+    let loads = AtomicUsize::new(0);
+    read(&r.cache, &s, "row", "v1", &loads).await;
+    let loaded = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    {
+        let (loaded, release) = (loaded.clone(), release.clone());
+        r.cache.set_store_hook(Some(Arc::new(move |_key| {
+            let (loaded, release) = (loaded.clone(), release.clone());
+            Box::pin(async move {
+                loaded.notify_one();
+                release.notified().await;
+            })
+        })));
+    }
+    let writer = {
+        let (cache, s) = (r.cache.clone(), s.clone());
+        tokio::spawn(async move {
+            let refreshed = AtomicUsize::new(0);
+            cache
+                .commit_all(
+                    vec![Written::new((), [s.clone()])],
+                    vec![refresh(&s, "row", "without the other write", &refreshed)],
+                )
+                .await;
+        })
+    };
+    loaded.notified().await; // the refresh has loaded
+    other.cache.invalidate(&s).await; // another replica's write commits and bumps
+    release.notify_one();
+    writer.await.unwrap();
+    r.cache.set_store_hook(None);
+    for (replica, name) in [(&r, "the writer's replica"), (&other, "the other replica")] {
+        let (value, _) = read(&replica.cache, &s, "row", "with both writes", &loads).await;
+        assert_eq!(value, "with both writes", "{name} never serves the refresh");
+    }
 }
 
 #[tokio::test]

@@ -229,3 +229,50 @@ async fn concurrent_creates_of_one_user_are_all_stored_counted_and_read_at_once(
     let batches = series("kai_db_batch_size_count");
     assert!((1.0..=48.0).contains(&batches), "{batches} batches");
 }
+
+#[tokio::test]
+async fn a_create_refreshes_the_first_pages_its_replica_holds_so_readers_wait_for_no_load() {
+    let j = spawn().await;
+    let other = j.replica().await;
+    let user = User::new();
+    let first = j.entry(&user, "first").await;
+    // The first page in both modes, read (hot) on this replica.
+    for path in ["/api/journal/entries", "/api/journal/entries?limit=20"] {
+        let (_, cache, _) = read(&j.app, &user, path).await;
+        assert_eq!(cache, "MISS", "{path}");
+        let (_, cache, _) = read(&j.app, &user, path).await;
+        assert_eq!(cache, "HIT", "{path}");
+    }
+    let db = &j.app.platform.db;
+    let before = db.statements_executed();
+    let second = j.entry(&user, "second").await;
+    assert_eq!(
+        db.statements_executed() - before,
+        3,
+        "the insert, then each hot first page loaded once by the create"
+    );
+    let before = db.statements_executed();
+    for app in [&j.app, &other] {
+        let (status, cache, page) = read(app, &user, "/api/journal/entries").await;
+        assert_eq!((status, cache.as_str()), (200, "HIT"));
+        assert_eq!(page["total"], 2);
+        assert_eq!(page["entries"][0]["id"], second["id"], "newest first");
+        assert_eq!(page["entries"][1]["id"], first["id"]);
+        let (_, cache, page) = read(app, &user, "/api/journal/entries?limit=20").await;
+        assert_eq!(cache, "HIT");
+        assert_eq!(page["entries"][0]["id"], second["id"]);
+    }
+    assert_eq!(
+        db.statements_executed() - before,
+        0,
+        "no reader loaded: the pages were stored with the new generation"
+    );
+
+    // A user whose list no one reads: the create is its one statement.
+    let quiet = User::new();
+    let before = db.statements_executed();
+    j.entry(&quiet, "unread").await;
+    assert_eq!(db.statements_executed() - before, 1);
+    let (_, cache, page) = read(&j.app, &quiet, "/api/journal/entries").await;
+    assert_eq!((cache.as_str(), page["total"].clone()), ("MISS", json!(1)));
+}
