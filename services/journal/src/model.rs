@@ -202,6 +202,29 @@ pub struct EntryPage {
     pub has_more: bool,
 }
 
+impl EntryPage {
+    /// This page as it is once `created` (the user's newly committed entries)
+    /// are stored too: they join the page in list order (newest first: created
+    /// time, then id, as `queries::PAGE` orders), the page keeps its size, the
+    /// total counts them. What `queries::list_entries_page` would now return,
+    /// provided nothing else changed in between (`Refresh::derived` stores it
+    /// only then).
+    pub fn with_created(mut self, created: &[Entry]) -> Self {
+        self.entries.extend(created.iter().cloned());
+        self.entries
+            .sort_by(|a, b| (b.created_at, b.id).cmp(&(a.created_at, a.id)));
+        let offset = (self.page - 1).saturating_mul(self.page_size);
+        // Entries pushed off this page belong to the next: only page 1 has no
+        // earlier page whose overflow would arrive here.
+        debug_assert_eq!(self.page, 1, "only the first page is derived");
+        self.entries
+            .truncate(usize::try_from(self.page_size).unwrap_or(usize::MAX));
+        self.total = self.total.saturating_add(created.len() as i64);
+        self.has_more = offset + (self.entries.len() as i64) < self.total;
+        self
+    }
+}
+
 /// Cursor mode.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct EntryCursorPage {

@@ -7,7 +7,7 @@ use kai_shared::auth::{AuthUser, Owned};
 use kai_shared::http::openapi::BearerAuth;
 use kai_shared::http::valid::{check_non_blank, no_field_errors};
 use kai_shared::http::{Query, Valid, in_range, respond};
-use kai_shared::cache::Refresh;
+use kai_shared::cache::{Hot, Refresh};
 use kai_shared::db::{Db, DbError};
 use kai_shared::{ApiError, FieldError, Platform};
 use utoipa::OpenApi;
@@ -184,17 +184,39 @@ async fn load_page(
         .map(Some)
 }
 
+/// The list's first page in page mode at the default size, if it is hot on this
+/// replica now: taken before a create, whose refresh derives the new page from
+/// it ([`first_pages`]).
+pub fn hot_first_page(p: &Platform, uid: Uuid) -> Option<Hot> {
+    p.cache
+        .hot(&user_scope(uid), &list_page_key(uid, 1, DEFAULT_PAGE_SIZE))
+}
+
 /// The list's first page at the default size, in both modes: what a client's
 /// first screen reads. Creates redo the ones their replica holds
 /// (`Cache::commit_all`), so that after each create the readers of a busy list
-/// find its new first page ready instead of all waiting for one load.
-pub fn first_pages(p: &Platform, uid: Uuid) -> Vec<Refresh<'_>> {
-    let mut pages = vec![Refresh::new(
-        user_scope(uid),
-        &LIST,
-        list_page_key(uid, 1, DEFAULT_PAGE_SIZE),
-        load_page(&p.db, uid, 1, DEFAULT_PAGE_SIZE),
-    )];
+/// find its new first page ready instead of all waiting for one load. The page
+/// mode's, when it was hot before the create (`hot`), is derived from the old
+/// page and the user's `created` entries without a query.
+pub fn first_pages(
+    p: &Platform,
+    uid: Uuid,
+    hot: Option<Hot>,
+    created: Vec<Entry>,
+) -> Vec<Refresh<'_>> {
+    let mut pages = vec![match hot {
+        Some(hot) => Refresh::derived(hot, &LIST, move |old| {
+            serde_json::from_slice::<EntryPage>(old)
+                .map(|page| Some(page.with_created(&created)))
+                .map_err(ApiError::internal)
+        }),
+        None => Refresh::new(
+            user_scope(uid),
+            &LIST,
+            list_page_key(uid, 1, DEFAULT_PAGE_SIZE),
+            load_page(&p.db, uid, 1, DEFAULT_PAGE_SIZE),
+        ),
+    }];
     if let Ok(cq) = CursorQuery::parse(p, uid, None, None) {
         pages.push(Refresh::new(
             user_scope(uid),

@@ -8,13 +8,14 @@
 //! PostgreSQL pays per statement rather than per row.
 
 use actix_web::web;
+use kai_shared::cache::Hot;
 use kai_shared::db::Combiner;
 use kai_shared::http::Valid;
 use kai_shared::{ApiError, Platform};
 use uuid::Uuid;
 
 use crate::model::{CreateEntry, Entry};
-use crate::queries;
+use crate::{queries, routes};
 
 /// Batches in flight at once, per replica: one, as PostgreSQL's own WAL flush
 /// works — a create that finds no batch running runs at once, alone; creates that
@@ -61,13 +62,31 @@ impl EntryWriter {
 
 /// One batch: one statement, then each touched scope invalidated once — with the
 /// list's first pages the replica holds for those users refreshed under the new
-/// generation (`routes::first_pages`), so their readers do not wait for a load.
+/// generation (`routes::first_pages`; the page mode's derived from the page as
+/// it was before the insert), so their readers do not wait for a load.
 async fn run(p: web::Data<Platform>, batch: Vec<Item>) -> Vec<Result<Entry, ApiError>> {
     p.metrics
         .db_batch_size
         .with_label_values(&["journal_entries"])
         .observe(batch.len() as f64);
+    let mut users: Vec<Uuid> = Vec::new();
+    for (user_id, _) in &batch {
+        if !users.contains(user_id) {
+            users.push(*user_id);
+        }
+    }
+    // Before the insert: a page taken after it might already hold its rows.
+    let hot: Vec<Option<Hot>> = users
+        .iter()
+        .map(|&user_id| routes::hot_first_page(&p, user_id))
+        .collect();
     let results = queries::insert_entries(&p.db, &batch).await;
+    let mut created: Vec<Vec<Entry>> = vec![Vec::new(); users.len()];
+    for ((user_id, _), result) in batch.iter().zip(&results) {
+        if let (Ok(written), Some(i)) = (result, users.iter().position(|u| u == user_id)) {
+            created[i].push(written.value().clone());
+        }
+    }
     let mut written = Vec::with_capacity(results.len());
     let mut failures = Vec::with_capacity(results.len());
     for result in results {
@@ -79,15 +98,11 @@ async fn run(p: web::Data<Platform>, batch: Vec<Item>) -> Vec<Result<Entry, ApiE
             Err(e) => failures.push(Some(e)),
         }
     }
-    let mut users: Vec<Uuid> = Vec::new();
-    for (user_id, _) in &batch {
-        if !users.contains(user_id) {
-            users.push(*user_id);
-        }
-    }
     let refresh = users
         .into_iter()
-        .flat_map(|user_id| crate::routes::first_pages(&p, user_id))
+        .zip(hot)
+        .zip(created)
+        .flat_map(|((user_id, hot), created)| routes::first_pages(&p, user_id, hot, created))
         .collect();
     let mut stored = p.cache.commit_all(written, refresh).await.into_iter();
     failures

@@ -59,7 +59,7 @@ use tokio_util::sync::CancellationToken;
 pub use entry::Entry;
 pub use invalidation::OnRevoked;
 pub use keys::Scope;
-pub use write::{Refresh, Written};
+pub use write::{Hot, Refresh, Written};
 
 use crate::config::Settings;
 use crate::http::errors::ApiError;
@@ -474,6 +474,26 @@ impl Cache {
         }
     }
 
+    /// The entry of `logical` in `scope` if it is hot — live in this replica's
+    /// memory under the scope's current generation, with Redis in use — taken
+    /// before a write begins, for [`Refresh::derived`].
+    pub fn hot(&self, scope: &Scope, logical: &str) -> Option<Hot> {
+        let inner = &self.inner;
+        if !inner.enabled || !inner.l2.as_ref().is_some_and(|l2| l2.available()) {
+            return None;
+        }
+        let generation = inner.generations.get(scope)?;
+        let entry = inner
+            .l1
+            .get(&keys::entry_key(&inner.prefix, scope, generation, logical))?;
+        (!entry.is_negative() && entry.expires_at_ms > now_millis()).then(|| Hot {
+            scope: scope.clone(),
+            logical: logical.to_owned(),
+            generation,
+            entry,
+        })
+    }
+
     /// A committed write's result, once every scope it touched is invalidated
     /// ([`Cache::invalidate`]): the way a service's write path answers.
     pub async fn commit<T>(&self, written: Written<T>) -> T {
@@ -595,11 +615,16 @@ impl Cache {
             return None;
         }
         let generation = inner.generations.get(scope)?;
+        // A derived refresh was hot before the write, under its generation: still
+        // the scope's, or another write came between and it is dropped.
         let hot: Vec<Refresh<'_>> = refresh
             .into_iter()
-            .filter(|r| {
-                let key = keys::entry_key(&inner.prefix, scope, generation, &r.logical);
-                inner.l1.get(&key).is_some()
+            .filter(|r| match r.derived_from {
+                Some(from) => from == generation,
+                None => {
+                    let key = keys::entry_key(&inner.prefix, scope, generation, &r.logical);
+                    inner.l1.get(&key).is_some()
+                }
             })
             .collect();
         if hot.is_empty() {

@@ -45,6 +45,11 @@ impl<T> Written<T> {
         }
     }
 
+    /// The write's result (committed; not yet answerable).
+    pub fn value(&self) -> &T {
+        &self.value
+    }
+
     /// The scopes to invalidate.
     pub fn touched(&self) -> &[Scope] {
         &self.touched
@@ -85,7 +90,27 @@ pub struct Refresh<'a> {
     pub(super) scope: Scope,
     pub(super) policy: Policy,
     pub(super) logical: String,
+    /// For a derived refresh: the generation its old entry was live under.
+    pub(super) derived_from: Option<u64>,
     pub(super) load: BoxFuture<'a, Result<Entry, ApiError>>,
+}
+
+/// A hot entry as it was before a write began ([`Cache::hot`](super::Cache::hot)):
+/// the write can derive the entry's next value from it instead of loading it
+/// ([`Refresh::derived`]).
+#[derive(Debug, Clone)]
+pub struct Hot {
+    pub(super) scope: Scope,
+    pub(super) logical: String,
+    pub(super) generation: u64,
+    pub(super) entry: std::sync::Arc<Entry>,
+}
+
+impl Hot {
+    /// The entry's stored body (the serialized answer).
+    pub fn body(&self) -> &[u8] {
+        &self.entry.body
+    }
 }
 
 impl<'a> Refresh<'a> {
@@ -107,8 +132,48 @@ impl<'a> Refresh<'a> {
             scope,
             policy,
             logical: logical.into(),
+            derived_from: None,
             load: Box::pin(async move {
                 super::load_entry(&policy, || async { load.await.map_err(Into::into) })
+                    .await
+                    .map(Entry::with_gzip)
+            }),
+        }
+    }
+}
+
+impl Refresh<'static> {
+    /// The read `hot` was, given its next value without a load: `derive` turns
+    /// the old answer (its body) into the new one, knowing what the write did.
+    ///
+    /// Sound because of when `hot` was taken: before the write began, so the old
+    /// answer holds none of the write's changes, and every write announced up to
+    /// its generation. It is stored only if no other write moved the scope since
+    /// (the bump's check): the one change it lacks is then a write not yet
+    /// announced, whose own bump, later, makes it dead.
+    pub fn derived<T, E>(
+        hot: Hot,
+        policy: &Policy,
+        derive: impl FnOnce(&[u8]) -> Result<Option<T>, E> + Send + 'static,
+    ) -> Self
+    where
+        T: Serialize + Send,
+        E: Into<ApiError> + Send,
+    {
+        let policy = *policy;
+        let Hot {
+            scope,
+            logical,
+            generation,
+            entry,
+        } = hot;
+        Self {
+            scope,
+            policy,
+            logical,
+            derived_from: Some(generation),
+            load: Box::pin(async move {
+                super::load_entry(&policy, || async move { derive(&entry.body).map_err(Into::into) })
                     .await
                     .map(Entry::with_gzip)
             }),
@@ -122,6 +187,7 @@ impl std::fmt::Debug for Refresh<'_> {
             .field("scope", &self.scope)
             .field("namespace", &self.policy.namespace)
             .field("logical", &self.logical)
+            .field("derived_from", &self.derived_from)
             .finish_non_exhaustive()
     }
 }
