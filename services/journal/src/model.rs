@@ -212,7 +212,7 @@ impl EntryPage {
     pub fn with_created(mut self, created: &[Entry]) -> Self {
         self.entries.extend(created.iter().cloned());
         self.entries
-            .sort_by(|a, b| (b.created_at, b.id).cmp(&(a.created_at, a.id)));
+            .sort_by_key(|e| std::cmp::Reverse((e.created_at, e.id)));
         let offset = (self.page - 1).saturating_mul(self.page_size);
         // Entries pushed off this page belong to the next: only page 1 has no
         // earlier page whose overflow would arrive here.

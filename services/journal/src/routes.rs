@@ -4,11 +4,11 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use kai_shared::auth::{AuthUser, Owned};
+use kai_shared::cache::{Hot, Refresh};
+use kai_shared::db::{Db, DbError};
 use kai_shared::http::openapi::BearerAuth;
 use kai_shared::http::valid::{check_non_blank, no_field_errors};
 use kai_shared::http::{Query, Valid, in_range, respond};
-use kai_shared::cache::{Hot, Refresh};
-use kai_shared::db::{Db, DbError};
 use kai_shared::{ApiError, FieldError, Platform};
 use utoipa::OpenApi;
 use uuid::Uuid;

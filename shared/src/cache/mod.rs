@@ -630,12 +630,11 @@ impl Cache {
         if hot.is_empty() {
             return None;
         }
-        let loaded =
-            futures_util::future::join_all(hot.into_iter().map(|r| async move {
-                let entry = r.load.await.ok()?;
-                Some((r.policy, r.logical, Arc::new(entry)))
-            }))
-            .await;
+        let loaded = futures_util::future::join_all(hot.into_iter().map(|r| async move {
+            let entry = r.load.await.ok()?;
+            Some((r.policy, r.logical, Arc::new(entry)))
+        }))
+        .await;
         let entries: Vec<_> = loaded.into_iter().flatten().collect();
         #[cfg(any(test, feature = "testing"))]
         if let Some((_, logical, _)) = entries.first() {

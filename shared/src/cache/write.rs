@@ -173,9 +173,11 @@ impl Refresh<'static> {
             logical,
             derived_from: Some(generation),
             load: Box::pin(async move {
-                super::load_entry(&policy, || async move { derive(&entry.body).map_err(Into::into) })
-                    .await
-                    .map(Entry::with_gzip)
+                super::load_entry(&policy, || async move {
+                    derive(&entry.body).map_err(Into::into)
+                })
+                .await
+                .map(Entry::with_gzip)
             }),
         }
     }

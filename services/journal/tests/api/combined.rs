@@ -279,7 +279,11 @@ async fn a_create_refreshes_the_first_pages_its_replica_holds_so_readers_wait_fo
 }
 
 /// The body and ETag of a GET.
-async fn fetch(app: &kai_shared::testing::TestApp, user: &User, path: &str) -> (String, String, String) {
+async fn fetch(
+    app: &kai_shared::testing::TestApp,
+    user: &User,
+    path: &str,
+) -> (String, String, String) {
     let res = app
         .client
         .get(app.url(path))
@@ -350,5 +354,8 @@ async fn a_derived_first_page_is_byte_for_byte_the_page_postgresql_returns() {
     futures_util::future::join_all(creates).await;
     agree("after 30 concurrent creates".into()).await;
     let (_, _, page) = read(&j.app, &user, path).await;
-    assert_eq!((page["total"].clone(), page["has_more"].clone()), (json!(60), json!(true)));
+    assert_eq!(
+        (page["total"].clone(), page["has_more"].clone()),
+        (json!(60), json!(true))
+    );
 }
