@@ -20,7 +20,10 @@
 //! 4. **Stampede protection.** Concurrent misses of one key on one instance run
 //!    one loader ([`singleflight`]); its result — or its error, never cached —
 //!    reaches every waiter. Hot keys are refreshed early by one request (XFetch,
-//!    Vattani et al., VLDB 2015) so they do not expire under load.
+//!    Vattani et al., VLDB 2015) so they do not expire under load, and a write
+//!    may refill the hot reads it invalidates ([`Refresh`], [`Cache::commit_all`])
+//!    so their readers do not all wait for a load after it — stored by the bump
+//!    itself, and only if no other write moved the scope meanwhile.
 //! 5. **Graceful degradation.** Every Redis command is bounded by
 //!    `REDIS_TIMEOUT_MS`; a failure opens a circuit breaker and requests go
 //!    straight to PostgreSQL until a probe succeeds. Invalidations made meanwhile
