@@ -83,6 +83,27 @@ async fn read(
     )
 }
 
+/// Holds `cache`'s fills between their load and their store (the test seam):
+/// `loaded` is notified when one gets there, and it goes on at `release`.
+pub(crate) struct StoreGate {
+    pub loaded: Arc<tokio::sync::Notify>,
+    pub release: Arc<tokio::sync::Notify>,
+}
+
+pub(crate) fn gate_stores(cache: &Cache) -> StoreGate {
+    let loaded = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (l, r) = (loaded.clone(), release.clone());
+    cache.set_store_hook(Some(Arc::new(move |_key| {
+        let (loaded, release) = (l.clone(), r.clone());
+        Box::pin(async move {
+            loaded.notify_one();
+            release.notified().await;
+        })
+    })));
+    StoreGate { loaded, release }
+}
+
 fn scope() -> Scope {
     Scope::user("test", Uuid::new_v4())
 }
@@ -189,18 +210,7 @@ async fn a_store_that_raced_a_write_lands_under_a_dead_generation() {
     let r = replica(Some(&testing::redis_url()), &prefix.prefix).await;
     let other = replica(Some(&testing::redis_url()), &prefix.prefix).await;
     let s = scope();
-    let loaded = Arc::new(tokio::sync::Notify::new());
-    let release = Arc::new(tokio::sync::Notify::new());
-    {
-        let (loaded, release) = (loaded.clone(), release.clone());
-        r.cache.set_store_hook(Some(Arc::new(move |_key| {
-            let (loaded, release) = (loaded.clone(), release.clone());
-            Box::pin(async move {
-                loaded.notify_one();
-                release.notified().await;
-            })
-        })));
-    }
+    let StoreGate { loaded, release } = gate_stores(&r.cache);
     let reader = {
         let (cache, s) = (r.cache.clone(), s.clone());
         tokio::spawn(async move {
@@ -306,18 +316,7 @@ async fn a_refresh_that_raced_another_write_stores_nothing() {
     let s = scope();
     let loads = AtomicUsize::new(0);
     read(&r.cache, &s, "row", "v1", &loads).await;
-    let loaded = Arc::new(tokio::sync::Notify::new());
-    let release = Arc::new(tokio::sync::Notify::new());
-    {
-        let (loaded, release) = (loaded.clone(), release.clone());
-        r.cache.set_store_hook(Some(Arc::new(move |_key| {
-            let (loaded, release) = (loaded.clone(), release.clone());
-            Box::pin(async move {
-                loaded.notify_one();
-                release.notified().await;
-            })
-        })));
-    }
+    let StoreGate { loaded, release } = gate_stores(&r.cache);
     let writer = {
         let (cache, s) = (r.cache.clone(), s.clone());
         tokio::spawn(async move {

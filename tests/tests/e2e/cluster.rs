@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kai_shared::ApiError;
-use kai_shared::cache::{Cache, CacheStatus, Policy, Scope, keys};
+use kai_shared::cache::{Cache, CacheStatus, Policy, Refresh, Scope, Written, keys};
 use kai_shared::metrics::Metrics;
 use kai_shared::ratelimit::token_bucket;
 use kai_shared::redis::revocation;
@@ -220,18 +220,8 @@ async fn the_cache_guarantees_hold_on_a_redis_cluster() {
 
     // No stale set: the reader's late store lands under a dead generation.
     let s = scope();
-    let loaded = Arc::new(tokio::sync::Notify::new());
-    let release = Arc::new(tokio::sync::Notify::new());
-    {
-        let (loaded, release) = (loaded.clone(), release.clone());
-        a.cache.set_store_hook(Some(Arc::new(move |_key| {
-            let (loaded, release) = (loaded.clone(), release.clone());
-            Box::pin(async move {
-                loaded.notify_one();
-                release.notified().await;
-            })
-        })));
-    }
+    let crate::cache_engine::StoreGate { loaded, release } =
+        crate::cache_engine::gate_stores(&a.cache);
     let reader = {
         let (cache, s) = (a.cache.clone(), s.clone());
         tokio::spawn(async move { read(&cache, &s, "row", "old", &AtomicUsize::new(0)).await })
@@ -244,6 +234,31 @@ async fn the_cache_guarantees_hold_on_a_redis_cluster() {
     let loads = AtomicUsize::new(0);
     assert_eq!(read(&a.cache, &s, "row", "new", &loads).await.0, "new");
     eventually(&b.cache, &s, "row", "new", Duration::from_secs(5)).await;
+
+    // A write's refill rides its bump (one script and its WAIT, routed by the
+    // scope's slot): A answers it from memory, B from Redis, neither loads.
+    a.cache
+        .commit_all(
+            vec![Written::new((), [s.clone()])],
+            vec![Refresh::new(s.clone(), &POLICY, "row", async {
+                Ok::<_, ApiError>(Some("refilled"))
+            })],
+        )
+        .await;
+    let loads = AtomicUsize::new(0);
+    assert_eq!(
+        read(&a.cache, &s, "row", "loaded", &loads).await,
+        ("refilled".to_owned(), CacheStatus::Hit)
+    );
+    let started = Instant::now();
+    while read(&b.cache, &s, "row", "loaded", &loads).await.0 != "refilled" {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "B never saw the refill"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 0, "nobody loaded");
 
     // O(1) invalidation, scopes spread over every primary: one script and one
     // WAIT per write, no KEYS, no SCAN, on any node.
