@@ -32,6 +32,10 @@ pub struct Metrics {
     pub cache_hits: IntCounterVec,
     pub cache_misses: IntCounterVec,
     pub cache_errors: IntCounterVec,
+    /// `kai_cache_refills_total{namespace, outcome}`: hot reads a write redid
+    /// (`cache::Refresh`) — `stored` with its bump, `dropped` (another write moved
+    /// the scope meanwhile), `failed` (the load failed; a plain bump instead).
+    pub cache_refills: IntCounterVec,
     pub db_query_duration: Histogram,
     pub db_slow_queries: IntCounter,
     /// `kai_db_batch_size{batch}`: writes per combined statement (`db::Combiner`).
@@ -85,6 +89,11 @@ impl Metrics {
             "kai_cache_errors_total",
             "Cache (Redis) errors and timeouts by namespace",
             &["namespace"],
+        );
+        let cache_refills = counter(
+            "kai_cache_refills_total",
+            "Hot cache entries a write reloaded and stored with its invalidation, by namespace and outcome (stored, dropped, failed)",
+            &["namespace", "outcome"],
         );
         let db_query_duration = Histogram::with_opts(
             HistogramOpts::new(
@@ -155,6 +164,7 @@ impl Metrics {
             cache_hits,
             cache_misses,
             cache_errors,
+            cache_refills,
             db_query_duration,
             db_slow_queries,
             db_batch_size,

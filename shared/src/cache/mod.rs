@@ -589,9 +589,11 @@ impl Cache {
             Ok((generation, stored)) => {
                 // This replica's memory first, under the generation that is not
                 // yet its own: reachable the moment `raise` makes it so.
-                if stored && let Some(refill) = refill {
+                if let Some(refill) = refill {
+                    let outcome = if stored { "stored" } else { "dropped" };
                     for (policy, logical, entry) in refill.entries {
-                        if self.in_memory(&policy) {
+                        self.count_refill(&policy, outcome);
+                        if stored && self.in_memory(&policy) {
                             let key = keys::entry_key(&inner.prefix, scope, generation, &logical);
                             inner.l1.insert(scope, generation, key, entry);
                         }
@@ -634,8 +636,13 @@ impl Cache {
             return None;
         }
         let loaded = futures_util::future::join_all(hot.into_iter().map(|r| async move {
-            let entry = r.load.await.ok()?;
-            Some((r.policy, r.logical, Arc::new(entry)))
+            match r.load.await {
+                Ok(entry) => Some((r.policy, r.logical, Arc::new(entry))),
+                Err(_) => {
+                    self.count_refill(&r.policy, "failed");
+                    None
+                }
+            }
         }))
         .await;
         let entries: Vec<_> = loaded.into_iter().flatten().collect();
@@ -764,6 +771,14 @@ impl Cache {
             }
             CacheStatus::Bypass => {}
         }
+    }
+
+    fn count_refill(&self, policy: &Policy, outcome: &str) {
+        self.inner
+            .metrics
+            .cache_refills
+            .with_label_values(&[policy.namespace, outcome])
+            .inc();
     }
 
     fn count_error(&self, policy: &Policy, e: &Failure) {

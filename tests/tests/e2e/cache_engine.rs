@@ -26,7 +26,18 @@ const POLICY: Policy = Policy::new("test_ns", Duration::from_secs(60));
 
 struct Replica {
     cache: Cache,
+    metrics: Metrics,
     _stop: StopOnDrop,
+}
+
+impl Replica {
+    /// `kai_cache_refills_total` of `outcome` in the test namespace.
+    fn refills(&self, outcome: &str) -> u64 {
+        self.metrics
+            .cache_refills
+            .with_label_values(&[POLICY.namespace, outcome])
+            .get()
+    }
 }
 
 fn settings(redis: Option<&str>, prefix: &str, timeout_ms: &str) -> Settings {
@@ -58,6 +69,7 @@ async fn replica_with(redis: Option<&str>, prefix: &str, timeout_ms: &str) -> Re
     }
     Replica {
         cache,
+        metrics,
         _stop: StopOnDrop(stop),
     }
 }
@@ -287,6 +299,7 @@ async fn a_write_refreshes_its_hot_reads_under_the_new_generation() {
         (1, 0, 0),
         "only the hot read of the touched scope is redone"
     );
+    assert_eq!((r.refills("stored"), r.refills("dropped")), (1, 0));
     let before = loads.load(Ordering::SeqCst);
     assert_eq!(
         read(&r.cache, &s, "hot", "loaded", &loads).await,
@@ -334,6 +347,7 @@ async fn a_refresh_that_raced_another_write_stores_nothing() {
     release.notify_one();
     writer.await.unwrap();
     r.cache.set_store_hook(None);
+    assert_eq!((r.refills("stored"), r.refills("dropped")), (0, 1));
     for (replica, name) in [(&r, "the writer's replica"), (&other, "the other replica")] {
         let (value, _) = read(&replica.cache, &s, "row", "with both writes", &loads).await;
         assert_eq!(value, "with both writes", "{name} never serves the refresh");

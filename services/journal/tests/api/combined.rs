@@ -268,6 +268,17 @@ async fn a_create_refreshes_the_first_pages_its_replica_holds_so_readers_wait_fo
         0,
         "no reader loaded: the pages were stored with the new generation"
     );
+    let metrics = j.app.metrics().await;
+    let stored = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("kai_cache_refills_total")
+                && l.contains(r#"namespace="journal_list""#)
+                && l.contains(r#"outcome="stored""#)
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap_or_else(|| panic!("no stored refills in /metrics:\n{metrics}"));
+    assert_eq!(stored, "2", "both first pages refilled, counted");
 
     // A user whose list no one reads: the create is its one statement.
     let quiet = User::new();
