@@ -213,11 +213,9 @@ impl L2 {
         let gen_key = keys::generation_key(prefix, scope);
         let channel = keys::invalidation_channel(prefix);
         let ttl = GENERATION_TTL_SECS.to_string();
-        let mut args: Vec<Vec<u8>> = vec![
-            channel.as_bytes().to_vec(),
-            scope.tag().as_bytes().to_vec(),
-            ttl.into_bytes(),
-        ];
+        // The refill's arguments (owned: the entries are encoded here), after the
+        // three every bump passes.
+        let mut refill_args: Vec<Vec<u8>> = Vec::new();
         if let Some(refill) = refill {
             let now_ms = super::generations::now_micros() / 1000;
             let live: Vec<_> = refill
@@ -226,15 +224,19 @@ impl L2 {
                 .filter(|(_, e)| e.expires_at_ms > now_ms)
                 .collect();
             if !live.is_empty() {
-                args.push(refill.generation.to_string().into_bytes());
-                args.push(keys::entry_key_head(prefix, scope).into_bytes());
+                refill_args.push(refill.generation.to_string().into_bytes());
+                refill_args.push(keys::entry_key_head(prefix, scope).into_bytes());
                 for (logical, entry) in live {
-                    args.push(format!(":{logical}").into_bytes());
-                    args.push(entry.encode());
-                    args.push((entry.expires_at_ms - now_ms).to_string().into_bytes());
+                    refill_args.push(format!(":{logical}").into_bytes());
+                    refill_args.push(entry.encode());
+                    refill_args.push((entry.expires_at_ms - now_ms).to_string().into_bytes());
                 }
             }
         }
+        let args: Vec<&[u8]> = [channel.as_bytes(), scope.tag().as_bytes(), ttl.as_bytes()]
+            .into_iter()
+            .chain(refill_args.iter().map(Vec::as_slice))
+            .collect();
         let result: Result<(String, i64), Failure> = if self.redis.target().is_cluster() {
             // A cluster fails over to a replica that may lag its primary: the bump
             // waits (briefly) for one replica, so a primary killed right after a
@@ -249,7 +251,6 @@ impl L2 {
                 .await
                 .map(|(g,)| g)
         } else {
-            let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
             self.redis
                 .run(Command::Script(&self.bump, &[gen_key.as_str()], &args))
                 .await

@@ -106,13 +106,6 @@ pub struct Hot {
     pub(super) entry: std::sync::Arc<Entry>,
 }
 
-impl Hot {
-    /// The entry's stored body (the serialized answer).
-    pub fn body(&self) -> &[u8] {
-        &self.entry.body
-    }
-}
-
 impl<'a> Refresh<'a> {
     /// The read of `logical` in `scope` under `policy`, loaded by `load` — the
     /// same key, policy and loader as the read's `Cache::get_or_load`.

@@ -109,16 +109,20 @@ impl TestApp {
         self.platform.db.statements_executed()
     }
 
-    /// GET `path` as the holder of `token`: status, `X-Cache` (empty if absent)
-    /// and the JSON body (`Null` if none).
-    pub async fn read(&self, token: &str, path: &str) -> (u16, String, serde_json::Value) {
-        let res = self
-            .client
+    /// GET `path` as the holder of `token`: the response, unread.
+    pub async fn get(&self, token: &str, path: &str) -> reqwest::Response {
+        self.client
             .get(self.url(path))
             .bearer_auth(token)
             .send()
             .await
-            .expect("request");
+            .expect("request")
+    }
+
+    /// GET `path` as the holder of `token`: status, `X-Cache` (empty if absent)
+    /// and the JSON body (`Null` if none).
+    pub async fn read(&self, token: &str, path: &str) -> (u16, String, serde_json::Value) {
+        let res = self.get(token, path).await;
         let status = res.status().as_u16();
         let cache = res
             .headers()

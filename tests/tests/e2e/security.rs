@@ -113,13 +113,7 @@ async fn head_works_wherever_get_does_and_405_lists_allow() {
         (&s.journal, "/health"),
         (&s.profile, "/openapi.json"),
     ] {
-        let get = app
-            .client
-            .get(app.url(path))
-            .bearer_auth(&user.token)
-            .send()
-            .await
-            .unwrap();
+        let get = app.get(&user.token, path).await;
         let head = app
             .client
             .head(app.url(path))

@@ -26,12 +26,24 @@ fn new_entry(
     .expect("valid entry")
 }
 
+/// The value of the `/metrics` series `name` whose labels include all of `labels`.
+fn series(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .find(|l| {
+            l.split(['{', ' ']).next() == Some(name) && labels.iter().all(|lab| l.contains(lab))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} {labels:?} not in /metrics:\n{metrics}"))
+}
+
 /// Runs `batch` as the writer does and returns each result, committed.
 async fn write(j: &Journal, batch: &[(Uuid, Valid<CreateEntry>)]) -> (Vec<Option<Entry>>, u64) {
     let p = &j.app.platform;
-    let before = p.db.statements_executed();
+    let before = j.app.statements();
     let results = insert_entries(&p.db, batch).await;
-    let statements = p.db.statements_executed() - before;
+    let statements = j.app.statements() - before;
     let mut out = Vec::new();
     for result in results {
         out.push(match result {
@@ -213,20 +225,13 @@ async fn concurrent_creates_of_one_user_are_all_stored_counted_and_read_at_once(
 
     // Every create went through the writer's batches (however they combined).
     let metrics = j.app.metrics().await;
-    let series = |name: &str| {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name) && l.contains(r#"batch="journal_entries""#))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("{name} not in /metrics"))
-    };
+    let batch = [r#"batch="journal_entries""#];
     assert_eq!(
-        series("kai_db_batch_size_sum"),
+        series(&metrics, "kai_db_batch_size_sum", &batch),
         48.0,
         "48 creates in the batches"
     );
-    let batches = series("kai_db_batch_size_count");
+    let batches = series(&metrics, "kai_db_batch_size_count", &batch);
     assert!((1.0..=48.0).contains(&batches), "{batches} batches");
 }
 
@@ -243,16 +248,15 @@ async fn a_create_refreshes_the_first_pages_its_replica_holds_so_readers_wait_fo
         let (_, cache, _) = read(&j.app, &user, path).await;
         assert_eq!(cache, "HIT", "{path}");
     }
-    let db = &j.app.platform.db;
-    let before = db.statements_executed();
+    let before = j.app.statements();
     let second = j.entry(&user, "second").await;
     assert_eq!(
-        db.statements_executed() - before,
+        j.app.statements() - before,
         2,
         "the insert, then the cursor mode's first page loaded by the create \
          (the page mode's is derived from the page it replaces)"
     );
-    let before = db.statements_executed();
+    let before = j.app.statements();
     for app in [&j.app, &other] {
         let (status, cache, page) = read(app, &user, "/api/journal/entries").await;
         assert_eq!((status, cache.as_str()), (200, "HIT"));
@@ -264,27 +268,22 @@ async fn a_create_refreshes_the_first_pages_its_replica_holds_so_readers_wait_fo
         assert_eq!(page["entries"][0]["id"], second["id"]);
     }
     assert_eq!(
-        db.statements_executed() - before,
+        j.app.statements() - before,
         0,
         "no reader loaded: the pages were stored with the new generation"
     );
-    let metrics = j.app.metrics().await;
-    let stored = metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("kai_cache_refills_total")
-                && l.contains(r#"namespace="journal_list""#)
-                && l.contains(r#"outcome="stored""#)
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .unwrap_or_else(|| panic!("no stored refills in /metrics:\n{metrics}"));
-    assert_eq!(stored, "2", "both first pages refilled, counted");
+    let stored = series(
+        &j.app.metrics().await,
+        "kai_cache_refills_total",
+        &[r#"namespace="journal_list""#, r#"outcome="stored""#],
+    );
+    assert_eq!(stored, 2.0, "both first pages refilled, counted");
 
     // A user whose list no one reads: the create is its one statement.
     let quiet = User::new();
-    let before = db.statements_executed();
+    let before = j.app.statements();
     j.entry(&quiet, "unread").await;
-    assert_eq!(db.statements_executed() - before, 1);
+    assert_eq!(j.app.statements() - before, 1);
     let (_, cache, page) = read(&j.app, &quiet, "/api/journal/entries").await;
     assert_eq!((cache.as_str(), page["total"].clone()), ("MISS", json!(1)));
 }
@@ -295,13 +294,7 @@ async fn fetch(
     user: &User,
     path: &str,
 ) -> (String, String, String) {
-    let res = app
-        .client
-        .get(app.url(path))
-        .bearer_auth(&user.token)
-        .send()
-        .await
-        .unwrap();
+    let res = app.get(&user.token, path).await;
     assert_eq!(res.status(), 200);
     let header = |name: &str| {
         res.headers()
