@@ -10,11 +10,12 @@
 //! platform's tasks (invalidations, revocations) are cancelled. SIGINT and SIGQUIT
 //! stop without the drain (actix's meanings of the three).
 //!
-//! Why the service's tasks stop first: a pooled connection is driven by a task on
-//! the runtime of the worker that opened it, and a worker's runtime ends with the
-//! worker. A background task still running after the workers stopped checked out
-//! those dead connections, and every profile-service termination logged
-//! `Connection could not be recycled` warnings from deadpool.
+//! Why the service's tasks stop first: they use the pools, and nothing should be
+//! half-way through a write when the process ends. (Pooled connections, and the
+//! combiners' batches, run on this main runtime, not on the HTTP workers':
+//! `db::pool`, `redis::pool` and `db::combine` say why. Until they did, a
+//! connection opened by a worker died with it, and every profile-service
+//! termination logged `Connection could not be recycled` warnings from deadpool.)
 
 use std::ffi::OsString;
 use std::net::TcpListener;

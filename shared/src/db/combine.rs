@@ -7,13 +7,20 @@
 //! triggers, and the commit with its WAL flush. In the 90/10 read/write benchmark
 //! those were most of PostgreSQL's ~500 µs per write (docs/PERFORMANCE.md).
 //!
-//! How: at most `slots` batches run at once. A write that finds a slot free runs
-//! at once, alone — no timer, no added latency when the service is quiet. A write
-//! that finds every slot busy queues; when a slot frees, the first waiter takes
-//! everything queued (up to `max_batch`) and runs it as one batch, and every
-//! writer in it gets its own result. The batch runs in its own task, so a client
-//! that disconnects cannot cancel the other writers' batch half-way (between the
-//! commit and the cache invalidation, say).
+//! How: at most `slots` batches run at once. A write that finds a slot free
+//! starts a driver for it and runs at once, alone — no timer, no added latency
+//! when the service is quiet. A write that finds every slot busy queues. A
+//! driver, when its batch is done, takes everything queued (up to `max_batch`)
+//! and runs it as the next batch in the same task, until the queue is empty;
+//! every writer gets its own result. The driver is a task of its own, so a
+//! client that disconnects cannot cancel the other writers' batch half-way
+//! (between the commit and the cache invalidation, say); a write whose client
+//! went away before its batch started is not run at all.
+//!
+//! Why the driver goes on instead of handing the slot to a waiting writer: the
+//! hand-over was a wake-up of another request's task on a busy worker, 0.5–0.6
+//! ms per batch under the 90/10 benchmark (docs/PERFORMANCE.md, "Eighth
+//! round") — a sixth of each batch's cycle, paid by every write queued behind it.
 //!
 //! The combiner knows nothing of SQL: the caller's `run` turns a batch of items
 //! into one result per item, in order (a service's multi-row statement, with its
@@ -21,9 +28,11 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{Semaphore, oneshot};
+use futures_util::FutureExt;
+use tokio::sync::oneshot;
 
 /// The batch carrying a write ended without answering it (its task panicked).
 #[derive(Debug, thiserror::Error)]
@@ -44,13 +53,24 @@ impl<I, O> Clone for Combiner<I, O> {
 }
 
 struct Inner<I, O> {
-    queue: Mutex<VecDeque<(I, oneshot::Sender<O>)>>,
-    slots: Arc<Semaphore>,
+    state: Mutex<State<I, O>>,
+    /// Where drivers run: the runtime that built the combiner (a service's main
+    /// runtime, idle while the HTTP workers are busy, and where the pools'
+    /// connections are driven too), else whichever the writer is on.
+    runtime: Option<tokio::runtime::Handle>,
+    slots: usize,
     max_batch: usize,
 }
 
+struct State<I, O> {
+    queue: VecDeque<(I, oneshot::Sender<O>)>,
+    /// Drivers running (at most `slots`).
+    driving: usize,
+}
+
 impl<I: Send + 'static, O: Send + 'static> Combiner<I, O> {
-    /// At most `slots` batches in flight, each of at most `max_batch` items.
+    /// At most `slots` batches in flight, each of at most `max_batch` items; the
+    /// batches run on the runtime this is called on, if any.
     pub fn new(slots: usize, max_batch: usize) -> Self {
         assert!(
             slots > 0 && max_batch > 0,
@@ -58,59 +78,91 @@ impl<I: Send + 'static, O: Send + 'static> Combiner<I, O> {
         );
         Self {
             inner: Arc::new(Inner {
-                queue: Mutex::new(VecDeque::new()),
-                slots: Arc::new(Semaphore::new(slots)),
+                state: Mutex::new(State {
+                    queue: VecDeque::new(),
+                    driving: 0,
+                }),
+                runtime: tokio::runtime::Handle::try_current().ok(),
+                slots,
                 max_batch,
             }),
         }
     }
 
     /// Writes `item`, alone or with whatever else is queued, and returns its
-    /// result. Whoever leads a batch runs `run(ctx, items)`, which must return one
-    /// result per item, in order.
+    /// result. A driver runs `run(ctx, items)` for each batch, which must return
+    /// one result per item, in order.
     pub async fn submit<C, F, Fut>(&self, ctx: C, item: I, run: F) -> Result<O, Lost>
     where
         C: Clone + Send + 'static,
-        F: Fn(C, Vec<I>) -> Fut,
+        F: Fn(C, Vec<I>) -> Fut + Send + 'static,
         Fut: Future<Output = Vec<O>> + Send + 'static,
     {
-        let (tx, mut rx) = oneshot::channel();
-        self.lock().push_back((item, tx));
+        let (tx, rx) = oneshot::channel();
+        let alone = {
+            let mut state = self.lock();
+            if state.driving < self.inner.slots {
+                state.driving += 1;
+                Some((item, tx))
+            } else {
+                state.queue.push_back((item, tx));
+                None
+            }
+        };
+        if let Some(first) = alone {
+            let driver = self.clone().drive(vec![first], ctx, run);
+            match &self.inner.runtime {
+                Some(runtime) => drop(runtime.spawn(driver)),
+                None => drop(tokio::spawn(driver)),
+            }
+        }
+        rx.await.map_err(|_| Lost)
+    }
+
+    /// Runs `first`, then batches of what queued meanwhile until the queue is
+    /// empty, then gives its slot back (under the same lock a writer queues
+    /// under, so no write is left queued without a driver).
+    async fn drive<C, F, Fut>(self, first: Vec<(I, oneshot::Sender<O>)>, ctx: C, run: F)
+    where
+        C: Clone + Send + 'static,
+        F: Fn(C, Vec<I>) -> Fut + Send + 'static,
+        Fut: Future<Output = Vec<O>> + Send + 'static,
+    {
+        let mut next = Some(first);
         loop {
-            tokio::select! {
-                biased;
-                out = &mut rx => return out.map_err(|_| Lost),
-                permit = self.inner.slots.clone().acquire_owned() => {
-                    let permit = permit.expect("the combiner's semaphore is never closed");
-                    let batch: Vec<_> = {
-                        let mut queue = self.lock();
-                        let n = queue.len().min(self.inner.max_batch);
-                        queue.drain(..n).collect()
-                    };
-                    if batch.is_empty() {
-                        // Another leader took this write: wait for its answer.
-                        drop(permit);
-                        return rx.await.map_err(|_| Lost);
+            let batch = match next.take() {
+                Some(batch) => batch,
+                None => {
+                    let mut state = self.lock();
+                    // Writers that went away before their batch began are not run.
+                    state.queue.retain(|(_, reply)| !reply.is_closed());
+                    let n = state.queue.len().min(self.inner.max_batch);
+                    if n == 0 {
+                        state.driving -= 1;
+                        return;
                     }
-                    let (items, replies): (Vec<I>, Vec<_>) = batch.into_iter().unzip();
-                    let work = run(ctx.clone(), items);
-                    tokio::spawn(async move {
-                        let results = work.await;
-                        drop(permit);
-                        debug_assert_eq!(results.len(), replies.len(), "one result per item");
-                        for (reply, result) in replies.into_iter().zip(results) {
-                            // A writer that went away no longer wants its answer.
-                            let _ = reply.send(result);
-                        }
-                    });
-                    // This write may not have fitted in the batch: go round again.
+                    state.queue.drain(..n).collect()
                 }
+            };
+            let (items, replies): (Vec<I>, Vec<_>) = batch.into_iter().unzip();
+            // A panicking batch loses its own writes (their writers get `Lost`),
+            // not the slot: the driver goes on with the next.
+            let Ok(results) = AssertUnwindSafe(run(ctx.clone(), items))
+                .catch_unwind()
+                .await
+            else {
+                continue;
+            };
+            debug_assert_eq!(results.len(), replies.len(), "one result per item");
+            for (reply, result) in replies.into_iter().zip(results) {
+                // A writer that went away no longer wants its answer.
+                let _ = reply.send(result);
             }
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(I, oneshot::Sender<O>)>> {
-        self.inner.queue.lock().expect("combiner queue lock")
+    fn lock(&self) -> MutexGuard<'_, State<I, O>> {
+        self.inner.state.lock().expect("combiner state lock")
     }
 }
 
@@ -155,7 +207,7 @@ mod tests {
     ) -> tokio::task::JoinHandle<u32> {
         let (c, run) = (combiner.clone(), run.clone());
         tokio::spawn(async move {
-            c.submit((), item, |ctx, items| run(ctx, items))
+            c.submit((), item, move |ctx, items| run(ctx, items))
                 .await
                 .unwrap()
         })
@@ -180,7 +232,7 @@ mod tests {
         until(|| runs.lock().unwrap().len() == 1).await;
         // Three more arrive while it is in flight: they queue.
         let rest: Vec<_> = (2..=4).map(|i| submit(&combiner, &run, i)).collect();
-        until(|| combiner.lock().len() == 3).await;
+        until(|| combiner.lock().queue.len() == 3).await;
         gate.notify_one();
         assert_eq!(first.await.unwrap(), 2);
         until(|| runs.lock().unwrap().len() == 2).await;
@@ -203,7 +255,7 @@ mod tests {
         let first = submit(&combiner, &run, 0);
         until(|| runs.lock().unwrap().len() == 1).await;
         let rest: Vec<_> = (1..=5).map(|i| submit(&combiner, &run, i)).collect();
-        until(|| combiner.lock().len() == 5).await;
+        until(|| combiner.lock().queue.len() == 5).await;
         for expected_runs in 2..=4 {
             gate.notify_one();
             until(|| runs.lock().unwrap().len() == expected_runs).await;
@@ -218,19 +270,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_writer_that_goes_away_does_not_cancel_the_batch_it_leads() {
+    async fn a_writer_that_goes_away_does_not_cancel_the_batch_it_is_in() {
         let (combiner, runs, gate, run) = fixture(1, 64);
         let busy = submit(&combiner, &run, 1);
         until(|| runs.lock().unwrap().len() == 1).await;
-        // Two writers queue; the first of them will lead their batch.
+        // Two writers queue; they go in the next batch together.
         let leader = submit(&combiner, &run, 2);
-        until(|| combiner.lock().len() == 1).await;
+        until(|| combiner.lock().queue.len() == 1).await;
         let follower = submit(&combiner, &run, 3);
-        until(|| combiner.lock().len() == 2).await;
+        until(|| combiner.lock().queue.len() == 2).await;
         gate.notify_one();
         busy.await.unwrap();
         until(|| runs.lock().unwrap().len() == 2).await;
-        // The leader's client disconnects while its batch is in flight.
+        // The first one's client disconnects while their batch is in flight.
         leader.abort();
         gate.notify_one();
         assert_eq!(
@@ -252,5 +304,65 @@ mod tests {
         let mut runs = runs.lock().unwrap().clone();
         runs.sort();
         assert_eq!(runs, vec![vec![1], vec![2]], "two batches of one item each");
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_writer_went_away_before_its_batch_began_is_not_run() {
+        let (combiner, runs, gate, run) = fixture(1, 64);
+        let busy = submit(&combiner, &run, 1);
+        until(|| runs.lock().unwrap().len() == 1).await;
+        let gone = submit(&combiner, &run, 2);
+        until(|| combiner.lock().queue.len() == 1).await;
+        let stays = submit(&combiner, &run, 3);
+        until(|| combiner.lock().queue.len() == 2).await;
+        gone.abort();
+        let _ = gone.await;
+        gate.notify_one();
+        busy.await.unwrap();
+        until(|| runs.lock().unwrap().len() == 2).await;
+        gate.notify_one();
+        assert_eq!(stays.await.unwrap(), 6);
+        assert_eq!(*runs.lock().unwrap(), vec![vec![1], vec![3]]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_panics_loses_its_writes_not_the_slot() {
+        let combiner: Combiner<u32, u32> = Combiner::new(1, 64);
+        let run = |(), items: Vec<u32>| async move {
+            assert!(!items.contains(&13), "the batch's own failure");
+            items
+        };
+        let c = combiner.clone();
+        let lost = tokio::spawn(async move { c.submit((), 13, run).await });
+        assert!(
+            matches!(lost.await.unwrap(), Err(Lost)),
+            "its writer learns the batch ended without an answer"
+        );
+        assert_eq!(
+            combiner.submit((), 7, run).await.unwrap(),
+            7,
+            "the next write still runs"
+        );
+        assert_eq!(combiner.lock().driving, 0, "and the slot is free again");
+    }
+
+    #[test]
+    fn batches_run_on_the_runtime_that_built_the_combiner() {
+        let home = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("combiner-home")
+            .enable_all()
+            .build()
+            .unwrap();
+        let combiner: Combiner<u32, String> = home.block_on(async { Combiner::new(1, 64) });
+        let worker = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let ran_on = worker.block_on(combiner.submit((), 1, |(), items: Vec<u32>| async move {
+            let name = std::thread::current().name().unwrap_or_default().to_owned();
+            items.iter().map(|_| name.clone()).collect()
+        }));
+        assert_eq!(ran_on.unwrap(), "combiner-home");
     }
 }

@@ -133,9 +133,12 @@ impl Db {
         if pg.get_application_name().is_none() {
             pg.application_name("kai");
         }
-        let manager = Manager::from_config(
+        let manager = Manager::from_connect(
             pg,
-            tls_connector(settings),
+            DrivenHere {
+                tls: tls_connector(settings),
+                runtime: tokio::runtime::Handle::try_current().ok(),
+            },
             ManagerConfig {
                 // Closed connections are dropped here; the hook below verifies
                 // the ones that sat idle.
@@ -338,6 +341,70 @@ impl Db {
 }
 
 /// The rustls connector for `sslmode` (under `disable` it is never called).
+/// Opens connections whose driving task (the socket's reads and writes) runs on
+/// the runtime that built the pool — the process's main runtime in a service —
+/// instead of on whichever HTTP worker first needed the connection.
+///
+/// Why: a worker's runtime is a single thread serving its share of the requests;
+/// a connection driven there has its replies read only when that thread next
+/// polls its sockets and runs the task, behind every request queued on it. Under
+/// the 90/10 benchmark that added ~0.5 ms to each statement of the write path
+/// (docs/PERFORMANCE.md, "Eighth round"); the main runtime's threads are idle
+/// and answer a readable socket at once. It also outlives the workers, so a
+/// background task never checks out a connection whose driver has already ended.
+struct DrivenHere {
+    tls: MakeRustlsConnect,
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl deadpool_postgres::Connect for DrivenHere {
+    fn connect(
+        &self,
+        pg: &tokio_postgres::Config,
+    ) -> futures_util::future::BoxFuture<
+        '_,
+        Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
+    > {
+        // The socket belongs to the runtime it is opened on: open it there too.
+        let (opened, client) = tokio::sync::oneshot::channel();
+        let (tls, config) = (self.tls.clone(), pg.clone());
+        let open_and_drive = async move {
+            match config.connect(tls).await {
+                Ok((client, connection)) => {
+                    let _ = opened.send(Ok(client));
+                    drive(connection).await;
+                }
+                Err(e) => {
+                    let _ = opened.send(Err(e));
+                }
+            }
+        };
+        let task = match &self.runtime {
+            Some(runtime) => runtime.spawn(open_and_drive),
+            None => tokio::spawn(open_and_drive),
+        };
+        let pg = pg.clone();
+        Box::pin(async move {
+            if let Ok(opened) = client.await {
+                return opened.map(|client| (client, task));
+            }
+            // That runtime is shutting down: open it on this one.
+            let (client, connection) = pg.connect(self.tls.clone()).await?;
+            Ok((client, tokio::spawn(drive(connection))))
+        })
+    }
+}
+
+async fn drive<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(e) = connection.await {
+        tracing::warn!(target: "deadpool.postgres", "Connection error: {e}");
+    }
+}
+
 fn tls_connector(settings: &Settings) -> MakeRustlsConnect {
     use crate::tls::Verify;
     let verify = match settings.database_ssl_mode {

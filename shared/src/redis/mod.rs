@@ -119,7 +119,10 @@ impl Redis {
                     .test_on_check_out(false)
                     .retry_connection(false)
                     .error_sink(Box::new(LogSink))
-                    .build_unchecked(Manager(target.clone())),
+                    .build_unchecked(Manager {
+                        target: target.clone(),
+                        runtime: tokio::runtime::Handle::try_current().ok(),
+                    }),
             )
         };
         let _ = metrics

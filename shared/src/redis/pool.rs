@@ -17,15 +17,35 @@ pub struct Conn {
 
 /// bb8 manager over a configured target (one node or a cluster; TLS roots, ACL
 /// user), plus the broken flag.
-pub struct Manager(pub(super) Target);
+///
+/// Connections are opened on `runtime` (the one that built the pool: the
+/// process's main runtime in a service), so the task that drives each one runs
+/// there — not on the HTTP worker that happened to need it, where every reply
+/// would wait behind that worker's queued requests (the same reason as the
+/// database pool's, `db::pool`).
+pub struct Manager {
+    pub(super) target: Target,
+    pub(super) runtime: Option<tokio::runtime::Handle>,
+}
 
 impl bb8::ManageConnection for Manager {
     type Connection = Conn;
     type Error = redis::RedisError;
 
     async fn connect(&self) -> Result<Conn, redis::RedisError> {
+        let inner = match &self.runtime {
+            Some(runtime) => {
+                let target = self.target.clone();
+                match runtime.spawn(async move { target.connect().await }).await {
+                    Ok(opened) => opened?,
+                    // That runtime is shutting down: open it on this one.
+                    Err(_) => self.target.connect().await?,
+                }
+            }
+            None => self.target.connect().await?,
+        };
         Ok(Conn {
-            inner: self.0.connect().await?,
+            inner,
             broken: false,
         })
     }
@@ -56,6 +76,9 @@ pub(super) enum Links {
 /// attempt.
 pub(crate) struct Shared {
     target: Target,
+    /// Where connecting runs (the runtime that built it), so the connection's
+    /// tasks live there (see [`Manager`]).
+    runtime: Option<tokio::runtime::Handle>,
     current: Mutex<Option<Link>>,
     failure: Mutex<Option<String>>,
     connecting: AtomicBool,
@@ -66,6 +89,7 @@ impl Shared {
     pub(super) fn new(target: Target) -> Arc<Self> {
         let shared = Arc::new(Self {
             target,
+            runtime: tokio::runtime::Handle::try_current().ok(),
             current: Mutex::default(),
             failure: Mutex::default(),
             connecting: AtomicBool::new(false),
@@ -84,7 +108,7 @@ impl Shared {
             return;
         }
         let this = Arc::clone(self);
-        tokio::spawn(async move {
+        let connect = async move {
             let outcome = this.target.connect().await;
             match outcome {
                 Ok(link) => *this.current.lock().expect("not poisoned") = Some(link),
@@ -95,7 +119,11 @@ impl Shared {
             }
             this.connecting.store(false, Ordering::Release);
             this.attempted.notify_waiters();
-        });
+        };
+        match &self.runtime {
+            Some(runtime) => drop(runtime.spawn(connect)),
+            None => drop(tokio::spawn(connect)),
+        }
     }
 
     pub(super) async fn get(self: &Arc<Self>) -> Result<Conn, Failure> {
@@ -179,5 +207,44 @@ impl bb8::ErrorSink<redis::RedisError> for LogSink {
 
     fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<redis::RedisError>> {
         Box::new(*self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bb8::ManageConnection;
+
+    use super::*;
+
+    /// A connection a worker opens is opened, and driven, on the pool's runtime:
+    /// it still answers after the worker's runtime has ended.
+    #[test]
+    fn a_connection_a_worker_opened_outlives_the_worker() {
+        let url =
+            std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let home = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let manager = Manager {
+            target: Target::Node(Box::new(redis::Client::open(url).unwrap())),
+            runtime: Some(home.handle().clone()),
+        };
+        let mut conn = {
+            let worker = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let conn = worker
+                .block_on(manager.connect())
+                .expect("Redis must be running (scripts/test starts it)");
+            drop(worker);
+            conn
+        };
+        let pong: String = home
+            .block_on(redis::cmd("PING").query_async(&mut conn.inner))
+            .expect("the connection outlived the worker that opened it");
+        assert_eq!(pong, "PONG");
     }
 }

@@ -84,3 +84,31 @@ async fn a_connection_whose_backend_was_terminated_is_replaced() {
     let fresh = pool.conn().await.unwrap();
     assert_ne!(backend_pid(&fresh).await, pid, "not the terminated one");
 }
+
+/// Connections are driven on the runtime that built the pool (a service's main
+/// runtime), not on the HTTP worker that first needed one: a worker's runtime
+/// is one thread busy with requests, and it ends before the process does.
+#[test]
+fn a_connection_a_worker_opened_outlives_the_worker() {
+    let home = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let db = home.block_on(TestDb::create());
+    let pool = home.block_on(async { pool(&db) });
+    let pid = {
+        let worker = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let pid = worker.block_on(async { backend_pid(&pool.conn().await.unwrap()).await });
+        drop(worker);
+        pid
+    };
+    let again = home.block_on(async { backend_pid(&pool.conn().await.unwrap()).await });
+    assert_eq!(
+        again, pid,
+        "the worker's connection is still open after its runtime ended, and handed out again"
+    );
+}
