@@ -5,6 +5,9 @@
 //! settings and metrics. Everything a second service would need lives here, and
 //! nothing here names a service or its domain:
 
+/// Where pools and combiners run their tasks.
+mod home;
+
 /// Access tokens (EdDSA JWT, keys chosen by `kid`), the `AuthUser` and `Owned`
 /// (user + the path's id) extractors, with revocation.
 pub mod auth;

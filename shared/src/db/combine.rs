@@ -34,6 +34,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use futures_util::FutureExt;
 use tokio::sync::oneshot;
 
+use crate::home::Home;
+
 /// The batch carrying a write ended without answering it (its task panicked).
 #[derive(Debug, thiserror::Error)]
 #[error("the combined write's batch ended without an answer")]
@@ -54,10 +56,9 @@ impl<I, O> Clone for Combiner<I, O> {
 
 struct Inner<I, O> {
     state: Mutex<State<I, O>>,
-    /// Where drivers run: the runtime that built the combiner (a service's main
-    /// runtime, idle while the HTTP workers are busy, and where the pools'
-    /// connections are driven too), else whichever the writer is on.
-    runtime: Option<tokio::runtime::Handle>,
+    /// Where drivers run: the runtime that built the combiner (see [`Home`]),
+    /// where the pools' connections are driven too.
+    home: Home,
     slots: usize,
     max_batch: usize,
 }
@@ -82,7 +83,7 @@ impl<I: Send + 'static, O: Send + 'static> Combiner<I, O> {
                     queue: VecDeque::new(),
                     driving: 0,
                 }),
-                runtime: tokio::runtime::Handle::try_current().ok(),
+                home: Home::here(),
                 slots,
                 max_batch,
             }),
@@ -110,54 +111,44 @@ impl<I: Send + 'static, O: Send + 'static> Combiner<I, O> {
             }
         };
         if let Some(first) = alone {
-            let driver = self.clone().drive(vec![first], ctx, run);
-            match &self.inner.runtime {
-                Some(runtime) => drop(runtime.spawn(driver)),
-                None => drop(tokio::spawn(driver)),
-            }
+            drop(self.inner.home.spawn(self.clone().drive(first, ctx, run)));
         }
         rx.await.map_err(|_| Lost)
     }
 
-    /// Runs `first`, then batches of what queued meanwhile until the queue is
-    /// empty, then gives its slot back (under the same lock a writer queues
+    /// Runs `first` alone, then batches of what queued meanwhile until the queue
+    /// is empty, then gives its slot back (under the same lock a writer queues
     /// under, so no write is left queued without a driver).
-    async fn drive<C, F, Fut>(self, first: Vec<(I, oneshot::Sender<O>)>, ctx: C, run: F)
+    async fn drive<C, F, Fut>(self, first: (I, oneshot::Sender<O>), ctx: C, run: F)
     where
         C: Clone + Send + 'static,
         F: Fn(C, Vec<I>) -> Fut + Send + 'static,
         Fut: Future<Output = Vec<O>> + Send + 'static,
     {
-        let mut next = Some(first);
+        let mut batch = vec![first];
         loop {
-            let batch = match next.take() {
-                Some(batch) => batch,
-                None => {
-                    let mut state = self.lock();
-                    // Writers that went away before their batch began are not run.
-                    state.queue.retain(|(_, reply)| !reply.is_closed());
-                    let n = state.queue.len().min(self.inner.max_batch);
-                    if n == 0 {
-                        state.driving -= 1;
-                        return;
-                    }
-                    state.queue.drain(..n).collect()
-                }
-            };
             let (items, replies): (Vec<I>, Vec<_>) = batch.into_iter().unzip();
             // A panicking batch loses its own writes (their writers get `Lost`),
             // not the slot: the driver goes on with the next.
-            let Ok(results) = AssertUnwindSafe(run(ctx.clone(), items))
+            if let Ok(results) = AssertUnwindSafe(run(ctx.clone(), items))
                 .catch_unwind()
                 .await
-            else {
-                continue;
-            };
-            debug_assert_eq!(results.len(), replies.len(), "one result per item");
-            for (reply, result) in replies.into_iter().zip(results) {
-                // A writer that went away no longer wants its answer.
-                let _ = reply.send(result);
+            {
+                debug_assert_eq!(results.len(), replies.len(), "one result per item");
+                for (reply, result) in replies.into_iter().zip(results) {
+                    // A writer that went away no longer wants its answer.
+                    let _ = reply.send(result);
+                }
             }
+            let mut state = self.lock();
+            // Writers that went away before their batch began are not run.
+            state.queue.retain(|(_, reply)| !reply.is_closed());
+            let n = state.queue.len().min(self.inner.max_batch);
+            if n == 0 {
+                state.driving -= 1;
+                return;
+            }
+            batch = state.queue.drain(..n).collect();
         }
     }
 
@@ -211,6 +202,22 @@ mod tests {
                 .await
                 .unwrap()
         })
+    }
+
+    /// Item 1 in flight (held at the gate), then 2 and 3 queued behind it, in
+    /// that order.
+    async fn one_running_two_queued(
+        combiner: &Combiner<u32, u32>,
+        runs: &Runs,
+        run: &Arc<Run>,
+    ) -> [tokio::task::JoinHandle<u32>; 3] {
+        let running = submit(combiner, run, 1);
+        until(|| runs.lock().unwrap().len() == 1).await;
+        let second = submit(combiner, run, 2);
+        until(|| combiner.lock().queue.len() == 1).await;
+        let third = submit(combiner, run, 3);
+        until(|| combiner.lock().queue.len() == 2).await;
+        [running, second, third]
     }
 
     async fn until(mut done: impl FnMut() -> bool) {
@@ -272,24 +279,20 @@ mod tests {
     #[tokio::test]
     async fn a_writer_that_goes_away_does_not_cancel_the_batch_it_is_in() {
         let (combiner, runs, gate, run) = fixture(1, 64);
-        let busy = submit(&combiner, &run, 1);
-        until(|| runs.lock().unwrap().len() == 1).await;
         // Two writers queue; they go in the next batch together.
-        let leader = submit(&combiner, &run, 2);
-        until(|| combiner.lock().queue.len() == 1).await;
-        let follower = submit(&combiner, &run, 3);
-        until(|| combiner.lock().queue.len() == 2).await;
+        let [busy, gone, stays] = one_running_two_queued(&combiner, &runs, &run).await;
         gate.notify_one();
         busy.await.unwrap();
         until(|| runs.lock().unwrap().len() == 2).await;
         // The first one's client disconnects while their batch is in flight.
-        leader.abort();
+        gone.abort();
         gate.notify_one();
         assert_eq!(
-            follower.await.unwrap(),
+            stays.await.unwrap(),
             6,
-            "the follower still gets its answer"
+            "the other writer still gets its answer"
         );
+        assert_eq!(*runs.lock().unwrap(), vec![vec![1], vec![2, 3]]);
     }
 
     #[tokio::test]
@@ -309,12 +312,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_whose_writer_went_away_before_its_batch_began_is_not_run() {
         let (combiner, runs, gate, run) = fixture(1, 64);
-        let busy = submit(&combiner, &run, 1);
-        until(|| runs.lock().unwrap().len() == 1).await;
-        let gone = submit(&combiner, &run, 2);
-        until(|| combiner.lock().queue.len() == 1).await;
-        let stays = submit(&combiner, &run, 3);
-        until(|| combiner.lock().queue.len() == 2).await;
+        let [busy, gone, stays] = one_running_two_queued(&combiner, &runs, &run).await;
         gone.abort();
         let _ = gone.await;
         gate.notify_one();

@@ -24,6 +24,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::{Settings, SslMode};
+use crate::home::Home;
 use crate::http::errors::ApiError;
 use crate::metrics::Metrics;
 
@@ -135,9 +136,9 @@ impl Db {
         }
         let manager = Manager::from_connect(
             pg,
-            DrivenHere {
+            DrivenAtHome {
                 tls: tls_connector(settings),
-                runtime: tokio::runtime::Handle::try_current().ok(),
+                home: Home::here(),
             },
             ManagerConfig {
                 // Closed connections are dropped here; the hook below verifies
@@ -340,24 +341,15 @@ impl Db {
     }
 }
 
-/// The rustls connector for `sslmode` (under `disable` it is never called).
-/// Opens connections whose driving task (the socket's reads and writes) runs on
-/// the runtime that built the pool — the process's main runtime in a service —
-/// instead of on whichever HTTP worker first needed the connection.
-///
-/// Why: a worker's runtime is a single thread serving its share of the requests;
-/// a connection driven there has its replies read only when that thread next
-/// polls its sockets and runs the task, behind every request queued on it. Under
-/// the 90/10 benchmark that added ~0.5 ms to each statement of the write path
-/// (docs/PERFORMANCE.md, "Eighth round"); the main runtime's threads are idle
-/// and answer a readable socket at once. It also outlives the workers, so a
-/// background task never checks out a connection whose driver has already ended.
-struct DrivenHere {
+/// Opens each connection, and runs the task that drives it (the socket's reads
+/// and writes), on the runtime that built the pool (see [`Home`]) instead of on
+/// whichever HTTP worker first needed the connection.
+struct DrivenAtHome {
     tls: MakeRustlsConnect,
-    runtime: Option<tokio::runtime::Handle>,
+    home: Home,
 }
 
-impl deadpool_postgres::Connect for DrivenHere {
+impl deadpool_postgres::Connect for DrivenAtHome {
     fn connect(
         &self,
         pg: &tokio_postgres::Config,
@@ -379,10 +371,7 @@ impl deadpool_postgres::Connect for DrivenHere {
                 }
             }
         };
-        let task = match &self.runtime {
-            Some(runtime) => runtime.spawn(open_and_drive),
-            None => tokio::spawn(open_and_drive),
-        };
+        let task = self.home.spawn(open_and_drive);
         let pg = pg.clone();
         Box::pin(async move {
             if let Ok(opened) = client.await {
@@ -405,6 +394,7 @@ where
     }
 }
 
+/// The rustls connector for `sslmode` (under `disable` it is never called).
 fn tls_connector(settings: &Settings) -> MakeRustlsConnect {
     use crate::tls::Verify;
     let verify = match settings.database_ssl_mode {

@@ -36,6 +36,7 @@ use futures_util::future::BoxFuture;
 use redis::{FromRedisValue, Script};
 use serde::Serialize;
 
+use crate::home::Home;
 pub use link::{Link, Target};
 use pool::{Checkout, Links, LogSink, Manager, Shared};
 
@@ -121,7 +122,7 @@ impl Redis {
                     .error_sink(Box::new(LogSink))
                     .build_unchecked(Manager {
                         target: target.clone(),
-                        runtime: tokio::runtime::Handle::try_current().ok(),
+                        home: Home::here(),
                     }),
             )
         };

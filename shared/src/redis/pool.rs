@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use super::Failure;
 use super::link::{Link, Target};
+use crate::home::Home;
 
 /// A pooled connection that remembers whether a command failed on it.
 pub struct Conn {
@@ -18,14 +19,12 @@ pub struct Conn {
 /// bb8 manager over a configured target (one node or a cluster; TLS roots, ACL
 /// user), plus the broken flag.
 ///
-/// Connections are opened on `runtime` (the one that built the pool: the
-/// process's main runtime in a service), so the task that drives each one runs
-/// there — not on the HTTP worker that happened to need it, where every reply
-/// would wait behind that worker's queued requests (the same reason as the
-/// database pool's, `db::pool`).
+/// Connections are opened at `home` (the runtime that built the pool), so the
+/// task that drives each one runs there, not on the HTTP worker that happened to
+/// need it (see [`Home`]).
 pub struct Manager {
     pub(super) target: Target,
-    pub(super) runtime: Option<tokio::runtime::Handle>,
+    pub(super) home: Home,
 }
 
 impl bb8::ManageConnection for Manager {
@@ -33,16 +32,11 @@ impl bb8::ManageConnection for Manager {
     type Error = redis::RedisError;
 
     async fn connect(&self) -> Result<Conn, redis::RedisError> {
-        let inner = match &self.runtime {
-            Some(runtime) => {
-                let target = self.target.clone();
-                match runtime.spawn(async move { target.connect().await }).await {
-                    Ok(opened) => opened?,
-                    // That runtime is shutting down: open it on this one.
-                    Err(_) => self.target.connect().await?,
-                }
-            }
-            None => self.target.connect().await?,
+        let target = self.target.clone();
+        let inner = match self.home.spawn(async move { target.connect().await }).await {
+            Ok(opened) => opened?,
+            // That runtime is shutting down: open it on this one.
+            Err(_) => self.target.connect().await?,
         };
         Ok(Conn {
             inner,
@@ -77,8 +71,8 @@ pub(super) enum Links {
 pub(crate) struct Shared {
     target: Target,
     /// Where connecting runs (the runtime that built it), so the connection's
-    /// tasks live there (see [`Manager`]).
-    runtime: Option<tokio::runtime::Handle>,
+    /// tasks live there (see [`Home`]).
+    home: Home,
     current: Mutex<Option<Link>>,
     failure: Mutex<Option<String>>,
     connecting: AtomicBool,
@@ -89,7 +83,7 @@ impl Shared {
     pub(super) fn new(target: Target) -> Arc<Self> {
         let shared = Arc::new(Self {
             target,
-            runtime: tokio::runtime::Handle::try_current().ok(),
+            home: Home::here(),
             current: Mutex::default(),
             failure: Mutex::default(),
             connecting: AtomicBool::new(false),
@@ -120,10 +114,7 @@ impl Shared {
             this.connecting.store(false, Ordering::Release);
             this.attempted.notify_waiters();
         };
-        match &self.runtime {
-            Some(runtime) => drop(runtime.spawn(connect)),
-            None => drop(tokio::spawn(connect)),
-        }
+        drop(self.home.spawn(connect));
     }
 
     pub(super) async fn get(self: &Arc<Self>) -> Result<Conn, Failure> {
@@ -229,7 +220,7 @@ mod tests {
             .unwrap();
         let manager = Manager {
             target: Target::Node(Box::new(redis::Client::open(url).unwrap())),
-            runtime: Some(home.handle().clone()),
+            home: home.block_on(async { Home::here() }),
         };
         let mut conn = {
             let worker = tokio::runtime::Builder::new_current_thread()
