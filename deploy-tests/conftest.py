@@ -15,12 +15,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from contract import K8S, OVERLAYS  # noqa: E402
 
-# Preferred Kubernetes version for offline schema validation. The newest
-# schema set kubernetes-validate ships that is not newer than this is used
-# (see test_kustomize.py::test_schema_version_available).
-PREFERRED_K8S_VERSION = "1.32"
-MIN_K8S_VERSION = "1.30"
-
+# The oldest Kubernetes the manifests support (k8s/README.md, "Cluster
+# prerequisites"): 1.27, where the PDBs' unhealthyPodEvictionPolicy is on by
+# default (beta; GA in 1.31). Every object is validated offline against this
+# version's schemas and against the newest that kubernetes-validate ships.
+MIN_K8S_VERSION = "1.27"
 
 def kubectl() -> str:
     path = shutil.which("kubectl")
@@ -66,15 +65,14 @@ def _version_key(v: str) -> tuple[int, ...]:
     return tuple(int(p) for p in v.split(".")[:2])
 
 
-@pytest.fixture(scope="session")
-def k8s_schema_version() -> str:
-    """Newest Kubernetes version (<= PREFERRED) with bundled schemas."""
+def schema_versions() -> list[str]:
+    """[the minimum version, the newest bundled]: both must accept every object."""
     from kubernetes_validate.utils import all_versions
 
-    available = [v for v in all_versions() if _version_key(v) >= _version_key(MIN_K8S_VERSION)]
-    assert available, f"kubernetes-validate ships no schema >= {MIN_K8S_VERSION}: {all_versions()}"
-    preferred = [v for v in available if _version_key(v) <= _version_key(PREFERRED_K8S_VERSION)]
-    return (preferred or available)[-1]
+    versions = sorted(set(all_versions()), key=_version_key)
+    oldest = [v for v in versions if _version_key(v) == _version_key(MIN_K8S_VERSION)]
+    assert oldest, f"kubernetes-validate ships no schema for Kubernetes {MIN_K8S_VERSION}: {versions}"
+    return sorted({oldest[0], versions[-1]}, key=_version_key)
 
 
 @pytest.fixture(scope="session")

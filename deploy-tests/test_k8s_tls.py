@@ -29,13 +29,15 @@ def env_of(obj: dict) -> dict[str, dict]:
 
 
 def config(obj: dict) -> dict[str, str]:
-    """The kai-config ConfigMap data a workload gets through envFrom."""
+    """The plain settings a workload gets: ConfigMap data through envFrom
+    (kai-config), then its own literal `env` values (which win)."""
     cms = by_name(PROD, "ConfigMap")
     data: dict[str, str] = {}
     for src in container(obj).get("envFrom", []):
         ref = src.get("configMapRef")
         if ref and ref["name"] in cms:
             data |= cms[ref["name"]].get("data", {})
+    data |= {e["name"]: e["value"] for e in container(obj).get("env", []) if "value" in e}
     return data
 
 
@@ -111,10 +113,14 @@ def test_prod_redis_is_tls_as_an_acl_user_against_a_mounted_ca():
 
 
 def test_migration_jobs_can_read_every_ca_file_their_configuration_names():
-    """`migrate` parses the whole configuration, REDIS_CA_FILE included."""
+    """`migrate` parses the whole configuration: every CA file it names is
+    mounted (the Jobs set DATABASE_CA_FILE themselves; they never use Redis)."""
     for j in migration_jobs():
+        cfg = config(j)
+        assert "DATABASE_CA_FILE" in cfg
         for var in ("DATABASE_CA_FILE", "REDIS_CA_FILE"):
-            mounted_file(j, config(j)[var])
+            if var in cfg:
+                mounted_file(j, cfg[var])
         assert "REDIS_URL" not in env_of(j), "migrations never touch Redis"
 
 

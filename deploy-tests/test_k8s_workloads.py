@@ -338,7 +338,7 @@ def test_pdb(target, binary):
 
 
 def test_base_has_no_migration_job():
-    """The base is the services; each overlay adds the Jobs under its release's name."""
+    """The base is the services; each overlay adds the Jobs (k8s/base/migrations)."""
     assert not objects("base", "Job")
 
 

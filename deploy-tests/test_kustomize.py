@@ -6,8 +6,8 @@ from importlib.metadata import version
 
 import pytest
 
-from conftest import render
-from contract import CRD_KINDS, MONITORED_OVERLAYS, OVERLAYS
+from conftest import MIN_K8S_VERSION, render, schema_versions
+from contract import CRD_KINDS, K8S, MONITORED_OVERLAYS, OVERLAYS
 
 
 def test_renders(target):
@@ -36,14 +36,17 @@ def test_overlays_set_namespace(overlay):
     assert ns_objs[0]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 
 
-def test_schema_version_available(k8s_schema_version):
+def test_schema_versions_available():
     # Reported in the pytest header by scripts/check-deploy as well.
-    print(f"kubernetes-validate {version('kubernetes-validate')}: schemas for Kubernetes {k8s_schema_version}")
-    assert k8s_schema_version
+    versions = schema_versions()
+    print(f"kubernetes-validate {version('kubernetes-validate')}: schemas for Kubernetes {versions}")
+    assert versions[0].startswith(MIN_K8S_VERSION + ".")
 
 
-def test_schema_valid(target, k8s_schema_version):
-    """Strict offline validation (unknown fields rejected) of every built-in kind."""
+@pytest.mark.parametrize("k8s_version", schema_versions())
+def test_schema_valid(target, k8s_version):
+    """Strict offline validation (unknown fields rejected) of every built-in
+    kind, against the oldest supported Kubernetes and the newest bundled."""
     from kubernetes_validate.utils import ValidationError, validate
 
     checked = 0
@@ -52,13 +55,18 @@ def test_schema_valid(target, k8s_schema_version):
         if o["kind"] in CRD_KINDS:
             continue
         try:
-            validate(o, k8s_schema_version, strict=True)
+            validate(o, k8s_version, strict=True)
             checked += 1
         except ValidationError as e:
             path = "/".join(str(p) for p in e.path)
             errors.append(f"{o['kind']}/{o['metadata']['name']}: {path}: {e.message}")
     assert not errors, "\n".join(errors)
     assert checked > 0
+
+
+def test_minimum_version_is_documented():
+    readme = (K8S / "README.md").read_text()
+    assert f"Kubernetes {MIN_K8S_VERSION}" in readme
 
 
 def test_base_and_unmonitored_overlays_need_no_operator_crds():
