@@ -11,6 +11,7 @@ from contract import (
     BINARIES,
     CREDENTIAL_PARTS_ENV,
     MONITORED_OVERLAYS,
+    MONITORING_COMPONENT,
     LIVENESS_PATH,
     LLM_ENV,
     READINESS_PATH,
@@ -82,17 +83,20 @@ def test_rolling_update(target, binary):
 
 
 def test_prometheus_annotations(target, binary):
-    """SPEC §8's scrape annotations, unless the overlay uses the operator's
-    ServiceMonitors instead: exactly one scrape path."""
+    """SPEC §8's scrape annotations on the pods of every overlay, with or
+    without the monitoring component (its ServiceMonitors are for the
+    Prometheus operator, which does not read them; k8s/README.md says how a
+    Prometheus that runs both avoids scraping twice)."""
     ann = deployment(target, binary)["spec"]["template"]["metadata"].get("annotations", {})
-    if target.removeprefix("overlays/") in MONITORED_OVERLAYS:
-        assert not any(k.startswith("prometheus.io/") for k in ann), "annotations and a ServiceMonitor: scraped twice"
-        assert binary in by_name(target, "ServiceMonitor")
-        return
-    assert not objects(target, "ServiceMonitor")
-    assert ann["prometheus.io/scrape"] == "true"
-    assert ann["prometheus.io/port"] == str(BINARIES[binary])
-    assert ann["prometheus.io/path"] == "/metrics"
+    assert ann.get("prometheus.io/scrape") == "true"
+    assert ann.get("prometheus.io/port") == str(BINARIES[binary])
+    assert ann.get("prometheus.io/path") == "/metrics"
+    assert (binary in by_name(target, "ServiceMonitor")) == (target.removeprefix("overlays/") in MONITORED_OVERLAYS)
+
+
+def test_monitoring_component_keeps_the_annotations():
+    text = (MONITORING_COMPONENT / "kustomization.yaml").read_text()
+    assert "prometheus.io" not in "\n".join(l for l in text.splitlines() if not l.lstrip().startswith("#"))
 
 
 def test_serving_pods_never_migrate(target, binary):

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from conftest import objects
-from contract import BINARIES, DOCKER, HISTOGRAMS, METRICS, MONITORED_OVERLAYS, TESTS, base_metric_name
+from contract import BINARIES, DOCKER, HISTOGRAMS, K8S, METRICS, MONITORED_OVERLAYS, TESTS, base_metric_name
 from promql import metric_names, substitute_grafana_variables
 
 DASHBOARD = DOCKER / "grafana" / "dashboards" / "kai.json"
@@ -442,3 +442,41 @@ def test_metric_names_file():
     )
     # everything the contract promises is watched somewhere
     assert set(names) == METRICS, f"contract metrics not on the dashboard or in alerts: {METRICS - set(names)}"
+
+
+# --- annotation-based scraping (k8s/README.md) --------------------------------------
+
+
+def readme_scrape_job() -> str:
+    text = (K8S / "README.md").read_text()
+    m = re.search(r"```yaml\n# kai-annotation-scrape-job\n(.*?)```", text, re.S)
+    assert m, "k8s/README.md: the annotation-based scrape job is gone"
+    return m.group(1)
+
+
+def test_readme_annotation_job_is_a_valid_prometheus_config(promtool, tmp_path):
+    """promtool checks the job, its relabelings included. Debian's promtool is
+    built without Kubernetes service discovery ("field kubernetes_sd_configs
+    not found"): that one block is checked here by hand and swapped for a
+    static target."""
+    cfg = yaml.safe_load(readme_scrape_job())
+    (job,) = cfg["scrape_configs"]
+    assert job.pop("kubernetes_sd_configs") == [{"role": "pod"}]
+    job["static_configs"] = [{"targets": ["pod.example:8081"]}]
+    f = tmp_path / "prometheus.yml"
+    f.write_text(yaml.safe_dump(cfg))
+    proc = run([promtool, "check", "config", str(f)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_readme_annotation_job_reads_the_annotations_and_can_drop_kai():
+    (job,) = yaml.safe_load(readme_scrape_job())["scrape_configs"]
+    rules = job["relabel_configs"]
+    sources = {s for r in rules for s in r.get("source_labels", [])}
+    for ann in ("scrape", "port", "path"):
+        assert f"__meta_kubernetes_pod_annotation_prometheus_io_{ann}" in sources
+    drops = [r for r in rules if r.get("action") == "drop"]
+    assert [d["source_labels"] for d in drops] == [["__meta_kubernetes_pod_label_app_kubernetes_io_part_of"]]
+    assert drops[0]["regex"] == "kai"
+    targets = {r["target_label"] for r in rules if r.get("target_label")}
+    assert {"namespace", "service"} <= targets
