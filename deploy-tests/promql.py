@@ -1,6 +1,6 @@
 """Just enough PromQL lexing to list the metric names an expression selects.
 
-Not a parser: it removes string literals, label matchers, range/subquery
+Not a parser: it removes string literals, `#` comments, label matchers, range/subquery
 brackets and grouping clauses, then every remaining identifier that is not
 followed by "(" (a function or aggregation) and is not a keyword is a metric
 name. Syntax itself is checked by promtool (see test_monitoring.py).
@@ -14,6 +14,7 @@ _KEYWORDS = {
     "and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
     "group_left", "group_right", "inf", "nan", "atan2", "start", "end",
 }
+_COMMENT = re.compile(r"#[^\n]*")
 _STRING = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`')
 _MATCHERS = re.compile(r"\{[^{}]*\}")
 _BRACKETS = re.compile(r"\[[^\[\]]*\]")
@@ -34,6 +35,7 @@ def substitute_grafana_variables(expr: str) -> str:
 
 def metric_names(expr: str) -> set[str]:
     s = _STRING.sub('""', expr)
+    s = _COMMENT.sub(" ", s)
     s = _MATCHERS.sub(" ", s)
     s = _BRACKETS.sub(" ", s)
     s = _DURATION_AFTER_OFFSET.sub(" ", s)
