@@ -1,5 +1,6 @@
 //! Cache hit path vs. serializing from structs (issue 4, point 7), plus key
-//! building and problem+json rendering. Run: `cargo bench -p kai-shared --bench cache`.
+//! building. Run: `cargo bench -p kai-shared --features testing --bench cache`.
+//! (problem+json rendering is kai-http's `errors` bench.)
 //! The L2 benchmark needs Redis on 127.0.0.1:6379 (`TEST_REDIS_URL`).
 
 use std::hint::black_box;
@@ -9,9 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use kai_shared::cache::{Cache, Entry, Policy, Scope, entry::etag_of, keys};
-use kai_shared::config::Settings;
 use kai_shared::metrics::Metrics;
-use kai_shared::{ApiError, http::errors::FieldError};
+use kai_shared::settings::{CacheSettings, RedisSettings};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -42,29 +42,23 @@ fn page() -> Vec<Item> {
         .collect()
 }
 
-/// A throwaway public key (settings require one; nothing here verifies tokens).
-fn bench_keys_file() -> String {
-    let dir = std::env::temp_dir().join(format!("kai-bench-keys-{}", std::process::id()));
-    let (_, verifying) = kai_shared::auth::keys::KeyPair::generate()
-        .write_to(&dir)
-        .unwrap();
-    verifying.display().to_string()
-}
+/// A loader that never fails.
+type Never = std::convert::Infallible;
 
-fn settings(redis: Option<&str>) -> Settings {
-    let mut env = std::collections::HashMap::from([
-        (
-            "DATABASE_URL".to_owned(),
-            "postgres://postgres@127.0.0.1/unused".to_owned(),
-        ),
-        ("AUTH_VERIFYING_KEYS_FILE".to_owned(), bench_keys_file()),
-    ]);
-    if let Some(url) = redis {
-        env.insert("REDIS_URL".into(), url.into());
-    }
-    let mut s = Settings::from_lookup(0, |k| env.get(k).cloned()).unwrap();
-    s.cache_prefix = format!("kai-bench-{}", Uuid::new_v4().simple());
-    s
+fn settings(redis: Option<&str>) -> (CacheSettings, RedisSettings) {
+    let cache = CacheSettings {
+        enabled: true,
+        l1_max_mb: 32,
+    };
+    let redis = RedisSettings {
+        url: redis.map(|u| secrecy::SecretString::from(u.to_owned())),
+        ca: None,
+        cluster_nodes: Vec::new(),
+        pool_size: 50,
+        timeout: Duration::from_millis(100),
+        prefix: format!("kai-bench-{}", Uuid::new_v4().simple()),
+    };
+    (cache, redis)
 }
 
 const POLICY: Policy = Policy::new("bench", Duration::from_secs(3600));
@@ -84,13 +78,15 @@ fn hit_paths(c: &mut Criterion) {
         })
     });
     g.bench_function("stored_bytes_hit", |b| {
-        b.iter(|| black_box((stored.body.clone(), stored.etag.as_bytes())))
+        b.iter(|| black_box((stored.body.clone(), stored.etag.clone())))
     });
 
     let metrics = Metrics::new("bench");
     let l1 = rt.block_on(async {
+        let (cache, redis) = settings(None);
         Cache::new(
-            &settings(None),
+            &cache,
+            &redis,
             &metrics,
             Arc::new(|_: &str| {}),
             CancellationToken::new(),
@@ -99,14 +95,14 @@ fn hit_paths(c: &mut Criterion) {
     });
     let scope = Scope::user("bench", Uuid::new_v4());
     rt.block_on(l1.get_or_load(&scope, &POLICY, "page", || async {
-        Ok::<_, ApiError>(Some(items.clone()))
+        Ok::<_, Never>(Some(items.clone()))
     }))
     .unwrap();
     g.bench_function("get_or_load_l1_hit", |b| {
         b.to_async(&rt).iter(|| async {
             black_box(
                 l1.get_or_load(&scope, &POLICY, "page", || async {
-                    Ok::<Option<Vec<Item>>, ApiError>(None)
+                    Ok::<Option<Vec<Item>>, Never>(None)
                 })
                 .await
                 .unwrap(),
@@ -117,8 +113,10 @@ fn hit_paths(c: &mut Criterion) {
     let redis = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let stop = CancellationToken::new();
     let l2 = rt.block_on(async {
+        let (cache, redis) = settings(Some(&redis));
         Cache::new(
-            &settings(Some(&redis)),
+            &cache,
+            &redis,
             &Metrics::new("bench"),
             Arc::new(|_: &str| {}),
             stop.clone(),
@@ -128,7 +126,7 @@ fn hit_paths(c: &mut Criterion) {
     rt.block_on(async {
         tokio::time::sleep(Duration::from_millis(200)).await;
         l2.get_or_load(&scope, &POLICY, "page", || async {
-            Ok::<_, ApiError>(Some(items.clone()))
+            Ok::<_, Never>(Some(items.clone()))
         })
         .await
         .unwrap();
@@ -138,7 +136,7 @@ fn hit_paths(c: &mut Criterion) {
             l2.clear_l1();
             black_box(
                 l2.get_or_load(&scope, &POLICY, "page", || async {
-                    Ok::<Option<Vec<Item>>, ApiError>(None)
+                    Ok::<Option<Vec<Item>>, Never>(None)
                 })
                 .await
                 .unwrap(),
@@ -160,12 +158,6 @@ fn small_paths(c: &mut Criterion) {
                 1_763_000_000_000_000,
                 &format!("journal:list:{user}:page:3:size:20"),
             ))
-        })
-    });
-    c.bench_function("problem_json_render", |b| {
-        b.iter(|| {
-            let e = ApiError::validation(vec![FieldError::new("mood", "must be between 1 and 10")]);
-            black_box(serde_json::to_vec(&e.problem()).unwrap())
         })
     });
 }

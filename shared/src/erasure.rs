@@ -8,12 +8,12 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use actix_web::web;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::Platform;
 use crate::events::{Consumer, Events};
+use crate::metrics::Metrics;
+use crate::settings::RedisSettings;
 
 /// The stream account erasures travel on.
 pub const STREAM: &str = "account-erased";
@@ -24,17 +24,20 @@ pub const PURGES: (&str, &str) = (
     "Account erasures carried out by this service",
 );
 
-/// Starts `group`'s consumer of [`STREAM`]: `purge(platform, user_id)` (which
+/// Starts `group`'s consumer of [`STREAM`]: `purge(ctx, user_id)` (which
 /// returns how many rows it deleted) for each erased account, until `stop`.
 /// Returns the [`Events`] it consumes from; `None` without Redis.
-pub fn consume<F, Fut>(
-    p: &web::Data<Platform>,
+pub fn consume<C, F, Fut>(
+    ctx: C,
+    redis: &RedisSettings,
+    metrics: &Metrics,
     stop: CancellationToken,
     group: &'static str,
     purge: F,
 ) -> Option<Events>
 where
-    F: Fn(web::Data<Platform>, Uuid) -> Fut + Send + Sync + 'static,
+    C: Clone + Send + Sync + 'static,
+    F: Fn(C, Uuid) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<u64>> + Send + 'static,
 {
     let consumer = Consumer {
@@ -43,11 +46,11 @@ where
         counted_as: PURGES,
     };
     let purge = Arc::new(purge);
-    consumer.start(p, stop, move |p, payload| {
+    consumer.start(ctx, redis, metrics, stop, move |ctx, payload| {
         let purge = purge.clone();
         async move {
             let user_id: Uuid = payload.parse()?;
-            let deleted = purge(p, user_id).await?;
+            let deleted = purge(ctx, user_id).await?;
             tracing::info!(%user_id, deleted, "account purged");
             Ok(())
         }

@@ -39,8 +39,9 @@ use futures_util::future::BoxFuture;
 use redis::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
+use crate::metrics::Metrics;
 use crate::redis::{Link, Target};
+use crate::settings::RedisSettings;
 
 /// Stream entries older than this are trimmed when a new one is added.
 pub const RETAIN: Duration = Duration::from_secs(3600);
@@ -65,40 +66,44 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// Starts consuming in the background (until `stop`): `handle` runs on each
-    /// payload, each success is counted. Returns the [`Events`] it consumes from,
-    /// or `None` — said in the log — without Redis (there is no one to hear
-    /// from) or when it cannot be set up.
-    pub fn start<F, Fut>(
+    /// Starts consuming in the background (until `stop`): `handle(ctx, payload)`
+    /// runs on each payload (`ctx` is whatever the handler needs, e.g. the
+    /// service's pool), each success is counted on `metrics`. Returns the
+    /// [`Events`] it consumes from, or `None` — said in the log — without Redis
+    /// (there is no one to hear from) or when it cannot be set up.
+    pub fn start<C, F, Fut>(
         &self,
-        p: &actix_web::web::Data<crate::Platform>,
+        ctx: C,
+        redis: &RedisSettings,
+        metrics: &Metrics,
         stop: CancellationToken,
         handle: F,
     ) -> Option<Events>
     where
-        F: Fn(actix_web::web::Data<crate::Platform>, String) -> Fut + Send + Sync + 'static,
+        C: Clone + Send + Sync + 'static,
+        F: Fn(C, String) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
     {
         let (name, help) = self.counted_as;
-        let handled = match p.metrics.counter(name, help) {
+        let handled = match metrics.counter(name, help) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "registering {name}");
                 return None;
             }
         };
-        let events = match Events::new(&p.settings) {
+        let events = match Events::new(redis) {
             Ok(events) => events?,
             Err(e) => {
                 tracing::error!(error = %e, stream = self.stream, "events cannot be received");
                 return None;
             }
         };
-        let (p, handle) = (p.clone(), Arc::new(handle));
+        let handle = Arc::new(handle);
         let handler: Handler = Arc::new(move |payload: String| {
-            let (p, handle, handled) = (p.clone(), handle.clone(), handled.clone());
+            let (ctx, handle, handled) = (ctx.clone(), handle.clone(), handled.clone());
             Box::pin(async move {
-                handle(p, payload).await?;
+                handle(ctx, payload).await?;
                 handled.inc();
                 Ok(())
             })
@@ -142,13 +147,13 @@ pub struct Events {
 impl Events {
     /// `None` without `REDIS_URL` or `REDIS_CLUSTER_NODES`: there is nothing to
     /// carry events.
-    pub fn new(settings: &Settings) -> anyhow::Result<Option<Self>> {
+    pub fn new(settings: &RedisSettings) -> anyhow::Result<Option<Self>> {
         let Some(target) = Target::from_settings(settings).map_err(anyhow::Error::msg)? else {
             return Ok(None);
         };
         Ok(Some(Self {
             target,
-            prefix: settings.cache_prefix.clone(),
+            prefix: settings.prefix.clone(),
             conn: Arc::default(),
         }))
     }

@@ -55,7 +55,7 @@ pub struct Metrics {
 }
 
 /// A counter of a service's outbound calls by `outcome` (say `success`, `error`,
-/// `timeout`), declared by the service ([`crate::ServiceDef::outcome_counters`])
+/// `timeout`), declared by the service (the platform's `ServiceDef::counting`)
 /// and registered with every outcome exported at 0 from the start.
 #[derive(Debug, Clone, Copy)]
 pub struct OutcomeCounter {
@@ -264,13 +264,7 @@ impl Metrics {
     /// The labelled series are looked up once per worker thread and kept there
     /// (`with_label_values` on every request hashed the three labels and took
     /// the vector's lock, shared by the workers: 3 % of a cached read's CPU).
-    pub fn observe_http(
-        &self,
-        endpoint: &str,
-        method: &str,
-        status: actix_web::http::StatusCode,
-        elapsed: Duration,
-    ) {
+    pub fn observe_http(&self, endpoint: &str, method: &str, status: u16, elapsed: Duration) {
         thread_local! {
             static SERIES: std::cell::RefCell<HashMap<(u64, u16, u64), Vec<HttpSeries>>> =
                 std::cell::RefCell::new(HashMap::new());
@@ -280,7 +274,7 @@ impl Metrics {
         // the (almost always one-entry) bucket, so nothing is allocated.
         let key = (
             self.id,
-            status.as_u16(),
+            status,
             fnv1a(&[endpoint.as_bytes(), b" ", method.as_bytes()]),
         );
         SERIES.with(|series| {
@@ -290,6 +284,7 @@ impl Metrics {
                 .iter()
                 .position(|s| &*s.endpoint == endpoint && &*s.method == method);
             let i = found.unwrap_or_else(|| {
+                let status = status.to_string();
                 let labels = [endpoint, method, status.as_str()];
                 bucket.push(HttpSeries {
                     endpoint: endpoint.into(),
@@ -306,7 +301,6 @@ impl Metrics {
 
     /// The text exposition of everything in the registry.
     ///
-    /// (`GET /metrics` is [`endpoint`].)
     pub fn render(&self) -> String {
         let encoder = prometheus::TextEncoder::new();
         encoder
@@ -324,7 +318,7 @@ struct HttpSeries {
 }
 
 /// FNV-1a over `parts`: a quick hash for a thread's own map.
-pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
+pub fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for &b in *part {
@@ -335,17 +329,9 @@ pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
     h
 }
 
-/// `GET /metrics`: the registry in Prometheus' text format.
-pub async fn endpoint(platform: actix_web::web::Data<crate::Platform>) -> actix_web::HttpResponse {
-    actix_web::HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(platform.metrics.render())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix_web::http::StatusCode;
 
     #[test]
     fn http_requests_are_exported_as_actix_web_prom_did() {
@@ -353,15 +339,10 @@ mod tests {
         m.observe_http(
             "/api/journal/entries/{id}",
             "GET",
-            StatusCode::OK,
+            200,
             Duration::from_micros(300),
         );
-        m.observe_http(
-            "UNMATCHED",
-            "POST",
-            StatusCode::NOT_FOUND,
-            Duration::from_millis(2),
-        );
+        m.observe_http("UNMATCHED", "POST", 404, Duration::from_millis(2));
         let text = m.render();
         assert!(text.contains("# HELP kai_http_requests_total Total number of HTTP requests"));
         assert!(text.contains(
@@ -377,7 +358,7 @@ mod tests {
             m.observe_http(
                 "/api/journal/entries/{id}",
                 "GET",
-                StatusCode::OK,
+                200,
                 Duration::from_micros(1),
             )
         };
@@ -398,12 +379,7 @@ mod tests {
     fn status_labels_are_the_three_digits() {
         let m = Metrics::new("journal");
         for status in [200, 503, 431] {
-            m.observe_http(
-                "/health",
-                "GET",
-                StatusCode::from_u16(status).unwrap(),
-                Duration::from_micros(1),
-            );
+            m.observe_http("/health", "GET", status, Duration::from_micros(1));
         }
         let text = m.render();
         for status in ["200", "503", "431"] {

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::http::errors::ApiError;
 use crate::redis::{Command, Redis};
 
 /// Token bucket: refill by elapsed server time, take one token or return the wait
@@ -43,6 +42,14 @@ struct Bucket {
     at: Instant,
 }
 
+/// A refusal: the bucket is empty for this long (at least a second). The HTTP
+/// layer answers it as 429 with `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("too many attempts; retry later")]
+pub struct Limited {
+    pub retry_after: Duration,
+}
+
 /// Token-bucket limiter, cheap to clone.
 #[derive(Clone)]
 pub struct RateLimiter {
@@ -61,9 +68,9 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one token for `subject` under `limit`, or answers 429 with Retry-After.
+    /// Takes one token for `subject` under `limit`, or says how long to wait.
     /// `subject` is hashed into the key: e-mail addresses never reach Redis in clear.
-    pub async fn check(&self, limit: &Limit, subject: &str) -> Result<(), ApiError> {
+    pub async fn check(&self, limit: &Limit, subject: &str) -> Result<(), Limited> {
         let key = format!(
             "{}:{}",
             limit.name,
@@ -76,8 +83,7 @@ impl RateLimiter {
             };
         match wait {
             None => Ok(()),
-            Some(retry_after) => Err(ApiError::TooManyRequests {
-                detail: "too many attempts; retry later".into(),
+            Some(retry_after) => Err(Limited {
                 retry_after: retry_after.max(Duration::from_secs(1)),
             }),
         }

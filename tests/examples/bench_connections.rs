@@ -26,13 +26,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kai_shared::ApiError;
+use kai_http::ApiError;
+use kai_platform::config::Settings;
 use kai_shared::cache::{Cache, Policy, Scope};
-use kai_shared::config::Settings;
 use kai_shared::db::Db;
 use kai_shared::metrics::Metrics;
-use kai_shared::testing::{
-    self, PrivateCluster, PrivatePostgres, PrivateRedis, REDIS_ACL_USER, TestApp, TestCa, TestUser,
+use kai_testing::{
+    self as testing, PrivateCluster, PrivatePostgres, PrivateRedis, REDIS_ACL_USER, TestApp,
+    TestCa, TestUser,
 };
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -155,8 +156,10 @@ impl RedisConfig {
 
 async fn cache_for(redis: &RedisConfig, stop: &CancellationToken) -> Cache {
     let prefix = format!("bench-{}", Uuid::new_v4().simple());
+    let settings = cache_settings(&prefix, redis);
     let cache = Cache::new(
-        &cache_settings(&prefix, redis),
+        &settings.cache,
+        &settings.redis,
         &Metrics::new("bench"),
         Arc::new(|_: &str| {}),
         stop.clone(),
@@ -308,7 +311,7 @@ async fn pg_connect(database_url: &str, ca: &str, n: usize) -> Sample {
     let started = Instant::now();
     for _ in 0..n {
         let t = Instant::now();
-        let db = Db::new(&settings, &Metrics::new("bench"));
+        let db = Db::new(&settings.database, &Metrics::new("bench"));
         let conn = db.conn().await.expect("connect");
         lat.push(t.elapsed());
         drop(conn);
@@ -355,9 +358,9 @@ fn print_medians<'a>(
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let _ = testing::http_client(); // installs the rustls crypto provider
-    kai_shared::telemetry::init(
+    kai_http::telemetry::init(
         &std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        kai_shared::config::LogFormat::Pretty,
+        kai_http::telemetry::LogFormat::Pretty,
     );
     let a = args();
     println!(
@@ -574,7 +577,7 @@ async fn main() {
 /// list plan is the same under both connection modes.
 async fn analyze(url: &str) {
     let db = Db::new(
-        &testing::settings(url, None, "bench", &[]),
+        &testing::settings(url, None, "bench", &[]).database,
         &Metrics::new("bench"),
     );
     let conn = db.conn().await.expect("connect");

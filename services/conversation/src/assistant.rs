@@ -9,9 +9,10 @@
 //! `kai_llm_requests_total{outcome}` counts what happened: `success`, `error`
 //! and `timeout` for calls made, `cached` for replies served from the cache.
 
+use kai_http::ApiError;
+use kai_platform::Platform;
 use kai_shared::cache::CacheStatus;
 use kai_shared::metrics::OutcomeCounter;
-use kai_shared::{ApiError, Platform};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use kai_shared::config::{http_url, positive_millis, secret};
+use kai_platform::config::{http_url, positive_millis, secret};
 use secrecy::SecretString;
 
 /// Settings of the LLM client.
@@ -35,8 +35,8 @@ impl LlmSettings {
     /// Parses the LLM settings from any lookup (tests).
     pub fn from_lookup(
         get: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, kai_shared::config::ConfigError> {
-        kai_shared::config::args_from_lookup(kai_shared::config::command::<Self>(), get)
+    ) -> Result<Self, kai_platform::config::ConfigError> {
+        kai_platform::config::args_from_lookup(kai_platform::config::command::<Self>(), get)
     }
 }
 
@@ -44,7 +44,7 @@ impl LlmSettings {
 mod tests {
     use super::*;
 
-    fn llm(pairs: &[(&str, &str)]) -> Result<LlmSettings, kai_shared::config::ConfigError> {
+    fn llm(pairs: &[(&str, &str)]) -> Result<LlmSettings, kai_platform::config::ConfigError> {
         LlmSettings::from_lookup(|k| {
             pairs
                 .iter()

@@ -14,7 +14,7 @@
 //! retried. Each purge counts in `kai_account_purges_total`.
 
 use actix_web::web;
-use kai_shared::Platform;
+use kai_platform::Platform;
 use kai_shared::erasure;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -39,7 +39,12 @@ pub async fn purge(p: &Platform, user_id: Uuid) -> anyhow::Result<u64> {
 
 /// Starts the consumer (with Redis; without it there is no one to hear from).
 pub fn start(p: web::Data<Platform>, stop: CancellationToken) {
-    erasure::consume(&p, stop, GROUP, |p, user_id| async move {
-        purge(&p, user_id).await
-    });
+    erasure::consume(
+        p.clone(),
+        &p.settings.redis,
+        &p.metrics,
+        stop,
+        GROUP,
+        |p, user_id| async move { purge(&p, user_id).await },
+    );
 }

@@ -21,10 +21,11 @@ use actix_web::{HttpResponse, web};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use kai_shared::auth::AuthUser;
+use kai_http::ApiError;
+use kai_http::auth::AuthUser;
+use kai_http::respond;
+use kai_platform::Platform;
 use kai_shared::db::{Db, DbError};
-use kai_shared::http::respond;
-use kai_shared::{ApiError, Platform};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -63,9 +64,9 @@ pub const MESSAGES_AFTER: &str = "SELECT id, role, content, created_at
 pub struct ExportedConversation {
     pub id: Uuid,
     pub title: Option<String>,
-    #[serde(serialize_with = "kai_shared::http::timestamp::rfc3339")]
+    #[serde(serialize_with = "kai_http::timestamp::rfc3339")]
     pub created_at: DateTime<Utc>,
-    #[serde(serialize_with = "kai_shared::http::timestamp::rfc3339")]
+    #[serde(serialize_with = "kai_http::timestamp::rfc3339")]
     pub updated_at: DateTime<Utc>,
     pub messages: Vec<Message>,
 }

@@ -23,10 +23,10 @@ pub mod queries;
 pub mod routes;
 
 use actix_web::web;
-use kai_shared::ServiceDef;
-use kai_shared::server::Binary;
+use kai_platform::ServiceDef;
+use kai_platform::server::Binary;
 
-/// The binary, as `kai_shared::server::main` starts it.
+/// The binary, as `kai_platform::server::main` starts it.
 pub const BINARY: Binary = Binary::new("conversation", 8082);
 
 kai_shared::migrations!("conversation", "../../migrations/conversation");

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use crate::config::LlmSettings;
-use kai_shared::ApiError;
+use kai_http::ApiError;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -27,7 +27,7 @@ You are not a therapist and do not diagnose; if someone may be in danger, \
 encourage them to contact local emergency services or a crisis line.";
 
 /// Why the model gave no reply.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LlmError {
     /// → 504.
     #[error("the language model did not answer within {0:?}")]
@@ -35,6 +35,14 @@ pub enum LlmError {
     /// → 502: connection refused, an error status, an unreadable or empty answer.
     #[error("the language model failed: {0}")]
     Upstream(String),
+}
+
+/// Every request that waited for one LLM call through the AI-response cache
+/// gets its answer.
+impl kai_http::errors::Answer for LlmError {
+    fn answer(&self) -> ApiError {
+        self.clone().into()
+    }
 }
 
 impl From<LlmError> for ApiError {

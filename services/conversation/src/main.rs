@@ -1,7 +1,13 @@
 use std::process::ExitCode;
 
+/// mimalloc returns freed memory to the system (glibc's per-thread arenas kept
+/// the peaks of concurrent work, e.g. 19 MiB per argon2 hash, for good); the
+/// platform's `main` applies its settings (`kai_platform::server::ALLOCATOR_SETTINGS`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
-    kai_shared::server::main(
+    kai_platform::server::main(
         conversation_service::BINARY,
         |llm: conversation_service::config::LlmSettings| conversation_service::try_service(&llm),
     )

@@ -3,8 +3,8 @@
 //! assignment) — it gets a 400.
 
 use chrono::{DateTime, Duration, Utc};
-use kai_shared::http::valid::{Validate, check_non_blank, no_field_errors};
-use kai_shared::{ApiError, FieldError};
+use kai_http::valid::{Validate, check_non_blank, no_field_errors};
+use kai_http::{ApiError, FieldError};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -32,7 +32,7 @@ pub struct LastMessage {
     #[schema(value_type = Role)]
     pub role: String,
     pub content: String,
-    #[serde(serialize_with = "kai_shared::http::timestamp::rfc3339")]
+    #[serde(serialize_with = "kai_http::timestamp::rfc3339")]
     pub created_at: DateTime<Utc>,
 }
 
@@ -62,9 +62,9 @@ pub enum Role {
 pub struct ConversationSummary {
     pub id: Uuid,
     pub title: Option<String>,
-    #[serde(serialize_with = "kai_shared::http::timestamp::rfc3339")]
+    #[serde(serialize_with = "kai_http::timestamp::rfc3339")]
     pub created_at: DateTime<Utc>,
-    #[serde(serialize_with = "kai_shared::http::timestamp::rfc3339")]
+    #[serde(serialize_with = "kai_http::timestamp::rfc3339")]
     pub updated_at: DateTime<Utc>,
     pub message_count: i64,
     pub last_message: Option<LastMessage>,
@@ -78,7 +78,7 @@ pub struct Message {
     #[schema(value_type = Role)]
     pub role: String,
     pub content: String,
-    #[serde(serialize_with = "kai_shared::http::timestamp::rfc3339")]
+    #[serde(serialize_with = "kai_http::timestamp::rfc3339")]
     pub created_at: DateTime<Utc>,
 }
 
@@ -87,9 +87,9 @@ pub struct Message {
 pub struct ConversationDetail {
     pub id: Uuid,
     pub title: Option<String>,
-    #[serde(serialize_with = "kai_shared::http::timestamp::rfc3339")]
+    #[serde(serialize_with = "kai_http::timestamp::rfc3339")]
     pub created_at: DateTime<Utc>,
-    #[serde(serialize_with = "kai_shared::http::timestamp::rfc3339")]
+    #[serde(serialize_with = "kai_http::timestamp::rfc3339")]
     pub updated_at: DateTime<Utc>,
     pub message_count: i64,
     pub last_message: Option<LastMessage>,
@@ -163,7 +163,7 @@ impl Validate for CreateConversation {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({ "content": "I slept badly again and feel on edge.", "communication_style": "warm and brief" }))]
 pub struct PostMessage {
-    #[schema(schema_with = kai_shared::http::openapi::non_blank::<MAX_CONTENT_CHARS>)]
+    #[schema(schema_with = kai_http::openapi::non_blank::<MAX_CONTENT_CHARS>)]
     pub content: String,
     /// How the assistant should speak (e.g. the profile's communication style),
     /// at most 200 characters; passed to the LLM as a system message.
@@ -213,7 +213,7 @@ pub struct BatchMessage {
     /// `user` or `assistant` (`system` is refused: only the service writes those).
     #[schema(value_type = Role)]
     pub role: String,
-    #[schema(schema_with = kai_shared::http::openapi::non_blank::<MAX_CONTENT_CHARS>)]
+    #[schema(schema_with = kai_http::openapi::non_blank::<MAX_CONTENT_CHARS>)]
     pub content: String,
     /// When the message was written (imports), from 1970-01-01T00:00:00Z to five
     /// minutes from now; now when absent.

@@ -12,16 +12,16 @@
 
 use chrono::{DateTime, Utc};
 
+use kai_http::Valid;
 use kai_shared::cache::Written;
 use kai_shared::db::{Db, DbError, Row};
-use kai_shared::http::Valid;
 use uuid::Uuid;
 
 use crate::cache_rules::write_touches;
 use crate::model::{
     BatchRequest, ConversationPage, ConversationSummary, CreateConversation, LastMessage, Message,
 };
-use kai_shared::http::cursor::{Cursor, CursorQuery};
+use kai_http::cursor::{Cursor, CursorQuery};
 
 pub const INSERT_CONVERSATION: &str = "INSERT INTO conversation.conversations (id, user_id, title)
      VALUES ($1, $2, $3)

@@ -6,10 +6,11 @@
 
 use actix_web::http::header::LOCATION;
 use actix_web::{HttpRequest, HttpResponse, web};
-use kai_shared::auth::{AuthUser, Owned};
-use kai_shared::http::openapi::BearerAuth;
-use kai_shared::http::{Json, Query, Valid, in_range, respond};
-use kai_shared::{ApiError, FieldError, Platform};
+use kai_http::auth::{AuthUser, Owned};
+use kai_http::openapi::BearerAuth;
+use kai_http::{ApiError, FieldError};
+use kai_http::{Json, Query, Valid, in_range, respond};
+use kai_platform::Platform;
 use utoipa::OpenApi;
 
 use crate::assistant;
@@ -21,13 +22,12 @@ use crate::model::{
     MAX_BATCH_BODY_BYTES, Message, PostMessage, Role,
 };
 use crate::queries;
-use kai_shared::http::cursor::CursorQuery;
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Kai conversation-service", description = "Conversations with the assistant, their messages, and LLM replies through the AI-response cache."),
     paths(create_conversation, list_conversations, get_conversation, delete_conversation, post_message, post_batch, crate::export::export_conversations),
-    components(schemas(ConversationSummary, ConversationDetail, ConversationPage, LastMessage, Message, CreateConversation, PostMessage, Exchange, BatchRequest, BatchMessage, BatchInserted, Role, crate::export::ExportedConversation, kai_shared::http::errors::Problem, FieldError)),
+    components(schemas(ConversationSummary, ConversationDetail, ConversationPage, LastMessage, Message, CreateConversation, PostMessage, Exchange, BatchRequest, BatchMessage, BatchInserted, Role, crate::export::ExportedConversation, kai_http::errors::Problem, FieldError)),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     tags((name = "conversations", description = "Conversations with the assistant"),
@@ -84,7 +84,7 @@ async fn list_conversations(
     AuthUser { user_id: uid, .. }: AuthUser,
     Query(q): Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let cq = CursorQuery::parse(&p, uid, q.limit, q.cursor.as_deref())?;
+    let cq = p.cursor_query(uid, q.limit, q.cursor.as_deref())?;
     let key = list_key(uid, q.cursor.as_deref(), cq.limit);
     let cached = p
         .cache

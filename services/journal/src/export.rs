@@ -20,10 +20,11 @@ use actix_web::{HttpResponse, web};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use kai_shared::auth::AuthUser;
+use kai_http::ApiError;
+use kai_http::auth::AuthUser;
+use kai_http::respond;
+use kai_platform::Platform;
 use kai_shared::db::{Db, DbError};
-use kai_shared::http::respond;
-use kai_shared::{ApiError, Platform};
 use uuid::Uuid;
 
 use crate::model::Entry;

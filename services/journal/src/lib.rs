@@ -9,6 +9,8 @@ pub mod erasure;
 pub mod export;
 /// Request and response shapes, and their validation.
 pub mod model;
+/// The list's first pages: their loader and the refreshes a create hands back.
+pub mod pages;
 /// The SQL, one function per statement.
 pub mod queries;
 /// HTTP handlers.
@@ -16,10 +18,10 @@ pub mod routes;
 /// Creating entries, combined into multi-row statements under load.
 pub mod writer;
 
-use kai_shared::ServiceDef;
-use kai_shared::server::Binary;
+use kai_platform::ServiceDef;
+use kai_platform::server::Binary;
 
-/// The binary, as `kai_shared::server::main` starts it.
+/// The binary, as `kai_platform::server::main` starts it.
 pub const BINARY: Binary = Binary::new("journal", 8081);
 
 kai_shared::migrations!("journal", "../../migrations/journal");

@@ -2,8 +2,8 @@
 //! cannot set `id`, `user_id` or timestamps (mass assignment) — it gets a 400.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use kai_shared::http::valid::{Validate, check_non_blank, no_field_errors};
-use kai_shared::{ApiError, FieldError};
+use kai_http::valid::{Validate, check_non_blank, no_field_errors};
+use kai_http::{ApiError, FieldError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
@@ -33,9 +33,9 @@ pub struct Entry {
     #[schema(minimum = 1, maximum = 10)]
     pub mood: Option<i16>,
     pub tags: Vec<String>,
-    #[serde(serialize_with = "kai_shared::http::timestamp::rfc3339")]
+    #[serde(serialize_with = "kai_http::timestamp::rfc3339")]
     pub created_at: DateTime<Utc>,
-    #[serde(serialize_with = "kai_shared::http::timestamp::rfc3339")]
+    #[serde(serialize_with = "kai_http::timestamp::rfc3339")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -48,13 +48,13 @@ pub struct Entry {
     "tags": ["walk", "calm"]
 }))]
 pub struct CreateEntry {
-    #[schema(schema_with = kai_shared::http::openapi::non_blank::<MAX_CONTENT_CHARS>)]
+    #[schema(schema_with = kai_http::openapi::non_blank::<MAX_CONTENT_CHARS>)]
     pub content: String,
     /// At most 200 characters.
     #[schema(max_length = 200)]
     pub title: Option<String>,
     /// 1–10.
-    #[serde(default, deserialize_with = "kai_shared::http::whole::option")]
+    #[serde(default, deserialize_with = "kai_http::whole::option")]
     #[schema(minimum = 1, maximum = 10)]
     pub mood: Option<i16>,
     /// At most 20 tags of 1–50 characters (trimmed; duplicates dropped).
@@ -80,19 +80,19 @@ pub struct Tag(String);
 #[serde(deny_unknown_fields)]
 #[schema(min_properties = 1, example = json!({ "mood": 8, "tags": ["walk", "calm", "river"] }))]
 pub struct PatchEntry {
-    #[serde(default, deserialize_with = "kai_shared::http::some")]
-    #[schema(schema_with = kai_shared::http::openapi::non_blank::<MAX_CONTENT_CHARS>)]
+    #[serde(default, deserialize_with = "kai_http::some")]
+    #[schema(schema_with = kai_http::openapi::non_blank::<MAX_CONTENT_CHARS>)]
     pub content: Option<String>,
     /// At most 200 characters; null clears it.
-    #[serde(default, deserialize_with = "kai_shared::http::double_option")]
+    #[serde(default, deserialize_with = "kai_http::double_option")]
     #[schema(value_type = Option<String>, max_length = 200)]
     pub title: Option<Option<String>>,
     /// 1–10; null clears it.
-    #[serde(default, deserialize_with = "kai_shared::http::whole::double_option")]
+    #[serde(default, deserialize_with = "kai_http::whole::double_option")]
     #[schema(value_type = Option<i16>, minimum = 1, maximum = 10)]
     pub mood: Option<Option<i16>>,
     /// At most 20 tags of 1–50 characters; replaces the stored tags.
-    #[serde(default, deserialize_with = "kai_shared::http::some")]
+    #[serde(default, deserialize_with = "kai_http::some")]
     #[schema(nullable = false, max_items = 20, inline, value_type = Option<Vec<Tag>>)]
     pub tags: Option<Vec<String>>,
 }

@@ -8,15 +8,15 @@
 
 use chrono::NaiveDate;
 
-use kai_shared::ApiError;
+use kai_http::ApiError;
+use kai_http::Valid;
 use kai_shared::cache::Written;
 use kai_shared::db::{Db, DbError, Row};
-use kai_shared::http::Valid;
 use uuid::Uuid;
 
 use crate::cache_rules::write_touches;
 use crate::model::{CreateEntry, DayStats, Entry, EntryCursorPage, EntryPage, PatchEntry, Stats};
-use kai_shared::http::cursor::{Cursor, CursorQuery};
+use kai_http::cursor::{Cursor, CursorQuery};
 
 pub const INSERT: &str =
     "INSERT INTO journal.journal_entries (id, user_id, title, content, mood, tags)

@@ -3,15 +3,13 @@
 //! (which invalidates what `cache_rules` says the write touched).
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use kai_shared::auth::{AuthUser, Owned};
-use kai_shared::cache::{Hot, Refresh};
-use kai_shared::db::{Db, DbError};
-use kai_shared::http::openapi::BearerAuth;
-use kai_shared::http::valid::{check_non_blank, no_field_errors};
-use kai_shared::http::{Query, Valid, in_range, respond};
-use kai_shared::{ApiError, FieldError, Platform};
+use kai_http::auth::{AuthUser, Owned};
+use kai_http::openapi::BearerAuth;
+use kai_http::valid::{check_non_blank, no_field_errors};
+use kai_http::{ApiError, FieldError};
+use kai_http::{Query, Valid, in_range, respond};
+use kai_platform::Platform;
 use utoipa::OpenApi;
-use uuid::Uuid;
 
 use crate::cache_rules::{
     ENTRY, LIST, STATS, entry_key, list_cursor_key, list_page_key, stats_key, user_scope,
@@ -20,9 +18,9 @@ use crate::model::{
     CreateEntry, DayStats, Entry, EntryCursorPage, EntryPage, ListQuery, MAX_QUERY_CHARS,
     PatchEntry, SearchQuery, SearchResults, Stats, StatsQuery,
 };
+use crate::pages::{DEFAULT_PAGE_SIZE, load_page};
 use crate::queries;
 use crate::writer::EntryWriter;
-use kai_shared::http::cursor::CursorQuery;
 
 /// The list's answer: one of the two modes' shapes (documentation only).
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -39,7 +37,7 @@ enum ListAnswer {
 #[openapi(
     info(title = "Kai journal-service", description = "Private journal entries, lists, search and mood statistics."),
     paths(create_entry, list_entries, get_entry, patch_entry, delete_entry, search_entries, entry_stats, crate::export::export_entries),
-    components(schemas(Entry, CreateEntry, PatchEntry, EntryPage, EntryCursorPage, SearchResults, Stats, DayStats, kai_shared::http::errors::Problem, FieldError)),
+    components(schemas(Entry, CreateEntry, PatchEntry, EntryPage, EntryCursorPage, SearchResults, Stats, DayStats, kai_http::errors::Problem, FieldError)),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     tags((name = "entries", description = "Write, read, change and delete journal entries"),
@@ -110,7 +108,7 @@ async fn list_entries(
         )]));
     }
     let cached = if cursor_mode {
-        let cq = CursorQuery::parse(&p, uid, q.limit, q.cursor.as_deref())?;
+        let cq = p.cursor_query(uid, q.limit, q.cursor.as_deref())?;
         let key = list_cursor_key(uid, q.cursor.as_deref(), cq.limit);
         p.cache
             .get_or_load(&user_scope(uid), &LIST, &key, || async {
@@ -167,65 +165,6 @@ async fn list_entries(
             .await?
     };
     Ok(respond::cached(&req, &cached))
-}
-
-/// The list's page size when a request names none, in page and cursor mode.
-const DEFAULT_PAGE_SIZE: i64 = 20;
-
-/// A page-mode list page, as cached.
-async fn load_page(
-    db: &Db,
-    uid: Uuid,
-    page: i64,
-    page_size: i64,
-) -> Result<Option<EntryPage>, DbError> {
-    queries::list_entries_page(db, uid, page, page_size)
-        .await
-        .map(Some)
-}
-
-/// The list's first page in page mode at the default size, if it is hot on this
-/// replica now: taken before a create, whose refresh derives the new page from
-/// it ([`first_pages`]).
-pub fn hot_first_page(p: &Platform, uid: Uuid) -> Option<Hot> {
-    p.cache
-        .hot(&user_scope(uid), &list_page_key(uid, 1, DEFAULT_PAGE_SIZE))
-}
-
-/// The list's first page at the default size, in both modes: what a client's
-/// first screen reads. Creates redo the ones their replica holds
-/// (`Cache::commit_all`), so that after each create the readers of a busy list
-/// find its new first page ready instead of all waiting for one load. The page
-/// mode's, when it was hot before the create (`hot`), is derived from the old
-/// page and the user's `created` entries without a query.
-pub fn first_pages(
-    p: &Platform,
-    uid: Uuid,
-    hot: Option<Hot>,
-    created: Vec<Entry>,
-) -> Vec<Refresh<'_>> {
-    let mut pages = vec![match hot {
-        Some(hot) => Refresh::derived(hot, &LIST, move |old| {
-            serde_json::from_slice::<EntryPage>(old)
-                .map(|page| Some(page.with_created(&created)))
-                .map_err(ApiError::internal)
-        }),
-        None => Refresh::new(
-            user_scope(uid),
-            &LIST,
-            list_page_key(uid, 1, DEFAULT_PAGE_SIZE),
-            load_page(&p.db, uid, 1, DEFAULT_PAGE_SIZE),
-        ),
-    }];
-    if let Ok(cq) = CursorQuery::parse(p, uid, None, None) {
-        pages.push(Refresh::new(
-            user_scope(uid),
-            &LIST,
-            list_cursor_key(uid, None, cq.limit),
-            async move { queries::list_entries_after(&p.db, uid, &cq).await.map(Some) },
-        ));
-    }
-    pages
 }
 
 /// One entry.
@@ -334,10 +273,10 @@ mod tests {
         assert_eq!(q["required"], true);
         assert_eq!(q["schema"]["minLength"], 1);
         assert_eq!(q["schema"]["maxLength"], MAX_QUERY_CHARS);
-        assert_eq!(q["schema"]["pattern"], kai_shared::http::openapi::NOT_BLANK);
+        assert_eq!(q["schema"]["pattern"], kai_http::openapi::NOT_BLANK);
         // The tag type too (a container attribute: no `schema_with` there), inlined.
         let tag = &doc["components"]["schemas"]["CreateEntry"]["properties"]["tags"]["items"];
         assert_eq!(tag["maxLength"], crate::model::MAX_TAG_CHARS);
-        assert_eq!(tag["pattern"], kai_shared::http::openapi::NOT_BLANK);
+        assert_eq!(tag["pattern"], kai_http::openapi::NOT_BLANK);
     }
 }

@@ -11,14 +11,15 @@
 //! PostgreSQL pays per statement rather than per row.
 
 use actix_web::web;
+use kai_http::ApiError;
+use kai_http::Valid;
+use kai_platform::Platform;
 use kai_shared::cache::Hot;
 use kai_shared::db::Combiner;
-use kai_shared::http::Valid;
-use kai_shared::{ApiError, Platform};
 use uuid::Uuid;
 
 use crate::model::{CreateEntry, Entry};
-use crate::{queries, routes};
+use crate::{pages, queries};
 
 /// Batches in flight at once, per replica: one, as PostgreSQL's own WAL flush
 /// works — a create that finds no batch running runs at once, alone; creates that
@@ -73,7 +74,7 @@ impl EntryWriter {
 
 /// One batch: one statement, then each touched scope invalidated once — with the
 /// list's first pages the replica holds for those users refreshed under the new
-/// generation (`routes::first_pages`; the page mode's derived from the page as
+/// generation (`pages::first_pages`; the page mode's derived from the page as
 /// it was before the insert), so their readers do not wait for a load.
 async fn run(p: web::Data<Platform>, batch: Vec<Item>) -> Vec<Result<Entry, ApiError>> {
     p.metrics
@@ -89,7 +90,7 @@ async fn run(p: web::Data<Platform>, batch: Vec<Item>) -> Vec<Result<Entry, ApiE
     // Before the insert: a page taken after it might already hold its rows.
     let hot: Vec<Option<Hot>> = users
         .iter()
-        .map(|&user_id| routes::hot_first_page(&p, user_id))
+        .map(|&user_id| pages::hot_first_page(&p, user_id))
         .collect();
     let results = queries::insert_entries(&p.db, &batch).await;
     let mut created: Vec<Vec<Entry>> = vec![Vec::new(); users.len()];
@@ -113,7 +114,7 @@ async fn run(p: web::Data<Platform>, batch: Vec<Item>) -> Vec<Result<Entry, ApiE
         .into_iter()
         .zip(hot)
         .zip(created)
-        .flat_map(|((user_id, hot), created)| routes::first_pages(&p, user_id, hot, created))
+        .flat_map(|((user_id, hot), created)| pages::first_pages(&p, user_id, hot, created))
         .collect();
     let mut stored = p.cache.commit_all(written, refresh).await.into_iter();
     failures

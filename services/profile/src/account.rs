@@ -1,27 +1,20 @@
 //! The caller's account as a whole: change the password, log out everywhere,
 //! delete the account. Each needs more than a token where a stolen token must not
 //! be enough (the password, re-entered), is rate limited like login, and ends
-//! sessions through one user-wide revocation (see `kai_shared::auth`): the
+//! sessions through one user-wide revocation (see `kai_http::auth`): the
 //! sessions table is updated first — profile-service refuses those tokens at once
 //! — then the watermark is announced to every replica of every service.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use kai_shared::auth::AuthUser;
-use kai_shared::http::Json;
-use kai_shared::http::Valid;
-use kai_shared::ratelimit::Limit;
-use kai_shared::{ApiError, Platform};
+use kai_http::ApiError;
+use kai_http::Json;
+use kai_http::Valid;
+use kai_http::auth::AuthUser;
+use kai_platform::Platform;
 
+use crate::limits::{LOGIN_PER_CLIENT, REAUTH_PER_USER, client_address};
 use crate::model::{ChangePassword, DeleteAccount, MAX_PASSWORD_CHARS};
-use crate::routes::{LOGIN_PER_CLIENT, client_address};
 use crate::{erasure, password, queries};
-
-/// Re-entering a password: 5 attempts at once per account, then one every 12 s.
-pub const REAUTH_PER_USER: Limit = Limit {
-    name: "reauth-user",
-    capacity: 5,
-    per_second: 1.0 / 12.0,
-};
 
 const WRONG_PASSWORD: &str = "the password is incorrect";
 
@@ -48,7 +41,7 @@ async fn reauthenticate(
         return Err(ApiError::Unauthorized(WRONG_PASSWORD.into()));
     }
     let stored = queries::password_hash(&p.db, user.user_id).await?;
-    if stored.is_none() || !password::verify(given, stored).await? {
+    if stored.is_none() || !password::verify(&p.metrics, given, stored).await? {
         return Err(ApiError::Unauthorized(WRONG_PASSWORD.into()));
     }
     Ok(())
@@ -56,9 +49,9 @@ async fn reauthenticate(
 
 /// Change the password; every other session of the user ends (401 everywhere within 1 s).
 #[utoipa::path(post, path = "/api/auth/password", tag = "auth", request_body = ChangePassword,
-    responses((status = 204), (status = 400, body = kai_shared::http::errors::Problem),
-        (status = 401, description = "bad token or wrong current password", body = kai_shared::http::errors::Problem),
-        (status = 429, body = kai_shared::http::errors::Problem)))]
+    responses((status = 204), (status = 400, body = kai_http::errors::Problem),
+        (status = 401, description = "bad token or wrong current password", body = kai_http::errors::Problem),
+        (status = 429, body = kai_http::errors::Problem)))]
 pub async fn change_password(
     req: HttpRequest,
     p: web::Data<Platform>,
@@ -88,9 +81,9 @@ pub async fn logout_all(p: web::Data<Platform>, user: AuthUser) -> Result<HttpRe
 /// 1 s); journal entries, conversations, messages and cached copies by the
 /// durable erasure event (see the README, "Erasure").
 #[utoipa::path(delete, path = "/api/account", tag = "profile", request_body = DeleteAccount,
-    responses((status = 204), (status = 400, body = kai_shared::http::errors::Problem),
-        (status = 401, description = "bad token or wrong password", body = kai_shared::http::errors::Problem),
-        (status = 429, body = kai_shared::http::errors::Problem)))]
+    responses((status = 204), (status = 400, body = kai_http::errors::Problem),
+        (status = 401, description = "bad token or wrong password", body = kai_http::errors::Problem),
+        (status = 429, body = kai_http::errors::Problem)))]
 pub async fn delete_account(
     req: HttpRequest,
     p: web::Data<Platform>,

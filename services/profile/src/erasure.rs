@@ -38,7 +38,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use actix_web::web;
-use kai_shared::Platform;
+use kai_platform::Platform;
 use kai_shared::db::{Db, DbError};
 use kai_shared::erasure;
 use kai_shared::events::Events;
@@ -119,9 +119,14 @@ async fn purge(p: &Platform, user_id: Uuid) -> anyhow::Result<u64> {
 
 /// Starts the relay and this service's consumer (with Redis).
 pub fn start(p: web::Data<Platform>, stop: CancellationToken) {
-    let consumed = erasure::consume(&p, stop.clone(), GROUP, |p, user_id| async move {
-        purge(&p, user_id).await
-    });
+    let consumed = erasure::consume(
+        p.clone(),
+        &p.settings.redis,
+        &p.metrics,
+        stop.clone(),
+        GROUP,
+        |p, user_id| async move { purge(&p, user_id).await },
+    );
     if let Some(events) = consumed {
         tokio::spawn(relay(p, events, stop));
     }

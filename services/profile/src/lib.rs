@@ -13,6 +13,8 @@ pub mod cache_rules;
 /// Account erasure: purging a deleted user's data when profile-service says so.
 pub mod erasure;
 /// Request and response shapes, and their validation.
+/// Abuse limits and the client address they are keyed by.
+pub mod limits;
 pub mod model;
 /// Argon2id hashing and verification, off the async workers.
 pub mod password;
@@ -23,10 +25,10 @@ pub mod routes;
 /// Session bookkeeping: token hashes and the per-request session check.
 pub mod sessions;
 
-use kai_shared::ServiceDef;
-use kai_shared::server::Binary;
+use kai_platform::ServiceDef;
+use kai_platform::server::Binary;
 
-/// The binary, as `kai_shared::server::main` starts it.
+/// The binary, as `kai_platform::server::main` starts it.
 pub const BINARY: Binary = Binary::new("profile", 8083).signing_tokens();
 
 kai_shared::migrations!("profile", "../../migrations/profile");
@@ -36,5 +38,6 @@ pub fn service() -> ServiceDef {
     ServiceDef::new::<routes::ApiDoc>(BINARY, MIGRATIONS, routes::configure)
         .checking_sessions(sessions::session_check)
         .caching(&cache_rules::CACHED)
+        .counting(&[password::VERIFICATIONS])
         .on_start(erasure::start)
 }

@@ -8,8 +8,8 @@
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use kai_shared::http::valid::{Validate, check_non_blank, no_field_errors};
-use kai_shared::{ApiError, FieldError};
+use kai_http::valid::{Validate, check_non_blank, no_field_errors};
+use kai_http::{ApiError, FieldError};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -79,7 +79,7 @@ pub struct Registered {
     pub user_id: Uuid,
     pub email: String,
     pub display_name: Option<String>,
-    #[serde(serialize_with = "kai_shared::http::timestamp::rfc3339")]
+    #[serde(serialize_with = "kai_http::timestamp::rfc3339")]
     pub created_at: DateTime<Utc>,
 }
 
@@ -124,7 +124,7 @@ pub struct Profile {
     #[schema(value_type = Object)]
     pub preferences: Value,
     pub communication_style: Option<String>,
-    #[serde(serialize_with = "kai_shared::http::timestamp::rfc3339")]
+    #[serde(serialize_with = "kai_http::timestamp::rfc3339")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -190,10 +190,10 @@ pub struct AccountExport {
     pub preferences: Value,
     pub communication_style: Option<String>,
     /// When the account was created.
-    #[serde(serialize_with = "kai_shared::http::timestamp::rfc3339")]
+    #[serde(serialize_with = "kai_http::timestamp::rfc3339")]
     pub created_at: DateTime<Utc>,
     /// When the profile last changed.
-    #[serde(serialize_with = "kai_shared::http::timestamp::rfc3339")]
+    #[serde(serialize_with = "kai_http::timestamp::rfc3339")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -210,7 +210,7 @@ pub struct AccountExport {
 }))]
 pub struct PatchProfile {
     /// 1–100 characters, not only white space; null clears it.
-    #[serde(default, deserialize_with = "kai_shared::http::double_option")]
+    #[serde(default, deserialize_with = "kai_http::double_option")]
     #[schema(value_type = Option<String>, min_length = 1, max_length = 100, pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]")]
     pub display_name: Option<Option<String>>,
     /// A JSON object (not null).
@@ -222,7 +222,7 @@ pub struct PatchProfile {
     #[schema(value_type = Object, nullable = false)]
     pub preferences: Option<Value>,
     /// At most 200 characters; null clears it.
-    #[serde(default, deserialize_with = "kai_shared::http::double_option")]
+    #[serde(default, deserialize_with = "kai_http::double_option")]
     #[schema(value_type = Option<String>, max_length = 200)]
     pub communication_style: Option<Option<String>>,
 }

@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use kai_shared::ApiError;
+use kai_http::ApiError;
+use kai_shared::metrics::{Metrics, OutcomeCounter};
 use tokio::sync::Semaphore;
 
 /// A hash of nothing anyone knows, computed once with the live parameters.
@@ -41,10 +42,10 @@ pub static PERMITS: LazyLock<Semaphore> =
 pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Computations refused because the queue wait ran out (tests, metrics).
-pub static REFUSED: AtomicU64 = AtomicU64::new(0);
+static REFUSED: AtomicU64 = AtomicU64::new(0);
 
 /// Most computations ever running at once in this process (tests).
-pub static PEAK_CONCURRENT: AtomicU64 = AtomicU64::new(0);
+static PEAK_CONCURRENT: AtomicU64 = AtomicU64::new(0);
 static RUNNING: AtomicU64 = AtomicU64::new(0);
 
 /// Runs `work` on the blocking pool once a slot is free, or refuses with a 503.
@@ -85,15 +86,30 @@ pub async fn hash(password: String) -> Result<String, ApiError> {
     .map_err(ApiError::internal)
 }
 
-/// Password verifications run by this process: the counted fact behind "an
-/// unknown e-mail costs the same argon2id work as a wrong password".
-pub static VERIFICATIONS: AtomicU64 = AtomicU64::new(0);
+/// argon2id verifications by outcome: the counted fact behind "an unknown
+/// e-mail costs the same work as a wrong password", and what a guessing
+/// campaign costs (exported at 0 from the start).
+pub const VERIFICATIONS: OutcomeCounter = OutcomeCounter {
+    name: "kai_password_verifications_total",
+    help: "argon2id password verifications by outcome (match, mismatch)",
+    outcomes: &["match", "mismatch"],
+};
 
 /// True when `password` matches `stored`; with `stored = None` (no such account)
-/// it does the same work against [`DUMMY_HASH`] and answers false.
-pub async fn verify(password: String, stored: Option<String>) -> Result<bool, ApiError> {
+/// it does the same work against [`DUMMY_HASH`] and answers false. Counted in
+/// [`VERIFICATIONS`].
+pub async fn verify(
+    metrics: &Metrics,
+    password: String,
+    stored: Option<String>,
+) -> Result<bool, ApiError> {
+    let matched = verify_unmetered(password, stored).await?;
+    metrics.count_outcome(&VERIFICATIONS, if matched { "match" } else { "mismatch" });
+    Ok(matched)
+}
+
+async fn verify_unmetered(password: String, stored: Option<String>) -> Result<bool, ApiError> {
     bounded(move || {
-        VERIFICATIONS.fetch_add(1, Ordering::Relaxed);
         let known = stored.is_some();
         let phc = stored.as_deref().unwrap_or(DUMMY_HASH.as_str());
         match Argon2::default().verify_password(password.as_bytes(), phc) {
@@ -112,6 +128,12 @@ pub async fn verify(password: String, stored: Option<String>) -> Result<bool, Ap
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn metrics() -> Metrics {
+        Metrics::new("profile")
+            .with_outcome_counters(&[VERIFICATIONS])
+            .expect("registered")
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn never_more_hashes_at_once_than_cores() {
@@ -144,24 +166,32 @@ mod tests {
         let h = hash("correct horse".into()).await.unwrap();
         assert!(h.starts_with("$argon2id$v=19$"), "{h}");
         assert!(
-            verify("correct horse".into(), Some(h.clone()))
+            verify(&metrics(), "correct horse".into(), Some(h.clone()))
                 .await
                 .unwrap()
         );
-        assert!(!verify("wrong horse".into(), Some(h)).await.unwrap());
+        assert!(
+            !verify(&metrics(), "wrong horse".into(), Some(h))
+                .await
+                .unwrap()
+        );
     }
 
     #[tokio::test]
     async fn an_unknown_account_never_verifies() {
         assert!(
-            !verify("kai: no account has this password".into(), None)
+            !verify(&metrics(), "kai: no account has this password".into(), None)
                 .await
                 .unwrap()
         );
         assert!(
-            !verify("anything".into(), Some("not a phc string".into()))
-                .await
-                .unwrap()
+            !verify(
+                &metrics(),
+                "anything".into(),
+                Some("not a phc string".into())
+            )
+            .await
+            .unwrap()
         );
     }
 }

@@ -7,9 +7,9 @@
 //! (`cache_rules::write_touches`), and input to store arrives as a `Valid` value.
 
 use chrono::{DateTime, Utc};
+use kai_http::Valid;
 use kai_shared::cache::Written;
 use kai_shared::db::{Db, DbError, Row};
-use kai_shared::http::Valid;
 use serde_json::Value;
 use uuid::Uuid;
 

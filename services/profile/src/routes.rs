@@ -3,12 +3,16 @@
 //! platform (tokens, revocation, cache).
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use kai_shared::auth::AuthUser;
+use kai_http::auth::AuthUser;
+use kai_http::openapi::BearerAuth;
+use kai_http::{ApiError, FieldError};
+use kai_http::{Json, Valid, respond};
+use kai_platform::Platform;
 use kai_shared::db::DbError;
-use kai_shared::http::openapi::BearerAuth;
-use kai_shared::http::{Json, Valid, respond};
-use kai_shared::ratelimit::Limit;
-use kai_shared::{ApiError, FieldError, Platform};
+
+use crate::limits::{
+    LOGIN_PER_CLIENT, LOGIN_PER_EMAIL_AND_CLIENT, REGISTER_PER_CLIENT, client_address,
+};
 use utoipa::OpenApi;
 
 use crate::cache_rules::{PROFILE, profile_key, user_scope};
@@ -25,44 +29,13 @@ const BAD_CREDENTIALS: &str = "the e-mail address or password is incorrect";
 #[openapi(
     info(title = "Kai profile-service", description = "Accounts, sessions and access tokens; the profile that shapes how the assistant speaks."),
     paths(register, login, logout, get_profile, patch_profile, export_profile, crate::account::change_password, crate::account::logout_all, crate::account::delete_account),
-    components(schemas(Register, Registered, Login, Token, Profile, PatchProfile, AccountExport, crate::model::ChangePassword, crate::model::DeleteAccount, kai_shared::http::errors::Problem, FieldError)),
+    components(schemas(Register, Registered, Login, Token, Profile, PatchProfile, AccountExport, crate::model::ChangePassword, crate::model::DeleteAccount, kai_http::errors::Problem, FieldError)),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     tags((name = "auth", description = "Accounts, sessions and access tokens"),
          (name = "profile", description = "The profile that shapes how the assistant speaks"))
 )]
 pub struct ApiDoc;
-
-// Brute force without lockout: attempts are limited per (e-mail, client address)
-// and per client address, never per e-mail alone — guesses from elsewhere cannot
-// lock the owner out, and a guesser's own buckets run dry instead.
-
-/// 5 attempts at once per (e-mail, client address), then one every 12 s.
-pub const LOGIN_PER_EMAIL_AND_CLIENT: Limit = Limit {
-    name: "login-email-client",
-    capacity: 5,
-    per_second: 1.0 / 12.0,
-};
-/// 20 attempts at once per client address, then one a second.
-pub const LOGIN_PER_CLIENT: Limit = Limit {
-    name: "login-client",
-    capacity: 20,
-    per_second: 1.0,
-};
-/// 10 registrations at once per client address, then one a minute: each costs an
-/// argon2 hash and answers "is this e-mail taken".
-pub const REGISTER_PER_CLIENT: Limit = Limit {
-    name: "register-client",
-    capacity: 10,
-    per_second: 1.0 / 60.0,
-};
-
-/// The client's address (`X-Forwarded-For` only through `TRUSTED_PROXIES`).
-pub(crate) fn client_address(req: &HttpRequest, p: &Platform) -> String {
-    kai_shared::http::client_ip(req, &p.settings.trusted_proxies)
-        .map(|ip| ip.to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/api/auth/register").route(web::post().to(register)))
@@ -95,7 +68,7 @@ async fn register(
     let user = queries::insert_user(&p.db, &new, &hash)
         .await
         .map_err(db_error)?;
-    kai_shared::telemetry::set_user(user.user_id);
+    kai_http::telemetry::set_user(user.user_id);
     Ok(HttpResponse::Created()
         .insert_header((actix_web::http::header::LOCATION, "/api/profile"))
         .json(user))
@@ -131,11 +104,14 @@ async fn login(
         Some((id, hash)) => (Some(id), Some(hash)),
         None => (None, None),
     };
-    let user_id = match (password::verify(password, stored).await?, user_id) {
+    let user_id = match (
+        password::verify(&p.metrics, password, stored).await?,
+        user_id,
+    ) {
         (true, Some(id)) => id,
         _ => return Err(ApiError::Unauthorized(BAD_CREDENTIALS.into())),
     };
-    kai_shared::telemetry::set_user(user_id);
+    kai_http::telemetry::set_user(user_id);
 
     // UUIDv7: the token carries its session's creation time (user-wide revocation).
     let session_id = uuid::Uuid::now_v7();

@@ -10,9 +10,9 @@
 
 use std::sync::Arc;
 
-use kai_shared::ApiError;
+use kai_http::ApiError;
+use kai_platform::server::SessionCheck;
 use kai_shared::db::Db;
-use kai_shared::server::SessionCheck;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 

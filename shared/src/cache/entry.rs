@@ -3,7 +3,6 @@
 //! long it took to load) — as one byte frame, so a hit hands the stored bytes to
 //! the client without deserializing, serializing or compressing anything.
 
-use actix_web::http::header::HeaderValue;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// Frame version; a reader that finds another version treats the entry as a miss.
@@ -17,9 +16,9 @@ pub const COMPRESS_MIN_BYTES: usize = 500;
 pub struct Entry {
     /// 200 for a found resource, 404 for a negative entry.
     pub status: u16,
-    /// Strong ETag of `body`, quoted: a header value, checked once when the
-    /// entry is made, so a hit hands it to the response as it is.
-    pub etag: HeaderValue,
+    /// Strong ETag of `body`, quoted (visible ASCII only, checked when the entry
+    /// is made or decoded): a hit hands these bytes to the response as they are.
+    pub etag: Bytes,
     /// The serialized JSON body.
     pub body: Bytes,
     /// `body` gzipped, for clients that accept it (absent for small bodies).
@@ -35,7 +34,7 @@ impl Entry {
     pub fn found(body: Bytes, expires_at_ms: u64, delta_ms: u32) -> Self {
         Self {
             status: 200,
-            etag: HeaderValue::try_from(etag_of(&body)).expect("hex in quotes is a header value"),
+            etag: Bytes::from(etag_of(&body)),
             body,
             gzip: None,
             expires_at_ms,
@@ -56,7 +55,7 @@ impl Entry {
     pub fn not_found(expires_at_ms: u64, delta_ms: u32) -> Self {
         Self {
             status: 404,
-            etag: HeaderValue::from_static(""),
+            etag: Bytes::new(),
             body: Bytes::new(),
             gzip: None,
             expires_at_ms,
@@ -86,7 +85,7 @@ impl Entry {
         buf.put_u16(self.status);
         buf.put_u8(self.etag.len() as u8);
         buf.put_u32(gzip.len() as u32);
-        buf.put_slice(self.etag.as_bytes());
+        buf.put_slice(&self.etag);
         buf.put_slice(gzip);
         buf.put_slice(&self.body);
         buf.to_vec()
@@ -106,7 +105,10 @@ impl Entry {
         if cur.remaining() < etag_len + gzip_len {
             return None;
         }
-        let etag = HeaderValue::from_maybe_shared(cur.copy_to_bytes(etag_len)).ok()?;
+        let etag = cur.copy_to_bytes(etag_len);
+        if !etag.iter().all(u8::is_ascii_graphic) {
+            return None;
+        }
         let at = raw.len() - cur.remaining();
         let gzip = (gzip_len > 0).then(|| raw.slice(at..at + gzip_len));
         let body = raw.slice(at + gzip_len..);

@@ -25,10 +25,10 @@
 //! Whenever this replica learns that a scope moved to a newer generation, the
 //! L1 entries of the older generations are retired at once ([`L1::retire_below`]).
 
-use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use super::clock::{mono_micros, now_micros};
 use super::keys::Scope;
 use super::local::L1;
 
@@ -199,19 +199,6 @@ impl Generations {
             .or_insert_with(now_micros)
             .value()
     }
-}
-
-pub fn now_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or_default()
-}
-
-/// Microseconds on a monotonic clock since the process started (never 0).
-pub fn mono_micros() -> u64 {
-    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
-    START.elapsed().as_micros() as u64 + 1
 }
 
 #[cfg(test)]

@@ -28,7 +28,8 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::generations::{Generations, mono_micros};
+use super::clock::mono_micros;
+use super::generations::Generations;
 use super::keys::{self, Scope};
 use crate::redis::{Redis, revocation};
 

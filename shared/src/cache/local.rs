@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use moka::Expiry;
 use moka::notification::RemovalCause;
 
+use super::clock::now_micros;
 use super::entry::Entry;
-use super::generations::now_micros;
 use super::keys::Scope;
 
 /// The longest an entry stays in L1, whatever its L2 TTL.

@@ -42,6 +42,7 @@
 //! With `REDIS_URL` unset the same API runs on L1 alone (one replica); with
 //! `CACHE_ENABLED=false` every read goes to the loader (`X-Cache: BYPASS`).
 
+mod clock;
 pub mod entry;
 mod generations;
 mod invalidation;
@@ -64,11 +65,52 @@ pub use invalidation::OnRevoked;
 pub use keys::Scope;
 pub use write::{Hot, Refresh, Written};
 
-use crate::config::Settings;
-use crate::http::errors::ApiError;
+/// Why a cached read has no answer. The HTTP layer answers each kind in one
+/// place (a 404 for [`LoadError::NotFound`], the loader's own error otherwise).
+#[derive(Debug)]
+pub enum LoadError<E> {
+    /// The loader found nothing (cached briefly, like an answer).
+    NotFound,
+    /// The loader failed. Every request that waited for the same load gets the
+    /// same error, hence shared; errors are never cached.
+    Failed(Arc<E>),
+    /// The loader's value could not be serialized.
+    Encode(Arc<serde_json::Error>),
+    /// A load of the same key by a loader with another error type failed (two
+    /// call sites sharing a key and a policy; not done by any service).
+    Other,
+}
+
+/// A write's row was not there ([`Cache::commit_found`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not found")]
+pub struct NotFound;
+
+/// A load's failure as the single-flight shares it between waiters: the
+/// loader's error type is known again where it is handed back ([`LoadFailure::typed`]).
+#[derive(Clone)]
+enum LoadFailure {
+    Loader(Arc<dyn std::any::Any + Send + Sync>),
+    Encode(Arc<serde_json::Error>),
+}
+
+impl LoadFailure {
+    fn typed<E: Send + Sync + 'static>(self) -> LoadError<E> {
+        match self {
+            LoadFailure::Loader(any) => match any.downcast::<E>() {
+                Ok(e) => LoadError::Failed(e),
+                Err(_) => LoadError::Other,
+            },
+            LoadFailure::Encode(e) => LoadError::Encode(e),
+        }
+    }
+}
+
 use crate::metrics::Metrics;
 use crate::redis::{Failure, Redis};
-use generations::{Generations, now_micros};
+use crate::settings::{CacheSettings, RedisSettings};
+use clock::now_micros;
+use generations::Generations;
 use local::L1;
 use redis::{L2, Refill};
 use singleflight::SingleFlight;
@@ -153,7 +195,7 @@ pub struct CacheTotals {
     pub l1_bytes: u64,
 }
 
-type LoadResult = Result<Arc<Entry>, Arc<ApiError>>;
+type LoadResult = Result<Arc<Entry>, LoadFailure>;
 
 /// Refreshed answers, loaded while the scope was at `generation`.
 struct Refreshed {
@@ -209,39 +251,41 @@ impl Cache {
     /// Builds the cache, on the Redis the settings name (if any); see
     /// [`Cache::with_redis`].
     pub fn new(
-        settings: &Settings,
+        settings: &CacheSettings,
+        redis_settings: &RedisSettings,
         metrics: &Metrics,
         on_revoked: OnRevoked,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let redis = Redis::from_settings(settings, metrics)?;
-        Self::with_redis(settings, redis, metrics, on_revoked, stop)
+        let redis = Redis::from_settings(redis_settings, metrics)?;
+        Self::with_redis(settings, redis_settings, redis, metrics, on_revoked, stop)
     }
 
     /// Builds the cache on `redis` (none: L1 only); with Redis, starts the
     /// invalidation subscriber (stopped by `stop`), which also hears revocations
     /// (`on_revoked`). Must run inside a Tokio runtime.
     pub fn with_redis(
-        settings: &Settings,
+        settings: &CacheSettings,
+        redis_settings: &RedisSettings,
         redis: Option<Arc<Redis>>,
         metrics: &Metrics,
         on_revoked: OnRevoked,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let prefix = settings.cache_prefix.clone();
-        let l1 = L1::new(settings.cache_l1_max_mb.saturating_mul(1024 * 1024));
+        let prefix = redis_settings.prefix.clone();
+        let l1 = L1::new(settings.l1_max_mb.saturating_mul(1024 * 1024));
         let (l2, generations) = match redis {
             None => (None, Arc::new(Generations::local_only(l1.clone()))),
             Some(redis) => {
-                let nodes =
-                    crate::redis::link::subscriber_nodes(settings).map_err(anyhow::Error::msg)?;
+                let nodes = crate::redis::link::subscriber_nodes(redis_settings)
+                    .map_err(anyhow::Error::msg)?;
                 let generations = Arc::new(Generations::shared(l1.clone()));
                 let l2 = L2::new(redis.clone(), generations.clone());
                 tokio::spawn(invalidation::subscribe(
                     nodes,
                     redis,
                     prefix.clone(),
-                    settings.redis_timeout,
+                    redis_settings.timeout,
                     generations.clone(),
                     on_revoked,
                     stop,
@@ -251,7 +295,7 @@ impl Cache {
         };
         Ok(Self {
             inner: Arc::new(Inner {
-                enabled: settings.cache_enabled,
+                enabled: settings.enabled,
                 prefix,
                 l1,
                 l2,
@@ -281,10 +325,10 @@ impl Cache {
         policy: &Policy,
         logical: &str,
         load: F,
-    ) -> Result<Cached, ApiError>
+    ) -> Result<Cached, LoadError<E>>
     where
         T: Serialize,
-        E: Into<ApiError>,
+        E: Send + Sync + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<T>, E>>,
     {
@@ -336,17 +380,16 @@ impl Cache {
         logical: &str,
         probe: Probe,
         load: F,
-    ) -> Result<Cached, ApiError>
+    ) -> Result<Cached, LoadError<E>>
     where
         T: Serialize,
-        E: Into<ApiError>,
+        E: Send + Sync + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<T>, E>>,
     {
-        let load = || async move { load().await.map_err(Into::into) };
         let inner = &self.inner;
         if !inner.enabled {
-            let entry = load_entry(policy, load).await?;
+            let entry = load_entry(policy, load).await.map_err(LoadFailure::typed)?;
             return answer(Arc::new(entry), CacheStatus::Bypass);
         }
 
@@ -410,7 +453,7 @@ impl Cache {
                     self.count(policy, CacheStatus::Miss);
                     answer(entry, CacheStatus::Miss)
                 }
-                Err(e) => Err(e.duplicate()),
+                Err(e) => Err(e.typed()),
             };
         }
         if due.is_none()
@@ -473,7 +516,7 @@ impl Cache {
             }
             // The early refresh failed but the entry is still alive: serve it.
             (Err(_), Some(entry)) => self.hit(policy, entry),
-            (Err(e), None) => Err(e.duplicate()),
+            (Err(e), None) => Err(e.typed()),
         }
     }
 
@@ -548,9 +591,10 @@ impl Cache {
         values
     }
 
-    /// [`Cache::commit`] of a write whose row may not exist: its value, or a 404.
-    pub async fn commit_found<T>(&self, written: Written<Option<T>>) -> Result<T, ApiError> {
-        self.commit(written).await.ok_or_else(ApiError::not_found)
+    /// [`Cache::commit`] of a write whose row may not exist: its value, or
+    /// [`NotFound`] (a 404).
+    pub async fn commit_found<T>(&self, written: Written<Option<T>>) -> Result<T, NotFound> {
+        self.commit(written).await.ok_or(NotFound)
     }
 
     /// Makes every entry of `scope` unreachable, on every replica. Call it after
@@ -687,18 +731,19 @@ impl Cache {
     }
 
     /// Redis unreachable (circuit open or a failed read): straight to PostgreSQL.
-    async fn uncached<T, F, Fut>(&self, policy: &Policy, load: F) -> Result<Cached, ApiError>
+    async fn uncached<T, E, F, Fut>(&self, policy: &Policy, load: F) -> Result<Cached, LoadError<E>>
     where
         T: Serialize,
+        E: Send + Sync + 'static,
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Option<T>, ApiError>>,
+        Fut: Future<Output = Result<Option<T>, E>>,
     {
-        let entry = load_entry(policy, load).await?;
+        let entry = load_entry(policy, load).await.map_err(LoadFailure::typed)?;
         self.count(policy, CacheStatus::Miss);
         answer(Arc::new(entry), CacheStatus::Miss)
     }
 
-    async fn load_and_store<T, F, Fut>(
+    async fn load_and_store<T, E, F, Fut>(
         &self,
         scope: &Scope,
         generation: u64,
@@ -709,8 +754,9 @@ impl Cache {
     ) -> LoadResult
     where
         T: Serialize,
+        E: Send + Sync + 'static,
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Option<T>, ApiError>>,
+        Fut: Future<Output = Result<Option<T>, E>>,
     {
         // A request that missed just before the previous leader stored and left may
         // lead a new flight: it finds that leader's entry in L1 and loads nothing.
@@ -720,10 +766,7 @@ impl Cache {
         {
             return Ok(entry);
         }
-        let entry = load_entry(policy, load)
-            .await
-            .map_err(Arc::new)?
-            .with_gzip();
+        let entry = load_entry(policy, load).await?.with_gzip();
         #[cfg(any(test, feature = "testing"))]
         self.run_store_hook(&key).await;
         let entry = Arc::new(entry);
@@ -753,7 +796,7 @@ impl Cache {
         policy.in_memory || self.inner.l2.is_none()
     }
 
-    fn hit(&self, policy: &Policy, entry: Arc<Entry>) -> Result<Cached, ApiError> {
+    fn hit<E>(&self, policy: &Policy, entry: Arc<Entry>) -> Result<Cached, LoadError<E>> {
         self.count(policy, CacheStatus::Hit);
         answer(entry, CacheStatus::Hit)
     }
@@ -809,7 +852,7 @@ impl Cache {
             hit_rate: if lookups == 0 {
                 0.0
             } else {
-                crate::health::round_to(hits as f64 / lookups as f64, 4)
+                crate::figures::round_to(hits as f64 / lookups as f64, 4)
             },
             l1_entries,
             l1_bytes,
@@ -877,27 +920,28 @@ impl Cache {
 }
 
 /// Runs the loader and turns its answer into a stored entry.
-async fn load_entry<T, F, Fut>(policy: &Policy, load: F) -> Result<Entry, ApiError>
+async fn load_entry<T, E, F, Fut>(policy: &Policy, load: F) -> Result<Entry, LoadFailure>
 where
     T: Serialize,
+    E: Send + Sync + 'static,
     F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<Option<T>, ApiError>>,
+    Fut: Future<Output = Result<Option<T>, E>>,
 {
     let started = Instant::now();
-    let loaded = load().await?;
+    let loaded = load().await.map_err(|e| LoadFailure::Loader(Arc::new(e)))?;
     let delta_ms = started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32;
     Ok(match loaded {
         Some(value) => {
-            let body = serde_json::to_vec(&value).map_err(ApiError::internal)?;
+            let body = serde_json::to_vec(&value).map_err(|e| LoadFailure::Encode(Arc::new(e)))?;
             Entry::found(Bytes::from(body), expiry(policy.ttl), delta_ms)
         }
         None => Entry::not_found(expiry(policy.negative_ttl), delta_ms),
     })
 }
 
-fn answer(entry: Arc<Entry>, status: CacheStatus) -> Result<Cached, ApiError> {
+fn answer<E>(entry: Arc<Entry>, status: CacheStatus) -> Result<Cached, LoadError<E>> {
     if entry.is_negative() {
-        return Err(ApiError::not_found());
+        return Err(LoadError::NotFound);
     }
     Ok(Cached { entry, status })
 }

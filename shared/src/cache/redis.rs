@@ -217,7 +217,7 @@ impl L2 {
         // three every bump passes.
         let mut refill_args: Vec<Vec<u8>> = Vec::new();
         if let Some(refill) = refill {
-            let now_ms = super::generations::now_micros() / 1000;
+            let now_ms = super::clock::now_micros() / 1000;
             let live: Vec<_> = refill
                 .entries
                 .into_iter()

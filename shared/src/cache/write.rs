@@ -17,8 +17,7 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 
 use super::entry::Entry;
-use super::{Policy, Scope};
-use crate::http::errors::ApiError;
+use super::{LoadFailure, Policy, Scope};
 
 /// A committed write's result, held until the scopes it changed are invalidated.
 #[derive(Debug)]
@@ -92,7 +91,7 @@ pub struct Refresh<'a> {
     pub(super) logical: String,
     /// For a derived refresh: the generation its old entry was live under.
     pub(super) derived_from: Option<u64>,
-    pub(super) load: BoxFuture<'a, Result<Entry, ApiError>>,
+    pub(super) load: BoxFuture<'a, Result<Entry, LoadFailure>>,
 }
 
 /// A hot entry as it was before a write began ([`Cache::hot`](super::Cache::hot)):
@@ -117,7 +116,7 @@ impl<'a> Refresh<'a> {
     ) -> Self
     where
         T: Serialize,
-        E: Into<ApiError>,
+        E: Send + Sync + 'static,
         Fut: Future<Output = Result<Option<T>, E>> + Send + 'a,
     {
         let policy = *policy;
@@ -127,7 +126,7 @@ impl<'a> Refresh<'a> {
             logical: logical.into(),
             derived_from: None,
             load: Box::pin(async move {
-                super::load_entry(&policy, || async { load.await.map_err(Into::into) })
+                super::load_entry(&policy, || load)
                     .await
                     .map(Entry::with_gzip)
             }),
@@ -151,7 +150,7 @@ impl Refresh<'static> {
     ) -> Self
     where
         T: Serialize + Send,
-        E: Into<ApiError> + Send,
+        E: Send + Sync + 'static,
     {
         let policy = *policy;
         let Hot {
@@ -166,11 +165,9 @@ impl Refresh<'static> {
             logical,
             derived_from: Some(generation),
             load: Box::pin(async move {
-                super::load_entry(&policy, || async move {
-                    derive(&entry.body).map_err(Into::into)
-                })
-                .await
-                .map(Entry::with_gzip)
+                super::load_entry(&policy, || async move { derive(&entry.body) })
+                    .await
+                    .map(Entry::with_gzip)
             }),
         }
     }

@@ -23,10 +23,9 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::config::{Settings, SslMode};
 use crate::home::Home;
-use crate::http::errors::ApiError;
 use crate::metrics::Metrics;
+use crate::settings::{DatabaseSettings, SslMode};
 
 /// A pooled connection unused for this long is verified (an empty query, one
 /// round trip) before it is handed out; one used more recently only has to be
@@ -57,12 +56,12 @@ impl DbError {
         }
     }
 
-    /// The one place a named constraint becomes a client error (realworld-axum-sqlx's
-    /// `on_constraint`): a violation of `name` becomes `to_api()`'s error (a 409 for a
-    /// unique key), anything else the usual 503/500.
-    pub fn on_constraint(self, name: &str, to_api: impl FnOnce() -> ApiError) -> ApiError {
+    /// A named constraint as a caller's error (realworld-axum-sqlx's
+    /// `on_constraint`): a violation of `name` becomes `to_error()`'s error (the
+    /// HTTP layer makes a unique key's a 409), anything else this error, converted.
+    pub fn on_constraint<E: From<DbError>>(self, name: &str, to_error: impl FnOnce() -> E) -> E {
         if self.constraint() == Some(name) {
-            to_api()
+            to_error()
         } else {
             self.into()
         }
@@ -76,20 +75,10 @@ impl DbError {
     }
 
     /// True when the database could not be reached (as opposed to a bad statement).
-    fn is_unavailable(&self) -> bool {
+    pub fn is_unavailable(&self) -> bool {
         match self {
             Self::Pool(_) => true,
             Self::Query(e) => e.is_closed() || e.as_db_error().is_none(),
-        }
-    }
-}
-
-impl From<DbError> for ApiError {
-    fn from(e: DbError) -> Self {
-        if e.is_unavailable() {
-            ApiError::Unavailable(e.into())
-        } else {
-            ApiError::Internal(e.into())
         }
     }
 }
@@ -127,10 +116,10 @@ struct Inner {
 
 impl Db {
     /// Builds the pool (connections are opened lazily) and registers its gauges.
-    pub fn new(settings: &Settings, metrics: &Metrics) -> Self {
+    pub fn new(settings: &DatabaseSettings, metrics: &Metrics) -> Self {
         let mut pg = settings.pg_config();
         // A stopped PostgreSQL must turn into a 503 within the pool timeout, not a hang.
-        pg.connect_timeout(settings.db_pool_timeout.min(Duration::from_secs(5)));
+        pg.connect_timeout(settings.pool_timeout.min(Duration::from_secs(5)));
         if pg.get_application_name().is_none() {
             pg.application_name("kai");
         }
@@ -163,9 +152,9 @@ impl Db {
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(settings.db_pool_size)
-            .wait_timeout(Some(settings.db_pool_timeout))
-            .create_timeout(Some(settings.db_pool_timeout))
+            .max_size(settings.pool_size)
+            .wait_timeout(Some(settings.pool_timeout))
+            .create_timeout(Some(settings.pool_timeout))
             .recycle_timeout(Some(Duration::from_secs(5)))
             .post_recycle(verify_idle)
             .runtime(Runtime::Tokio1)
@@ -189,7 +178,7 @@ impl Db {
     /// `DATABASE_URL`, when TLS is what failed: a certificate naming another host,
     /// an untrusted chain, a server without TLS under `require`. Other failures
     /// (PostgreSQL not up yet) are left to migrations and readiness, as before.
-    pub async fn check_tls(&self, settings: &Settings) -> anyhow::Result<()> {
+    pub async fn check_tls(&self, settings: &DatabaseSettings) -> anyhow::Result<()> {
         let Err(e) = self.conn().await else {
             return Ok(());
         };
@@ -202,13 +191,13 @@ impl Db {
             _ => "the database host".to_owned(),
         };
         let port = pg.get_ports().first().copied().unwrap_or(5432);
-        let ca = match &settings.database_ca {
+        let ca = match &settings.ca {
             Some(ca) => format!("DATABASE_CA_FILE {}", ca.path.display()),
             None => "the system roots".to_owned(),
         };
         anyhow::bail!(
             "DATABASE_URL: TLS to {host}:{port} failed (sslmode={}, trusting {ca}): {tls}",
-            settings.database_ssl_mode.as_str()
+            settings.ssl_mode.as_str()
         )
     }
 
@@ -290,7 +279,7 @@ impl Db {
 
     fn record_slow(&self, sql: &str, elapsed: Duration) {
         let sql = sql.split_whitespace().collect::<Vec<_>>().join(" ");
-        let duration_ms = crate::health::millis(elapsed);
+        let duration_ms = crate::figures::millis(elapsed);
         // The SQL text only: parameters carry personal data and never reach a log.
         tracing::warn!(sql = %sql, duration_ms, "slow query");
         self.inner.metrics.db_slow_queries.inc();
@@ -395,19 +384,16 @@ where
 }
 
 /// The rustls connector for `sslmode` (under `disable` it is never called).
-fn tls_connector(settings: &Settings) -> MakeRustlsConnect {
+fn tls_connector(settings: &DatabaseSettings) -> MakeRustlsConnect {
     use crate::tls::Verify;
-    let verify = match settings.database_ssl_mode {
+    let verify = match settings.ssl_mode {
         SslMode::VerifyFull => Verify::Full,
         SslMode::VerifyCa => Verify::Chain,
         // libpq: a root certificate file upgrades require (and prefer) to verify-ca.
-        SslMode::Require | SslMode::Prefer if settings.database_ca.is_some() => Verify::Chain,
+        SslMode::Require | SslMode::Prefer if settings.ca.is_some() => Verify::Chain,
         SslMode::Require | SslMode::Prefer | SslMode::Disable => Verify::Nothing,
     };
-    MakeRustlsConnect::new(crate::tls::client_config(
-        settings.database_ca.as_ref(),
-        verify,
-    ))
+    MakeRustlsConnect::new(crate::tls::client_config(settings.ca.as_ref(), verify))
 }
 
 /// The TLS part of a connection failure, if TLS is what failed.

@@ -73,12 +73,14 @@ pub type Relays = std::sync::Arc<std::sync::Mutex<Vec<Option<redis::aio::Multipl
 
 impl Target {
     /// From the configuration: `REDIS_CLUSTER_NODES` if set, else `REDIS_URL`.
-    pub fn from_settings(settings: &crate::config::Settings) -> Result<Option<Self>, String> {
+    pub fn from_settings(
+        settings: &crate::settings::RedisSettings,
+    ) -> Result<Option<Self>, String> {
         use secrecy::ExposeSecret;
-        let ca = settings.redis_ca.as_ref();
-        if !settings.redis_cluster_nodes.is_empty() {
+        let ca = settings.ca.as_ref();
+        if !settings.cluster_nodes.is_empty() {
             let nodes: Vec<&str> = settings
-                .redis_cluster_nodes
+                .cluster_nodes
                 .iter()
                 .map(|n| n.expose_secret())
                 .collect();
@@ -107,7 +109,7 @@ impl Target {
                 })
                 .map_err(|e| format!("REDIS_CLUSTER_NODES: {e}"));
         }
-        match &settings.redis_url {
+        match &settings.url {
             None => Ok(None),
             Some(url) => client(url.expose_secret(), ca)
                 .map(|c| Some(Self::Node(Box::new(c))))
@@ -212,18 +214,20 @@ impl Target {
 /// Plain clients for each seed node, for the pub/sub subscriber: classic PUBLISH
 /// is broadcast to every node of a cluster, so a subscription on any one node
 /// hears every invalidation; when that node dies the subscriber moves to the next.
-pub fn subscriber_nodes(settings: &crate::config::Settings) -> Result<Vec<redis::Client>, String> {
+pub fn subscriber_nodes(
+    settings: &crate::settings::RedisSettings,
+) -> Result<Vec<redis::Client>, String> {
     use secrecy::ExposeSecret;
-    let ca = settings.redis_ca.as_ref();
-    if settings.redis_cluster_nodes.is_empty() {
+    let ca = settings.ca.as_ref();
+    if settings.cluster_nodes.is_empty() {
         return settings
-            .redis_url
+            .url
             .iter()
             .map(|u| client(u.expose_secret(), ca).map_err(|e| format!("REDIS_URL: {e}")))
             .collect();
     }
     settings
-        .redis_cluster_nodes
+        .cluster_nodes
         .iter()
         .map(|u| client(u.expose_secret(), ca).map_err(|e| format!("REDIS_CLUSTER_NODES: {e}")))
         .collect()

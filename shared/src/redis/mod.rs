@@ -40,8 +40,8 @@ use crate::home::Home;
 pub use link::{Link, Target};
 use pool::{Checkout, Links, LogSink, Manager, Shared};
 
-use crate::config::Settings;
 use crate::metrics::Metrics;
+use crate::settings::RedisSettings;
 
 /// How often the probe retries an open circuit.
 pub const PROBE_EVERY: Duration = Duration::from_millis(200);
@@ -87,16 +87,16 @@ pub struct Redis {
 impl Redis {
     /// From `REDIS_CLUSTER_NODES` or `REDIS_URL`; `None` when neither is set.
     pub fn from_settings(
-        settings: &Settings,
+        settings: &RedisSettings,
         metrics: &Metrics,
     ) -> anyhow::Result<Option<Arc<Self>>> {
         let target = Target::from_settings(settings).map_err(anyhow::Error::msg)?;
         Ok(target.map(|target| {
             Arc::new(Self::new(
                 target,
-                settings.redis_pool_size,
-                settings.redis_timeout,
-                settings.cache_prefix.clone(),
+                settings.pool_size,
+                settings.timeout,
+                settings.prefix.clone(),
                 metrics.clone(),
             ))
         }))
@@ -326,11 +326,11 @@ impl Redis {
         match self.ping().await {
             Ok(rtt) if self.available() => RedisHealth {
                 status: "healthy",
-                response_time_ms: Some(crate::health::millis(rtt)),
+                response_time_ms: Some(crate::figures::millis(rtt)),
             },
             Ok(rtt) => RedisHealth {
                 status: "recovering",
-                response_time_ms: Some(crate::health::millis(rtt)),
+                response_time_ms: Some(crate::figures::millis(rtt)),
             },
             Err(_) => RedisHealth {
                 status: "unhealthy",

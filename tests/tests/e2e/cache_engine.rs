@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use kai_http::ApiError;
+use kai_platform::config::Settings;
 use kai_shared::cache::{Cache, CacheStatus, Policy, Refresh, Scope, Written, keys};
 use kai_shared::metrics::Metrics;
-use kai_shared::testing::{self, PrivateRedis, TestPrefix};
-use kai_shared::{ApiError, config::Settings};
+use kai_testing::{self as testing, PrivateRedis, TestPrefix};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -56,8 +57,10 @@ async fn replica(redis: Option<&str>, prefix: &str) -> Replica {
 async fn replica_with(redis: Option<&str>, prefix: &str, timeout_ms: &str) -> Replica {
     let stop = CancellationToken::new();
     let metrics = Metrics::new("test");
+    let settings = settings(redis, prefix, timeout_ms);
     let cache = Cache::new(
-        &settings(redis, prefix, timeout_ms),
+        &settings.cache,
+        &settings.redis,
         &metrics,
         Arc::new(|_: &str| {}),
         stop.clone(),
@@ -200,7 +203,8 @@ async fn a_loader_error_reaches_every_waiter_and_is_not_cached() {
         })
         .collect();
     for t in tasks {
-        assert!(matches!(t.await.unwrap(), Err(ApiError::Unavailable(_))));
+        let answered: Result<(), ApiError> = t.await.unwrap().map_err(ApiError::from);
+        assert!(matches!(answered, Err(ApiError::Unavailable(_))));
     }
     assert_eq!(loads.load(Ordering::SeqCst), 1);
     let (v, status) = read(&r.cache, &s, "k", "recovered", &loads).await;

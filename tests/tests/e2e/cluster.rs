@@ -13,12 +13,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kai_shared::ApiError;
+use kai_http::ApiError;
 use kai_shared::cache::{Cache, CacheStatus, Policy, Refresh, Scope, Written, keys};
 use kai_shared::metrics::Metrics;
 use kai_shared::ratelimit::token_bucket;
 use kai_shared::redis::revocation;
-use kai_shared::testing::{self, PrivateCluster, TestApp, TestDb, TestUser};
+use kai_testing::{self as testing, PrivateCluster, TestApp, TestDb, TestUser};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -55,7 +55,8 @@ async fn replica(cluster: &PrivateCluster, prefix: &str, timeout_ms: &str) -> Re
         ],
     );
     let cache = Cache::new(
-        &settings,
+        &settings.cache,
+        &settings.redis,
         &Metrics::new("test"),
         Arc::new(move |id: &str| sink.lock().unwrap().push(id.to_owned())),
         stop.clone(),

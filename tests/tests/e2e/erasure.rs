@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use kai_shared::testing::{self, PrivateCluster, PrivateRedis, TestApp, TestDb};
+use kai_testing::{self as testing, PrivateCluster, PrivateRedis, TestApp, TestDb};
 use reqwest::Method;
 use serde_json::json;
 use uuid::Uuid;
@@ -34,7 +34,7 @@ struct Stack {
 }
 
 impl Stack {
-    fn settings(&self) -> kai_shared::config::Settings {
+    fn settings(&self) -> kai_platform::config::Settings {
         match &self.redis {
             Redis::Node(r) => testing::settings(&self.db.url, Some(&r.url()), &self.prefix, &[]),
             Redis::Cluster(c) => testing::settings(

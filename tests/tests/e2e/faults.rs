@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use kai_shared::testing::{self, PrivateRedis, TcpProxy, TestApp, TestDb, TestPrefix};
+use kai_testing::{self as testing, PrivateRedis, TcpProxy, TestApp, TestDb, TestPrefix};
 use serde_json::{Value, json};
 use uuid::Uuid;
 

@@ -375,13 +375,13 @@ async fn login(s: &System) -> String {
 /// Signs `claims` with the test key (or `other`), EdDSA, `kid` as given.
 fn ed(claims: &Value, kid: Option<&str>, crit: bool, other: bool) -> String {
     use jsonwebtoken::{Algorithm, Header, encode};
-    let (pair, _, _) = kai_shared::testing::test_keys();
+    let (pair, _, _) = kai_testing::test_keys();
     let key = if other {
-        kai_shared::auth::keys::KeyPair::generate().private_pem
+        kai_http::auth::keys::KeyPair::generate().private_pem
     } else {
         pair.private_pem.clone()
     };
-    let signing = kai_shared::auth::keys::parse_signing_pem(&key).unwrap();
+    let signing = kai_http::auth::keys::parse_signing_pem(&key).unwrap();
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = kid.map(str::to_owned);
     if crit {
@@ -393,7 +393,7 @@ fn ed(claims: &Value, kid: Option<&str>, crit: bool, other: bool) -> String {
 fn hs(alg: jsonwebtoken::Algorithm, claims: &Value, secret: &[u8]) -> String {
     use jsonwebtoken::{EncodingKey, Header, encode};
     let mut header = Header::new(alg);
-    header.kid = Some(kai_shared::testing::test_keys().0.kid.clone());
+    header.kid = Some(kai_testing::test_keys().0.kid.clone());
     encode(&header, claims, &EncodingKey::from_secret(secret)).unwrap()
 }
 
@@ -406,7 +406,7 @@ async fn every_kind_of_bad_token_is_refused_by_every_service() {
     let now = chrono_free_now();
     let claims = |iat: i64, exp: i64, iss: &str, aud: &str| json!({"sub": user, "sid": uuid::Uuid::new_v4(), "iat": iat, "exp": exp, "iss": iss, "aud": aud});
     let good = claims(now, now + 600, "kai", "kai-api");
-    let (pair, _, _) = kai_shared::testing::test_keys();
+    let (pair, _, _) = kai_testing::test_keys();
     let kid = Some(pair.kid.as_str());
     let none_token = format!(
         "{}.{}.",

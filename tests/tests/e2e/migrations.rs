@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use kai_shared::db::{Db, MigrationSet, migrate};
 use kai_shared::metrics::Metrics;
-use kai_shared::testing::{self, TestDb};
+use kai_testing::{self as testing, TestDb};
 use tokio::sync::Barrier;
 
 const MIGRATORS_PER_SCHEMA: usize = 6;
@@ -31,7 +31,7 @@ async fn concurrent_migrators_on_an_empty_database_all_succeed_and_apply_each_mi
                 let settings = testing::settings(&db.url, None, "unused", &[("DB_POOL_SIZE", "1")]);
                 let barrier = barrier.clone();
                 tasks.push(tokio::spawn(async move {
-                    let pool = Db::new(&settings, &Metrics::new(service));
+                    let pool = Db::new(&settings.database, &Metrics::new(service));
                     // Connect first, so the race is between statements, not handshakes.
                     drop(pool.conn().await.expect("connect"));
                     barrier.wait().await;

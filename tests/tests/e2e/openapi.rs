@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 
 use actix_web::test as actix_test;
 use actix_web::{App, HttpRequest, HttpResponse, web};
-use kai_shared::ServiceDef;
-use kai_shared::testing;
+use kai_platform::ServiceDef;
+use kai_testing as testing;
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 
@@ -175,7 +175,7 @@ fn documents_are_written_for_tools() {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../openapi");
     std::fs::create_dir_all(&dir).expect("mkdir");
     for def in services() {
-        let doc = kai_shared::http::openapi::complete(&def.openapi);
+        let doc = kai_http::openapi::complete(&def.openapi);
         let json = serde_json::to_string_pretty(&doc).expect("document serializes");
         std::fs::write(dir.join(format!("{}.json", def.name)), json).expect("write");
     }
@@ -183,7 +183,7 @@ fn documents_are_written_for_tools() {
 
 /// A request with the given method and headers; the status and the headers.
 async fn raw(
-    app: &kai_shared::testing::TestApp,
+    app: &kai_testing::TestApp,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use kai_shared::db::{Db, VERIFY_IF_IDLE_FOR};
 use kai_shared::metrics::Metrics;
-use kai_shared::testing::{self, TestDb};
+use kai_testing::{self as testing, TestDb};
 
 fn pool(db: &TestDb) -> Db {
     let settings = testing::settings(&db.url, None, "unused", &[("DB_POOL_SIZE", "1")]);
-    Db::new(&settings, &Metrics::new("pool"))
+    Db::new(&settings.database, &Metrics::new("pool"))
 }
 
 async fn backend_pid(conn: &tokio_postgres::Client) -> i32 {

@@ -1,9 +1,9 @@
 //! The README's configuration table is rendered from the clap declarations
-//! (`kai_shared::config::Settings` and each service's own settings): when a
+//! (`kai_platform::config::Settings` and each service's own settings): when a
 //! variable is added, renamed or re-defaulted, this test fails until README agrees.
 
 use conversation_service::config::LlmSettings;
-use kai_shared::config::{NoServiceSettings, Settings, command, markdown_rows};
+use kai_platform::config::{NoServiceSettings, Settings, command, markdown_rows};
 
 const BEGIN: &str =
     "<!-- configuration table: generated from the declaration, see tests/tests/e2e/readme.rs -->\n";

@@ -4,7 +4,7 @@
 //! cost. Token forgery is in `hostile.rs`; lockout, registration limits and
 //! `TRUSTED_PROXIES` in profile-service's `ratelimit` tests.
 
-use kai_shared::testing::{TestApp, TestUser};
+use kai_testing::{TestApp, TestUser};
 use rand::Rng;
 use reqwest::Method;
 use serde_json::{Value, json};

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kai_shared::testing::{self, PrivateRedis, TestApp, TestDb, TestUser};
+use kai_testing::{self as testing, PrivateRedis, TestApp, TestDb, TestUser};
 use serde_json::json;
 
 /// Every log line the process writes.
@@ -34,7 +34,7 @@ impl Capture {
     pub fn install_at(filter: &str) -> Self {
         let logs = Capture::default();
         let writer = logs.clone();
-        kai_shared::telemetry::init_with(filter, kai_shared::config::LogFormat::Json, move || {
+        kai_http::telemetry::init_with(filter, kai_http::telemetry::LogFormat::Json, move || {
             writer.clone()
         });
         logs

@@ -3,7 +3,7 @@
 //! (top level, nested, object keys) and in query strings, lone surrogates,
 //! numbers beyond their column, pre-1970 imports — each a 400 naming the field,
 //! with nothing stored (counted in PostgreSQL) — then the body rules of
-//! `kai_shared::http::Json`: objects only (400), 415, 413 at 64 KiB (4 MiB for the
+//! `kai_http::Json`: objects only (400), 415, 413 at 64 KiB (4 MiB for the
 //! batch import, which fits 1,000 realistic messages), 408 for a body that stalls.
 
 use reqwest::Method;
@@ -306,7 +306,7 @@ async fn nul_in_a_query_parameter_is_a_400_that_never_reaches_postgresql() {
 /// Sends `body` as written (no re-encoding): JSON that `serde_json::Value`
 /// could not even hold.
 async fn raw_json(
-    app: &kai_shared::testing::TestApp,
+    app: &kai_testing::TestApp,
     method: Method,
     path: &str,
     token: Option<&str>,
@@ -343,7 +343,7 @@ async fn lone_surrogates_huge_numbers_and_old_timestamps_are_400s_naming_the_fie
         conv["id"].as_str().unwrap()
     );
     let before = rows(&s).await;
-    let cases: Vec<(&kai_shared::testing::TestApp, Method, &str, &str, &str)> = vec![
+    let cases: Vec<(&kai_testing::TestApp, Method, &str, &str, &str)> = vec![
         (
             &s.journal,
             Method::POST,

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use kai_shared::testing::{self, TestApp, TestDb, TestPrefix};
+use kai_testing::{self as testing, TestApp, TestDb, TestPrefix};
 use serde_json::{Value, json};
 
 pub struct System {

@@ -6,9 +6,10 @@
 //! the service at start with one line naming the variable; nothing falls back to
 //! plaintext, and no password reaches the message.
 
-use kai_shared::server::{Application, RunOptions};
-use kai_shared::testing::{
-    self, PrivatePostgres, PrivateRedis, REDIS_ACL_USER, TestApp, TestCa, TestDb, TestUser,
+use kai_platform::server::{Application, RunOptions};
+use kai_testing::{
+    self as testing, PrivatePostgres, PrivateRedis, REDIS_ACL_USER, TestApp, TestCa, TestDb,
+    TestUser,
 };
 use serde_json::json;
 

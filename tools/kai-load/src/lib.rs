@@ -15,8 +15,8 @@ pub mod verify;
 use std::path::Path;
 use std::time::Duration;
 
-use kai_shared::auth::Authenticator;
-use kai_shared::auth::keys::{KeyPair, VerifyingKeys, parse_signing_pem};
+use kai_http::auth::Authenticator;
+use kai_http::auth::keys::{KeyPair, VerifyingKeys, parse_signing_pem};
 
 /// The development key pair of services kai-load spawns: derived from a fixed
 /// seed (development only, never a deployment's key), written once under the

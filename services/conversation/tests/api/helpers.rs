@@ -1,4 +1,4 @@
-use kai_shared::testing::{self, TestApp, TestDb, TestPrefix};
+use kai_testing::{self as testing, TestApp, TestDb, TestPrefix};
 use reqwest::{RequestBuilder, Response};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -15,7 +15,7 @@ pub struct Service {
 }
 
 /// A user of the service: an id and a token for it.
-pub use kai_shared::testing::TestUser as User;
+pub use kai_testing::TestUser as User;
 
 /// With Redis and a fake LLM.
 pub async fn spawn() -> Service {
@@ -159,4 +159,4 @@ pub async fn read(app: &TestApp, user: &User, path: &str) -> (u16, String, Value
     app.read(&user.token, path).await
 }
 
-pub use kai_shared::testing::assert_problem;
+pub use kai_testing::assert_problem;

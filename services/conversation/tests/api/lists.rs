@@ -180,7 +180,7 @@ async fn hot_queries_use_indexes_on_a_large_table() {
     let user = Uuid::parse_str("00000000-0000-0000-0000-000000000042").unwrap();
     let conversation = Uuid::parse_str("00000000-0000-0000-0001-000000000042").unwrap();
     // Parameters are positional: list queries take the user first, the others the conversation.
-    kai_shared::testing::assert_plans_use_indexes(
+    kai_testing::assert_plans_use_indexes(
         &conn,
         conversation_service::queries::HOT_QUERIES,
         |name| {

@@ -157,7 +157,7 @@ async fn an_upstream_failure_is_a_502_and_keeps_the_users_message() {
 #[tokio::test]
 async fn a_model_that_hangs_is_a_504_within_the_timeout() {
     let s = spawn_with(
-        Some(&kai_shared::testing::redis_url()),
+        Some(&kai_testing::redis_url()),
         true,
         &[("LLM_TIMEOUT_MS", "300")],
     )

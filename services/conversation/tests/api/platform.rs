@@ -42,7 +42,7 @@ async fn metrics_export_llm_outcomes_and_cache_namespaces() {
         "route pattern label"
     );
     assert!(!text.contains(&id), "raw ids never become labels");
-    kai_shared::testing::assert_exports_dashboard_metrics(&text, &[]);
+    kai_testing::assert_exports_dashboard_metrics(&text, &[]);
 }
 
 #[tokio::test]

@@ -128,7 +128,7 @@ async fn another_replica_sees_a_write_within_100_ms() {
 #[tokio::test]
 async fn cache_disabled_bypasses_every_tier() {
     let j = spawn_with(
-        Some(&kai_shared::testing::redis_url()),
+        Some(&kai_testing::redis_url()),
         &[("CACHE_ENABLED", "false")],
     )
     .await;
@@ -167,7 +167,7 @@ async fn without_redis_the_in_process_cache_serves_hits_and_sees_writes() {
 
 #[tokio::test]
 async fn unreachable_redis_degrades_to_postgresql_and_says_so() {
-    let closed = kai_shared::testing::free_port();
+    let closed = kai_testing::free_port();
     let j = spawn_with(Some(&format!("redis://127.0.0.1:{closed}")), &[]).await;
     let user = User::new();
     let e = j.entry(&user, "still works").await;

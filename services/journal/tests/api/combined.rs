@@ -5,7 +5,7 @@
 
 use journal_service::model::{CreateEntry, Entry};
 use journal_service::queries::insert_entries;
-use kai_shared::http::Valid;
+use kai_http::Valid;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -289,11 +289,7 @@ async fn a_create_refreshes_the_first_pages_its_replica_holds_so_readers_wait_fo
 }
 
 /// The body and ETag of a GET.
-async fn fetch(
-    app: &kai_shared::testing::TestApp,
-    user: &User,
-    path: &str,
-) -> (String, String, String) {
+async fn fetch(app: &kai_testing::TestApp, user: &User, path: &str) -> (String, String, String) {
     let res = app.get(&user.token, path).await;
     assert_eq!(res.status(), 200);
     let header = |name: &str| {
@@ -310,9 +306,9 @@ async fn fetch(
 async fn a_derived_first_page_is_byte_for_byte_the_page_postgresql_returns() {
     let j = spawn().await;
     // The same database, no cache: every answer straight from PostgreSQL.
-    let plain = kai_shared::testing::TestApp::start(
+    let plain = kai_testing::TestApp::start(
         journal_service::service(),
-        kai_shared::testing::settings(
+        kai_testing::settings(
             &j.db.url,
             None,
             &j.prefix.prefix,

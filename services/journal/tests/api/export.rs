@@ -103,5 +103,5 @@ async fn export_needs_a_token() {
         .send()
         .await
         .unwrap();
-    kai_shared::testing::assert_problem(res, 401).await;
+    kai_testing::assert_problem(res, 401).await;
 }

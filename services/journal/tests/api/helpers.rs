@@ -1,4 +1,4 @@
-use kai_shared::testing::{self, TestApp, TestDb, TestPrefix};
+use kai_testing::{self as testing, TestApp, TestDb, TestPrefix};
 use reqwest::{RequestBuilder, Response};
 use serde_json::{Value, json};
 
@@ -10,7 +10,7 @@ pub struct Journal {
 }
 
 /// A user of the service: an id and a token for it.
-pub use kai_shared::testing::TestUser as User;
+pub use kai_testing::TestUser as User;
 
 pub async fn spawn() -> Journal {
     spawn_with(Some(&testing::redis_url()), &[]).await
@@ -88,4 +88,4 @@ pub async fn read(app: &TestApp, user: &User, path: &str) -> (u16, String, Value
     app.read(&user.token, path).await
 }
 
-pub use kai_shared::testing::assert_problem;
+pub use kai_testing::assert_problem;

@@ -211,7 +211,7 @@ async fn metrics_carry_the_spec_names_and_route_patterns() {
     );
     assert!(text.contains(r#"state="in_use""#));
     // Every metric the dashboards and alerts query is exported (kai_llm_*: conversation only).
-    kai_shared::testing::assert_exports_dashboard_metrics(&text, &["kai_llm"]);
+    kai_testing::assert_exports_dashboard_metrics(&text, &["kai_llm"]);
 }
 
 #[tokio::test]
@@ -245,7 +245,7 @@ async fn the_openapi_document_and_docs_ui_are_served() {
 #[tokio::test]
 async fn slow_queries_are_counted_and_shown_with_their_sql_but_not_their_parameters() {
     let j = crate::helpers::spawn_with(
-        Some(&kai_shared::testing::redis_url()),
+        Some(&kai_testing::redis_url()),
         &[("SLOW_QUERY_THRESHOLD_MS", "0")],
     )
     .await;
@@ -275,7 +275,7 @@ async fn slow_queries_are_counted_and_shown_with_their_sql_but_not_their_paramet
 #[tokio::test]
 async fn cors_allows_exactly_the_configured_origins() {
     let j = crate::helpers::spawn_with(
-        Some(&kai_shared::testing::redis_url()),
+        Some(&kai_testing::redis_url()),
         &[(
             "CORS_ALLOWED_ORIGINS",
             "https://app.example, https://admin.example",

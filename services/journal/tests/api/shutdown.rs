@@ -10,7 +10,7 @@
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use kai_shared::testing::{self, TestDb};
+use kai_testing::{self as testing, TestDb};
 use serde_json::json;
 use uuid::Uuid;
 

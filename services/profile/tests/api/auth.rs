@@ -2,7 +2,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{PASSWORD, assert_problem, email, read, spawn};
+use crate::helpers::{PASSWORD, assert_problem, email, read, spawn, verifications};
 
 #[tokio::test]
 async fn register_login_and_logout() {
@@ -165,12 +165,11 @@ async fn unknown_email_and_wrong_password_get_the_same_401() {
     );
     // Both run exactly one argon2id verification (a counted fact, not a timing):
     // without the dummy hash an unknown e-mail would run none and answer ~30x faster.
-    use std::sync::atomic::Ordering;
-    let before = profile_service::password::VERIFICATIONS.load(Ordering::SeqCst);
+    let before = verifications(&p).await;
     assert_problem(p.login(&email(), PASSWORD).await, 401).await;
-    let after_unknown = profile_service::password::VERIFICATIONS.load(Ordering::SeqCst);
+    let after_unknown = verifications(&p).await;
     assert_problem(p.login(&account.email, "not the password").await, 401).await;
-    let after_wrong = profile_service::password::VERIFICATIONS.load(Ordering::SeqCst);
+    let after_wrong = verifications(&p).await;
     assert_eq!(
         (after_unknown - before, after_wrong - after_unknown),
         (1, 1)

@@ -1,4 +1,4 @@
-use kai_shared::testing::{self, TestApp, TestDb, TestPrefix};
+use kai_testing::{self as testing, TestApp, TestDb, TestPrefix};
 use reqwest::Response;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -58,7 +58,7 @@ pub fn email() -> String {
 }
 
 impl Profiles {
-    fn settings(&self) -> kai_shared::config::Settings {
+    fn settings(&self) -> kai_platform::config::Settings {
         testing::settings(
             &self.db.url,
             self.redis.as_deref(),
@@ -72,9 +72,25 @@ impl Profiles {
         TestApp::start(profile_service::service(), self.settings()).await
     }
 
-    /// A journal-service on the same database and Redis prefix.
+    /// Another service on the same database and Redis prefix that only
+    /// verifies profile's tokens, as journal and conversation do (this crate
+    /// depends on no other service): `GET /api/journal/entries` behind `AuthUser`.
     pub async fn journal(&self) -> TestApp {
-        TestApp::start(journal_service::service(), self.settings()).await
+        #[derive(utoipa::OpenApi)]
+        struct NoDocument;
+        let def = kai_platform::ServiceDef::new::<NoDocument>(
+            kai_platform::server::Binary::new("verifier", 0),
+            profile_service::MIGRATIONS,
+            |cfg| {
+                cfg.route(
+                    "/api/journal/entries",
+                    actix_web::web::get().to(|_: kai_http::auth::AuthUser| async {
+                        actix_web::HttpResponse::Ok().json(serde_json::json!({ "entries": [] }))
+                    }),
+                );
+            },
+        );
+        TestApp::start(def, self.settings()).await
     }
 
     pub async fn register(&self, body: Value) -> Response {
@@ -141,4 +157,16 @@ pub async fn read(app: &TestApp, token: &str, path: &str) -> (u16, String, Value
     app.read(token, path).await
 }
 
-pub use kai_shared::testing::assert_problem;
+pub use kai_testing::assert_problem;
+
+/// argon2id verifications this service ran so far (its own registry's
+/// `kai_password_verifications_total`, every outcome).
+pub async fn verifications(p: &Profiles) -> u64 {
+    p.app
+        .metrics()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("kai_password_verifications_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}

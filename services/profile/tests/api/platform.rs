@@ -75,7 +75,7 @@ async fn hot_queries_use_indexes_on_a_large_table() {
     .await
     .unwrap();
     let probe = uuid::Uuid::parse_str("00000000-0000-0000-0000-000000000042").unwrap();
-    kai_shared::testing::assert_plans_use_indexes(
+    kai_testing::assert_plans_use_indexes(
         &conn,
         profile_service::queries::HOT_QUERIES,
         |_| vec![probe],

@@ -195,7 +195,7 @@ async fn the_profile_needs_a_token_of_a_live_session() {
     )
     .await;
     // Validly signed, but for a session profile-service never opened.
-    let stranger = kai_shared::testing::token(uuid::Uuid::new_v4());
+    let stranger = kai_testing::token(uuid::Uuid::new_v4());
     assert_problem(
         p.app
             .client

@@ -1,6 +1,6 @@
 use std::time::{Duration, Instant};
 
-use kai_shared::testing::TestApp;
+use kai_testing::TestApp;
 
 use crate::helpers::{assert_problem, read, spawn, spawn_with};
 

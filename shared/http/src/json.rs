@@ -89,8 +89,8 @@ impl<T: DeserializeOwned + 'static, const LIMIT: usize> FromRequest for Json<T, 
             return Box::pin(std::future::ready(Err(too_large(LIMIT))));
         }
         let timeout = req
-            .app_data::<web::Data<crate::Platform>>()
-            .map_or(DEFAULT_BODY_TIMEOUT, |p| p.settings.request_body_timeout);
+            .app_data::<web::Data<crate::settings::HttpSettings>>()
+            .map_or(DEFAULT_BODY_TIMEOUT, |s| s.request_body_timeout);
         let payload = payload.take();
         let capacity = declared.map_or(8 * 1024, |n| n as usize);
         Box::pin(async move {
@@ -504,14 +504,14 @@ fn unexpected_words(unexpected: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::errors::Problem;
+    use crate::errors::Problem;
 
     #[derive(serde::Deserialize, Debug)]
     #[serde(deny_unknown_fields)]
     #[allow(dead_code)]
     struct Body {
         content: String,
-        #[serde(default, deserialize_with = "crate::http::whole::option")]
+        #[serde(default, deserialize_with = "crate::whole::option")]
         mood: Option<i16>,
         #[serde(default)]
         tags: Vec<String>,

@@ -28,7 +28,35 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 use uuid::Uuid;
 
-use crate::config::LogFormat;
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// What is logged and how.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogSettings {
+    #[arg(
+        long = "rust-log",
+        env = "RUST_LOG",
+        default_value = "info",
+        help = "tracing filter"
+    )]
+    pub rust_log: String,
+    #[arg(long = "log-format", env = "LOG_FORMAT", default_value = "json", value_parser = log_format,
+        help = "`json` or `pretty`")]
+    pub log_format: LogFormat,
+}
+
+fn log_format(raw: &str) -> Result<LogFormat, String> {
+    match raw {
+        "json" => Ok(LogFormat::Json),
+        "pretty" => Ok(LogFormat::Pretty),
+        other => Err(format!("expected json or pretty, got {other:?}")),
+    }
+}
 
 /// What every log line of one request says about it.
 #[derive(Debug)]

@@ -15,7 +15,7 @@
 //! and remembered in a sorted set (loaded when a replica subscribes); each replica
 //! keeps the revoked session ids in memory until the tokens would have expired
 //! anyway. The service that owns the sessions table additionally checks it
-//! ([`crate::server::ServiceDef::checking_sessions`]).
+//! ([`Gate::session_check`]).
 //!
 //! "Every session of a user" (log out everywhere, password change, account
 //! deletion) travels the same way as one message, not one per session: a per-user
@@ -38,9 +38,80 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::Platform;
-use crate::http::errors::ApiError;
+use crate::errors::ApiError;
+use futures_util::future::BoxFuture;
+use kai_shared::settings::{ConfigError, positive_secs, read_file};
 use keys::{SigningMaterial, VerifyingKeys};
+
+/// The token settings: who verifies with what, who signs, for how long.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthSettings {
+    /// Public keys every token is verified with, by `kid`.
+    #[arg(id = "auth_verifying_keys", long = "auth-verifying-keys-file", env = "AUTH_VERIFYING_KEYS_FILE",
+        value_parser = verifying_keys,
+        help = "PEM file of one or more Ed25519 public keys; a token is verified with the key its \
+                `kid` names (rotation: add a key, switch the signing key, remove the old key)")]
+    pub verifying_keys: VerifyingKeys,
+    /// The private signing key: the token-issuing service only (see [`AuthSettings::require_signing_key`]).
+    #[arg(id = "auth_signing_key", long = "auth-signing-key-file", env = "AUTH_SIGNING_KEY_FILE",
+        value_parser = signing_key,
+        help = "PKCS#8 PEM Ed25519 private key that signs access tokens (EdDSA); required by \
+                the service that issues tokens (`serve`), held by no other service")]
+    pub signing_key: Option<SigningMaterial>,
+    #[arg(id = "auth_token_ttl", long = "auth-token-ttl-secs", env = "AUTH_TOKEN_TTL_SECS",
+        default_value = "3600", value_parser = positive_secs, help = "access-token lifetime")]
+    pub token_ttl: Duration,
+}
+
+impl AuthSettings {
+    /// A signing key whose public half nobody verifies with is a mistake.
+    pub fn check(self) -> Result<Self, ConfigError> {
+        if let Some(key) = &self.signing_key
+            && !self.verifying_keys.contains(&key.kid)
+        {
+            return Err(ConfigError {
+                var: "AUTH_SIGNING_KEY_FILE".into(),
+                message: format!(
+                    "its public key (kid {}) is not in AUTH_VERIFYING_KEYS_FILE",
+                    key.kid
+                ),
+            });
+        }
+        Ok(self)
+    }
+
+    /// The service that signs tokens: without `AUTH_SIGNING_KEY_FILE` it must not serve.
+    pub fn require_signing_key(&self) -> Result<(), ConfigError> {
+        match self.signing_key {
+            Some(_) => Ok(()),
+            None => Err(ConfigError {
+                var: "AUTH_SIGNING_KEY_FILE".into(),
+                message: "required by the service that issues tokens: the PKCS#8 PEM \
+                          Ed25519 private key that signs them"
+                    .into(),
+            }),
+        }
+    }
+}
+
+fn verifying_keys(raw: &str) -> Result<VerifyingKeys, String> {
+    keys::parse_verifying_pems(&read_file(raw)?)
+}
+
+fn signing_key(raw: &str) -> Result<SigningMaterial, String> {
+    keys::parse_signing_pem(&read_file(raw)?)
+}
+
+/// A service-specific check of a session (for the service that owns the sessions table).
+pub type SessionCheck = Arc<dyn Fn(Uuid) -> BoxFuture<'static, Result<(), ApiError>> + Send + Sync>;
+
+/// What [`AuthUser`] needs, as app data: the authenticator, and the extra check
+/// of the service that owns the sessions table (if it is that service).
+#[derive(Clone)]
+pub struct Gate {
+    pub auth: Arc<Authenticator>,
+    pub session_check: Option<SessionCheck>,
+}
 
 /// Issuer and audience of every Kai token.
 pub const ISSUER: &str = "kai";
@@ -96,11 +167,11 @@ pub struct Authenticator {
     verifying: VerifyingKeys,
     validation: Validation,
     ttl: Duration,
-    revoked: moka::sync::Cache<Uuid, (), crate::FastHash>,
+    revoked: moka::sync::Cache<Uuid, (), kai_shared::FastHash>,
     /// Per user: sessions created before this many unix milliseconds are revoked,
     /// except the one named (the caller of a password change).
-    revoked_before: moka::sync::Cache<Uuid, Watermark, crate::FastHash>,
-    verified: moka::sync::Cache<[u8; 32], Arc<Verified>, crate::FastHash>,
+    revoked_before: moka::sync::Cache<Uuid, Watermark, kai_shared::FastHash>,
+    verified: moka::sync::Cache<[u8; 32], Arc<Verified>, kai_shared::FastHash>,
     /// How many revocations this replica has learned; raised after each is
     /// recorded. A cached token that passed the check at the current count is
     /// not checked again: nothing was revoked since (revocations only add — a
@@ -133,16 +204,16 @@ impl Authenticator {
             revoked: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(ttl + Duration::from_secs(60))
-                .build_with_hasher(crate::FastHash::default()),
+                .build_with_hasher(kai_shared::FastHash::default()),
             revoked_before: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(ttl + Duration::from_secs(60))
-                .build_with_hasher(crate::FastHash::default()),
+                .build_with_hasher(kai_shared::FastHash::default()),
             verified: moka::sync::Cache::builder()
                 .max_capacity(VERIFIED_CACHE_CAPACITY)
                 .expire_after(UntilExp)
                 .support_invalidation_closures()
-                .build_with_hasher(crate::FastHash::default()),
+                .build_with_hasher(kai_shared::FastHash::default()),
             revocations: AtomicU64::new(0),
         }
     }
@@ -362,9 +433,9 @@ impl FromRequest for AuthUser {
         Either<Ready<Result<Self, ApiError>>, LocalBoxFuture<'static, Result<Self, ApiError>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let Some(platform) = req.app_data::<web::Data<Platform>>() else {
+        let Some(gate) = req.app_data::<web::Data<Gate>>() else {
             return Either::Left(ready(Err(ApiError::internal(anyhow::anyhow!(
-                "platform state missing"
+                "authentication state missing"
             )))));
         };
         let token = req
@@ -388,7 +459,7 @@ impl FromRequest for AuthUser {
                     })
             });
         let user = token
-            .and_then(|token| platform.auth.verify(token))
+            .and_then(|token| gate.auth.verify(token))
             .map(|claims| {
                 // Every later line of the request names the user (`telemetry`).
                 crate::telemetry::set_user(claims.sub);
@@ -398,7 +469,7 @@ impl FromRequest for AuthUser {
                     expires_at: claims.exp,
                 }
             });
-        match (user, platform.session_check.clone()) {
+        match (user, gate.session_check.clone()) {
             (Err(e), _) => Either::Left(ready(Err(e))),
             (Ok(user), None) => Either::Left(ready(Ok(user))),
             // The service that owns the sessions adds its own check.

@@ -11,6 +11,9 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
+use kai_shared::cache::{LoadError, NotFound};
+use kai_shared::db::DbError;
+use kai_shared::ratelimit::Limited;
 use serde::Serialize;
 
 /// One field-level validation message.
@@ -222,6 +225,93 @@ impl ApiError {
             detail,
             errors,
         }
+    }
+}
+
+// ---- the one place the lower layers' errors become answers ----
+
+impl From<DbError> for ApiError {
+    /// 503 when the database could not be reached (or the pool was exhausted),
+    /// else an opaque 500; the chain is logged, never sent.
+    fn from(e: DbError) -> Self {
+        if e.is_unavailable() {
+            ApiError::Unavailable(e.into())
+        } else {
+            ApiError::Internal(e.into())
+        }
+    }
+}
+
+impl From<Limited> for ApiError {
+    /// 429 with `Retry-After`.
+    fn from(e: Limited) -> Self {
+        ApiError::TooManyRequests {
+            detail: e.to_string(),
+            retry_after: e.retry_after,
+        }
+    }
+}
+
+impl From<NotFound> for ApiError {
+    /// 404.
+    fn from(_: NotFound) -> Self {
+        ApiError::not_found()
+    }
+}
+
+/// An error that can be answered from a shared reference: the cache hands
+/// every request that waited for one load the same error ([`LoadError::Failed`]).
+pub trait Answer {
+    fn answer(&self) -> ApiError;
+}
+
+impl Answer for ApiError {
+    fn answer(&self) -> ApiError {
+        self.duplicate()
+    }
+}
+
+impl Answer for DbError {
+    fn answer(&self) -> ApiError {
+        let chain = anyhow::anyhow!("{}", ErrorChain(self));
+        if self.is_unavailable() {
+            ApiError::Unavailable(chain)
+        } else {
+            ApiError::Internal(chain)
+        }
+    }
+}
+
+/// A cached read's failure: 404 for nothing found, the loader's own answer for
+/// its error (the error itself when this request ran the load), 500 otherwise.
+impl<E: Answer + Into<ApiError>> From<LoadError<E>> for ApiError {
+    fn from(e: LoadError<E>) -> Self {
+        match e {
+            LoadError::NotFound => ApiError::not_found(),
+            LoadError::Failed(e) => match std::sync::Arc::try_unwrap(e) {
+                Ok(e) => e.into(),
+                Err(shared) => shared.answer(),
+            },
+            LoadError::Encode(e) => ApiError::Internal(anyhow::anyhow!("encoding an answer: {e}")),
+            LoadError::Other => {
+                ApiError::Internal(anyhow::anyhow!("a concurrent load of the same key failed"))
+            }
+        }
+    }
+}
+
+/// An error and its sources on one line (`a: b: c`).
+struct ErrorChain<'a>(&'a dyn std::error::Error);
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut current = self.0.source();
+        while let Some(cause) = current {
+            write!(f, ": {cause}")?;
+            current = cause.source();
+        }
+        Ok(())
     }
 }
 

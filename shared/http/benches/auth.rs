@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use kai_shared::auth::Authenticator;
-use kai_shared::auth::keys::{KeyPair, parse_signing_pem, parse_verifying_pems};
+use kai_http::auth::Authenticator;
+use kai_http::auth::keys::{KeyPair, parse_signing_pem, parse_verifying_pems};
 use uuid::Uuid;
 
 fn verification(c: &mut Criterion) {
@@ -36,7 +36,7 @@ fn verification(c: &mut Criterion) {
     let hs_key = DecodingKey::from_secret(secret);
     c.bench_function("before: HS256 verify (every request)", |b| {
         b.iter(|| {
-            jsonwebtoken::decode::<kai_shared::auth::Claims>(&hs, &hs_key, &validation).unwrap()
+            jsonwebtoken::decode::<kai_http::auth::Claims>(&hs, &hs_key, &validation).unwrap()
         })
     });
 
@@ -50,7 +50,7 @@ fn verification(c: &mut Criterion) {
         "after, miss: EdDSA verify (first request of a token)",
         |b| {
             b.iter(|| {
-                jsonwebtoken::decode::<kai_shared::auth::Claims>(&token, &ed_key, &ed_validation)
+                jsonwebtoken::decode::<kai_http::auth::Claims>(&token, &ed_key, &ed_validation)
                     .unwrap()
             })
         },
@@ -63,5 +63,16 @@ fn verification(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, verification);
+/// Rendering a validation problem+json body.
+fn problem_json_render(c: &mut Criterion) {
+    use kai_http::{ApiError, FieldError};
+    c.bench_function("problem_json_render", |b| {
+        b.iter(|| {
+            let e = ApiError::validation(vec![FieldError::new("mood", "must be between 1 and 10")]);
+            std::hint::black_box(serde_json::to_vec(&e.problem()).unwrap())
+        })
+    });
+}
+
+criterion_group!(benches, verification, problem_json_render);
 criterion_main!(benches);

@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-use crate::config::Settings;
+use kai_platform::config::Settings;
 
 use super::{TempDir, TestCa, free_low_port, free_port, run, signal};
 
@@ -409,7 +409,7 @@ impl PrivateCluster {
 /// cache's "too many pending invalidations" fallback): connects as the service
 /// would (`REDIS_URL` or `REDIS_CLUSTER_NODES` in `settings`) and runs it.
 pub async fn unlink_matching(settings: &Settings, pattern: &str) -> redis::RedisResult<u64> {
-    let target = crate::redis::Target::from_settings(settings)
+    let target = kai_shared::redis::Target::from_settings(&settings.redis)
         .expect("redis settings")
         .expect("redis configured");
     let mut link = target.connect().await?;

@@ -31,7 +31,7 @@ pub async fn assert_problem(res: reqwest::Response, status: u16) -> serde_json::
 pub fn assert_exports_dashboard_metrics(metrics: &str, not_here: &[&str]) {
     let wanted = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../deploy-tests/metric_names.txt"
+        "/../../deploy-tests/metric_names.txt"
     ))
     .expect("deploy-tests/metric_names.txt");
     for name in wanted

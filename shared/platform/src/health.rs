@@ -8,12 +8,14 @@ use std::collections::HashMap;
 use actix_web::{HttpResponse, web};
 use serde::Serialize;
 
-use crate::Platform;
-use crate::cache::CacheTotals;
-use crate::db::{PoolStatus, SlowQuery};
-use crate::http::errors::ApiError;
-use crate::http::stats::EndpointSummary;
-use crate::redis::RedisHealth;
+use kai_http::errors::ApiError;
+use kai_http::stats::EndpointSummary;
+use kai_shared::cache::CacheTotals;
+use kai_shared::db::{PoolStatus, SlowQuery};
+use kai_shared::figures::millis;
+use kai_shared::redis::RedisHealth;
+
+use crate::server::Platform;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/health", web::get().to(live))
@@ -26,7 +28,7 @@ async fn live() -> HttpResponse {
 }
 
 async fn ready(platform: web::Data<Platform>) -> Result<HttpResponse, ApiError> {
-    match crate::db::is_current(
+    match kai_shared::db::is_current(
         &platform.db,
         platform.migrations.schema,
         platform.migration_version,
@@ -118,15 +120,4 @@ async fn detailed(platform: web::Data<Platform>) -> HttpResponse {
     };
     let mut res = code;
     res.json(body)
-}
-
-/// A duration in milliseconds, to three decimals (microseconds).
-pub fn millis(d: std::time::Duration) -> f64 {
-    round_to(d.as_secs_f64() * 1000.0, 3)
-}
-
-/// `x` rounded to `decimals` places (health and stats figures, not arithmetic).
-pub fn round_to(x: f64, decimals: i32) -> f64 {
-    let scale = 10f64.powi(decimals);
-    (x * scale).round() / scale
 }

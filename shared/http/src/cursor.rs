@@ -28,7 +28,6 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::errors::{ApiError, FieldError};
-use crate::config::Settings;
 
 /// Bytes of the HMAC kept in a cursor: 128 bits, beyond guessing.
 const TAG_BYTES: usize = 16;
@@ -70,9 +69,9 @@ impl CursorKey {
         Self(hmac_sha256(secret, &[b"kai list cursor key v1"]))
     }
 
-    /// Keyed from the settings' `DATABASE_URL`.
-    pub fn from_settings(settings: &Settings) -> Self {
-        Self::new(settings.database_url.expose_secret().as_bytes())
+    /// Keyed from `DATABASE_URL` (its credentials are what every replica shares).
+    pub fn from_database_url(url: &secrecy::SecretString) -> Self {
+        Self::new(url.expose_secret().as_bytes())
     }
 }
 
@@ -104,7 +103,7 @@ impl CursorSigner {
         Self::with_key(&CursorKey::new(secret), service, user, query)
     }
 
-    /// The same with the key already derived ([`crate::Platform::cursor_key`]).
+    /// The same with the key already derived ([`CursorKey`], derived once per process).
     pub fn with_key(key: &CursorKey, service: &str, user: Uuid, query: &str) -> Self {
         Self {
             key: key.0,
@@ -179,18 +178,14 @@ impl CursorQuery {
     /// From the `limit` and `cursor` query parameters (a 400 naming the one at
     /// fault).
     pub fn parse(
-        platform: &crate::Platform,
+        key: &CursorKey,
+        service: &str,
         user: Uuid,
         limit: Option<i64>,
         cursor: Option<&str>,
     ) -> Result<Self, ApiError> {
         let limit = super::in_range("limit", limit, 20, 1, 100)?;
-        let signer = CursorSigner::with_key(
-            &platform.cursor_key,
-            platform.service,
-            user,
-            &format!("limit={limit}"),
-        );
+        let signer = CursorSigner::with_key(key, service, user, &format!("limit={limit}"));
         let after = signer.from_param(cursor)?;
         Ok(Self {
             limit,

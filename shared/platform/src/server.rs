@@ -29,25 +29,24 @@ use actix_web::middleware::{Compress, Condition, ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
-use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use utoipa_swagger_ui::SwaggerUi;
 use uuid::Uuid;
 
-use crate::auth::Authenticator;
-use crate::cache::Cache;
+use kai_http::Observe;
+use kai_http::auth::{Authenticator, Gate};
+use kai_http::stats::EndpointStats;
+use kai_shared::cache::Cache;
+use kai_shared::db::{Db, MigrationSet};
+use kai_shared::metrics::Metrics;
+use kai_shared::redis::{Redis, revocation};
+
 use crate::config::{self, Settings};
-use crate::db::{Db, MigrationSet};
-use crate::http::errors::ApiError;
-use crate::http::stats::EndpointStats;
-use crate::metrics::Metrics;
-use crate::redis::{Redis, revocation};
+
+pub use kai_http::auth::SessionCheck;
 
 /// How long in-flight requests may take to finish after SIGTERM.
 pub const DRAIN: Duration = Duration::from_secs(30);
-
-/// A service-specific check of a session (for the service that owns the sessions table).
-pub type SessionCheck = Arc<dyn Fn(Uuid) -> BoxFuture<'static, Result<(), ApiError>> + Send + Sync>;
 
 /// What a service tells the platform about itself.
 #[derive(Clone)]
@@ -62,10 +61,10 @@ pub struct ServiceDef {
     /// What the service caches (its `cache_rules.rs`): each policy's namespace is
     /// exported at zero from the start so dashboards and alerts see every series
     /// before its first event.
-    pub cached: &'static [crate::cache::Policy],
+    pub cached: &'static [kai_shared::cache::Policy],
     /// Counters of the service's outbound calls by outcome, registered (every
     /// outcome at zero) on the service's registry at start.
-    pub outcome_counters: &'static [crate::metrics::OutcomeCounter],
+    pub outcome_counters: &'static [kai_shared::metrics::OutcomeCounter],
     /// Builds an extra per-request session check from the pool.
     pub session_check: Option<fn(Db) -> SessionCheck>,
     /// Starts the service's background tasks once the platform is built; they
@@ -97,13 +96,13 @@ impl ServiceDef {
     }
 
     /// What the service caches (its `cache_rules.rs`).
-    pub fn caching(mut self, cached: &'static [crate::cache::Policy]) -> Self {
+    pub fn caching(mut self, cached: &'static [kai_shared::cache::Policy]) -> Self {
         self.cached = cached;
         self
     }
 
     /// The counters of its outbound calls.
-    pub fn counting(mut self, counters: &'static [crate::metrics::OutcomeCounter]) -> Self {
+    pub fn counting(mut self, counters: &'static [kai_shared::metrics::OutcomeCounter]) -> Self {
         self.outcome_counters = counters;
         self
     }
@@ -127,7 +126,10 @@ impl ServiceDef {
 /// See [`ServiceDef::on_start`].
 pub type OnStart = Arc<dyn Fn(web::Data<Platform>, CancellationToken) + Send + Sync>;
 
-/// Shared state every handler can reach (`web::Data<Platform>`).
+/// Shared state every handler can reach (`web::Data<Platform>`): the parts, each
+/// built from its own settings group. The parts the HTTP layer's extractors and
+/// middleware need are also app data of their own ([`Gate`], [`Observe`],
+/// [`HttpSettings`]), so nothing below this crate knows `Platform`.
 pub struct Platform {
     pub service: &'static str,
     pub settings: Settings,
@@ -135,17 +137,20 @@ pub struct Platform {
     pub cache: Cache,
     pub auth: Arc<Authenticator>,
     pub metrics: Metrics,
-    pub stats: EndpointStats,
+    pub stats: Arc<EndpointStats>,
     pub migrations: MigrationSet,
     /// The newest migration this binary embeds (readiness requires it).
     pub migration_version: i32,
     pub started: Instant,
-    pub session_check: Option<SessionCheck>,
-    pub limiter: crate::ratelimit::RateLimiter,
+    pub limiter: kai_shared::ratelimit::RateLimiter,
     /// The service's Redis (none without `REDIS_URL`/`REDIS_CLUSTER_NODES`).
     pub redis: Option<Arc<Redis>>,
     /// The list cursors' key, derived from the settings once.
-    pub cursor_key: crate::http::cursor::CursorKey,
+    pub cursor_key: kai_http::cursor::CursorKey,
+    /// What the `AuthUser` extractor uses.
+    pub gate: web::Data<Gate>,
+    /// What the request stamp records into.
+    pub observe: web::Data<Observe>,
 }
 
 impl Platform {
@@ -168,19 +173,32 @@ impl Platform {
     /// through Redis pub/sub, as one user-wide watermark (not one message per
     /// session). The caller has already recorded it in the sessions table.
     pub async fn revoke_user_sessions(&self, user_id: Uuid, keep: Option<Uuid>) {
-        let watermark = crate::auth::Watermark {
+        let watermark = kai_http::auth::Watermark {
             before_ms: chrono::Utc::now().timestamp_millis(),
             keep,
         };
         self.auth.mark_user_revoked(user_id, watermark);
         // Kept in Redis as long as a token issued just now could live.
         let expires_at = chrono::Utc::now().timestamp() + self.auth.ttl().as_secs() as i64 + 60;
-        let announced = crate::auth::user_revocation(user_id, watermark);
+        let announced = kai_http::auth::user_revocation(user_id, watermark);
         if !revocation::announce(self.redis.as_ref(), &announced, expires_at).await {
             tracing::warn!(
                 "revocation could not be announced through Redis; other services learn it when it answers"
             );
         }
+    }
+}
+
+impl Platform {
+    /// The `limit` and `cursor` of a cursor-mode list, for `user`, bound to this
+    /// service (a 400 naming the parameter at fault).
+    pub fn cursor_query(
+        &self,
+        user: Uuid,
+        limit: Option<i64>,
+        cursor: Option<&str>,
+    ) -> Result<kai_http::cursor::CursorQuery, kai_http::ApiError> {
+        kai_http::cursor::CursorQuery::parse(&self.cursor_key, self.service, user, limit, cursor)
     }
 }
 
@@ -195,29 +213,48 @@ impl Platform {
         let metrics = service_metrics(def)?;
         let db = database(&settings, def, &metrics).await?;
         let auth = Arc::new(Authenticator::new(
-            settings.auth_signing_key.clone(),
-            settings.auth_verifying_keys.clone(),
-            settings.auth_token_ttl,
+            settings.auth.signing_key.clone(),
+            settings.auth.verifying_keys.clone(),
+            settings.auth.token_ttl,
         ));
         let redis = redis(&settings, &metrics).await?;
         let on_revoked = {
             let auth = auth.clone();
             Arc::new(move |announced: &str| auth.apply_revocation(announced))
         };
-        let cache = Cache::with_redis(&settings, redis.clone(), &metrics, on_revoked, stop)
-            .context("configuring the cache")?;
+        let cache = Cache::with_redis(
+            &settings.cache,
+            &settings.redis,
+            redis.clone(),
+            &metrics,
+            on_revoked,
+            stop,
+        )
+        .context("configuring the cache")?;
+        let stats = Arc::new(EndpointStats::default());
+        let gate = web::Data::new(Gate {
+            auth: auth.clone(),
+            session_check: def.session_check.map(|make| make(db.clone())),
+        });
+        let observe = web::Data::new(Observe {
+            metrics: metrics.clone(),
+            stats: stats.clone(),
+            slow_request_threshold: settings.http.slow_request_threshold,
+            access_log_sample: settings.http.access_log_sample,
+        });
         Ok(Platform {
             service: def.name,
-            session_check: def.session_check.map(|make| make(db.clone())),
-            limiter: crate::ratelimit::RateLimiter::new(redis.clone()),
+            limiter: kai_shared::ratelimit::RateLimiter::new(redis.clone()),
             redis,
-            cursor_key: crate::http::cursor::CursorKey::from_settings(&settings),
+            cursor_key: kai_http::cursor::CursorKey::from_database_url(&settings.database.url),
             settings,
             db,
             cache,
             auth,
             metrics,
-            stats: EndpointStats::default(),
+            stats,
+            gate,
+            observe,
             migrations: def.migrations,
             migration_version: def.migrations.latest_version(),
             started: Instant::now(),
@@ -241,10 +278,10 @@ fn service_metrics(def: &ServiceDef) -> anyhow::Result<Metrics> {
 
 /// The pool, its TLS checked, migrations applied unless `RUN_MIGRATIONS=false`.
 async fn database(settings: &Settings, def: &ServiceDef, metrics: &Metrics) -> anyhow::Result<Db> {
-    let db = Db::new(settings, metrics);
-    db.check_tls(settings).await?;
-    if settings.run_migrations {
-        crate::db::migrate(&db, def.migrations).await?;
+    let db = Db::new(&settings.database, metrics);
+    db.check_tls(&settings.database).await?;
+    if settings.server.run_migrations {
+        kai_shared::db::migrate(&db, def.migrations).await?;
     }
     Ok(db)
 }
@@ -252,7 +289,7 @@ async fn database(settings: &Settings, def: &ServiceDef, metrics: &Metrics) -> a
 /// Redis, if configured; a configuration Redis refuses (password, TLS trust)
 /// stops the start, an unreachable Redis does not.
 async fn redis(settings: &Settings, metrics: &Metrics) -> anyhow::Result<Option<Arc<Redis>>> {
-    let redis = Redis::from_settings(settings, metrics)?;
+    let redis = Redis::from_settings(&settings.redis, metrics)?;
     if let Some(redis) = &redis {
         redis.check_configuration_at_start().await?;
     }
@@ -269,40 +306,44 @@ pub fn run(
 ) -> anyhow::Result<Server> {
     // The served document (see `http::openapi::complete`) and, from it, the
     // methods of each route: the `Allow` of a 405 and what a preflight may ask.
-    let document = crate::http::openapi::complete(&def.openapi);
-    let operations = web::Data::new(crate::http::openapi::Operations::from_document(&document));
+    let document = kai_http::openapi::complete(&def.openapi);
+    let operations = web::Data::new(kai_http::openapi::Operations::from_document(&document));
+    let http_settings = web::Data::new(platform.settings.http.clone());
     let mut server = HttpServer::new(move || {
         // No origin allowed (the default): no cross-origin request can succeed,
         // so the CORS middleware (and its per-route preflight check) is left out
         // of every request's path.
-        let origins = &platform.settings.cors_allowed_origins;
+        let origins = &platform.settings.http.cors_allowed_origins;
         let cors_on = !origins.is_empty();
         let cors = Condition::new(cors_on, cors(origins, &operations));
-        let preflight = Condition::new(cors_on, from_fn(crate::http::cors::preflight_per_route));
+        let preflight = Condition::new(cors_on, from_fn(kai_http::cors::preflight_per_route));
         let (routes, document) = (def.routes.clone(), document.clone());
         App::new()
             .app_data(platform.clone())
+            .app_data(platform.gate.clone())
+            .app_data(platform.observe.clone())
+            .app_data(http_settings.clone())
             .app_data(operations.clone())
-            .app_data(crate::http::query_config())
-            .app_data(crate::http::path_config())
-            .app_data(crate::http::payload_config())
+            .app_data(kai_http::query_config())
+            .app_data(kai_http::path_config())
+            .app_data(kai_http::payload_config())
             .wrap(ErrorHandlers::new().handler(
                 actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
-                crate::http::method_not_allowed,
+                kai_http::method_not_allowed,
             ))
-            .wrap(from_fn(crate::http::skip_small_bodies))
+            .wrap(from_fn(kai_http::skip_small_bodies))
             .wrap(Compress::default())
             .wrap(cors)
             .wrap(preflight)
-            .wrap(from_fn(crate::http::stamp))
+            .wrap(from_fn(kai_http::stamp))
             .configure(crate::health::routes)
-            .route("/metrics", web::get().to(crate::metrics::endpoint))
+            .route("/metrics", web::get().to(metrics_endpoint))
             // The service's routes before the docs: actix tries resources in this
             // order, and the docs' `/docs/{_:.*}` is a regex every API request
             // would otherwise run first (the paths never overlap).
             .configure(|cfg| routes(cfg))
             .configure(|cfg| docs(cfg, document))
-            .default_service(web::to(crate::http::not_found))
+            .default_service(web::to(kai_http::not_found))
     })
     .listen(listener)?
     .shutdown_timeout(DRAIN.as_secs())
@@ -317,11 +358,18 @@ pub fn run(
     Ok(server.run())
 }
 
-fn cors(allowed_origins: &[String], operations: &crate::http::openapi::Operations) -> Cors {
+/// `GET /metrics`: the registry in Prometheus' text format.
+async fn metrics_endpoint(platform: web::Data<Platform>) -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(platform.metrics.render())
+}
+
+fn cors(allowed_origins: &[String], operations: &kai_http::openapi::Operations) -> Cors {
     let mut cors = Cors::default()
         .allowed_methods(operations.all_methods().iter().map(String::as_str))
-        .allowed_headers(crate::http::cors::ALLOWED_HEADERS)
-        .expose_headers(crate::http::cors::EXPOSED_HEADERS)
+        .allowed_headers(kai_http::cors::ALLOWED_HEADERS)
+        .expose_headers(kai_http::cors::EXPOSED_HEADERS)
         .max_age(3600);
     for origin in allowed_origins {
         cors = cors.allowed_origin(origin);
@@ -379,7 +427,7 @@ impl Application {
     ) -> anyhow::Result<Self> {
         let stop = CancellationToken::new();
         let draining = stop.child_token();
-        let (host, port) = (settings.host, settings.port);
+        let (host, port) = (settings.server.host, settings.server.port);
         let platform = web::Data::new(Platform::build(settings, &def, stop.clone()).await?);
         if let Some(start) = &def.on_start {
             start(platform.clone(), draining.clone());
@@ -529,7 +577,7 @@ pub fn main<S: clap::Args>(
         Ok(cli) => cli,
         Err(code) => return code,
     };
-    crate::telemetry::init(&cli.settings.rust_log, cli.settings.log_format);
+    kai_http::telemetry::init(&cli.settings.log.rust_log, cli.settings.log.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -550,13 +598,9 @@ pub fn main<S: clap::Args>(
     exit_code(name, result)
 }
 
-/// The allocator of every binary built on the platform: mimalloc returns freed
-/// memory to the system (glibc's per-thread arenas kept the peaks of concurrent
-/// work, e.g. 19 MiB per argon2 hash, for good), with [`ALLOCATOR_SETTINGS`].
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// The settings of the binaries' global allocator (mimalloc) that return memory
+/// The settings of the services' global allocator (mimalloc, declared in each
+/// service's `main.rs`: an allocator belongs to a binary, so tools, tests and
+/// benches choose their own) that return memory
 /// to the system as soon as it is freed, instead of mimalloc's defaults, which
 /// commit whole arenas up front and purge freed pages only later, on the thread
 /// that freed them: an idle service that hashes passwords held 37 MiB and 82 MiB
@@ -632,7 +676,7 @@ fn read_cli<S: clap::Args>(binary: Binary) -> Result<Cli<S>, ExitCode> {
         .and_then(|mut cli| {
             cli.settings = cli.settings.check()?;
             if signs_tokens && matches!(cli.command, None | Some(Command::Serve)) {
-                cli.settings.require_signing_key()?;
+                cli.settings.auth.require_signing_key()?;
             }
             Ok(cli)
         });
@@ -654,9 +698,9 @@ fn read_cli<S: clap::Args>(binary: Binary) -> Result<Cli<S>, ExitCode> {
 
 /// `migrate`: apply pending migrations and stop.
 async fn migrate(settings: &Settings, def: &ServiceDef) -> anyhow::Result<()> {
-    let db = Db::new(settings, &Metrics::new(def.name));
-    db.check_tls(settings).await?;
-    let applied = crate::db::migrate(&db, def.migrations).await?;
+    let db = Db::new(&settings.database, &Metrics::new(def.name));
+    db.check_tls(&settings.database).await?;
+    let applied = kai_shared::db::migrate(&db, def.migrations).await?;
     tracing::info!(applied, "migrations up to date");
     Ok(())
 }

@@ -6,14 +6,14 @@ use uuid::Uuid;
 
 /// The test key pair: derived from a fixed seed, so every test process (and every
 /// binary a test spawns) shares one pair, written once under the temp directory.
-pub fn test_keys() -> &'static (crate::auth::keys::KeyPair, String, String) {
-    static KEYS: std::sync::OnceLock<(crate::auth::keys::KeyPair, String, String)> =
+pub fn test_keys() -> &'static (kai_http::auth::keys::KeyPair, String, String) {
+    static KEYS: std::sync::OnceLock<(kai_http::auth::keys::KeyPair, String, String)> =
         std::sync::OnceLock::new();
     KEYS.get_or_init(|| {
         use sha2::Digest;
         let seed: [u8; 32] =
             sha2::Sha256::digest(b"kai test signing key, never in production").into();
-        let pair = crate::auth::keys::KeyPair::from_seed(seed);
+        let pair = kai_http::auth::keys::KeyPair::from_seed(seed);
         let dir = std::env::temp_dir().join(format!("kai-test-keys-{}", pair.kid));
         let (signing, verifying) = pair.write_to(&dir).expect("write the test key pair");
         (
@@ -35,13 +35,13 @@ pub fn auth_env() -> [(&'static str, String); 2] {
 }
 
 /// An authenticator holding the test signing key (mints tokens the services accept).
-pub fn test_authenticator() -> &'static crate::auth::Authenticator {
-    static AUTH: std::sync::OnceLock<crate::auth::Authenticator> = std::sync::OnceLock::new();
+pub fn test_authenticator() -> &'static kai_http::auth::Authenticator {
+    static AUTH: std::sync::OnceLock<kai_http::auth::Authenticator> = std::sync::OnceLock::new();
     AUTH.get_or_init(|| {
         let (pair, _, _) = test_keys();
-        crate::auth::Authenticator::new(
-            Some(crate::auth::keys::parse_signing_pem(&pair.private_pem).expect("test key")),
-            crate::auth::keys::parse_verifying_pems(&pair.public_pem).expect("test key"),
+        kai_http::auth::Authenticator::new(
+            Some(kai_http::auth::keys::parse_signing_pem(&pair.private_pem).expect("test key")),
+            kai_http::auth::keys::parse_verifying_pems(&pair.public_pem).expect("test key"),
             Duration::from_secs(3600),
         )
     })

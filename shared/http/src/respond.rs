@@ -6,7 +6,7 @@
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse};
 
-use crate::cache::Cached;
+use kai_shared::cache::Cached;
 
 use super::X_CACHE;
 use super::errors::ApiError;
@@ -20,7 +20,7 @@ pub fn cached(req: &HttpRequest, cached: &Cached) -> HttpResponse {
         .is_some_and(|v| {
             v.trim() == "*"
                 || v.split(',')
-                    .any(|t| t.trim().trim_start_matches("W/").as_bytes() == etag.as_bytes())
+                    .any(|t| t.trim().trim_start_matches("W/").as_bytes() == &etag[..])
         });
     let mut res = if matches {
         HttpResponse::NotModified()
@@ -36,7 +36,10 @@ pub fn cached(req: &HttpRequest, cached: &Cached) -> HttpResponse {
         HeaderValue::from_static(cached.status.as_str()),
     ))
     .insert_header((header::VARY, HeaderValue::from_static("accept-encoding")));
-    res.insert_header((header::ETAG, etag.clone()));
+    // Visible ASCII, checked when the entry was made or read from Redis.
+    if let Ok(etag) = HeaderValue::from_maybe_shared(etag.clone()) {
+        res.insert_header((header::ETAG, etag));
+    }
     if matches {
         return res.finish();
     }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::metrics::fnv1a;
+use kai_shared::metrics::fnv1a;
 
 /// Shards per route: worker threads take them in turn.
 const SHARDS: usize = 8;
@@ -179,7 +179,7 @@ impl EndpointStats {
                         avg_time_ms: ms(sum(|s| &s.total_ns) / count.max(1)),
                         min_time_ms: ms(min.min(max)),
                         max_time_ms: ms(max),
-                        error_rate: crate::health::round_to(
+                        error_rate: kai_shared::figures::round_to(
                             sum(|s| &s.errors) as f64 / count.max(1) as f64,
                             4,
                         ),

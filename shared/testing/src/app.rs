@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::config::Settings;
-use crate::server::{Application, RunOptions, ServiceDef};
+use kai_platform::config::Settings;
+use kai_platform::server::{Application, RunOptions, ServiceDef};
 
 use super::auth_env;
 
@@ -33,13 +33,13 @@ pub fn settings(
         env.insert((*k).into(), (*v).into());
     }
     let mut s = Settings::from_lookup(0, |k| env.get(k).cloned()).expect("valid test settings");
-    s.cache_prefix = prefix.to_owned();
+    s.redis.prefix = prefix.to_owned();
     s
 }
 
 /// A service's own settings (`S`, e.g. conversation's `LlmSettings`) from `pairs`.
 pub fn service_settings<S: clap::Args>(pairs: &[(&str, &str)]) -> S {
-    crate::config::args_from_lookup(crate::config::command::<S>(), |k| {
+    kai_platform::config::args_from_lookup(kai_platform::config::command::<S>(), |k| {
         pairs
             .iter()
             .find(|(name, _)| *name == k)
@@ -51,7 +51,7 @@ pub fn service_settings<S: clap::Args>(pairs: &[(&str, &str)]) -> S {
 /// One running service under test.
 pub struct TestApp {
     pub address: String,
-    pub platform: actix_web::web::Data<crate::Platform>,
+    pub platform: actix_web::web::Data<kai_platform::Platform>,
     pub client: reqwest::Client,
     handle: actix_web::dev::ServerHandle,
 }

@@ -1,6 +1,18 @@
-//! HTTP plumbing shared by every service: the request stamp (id, timing, per-route
-//! statistics, slow-request warnings), compression only where it pays, problem+json
-//! for every extractor failure, and cached-response rendering with ETags.
+//! kai-http: the HTTP layer every Kai service shares, above the cache-and-pool
+//! crate (`kai-shared`) and below the platform (`kai-platform`). Here and only
+//! here lower errors become answers ([`errors`]: `DbError`, the cache's
+//! `LoadError<E>`, a rate limit's refusal). Also: the request stamp (id, timing,
+//! per-route statistics, slow-request warnings), compression only where it pays,
+//! problem+json for every extractor failure, cached-response rendering with
+//! ETags, access tokens and their extractors ([`auth`]), and tracing setup
+//! ([`telemetry`]).
+
+/// Access tokens (EdDSA JWT, keys chosen by `kid`), the `AuthUser` and `Owned`
+/// (user + the path's id) extractors, with revocation.
+pub mod auth;
+/// Tracing subscriber setup, and the task-local request context every log line
+/// of a request carries.
+pub mod telemetry;
 
 pub mod cors;
 pub mod cursor;
@@ -9,6 +21,7 @@ pub mod json;
 pub mod openapi;
 pub mod query;
 pub mod respond;
+pub mod settings;
 pub mod stats;
 pub mod timestamp;
 pub mod valid;
@@ -22,17 +35,27 @@ use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use crate::Platform;
-use errors::{ApiError, FieldError};
+use kai_shared::metrics::Metrics;
 
+pub use errors::{ApiError, FieldError};
 pub use json::Json;
 pub use query::Query;
+pub use settings::HttpSettings;
 pub use valid::{Valid, Validate};
+
+/// What [`stamp`] records into, as app data: the service's registry, its
+/// per-route statistics, and when a request is slow or sampled for the log.
+pub struct Observe {
+    pub metrics: Metrics,
+    pub stats: std::sync::Arc<stats::EndpointStats>,
+    pub slow_request_threshold: std::time::Duration,
+    pub access_log_sample: f64,
+}
 
 /// Largest accepted request body (SPEC §3).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Smaller responses are not worth compressing (SPEC §3).
-pub const COMPRESS_MIN_BYTES: u64 = crate::cache::entry::COMPRESS_MIN_BYTES as u64;
+pub const COMPRESS_MIN_BYTES: u64 = kai_shared::cache::entry::COMPRESS_MIN_BYTES as u64;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_RESPONSE_TIME: HeaderName = HeaderName::from_static("x-response-time");
@@ -81,7 +104,7 @@ pub async fn stamp(
         }
     };
     let method = req.method().clone();
-    let platform = req.app_data::<web::Data<Platform>>().cloned();
+    let observe = req.app_data::<web::Data<Observe>>().cloned();
     // Every line written while the request is handled names it (and, once the
     // auth extractor verified the token, the user: an id, never data). A
     // task-local, not span fields: see `telemetry`.
@@ -97,25 +120,22 @@ pub async fn stamp(
         let status = res.status();
         let on_docs = res.request().path().starts_with("/docs");
         // The bundled Swagger UI's assets are no route anyone monitors.
-        if let Some(platform) = platform.as_ref().filter(|_| !on_docs) {
+        if let Some(observe) = observe.as_ref().filter(|_| !on_docs) {
             // The route *pattern*, never the raw path: bounded label values, and
             // no personal text (ids, a search query) in a metric or a log line.
             let matched = res.request().match_pattern();
             let route = matched.as_deref().unwrap_or("UNMATCHED");
-            platform
+            observe
                 .metrics
-                .observe_http(route, method.as_str(), status, elapsed);
+                .observe_http(route, method.as_str(), status.as_u16(), elapsed);
             if route.starts_with("/api/") {
-                platform
+                observe
                     .stats
                     .record(&method, route, elapsed, status.is_server_error());
             }
-            let slow = elapsed >= platform.settings.slow_request_threshold;
+            let slow = elapsed >= observe.slow_request_threshold;
             // The access log: a sample, plus every server error and slow request.
-            if status.is_server_error()
-                || slow
-                || log_this_request(platform.settings.access_log_sample)
-            {
+            if status.is_server_error() || slow || log_this_request(observe.access_log_sample) {
                 let ms = elapsed.as_secs_f64() * 1000.0;
                 if slow {
                     tracing::warn!(
