@@ -81,3 +81,23 @@ def promtool() -> str:
     if path is None:
         pytest.fail("promtool not found (scripts/check-deploy installs the Debian 'prometheus' package)")
     return path
+
+
+def crd_schema_errors(objs: list[dict]) -> list[str] | None:
+    """Validates custom resources with deploy-tests/crd_schemas.mjs (the JSON
+    schemas of the @kubernetes-models npm packages that scripts/check-deploy
+    installs and names in KAI_NODE_MODULES). None when they are not installed
+    (pytest run alone); under scripts/check-deploy they always are."""
+    import json
+    import os
+
+    modules = os.environ.get("KAI_NODE_MODULES")
+    node = shutil.which("node")
+    if not modules or node is None:
+        return None
+    proc = subprocess.run(
+        [node, str(Path(__file__).resolve().parent / "crd_schemas.mjs"), modules],
+        input=json.dumps(objs), capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [f"{r['kind']}/{r['name']}: {r['error']}" for r in json.loads(proc.stdout) if r["error"]]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from importlib.metadata import version
 
 import pytest
 
-from conftest import MIN_K8S_VERSION, render, schema_versions
+from conftest import MIN_K8S_VERSION, crd_schema_errors, render, schema_versions
 from contract import CRD_KINDS, K8S, MONITORED_OVERLAYS, OVERLAYS
 
 
@@ -87,3 +88,29 @@ def test_crds_present_with_expected_api(overlay_name, kind):
     for o in objs:
         assert o["apiVersion"] == "monitoring.coreos.com/v1"
         assert isinstance(o.get("spec"), dict) and o["spec"], f"{kind}/{o['metadata']['name']} has no spec"
+
+
+@pytest.mark.parametrize("overlay_name", MONITORED_OVERLAYS)
+def test_crds_schema_valid(overlay_name):
+    """ServiceMonitors and the PrometheusRule against the Prometheus operator's
+    schemas (npm @kubernetes-models/prometheus-operator, installed by
+    scripts/check-deploy)."""
+    objs = [o for o in render(f"overlays/{overlay_name}") if o["kind"] in CRD_KINDS]
+    errors = crd_schema_errors(objs)
+    if errors is None:
+        pytest.skip("CRD schemas not installed (scripts/check-deploy installs them)")
+    assert not errors, "\n".join(errors)
+
+
+def test_crd_schemas_reject_what_they_should():
+    """The validator is not a no-op: a bad relabel action and a bad path match
+    type are refused."""
+    sm = next(o for o in render("overlays/prod") if o["kind"] == "ServiceMonitor")
+    bad_sm = json.loads(json.dumps(sm))
+    bad_sm["spec"]["endpoints"][0]["relabelings"][0]["action"] = "rename-everything"
+    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "x"},
+             "spec": {"rules": [{"matches": [{"path": {"type": "Prefix", "value": "/api"}}]}]}}
+    errors = crd_schema_errors([bad_sm, route])
+    if errors is None:
+        pytest.skip("CRD schemas not installed (scripts/check-deploy installs them)")
+    assert len(errors) == 2, errors
