@@ -462,8 +462,19 @@ async fn a_service_down_during_the_deletion_purges_when_it_starts() {
     delete_account(&s, &p).await;
     let started = Instant::now();
     refused_everywhere_within_a_second(&s, &p, started).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rows = s.rows_of(p.id, &p.conversations).await;
+    // Wait for the running services' purge (journal's rows gone), not for a
+    // fixed time; then the stopped service's rows must still be there.
+    let rows = loop {
+        let rows = s.rows_of(p.id, &p.conversations).await;
+        if rows.contains(&("journal entries", 0)) {
+            break rows;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "journal never purged: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(
         rows.contains(&("conversations", 1)),
         "nobody purged for the stopped service: {rows:?}"

@@ -171,13 +171,32 @@ fn route_patterns_are_read_from_nested_scopes() {
 /// (`scripts/check-api` validates the served ones; this copy is for client
 /// generators and for reading).
 #[test]
-fn documents_are_written_for_tools() {
+fn documents_are_written_for_tools_and_read_back_whole() {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../openapi");
     std::fs::create_dir_all(&dir).expect("mkdir");
     for def in services() {
         let doc = kai_http::openapi::complete(&def.openapi);
         let json = serde_json::to_string_pretty(&doc).expect("document serializes");
-        std::fs::write(dir.join(format!("{}.json", def.name)), json).expect("write");
+        let file = dir.join(format!("{}.json", def.name));
+        std::fs::write(&file, json).expect("write");
+        // What a generator reads is the document the service serves, whole.
+        let read: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).expect("read back"))
+                .expect("the file is JSON");
+        assert_eq!(read, doc, "{}", def.name);
+        assert!(
+            read["openapi"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("3.1")),
+            "{}: {}",
+            def.name,
+            read["openapi"]
+        );
+        assert!(
+            read["paths"].as_object().is_some_and(|p| !p.is_empty()),
+            "{} documents no path",
+            def.name
+        );
     }
 }
 

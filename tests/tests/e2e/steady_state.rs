@@ -239,13 +239,50 @@ async fn the_subscription_stays_up_and_l1_hits_cost_no_redis_command() {
         .spawn()
         .expect("redis-cli");
     let stdout = monitor.stdout.take().unwrap();
-    let lines = std::thread::spawn(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<String>>()
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut conn = p.redis.connection();
+    let mut marker = |name: &str| {
+        let _: String = redis::cmd("ECHO").arg(name).query(&mut conn).unwrap();
+    };
+    // MONITOR is attached once it reports a marker sent after it started (not
+    // after a fixed wait); what it reports from then on is the window.
+    let mut lines: Vec<String> = Vec::new();
+    let until = |rx: &std::sync::mpsc::Receiver<String>, lines: &mut Vec<String>, mark: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("MONITOR never reported {mark}"));
+            let done = line.contains(mark);
+            lines.push(line);
+            if done {
+                return;
+            }
+        }
+    };
+    let attached = Instant::now();
+    loop {
+        marker("start-of-window");
+        if rx
+            .recv_timeout(Duration::from_millis(100))
+            .is_ok_and(|l| l.contains("start-of-window"))
+        {
+            break;
+        }
+        assert!(
+            attached.elapsed() < Duration::from_secs(10),
+            "MONITOR never attached"
+        );
+    }
+    // Markers sent while it attached may still be queued: they precede the window.
     let hits_before = p.b.platform.cache.totals().l1_hits;
     for _ in 0..50 {
         let (n, cache) = total(&p.b, &user).await;
@@ -254,15 +291,14 @@ async fn the_subscription_stays_up_and_l1_hits_cost_no_redis_command() {
     }
     let l1_hits = p.b.platform.cache.totals().l1_hits - hits_before;
     // A marker command closes the window: everything before it was monitored.
-    let mut conn = p.redis.connection();
-    let _: String = redis::cmd("ECHO")
-        .arg("end-of-window")
-        .query(&mut conn)
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    marker("end-of-window");
+    until(&rx, &mut lines, "end-of-window");
     let _ = monitor.kill();
     let _ = monitor.wait();
-    let lines = lines.join().unwrap();
+    let lines: Vec<String> = lines
+        .into_iter()
+        .filter(|l| !l.contains("start-of-window"))
+        .collect();
     assert!(
         lines.iter().any(|l| l.contains("end-of-window")),
         "MONITOR saw the window"

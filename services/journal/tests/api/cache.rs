@@ -84,7 +84,7 @@ async fn reads_see_writes_immediately_on_the_same_replica() {
 }
 
 #[tokio::test]
-async fn another_replica_sees_a_write_within_100_ms() {
+async fn another_replica_drops_its_cached_copies_when_a_write_is_announced() {
     let j = spawn().await;
     let other = j.replica().await;
     let user = User::new();
@@ -102,18 +102,22 @@ async fn another_replica_sees_a_write_within_100_ms() {
         json!({"content": "after", "mood": 9}),
     )
     .await;
+    // The other replica's copies live for minutes (their TTL): seeing the write
+    // within two seconds can only come from the write's announcement. (SPEC §6's
+    // 100 ms is held by `kai-load soak`, which reads every write back on every
+    // replica and counts stale answers, not by a timed assertion here.)
     let written = Instant::now();
-    // Poll: the guarantee is 100 ms; give a loaded CI machine slack, then report.
-    let mut fresh_after = None;
-    while written.elapsed() < Duration::from_secs(2) {
-        if read(&other, &user, &path).await.2["content"] == "after" {
-            fresh_after = Some(written.elapsed());
-            break;
+    let mut fresh = false;
+    while !fresh && written.elapsed() < Duration::from_secs(2) {
+        fresh = read(&other, &user, &path).await.2["content"] == "after";
+        if !fresh {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let fresh_after = fresh_after.expect("the other replica never saw the write");
-    eprintln!("cross-replica read-your-writes after {fresh_after:?}");
+    assert!(
+        fresh,
+        "the other replica kept serving its copy from before the write"
+    );
     // Lists and aggregates too, from the same single invalidation.
     assert_eq!(
         read(&other, &user, "/api/journal/entries").await.2["entries"][0]["content"],
