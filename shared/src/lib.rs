@@ -28,8 +28,8 @@ pub mod health;
 /// (parse, don't validate; an extractor too), `CursorQuery` for cursor-mode lists,
 /// cached responses, per-route statistics.
 pub mod http;
-/// The Prometheus registry, Kai's metrics (`kai_http_*` included, recorded by
-/// `http::stamp`), `GET /metrics`, and a service's `OutcomeCounter`s.
+/// The Prometheus registry, Kai's metrics (`kai_http_*` are actix-web-prom's, see
+/// `http::prometheus_middleware`), `GET /metrics`, and a service's `OutcomeCounter`s.
 pub mod metrics;
 /// Token-bucket rate limiting (Redis, with an in-process fallback).
 pub mod ratelimit;

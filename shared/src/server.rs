@@ -271,6 +271,7 @@ pub fn run(
     // methods of each route: the `Allow` of a 405 and what a preflight may ask.
     let document = crate::http::openapi::complete(&def.openapi);
     let operations = web::Data::new(crate::http::openapi::Operations::from_document(&document));
+    let http_metrics = crate::http::prometheus_middleware(&platform.metrics)?;
     let mut server = HttpServer::new(move || {
         // No origin allowed (the default): no cross-origin request can succeed,
         // so the CORS middleware (and its per-route preflight check) is left out
@@ -294,6 +295,8 @@ pub fn run(
             .wrap(Compress::default())
             .wrap(cors)
             .wrap(preflight)
+            // Inside `stamp`, which bounds the method before this labels it.
+            .wrap(http_metrics.clone())
             .wrap(from_fn(crate::http::stamp))
             .configure(crate::health::routes)
             .route("/metrics", web::get().to(crate::metrics::endpoint))
@@ -339,7 +342,9 @@ fn docs(cfg: &mut web::ServiceConfig, document: serde_json::Value) {
                 .finish()
         }),
     )
-    .service(SwaggerUi::new("/docs/{_:.*}").external_url_unchecked("/openapi.json", document));
+    .service(
+        SwaggerUi::new(crate::http::DOCS_ASSETS).external_url_unchecked("/openapi.json", document),
+    );
 }
 
 /// How the server runs: signals and workers differ between a binary and a test.
