@@ -109,22 +109,26 @@ impl Redis {
         prefix: String,
         metrics: Metrics,
     ) -> Self {
-        let links = if target.is_cluster() {
-            Links::Shared(Shared::new(target.clone()))
-        } else {
-            Links::Pool(
+        let links = match &target {
+            Target::Cluster(_) => Links::Shared(Shared::new(target.clone())),
+            Target::Node(client) => Links::Pool(
                 bb8::Pool::builder()
                     .max_size(pool_size)
                     .min_idle(Some(1))
+                    // A short wait (REDIS_TIMEOUT_MS), not bb8's 30 s, and the
+                    // connect errors logged: with Redis down a checkout fails
+                    // fast and says why.
                     .connection_timeout(timeout)
+                    // Off: a command that fails marks its connection broken
+                    // (`Manager::has_broken`), so no PING before each checkout.
                     .test_on_check_out(false)
                     .retry_connection(false)
                     .error_sink(Box::new(LogSink))
-                    .build_unchecked(Manager {
-                        target: target.clone(),
-                        home: Home::here(),
-                    }),
-            )
+                    .build_unchecked(
+                        Manager::new(client, Home::here())
+                            .expect("a client's own connection info is valid"),
+                    ),
+            ),
         };
         let _ = metrics
             .registry
