@@ -100,10 +100,19 @@ impl Consumer {
             }
         };
         let handle = Arc::new(handle);
+        let failures = metrics.events_failures.with_label_values(&[self.stream]);
         let handler: Handler = Arc::new(move |payload: String| {
-            let (ctx, handle, handled) = (ctx.clone(), handle.clone(), handled.clone());
+            let (ctx, handle, handled, failures) = (
+                ctx.clone(),
+                handle.clone(),
+                handled.clone(),
+                failures.clone(),
+            );
             Box::pin(async move {
-                handle(ctx, payload).await?;
+                if let Err(e) = handle(ctx, payload).await {
+                    failures.inc();
+                    return Err(e);
+                }
                 handled.inc();
                 Ok(())
             })

@@ -4,16 +4,12 @@
 //! constant label `service`, so several services — or several tests — can run in one
 //! process without mixing their numbers.
 //!
-//! The HTTP metrics are the ones actix-web-prom defined (SPEC §5: same names,
-//! help, labels `endpoint`, `method`, `status`, buckets [`LATENCY_BUCKETS`], and
-//! the `process_*` collector), recorded by the outermost middleware
-//! (`http::stamp`), which already knows the route, status and duration: the
-//! middleware formatted the route pattern three times, cloned the path twice
-//! and built a parameter map on every request — 5 % of a cached read's CPU.
+//! The HTTP metrics (`kai_http_requests_total`, `kai_http_requests_duration_seconds`)
+//! are actix-web-prom's, registered on this registry by
+//! kai-http's `prometheus_middleware` with the buckets [`LATENCY_BUCKETS`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
@@ -41,14 +37,16 @@ pub struct Metrics {
     /// `kai_db_batch_size{batch}`: writes per combined statement (`db::Combiner`).
     pub db_batch_size: HistogramVec,
     pub redis_up: IntGauge,
-    /// `kai_http_requests_total{endpoint, method, status}`.
-    pub http_requests: IntCounterVec,
-    /// `kai_http_requests_duration_seconds{endpoint, method, status}`.
-    pub http_duration: HistogramVec,
+    /// `kai_cache_subscriptions_total`: invalidation subscriptions established
+    /// (the first at start; every further one is a reconnect).
+    pub cache_subscriptions: IntCounter,
+    /// `kai_events_failures_total{stream}`: events whose handler failed (left
+    /// unacknowledged, retried).
+    pub events_failures: IntCounterVec,
     /// The service's own [`OutcomeCounter`]s, by name.
     outcomes: Arc<HashMap<&'static str, IntCounterVec>>,
     /// Tells this registry's series apart from another's in a worker thread's
-    /// cache ([`Metrics::observe_http`]); unique in the process.
+    /// cache ([`Metrics::count_cache`]); unique in the process.
     id: u64,
     /// Counters registered through [`Metrics::counter`], by name.
     counters: Arc<std::sync::Mutex<HashMap<String, IntCounter>>>,
@@ -133,23 +131,24 @@ impl Metrics {
             "1 when Redis answers (circuit closed), else 0",
         )
         .expect("valid metric");
-        const HTTP_LABELS: &[&str] = &["endpoint", "method", "status"];
-        let http_requests = counter(
-            "kai_http_requests_total",
-            "Total number of HTTP requests",
-            HTTP_LABELS,
-        );
-        let http_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "kai_http_requests_duration_seconds",
-                "HTTP request duration in seconds for all requests",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            HTTP_LABELS,
+        let cache_subscriptions = IntCounter::new(
+            "kai_cache_subscriptions_total",
+            "Invalidation subscriptions established (the first at start; more are reconnects)",
         )
         .expect("valid metric");
         registry
-            .register(Box::new(http_duration.clone()))
+            .register(Box::new(cache_subscriptions.clone()))
+            .expect("metric registered once");
+        let events_failures = IntCounterVec::new(
+            Opts::new(
+                "kai_events_failures_total",
+                "Events whose handler failed (left unacknowledged and retried), by stream",
+            ),
+            &["stream"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(events_failures.clone()))
             .expect("metric registered once");
         // process_cpu_seconds_total, process_resident_memory_bytes, open fds, …
         #[cfg(target_os = "linux")]
@@ -169,8 +168,8 @@ impl Metrics {
             db_slow_queries,
             db_batch_size,
             redis_up,
-            http_requests,
-            http_duration,
+            cache_subscriptions,
+            events_failures,
             outcomes: Arc::default(),
             id: {
                 static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -228,7 +227,7 @@ impl Metrics {
     }
 
     /// One cache hit (`hit`) or miss of `namespace`: `kai_cache_hits_total` or
-    /// `kai_cache_misses_total`. As in [`Metrics::observe_http`], each worker
+    /// `kai_cache_misses_total`. Each worker
     /// thread looks the labelled counter up once and keeps it (a namespace is a
     /// `&'static str`: its address and length name it, with no hashing).
     pub fn count_cache(&self, hit: bool, namespace: &'static str) {
@@ -258,47 +257,6 @@ impl Metrics {
         });
     }
 
-    /// One answered request: `endpoint` is the route pattern (or `UNMATCHED`),
-    /// never the raw path.
-    ///
-    /// The labelled series are looked up once per worker thread and kept there
-    /// (`with_label_values` on every request hashed the three labels and took
-    /// the vector's lock, shared by the workers: 3 % of a cached read's CPU).
-    pub fn observe_http(&self, endpoint: &str, method: &str, status: u16, elapsed: Duration) {
-        thread_local! {
-            static SERIES: std::cell::RefCell<HashMap<(u64, u16, u64), Vec<HttpSeries>>> =
-                std::cell::RefCell::new(HashMap::new());
-        }
-        // The registry (several services run in one test process), the status,
-        // and a hash of the two strings; the strings themselves are compared in
-        // the (almost always one-entry) bucket, so nothing is allocated.
-        let key = (
-            self.id,
-            status,
-            fnv1a(&[endpoint.as_bytes(), b" ", method.as_bytes()]),
-        );
-        SERIES.with(|series| {
-            let mut series = series.borrow_mut();
-            let bucket = series.entry(key).or_default();
-            let found = bucket
-                .iter()
-                .position(|s| &*s.endpoint == endpoint && &*s.method == method);
-            let i = found.unwrap_or_else(|| {
-                let status = status.to_string();
-                let labels = [endpoint, method, status.as_str()];
-                bucket.push(HttpSeries {
-                    endpoint: endpoint.into(),
-                    method: method.into(),
-                    duration: self.http_duration.with_label_values(&labels),
-                    count: self.http_requests.with_label_values(&labels),
-                });
-                bucket.len() - 1
-            });
-            bucket[i].duration.observe(elapsed.as_secs_f64());
-            bucket[i].count.inc();
-        });
-    }
-
     /// The text exposition of everything in the registry.
     ///
     pub fn render(&self) -> String {
@@ -306,89 +264,5 @@ impl Metrics {
         encoder
             .encode_to_string(&self.registry.gather())
             .unwrap_or_default()
-    }
-}
-
-/// One labelled HTTP series, as a worker thread keeps it.
-struct HttpSeries {
-    endpoint: Box<str>,
-    method: Box<str>,
-    duration: Histogram,
-    count: IntCounter,
-}
-
-/// FNV-1a over `parts`: a quick hash for a thread's own map.
-pub fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for &b in *part {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn http_requests_are_exported_as_actix_web_prom_did() {
-        let m = Metrics::new("journal");
-        m.observe_http(
-            "/api/journal/entries/{id}",
-            "GET",
-            200,
-            Duration::from_micros(300),
-        );
-        m.observe_http("UNMATCHED", "POST", 404, Duration::from_millis(2));
-        let text = m.render();
-        assert!(text.contains("# HELP kai_http_requests_total Total number of HTTP requests"));
-        assert!(text.contains(
-            r#"kai_http_requests_total{endpoint="/api/journal/entries/{id}",method="GET",status="200",service="journal"} 1"#
-        ), "{text}");
-        assert!(text.contains(
-            r#"kai_http_requests_duration_seconds_bucket{endpoint="/api/journal/entries/{id}",method="GET",status="200",service="journal",le="0.0005"} 1"#
-        ), "{text}");
-        assert!(text.contains(r#"status="404""#));
-        assert!(text.contains("process_cpu_seconds_total"));
-        // Another registry on the same thread keeps its own series.
-        let get_entry = |m: &Metrics| {
-            m.observe_http(
-                "/api/journal/entries/{id}",
-                "GET",
-                200,
-                Duration::from_micros(1),
-            )
-        };
-        let other = Metrics::new("profile");
-        for _ in 0..3 {
-            get_entry(&other);
-        }
-        get_entry(&m);
-        assert!(other.render().contains(
-            r#"kai_http_requests_total{endpoint="/api/journal/entries/{id}",method="GET",status="200",service="profile"} 3"#
-        ));
-        assert!(m.render().contains(
-            r#"kai_http_requests_total{endpoint="/api/journal/entries/{id}",method="GET",status="200",service="journal"} 2"#
-        ));
-    }
-
-    #[test]
-    fn status_labels_are_the_three_digits() {
-        let m = Metrics::new("journal");
-        for status in [200, 503, 431] {
-            m.observe_http("/health", "GET", status, Duration::from_micros(1));
-        }
-        let text = m.render();
-        for status in ["200", "503", "431"] {
-            assert!(
-                text.contains(&format!(
-                    r#"kai_http_requests_total{{endpoint="/health",method="GET",status="{status}",service="journal"}} 1"#
-                )),
-                "{text}"
-            );
-        }
     }
 }

@@ -1,11 +1,21 @@
 //! Rate limiting: token buckets kept in Redis (one Lua script per check, shared by
-//! every replica), falling back to in-process buckets when Redis is not configured
+//! every replica), falling back to in-process limiters when Redis is not configured
 //! or its circuit is open — so a Redis outage never turns into unlimited login
 //! attempts, only into per-replica limits.
+//!
+//! The in-process fallback is `governor`'s keyed limiter (GCRA). GCRA with a burst
+//! of `capacity` and one cell every `1 / per_second` is the token bucket the Redis
+//! script keeps: `capacity` requests at once, then one per refill interval, and a
+//! refused request learns when the next one would pass.
 
+use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use governor::clock::{Clock, DefaultClock};
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter as Gcra};
 use sha2::{Digest, Sha256};
 
 use crate::redis::{Command, Redis};
@@ -36,11 +46,15 @@ pub struct Limit {
     pub per_second: f64,
 }
 
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
+/// One in-process limiter per [`Limit`], keyed by the hashed subject.
+type Keyed = Gcra<String, DefaultKeyedStateStore<String>, DefaultClock>;
+
+/// The fallback's limiters, by limit: its name, capacity and rate (as bits).
+type Limiters = HashMap<(&'static str, u32, u64), Arc<Keyed>>;
+
+/// Subjects an in-process limiter keeps before it drops those whose bucket is
+/// full again (`retain_recent`: they are indistinguishable from new ones).
+const MAX_LOCAL_KEYS: usize = 100_000;
 
 /// A refusal: the bucket is empty for this long (at least a second). The HTTP
 /// layer answers it as 429 with `Retry-After`.
@@ -54,17 +68,15 @@ pub struct Limited {
 #[derive(Clone)]
 pub struct RateLimiter {
     redis: Option<Arc<Redis>>,
-    local: moka::sync::Cache<String, Arc<Mutex<Bucket>>>,
+    /// The fallback's limiters, by limit (its name and quota).
+    local: Arc<Mutex<Limiters>>,
 }
 
 impl RateLimiter {
     pub fn new(redis: Option<Arc<Redis>>) -> Self {
         Self {
             redis,
-            local: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_idle(Duration::from_secs(3600))
-                .build(),
+            local: Arc::default(),
         }
     }
 
@@ -90,15 +102,36 @@ impl RateLimiter {
     }
 
     fn check_local(&self, key: &str, limit: &Limit) -> Option<Duration> {
-        let bucket = self.local.get_with(key.to_owned(), || {
-            Arc::new(Mutex::new(Bucket {
-                tokens: f64::from(limit.capacity),
-                at: Instant::now(),
-            }))
-        });
-        let mut b = bucket.lock().expect("bucket lock");
-        take(&mut b, limit, Instant::now())
+        let Some(quota) = quota(limit) else {
+            tracing::error!(
+                limit = limit.name,
+                "a rate limit without capacity or refill refuses everything"
+            );
+            return Some(Duration::from_secs(3600));
+        };
+        let limiter = self
+            .local
+            .lock()
+            .expect("limiters lock")
+            .entry((limit.name, limit.capacity, limit.per_second.to_bits()))
+            .or_insert_with(|| Arc::new(Gcra::keyed(quota)))
+            .clone();
+        let outcome = limiter.check_key(&key.to_owned());
+        if limiter.len() > MAX_LOCAL_KEYS {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+        outcome
+            .err()
+            .map(|not_until| not_until.wait_time_from(limiter.clock().now()))
     }
+}
+
+/// `limit` as a GCRA quota: a burst of `capacity`, one more every `1 / per_second`.
+/// `None` when the limit allows nothing (no capacity, no refill).
+fn quota(limit: &Limit) -> Option<Quota> {
+    let period = Duration::try_from_secs_f64(1.0 / limit.per_second).ok()?;
+    Some(Quota::with_period(period)?.allow_burst(NonZeroU32::new(limit.capacity)?))
 }
 
 /// One token-bucket step in Redis: `Some(None)` allowed, `Some(Some(wait))`
@@ -125,20 +158,6 @@ pub async fn token_bucket(
     Some((wait_ms > 0).then(|| Duration::from_millis(wait_ms)))
 }
 
-/// One token-bucket step: refill for the time passed, then take a token or say how
-/// long until one is available.
-fn take(b: &mut Bucket, limit: &Limit, now: Instant) -> Option<Duration> {
-    let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
-    b.tokens = (b.tokens + elapsed * limit.per_second).min(f64::from(limit.capacity));
-    b.at = now;
-    if b.tokens >= 1.0 {
-        b.tokens -= 1.0;
-        None
-    } else {
-        Some(Duration::from_secs_f64((1.0 - b.tokens) / limit.per_second))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,25 +168,64 @@ mod tests {
         per_second: 0.5,
     };
 
-    #[test]
-    fn a_bucket_allows_its_capacity_then_says_when_to_retry() {
-        let start = Instant::now();
-        let mut b = Bucket {
-            tokens: 3.0,
-            at: start,
-        };
-        assert_eq!(
-            (
-                take(&mut b, &LIMIT, start),
-                take(&mut b, &LIMIT, start),
-                take(&mut b, &LIMIT, start)
-            ),
-            (None, None, None)
+    /// Redis is not configured: the in-process limiter allows `capacity` at
+    /// once, then says when to retry (one token per `1 / per_second`).
+    #[tokio::test]
+    async fn the_fallback_allows_its_capacity_then_says_when_to_retry() {
+        let limiter = RateLimiter::new(None);
+        for _ in 0..3 {
+            assert!(limiter.check(&LIMIT, "sam@example.com").await.is_ok());
+        }
+        let wait = limiter.check_local("t:sam", &LIMIT);
+        assert!(wait.is_none(), "another key has its own bucket");
+        let refused = limiter
+            .check(&LIMIT, "sam@example.com")
+            .await
+            .expect_err("the fourth is refused");
+        let Limited { retry_after } = refused;
+        // The next token is 2 s away (0.5 per second), less the moments spent here.
+        assert!(
+            retry_after > Duration::from_millis(1900) && retry_after <= Duration::from_secs(2),
+            "{retry_after:?}"
         );
-        let wait = take(&mut b, &LIMIT, start).unwrap();
-        assert_eq!(wait, Duration::from_secs(2));
-        // Two seconds later one token is back.
-        assert_eq!(take(&mut b, &LIMIT, start + Duration::from_secs(2)), None);
-        assert!(take(&mut b, &LIMIT, start + Duration::from_secs(2)).is_some());
+        // Another limit keeps its own buckets for the same subject.
+        let other = Limit { name: "u", ..LIMIT };
+        assert!(limiter.check(&other, "sam@example.com").await.is_ok());
+    }
+
+    #[test]
+    fn a_bucket_refills_at_its_rate() {
+        let limit = Limit {
+            name: "fast",
+            capacity: 2,
+            per_second: 20.0,
+        };
+        let limiter = RateLimiter::new(None);
+        assert_eq!(limiter.check_local("k", &limit), None);
+        assert_eq!(limiter.check_local("k", &limit), None);
+        let wait = limiter.check_local("k", &limit).expect("empty");
+        assert!(wait <= Duration::from_millis(50), "{wait:?}");
+        std::thread::sleep(wait + Duration::from_millis(5));
+        assert_eq!(limiter.check_local("k", &limit), None, "one token is back");
+        assert!(limiter.check_local("k", &limit).is_some(), "and only one");
+    }
+
+    #[test]
+    fn a_limit_that_allows_nothing_refuses() {
+        for limit in [
+            Limit {
+                name: "none",
+                capacity: 0,
+                per_second: 1.0,
+            },
+            Limit {
+                name: "never",
+                capacity: 1,
+                per_second: 0.0,
+            },
+        ] {
+            assert!(quota(&limit).is_none());
+            assert!(RateLimiter::new(None).check_local("k", &limit).is_some());
+        }
     }
 }

@@ -107,39 +107,53 @@ pub fn client_config(ca: Option<&CaBundle>, verify: Verify) -> ClientConfig {
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions");
-    let verifier: Arc<dyn ServerCertVerifier> = match verify {
-        Verify::Nothing => Arc::new(AcceptAnyCertificate {
-            algorithms: provider.signature_verification_algorithms,
-        }),
-        Verify::Chain | Verify::Full => {
-            let webpki = WebPkiServerVerifier::builder_with_provider(
-                Arc::new(root_store(ca)),
-                provider.clone(),
-            )
-            .build();
-            match webpki {
-                Ok(webpki) if verify == Verify::Full => webpki,
-                Ok(webpki) => Arc::new(ChainOnly(webpki)),
-                // Only an empty root store fails to build: trust nothing, so every
-                // handshake fails with a certificate error instead of passing.
-                Err(_) => Arc::new(RejectAll {
-                    algorithms: provider.signature_verification_algorithms,
-                }),
-            }
-        }
-    };
+    let verifier = Verifier::new(verify, ca, &provider);
     builder
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth()
 }
 
-/// `verify-ca`: the full WebPKI check, except that a certificate naming another
-/// host passes (the name check comes last, after the chain was proven).
+/// The one certificate verifier; what it checks is data ([`Verify`]):
+///
+/// - `Full`: the WebPKI check, chain and host name;
+/// - `Chain` (`verify-ca`): the same, except that a certificate naming another
+///   host passes (the name check comes last, after the chain was proven);
+/// - `Nothing` (libpq's `require`): any certificate.
+///
+/// The handshake signatures are checked in every mode (so the channel is bound
+/// to whoever holds the key). With no trust anchor at all (an empty root store,
+/// which WebPKI refuses to build on) a checking mode refuses every certificate
+/// instead of passing it.
 #[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
+struct Verifier {
+    verify: Verify,
+    /// The chain (and name) check; `None` for `Nothing`, or when there are no roots.
+    webpki: Option<Arc<WebPkiServerVerifier>>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
 
-impl ServerCertVerifier for ChainOnly {
+impl Verifier {
+    fn new(verify: Verify, ca: Option<&CaBundle>, provider: &Arc<CryptoProvider>) -> Self {
+        let webpki = (verify != Verify::Nothing)
+            .then(|| {
+                WebPkiServerVerifier::builder_with_provider(
+                    Arc::new(root_store(ca)),
+                    provider.clone(),
+                )
+                .build()
+                .ok()
+            })
+            .flatten();
+        Self {
+            verify,
+            webpki,
+            algorithms: provider.signature_verification_algorithms,
+        }
+    }
+}
+
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -148,100 +162,27 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        let checked = match (self.verify, &self.webpki) {
+            (Verify::Nothing, _) => return Ok(ServerCertVerified::assertion()),
+            (_, None) => {
+                return Err(rustls::Error::InvalidCertificate(
+                    CertificateError::UnknownIssuer,
+                ));
+            }
+            (_, Some(webpki)) => webpki.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            ),
+        };
+        match checked {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            )) if self.verify == Verify::Chain => Ok(ServerCertVerified::assertion()),
             other => other,
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// libpq's `require`: encrypted, unauthenticated (the handshake signatures are
-/// still checked, so the channel is bound to whoever holds the key).
-#[derive(Debug)]
-struct AcceptAnyCertificate {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// No trust anchors at all: every certificate is refused.
-#[derive(Debug)]
-struct RejectAll {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for RejectAll {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Err(rustls::Error::InvalidCertificate(
-            CertificateError::UnknownIssuer,
-        ))
     }
 
     fn verify_tls12_signature(

@@ -57,6 +57,11 @@ const RELAY_EVERY: Duration = Duration::from_secs(1);
 
 pub const DELETE_USER: &str = "DELETE FROM profile.users WHERE id = $1";
 
+/// What waits in the outbox: how many erasures, and for how long the oldest
+/// (0 when none). Served by `outbox_created`.
+pub const BACKLOG: &str = "SELECT count(*), \
+    coalesce(extract(epoch FROM now() - min(created_at))::float8, 0) FROM profile.outbox";
+
 /// The event, awaiting every known participant (and this service, which always is one).
 pub const INSERT_EVENT: &str = "INSERT INTO profile.outbox (id, topic, payload, awaiting)
      SELECT $1, $2, $3, array(SELECT name FROM profile.erasure_participants UNION SELECT $4 ORDER BY 1)";
@@ -127,8 +132,53 @@ pub fn start(p: web::Data<Platform>, stop: CancellationToken) {
         GROUP,
         |p, user_id| async move { purge(&p, user_id).await },
     );
+    tokio::spawn(watch_backlog(p.clone(), stop.clone()));
     if let Some(events) = consumed {
         tokio::spawn(relay(p, events, stop));
+    }
+}
+
+/// `kai_erasure_backlog` (erasures some service has not acknowledged) and
+/// `kai_erasure_oldest_pending_seconds`, read from the outbox every
+/// [`RELAY_EVERY`] — with or without Redis: without it nothing is relayed and
+/// the backlog is exactly what an operator must see grow.
+async fn watch_backlog(p: web::Data<Platform>, stop: CancellationToken) {
+    let rows = prometheus::IntGauge::new(
+        "kai_erasure_backlog",
+        "Account erasures in the outbox that some service has not acknowledged",
+    )
+    .expect("valid metric");
+    let oldest = prometheus::Gauge::new(
+        "kai_erasure_oldest_pending_seconds",
+        "Age of the oldest unacknowledged account erasure (0 when none)",
+    )
+    .expect("valid metric");
+    for gauge in [
+        Box::new(rows.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(oldest.clone()),
+    ] {
+        if let Err(e) = p.metrics.registry.register(gauge) {
+            tracing::error!(error = %e, "registering the erasure backlog gauges");
+            return;
+        }
+    }
+    loop {
+        let measured = async {
+            let conn = p.db.conn().await?;
+            let row = p.db.query_one(&conn, BACKLOG, &[]).await?;
+            Ok::<_, DbError>((row.get::<_, i64>(0), row.get::<_, f64>(1)))
+        };
+        match measured.await {
+            Ok((n, age)) => {
+                rows.set(n);
+                oldest.set(age);
+            }
+            Err(e) => tracing::debug!(error = %e, "erasure backlog: retrying"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(RELAY_EVERY) => {}
+        }
     }
 }
 

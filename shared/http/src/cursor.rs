@@ -23,8 +23,9 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
+use hmac::{Hmac, KeyInit, Mac};
 use secrecy::ExposeSecret;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use uuid::Uuid;
 
 use super::errors::{ApiError, FieldError};
@@ -40,23 +41,11 @@ pub struct Cursor {
     pub id: Uuid,
 }
 
-/// HMAC-SHA256 (RFC 2104) over sha2, which the workspace already has.
-fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    let mut block = [0u8; 64];
-    if key.len() > 64 {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha256::new();
-    inner.update(block.map(|b| b ^ 0x36));
-    for part in parts {
-        inner.update(part);
-    }
-    let mut outer = Sha256::new();
-    outer.update(block.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
+type HmacSha256 = Hmac<Sha256>;
+
+/// HMAC-SHA256 keyed with `key` (any length: RFC 2104 hashes a longer one).
+fn keyed(key: &[u8]) -> HmacSha256 {
+    HmacSha256::new_from_slice(key).expect("HMAC takes a key of any length")
 }
 
 /// The cursors' key, derived once per process (see the module docs): deriving it
@@ -66,7 +55,13 @@ pub struct CursorKey([u8; 32]);
 
 impl CursorKey {
     pub fn new(secret: &[u8]) -> Self {
-        Self(hmac_sha256(secret, &[b"kai list cursor key v1"]))
+        Self(
+            keyed(secret)
+                .chain_update(b"kai list cursor key v1")
+                .finalize()
+                .into_bytes()
+                .into(),
+        )
     }
 
     /// Keyed from `DATABASE_URL` (its credentials are what every replica shares).
@@ -84,7 +79,9 @@ impl std::fmt::Debug for CursorKey {
 /// Signs and opens the cursors of one list, for one user and one query.
 #[derive(Clone)]
 pub struct CursorSigner {
-    key: [u8; 32],
+    /// The MAC keyed and already fed the binding and its separator: each tag
+    /// clones it and adds only the position.
+    mac: HmacSha256,
     binding: String,
 }
 
@@ -105,21 +102,21 @@ impl CursorSigner {
 
     /// The same with the key already derived ([`CursorKey`], derived once per process).
     pub fn with_key(key: &CursorKey, service: &str, user: Uuid, query: &str) -> Self {
-        Self {
-            key: key.0,
-            binding: format!("{service}\n{user}\n{query}"),
-        }
+        let binding = format!("{service}\n{user}\n{query}");
+        let mac = keyed(&key.0).chain_update(&binding).chain_update(b"\n");
+        Self { mac, binding }
     }
 
-    fn tag(&self, position: &[u8]) -> [u8; 32] {
-        hmac_sha256(&self.key, &[self.binding.as_bytes(), b"\n", position])
+    /// The MAC over the binding and `position`, ready to finalize or verify.
+    fn tag(&self, position: &[u8]) -> HmacSha256 {
+        self.mac.clone().chain_update(position)
     }
 
     pub fn sign(&self, cursor: &Cursor) -> String {
         let mut bytes = Vec::with_capacity(POSITION_BYTES + TAG_BYTES);
         bytes.extend_from_slice(&cursor.at.timestamp_micros().to_be_bytes());
         bytes.extend_from_slice(cursor.id.as_bytes());
-        let tag = self.tag(&bytes);
+        let tag = self.tag(&bytes).finalize().into_bytes();
         bytes.extend_from_slice(&tag[..TAG_BYTES]);
         URL_SAFE_NO_PAD.encode(bytes)
     }
@@ -131,15 +128,10 @@ impl CursorSigner {
             return None;
         }
         let (position, tag) = bytes.split_at(POSITION_BYTES);
-        let expected = self.tag(position);
-        // Constant time: the comparison does not tell how much of a forged tag was right.
-        let diff = tag
-            .iter()
-            .zip(&expected[..TAG_BYTES])
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if diff != 0 {
-            return None;
-        }
+        // Constant time (`subtle`): the comparison does not tell how much of a
+        // forged tag was right. The tag is the MAC's first TAG_BYTES bytes, hence
+        // the truncated form of `Mac::verify_slice`.
+        self.tag(position).verify_truncated_left(tag).ok()?;
         let micros = i64::from_be_bytes(position[..8].try_into().ok()?);
         Some(Cursor {
             at: DateTime::from_timestamp_micros(micros)?,
@@ -241,11 +233,34 @@ mod tests {
 
     #[test]
     fn hmac_matches_rfc_4231_case_2() {
-        let mac = hmac_sha256(b"Jefe", &[b"what do ya want ", b"for nothing?"]);
+        let mac = keyed(b"Jefe")
+            .chain_update(b"what do ya want ")
+            .chain_update(b"for nothing?");
         assert_eq!(
-            hex::encode(mac),
+            hex::encode(mac.clone().finalize().into_bytes()),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+        assert!(
+            mac.verify_slice(
+                &hex::decode("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+                    .unwrap()
+            )
+            .is_ok()
+        );
+    }
+
+    /// The tag is the one the hand-written HMAC made (computed apart, with
+    /// Python's `hmac`): cursors issued before the change still open.
+    #[test]
+    fn cursors_issued_by_earlier_releases_still_open() {
+        let s = signer("journal", Uuid::from_u128(7), "limit=20");
+        let c = Cursor {
+            at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
+            id: Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef),
+        };
+        let issued = "AAYKJBggIkABI0VniavN7wEjRWeJq83v5oTXFxHKayBUS7ay0Yqe1A";
+        assert_eq!(s.sign(&c), issued);
+        assert_eq!(s.open(issued), Some(c));
     }
 
     proptest! {

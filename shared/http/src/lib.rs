@@ -69,19 +69,51 @@ pub const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'se
 img-src 'self' data:; font-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; \
 frame-ancestors 'none'";
 
+/// The HTTP metrics middleware (SPEC §5): actix-web-prom's
+/// `kai_http_requests_total` and `kai_http_requests_duration_seconds`, labelled
+/// `endpoint` (the route pattern; `UNMATCHED` when no route matched), `method` and
+/// `status`, with the buckets of [`kai_shared::metrics::LATENCY_BUCKETS`], registered
+/// on the service's registry. That registry gives every metric on it the constant
+/// label `service` (`Registry::new_custom`), so it is not given again here as
+/// `const_labels` (the text would then carry `service` twice).
+///
+/// Wrap it *inside* [`stamp`] (in actix the last `.wrap()` runs first): `stamp`
+/// refuses over-long methods and turns every other non-standard one into `OTHER`
+/// before this labels the request, so made-up methods cannot grow the series.
+///
+/// The bundled Swagger UI's routes are excluded by their patterns (a set lookup):
+/// no series for its assets, as before. (actix-web-prom still logs a WARN for
+/// the `/docs/{_:.*}` pattern it cannot format, upstream issue #82: `telemetry`
+/// caps `actix_web_prom` at `error`.) Build it once per server, not per worker:
+/// building registers the two metrics.
+pub fn prometheus_middleware(
+    metrics: &kai_shared::metrics::Metrics,
+) -> prometheus::Result<actix_web_prom::PrometheusMetrics> {
+    actix_web_prom::PrometheusMetricsBuilder::new("kai")
+        .registry(metrics.registry.clone())
+        .buckets(kai_shared::metrics::LATENCY_BUCKETS)
+        .mask_unmatched_patterns("UNMATCHED")
+        .exclude("/docs")
+        .exclude(DOCS_ASSETS)
+        .build()
+        .map_err(|e| prometheus::Error::Msg(e.to_string()))
+}
+
+/// The route pattern of the bundled Swagger UI's assets (`server::docs`).
+pub const DOCS_ASSETS: &str = "/docs/{_:.*}";
+
 /// Outermost middleware, one layer for what every request needs: the head
-/// bounded ([`bound_head`]), the request context every log line names
-/// (`telemetry`), request id, response time, the HTTP metrics, per-route
-/// statistics, slow-request warnings, the access log (a sample of requests, see
+/// bounded ([`bound_head`]: before [`prometheus_middleware`], wrapped inside,
+/// sees the method), the request context every log line names (`telemetry`),
+/// request id, response time, per-route statistics for `/health/detailed`,
+/// slow-request warnings, the access log (a sample of requests, see
 /// [`log_this_request`]) and the security headers. Also removes the `identity`
 /// marker [`skip_small_bodies`] set, so clients never see it.
 ///
 /// Every request passes here, so it allocates little: the caller's request id is
 /// kept as the header value it came in, a new one is a UUID v4 from the thread's
-/// RNG (no system call) written on the stack, `X-Response-Time` is formatted on
-/// the stack too, and the metric series are kept per worker thread. (It was four
-/// layers — this, the head bound, actix-web-prom and `DefaultHeaders` — each a
-/// boxed future and a pass over the response: docs/PERFORMANCE.md.)
+/// RNG (no system call) written on the stack, and `X-Response-Time` is formatted on
+/// the stack too.
 pub async fn stamp(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -121,13 +153,10 @@ pub async fn stamp(
         let on_docs = res.request().path().starts_with("/docs");
         // The bundled Swagger UI's assets are no route anyone monitors.
         if let Some(observe) = observe.as_ref().filter(|_| !on_docs) {
-            // The route *pattern*, never the raw path: bounded label values, and
-            // no personal text (ids, a search query) in a metric or a log line.
+            // The route *pattern*, never the raw path: bounded keys, and no
+            // personal text (ids, a search query) in the statistics or a log line.
             let matched = res.request().match_pattern();
             let route = matched.as_deref().unwrap_or("UNMATCHED");
-            observe
-                .metrics
-                .observe_http(route, method.as_str(), status.as_u16(), elapsed);
             if route.starts_with("/api/") {
                 observe
                     .stats
@@ -232,6 +261,185 @@ mod stamp_tests {
         assert_eq!(v.to_str().unwrap(), "0.412ms");
         let v = super::response_time(std::time::Duration::from_secs(12));
         assert_eq!(v.to_str().unwrap(), "12000.000ms");
+    }
+}
+
+#[cfg(test)]
+mod metrics_tests {
+    use actix_web::http::{Method, StatusCode};
+    use actix_web::middleware::from_fn;
+    use actix_web::{App, HttpResponse, test, web};
+
+    use kai_shared::metrics::{LATENCY_BUCKETS, Metrics};
+
+    /// A service's registry and its HTTP metrics middleware (built once: building
+    /// registers the two metrics).
+    struct Served {
+        metrics: Metrics,
+        middleware: actix_web_prom::PrometheusMetrics,
+    }
+
+    fn served(service: &str) -> Served {
+        let metrics = Metrics::new(service);
+        let middleware = super::prometheus_middleware(&metrics).unwrap();
+        assert!(
+            super::prometheus_middleware(&metrics).is_err(),
+            "a registry takes the HTTP metrics once"
+        );
+        Served {
+            metrics,
+            middleware,
+        }
+    }
+
+    /// A request through `stamp` around actix-web-prom, as `server::run` wraps
+    /// them; answers the status (the body is read, so the series is recorded).
+    async fn call(s: &Served, method: &str, path: &str) -> StatusCode {
+        let app = test::init_service(
+            App::new()
+                .wrap(s.middleware.clone())
+                .wrap(from_fn(super::stamp))
+                // As the services declare theirs: a method the resource lacks
+                // is its 405.
+                .service(
+                    web::resource("/api/journal/entries/{id}")
+                        .route(web::get().to(HttpResponse::Ok)),
+                )
+                .route("/fail", web::get().to(HttpResponse::ServiceUnavailable))
+                .route(super::DOCS_ASSETS, web::get().to(HttpResponse::Ok)),
+        )
+        .await;
+        let req = test::TestRequest::default()
+            .method(Method::from_bytes(method.as_bytes()).unwrap())
+            .uri(path)
+            .to_request();
+        let res = test::call_service(&app, req).await;
+        let status = res.status();
+        test::read_body(res).await;
+        status
+    }
+
+    fn http_lines(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter(|l| l.starts_with("kai_http_"))
+            .collect()
+    }
+
+    #[actix_web::test]
+    async fn requests_are_counted_by_route_pattern_method_and_status() {
+        let m = served("journal");
+        assert_eq!(
+            call(&m, "GET", "/api/journal/entries/0b7e4a52").await,
+            StatusCode::OK
+        );
+        call(&m, "GET", "/api/journal/entries/91c3").await;
+        assert_eq!(
+            call(&m, "GET", "/fail").await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            call(&m, "POST", "/no/such/path").await,
+            StatusCode::NOT_FOUND
+        );
+        let text = m.metrics.render();
+        assert!(text.contains("# HELP kai_http_requests_total Total number of HTTP requests"));
+        assert!(text.contains(
+            r#"kai_http_requests_total{endpoint="/api/journal/entries/{id}",method="GET",status="200",service="journal"} 2"#
+        ), "{text}");
+        assert!(text.contains(
+            r#"kai_http_requests_total{endpoint="/fail",method="GET",status="503",service="journal"} 1"#
+        ), "{text}");
+        assert!(text.contains(
+            r#"kai_http_requests_total{endpoint="UNMATCHED",method="POST",status="404",service="journal"} 1"#
+        ), "{text}");
+        assert!(
+            !text.contains("0b7e4a52") && !text.contains("/no/such"),
+            "raw paths are never labels"
+        );
+        // `service` once per series: from the registry, not given twice.
+        assert!(
+            http_lines(&text)
+                .iter()
+                .all(|l| l.matches("service=").count() == 1)
+        );
+        assert!(text.contains("process_cpu_seconds_total"));
+    }
+
+    #[actix_web::test]
+    async fn the_duration_histogram_has_the_latency_buckets() {
+        let m = served("journal");
+        call(&m, "GET", "/fail").await;
+        let text = m.metrics.render();
+        let bounds: Vec<&str> = http_lines(&text)
+            .into_iter()
+            .filter(|l| l.starts_with("kai_http_requests_duration_seconds_bucket{"))
+            .map(|l| l.split("le=\"").nth(1).unwrap().split('"').next().unwrap())
+            .collect();
+        let mut expected: Vec<String> = LATENCY_BUCKETS.iter().map(f64::to_string).collect();
+        expected.push("+Inf".into());
+        assert_eq!(bounds, expected);
+        assert!(text.contains(
+            r#"kai_http_requests_duration_seconds_bucket{endpoint="/fail",method="GET",status="503",service="journal",le="+Inf"} 1"#
+        ), "{text}");
+        assert!(text.contains(
+            r#"kai_http_requests_duration_seconds_count{endpoint="/fail",method="GET",status="503",service="journal"} 1"#
+        ), "{text}");
+    }
+
+    #[actix_web::test]
+    async fn made_up_methods_are_one_label_and_over_long_ones_none() {
+        let m = served("journal");
+        for method in ["BREW", "PROPFIND", "WHATEVERX"] {
+            call(&m, method, "/api/journal/entries/1").await;
+        }
+        assert_eq!(
+            call(&m, &"X".repeat(100), "/api/journal/entries/1").await,
+            StatusCode::BAD_REQUEST
+        );
+        // HEAD is served, and counted, as GET.
+        assert_eq!(
+            call(&m, "HEAD", "/api/journal/entries/1").await,
+            StatusCode::OK
+        );
+        let text = m.metrics.render();
+        let methods: std::collections::BTreeSet<&str> = http_lines(&text)
+            .into_iter()
+            .map(|l| {
+                l.split("method=\"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(methods, ["GET", "OTHER"].into_iter().collect(), "{text}");
+        assert!(text.contains(
+            r#"kai_http_requests_total{endpoint="/api/journal/entries/{id}",method="OTHER",status="405",service="journal"} 3"#
+        ), "{text}");
+    }
+
+    #[actix_web::test]
+    async fn docs_assets_and_other_registries_stay_apart() {
+        let (journal, profile) = (served("journal"), served("profile"));
+        assert_eq!(
+            call(&journal, "GET", "/docs/index.css").await,
+            StatusCode::OK
+        );
+        assert!(
+            http_lines(&journal.metrics.render()).is_empty(),
+            "docs assets are not recorded"
+        );
+        for _ in 0..3 {
+            call(&profile, "GET", "/fail").await;
+        }
+        call(&journal, "GET", "/fail").await;
+        assert!(profile.metrics.render().contains(
+            r#"kai_http_requests_total{endpoint="/fail",method="GET",status="503",service="profile"} 3"#
+        ));
+        assert!(journal.metrics.render().contains(
+            r#"kai_http_requests_total{endpoint="/fail",method="GET",status="503",service="journal"} 1"#
+        ));
     }
 }
 

@@ -17,6 +17,7 @@ use actix_web::{FromRequest, HttpRequest};
 use serde::de::DeserializeOwned;
 
 use super::errors::ApiError;
+use super::json::structured::Node;
 use super::json::{field_error, field_problem, render_path};
 
 /// Query parameters decoded into `T` (see the module documentation).
@@ -54,10 +55,16 @@ pub fn parse<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
         ));
     }
     let pairs = form_urlencoded::parse(query.as_bytes());
-    serde_path_to_error::deserialize(serde_urlencoded::Deserializer::new(pairs)).map_err(|e| {
-        let path = render_path(e.path());
-        let message = e.inner().to_string();
-        field_problem(path, &message)
+    serde_urlencoded::from_str(query).map_err(|_| {
+        // What serde said, as data: decoded again (only now, on the error path)
+        // through a deserializer that keeps serde's error calls.
+        match serde_path_to_error::deserialize::<_, T>(Node::query(pairs)) {
+            Err(e) => {
+                let path = render_path(e.path());
+                field_problem(path, e.into_inner())
+            }
+            Ok(_) => ApiError::bad_request("bad query string"),
+        }
     })
 }
 

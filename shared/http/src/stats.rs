@@ -18,8 +18,6 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use kai_shared::metrics::fnv1a;
-
 /// Shards per route: worker threads take them in turn.
 const SHARDS: usize = 8;
 
@@ -81,15 +79,19 @@ impl Default for EndpointStats {
 type Known = (Box<str>, Arc<Route>);
 
 /// A worker thread's routes, by (statistics id, hash of "METHOD route"), each
-/// bucket with its keys (almost always one); and the thread's shard.
+/// bucket with its keys (almost always one); the thread's shard; and the hasher
+/// of the keys (foldhash: the key is hashed once, the map's own hash of the
+/// pair of numbers is the default one).
 struct Memo {
     routes: HashMap<(u64, u64), Vec<Known>>,
     shard: usize,
+    hasher: kai_shared::FastHash,
 }
 
 thread_local! {
     static MEMO: RefCell<Memo> = RefCell::new(Memo {
         routes: HashMap::new(),
+        hasher: kai_shared::FastHash::default(),
         shard: {
             static NEXT: AtomicU64 = AtomicU64::new(0);
             NEXT.fetch_add(1, Ordering::Relaxed) as usize % SHARDS
@@ -112,10 +114,9 @@ impl EndpointStats {
         let same = |k: &str| k.len() == m.len() + 1 + r.len() && k.starts_with(m) && k.ends_with(r);
         let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         MEMO.with_borrow_mut(|memo| {
-            let bucket = memo
-                .routes
-                .entry((self.id, fnv1a(&[m.as_bytes(), b" ", r.as_bytes()])))
-                .or_default();
+            use std::hash::BuildHasher;
+            let hash = memo.hasher.hash_one((m, r));
+            let bucket = memo.routes.entry((self.id, hash)).or_default();
             let i = match bucket.iter().position(|(k, _)| same(k)) {
                 Some(i) => i,
                 None => {

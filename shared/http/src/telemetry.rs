@@ -118,7 +118,9 @@ where
     // Caps appended after the operator's filter, so they win even over RUST_LOG=debug:
     // tokio-postgres logs every statement's *parameters* at debug level — personal
     // data (what people wrote, password hashes) that must never reach a log line.
-    const CAPS: &str = "tokio_postgres=info";
+    // actix-web-prom logs a WARN for every request of the Swagger UI's assets (it
+    // cannot format their `{_:.*}` pattern; they are excluded from the metrics).
+    const CAPS: &str = "tokio_postgres=info,actix_web_prom=error";
     let filter = EnvFilter::try_new(format!("{filter},{CAPS}"))
         .unwrap_or_else(|_| EnvFilter::new(format!("info,{CAPS}")));
     let registry = tracing_subscriber::registry().with(filter);

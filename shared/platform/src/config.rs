@@ -58,6 +58,11 @@ pub struct ServerSettings {
     #[arg(long, env = "RUN_MIGRATIONS", default_value = "true", value_parser = boolean,
         action = ArgAction::Set, help = "false: `serve` does not migrate (a Job did)")]
     pub run_migrations: bool,
+    #[arg(long = "readiness-grace-ms", env = "READINESS_GRACE_MS", default_value = "10000",
+        value_parser = millis,
+        help = "how long `/health/ready` stays 200 while PostgreSQL does not answer its own \
+                probe connection (a blip takes no pod out of the Service; a longer outage does)")]
+    pub readiness_grace: std::time::Duration,
 }
 
 /// Everything every service is configured with, one group per part (zero2prod's

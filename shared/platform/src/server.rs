@@ -151,6 +151,8 @@ pub struct Platform {
     pub gate: web::Data<Gate>,
     /// What the request stamp records into.
     pub observe: web::Data<Observe>,
+    /// `/health/ready`'s check, on a connection of its own.
+    pub readiness: crate::health::Readiness,
 }
 
 impl Platform {
@@ -242,6 +244,12 @@ impl Platform {
             slow_request_threshold: settings.http.slow_request_threshold,
             access_log_sample: settings.http.access_log_sample,
         });
+        let readiness = crate::health::Readiness::new(
+            &settings.database,
+            settings.server.readiness_grace,
+            def.migrations,
+            def.name,
+        );
         Ok(Platform {
             service: def.name,
             limiter: kai_shared::ratelimit::RateLimiter::new(redis.clone()),
@@ -255,6 +263,7 @@ impl Platform {
             stats,
             gate,
             observe,
+            readiness,
             migrations: def.migrations,
             migration_version: def.migrations.latest_version(),
             started: Instant::now(),
@@ -309,6 +318,7 @@ pub fn run(
     let document = kai_http::openapi::complete(&def.openapi);
     let operations = web::Data::new(kai_http::openapi::Operations::from_document(&document));
     let http_settings = web::Data::new(platform.settings.http.clone());
+    let http_metrics = kai_http::prometheus_middleware(&platform.metrics)?;
     let mut server = HttpServer::new(move || {
         // No origin allowed (the default): no cross-origin request can succeed,
         // so the CORS middleware (and its per-route preflight check) is left out
@@ -335,6 +345,8 @@ pub fn run(
             .wrap(Compress::default())
             .wrap(cors)
             .wrap(preflight)
+            // Inside `stamp`, which bounds the method before this labels it.
+            .wrap(http_metrics.clone())
             .wrap(from_fn(kai_http::stamp))
             .configure(crate::health::routes)
             .route("/metrics", web::get().to(metrics_endpoint))
@@ -387,7 +399,9 @@ fn docs(cfg: &mut web::ServiceConfig, document: serde_json::Value) {
                 .finish()
         }),
     )
-    .service(SwaggerUi::new("/docs/{_:.*}").external_url_unchecked("/openapi.json", document));
+    .service(
+        SwaggerUi::new(kai_http::DOCS_ASSETS).external_url_unchecked("/openapi.json", document),
+    );
 }
 
 /// How the server runs: signals and workers differ between a binary and a test.

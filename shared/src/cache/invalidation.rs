@@ -44,16 +44,24 @@ const RETRY_EVERY: Duration = Duration::from_millis(250);
 /// Called with each revoked session id.
 pub type OnRevoked = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// What the subscription tells what it hears: the generations (invalidations),
+/// `on_revoked` (revocations), and the count of subscriptions established.
+pub struct Listeners {
+    pub generations: Arc<Generations>,
+    pub on_revoked: OnRevoked,
+    pub subscriptions: prometheus::IntCounter,
+}
+
 /// Runs until `stop` is cancelled.
 pub async fn subscribe(
     nodes: Vec<redis::Client>,
     redis: Arc<Redis>,
     prefix: String,
     timeout: Duration,
-    generations: Arc<Generations>,
-    on_revoked: OnRevoked,
+    listeners: Listeners,
     stop: CancellationToken,
 ) {
+    let generations = &listeners.generations;
     let mut node = 0;
     let mut failures = 0u32;
     loop {
@@ -61,7 +69,7 @@ pub async fn subscribe(
         let mut established = false;
         let outcome = tokio::select! {
             _ = stop.cancelled() => return,
-            outcome = listen(client, &redis, &prefix, timeout, &generations, &on_revoked, &mut established) => outcome,
+            outcome = listen(client, &redis, &prefix, timeout, &listeners, &mut established) => outcome,
         };
         generations.set_subscribed(false);
         if established {
@@ -89,10 +97,14 @@ async fn listen(
     redis: &Redis,
     prefix: &str,
     timeout: Duration,
-    generations: &Generations,
-    on_revoked: &OnRevoked,
+    listeners: &Listeners,
     established: &mut bool,
 ) -> anyhow::Result<()> {
+    let Listeners {
+        generations,
+        on_revoked,
+        subscriptions,
+    } = listeners;
     let invalidations = keys::invalidation_channel(prefix);
     let revocations = revocation::channel(prefix);
     let patience = timeout.max(Duration::from_millis(500));
@@ -104,6 +116,7 @@ async fn listen(
     // before are dropped (messages may have been missed).
     generations.set_subscribed(true);
     *established = true;
+    subscriptions.inc();
     // Sessions revoked before we subscribed (start-up, or while disconnected).
     let revoked = revocation::revoked_sessions(redis, patience).await?;
     for session in &revoked {

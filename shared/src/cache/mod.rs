@@ -286,8 +286,11 @@ impl Cache {
                     redis,
                     prefix.clone(),
                     redis_settings.timeout,
-                    generations.clone(),
-                    on_revoked,
+                    invalidation::Listeners {
+                        generations: generations.clone(),
+                        on_revoked,
+                        subscriptions: metrics.cache_subscriptions.clone(),
+                    },
                     stop,
                 ));
                 (Some(l2), generations)

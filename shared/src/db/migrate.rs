@@ -8,10 +8,31 @@
 //! `CREATE SCHEMA IF NOT EXISTS` runs under it, because two sessions creating the
 //! same schema concurrently can both pass the "not exists" check and one then
 //! fails on the catalog's unique index (`pg_namespace_nspname_index`).
+//!
+//! **Online-safe.** Under the lock, every statement runs with
+//! [`LOCK_TIMEOUT`] and [`STATEMENT_TIMEOUT`]: a migration that would queue
+//! behind a long transaction for a table's lock (and make every request queue
+//! behind *it*) fails fast instead, and is retried by the next Job. A migration
+//! whose first line is [`NO_TRANSACTION`] runs outside a transaction — what
+//! `CREATE INDEX CONCURRENTLY` needs to build an index on a live table without
+//! blocking writes — and is recorded in the history exactly as refinery records
+//! its own. A database *ahead* of this binary (release N restarted after release
+//! N+1's migration Job: expand, then contract) is not an error: everything this
+//! binary knows is applied, so it serves.
+
+use std::time::Duration;
 
 use anyhow::Context;
 
 use super::Db;
+
+/// How long a migration statement may wait for a lock before it fails.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one migration statement may run (an index built concurrently on a
+/// large table included).
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// The first line of a migration that must run outside a transaction.
+pub const NO_TRANSACTION: &str = "-- kai:no-transaction";
 
 /// Declares `pub const MIGRATIONS: MigrationSet`: the service's schema and the
 /// refinery migrations of `dir` (relative to the service's crate), embedded in the
@@ -64,41 +85,165 @@ pub async fn migrate(db: &Db, set: MigrationSet) -> anyhow::Result<usize> {
         ))
         .await
         .with_context(|| format!("waiting for the migration lock of {}", set.schema))?;
-    let result = apply_locked(client, set).await;
+    let result = apply_bounded(client, set).await;
     let unlock = client
         .batch_execute(&format!(
             "SELECT pg_advisory_unlock(hashtext('kai-migrate-{}'))",
             set.schema
         ))
         .await;
-    let report = result?;
+    let applied = result?;
     unlock.context("releasing the migration lock")?;
-    for m in report.applied_migrations() {
+    for (version, name) in &applied {
         tracing::info!(
             schema = set.schema,
-            version = m.version(),
-            name = m.name(),
+            version,
+            name = name.as_str(),
             "migration applied"
         );
     }
-    Ok(report.applied_migrations().len())
+    Ok(applied.len())
 }
 
-/// Creates the schema and runs refinery; the caller holds the schema's advisory lock.
+/// [`apply_locked`] with the timeouts set for this session, and reset after
+/// (the connection goes back to the pool).
+async fn apply_bounded(
+    client: &mut tokio_postgres::Client,
+    set: MigrationSet,
+) -> anyhow::Result<Vec<(i32, String)>> {
+    client
+        .batch_execute(&format!(
+            "SET lock_timeout = '{}ms'; SET statement_timeout = '{}ms'",
+            LOCK_TIMEOUT.as_millis(),
+            STATEMENT_TIMEOUT.as_millis()
+        ))
+        .await
+        .context("setting the migration timeouts")?;
+    let result = apply_locked(client, set).await;
+    let reset = client
+        .batch_execute("RESET lock_timeout; RESET statement_timeout")
+        .await;
+    let applied = result?;
+    reset.context("resetting the migration timeouts")?;
+    Ok(applied)
+}
+
+/// Creates the schema and applies what is pending, in version order: runs of
+/// ordinary migrations through refinery (each in its own transaction), a
+/// [`NO_TRANSACTION`] one by itself. The caller holds the schema's advisory lock.
 async fn apply_locked(
     client: &mut tokio_postgres::Client,
     set: MigrationSet,
-) -> anyhow::Result<refinery::Report> {
+) -> anyhow::Result<Vec<(i32, String)>> {
     client
         .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", set.schema))
         .await
         .with_context(|| format!("creating schema {}", set.schema))?;
-    let mut runner = (set.runner)();
-    runner.set_migration_table_name(format!("{}.refinery_history", set.schema));
-    runner
+    let table = format!("{}.refinery_history", set.schema);
+    let runner = (set.runner)();
+    let mut known: Vec<(i32, String, u64, Option<String>)> = runner
+        .get_migrations()
+        .iter()
+        .map(|m| {
+            (
+                m.version(),
+                m.name().to_owned(),
+                m.checksum(),
+                m.sql().map(str::to_owned),
+            )
+        })
+        .collect();
+    known.sort_by_key(|m| m.0);
+    let applied = applied_versions(client, &table).await?;
+    if let Some(&newest) = applied.iter().max()
+        && known.iter().all(|m| applied.contains(&m.0))
+    {
+        if known.last().is_some_and(|m| m.0 < newest) {
+            tracing::info!(
+                schema = set.schema,
+                database = newest,
+                binary = known.last().map_or(0, |m| m.0),
+                "the schema is ahead of this binary (a newer release migrated): nothing to apply"
+            );
+        }
+        return Ok(Vec::new());
+    }
+    let mut done = Vec::new();
+    for (version, name, checksum, sql) in &known {
+        if applied.contains(version) {
+            continue;
+        }
+        let sql = sql.as_deref().unwrap_or_default();
+        if sql.trim_start().starts_with(NO_TRANSACTION) {
+            // Everything before it first, then it alone.
+            done.extend(run_refinery(client, set, &table, version - 1).await?);
+            client
+                .batch_execute(sql)
+                .await
+                .with_context(|| format!("applying {}.V{version}__{name}", set.schema))?;
+            client
+                .execute(
+                    &format!(
+                        "INSERT INTO {table} (version, name, applied_on, checksum) \
+                         VALUES ($1, $2, $3, $4)"
+                    ),
+                    &[
+                        version,
+                        name,
+                        &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        &checksum.to_string(),
+                    ],
+                )
+                .await
+                .with_context(|| format!("recording {}.V{version}", set.schema))?;
+            done.push((*version, name.clone()));
+        }
+    }
+    let last = known.last().map_or(0, |m| m.0);
+    done.extend(run_refinery(client, set, &table, last).await?);
+    Ok(done)
+}
+
+/// refinery up to `target` (inclusive); what it applied.
+async fn run_refinery(
+    client: &mut tokio_postgres::Client,
+    set: MigrationSet,
+    table: &str,
+    target: i32,
+) -> anyhow::Result<Vec<(i32, String)>> {
+    let mut runner = (set.runner)().set_target(refinery::Target::Version(target));
+    runner.set_migration_table_name(table);
+    let report = runner
         .run_async(client)
         .await
-        .with_context(|| format!("applying migrations for schema {}", set.schema))
+        .with_context(|| format!("applying migrations for schema {}", set.schema))?;
+    Ok(report
+        .applied_migrations()
+        .iter()
+        .map(|m| (m.version(), m.name().to_owned()))
+        .collect())
+}
+
+/// The versions in the history table (none before the first migration).
+async fn applied_versions(
+    client: &tokio_postgres::Client,
+    table: &str,
+) -> anyhow::Result<Vec<i32>> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await
+        .context("looking for the migration history")?
+        .get(0);
+    if !exists {
+        return Ok(Vec::new());
+    }
+    Ok(client
+        .query(&format!("SELECT version FROM {table}"), &[])
+        .await
+        .context("reading the migration history")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }
 
 /// Whether the database has reached `version` in `schema` (readiness; the

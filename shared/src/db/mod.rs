@@ -14,7 +14,9 @@ mod pool;
 
 pub use combine::{Combiner, Lost};
 pub use jsonb::Jsonb;
-pub use migrate::{MigrationSet, is_current, migrate};
+pub use migrate::{
+    LOCK_TIMEOUT, MigrationSet, NO_TRANSACTION, STATEMENT_TIMEOUT, is_current, migrate,
+};
 pub use pool::{Db, DbError, PoolStatus, SlowQuery, VERIFY_IF_IDLE_FOR};
 pub use tokio_postgres::Row;
 pub use tokio_postgres::types::ToSql;

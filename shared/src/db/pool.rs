@@ -17,7 +17,7 @@ use deadpool_postgres::{
 };
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{IntGaugeVec, Opts};
+use prometheus::{IntGauge, IntGaugeVec, Opts};
 use serde::Serialize;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -425,6 +425,9 @@ fn tls_failure(e: &DbError) -> Option<String> {
 struct PoolCollector {
     pool: Pool,
     gauge: IntGaugeVec,
+    /// The pool's maximum: saturation is `in_use / max`, not `in_use` over the
+    /// connections opened so far (a pool that opened 2 of 20 is not saturated).
+    max: IntGauge,
 }
 
 impl PoolCollector {
@@ -437,13 +440,20 @@ impl PoolCollector {
             &["state"],
         )
         .expect("valid metric");
-        Self { pool, gauge }
+        let max = IntGauge::new(
+            "kai_db_pool_max_connections",
+            "The PostgreSQL pool's maximum size (DB_POOL_SIZE)",
+        )
+        .expect("valid metric");
+        Self { pool, gauge, max }
     }
 }
 
 impl Collector for PoolCollector {
     fn desc(&self) -> Vec<&Desc> {
-        self.gauge.desc()
+        let mut desc = self.gauge.desc();
+        desc.extend(self.max.desc());
+        desc
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
@@ -456,6 +466,9 @@ impl Collector for PoolCollector {
         self.gauge
             .with_label_values(&["waiting"])
             .set(s.waiting as i64);
-        self.gauge.collect()
+        self.max.set(s.max_size as i64);
+        let mut families = self.gauge.collect();
+        families.extend(self.max.collect());
+        families
     }
 }

@@ -109,23 +109,32 @@ impl Redis {
         prefix: String,
         metrics: Metrics,
     ) -> Self {
-        let links = if target.is_cluster() {
-            Links::Shared(Shared::new(target.clone()))
-        } else {
-            Links::Pool(
+        let links = match &target {
+            Target::Cluster(_) => Links::Shared(Shared::new(target.clone())),
+            Target::Node(client) => Links::Pool(
                 bb8::Pool::builder()
                     .max_size(pool_size)
                     .min_idle(Some(1))
+                    // A short wait (REDIS_TIMEOUT_MS), not bb8's 30 s, and the
+                    // connect errors logged: with Redis down a checkout fails
+                    // fast and says why.
                     .connection_timeout(timeout)
+                    // Off: a command that fails marks its connection broken
+                    // (`Manager::has_broken`), so no PING before each checkout.
                     .test_on_check_out(false)
                     .retry_connection(false)
                     .error_sink(Box::new(LogSink))
-                    .build_unchecked(Manager {
-                        target: target.clone(),
-                        home: Home::here(),
-                    }),
-            )
+                    .build_unchecked(
+                        Manager::new(client, Home::here())
+                            .expect("a client's own connection info is valid"),
+                    ),
+            ),
         };
+        if let Links::Pool(pool) = &links {
+            let _ = metrics
+                .registry
+                .register(Box::new(PoolCollector::new(pool.clone(), pool_size)));
+        }
         let _ = metrics
             .registry
             .register(Box::new(metrics.redis_up.clone()));
@@ -373,5 +382,55 @@ impl Command<'_> {
                 inv.invoke_async::<T>(link).await
             }
         }
+    }
+}
+
+/// `kai_redis_pool_connections{state}` (`idle`, `in_use`) and
+/// `kai_redis_pool_max_connections` of a one-node pool, read at scrape time.
+/// (A cluster shares one multiplexed connection: nothing to saturate.)
+struct PoolCollector {
+    pool: bb8::Pool<Manager>,
+    gauge: prometheus::IntGaugeVec,
+    max: prometheus::IntGauge,
+}
+
+impl PoolCollector {
+    fn new(pool: bb8::Pool<Manager>, max_size: u32) -> Self {
+        let gauge = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "kai_redis_pool_connections",
+                "Redis pool connections by state",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        let max = prometheus::IntGauge::new(
+            "kai_redis_pool_max_connections",
+            "The Redis pool's maximum size (REDIS_POOL_SIZE)",
+        )
+        .expect("valid metric");
+        max.set(i64::from(max_size));
+        Self { pool, gauge, max }
+    }
+}
+
+impl prometheus::core::Collector for PoolCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        let mut desc = self.gauge.desc();
+        desc.extend(self.max.desc());
+        desc
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let state = self.pool.state();
+        let idle = i64::from(state.idle_connections);
+        let open = i64::from(state.connections);
+        self.gauge.with_label_values(&["idle"]).set(idle);
+        self.gauge
+            .with_label_values(&["in_use"])
+            .set(open.saturating_sub(idle));
+        let mut families = self.gauge.collect();
+        families.extend(self.max.collect());
+        families
     }
 }

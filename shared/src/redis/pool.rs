@@ -1,10 +1,13 @@
 //! How a call gets a connection: one node through a bb8 pool of multiplexed
-//! connections (each held by one call, dropped when a command broke it), a
-//! cluster through one shared multiplexed connection that every call clones.
+//! connections (bb8-redis's `RedisConnectionManager`; each connection held by one
+//! call, dropped when a command broke it), a cluster through one shared
+//! multiplexed connection that every call clones.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
+use bb8_redis::RedisConnectionManager;
 
 use super::Failure;
 use super::link::{Link, Target};
@@ -16,15 +19,36 @@ pub struct Conn {
     pub(crate) broken: bool,
 }
 
-/// bb8 manager over a configured target (one node or a cluster; TLS roots, ACL
-/// user), plus the broken flag.
+/// The pool's manager: bb8-redis's [`RedisConnectionManager`] opens and checks
+/// the connections; this wraps it for two things it does not do.
 ///
-/// Connections are opened at `home` (the runtime that built the pool), so the
-/// task that drives each one runs there, not on the HTTP worker that happened to
-/// need it (see [`Home`]).
+/// - Connections are opened at `home` (the runtime that built the pool), so the
+///   task that drives each one runs there, not on the HTTP worker that happened
+///   to need it (see [`Home`]).
+/// - `has_broken`: bb8-redis always answers false, so a connection a restarted
+///   Redis broke would go back to the pool and fail the next caller too. A
+///   command that fails on a connection marks it ([`Conn::broken`], set by the
+///   caller), and bb8 drops it instead of returning it. That flag is why the
+///   pool can leave `test_on_check_out` off: no PING round trip before every
+///   command, and a broken connection fails one command, not every later one.
+///
+/// The TLS roots (`REDIS_CA_FILE`) travel in the client's connection info
+/// ([`redis::Client::build_with_tls`], see `link::client`), which the manager
+/// is made from.
 pub struct Manager {
-    pub(super) target: Target,
-    pub(super) home: Home,
+    redis: RedisConnectionManager,
+    home: Home,
+}
+
+impl Manager {
+    /// A manager for `client`'s node (its URL, ACL user, TLS roots), opening
+    /// connections on `home`.
+    pub(super) fn new(client: &redis::Client, home: Home) -> redis::RedisResult<Self> {
+        Ok(Self {
+            redis: RedisConnectionManager::new(client.get_connection_info().clone())?,
+            home,
+        })
+    }
 }
 
 impl bb8::ManageConnection for Manager {
@@ -32,27 +56,31 @@ impl bb8::ManageConnection for Manager {
     type Error = redis::RedisError;
 
     async fn connect(&self) -> Result<Conn, redis::RedisError> {
-        let target = self.target.clone();
-        let inner = match self.home.spawn(async move { target.connect().await }).await {
+        let redis = self.redis.clone();
+        let opened = match self.home.spawn(async move { redis.connect().await }).await {
             Ok(opened) => opened?,
             // That runtime is shutting down: open it on this one.
-            Err(_) => self.target.connect().await?,
+            Err(_) => self.redis.connect().await?,
         };
         Ok(Conn {
-            inner,
+            inner: Link::Node(opened),
             broken: false,
         })
     }
 
     async fn is_valid(&self, conn: &mut Conn) -> Result<(), redis::RedisError> {
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn.inner)
-            .await
-            .map(drop)
+        match &mut conn.inner {
+            Link::Node(c) => self.redis.is_valid(c).await,
+            // `connect` opens nothing else.
+            _ => Err((redis::ErrorKind::Client, "not a pooled node connection").into()),
+        }
     }
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
-        conn.broken
+        let Link::Node(c) = &mut conn.inner else {
+            return true;
+        };
+        conn.broken || self.redis.has_broken(c)
     }
 }
 
@@ -218,10 +246,8 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let manager = Manager {
-            target: Target::Node(Box::new(redis::Client::open(url).unwrap())),
-            home: home.block_on(async { Home::here() }),
-        };
+        let client = redis::Client::open(url).unwrap();
+        let manager = Manager::new(&client, home.block_on(async { Home::here() })).unwrap();
         let mut conn = {
             let worker = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -47,9 +47,13 @@ async fn postgresql_down_means_503_with_retry_after_then_recovery_without_restar
         &testing::via_proxy(&db, &proxy),
         Some(&prefix.url),
         &prefix.prefix,
-        &[("DB_POOL_TIMEOUT_SECS", "1")],
+        &[
+            ("DB_POOL_TIMEOUT_SECS", "1"),
+            ("READINESS_GRACE_MS", "3000"),
+        ],
     );
     let app = TestApp::start(journal_service::service(), settings).await;
+    assert_eq!(app.status("/health/ready").await, 200);
     let user = Uuid::new_v4();
     let token = testing::token(user);
     let mut acknowledged = 0;
@@ -65,6 +69,22 @@ async fn postgresql_down_means_503_with_retry_after_then_recovery_without_restar
 
     proxy.cut();
     let started = Instant::now();
+    // A blip takes no pod out: readiness stays 200 within READINESS_GRACE_MS
+    // of PostgreSQL's last answer, and says so.
+    let ready = app
+        .client
+        .get(app.url("/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.unwrap();
+    assert!(
+        ready["database"]
+            .as_str()
+            .is_some_and(|d| d.contains("no answer")),
+        "{ready}"
+    );
     assert_unavailable(post_entry(&app, &token, "during").await).await;
     let fresh_reader = testing::token(Uuid::new_v4());
     for path in [
@@ -87,7 +107,12 @@ async fn postgresql_down_means_503_with_retry_after_then_recovery_without_restar
         "6 requests answered 503 in {:?} (DB_POOL_TIMEOUT_SECS=1)",
         started.elapsed()
     );
-    assert_eq!(app.status("/health/ready").await, 503);
+    // Past the grace, the outage takes the pod out (and pages: KaiServiceDown).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.status("/health/ready").await != 503 {
+        assert!(Instant::now() < deadline, "readiness never failed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(app.status("/health").await, 200);
     let detailed: Value = app.get_json("/health/detailed").await;
     assert_eq!(detailed["status"], "unhealthy");
@@ -104,7 +129,11 @@ async fn postgresql_down_means_503_with_retry_after_then_recovery_without_restar
         assert!(Instant::now() < deadline, "the service never recovered");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(app.status("/health/ready").await, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.status("/health/ready").await != 200 {
+        assert!(Instant::now() < deadline, "readiness never recovered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(
         live_entries(&db, user).await,
         acknowledged,
@@ -158,6 +187,9 @@ async fn an_exhausted_pool_answers_503_after_the_pool_timeout_and_recovers() {
     }
     let detailed: Value = app.get_json("/health/detailed").await;
     assert_eq!(detailed["database"]["pool"]["available"], 0, "{detailed}");
+    // Readiness asks on a connection of its own: the exhausted serving pool
+    // neither delays it nor takes the pod out of the Service.
+    assert_eq!(app.status("/health/ready").await, 200);
     drop(held);
     assert_eq!(
         post_entry(&app, &token, "after").await.status(),

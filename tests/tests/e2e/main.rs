@@ -7,6 +7,7 @@ mod erasure;
 mod faults;
 mod hostile;
 mod migrations;
+mod online;
 mod openapi;
 mod pool;
 mod readme;

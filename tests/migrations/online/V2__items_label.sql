@@ -1,0 +1,3 @@
+-- kai:no-transaction
+-- An index on an existing (live) table, built without blocking its writes.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS items_label ON online_test.items (label);
