@@ -37,6 +37,11 @@ pub struct Metrics {
     /// `kai_db_batch_size{batch}`: writes per combined statement (`db::Combiner`).
     pub db_batch_size: HistogramVec,
     pub redis_up: IntGauge,
+    /// `kai_redis_commands_total{outcome}`: commands the service's requests
+    /// sent to Redis (`sent`) and skipped because the circuit was open
+    /// (`skipped`): the breaker's own evidence that an open circuit costs no
+    /// Redis round trip. (Health checks and the breaker's probe are not counted.)
+    pub redis_commands: IntCounterVec,
     /// `kai_cache_subscriptions_total`: invalidation subscriptions established
     /// (the first at start; every further one is a reconnect).
     pub cache_subscriptions: IntCounter,
@@ -131,6 +136,15 @@ impl Metrics {
             "1 when Redis answers (circuit closed), else 0",
         )
         .expect("valid metric");
+        // Registered with `kai_redis_up`, only when Redis is configured.
+        let redis_commands = IntCounterVec::new(
+            Opts::new(
+                "kai_redis_commands_total",
+                "Commands sent to Redis by requests, and skipped while the circuit was open",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
         let cache_subscriptions = IntCounter::new(
             "kai_cache_subscriptions_total",
             "Invalidation subscriptions established (the first at start; more are reconnects)",
@@ -168,6 +182,7 @@ impl Metrics {
             db_slow_queries,
             db_batch_size,
             redis_up,
+            redis_commands,
             cache_subscriptions,
             events_failures,
             outcomes: Arc::default(),

@@ -82,6 +82,9 @@ pub struct Redis {
     probing: AtomicBool,
     hooks: OnceLock<Hooks>,
     metrics: Metrics,
+    /// `kai_redis_commands_total{outcome="sent"}` and `{outcome="skipped"}`.
+    sent: prometheus::IntCounter,
+    skipped: prometheus::IntCounter,
 }
 
 impl Redis {
@@ -138,6 +141,10 @@ impl Redis {
         let _ = metrics
             .registry
             .register(Box::new(metrics.redis_up.clone()));
+        let _ = metrics
+            .registry
+            .register(Box::new(metrics.redis_commands.clone()));
+
         metrics.redis_up.set(1);
         Self {
             links,
@@ -147,6 +154,8 @@ impl Redis {
             open: AtomicBool::new(false),
             probing: AtomicBool::new(false),
             hooks: OnceLock::new(),
+            sent: metrics.redis_commands.with_label_values(&["sent"]),
+            skipped: metrics.redis_commands.with_label_values(&["skipped"]),
             metrics,
         }
     }
@@ -207,8 +216,10 @@ impl Redis {
         cmd: Command<'_>,
     ) -> Result<T, Failure> {
         if !self.available() {
+            self.skipped.inc();
             return Err(Failure::Open);
         }
+        self.sent.inc();
         let result = async {
             let mut conn = self.conn().await?;
             let outcome = tokio::time::timeout(self.timeout, cmd.query::<T>(&mut conn.inner)).await;

@@ -233,7 +233,21 @@ async fn a_paused_redis_costs_nothing_but_latency_and_serves_nothing_stale() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200, "writes succeed with Redis paused");
+    // The write's bump timed out and opened the circuit: from here on, reads go
+    // to PostgreSQL without a Redis round trip — the breaker's own count of
+    // commands sent stays where it is (and the reads do not wait on Redis).
+    assert_eq!(app.platform.cache.redis_available(), Some(false));
+    let sent = |app: &TestApp| {
+        app.platform
+            .metrics
+            .redis_commands
+            .with_label_values(&["sent"])
+            .get()
+    };
+    let sent_before = sent(&app);
+    let mut slowest = Duration::ZERO;
     for _ in 0..20 {
+        let asked = Instant::now();
         let body: Value = app
             .client
             .get(app.url(&path))
@@ -244,8 +258,16 @@ async fn a_paused_redis_costs_nothing_but_latency_and_serves_nothing_stale() {
             .json()
             .await
             .unwrap();
+        slowest = slowest.max(asked.elapsed());
         assert_eq!(body["content"], "v2");
     }
+    assert_eq!(
+        sent(&app) - sent_before,
+        0,
+        "no command reached Redis while the circuit was open"
+    );
+    assert_eq!(app.platform.cache.redis_available(), Some(false));
+    eprintln!("20 reads with Redis paused and the circuit open; slowest {slowest:?}");
     let d: Value = app.get_json("/health/detailed").await;
     assert_eq!(d["status"], "degraded");
     redis.resume();
@@ -272,4 +294,65 @@ async fn a_paused_redis_costs_nothing_but_latency_and_serves_nothing_stale() {
         );
     }
     assert_eq!(live_entries(&db, user).await, 1);
+}
+
+/// Reads alone (no write to trip the breaker) while Redis is paused: L1 answers
+/// until the silent subscription makes it untrusted (≤ 250 ms), then one read
+/// asks Redis, times out and opens the circuit; every later read goes straight to
+/// PostgreSQL. The breaker's own count: once open, no command reaches Redis
+/// however many reads follow, and the circuit stays open while Redis is paused.
+#[tokio::test]
+async fn with_redis_paused_reads_alone_open_the_circuit_once_and_then_skip_redis() {
+    let redis = PrivateRedis::start();
+    let db = TestDb::create().await;
+    let settings = testing::settings(
+        &db.url,
+        Some(&redis.url()),
+        "pause-reads",
+        &[("REDIS_TIMEOUT_MS", "100")],
+    );
+    let app = TestApp::start(journal_service::service(), settings).await;
+    let user = Uuid::new_v4();
+    let token = testing::token(user);
+    let created: Value = post_entry(&app, &token, "v1").await.json().await.unwrap();
+    let path = format!("/api/journal/entries/{}", created["id"].as_str().unwrap());
+    let read = || async {
+        let res = app
+            .client
+            .get(app.url(&path))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    };
+    read().await;
+    read().await;
+    redis.pause();
+    let sent = || {
+        app.platform
+            .metrics
+            .redis_commands
+            .with_label_values(&["sent"])
+            .get()
+    };
+    // Read until the circuit opens (a read that found L1 untrusted asked Redis).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.platform.cache.redis_available() != Some(false) {
+        assert!(Instant::now() < deadline, "the circuit never opened");
+        read().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let opened_at = sent();
+    for _ in 0..40 {
+        read().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        sent(),
+        opened_at,
+        "no command reached Redis once the circuit was open"
+    );
+    assert_eq!(app.platform.cache.redis_available(), Some(false));
+    redis.resume();
 }
