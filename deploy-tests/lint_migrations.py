@@ -3,8 +3,9 @@ test_migrations.py).
 
     python3 deploy-tests/lint_migrations.py        # exit 1 on any problem
 
-Config: migrations/squawk.toml (every default rule, PostgreSQL 16, each
-migration in a transaction as refinery applies it). Released migrations
+Config: migrations/squawk.toml (PostgreSQL 16, each migration in a transaction
+as the runner applies it, unless its first line is `-- kai:no-transaction`,
+shared/src/db/migrate.rs). Released migrations
 (migrations/squawk-released.yaml) are pinned by sha256 (refinery checksums
 applied migrations: they never change) and may keep the findings listed there
 with a reason; every other file must have none.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +28,15 @@ REPO = Path(__file__).resolve().parent.parent
 MIGRATIONS = REPO / "migrations"
 CONFIG = MIGRATIONS / "squawk.toml"
 RELEASED = MIGRATIONS / "squawk-released.yaml"
+# The first line of a migration the runner applies outside a transaction
+# (shared/src/db/migrate.rs, NO_TRANSACTION): CREATE INDEX CONCURRENTLY.
+NO_TRANSACTION = "-- kai:no-transaction"
+
+
+def outside_transaction(sql: Path) -> bool:
+    """As the runner decides it: the text, leading whitespace aside, starts
+    with the marker."""
+    return sql.read_text().lstrip().startswith(NO_TRANSACTION)
 
 
 def squawk() -> str:
@@ -61,13 +72,19 @@ def released() -> dict:
 
 def problems(files: list[Path] | None = None) -> tuple[list[str], list[str]]:
     """(problems, report lines) for every migration (or `files`)."""
-    spec = released()
-    pinned = spec["released"]
-    outside = set(spec.get("outside_transaction") or [])
+    pinned = released()["released"]
     out, report = [], []
     for sql in files if files is not None else sorted(MIGRATIONS.glob("*/*.sql")):
         rel = sql.relative_to(MIGRATIONS).as_posix() if sql.is_relative_to(MIGRATIONS) else sql.name
-        found = findings(sql, in_transaction=rel not in outside)
+        outside = outside_transaction(sql)
+        found = findings(sql, in_transaction=not outside)
+        code = re.sub(r"--[^\n]*", "", sql.read_text())
+        if not outside and re.search(r"\bCONCURRENTLY\b", code, re.I):
+            # squawk misses a lone CONCURRENTLY statement; PostgreSQL refuses
+            # it inside the runner's transaction
+            found.append({"rule_name": "concurrently-needs-no-transaction", "line": 1,
+                          "message": f"CONCURRENTLY cannot run in the runner's transaction: "
+                                     f"make `{NO_TRANSACTION}` the first line", "help": ""})
         rules = sorted({f["rule_name"] for f in found})
         entry = pinned.get(rel)
         if entry is None:
