@@ -2,7 +2,7 @@
 //! kai-shared, so journal and profile never parse (nor refuse to start on) an
 //! `LLM_*` variable. The binary's CLI flattens this struct next to the platform's
 //! settings, so `--help`, start-up validation and the README table cover it; add a
-//! variable the way `kai_shared::config` describes.
+//! variable the way `kai_platform::config` describes.
 
 use std::time::Duration;
 

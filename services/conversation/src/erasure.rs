@@ -15,7 +15,6 @@
 
 use actix_web::web;
 use kai_platform::Platform;
-use kai_shared::erasure;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -39,12 +38,7 @@ pub async fn purge(p: &Platform, user_id: Uuid) -> anyhow::Result<u64> {
 
 /// Starts the consumer (with Redis; without it there is no one to hear from).
 pub fn start(p: web::Data<Platform>, stop: CancellationToken) {
-    erasure::consume(
-        p.clone(),
-        &p.settings.redis,
-        &p.metrics,
-        stop,
-        GROUP,
-        |p, user_id| async move { purge(&p, user_id).await },
-    );
+    kai_platform::server::consume_erasures(&p, stop, GROUP, |p, user_id| async move {
+        purge(&p, user_id).await
+    });
 }

@@ -40,7 +40,6 @@ use std::time::Duration;
 use actix_web::web;
 use kai_platform::Platform;
 use kai_shared::db::{Db, DbError};
-use kai_shared::erasure;
 use kai_shared::events::Events;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -124,14 +123,10 @@ async fn purge(p: &Platform, user_id: Uuid) -> anyhow::Result<u64> {
 
 /// Starts the relay and this service's consumer (with Redis).
 pub fn start(p: web::Data<Platform>, stop: CancellationToken) {
-    let consumed = erasure::consume(
-        p.clone(),
-        &p.settings.redis,
-        &p.metrics,
-        stop.clone(),
-        GROUP,
-        |p, user_id| async move { purge(&p, user_id).await },
-    );
+    let consumed =
+        kai_platform::server::consume_erasures(&p, stop.clone(), GROUP, |p, user_id| async move {
+            purge(&p, user_id).await
+        });
     tokio::spawn(watch_backlog(p.clone(), stop.clone()));
     if let Some(events) = consumed {
         tokio::spawn(relay(p, events, stop));

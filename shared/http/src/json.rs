@@ -41,7 +41,6 @@ use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::MAX_BODY_BYTES;
 use super::errors::{ApiError, FieldError};
 
 /// How long a body may take to arrive when no platform settings are at hand
@@ -52,6 +51,9 @@ pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// module documentation for what is refused, and how).
 #[derive(Debug)]
 pub struct Json<T, const LIMIT: usize = MAX_BODY_BYTES>(pub T);
+
+/// Largest accepted request body (SPEC §3).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 impl<T, const LIMIT: usize> Json<T, LIMIT> {
     pub fn into_inner(self) -> T {

@@ -52,7 +52,7 @@ pub fn is_blank(s: &str) -> bool {
 }
 
 /// The schema of a text of 1 to `MAX` characters that is not only white space,
-/// for `#[schema(schema_with = kai_shared::http::openapi::non_blank::<MAX>)]`:
+/// for `#[schema(schema_with = kai_http::openapi::non_blank::<MAX>)]`:
 /// one declaration instead of the three attributes (and the [`NOT_BLANK`]
 /// literal, which utoipa's `pattern` takes only as a literal) at every text field.
 /// The field's doc comment is not used with `schema_with`; the description is

@@ -9,7 +9,7 @@
 //! included. Use it on answer fields:
 //!
 //! ```ignore
-//! #[serde(serialize_with = "kai_shared::http::timestamp::rfc3339")]
+//! #[serde(serialize_with = "kai_http::timestamp::rfc3339")]
 //! pub created_at: DateTime<Utc>,
 //! ```
 

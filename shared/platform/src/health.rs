@@ -4,8 +4,8 @@
 //! view: dependencies, pool, cache, per-route timings, slow queries).
 //!
 //! **Readiness is bounded and never waits on the serving pool.** It asks
-//! PostgreSQL on a connection of its own ([`Readiness`]: a one-connection pool,
-//! [`PROBE_TIMEOUT`] to connect and to answer), so a saturated serving pool —
+//! PostgreSQL on a connection of its own (`readiness::Readiness`: a one-connection pool,
+//! `PROBE_TIMEOUT` to connect and to answer), so a saturated serving pool —
 //! every connection busy, requests queueing for `DB_POOL_TIMEOUT_SECS` — does not
 //! make the probe wait or fail, and does not take the pod out of the Service
 //! (which would push its load onto the others and saturate them in turn).
@@ -25,14 +25,18 @@ use serde::Serialize;
 use kai_http::errors::ApiError;
 use kai_http::stats::EndpointSummary;
 use kai_shared::cache::CacheTotals;
-use kai_shared::db::{Db, MigrationSet};
 use kai_shared::db::{PoolStatus, SlowQuery};
 use kai_shared::figures::millis;
-use kai_shared::metrics::Metrics;
 use kai_shared::redis::RedisHealth;
-use kai_shared::settings::DatabaseSettings;
 
-use crate::server::Platform;
+use crate::readiness::{Readiness, Ready};
+use std::sync::Arc;
+use std::time::Instant;
+
+use kai_http::stats::EndpointStats;
+use kai_shared::cache::Cache;
+use kai_shared::db::Db;
+use kai_shared::redis::Redis;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/health", web::get().to(live))
@@ -44,7 +48,19 @@ async fn live() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn ready(platform: web::Data<Platform>) -> Result<HttpResponse, ApiError> {
+/// What the health routes read (app data of its own: they need no more of the
+/// platform).
+pub struct Health {
+    pub service: &'static str,
+    pub started: Instant,
+    pub db: Db,
+    pub cache: Cache,
+    pub redis: Option<Arc<Redis>>,
+    pub stats: Arc<EndpointStats>,
+    pub readiness: Readiness,
+}
+
+async fn ready(platform: web::Data<Health>) -> Result<HttpResponse, ApiError> {
     match platform.readiness.check().await {
         Ready::Yes => Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "ready" }))),
         Ready::Unanswered { since } => Ok(HttpResponse::Ok().json(serde_json::json!({
@@ -53,78 +69,6 @@ async fn ready(platform: web::Data<Platform>) -> Result<HttpResponse, ApiError> 
         }))),
         Ready::MigrationsPending => Err(ApiError::Unavailable(anyhow::anyhow!("migrations pending"))),
         Ready::No(e) => Err(ApiError::Unavailable(e)),
-    }
-}
-
-/// How long the readiness probe may take to connect, and its statement to answer.
-pub const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// The readiness check: this binary's migrations applied, asked on a connection
-/// of its own (see the module's docs).
-pub struct Readiness {
-    db: Db,
-    migrations: MigrationSet,
-    /// The newest migration this binary embeds (computed once, not per probe).
-    version: i32,
-    grace: std::time::Duration,
-    /// When PostgreSQL last answered the probe.
-    last_answer: std::sync::Mutex<Option<std::time::Instant>>,
-}
-
-/// What [`Readiness::check`] found.
-pub enum Ready {
-    Yes,
-    /// PostgreSQL has not answered for `since`, still within the grace.
-    Unanswered {
-        since: std::time::Duration,
-    },
-    MigrationsPending,
-    No(anyhow::Error),
-}
-
-impl Readiness {
-    pub fn new(
-        settings: &DatabaseSettings,
-        grace: std::time::Duration,
-        migrations: MigrationSet,
-        service: &str,
-    ) -> Self {
-        let probe = DatabaseSettings {
-            pool_size: 1,
-            pool_timeout: PROBE_TIMEOUT,
-            ..settings.clone()
-        };
-        Self {
-            // Its own registry: the probe's pool is not the serving pool, and its
-            // gauges must not be read as if it were.
-            db: Db::new(&probe, &Metrics::new(service)),
-            migrations,
-            version: migrations.latest_version(),
-            grace,
-            last_answer: std::sync::Mutex::new(None),
-        }
-    }
-
-    pub async fn check(&self) -> Ready {
-        let asked = tokio::time::timeout(
-            PROBE_TIMEOUT,
-            kai_shared::db::is_current(&self.db, self.migrations.schema, self.version),
-        )
-        .await;
-        let failure = match asked {
-            Ok(Ok(true)) => {
-                *self.last_answer.lock().expect("readiness lock") = Some(std::time::Instant::now());
-                return Ready::Yes;
-            }
-            Ok(Ok(false)) => return Ready::MigrationsPending,
-            Ok(Err(e)) => anyhow::Error::new(e),
-            Err(_) => anyhow::anyhow!("PostgreSQL did not answer within {PROBE_TIMEOUT:?}"),
-        };
-        let last = *self.last_answer.lock().expect("readiness lock");
-        match last.map(|at| at.elapsed()) {
-            Some(since) if since < self.grace => Ready::Unanswered { since },
-            _ => Ready::No(failure),
-        }
     }
 }
 
@@ -154,7 +98,7 @@ struct Performance {
     slow_queries: Vec<SlowQuery>,
 }
 
-async fn detailed(platform: web::Data<Platform>) -> HttpResponse {
+async fn detailed(platform: web::Data<Health>) -> HttpResponse {
     let redis_health = async {
         match &platform.redis {
             Some(redis) => Some(redis.health().await),

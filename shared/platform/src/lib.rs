@@ -7,6 +7,8 @@
 pub mod config;
 /// `/health`, `/health/ready`, `/health/detailed`.
 pub mod health;
+/// The readiness check: its own connection, bounded, with a grace.
+pub mod readiness;
 /// Server bootstrap (`Binary`, `ServiceDef`, `Platform`), CLI and graceful shutdown.
 pub mod server;
 

@@ -123,6 +123,22 @@ impl ServiceDef {
     }
 }
 
+/// Starts the service's consumer of account erasures (`kai_shared::erasure`) in
+/// its consumer `group`: `purge(platform, user_id)` for each erased account,
+/// until `stop`. `None` without Redis (no one to hear from).
+pub fn consume_erasures<F, Fut>(
+    p: &web::Data<Platform>,
+    stop: CancellationToken,
+    group: &'static str,
+    purge: F,
+) -> Option<kai_shared::events::Events>
+where
+    F: Fn(web::Data<Platform>, Uuid) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<u64>> + Send + 'static,
+{
+    kai_shared::erasure::consume(p.clone(), &p.settings.redis, &p.metrics, stop, group, purge)
+}
+
 /// See [`ServiceDef::on_start`].
 pub type OnStart = Arc<dyn Fn(web::Data<Platform>, CancellationToken) + Send + Sync>;
 
@@ -151,8 +167,8 @@ pub struct Platform {
     pub gate: web::Data<Gate>,
     /// What the request stamp records into.
     pub observe: web::Data<Observe>,
-    /// `/health/ready`'s check, on a connection of its own.
-    pub readiness: crate::health::Readiness,
+    /// What the health routes read (readiness: a connection of its own).
+    pub health: web::Data<crate::health::Health>,
 }
 
 impl Platform {
@@ -244,13 +260,23 @@ impl Platform {
             slow_request_threshold: settings.http.slow_request_threshold,
             access_log_sample: settings.http.access_log_sample,
         });
-        let readiness = crate::health::Readiness::new(
+        let readiness = crate::readiness::Readiness::new(
             &settings.database,
             settings.server.readiness_grace,
             def.migrations,
             def.name,
         );
+        let health = web::Data::new(crate::health::Health {
+            service: def.name,
+            started: Instant::now(),
+            db: db.clone(),
+            cache: cache.clone(),
+            redis: redis.clone(),
+            stats: stats.clone(),
+            readiness,
+        });
         Ok(Platform {
+            health,
             service: def.name,
             limiter: kai_shared::ratelimit::RateLimiter::new(redis.clone()),
             redis,
@@ -263,7 +289,6 @@ impl Platform {
             stats,
             gate,
             observe,
-            readiness,
             migrations: def.migrations,
             migration_version: def.migrations.latest_version(),
             started: Instant::now(),
@@ -332,6 +357,7 @@ pub fn run(
             .app_data(platform.clone())
             .app_data(platform.gate.clone())
             .app_data(platform.observe.clone())
+            .app_data(platform.health.clone())
             .app_data(http_settings.clone())
             .app_data(operations.clone())
             .app_data(kai_http::query_config())
