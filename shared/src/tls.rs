@@ -207,3 +207,75 @@ impl ServerCertVerifier for Verifier {
         self.algorithms.supported_schemes()
     }
 }
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use super::*;
+    use crate::testing::tls::TestCa;
+
+    /// Each mode of the one verifier checks what it says, on a certificate for
+    /// `localhost` signed by a CA made for the test.
+    #[test]
+    fn each_mode_checks_what_it_says() {
+        let ca = TestCa::new();
+        let trusted = CaBundle::load(Path::new(&ca.ca_file())).unwrap();
+        let stranger = TestCa::new();
+        let untrusted = CaBundle::load(Path::new(&stranger.ca_file())).unwrap();
+        let server = CertificateDer::from_pem_file(ca.dir.file("server.crt")).unwrap();
+        let provider = provider();
+        let check = |verifier: &Verifier, name: &str| {
+            verifier
+                .verify_server_cert(
+                    &server,
+                    &[],
+                    &ServerName::try_from(name.to_owned()).unwrap(),
+                    &[],
+                    UnixTime::now(),
+                )
+                .map(drop)
+        };
+        let verifier = |verify, ca| Verifier::new(verify, ca, &provider);
+        let wrong_name = |r: Result<(), rustls::Error>| {
+            matches!(
+                r,
+                Err(rustls::Error::InvalidCertificate(
+                    CertificateError::NotValidForName
+                        | CertificateError::NotValidForNameContext { .. }
+                ))
+            )
+        };
+
+        // Full: chain and name.
+        let full = verifier(Verify::Full, Some(&trusted));
+        assert_eq!(check(&full, "localhost"), Ok(()));
+        assert!(wrong_name(check(&full, "db.example.com")));
+        // Chain: the chain only, any name.
+        let chain = verifier(Verify::Chain, Some(&trusted));
+        assert_eq!(check(&chain, "localhost"), Ok(()));
+        assert_eq!(check(&chain, "db.example.com"), Ok(()));
+        // Another CA's roots: both checking modes refuse, whatever the name.
+        for verify in [Verify::Full, Verify::Chain] {
+            let r = check(&verifier(verify, Some(&untrusted)), "localhost");
+            assert!(
+                matches!(r, Err(rustls::Error::InvalidCertificate(_))) && !wrong_name(r.clone()),
+                "{verify:?}: {r:?}"
+            );
+        }
+        // Nothing: any certificate, any name.
+        let nothing = verifier(Verify::Nothing, Some(&untrusted));
+        assert!(nothing.webpki.is_none());
+        assert_eq!(check(&nothing, "db.example.com"), Ok(()));
+        // No trust anchor at all: a checking mode refuses every certificate.
+        let anchorless = Verifier {
+            verify: Verify::Chain,
+            webpki: None,
+            algorithms: provider.signature_verification_algorithms,
+        };
+        assert_eq!(
+            check(&anchorless, "localhost"),
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer
+            ))
+        );
+    }
+}
