@@ -208,10 +208,10 @@ impl ServerCertVerifier for Verifier {
     }
 }
 
-#[cfg(all(test, feature = "testing"))]
+#[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::tls::TestCa;
+    use kai_testing::TestCa;
 
     /// Each mode of the one verifier checks what it says, on a certificate for
     /// `localhost` signed by a CA made for the test.
