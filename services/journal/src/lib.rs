@@ -15,6 +15,8 @@ pub mod pages;
 pub mod queries;
 /// HTTP handlers.
 pub mod routes;
+/// The search text, rebuilt from its words before PostgreSQL parses it.
+pub mod search;
 /// Creating entries, combined into multi-row statements under load.
 pub mod writer;
 

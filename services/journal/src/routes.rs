@@ -231,7 +231,14 @@ async fn search_entries(
     p.limiter
         .check(&SEARCH_PER_USER, &user.user_id.to_string())
         .await?;
-    let entries = queries::search_entries(&p.db, user.user_id, text, limit).await?;
+    // Operator soup is neutralised, never a parser error (see `search`).
+    let query = crate::search::websearch_text(text);
+    if query.is_empty() {
+        return Ok(HttpResponse::Ok().json(SearchResults {
+            entries: Vec::new(),
+        }));
+    }
+    let entries = queries::search_entries(&p.db, user.user_id, &query, limit).await?;
     Ok(HttpResponse::Ok().json(SearchResults { entries }))
 }
 
