@@ -10,11 +10,13 @@
 pub mod account;
 /// Which reads are cached for how long, and which writes invalidate them.
 pub mod cache_rules;
+/// The canonical form of an e-mail address (limiter, lookup, unique index).
+pub mod email;
 /// Account erasure: purging a deleted user's data when profile-service says so.
 pub mod erasure;
-/// Request and response shapes, and their validation.
 /// Abuse limits and the client address they are keyed by.
 pub mod limits;
+/// Request and response shapes, and their validation.
 pub mod model;
 /// Argon2id hashing and verification, off the async workers.
 pub mod password;
@@ -39,5 +41,15 @@ pub fn service() -> ServiceDef {
         .checking_sessions(sessions::session_check)
         .caching(&cache_rules::CACHED)
         .counting(&[password::VERIFICATIONS])
-        .on_start(erasure::start)
+        .on_start(start)
+}
+
+/// The background work: the erasure relay and consumer, and keying accounts that
+/// have no canonical e-mail yet.
+fn start(
+    p: actix_web::web::Data<kai_platform::Platform>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    tokio::spawn(email::key_unkeyed_accounts(p.clone()));
+    erasure::start(p, stop);
 }

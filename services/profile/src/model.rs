@@ -26,9 +26,14 @@ pub const MAX_COMMUNICATION_STYLE_CHARS: usize = 200;
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({ "email": "sam@example.org", "password": "correct horse battery staple", "display_name": "Sam" }))]
 pub struct Register {
-    /// An e-mail address (at most 254 characters), unique whatever its case.
+    /// An e-mail address (at most 254 characters), unique in its canonical form
+    /// (NFKC, case-folded, no trailing dot of the domain); invisible, format and
+    /// text-direction characters and names mixing writing systems are refused.
     #[schema(format = Email, max_length = 254)]
     pub email: String,
+    /// The canonical form of `email` (`crate::email`), set by validation.
+    #[serde(skip)]
+    pub email_key: String,
     /// 8–1024 characters.
     #[schema(min_length = 8, max_length = 1024, format = Password)]
     pub password: String,
@@ -55,8 +60,9 @@ impl Validate for Register {
     fn checked(mut self) -> Result<Self, ApiError> {
         let mut errors = Vec::new();
         self.email = self.email.trim().to_owned();
-        if !is_email(&self.email) {
-            errors.push(FieldError::new("email", "must be an e-mail address"));
+        match crate::email::canonical(&self.email) {
+            Ok(key) => self.email_key = key,
+            Err(why) => errors.push(FieldError::new("email", why)),
         }
         let n = self.password.chars().count();
         if !(MIN_PASSWORD_CHARS..=MAX_PASSWORD_CHARS).contains(&n) {
@@ -315,6 +321,7 @@ mod tests {
     fn passwords_never_reach_debug_output() {
         let r = Register {
             email: "a@b.co".into(),
+            email_key: "a@b.co".into(),
             password: "hunter2hunter2".into(),
             display_name: None,
         };

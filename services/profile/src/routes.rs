@@ -53,7 +53,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// Create an account (and its empty profile).
 #[utoipa::path(post, path = "/api/auth/register", tag = "auth", request_body = Register, security(()),
     responses((status = 201, description = "The account; `Location` is the profile (readable after login)", body = Registered),
-        (status = 409, description = "That e-mail address (in any case) is registered"),
+        (status = 400, description = "Not an e-mail address, an address with invisible, format or text-direction characters or mixing writing systems, or a password too short or too common", body = kai_http::errors::Problem),
+        (status = 409, description = "That e-mail address (in any case, width, normalisation or with a trailing dot) is registered"),
         (status = 429, description = "Too many registrations from this address")))]
 async fn register(
     req: HttpRequest,
@@ -85,21 +86,26 @@ async fn login(
     body: Json<Login>,
 ) -> Result<HttpResponse, ApiError> {
     let Login { email, password } = body.into_inner();
-    // Brute force: a bucket per client address and one per (e-mail case-folded,
-    // address), checked before any password work.
+    // Brute force: a bucket per client address and one per (canonical e-mail,
+    // address), checked before any password work. An address with no canonical
+    // form names no account: the same answer, without the hash work.
     let client = client_address(&req, &p);
     p.limiter.check(&LOGIN_PER_CLIENT, &client).await?;
+    let key = crate::email::canonical(&email);
     p.limiter
         .check(
             &LOGIN_PER_EMAIL_AND_CLIENT,
-            &format!("{}\n{client}", email.trim().to_lowercase()),
+            &format!("{}\n{client}", key.as_deref().unwrap_or(email.trim())),
         )
         .await?;
+    let Ok(key) = key else {
+        return Err(ApiError::Unauthorized(BAD_CREDENTIALS.into()));
+    };
     if password.chars().count() > MAX_PASSWORD_CHARS {
         return Err(ApiError::Unauthorized(BAD_CREDENTIALS.into()));
     }
     // Unknown e-mail or not, the same hash work is done and the same answer given.
-    let account = queries::credentials(&p.db, email.trim()).await?;
+    let account = queries::credentials(&p.db, &key).await?;
     let (user_id, stored) = match account {
         Some((id, hash)) => (Some(id), Some(hash)),
         None => (None, None),
@@ -188,7 +194,9 @@ async fn export_profile(p: web::Data<Platform>, user: AuthUser) -> Result<HttpRe
 /// The one place this service's database errors become answers: a taken e-mail
 /// address (the unique index) is a 409; anything else the usual 503/500.
 pub(crate) fn db_error(e: DbError) -> ApiError {
-    e.on_constraint(queries::EMAIL_UNIQUE, || {
-        ApiError::Conflict("an account with this e-mail address already exists".into())
-    })
+    let taken = || ApiError::Conflict("an account with this e-mail address already exists".into());
+    match e.constraint() {
+        Some(queries::EMAIL_LOWER_UNIQUE) => taken(),
+        _ => e.on_constraint(queries::EMAIL_UNIQUE, taken),
+    }
 }
