@@ -26,6 +26,8 @@ pub mod queries;
 pub mod routes;
 /// Session bookkeeping: token hashes and the per-request session check.
 pub mod sessions;
+/// The common-password rule for new passwords.
+pub mod strength;
 
 use kai_platform::ServiceDef;
 use kai_platform::server::Binary;

@@ -34,7 +34,8 @@ pub struct Register {
     /// The canonical form of `email` (`crate::email`), set by validation.
     #[serde(skip)]
     pub email_key: String,
-    /// 8–1024 characters.
+    /// 8–1024 characters, not a common or breached password nor one that is easy
+    /// to guess (zxcvbn score 3 of 4 or more; see `strength`).
     #[schema(min_length = 8, max_length = 1024, format = Password)]
     pub password: String,
     /// 1–100 characters, not only white space.
@@ -70,6 +71,12 @@ impl Validate for Register {
                 "password",
                 format!("must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"),
             ));
+        } else {
+            let local = self.email.split('@').next().unwrap_or_default();
+            let name = self.display_name.as_deref().unwrap_or_default();
+            if let Err(why) = crate::strength::check(&self.password, &[local, &self.email, name]) {
+                errors.push(FieldError::new("password", why));
+            }
         }
         if let Some(name) = &mut self.display_name {
             check_display_name(name, &mut errors);
@@ -141,7 +148,8 @@ pub struct Profile {
 pub struct ChangePassword {
     #[schema(format = Password)]
     pub current_password: String,
-    /// 8–1024 characters.
+    /// 8–1024 characters, not a common or breached password nor one that is easy
+    /// to guess (zxcvbn score 3 of 4 or more), nor a variation of the current one.
     #[schema(min_length = 8, max_length = 1024, format = Password)]
     pub new_password: String,
 }
@@ -159,6 +167,12 @@ impl Validate for ChangePassword {
             return Err(ApiError::validation(vec![FieldError::new(
                 "new_password",
                 format!("must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"),
+            )]));
+        }
+        if let Err(why) = crate::strength::check(&self.new_password, &[&self.current_password]) {
+            return Err(ApiError::validation(vec![FieldError::new(
+                "new_password",
+                why,
             )]));
         }
         Ok(self)

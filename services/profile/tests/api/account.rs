@@ -109,6 +109,29 @@ async fn a_password_change_ends_every_other_session_everywhere() {
         assert_problem(short, 400).await["errors"][0]["field"],
         "new_password"
     );
+    // Common, breached and guessable passwords, and a variation of the current
+    // one, are refused with the rule named.
+    for weak in [
+        "password",
+        "12345678",
+        "Password123!",
+        "correct horse battery staple1",
+    ] {
+        let res = post(
+            &p,
+            "/api/auth/password",
+            &a.token,
+            Some(json!({"current_password": PASSWORD, "new_password": weak})),
+        )
+        .await;
+        let problem = assert_problem(res, 400).await;
+        assert_eq!(problem["errors"][0]["field"], "new_password", "{weak}");
+        let message = problem["errors"][0]["message"].as_str().unwrap();
+        assert!(
+            message.contains("common-password rule"),
+            "{weak}: {message}"
+        );
+    }
 
     let res = post(
         &p,
