@@ -12,7 +12,7 @@ use kai_http::Valid;
 use kai_http::auth::AuthUser;
 use kai_platform::Platform;
 
-use crate::limits::{LOGIN_PER_CLIENT, REAUTH_PER_USER, client_address};
+use crate::limits::{LOGIN_PER_CLIENT, REAUTH_PER_SESSION, client_address};
 use crate::model::{ChangePassword, DeleteAccount, MAX_PASSWORD_CHARS};
 use crate::{erasure, password, queries};
 
@@ -24,7 +24,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/api/account").route(web::delete().to(delete_account)));
 }
 
-/// Checks the caller's password (rate limited per account and per client).
+/// Checks the caller's password (rate limited per session and per client).
 async fn reauthenticate(
     req: &HttpRequest,
     p: &Platform,
@@ -35,7 +35,7 @@ async fn reauthenticate(
         .check(&LOGIN_PER_CLIENT, &client_address(req, p))
         .await?;
     p.limiter
-        .check(&REAUTH_PER_USER, &user.user_id.to_string())
+        .check(&REAUTH_PER_SESSION, &user.session_id.to_string())
         .await?;
     if given.chars().count() > MAX_PASSWORD_CHARS {
         return Err(ApiError::Unauthorized(WRONG_PASSWORD.into()));

@@ -37,9 +37,13 @@ pub fn client_address(req: &HttpRequest, p: &Platform) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// Re-entering a password: 5 attempts at once per account, then one every 12 s.
-pub const REAUTH_PER_USER: Limit = Limit {
-    name: "reauth-user",
+/// Re-entering a password (password change, account deletion): 5 attempts at
+/// once per session, then one every 12 s. Per session, not per account: a
+/// stolen token drains its own session's bucket only, never the owner's, so
+/// the owner can still change the password (which ends the thief's session) or
+/// delete the account. Guessing through the thief's session stays bounded.
+pub const REAUTH_PER_SESSION: Limit = Limit {
+    name: "reauth-session",
     capacity: 5,
     per_second: 1.0 / 12.0,
 };

@@ -366,3 +366,39 @@ async fn password_guessing_on_a_stolen_token_is_rate_limited() {
         "nothing was deleted"
     );
 }
+
+/// The re-entry bucket is the session's: a thief's stolen token drains its own,
+/// and the owner, in another session, changes the password at once (ending the
+/// thief's session) — or could delete the account.
+#[tokio::test]
+async fn a_stolen_session_cannot_lock_the_owner_out_of_password_change() {
+    let p = spawn().await;
+    let thief = p.account().await;
+    let res = p.login(&thief.email, PASSWORD).await;
+    assert_eq!(res.status(), 200);
+    let owner: Value = res.json().await.unwrap();
+    let owner = owner["access_token"].as_str().unwrap().to_owned();
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let res = post(
+            &p,
+            "/api/auth/password",
+            &thief.token,
+            Some(json!({"current_password": "guess guess guess", "new_password": "the thief's own phrase"})),
+        )
+        .await;
+        statuses.push(res.status().as_u16());
+    }
+    assert_eq!(&statuses[..6], [401, 401, 401, 401, 401, 429]);
+    assert!(statuses[6..].iter().all(|&s| s == 429), "{statuses:?}");
+    let res = post(
+        &p,
+        "/api/auth/password",
+        &owner,
+        Some(json!({"current_password": PASSWORD, "new_password": "the owner's fresh phrase"})),
+    )
+    .await;
+    assert_eq!(res.status(), 204);
+    refused_within_a_second(&p.app, &thief.token, "/api/profile").await;
+    assert_eq!(p.app.read(&owner, "/api/profile").await.0, 200);
+}
