@@ -10,6 +10,8 @@
 pub mod account;
 /// Which reads are cached for how long, and which writes invalidate them.
 pub mod cache_rules;
+/// Device tokens: the login throttle's proof of a device that logged in before.
+pub mod device;
 /// The canonical form of an e-mail address (limiter, lookup, unique index).
 pub mod email;
 /// Account erasure: purging a deleted user's data when profile-service says so.

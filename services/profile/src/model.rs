@@ -103,6 +103,14 @@ pub struct Login {
     pub email: String,
     #[schema(format = Password)]
     pub password: String,
+    /// The `device_token` a previous successful login of this account returned on
+    /// this device (keep it in the device's persistent storage: the keychain or
+    /// keystore, or an `HttpOnly; Secure` cookie of a web front end). With it, this
+    /// login draws only on the device's own attempt budget, so guesses by others
+    /// never refuse it; without it, it shares the account's budget for unknown
+    /// devices (10 attempts, then 10 per 15 minutes).
+    #[serde(default)]
+    pub device_token: Option<String>,
 }
 
 impl fmt::Debug for Login {
@@ -110,7 +118,7 @@ impl fmt::Debug for Login {
         f.debug_struct("Login")
             .field("email", &self.email)
             .field("password", &"[redacted]")
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -122,6 +130,13 @@ pub struct Token {
     /// Seconds until the token expires.
     pub expires_in: u64,
     pub user_id: Uuid,
+    /// Proof that this device logged in to this account (signed, bound to the
+    /// account, good for 180 days, renewed by each login that sends it). Keep it
+    /// in the device's persistent storage (keychain/keystore, or an `HttpOnly;
+    /// Secure` cookie of a web front end) and send it as `device_token` with every
+    /// later login: such logins are never refused because others guessed the
+    /// password. It is not an access token.
+    pub device_token: String,
 }
 
 /// A user's profile as clients see it.
@@ -342,6 +357,7 @@ mod tests {
         let l = Login {
             email: "a@b.co".into(),
             password: "hunter2hunter2".into(),
+            device_token: None,
         };
         assert!(!format!("{r:?}{l:?}").contains("hunter2"));
     }
