@@ -14,6 +14,7 @@ use kai_platform::Platform;
 
 use crate::limits::{LOGIN_PER_CLIENT, REAUTH_PER_SESSION, client_address};
 use crate::model::{ChangePassword, DeleteAccount, MAX_PASSWORD_CHARS};
+use crate::password::Caller;
 use crate::{erasure, password, queries};
 
 const WRONG_PASSWORD: &str = "the password is incorrect";
@@ -41,7 +42,9 @@ async fn reauthenticate(
         return Err(ApiError::Unauthorized(WRONG_PASSWORD.into()));
     }
     let stored = queries::password_hash(&p.db, user.user_id).await?;
-    if stored.is_none() || !password::verify(&p.metrics, given, stored).await? {
+    if stored.is_none()
+        || !password::verify(&p.metrics, Caller::Authenticated, given, stored).await?
+    {
         return Err(ApiError::Unauthorized(WRONG_PASSWORD.into()));
     }
     Ok(())
@@ -61,7 +64,7 @@ pub async fn change_password(
     // Only the checked new password's hash is stored.
     let change = change.into_inner();
     reauthenticate(&req, &p, &user, change.current_password).await?;
-    let hash = password::hash(change.new_password).await?;
+    let hash = password::hash(Caller::Authenticated, change.new_password).await?;
     queries::change_password(&p.db, user.user_id, &hash, user.session_id).await?;
     p.revoke_user_sessions(user.user_id, Some(user.session_id))
         .await;

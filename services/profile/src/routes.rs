@@ -20,6 +20,7 @@ use crate::cache_rules::{PROFILE, profile_key, user_scope};
 use crate::model::{
     AccountExport, Login, MAX_PASSWORD_CHARS, PatchProfile, Profile, Register, Registered, Token,
 };
+use crate::password::Caller;
 use crate::{device, password, queries, sessions};
 
 /// The one answer to every failed login: an unknown e-mail and a wrong password
@@ -66,7 +67,7 @@ async fn register(
     p.limiter
         .check(&REGISTER_PER_CLIENT, &client_address(&req, &p))
         .await?;
-    let hash = password::hash(new.password.clone()).await?;
+    let hash = password::hash(Caller::Anonymous, new.password.clone()).await?;
     let user = queries::insert_user(&p.db, &new, &hash)
         .await
         .map_err(db_error)?;
@@ -139,7 +140,7 @@ async fn login(
         None => (None, None),
     };
     let user_id = match (
-        password::verify(&p.metrics, password, stored).await?,
+        password::verify(&p.metrics, Caller::Anonymous, password, stored).await?,
         user_id,
     ) {
         (true, Some(id)) => id,

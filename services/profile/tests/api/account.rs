@@ -402,3 +402,46 @@ async fn a_stolen_session_cannot_lock_the_owner_out_of_password_change() {
     refused_within_a_second(&p.app, &thief.token, "/api/profile").await;
     assert_eq!(p.app.read(&owner, "/api/profile").await.0, 200);
 }
+
+/// Argon2 saturation by anonymous logins: the overflow is refused at once with
+/// 503 + `Retry-After` (the queue is bounded), and a logged-in user's password
+/// change in the middle of it succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_login_flood_never_fails_a_logged_in_users_password_change() {
+    let p = crate::helpers::spawn_behind_proxy().await;
+    let a = p.account().await;
+    let flood: Vec<_> = (0..120u32)
+        .map(|i| {
+            let client = p.app.client.clone();
+            let url = p.app.url("/api/auth/login");
+            tokio::spawn(async move {
+                let res = client
+                    .post(url)
+                    .header("x-forwarded-for", format!("10.9.{}.{}", i / 200, i % 200))
+                    .json(&json!({"email": crate::helpers::email(), "password": "any password at all"}))
+                    .send()
+                    .await
+                    .unwrap();
+                let retry = res.headers().contains_key("retry-after");
+                (res.status().as_u16(), retry)
+            })
+        })
+        .collect();
+    let res = post(
+        &p,
+        "/api/auth/password",
+        &a.token,
+        Some(json!({"current_password": PASSWORD, "new_password": "a calm new passphrase"})),
+    )
+    .await;
+    assert_eq!(res.status(), 204);
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for f in flood {
+        let (status, retry) = f.await.unwrap();
+        assert!(status == 401 || (status == 503 && retry), "{status}");
+        *statuses.entry(status).or_default() += 1;
+    }
+    // More logins than the slots and the queue hold: some were turned away.
+    assert!(statuses.contains_key(&503), "{statuses:?}");
+    eprintln!("flood of 120 anonymous logins: {statuses:?}");
+}

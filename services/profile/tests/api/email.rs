@@ -97,9 +97,12 @@ async fn accounts_written_before_the_canonical_key_are_keyed_by_migration_and_at
         (profile_service::MIGRATIONS.runner)().set_target(refinery::Target::Version(4));
     runner.set_migration_table_name("profile.refinery_history");
     runner.run_async(&mut conn).await.unwrap();
-    let hash = profile_service::password::hash(PASSWORD.into())
-        .await
-        .unwrap();
+    let hash = profile_service::password::hash(
+        profile_service::password::Caller::Anonymous,
+        PASSWORD.into(),
+    )
+    .await
+    .unwrap();
     for (n, address) in [
         "Sam@Example.org",
         "ＪＯ@example.org",
