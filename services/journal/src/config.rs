@@ -4,7 +4,7 @@
 
 use kai_platform::config::positive;
 
-/// Per-user limits on exports (SPEC §4): each refusal is a 429 with
+/// Per-user limits on exports and creates (SPEC §4): each refusal is a 429 with
 /// `Retry-After`, counted in `kai_rate_limited_total{outcome=<limit>}`.
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "journal-service per-user limits")]
@@ -17,6 +17,10 @@ pub struct JournalSettings {
         default_value = "10", value_parser = positive::<u32>,
         help = "journal exports a user may start per minute")]
     pub exports_per_minute: u32,
+    #[arg(long = "journal-creates-per-minute", env = "JOURNAL_CREATES_PER_MINUTE",
+        default_value = "120", value_parser = positive::<u32>,
+        help = "journal entries a user may create at once, then per minute")]
+    pub creates_per_minute: u32,
 }
 
 impl JournalSettings {
@@ -40,7 +44,14 @@ mod tests {
     #[test]
     fn defaults_and_bad_values() {
         let s = JournalSettings::defaults();
-        assert_eq!((s.exports_running, s.exports_per_minute), (2, 10));
+        assert_eq!(
+            (
+                s.exports_running,
+                s.exports_per_minute,
+                s.creates_per_minute
+            ),
+            (2, 10, 120)
+        );
         let e = JournalSettings::from_lookup(|k| {
             (k == "JOURNAL_EXPORTS_RUNNING_PER_USER").then(|| "0".to_owned())
         })

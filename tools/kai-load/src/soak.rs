@@ -167,6 +167,10 @@ pub async fn main(argv: Vec<String>) -> Result<()> {
                 "1000000".to_owned(),
             ),
             ("CREATES_PER_MINUTE".to_owned(), "1000000".to_owned()),
+            (
+                "JOURNAL_CREATES_PER_MINUTE".to_owned(),
+                "1000000".to_owned(),
+            ),
         ];
         env.extend(crate::dev_auth_env());
         for bin in ["journal-service", "conversation-service", "profile-service"] {
