@@ -17,7 +17,8 @@
 //!   and latency bounded: a request that would wait past the timeout is told so
 //!   now instead of holding a connection for 5 s first.
 //! - **Authenticated** (re-entering the password to change it or delete the
-//!   account: a logged-in user) is never refused for saturation: it takes a
+//!   account: a logged-in user; and a login presenting the account's device
+//!   token, `device`) is never refused for saturation: it takes a
 //!   shared slot or its own reserved one ([`RESERVED`]), whichever frees first,
 //!   and waits without a deadline — anonymous work cannot take the reserved slot,
 //!   and authenticated work is itself bounded per session (`limits`), so the

@@ -405,11 +405,36 @@ async fn a_stolen_session_cannot_lock_the_owner_out_of_password_change() {
 
 /// Argon2 saturation by anonymous logins: the overflow is refused at once with
 /// 503 + `Retry-After` (the queue is bounded), and a logged-in user's password
-/// change in the middle of it succeeds.
+/// change in the middle of it succeeds, as does a login from the owner's device.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_anonymous_login_flood_never_fails_a_logged_in_users_password_change() {
     let p = crate::helpers::spawn_behind_proxy().await;
     let a = p.account().await;
+    let device_login = |password: &'static str, device: Option<String>| {
+        let (client, url, email) = (
+            p.app.client.clone(),
+            p.app.url("/api/auth/login"),
+            a.email.clone(),
+        );
+        async move {
+            let mut body = json!({"email": email, "password": password});
+            if let Some(d) = device {
+                body["device_token"] = json!(d);
+            }
+            let res = client
+                .post(url)
+                .header("x-forwarded-for", "192.0.2.77")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap_or_default())
+        }
+    };
+    let (status, token) = device_login(PASSWORD, None).await;
+    assert_eq!(status, 200);
+    let device = token["device_token"].as_str().unwrap().to_owned();
     let flood: Vec<_> = (0..120u32)
         .map(|i| {
             let client = p.app.client.clone();
@@ -435,6 +460,8 @@ async fn an_anonymous_login_flood_never_fails_a_logged_in_users_password_change(
     )
     .await;
     assert_eq!(res.status(), 204);
+    let (status, _) = device_login("a calm new passphrase", Some(device)).await;
+    assert_eq!(status, 200, "the owner's device during the flood");
     let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
     for f in flood {
         let (status, retry) = f.await.unwrap();
