@@ -134,6 +134,57 @@ fn quota(limit: &Limit) -> Option<Quota> {
     Some(Quota::with_period(period)?.allow_burst(NonZeroU32::new(limit.capacity)?))
 }
 
+/// At most `max` at once per subject (say, a user's running exports), in this
+/// process: [`Running::acquire`] hands out a [`Slot`] that frees itself when
+/// dropped — when the work ends, fails or its client goes away.
+#[derive(Clone, Default)]
+pub struct Running {
+    counts: Arc<Mutex<std::collections::HashMap<String, u32>>>,
+}
+
+/// One running piece of work; dropping it frees the slot.
+pub struct Slot {
+    counts: Arc<Mutex<std::collections::HashMap<String, u32>>>,
+    key: String,
+}
+
+impl Running {
+    /// A slot for `subject` when fewer than `max` are running, else a refusal
+    /// (retry in `retry_after`).
+    pub fn acquire(&self, subject: &str, max: u32, retry_after: Duration) -> Result<Slot, Limited> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry(subject.to_owned()).or_insert(0);
+        if *n >= max {
+            return Err(Limited {
+                retry_after: retry_after.max(Duration::from_secs(1)),
+            });
+        }
+        *n += 1;
+        Ok(Slot {
+            counts: self.counts.clone(),
+            key: subject.to_owned(),
+        })
+    }
+
+    /// How many run for `subject` now (tests).
+    pub fn running(&self, subject: &str) -> u32 {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.get(subject).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// One token-bucket step in Redis: `Some(None)` allowed, `Some(Some(wait))`
 /// refused, `None` when Redis is not configured or unavailable (the caller falls
 /// back to an in-process bucket).
@@ -167,6 +218,23 @@ mod tests {
         capacity: 3,
         per_second: 0.5,
     };
+
+    #[test]
+    fn running_work_is_capped_per_subject_and_freed_on_drop() {
+        let running = Running::default();
+        let wait = Duration::from_secs(2);
+        let a = running.acquire("u1", 2, wait).unwrap();
+        let b = running.acquire("u1", 2, wait).unwrap();
+        assert_eq!(
+            running.acquire("u1", 2, wait).err(),
+            Some(Limited { retry_after: wait })
+        );
+        assert!(running.acquire("u2", 2, wait).is_ok(), "another subject");
+        drop(a);
+        let c = running.acquire("u1", 2, wait).unwrap();
+        drop((b, c));
+        assert_eq!(running.running("u1"), 0);
+    }
 
     /// Redis is not configured: the in-process limiter allows `capacity` at
     /// once, then says when to retry (one token per `1 / per_second`).

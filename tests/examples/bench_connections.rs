@@ -500,7 +500,7 @@ async fn main() {
             ],
         );
         apps.push(Arc::new(
-            TestApp::start(journal_service::service(), settings).await,
+            TestApp::start(journal_service::service_with(&unlimited()), settings).await,
         ));
     }
     let users = Arc::new(seed(&apps[0], a.concurrency).await);
@@ -551,7 +551,7 @@ async fn main() {
         let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let settings = testing::settings(url, redis_url.as_deref(), &prefix, &extra);
         apps.push(Arc::new(
-            TestApp::start(journal_service::service(), settings).await,
+            TestApp::start(journal_service::service_with(&unlimited()), settings).await,
         ));
     }
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); 3];
@@ -582,4 +582,13 @@ async fn analyze(url: &str) {
     );
     let conn = db.conn().await.expect("connect");
     conn.batch_execute("VACUUM ANALYZE").await.expect("VACUUM");
+}
+
+/// The write scenario posts entries as fast as it can per user: the per-user
+/// create limit is lifted here, not measured.
+fn unlimited() -> journal_service::config::JournalSettings {
+    journal_service::config::JournalSettings {
+        creates_per_minute: u32::MAX,
+        ..journal_service::config::JournalSettings::defaults()
+    }
 }

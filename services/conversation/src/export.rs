@@ -215,11 +215,16 @@ impl State {
 #[utoipa::path(get, path = "/api/conversations/export", tag = "conversations",
     responses(
         (status = 200, description = "One conversation with all its messages per line (NDJSON), oldest first; the schema is that of the sequence of lines", content_type = "application/x-ndjson", body = [ExportedConversation]),
-        (status = 401), (status = 503)))]
+        (status = 401),
+        (status = 429, description = "This user already has `EXPORTS_RUNNING_PER_USER` exports streaming, or started `EXPORTS_PER_MINUTE` in the last minute", body = kai_http::errors::Problem),
+        (status = 503)))]
 pub async fn export_conversations(
     p: web::Data<Platform>,
+    limits: web::Data<crate::limits::Limits>,
     user: AuthUser,
 ) -> Result<HttpResponse, ApiError> {
+    // Held by the stream: freed when it ends, fails or its client leaves.
+    let slot = limits.export(&p, user.user_id).await?;
     let mut state = State {
         db: p.db.clone(),
         user_id: user.user_id,
@@ -229,10 +234,10 @@ pub async fn export_conversations(
     };
     let first = conversations(&state.db, user.user_id, None).await?;
     state.enqueue(first);
-    let body = futures_util::stream::unfold(Some(state), |state| async move {
-        let mut state = state?;
+    let body = futures_util::stream::unfold(Some((state, slot)), |state| async move {
+        let (mut state, slot) = state?;
         match state.next_chunk().await {
-            Ok(Some(chunk)) => Some((Ok(chunk), Some(state))),
+            Ok(Some(chunk)) => Some((Ok(chunk), Some((state, slot)))),
             Ok(None) => None,
             Err(e) => {
                 tracing::error!(error = %e, "conversation export cut short");

@@ -13,6 +13,8 @@ pub mod config;
 pub mod erasure;
 /// `GET /api/conversations/export`: every conversation with its messages, streamed as NDJSON.
 pub mod export;
+/// Per-user limits: assistant messages, exports, imports, creates.
+pub mod limits;
 /// The chat-completions client and the offline responder.
 pub mod llm;
 /// Request and response shapes, and their validation.
@@ -35,11 +37,13 @@ kai_shared::migrations!("conversation", "../../migrations/conversation");
 pub fn try_service(settings: &config::LlmSettings) -> anyhow::Result<ServiceDef> {
     // One client for every worker: it holds the connection pool to the LLM.
     let llm = web::Data::new(llm::Llm::new(settings)?);
-    let routes = move |cfg: &mut web::ServiceConfig| routes::configure(cfg, llm.clone());
+    let limits = web::Data::new(limits::Limits::new(&settings.limits));
+    let routes =
+        move |cfg: &mut web::ServiceConfig| routes::configure(cfg, llm.clone(), limits.clone());
     Ok(
         ServiceDef::new::<routes::ApiDoc>(BINARY, MIGRATIONS, routes)
             .caching(&cache_rules::CACHED)
-            .counting(&[assistant::LLM_REQUESTS])
+            .counting(&[assistant::LLM_REQUESTS, limits::RATE_LIMITED])
             .on_start(erasure::start),
     )
 }

@@ -74,12 +74,15 @@ struct Remote {
     api_key: Option<SecretString>,
     model: String,
     timeout: Duration,
+    max_tokens: u32,
 }
 
 #[derive(Serialize)]
 struct ChatRequest<'a> {
     model: &'a str,
     messages: [ChatMessage<'a>; 2],
+    /// The most one reply may cost (`LLM_MAX_TOKENS`).
+    max_tokens: u32,
 }
 
 #[derive(Serialize)]
@@ -125,6 +128,7 @@ impl Llm {
                 api_key: settings.api_key.clone(),
                 model: settings.model.clone(),
                 timeout: settings.timeout,
+                max_tokens: settings.max_tokens,
             }),
         })
     }
@@ -157,6 +161,7 @@ impl Remote {
                     content,
                 },
             ],
+            max_tokens: self.max_tokens,
         };
         let mut request = self.client.post(&self.url).json(&body);
         if let Some(key) = &self.api_key {

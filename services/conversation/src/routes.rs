@@ -15,6 +15,7 @@ use utoipa::OpenApi;
 
 use crate::assistant;
 use crate::cache_rules::{DETAIL, LIST, detail_key, list_key, user_scope};
+use crate::limits::Limits;
 use crate::llm::Llm;
 use crate::model::{
     BatchInserted, BatchMessage, BatchRequest, ConversationDetail, ConversationPage,
@@ -35,10 +36,11 @@ use crate::queries;
 )]
 pub struct ApiDoc;
 
-pub fn configure(cfg: &mut web::ServiceConfig, llm: web::Data<Llm>) {
+pub fn configure(cfg: &mut web::ServiceConfig, llm: web::Data<Llm>, limits: web::Data<Limits>) {
     cfg.service(
         web::scope("/api/conversations")
             .app_data(llm)
+            .app_data(limits)
             .service(
                 // GET first (see journal's routes: one method guard for a read).
                 web::resource("")
@@ -61,12 +63,15 @@ pub fn configure(cfg: &mut web::ServiceConfig, llm: web::Data<Llm>) {
 
 /// Start a conversation.
 #[utoipa::path(post, path = "/api/conversations", tag = "conversations", request_body = CreateConversation,
-    responses((status = 201, description = "The conversation; `Location` is its URL", body = ConversationSummary)))]
+    responses((status = 201, description = "The conversation; `Location` is its URL", body = ConversationSummary),
+        (status = 429, description = "Too many conversations created by this user (`CREATES_PER_MINUTE`)", body = kai_http::errors::Problem)))]
 async fn create_conversation(
     p: web::Data<Platform>,
+    limits: web::Data<Limits>,
     user: AuthUser,
     new: Valid<CreateConversation>,
 ) -> Result<HttpResponse, ApiError> {
+    limits.create(&p, user.user_id).await?;
     let written = queries::insert_conversation(&p.db, user.user_id, &new).await?;
     let conversation = p.cache.commit(written).await;
     Ok(HttpResponse::Created()
@@ -134,14 +139,18 @@ async fn delete_conversation(p: web::Data<Platform>, it: Owned) -> Result<HttpRe
 /// the answer is 502 (or 504 on timeout).
 #[utoipa::path(post, path = "/api/conversations/{id}/messages", tag = "messages", params(("id" = Uuid, Path, description = "The conversation's id")), request_body = PostMessage,
     responses((status = 201, description = "Both messages, stored; `Location` is the conversation", body = Exchange),
+        (status = 429, description = "Too many messages by this user: a burst (`ASSISTANT_MESSAGE_BURST`), then a steady rate (`ASSISTANT_MESSAGES_PER_MINUTE`), and a daily budget (`ASSISTANT_MESSAGES_PER_DAY`); nothing is stored", body = kai_http::errors::Problem),
         (status = 502), (status = 504)))]
 async fn post_message(
     p: web::Data<Platform>,
     llm: web::Data<Llm>,
+    limits: web::Data<Limits>,
     it: Owned,
     msg: Valid<PostMessage>,
 ) -> Result<HttpResponse, ApiError> {
     let Owned { user_id: uid, id } = it;
+    // Each message may cost an LLM call: limited per user before anything is stored.
+    limits.message(&p, uid).await?;
     // Visible at once (committed before the model is asked): the model may fail
     // or the client may leave, and the message is stored either way.
     let written = queries::append_message(&p.db, uid, id, "user", &msg.content).await?;
@@ -168,14 +177,17 @@ async fn post_message(
 
 /// Import up to 1,000 messages at once: all or none, in one INSERT.
 #[utoipa::path(post, path = "/api/conversations/{id}/messages/batch", tag = "messages", params(("id" = Uuid, Path, description = "The conversation's id")), request_body = BatchRequest,
-    responses((status = 201, description = "How many messages were stored; `Location` is the conversation", body = BatchInserted)))]
+    responses((status = 201, description = "How many messages were stored; `Location` is the conversation", body = BatchInserted),
+        (status = 429, description = "Too many imports by this user (`IMPORTS_PER_MINUTE`)", body = kai_http::errors::Problem)))]
 async fn post_batch(
     p: web::Data<Platform>,
+    limits: web::Data<Limits>,
     it: Owned,
     body: Json<BatchRequest, MAX_BATCH_BODY_BYTES>,
 ) -> Result<HttpResponse, ApiError> {
     let batch = Valid::parse(body.into_inner())?;
     let Owned { user_id: uid, id } = it;
+    limits.import(&p, uid).await?;
     let written = queries::insert_batch(&p.db, uid, id, &batch).await?;
     let inserted = p.cache.commit_found(written).await?;
     Ok(HttpResponse::Created()

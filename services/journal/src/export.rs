@@ -87,17 +87,24 @@ fn encode(entries: &[Entry]) -> Result<(Bytes, Next), ApiError> {
 #[utoipa::path(get, path = "/api/journal/export", tag = "entries",
     responses(
         (status = 200, description = "One entry per line (NDJSON), oldest first; the schema is that of the sequence of lines", content_type = "application/x-ndjson", body = [Entry]),
-        (status = 401), (status = 503)))]
+        (status = 401),
+        (status = 429, description = "This user already has `JOURNAL_EXPORTS_RUNNING_PER_USER` exports streaming, or started `JOURNAL_EXPORTS_PER_MINUTE` in the last minute", body = kai_http::errors::Problem),
+        (status = 503)))]
 pub async fn export_entries(
     p: web::Data<Platform>,
+    limits: web::Data<crate::limits::Limits>,
     user: AuthUser,
 ) -> Result<HttpResponse, ApiError> {
+    // Held by the stream: freed when it ends, fails or its client leaves.
+    let slot = std::sync::Arc::new(limits.export(&p, user.user_id).await?);
     let db = p.db.clone();
     let user_id = user.user_id;
     let (first, next) = encode(&batch(&db, user_id, None).await?)?;
     let rest = futures_util::stream::unfold(next, move |next| {
         let db = db.clone();
+        let slot = slot.clone();
         async move {
+            let _running = slot;
             let Next::After(at, id) = next else {
                 return None;
             };

@@ -9,6 +9,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     kai_platform::server::main(
         journal_service::BINARY,
-        |_: kai_platform::config::NoServiceSettings| Ok(journal_service::service()),
+        |s: journal_service::config::JournalSettings| Ok(journal_service::service_with(&s)),
     )
 }

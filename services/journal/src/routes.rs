@@ -70,13 +70,16 @@ pub fn configure(cfg: &mut web::ServiceConfig, writer: &web::Data<EntryWriter>) 
 
 /// Create an entry.
 #[utoipa::path(post, path = "/api/journal/entries", tag = "entries", request_body = CreateEntry,
-    responses((status = 201, description = "The entry, stored; `Location` is its URL", body = Entry)))]
+    responses((status = 201, description = "The entry, stored; `Location` is its URL", body = Entry),
+        (status = 429, description = "Too many entries created by this user (`JOURNAL_CREATES_PER_MINUTE` at once, then per minute)", body = kai_http::errors::Problem)))]
 async fn create_entry(
     p: web::Data<Platform>,
     writer: web::Data<EntryWriter>,
+    limits: web::Data<crate::limits::Limits>,
     user: AuthUser,
     new: Valid<CreateEntry>,
 ) -> Result<HttpResponse, ApiError> {
+    limits.create(&p, user.user_id).await?;
     let entry = writer.create(p, user.user_id, new).await?;
     Ok(HttpResponse::Created()
         .insert_header((
@@ -231,7 +234,14 @@ async fn search_entries(
     p.limiter
         .check(&SEARCH_PER_USER, &user.user_id.to_string())
         .await?;
-    let entries = queries::search_entries(&p.db, user.user_id, text, limit).await?;
+    // Operator soup is neutralised, never a parser error (see `search`).
+    let query = crate::search::websearch_text(text);
+    if query.is_empty() {
+        return Ok(HttpResponse::Ok().json(SearchResults {
+            entries: Vec::new(),
+        }));
+    }
+    let entries = queries::search_entries(&p.db, user.user_id, &query, limit).await?;
     Ok(HttpResponse::Ok().json(SearchResults { entries }))
 }
 

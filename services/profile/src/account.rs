@@ -12,8 +12,9 @@ use kai_http::Valid;
 use kai_http::auth::AuthUser;
 use kai_platform::Platform;
 
-use crate::limits::{LOGIN_PER_CLIENT, REAUTH_PER_USER, client_address};
+use crate::limits::{LOGIN_PER_CLIENT, REAUTH_PER_SESSION, client_address};
 use crate::model::{ChangePassword, DeleteAccount, MAX_PASSWORD_CHARS};
+use crate::password::Caller;
 use crate::{erasure, password, queries};
 
 const WRONG_PASSWORD: &str = "the password is incorrect";
@@ -24,7 +25,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/api/account").route(web::delete().to(delete_account)));
 }
 
-/// Checks the caller's password (rate limited per account and per client).
+/// Checks the caller's password (rate limited per session and per client).
 async fn reauthenticate(
     req: &HttpRequest,
     p: &Platform,
@@ -35,13 +36,15 @@ async fn reauthenticate(
         .check(&LOGIN_PER_CLIENT, &client_address(req, p))
         .await?;
     p.limiter
-        .check(&REAUTH_PER_USER, &user.user_id.to_string())
+        .check(&REAUTH_PER_SESSION, &user.session_id.to_string())
         .await?;
     if given.chars().count() > MAX_PASSWORD_CHARS {
         return Err(ApiError::Unauthorized(WRONG_PASSWORD.into()));
     }
     let stored = queries::password_hash(&p.db, user.user_id).await?;
-    if stored.is_none() || !password::verify(&p.metrics, given, stored).await? {
+    if stored.is_none()
+        || !password::verify(&p.metrics, Caller::Authenticated, given, stored).await?
+    {
         return Err(ApiError::Unauthorized(WRONG_PASSWORD.into()));
     }
     Ok(())
@@ -61,7 +64,7 @@ pub async fn change_password(
     // Only the checked new password's hash is stored.
     let change = change.into_inner();
     reauthenticate(&req, &p, &user, change.current_password).await?;
-    let hash = password::hash(change.new_password).await?;
+    let hash = password::hash(Caller::Authenticated, change.new_password).await?;
     queries::change_password(&p.db, user.user_id, &hash, user.session_id).await?;
     p.revoke_user_sessions(user.user_id, Some(user.session_id))
         .await;

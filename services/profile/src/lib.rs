@@ -10,11 +10,15 @@
 pub mod account;
 /// Which reads are cached for how long, and which writes invalidate them.
 pub mod cache_rules;
+/// Device tokens: the login throttle's proof of a device that logged in before.
+pub mod device;
+/// The canonical form of an e-mail address (limiter, lookup, unique index).
+pub mod email;
 /// Account erasure: purging a deleted user's data when profile-service says so.
 pub mod erasure;
-/// Request and response shapes, and their validation.
 /// Abuse limits and the client address they are keyed by.
 pub mod limits;
+/// Request and response shapes, and their validation.
 pub mod model;
 /// Argon2id hashing and verification, off the async workers.
 pub mod password;
@@ -24,6 +28,8 @@ pub mod queries;
 pub mod routes;
 /// Session bookkeeping: token hashes and the per-request session check.
 pub mod sessions;
+/// The common-password rule for new passwords.
+pub mod strength;
 
 use kai_platform::ServiceDef;
 use kai_platform::server::Binary;
@@ -39,5 +45,15 @@ pub fn service() -> ServiceDef {
         .checking_sessions(sessions::session_check)
         .caching(&cache_rules::CACHED)
         .counting(&[password::VERIFICATIONS])
-        .on_start(erasure::start)
+        .on_start(start)
+}
+
+/// The background work: the erasure relay and consumer, and keying accounts that
+/// have no canonical e-mail yet.
+fn start(
+    p: actix_web::web::Data<kai_platform::Platform>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    tokio::spawn(email::key_unkeyed_accounts(p.clone()));
+    erasure::start(p, stop);
 }

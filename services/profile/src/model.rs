@@ -26,10 +26,16 @@ pub const MAX_COMMUNICATION_STYLE_CHARS: usize = 200;
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({ "email": "sam@example.org", "password": "correct horse battery staple", "display_name": "Sam" }))]
 pub struct Register {
-    /// An e-mail address (at most 254 characters), unique whatever its case.
+    /// An e-mail address (at most 254 characters), unique in its canonical form
+    /// (NFKC, case-folded, no trailing dot of the domain); invisible, format and
+    /// text-direction characters and names mixing writing systems are refused.
     #[schema(format = Email, max_length = 254)]
     pub email: String,
-    /// 8–1024 characters.
+    /// The canonical form of `email` (`crate::email`), set by validation.
+    #[serde(skip)]
+    pub email_key: String,
+    /// 8–1024 characters, not a common or breached password nor one that is easy
+    /// to guess (zxcvbn score 3 of 4 or more; see `strength`).
     #[schema(min_length = 8, max_length = 1024, format = Password)]
     pub password: String,
     /// 1–100 characters, not only white space.
@@ -55,8 +61,9 @@ impl Validate for Register {
     fn checked(mut self) -> Result<Self, ApiError> {
         let mut errors = Vec::new();
         self.email = self.email.trim().to_owned();
-        if !is_email(&self.email) {
-            errors.push(FieldError::new("email", "must be an e-mail address"));
+        match crate::email::canonical(&self.email) {
+            Ok(key) => self.email_key = key,
+            Err(why) => errors.push(FieldError::new("email", why)),
         }
         let n = self.password.chars().count();
         if !(MIN_PASSWORD_CHARS..=MAX_PASSWORD_CHARS).contains(&n) {
@@ -64,6 +71,12 @@ impl Validate for Register {
                 "password",
                 format!("must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"),
             ));
+        } else {
+            let local = self.email.split('@').next().unwrap_or_default();
+            let name = self.display_name.as_deref().unwrap_or_default();
+            if let Err(why) = crate::strength::check(&self.password, &[local, &self.email, name]) {
+                errors.push(FieldError::new("password", why));
+            }
         }
         if let Some(name) = &mut self.display_name {
             check_display_name(name, &mut errors);
@@ -90,6 +103,14 @@ pub struct Login {
     pub email: String,
     #[schema(format = Password)]
     pub password: String,
+    /// The `device_token` a previous successful login of this account returned on
+    /// this device (keep it in the device's persistent storage: the keychain or
+    /// keystore, or an `HttpOnly; Secure` cookie of a web front end). With it, this
+    /// login draws only on the device's own attempt budget, so guesses by others
+    /// never refuse it; without it, it shares the account's budget for unknown
+    /// devices (10 attempts, then 10 per 15 minutes).
+    #[serde(default)]
+    pub device_token: Option<String>,
 }
 
 impl fmt::Debug for Login {
@@ -97,7 +118,7 @@ impl fmt::Debug for Login {
         f.debug_struct("Login")
             .field("email", &self.email)
             .field("password", &"[redacted]")
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -109,6 +130,13 @@ pub struct Token {
     /// Seconds until the token expires.
     pub expires_in: u64,
     pub user_id: Uuid,
+    /// Proof that this device logged in to this account (signed, bound to the
+    /// account, good for 180 days, renewed by each login that sends it). Keep it
+    /// in the device's persistent storage (keychain/keystore, or an `HttpOnly;
+    /// Secure` cookie of a web front end) and send it as `device_token` with every
+    /// later login: such logins are never refused because others guessed the
+    /// password. It is not an access token.
+    pub device_token: String,
 }
 
 /// A user's profile as clients see it.
@@ -135,7 +163,8 @@ pub struct Profile {
 pub struct ChangePassword {
     #[schema(format = Password)]
     pub current_password: String,
-    /// 8–1024 characters.
+    /// 8–1024 characters, not a common or breached password nor one that is easy
+    /// to guess (zxcvbn score 3 of 4 or more), nor a variation of the current one.
     #[schema(min_length = 8, max_length = 1024, format = Password)]
     pub new_password: String,
 }
@@ -153,6 +182,12 @@ impl Validate for ChangePassword {
             return Err(ApiError::validation(vec![FieldError::new(
                 "new_password",
                 format!("must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"),
+            )]));
+        }
+        if let Err(why) = crate::strength::check(&self.new_password, &[&self.current_password]) {
+            return Err(ApiError::validation(vec![FieldError::new(
+                "new_password",
+                why,
             )]));
         }
         Ok(self)
@@ -315,12 +350,14 @@ mod tests {
     fn passwords_never_reach_debug_output() {
         let r = Register {
             email: "a@b.co".into(),
+            email_key: "a@b.co".into(),
             password: "hunter2hunter2".into(),
             display_name: None,
         };
         let l = Login {
             email: "a@b.co".into(),
             password: "hunter2hunter2".into(),
+            device_token: None,
         };
         assert!(!format!("{r:?}{l:?}").contains("hunter2"));
     }

@@ -15,19 +15,29 @@ use uuid::Uuid;
 
 use crate::model::{AccountExport, PatchProfile, Profile, Register, Registered};
 
-/// The unique index that makes e-mail addresses case-insensitively unique (V2).
-pub const EMAIL_UNIQUE: &str = "users_email_lower_key";
+/// The unique index of canonical e-mail addresses (V5, `crate::email`).
+pub const EMAIL_UNIQUE: &str = "users_email_key_key";
+/// The older case-insensitive index (V2), kept while release N-1 may still write.
+pub const EMAIL_LOWER_UNIQUE: &str = "users_email_lower_key";
 
-pub const INSERT_USER: &str = "INSERT INTO profile.users (id, email, password_hash)
-     VALUES ($1, $2, $3)
+pub const INSERT_USER: &str = "INSERT INTO profile.users (id, email, email_key, password_hash)
+     VALUES ($1, $2, $3, $4)
      RETURNING created_at";
 
 pub const INSERT_PROFILE: &str =
     "INSERT INTO profile.profiles (user_id, display_name) VALUES ($1, $2)";
 
-/// Login: served by `users_email_lower_key`.
+/// Login, by canonical address: served by `users_email_key_key`.
 pub const CREDENTIALS_BY_EMAIL: &str =
-    "SELECT id, password_hash FROM profile.users WHERE lower(email) = lower($1)";
+    "SELECT id, password_hash FROM profile.users WHERE email_key = $1";
+
+/// Accounts without a canonical key (written before V5 with non-ASCII addresses,
+/// or by an older release): `users_email_key_missing`.
+pub const UNKEYED_USERS: &str =
+    "SELECT id, email FROM profile.users WHERE email_key IS NULL ORDER BY id LIMIT 1000";
+
+pub const SET_EMAIL_KEY: &str =
+    "UPDATE profile.users SET email_key = $2 WHERE id = $1 AND email_key IS NULL";
 
 pub const INSERT_SESSION: &str =
     "INSERT INTO profile.sessions (id, user_id, token_hash, expires_at)
@@ -92,11 +102,12 @@ pub async fn insert_user(
     password_hash: &str,
 ) -> Result<Registered, DbError> {
     let (email, display_name) = (new.email.as_str(), new.display_name.as_deref());
+    let key = new.email_key.as_str();
     let mut conn = db.conn().await?;
     let tx = conn.transaction().await.map_err(DbError::from)?;
     let user_id = Uuid::now_v7();
     let row = db
-        .query_one(&tx, INSERT_USER, &[&user_id, &email, &password_hash])
+        .query_one(&tx, INSERT_USER, &[&user_id, &email, &key, &password_hash])
         .await?;
     db.execute(&tx, INSERT_PROFILE, &[&user_id, &display_name])
         .await?;
@@ -109,11 +120,11 @@ pub async fn insert_user(
     })
 }
 
-/// The user id and password hash registered for an e-mail (any case).
-pub async fn credentials(db: &Db, email: &str) -> Result<Option<(Uuid, String)>, DbError> {
+/// The user id and password hash registered for a canonical e-mail address.
+pub async fn credentials(db: &Db, email_key: &str) -> Result<Option<(Uuid, String)>, DbError> {
     let conn = db.conn().await?;
     Ok(db
-        .query_opt(&conn, CREDENTIALS_BY_EMAIL, &[&email])
+        .query_opt(&conn, CREDENTIALS_BY_EMAIL, &[&email_key])
         .await?
         .map(|r| (r.get(0), r.get(1))))
 }
@@ -242,3 +253,21 @@ pub const HOT_QUERIES: &[(&str, &str)] = &[
     ("session check", crate::sessions::SESSION_LIVE),
     ("get profile", GET_PROFILE),
 ];
+
+/// Up to 1000 accounts without a canonical e-mail key, with their address.
+pub async fn unkeyed_users(db: &Db) -> Result<Vec<(Uuid, String)>, DbError> {
+    let conn = db.conn().await?;
+    Ok(db
+        .query(&conn, UNKEYED_USERS, &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+/// Keys one account; a key already taken breaks [`EMAIL_UNIQUE`].
+pub async fn set_email_key(db: &Db, user_id: Uuid, key: &str) -> Result<(), DbError> {
+    let conn = db.conn().await?;
+    db.execute(&conn, SET_EMAIL_KEY, &[&user_id, &key]).await?;
+    Ok(())
+}

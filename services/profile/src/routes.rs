@@ -11,7 +11,8 @@ use kai_platform::Platform;
 use kai_shared::db::DbError;
 
 use crate::limits::{
-    LOGIN_PER_CLIENT, LOGIN_PER_EMAIL_AND_CLIENT, REGISTER_PER_CLIENT, client_address,
+    LOGIN_PER_ACCOUNT_UNKNOWN_DEVICES, LOGIN_PER_CLIENT, LOGIN_PER_DEVICE,
+    LOGIN_PER_EMAIL_AND_CLIENT, REGISTER_PER_CLIENT, client_address,
 };
 use utoipa::OpenApi;
 
@@ -19,7 +20,8 @@ use crate::cache_rules::{PROFILE, profile_key, user_scope};
 use crate::model::{
     AccountExport, Login, MAX_PASSWORD_CHARS, PatchProfile, Profile, Register, Registered, Token,
 };
-use crate::{password, queries, sessions};
+use crate::password::Caller;
+use crate::{device, password, queries, sessions};
 
 /// The one answer to every failed login: an unknown e-mail and a wrong password
 /// must be indistinguishable.
@@ -53,7 +55,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// Create an account (and its empty profile).
 #[utoipa::path(post, path = "/api/auth/register", tag = "auth", request_body = Register, security(()),
     responses((status = 201, description = "The account; `Location` is the profile (readable after login)", body = Registered),
-        (status = 409, description = "That e-mail address (in any case) is registered"),
+        (status = 400, description = "Not an e-mail address, an address with invisible, format or text-direction characters or mixing writing systems, or a password too short or too common", body = kai_http::errors::Problem),
+        (status = 409, description = "That e-mail address (in any case, width, normalisation or with a trailing dot) is registered"),
         (status = 429, description = "Too many registrations from this address")))]
 async fn register(
     req: HttpRequest,
@@ -64,7 +67,7 @@ async fn register(
     p.limiter
         .check(&REGISTER_PER_CLIENT, &client_address(&req, &p))
         .await?;
-    let hash = password::hash(new.password.clone()).await?;
+    let hash = password::hash(Caller::Anonymous, new.password.clone()).await?;
     let user = queries::insert_user(&p.db, &new, &hash)
         .await
         .map_err(db_error)?;
@@ -76,36 +79,75 @@ async fn register(
 
 /// Exchange e-mail and password for an access token (a new session).
 #[utoipa::path(post, path = "/api/auth/login", tag = "auth", request_body = Login, security(()),
-    responses((status = 200, description = "A new session's access token", body = Token),
+    responses((status = 200, description = "A new session's access token, and this device's `device_token` to keep (in the device's persistent storage) and send with later logins", body = Token),
         (status = 401, description = "Unknown e-mail or wrong password (one answer for both)"),
-        (status = 429, description = "Too many attempts for this e-mail or from this address")))]
+        (status = 429, description = "Too many attempts: from this device (with a `device_token`); else for this e-mail from this address, from this address (IPv6: its /64), or for this account from devices it has not seen log in (10, then 10 per 15 minutes)")))]
 async fn login(
     req: HttpRequest,
     p: web::Data<Platform>,
     body: Json<Login>,
 ) -> Result<HttpResponse, ApiError> {
-    let Login { email, password } = body.into_inner();
-    // Brute force: a bucket per client address and one per (e-mail case-folded,
-    // address), checked before any password work.
+    let Login {
+        email,
+        password,
+        device_token,
+    } = body.into_inner();
     let client = client_address(&req, &p);
-    p.limiter.check(&LOGIN_PER_CLIENT, &client).await?;
-    p.limiter
-        .check(
-            &LOGIN_PER_EMAIL_AND_CLIENT,
-            &format!("{}\n{client}", email.trim().to_lowercase()),
-        )
-        .await?;
+    let key = crate::email::canonical(&email);
+    // A device token of some account: its own bucket first (it bounds this
+    // device's attempts whoever it belongs to).
+    let device = device_token
+        .as_deref()
+        .and_then(|t| device::verify(&p.settings.auth, t));
+    if let Some(d) = device {
+        p.limiter
+            .check(&LOGIN_PER_DEVICE, &d.id.to_string())
+            .await?;
+    }
+    let account = match &key {
+        Ok(key) if device.is_some() => queries::credentials(&p.db, key).await?,
+        _ => None,
+    };
+    let known_device = matches!((device, &account), (Some(d), Some((id, _))) if d.user_id == *id);
+    if !known_device {
+        // Brute force from clients this account has not seen succeed: a bucket
+        // per client address (IPv6 by /64), one per (canonical e-mail, address),
+        // and the account's budget for unknown devices — all before any password
+        // work. An address with no canonical form names no account: the same
+        // answer, without the hash work.
+        p.limiter.check(&LOGIN_PER_CLIENT, &client).await?;
+        let subject = key.as_deref().unwrap_or(email.trim());
+        p.limiter
+            .check(&LOGIN_PER_EMAIL_AND_CLIENT, &format!("{subject}\n{client}"))
+            .await?;
+        p.limiter
+            .check(&LOGIN_PER_ACCOUNT_UNKNOWN_DEVICES, subject)
+            .await?;
+    }
+    let Ok(key) = key else {
+        return Err(ApiError::Unauthorized(BAD_CREDENTIALS.into()));
+    };
     if password.chars().count() > MAX_PASSWORD_CHARS {
         return Err(ApiError::Unauthorized(BAD_CREDENTIALS.into()));
     }
     // Unknown e-mail or not, the same hash work is done and the same answer given.
-    let account = queries::credentials(&p.db, email.trim()).await?;
+    let account = match (device, account) {
+        (Some(_), account) => account,
+        (None, _) => queries::credentials(&p.db, &key).await?,
+    };
     let (user_id, stored) = match account {
         Some((id, hash)) => (Some(id), Some(hash)),
         None => (None, None),
     };
+    // The account's own device shares the logged-in users' priority for argon2:
+    // an anonymous flood saturating the hash never refuses it (`password`).
+    let caller = if known_device {
+        Caller::Authenticated
+    } else {
+        Caller::Anonymous
+    };
     let user_id = match (
-        password::verify(&p.metrics, password, stored).await?,
+        password::verify(&p.metrics, caller, password, stored).await?,
         user_id,
     ) {
         (true, Some(id)) => id,
@@ -126,11 +168,23 @@ async fn login(
         expires_at,
     )
     .await?;
+    // This device's token, renewed (the same device id when it sent a valid one).
+    let device_id = device
+        .filter(|d| d.user_id == user_id)
+        .map_or_else(uuid::Uuid::new_v4, |d| d.id);
+    let device_token = device::issue(
+        &p.settings.auth,
+        device::Device {
+            user_id,
+            id: device_id,
+        },
+    )?;
     Ok(HttpResponse::Ok().json(Token {
         access_token,
         token_type: "Bearer".into(),
         expires_in: p.auth.ttl().as_secs(),
         user_id,
+        device_token,
     }))
 }
 
@@ -188,7 +242,9 @@ async fn export_profile(p: web::Data<Platform>, user: AuthUser) -> Result<HttpRe
 /// The one place this service's database errors become answers: a taken e-mail
 /// address (the unique index) is a 409; anything else the usual 503/500.
 pub(crate) fn db_error(e: DbError) -> ApiError {
-    e.on_constraint(queries::EMAIL_UNIQUE, || {
-        ApiError::Conflict("an account with this e-mail address already exists".into())
-    })
+    let taken = || ApiError::Conflict("an account with this e-mail address already exists".into());
+    match e.constraint() {
+        Some(queries::EMAIL_LOWER_UNIQUE) => taken(),
+        _ => e.on_constraint(queries::EMAIL_UNIQUE, taken),
+    }
 }

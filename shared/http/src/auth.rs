@@ -147,8 +147,11 @@ impl moka::Expiry<[u8; 32], Arc<Verified>> for UntilExp {
         verified: &Arc<Verified>,
         _: Instant,
     ) -> Option<Duration> {
-        let left = verified.claims.exp - chrono::Utc::now().timestamp();
-        Some(Duration::from_secs(left.max(0) as u64))
+        let left = verified
+            .claims
+            .exp
+            .saturating_sub(chrono::Utc::now().timestamp());
+        Some(Duration::from_secs(u64::try_from(left).unwrap_or(0)))
     }
 }
 
@@ -230,7 +233,7 @@ impl Authenticator {
             sub: user_id,
             sid: session_id,
             iat: now,
-            exp: now + self.ttl.as_secs() as i64,
+            exp: now.saturating_add(i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX)),
             iss: ISSUER.into(),
             aud: AUDIENCE.into(),
             nbf: None,
@@ -312,16 +315,7 @@ impl Authenticator {
         let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
             .map_err(|e| invalid(reason(&e)))?;
         let claims = data.claims;
-        let now = chrono::Utc::now().timestamp();
-        if claims.iat > now + CLOCK_SKEW_SECS {
-            return Err(invalid("issued in the future"));
-        }
-        if claims.nbf.is_some_and(|nbf| nbf > now + CLOCK_SKEW_SECS) {
-            return Err(invalid("not yet valid"));
-        }
-        if claims.exp - claims.iat > self.ttl.as_secs() as i64 {
-            return Err(invalid("lifetime above the allowed maximum"));
-        }
+        check_times(&claims, chrono::Utc::now().timestamp(), self.ttl).map_err(invalid)?;
         Ok(claims)
     }
 
@@ -402,6 +396,34 @@ fn created_ms(claims: &Claims) -> i64 {
             secs as i64 * 1000 + i64::from(nanos / 1_000_000)
         }
         None => claims.iat.saturating_mul(1000),
+    }
+}
+
+/// The time claims against `now`, in checked arithmetic (a signed token is still
+/// bounded: `iat = -1, exp = i64::MAX` must not wrap into a short lifetime).
+/// `iat` lies within [now - ttl - skew, now + skew], `exp` after now, `exp - iat`
+/// within [0, ttl] (so `exp` is at most now + skew + ttl), `nbf` not past now + skew.
+fn check_times(claims: &Claims, now: i64, ttl: Duration) -> Result<(), &'static str> {
+    let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+    let window = ttl.saturating_add(CLOCK_SKEW_SECS);
+    if claims.iat > now.saturating_add(CLOCK_SKEW_SECS) {
+        return Err("issued in the future");
+    }
+    if claims.iat < now.saturating_sub(window) {
+        return Err("issued too long ago");
+    }
+    if claims.exp <= now {
+        return Err("expired");
+    }
+    if claims
+        .nbf
+        .is_some_and(|nbf| nbf > now.saturating_add(CLOCK_SKEW_SECS))
+    {
+        return Err("not yet valid");
+    }
+    match claims.exp.checked_sub(claims.iat) {
+        Some(lifetime) if (0..=ttl).contains(&lifetime) => Ok(()),
+        _ => Err("lifetime above the allowed maximum"),
     }
 }
 
@@ -783,5 +805,70 @@ mod tests {
         }
         // A small skew is tolerated.
         assert!(a.verify(&a.sign(&claims(t + 5, t + 35)).unwrap()).is_ok());
+    }
+
+    /// Signed tokens with extreme times: none wraps into a short lifetime, none
+    /// panics (debug builds check overflow), each is a 401.
+    #[test]
+    fn extreme_times_are_refused_without_overflow() {
+        let a = auth();
+        let t = now();
+        let cases = [
+            (claims(-1, i64::MAX), "too long ago"),
+            (claims(i64::MIN, i64::MAX), "too long ago"),
+            (claims(i64::MIN, t + 30), "too long ago"),
+            (claims(0, t + 30), "too long ago"),
+            (claims(t, i64::MAX), "lifetime"),
+            (claims(t + CLOCK_SKEW_SECS, i64::MAX), "lifetime"),
+            (claims(t, t + 61), "lifetime"),
+            (claims(i64::MAX, i64::MAX), "future"),
+            (claims(i64::MAX, t + 30), "future"),
+            // Issued 70 s ago with a 60 s TTL and skew 30: inside the iat window, but
+            // a lifetime of 100 s is above the TTL.
+            (claims(t - 70, t + 30), "lifetime"),
+            // Expires before it was issued.
+            (claims(t, t - 1), "expired"),
+            (claims(t + 20, t + 10), "lifetime"),
+            (
+                Claims {
+                    nbf: Some(i64::MAX),
+                    ..claims(t, t + 30)
+                },
+                "not yet valid",
+            ),
+        ];
+        for (c, why) in cases {
+            let (iat, exp) = (c.iat, c.exp);
+            let err = a.verify(&a.sign(&c).unwrap()).unwrap_err();
+            assert!(
+                matches!(err, ApiError::Unauthorized(_)),
+                "{iat}/{exp}: {err}"
+            );
+            assert!(err.to_string().contains(why), "{iat}/{exp} {why}: {err}");
+        }
+        // The bounds themselves, in the pure check (no signature needed).
+        let ttl = Duration::from_secs(60);
+        assert_eq!(check_times(&claims(t - 60, t), t, ttl), Err("expired"));
+        assert_eq!(check_times(&claims(t - 59, t + 1), t, ttl), Ok(()));
+        assert_eq!(check_times(&claims(t + 30, t + 90), t, ttl), Ok(()));
+        assert_eq!(
+            check_times(&claims(t + 31, t + 90), t, ttl),
+            Err("issued in the future")
+        );
+        assert_eq!(
+            check_times(&claims(t - 91, t + 1), t, ttl),
+            Err("issued too long ago")
+        );
+        // An extreme TTL setting does not overflow either.
+        let forever = Duration::from_secs(u64::MAX);
+        assert_eq!(check_times(&claims(0, i64::MAX), t, forever), Ok(()));
+        assert_eq!(
+            check_times(&claims(-1, i64::MAX), t, forever),
+            Err("lifetime above the allowed maximum")
+        );
+        assert_eq!(
+            check_times(&claims(i64::MIN, i64::MAX), t, forever),
+            Err("issued too long ago")
+        );
     }
 }

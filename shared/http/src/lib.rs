@@ -439,7 +439,9 @@ mod metrics_tests {
         let sink = lines.clone();
         // The process's subscriber (nothing else in this test binary installs
         // one), so `log` records reach it as they do in a service.
-        crate::telemetry::init_with("info", crate::telemetry::LogFormat::Json, move || sink.clone());
+        crate::telemetry::init_with("info", crate::telemetry::LogFormat::Json, move || {
+            sink.clone()
+        });
         let s = served("journal");
         for _ in 0..3 {
             assert_eq!(call(&s, "GET", "/docs/index.css").await, StatusCode::OK);

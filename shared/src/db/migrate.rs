@@ -78,13 +78,30 @@ pub async fn migrate(db: &Db, set: MigrationSet) -> anyhow::Result<usize> {
         .await
         .context("connecting to PostgreSQL to migrate")?;
     let client: &mut tokio_postgres::Client = &mut conn;
-    client
-        .batch_execute(&format!(
-            "SELECT pg_advisory_lock(hashtext('kai-migrate-{}'))",
+    // Polled, not waited for in `pg_advisory_lock`: a session blocked there is
+    // an open transaction, and `CREATE INDEX CONCURRENTLY` in the lock holder
+    // waits for every open transaction to end — a deadlock between migrators.
+    let lock = format!(
+        "SELECT pg_try_advisory_lock(hashtext('kai-migrate-{}'))",
+        set.schema
+    );
+    let waiting_since = std::time::Instant::now();
+    loop {
+        let got: bool = client
+            .query_one(lock.as_str(), &[])
+            .await
+            .with_context(|| format!("taking the migration lock of {}", set.schema))?
+            .get(0);
+        if got {
+            break;
+        }
+        anyhow::ensure!(
+            waiting_since.elapsed() < STATEMENT_TIMEOUT,
+            "another migrator of {} held the lock for {STATEMENT_TIMEOUT:?}",
             set.schema
-        ))
-        .await
-        .with_context(|| format!("waiting for the migration lock of {}", set.schema))?;
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let result = apply_bounded(client, set).await;
     let unlock = client
         .batch_execute(&format!(
@@ -177,10 +194,14 @@ async fn apply_locked(
         if sql.trim_start().starts_with(NO_TRANSACTION) {
             // Everything before it first, then it alone.
             done.extend(run_refinery(client, set, &table, version - 1).await?);
-            client
-                .batch_execute(sql)
-                .await
-                .with_context(|| format!("applying {}.V{version}__{name}", set.schema))?;
+            // One statement at a time: a multi-statement query is an implicit
+            // transaction, which CONCURRENTLY refuses.
+            for statement in statements(sql) {
+                client
+                    .batch_execute(&statement)
+                    .await
+                    .with_context(|| format!("applying {}.V{version}__{name}", set.schema))?;
+            }
             client
                 .execute(
                     &format!(
@@ -202,6 +223,30 @@ async fn apply_locked(
     let last = known.last().map_or(0, |m| m.0);
     done.extend(run_refinery(client, set, &table, last).await?);
     Ok(done)
+}
+
+/// The statements of a [`NO_TRANSACTION`] migration: split where a `;` ends a
+/// line (outside comments), so write one statement per `;`-terminated line
+/// group — no function bodies or `;` at a line's end inside a string.
+fn statements(sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in sql.lines() {
+        let code = line.split("--").next().unwrap_or("").trim_end();
+        current.push_str(line);
+        current.push('\n');
+        if code.ends_with(';') {
+            out.push(std::mem::take(&mut current));
+        }
+    }
+    if !current
+        .trim()
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim().starts_with("--"))
+    {
+        out.push(current);
+    }
+    out
 }
 
 /// refinery up to `target` (inclusive); what it applied.

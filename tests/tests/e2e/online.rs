@@ -65,16 +65,28 @@ async fn a_no_transaction_migration_builds_its_index_concurrently_and_is_recorde
         3
     );
     let conn = db.connect().await;
-    let valid: bool = conn
-        .query_one(
-            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
-             WHERE c.relname = 'items_label'",
+    // Both of the file's statements ran, each on its own (a multi-statement
+    // query would be an implicit transaction, which CONCURRENTLY refuses).
+    let valid: Vec<(String, bool)> = conn
+        .query(
+            "SELECT c.relname::text, i.indisvalid FROM pg_index i \
+             JOIN pg_class c ON c.oid = i.indexrelid \
+             WHERE c.relname IN ('items_label', 'items_id_label') ORDER BY 1",
             &[],
         )
         .await
-        .expect("the index exists")
-        .get(0);
-    assert!(valid, "the concurrently built index is valid");
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        valid,
+        [
+            ("items_id_label".to_owned(), true),
+            ("items_label".to_owned(), true)
+        ],
+        "the concurrently built indexes exist and are valid"
+    );
     let versions: Vec<i32> = conn
         .query(
             "SELECT version FROM online_test.refinery_history ORDER BY version",

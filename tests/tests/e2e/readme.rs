@@ -13,7 +13,11 @@ fn rendered() -> String {
     let mut table = String::from("| variable | default | meaning |\n|---|---|---|\n");
     table += &markdown_rows(&command::<Settings>(), None);
     table += &markdown_rows(&command::<LlmSettings>(), Some("conversation-service"));
-    // journal and profile have no settings of their own.
+    table += &markdown_rows(
+        &command::<journal_service::config::JournalSettings>(),
+        Some("journal-service"),
+    );
+    // profile has no settings of its own.
     table += &markdown_rows(&command::<NoServiceSettings>(), None);
     table
 }

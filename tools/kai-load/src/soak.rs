@@ -155,6 +155,22 @@ pub async fn main(argv: Vec<String>) -> Result<()> {
             ("TRUSTED_PROXIES".to_owned(), "127.0.0.0/8".to_owned()),
             ("LOG_FORMAT".to_owned(), "json".to_owned()),
             ("RUST_LOG".to_owned(), "info".to_owned()),
+            // A few users write for minutes at load-test rates: the per-user
+            // abuse limits (conversation-service) are lifted, not measured, here.
+            ("ASSISTANT_MESSAGE_BURST".to_owned(), "1000000".to_owned()),
+            (
+                "ASSISTANT_MESSAGES_PER_MINUTE".to_owned(),
+                "1000000".to_owned(),
+            ),
+            (
+                "ASSISTANT_MESSAGES_PER_DAY".to_owned(),
+                "1000000".to_owned(),
+            ),
+            ("CREATES_PER_MINUTE".to_owned(), "1000000".to_owned()),
+            (
+                "JOURNAL_CREATES_PER_MINUTE".to_owned(),
+                "1000000".to_owned(),
+            ),
         ];
         env.extend(crate::dev_auth_env());
         for bin in ["journal-service", "conversation-service", "profile-service"] {

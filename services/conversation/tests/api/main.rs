@@ -8,6 +8,7 @@ mod conversations;
 mod export;
 mod fake_llm;
 mod helpers;
+mod limits;
 mod lists;
 mod messages;
 mod platform;

@@ -355,3 +355,42 @@ async fn stats_count_entries_and_average_mood_per_day() {
     )
     .await;
 }
+
+/// Creates are limited per user (a burst, then a steady rate): 429 with
+/// `Retry-After`, counted, nothing stored; another user is not affected.
+#[tokio::test]
+async fn creates_are_limited_per_user() {
+    let j = crate::helpers::spawn_limited(&[("JOURNAL_CREATES_PER_MINUTE", "3")]).await;
+    let (user, other) = (User::new(), User::new());
+    for i in 0..3 {
+        assert_eq!(
+            j.create(&user, json!({"content": format!("entry {i}")}))
+                .await
+                .status(),
+            201
+        );
+    }
+    let res = j.create(&user, json!({"content": "one too many"})).await;
+    let wait: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=20).contains(&wait), "one every 20 s: {wait}");
+    assert_problem(res, 429).await;
+    let (_, _, page) = read(&j.app, &user, "/api/journal/entries").await;
+    assert_eq!(page["total"], 3, "the refused entry was not stored");
+    assert!(
+        j.app
+            .metrics()
+            .await
+            .lines()
+            .any(|l| l.starts_with("kai_rate_limited_total{")
+                && l.contains("\"creates\"")
+                && l.ends_with(" 1"))
+    );
+    assert_eq!(
+        j.create(&other, json!({"content": "mine"})).await.status(),
+        201
+    );
+}

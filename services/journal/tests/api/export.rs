@@ -105,3 +105,77 @@ async fn export_needs_a_token() {
         .unwrap();
     kai_testing::assert_problem(res, 401).await;
 }
+
+/// Per-user export limits: one streaming at once (configured), freed when its
+/// client leaves or it ends, and a rate per minute; 429 + `Retry-After`, counted.
+#[tokio::test]
+async fn exports_are_limited_while_running_and_per_minute() {
+    use kai_testing::{TestApp, TestDb, TestPrefix};
+    let env = [
+        ("JOURNAL_EXPORTS_RUNNING_PER_USER", "1"),
+        ("JOURNAL_EXPORTS_PER_MINUTE", "3"),
+    ];
+    let db = TestDb::create().await;
+    let prefix = TestPrefix::new(&kai_testing::redis_url());
+    let settings = kai_testing::settings(
+        &db.url,
+        Some(&kai_testing::redis_url()),
+        &prefix.prefix,
+        &env,
+    );
+    let app = TestApp::start(
+        journal_service::service_with(&kai_testing::service_settings(&env)),
+        settings,
+    )
+    .await;
+    let user = crate::helpers::User::new();
+    // About 24 MB of entries: more than the socket buffers hold, so an export
+    // whose client does not read stays running.
+    db.connect()
+        .await
+        .execute(
+            "INSERT INTO journal.journal_entries (id, user_id, content)
+             SELECT gen_random_uuid(), $1, repeat('river walk ', 400) FROM generate_series(1, 6000)",
+            &[&user.id],
+        )
+        .await
+        .unwrap();
+    let refused = |limit: &'static str| {
+        let app = &app;
+        async move {
+            let series = format!("outcome=\"{limit}\"");
+            app.metrics()
+                .await
+                .lines()
+                .find(|l| l.starts_with("kai_rate_limited_total{") && l.contains(&series))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no {limit} series")) as u64
+        }
+    };
+    assert_eq!(refused("exports-running").await, 0);
+    let export = || app.get(&user.token, "/api/journal/export");
+    let held = export().await;
+    assert_eq!(held.status(), 200);
+    let res = export().await;
+    assert!(res.headers().contains_key("retry-after"));
+    crate::helpers::assert_problem(res, 429).await;
+    assert_eq!(refused("exports-running").await, 1);
+    // Its client goes away: the slot is freed (when the server notices).
+    drop(held);
+    let second = loop {
+        let res = export().await;
+        if res.status() == 200 {
+            break res;
+        }
+        assert_eq!(res.status(), 429);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(second.text().await.unwrap().lines().count(), 6000);
+    // Read to the end, the slot is free: the third export this minute runs.
+    let third = export().await;
+    assert_eq!(third.status(), 200);
+    assert_eq!(third.text().await.unwrap().lines().count(), 6000);
+    // The fourth is refused by the rate.
+    crate::helpers::assert_problem(export().await, 429).await;
+    assert_eq!(refused("exports").await, 1);
+}

@@ -24,6 +24,17 @@ pub async fn spawn_with(redis: Option<&str>, extra: &[(&str, &str)]) -> Journal 
     Journal { app, db, prefix }
 }
 
+/// A journal-service with some of its own settings (`JOURNAL_*`) set.
+pub async fn spawn_limited(env: &[(&str, &str)]) -> Journal {
+    let db = TestDb::create().await;
+    let redis = testing::redis_url();
+    let prefix = TestPrefix::new(&redis);
+    let settings = testing::settings(&db.url, Some(&redis), &prefix.prefix, env);
+    let service = journal_service::service_with(&testing::service_settings(env));
+    let app = TestApp::start(service, settings).await;
+    Journal { app, db, prefix }
+}
+
 impl Journal {
     /// Another replica on the same database and Redis prefix.
     pub async fn replica(&self) -> TestApp {

@@ -8,5 +8,6 @@ mod export;
 mod helpers;
 mod lists;
 mod platform;
+mod search;
 mod shutdown;
 mod totals;

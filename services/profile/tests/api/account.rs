@@ -109,6 +109,29 @@ async fn a_password_change_ends_every_other_session_everywhere() {
         assert_problem(short, 400).await["errors"][0]["field"],
         "new_password"
     );
+    // Common, breached and guessable passwords, and a variation of the current
+    // one, are refused with the rule named.
+    for weak in [
+        "password",
+        "12345678",
+        "Password123!",
+        "correct horse battery staple1",
+    ] {
+        let res = post(
+            &p,
+            "/api/auth/password",
+            &a.token,
+            Some(json!({"current_password": PASSWORD, "new_password": weak})),
+        )
+        .await;
+        let problem = assert_problem(res, 400).await;
+        assert_eq!(problem["errors"][0]["field"], "new_password", "{weak}");
+        let message = problem["errors"][0]["message"].as_str().unwrap();
+        assert!(
+            message.contains("common-password rule"),
+            "{weak}: {message}"
+        );
+    }
 
     let res = post(
         &p,
@@ -342,4 +365,110 @@ async fn password_guessing_on_a_stolen_token_is_rate_limited() {
         200,
         "nothing was deleted"
     );
+}
+
+/// The re-entry bucket is the session's: a thief's stolen token drains its own,
+/// and the owner, in another session, changes the password at once (ending the
+/// thief's session) — or could delete the account.
+#[tokio::test]
+async fn a_stolen_session_cannot_lock_the_owner_out_of_password_change() {
+    let p = spawn().await;
+    let thief = p.account().await;
+    let res = p.login(&thief.email, PASSWORD).await;
+    assert_eq!(res.status(), 200);
+    let owner: Value = res.json().await.unwrap();
+    let owner = owner["access_token"].as_str().unwrap().to_owned();
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let res = post(
+            &p,
+            "/api/auth/password",
+            &thief.token,
+            Some(json!({"current_password": "guess guess guess", "new_password": "the thief's own phrase"})),
+        )
+        .await;
+        statuses.push(res.status().as_u16());
+    }
+    assert_eq!(&statuses[..6], [401, 401, 401, 401, 401, 429]);
+    assert!(statuses[6..].iter().all(|&s| s == 429), "{statuses:?}");
+    let res = post(
+        &p,
+        "/api/auth/password",
+        &owner,
+        Some(json!({"current_password": PASSWORD, "new_password": "the owner's fresh phrase"})),
+    )
+    .await;
+    assert_eq!(res.status(), 204);
+    refused_within_a_second(&p.app, &thief.token, "/api/profile").await;
+    assert_eq!(p.app.read(&owner, "/api/profile").await.0, 200);
+}
+
+/// Argon2 saturation by anonymous logins: the overflow is refused at once with
+/// 503 + `Retry-After` (the queue is bounded), and a logged-in user's password
+/// change in the middle of it succeeds, as does a login from the owner's device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_login_flood_never_fails_a_logged_in_users_password_change() {
+    let p = crate::helpers::spawn_behind_proxy().await;
+    let a = p.account().await;
+    let device_login = |password: &'static str, device: Option<String>| {
+        let (client, url, email) = (
+            p.app.client.clone(),
+            p.app.url("/api/auth/login"),
+            a.email.clone(),
+        );
+        async move {
+            let mut body = json!({"email": email, "password": password});
+            if let Some(d) = device {
+                body["device_token"] = json!(d);
+            }
+            let res = client
+                .post(url)
+                .header("x-forwarded-for", "192.0.2.77")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap_or_default())
+        }
+    };
+    let (status, token) = device_login(PASSWORD, None).await;
+    assert_eq!(status, 200);
+    let device = token["device_token"].as_str().unwrap().to_owned();
+    let flood: Vec<_> = (0..120u32)
+        .map(|i| {
+            let client = p.app.client.clone();
+            let url = p.app.url("/api/auth/login");
+            tokio::spawn(async move {
+                let res = client
+                    .post(url)
+                    .header("x-forwarded-for", format!("10.9.{}.{}", i / 200, i % 200))
+                    .json(&json!({"email": crate::helpers::email(), "password": "any password at all"}))
+                    .send()
+                    .await
+                    .unwrap();
+                let retry = res.headers().contains_key("retry-after");
+                (res.status().as_u16(), retry)
+            })
+        })
+        .collect();
+    let res = post(
+        &p,
+        "/api/auth/password",
+        &a.token,
+        Some(json!({"current_password": PASSWORD, "new_password": "a calm new passphrase"})),
+    )
+    .await;
+    assert_eq!(res.status(), 204);
+    let (status, _) = device_login("a calm new passphrase", Some(device)).await;
+    assert_eq!(status, 200, "the owner's device during the flood");
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for f in flood {
+        let (status, retry) = f.await.unwrap();
+        assert!(status == 401 || (status == 503 && retry), "{status}");
+        *statuses.entry(status).or_default() += 1;
+    }
+    // More logins than the slots and the queue hold: some were turned away.
+    assert!(statuses.contains_key(&503), "{statuses:?}");
+    eprintln!("flood of 120 anonymous logins: {statuses:?}");
 }

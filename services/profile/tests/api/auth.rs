@@ -118,13 +118,31 @@ async fn invalid_registrations_get_field_errors() {
             "display_name",
         ),
         (json!({"email": email()}), "password"),
+        // Common and breached passwords: the bundled lists (zxcvbn).
+        (
+            json!({"email": email(), "password": "12345678"}),
+            "password",
+        ),
+        (
+            json!({"email": email(), "password": "password"}),
+            "password",
+        ),
+        (
+            json!({"email": email(), "password": "iloveyou123"}),
+            "password",
+        ),
+        // The user's own address as the password.
+        (
+            json!({"email": "samwise.gamgee@example.org", "password": "samwise.gamgee"}),
+            "password",
+        ),
     ] {
         let problem = assert_problem(p.register(body).await, 400).await;
         assert_eq!(problem["errors"][0]["field"], field, "{problem}");
     }
     // Exactly eight characters is enough.
     assert_eq!(
-        p.register(json!({"email": email(), "password": "eight888"}))
+        p.register(json!({"email": email(), "password": "Kx8#qZ2m"}))
             .await
             .status(),
         201

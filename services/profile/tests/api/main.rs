@@ -3,6 +3,7 @@
 
 mod account;
 mod auth;
+mod email;
 mod helpers;
 mod platform;
 mod profile;

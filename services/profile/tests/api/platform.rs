@@ -64,8 +64,8 @@ async fn hot_queries_use_indexes_on_a_large_table() {
     let conn = p.db.connect().await;
     // 100k users, profiles and sessions, as SPEC §7 asks.
     conn.batch_execute(
-        "INSERT INTO profile.users (id, email, password_hash)
-         SELECT ('00000000-0000-0000-0000-' || lpad(g::text, 12, '0'))::uuid, 'user' || g || '@example.org', '$argon2id$v=19$x'
+        "INSERT INTO profile.users (id, email, email_key, password_hash)
+         SELECT ('00000000-0000-0000-0000-' || lpad(g::text, 12, '0'))::uuid, 'User' || g || '@example.org', 'user' || g || '@example.org', '$argon2id$v=19$x'
          FROM generate_series(1, 100000) g;
          INSERT INTO profile.profiles (user_id, traits) SELECT id, jsonb_build_object('n', random()) FROM profile.users;
          INSERT INTO profile.sessions (id, user_id, token_hash, expires_at)

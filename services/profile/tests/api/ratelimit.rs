@@ -113,24 +113,178 @@ async fn login_from(
         .as_u16()
 }
 
+/// Logs in from `address`, with a device token if given: status and body.
+async fn login_with(
+    p: &crate::helpers::Profiles,
+    address: &str,
+    email: &str,
+    password: &str,
+    device_token: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut body = json!({"email": email, "password": password});
+    if let Some(t) = device_token {
+        body["device_token"] = json!(t);
+    }
+    let res = p
+        .app
+        .client
+        .post(p.app.url("/api/auth/login"))
+        .header("x-forwarded-for", address)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or_default())
+}
+
+/// argon2 verifications that did not match (`kai_password_verifications_total`).
+async fn mismatches(p: &crate::helpers::Profiles) -> u64 {
+    p.app
+        .metrics()
+        .await
+        .lines()
+        .filter(|l| {
+            l.starts_with("kai_password_verifications_total{") && l.contains("\"mismatch\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// SPEC §4's proof: 100 wrong passwords for one account from 100 addresses reach
+/// the password check at most the unknown-device budget's number of times (10,
+/// plus one per 90 s the run takes), while the owner's device, presenting its
+/// device token, logs in at once throughout.
+#[tokio::test]
+async fn a_hundred_addresses_guessing_one_account_reach_the_password_check_ten_times() {
+    let p = spawn_behind_proxy().await;
+    let account = p.account().await;
+    // The owner's device logged in before: it holds a device token.
+    let (status, token) = login_with(&p, "192.0.2.10", &account.email, PASSWORD, None).await;
+    assert_eq!(status, 200);
+    let mut device = token["device_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        token["device_token"].as_str().unwrap().split('.').count(),
+        3
+    );
+    let started = std::time::Instant::now();
+    let before = mismatches(&p).await;
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for i in 0..100u32 {
+        // Half IPv4, half IPv6 addresses in 50 different /64s.
+        let attacker = if i % 2 == 0 {
+            format!("198.51.100.{i}")
+        } else {
+            format!("2001:db8:{i:x}::1")
+        };
+        let (status, body) =
+            login_with(&p, &attacker, &account.email, "wrong password", None).await;
+        *statuses.entry(status).or_default() += 1;
+        if status == 429 {
+            assert_eq!(body["status"], 429, "{body}");
+        }
+        if i % 25 == 24 {
+            // The owner's device, throughout: in at once, its token renewed.
+            let (status, token) =
+                login_with(&p, "192.0.2.10", &account.email, PASSWORD, Some(&device)).await;
+            assert_eq!(status, 200, "the owner at attempt {i}: {token}");
+            device = token["device_token"].as_str().unwrap().to_owned();
+        }
+    }
+    let checked = mismatches(&p).await - before;
+    let refills = started.elapsed().as_secs() / 90 + 1;
+    // The budget holds 10; the owner's first two logins (registration's and the
+    // one above, without a device token yet) took two of them.
+    assert!(
+        checked <= 8 + refills,
+        "{checked} wrong passwords reached argon2 ({statuses:?})"
+    );
+    assert!(checked >= 8, "the budget admits 8 more: {checked}");
+    assert_eq!(statuses.get(&401).copied().unwrap_or(0) as u64, checked);
+    // A wrong password with the owner's device token is still a 401 (its own
+    // bucket), and a device token of another account earns nothing.
+    let (status, _) = login_with(
+        &p,
+        "192.0.2.10",
+        &account.email,
+        "wrong password",
+        Some(&device),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let other = p.account().await;
+    let (_, other_token) = login_with(&p, "192.0.2.11", &other.email, PASSWORD, None).await;
+    let foreign = other_token["device_token"].as_str().unwrap();
+    let (status, _) = login_with(&p, "192.0.2.12", &account.email, PASSWORD, Some(foreign)).await;
+    assert_eq!(
+        status, 429,
+        "another account's device token is no device of this one"
+    );
+    // Nor is an access token a device token.
+    let (status, _) = login_with(
+        &p,
+        "192.0.2.13",
+        &account.email,
+        PASSWORD,
+        Some(&account.token),
+    )
+    .await;
+    assert_eq!(status, 429);
+}
+
 #[tokio::test]
 async fn guesses_from_other_addresses_never_lock_the_owner_out() {
     let p = spawn_behind_proxy().await;
     let account = p.account().await;
+    let (_, token) = login_with(&p, "198.51.100.20", &account.email, PASSWORD, None).await;
+    let device = token["device_token"].as_str().unwrap().to_owned();
     // Five addresses each guess five times, then keep going: their own buckets
-    // for this e-mail run dry.
+    // for this e-mail run dry, and so does the account's budget for unknown
+    // devices (10, two of which the owner's logins took).
+    let mut statuses = Vec::new();
     for i in 1..=5 {
         let attacker = format!("203.0.113.{i}");
-        let mut statuses = Vec::new();
         for _ in 0..6 {
             statuses.push(login_from(&p, &attacker, &account.email, "wrong password").await);
         }
-        assert_eq!(statuses, vec![401, 401, 401, 401, 401, 429], "{attacker}");
     }
-    // The owner, from an address that is not flooding, gets in at once.
     assert_eq!(
-        login_from(&p, "198.51.100.20", &account.email, PASSWORD).await,
-        200
+        statuses.iter().filter(|&&s| s == 401).count(),
+        8,
+        "{statuses:?}"
+    );
+    assert!(statuses.iter().all(|&s| s == 401 || s == 429));
+    // The owner's device gets in at once, from any address.
+    for address in ["198.51.100.20", "203.0.113.1"] {
+        let (status, _) = login_with(&p, address, &account.email, PASSWORD, Some(&device)).await;
+        assert_eq!(status, 200, "{address}");
+    }
+}
+
+/// An IPv6 client is one bucket per /64: rotating the low 64 bits buys nothing.
+#[tokio::test]
+async fn ipv6_clients_share_one_bucket_per_64() {
+    let p = spawn_behind_proxy().await;
+    let mut allowed = 0;
+    let started = std::time::Instant::now();
+    for i in 1..=60u32 {
+        let address = format!("2001:db8:aa:bb:{i:x}::{i:x}");
+        let status = login_from(&p, &address, &email(), PASSWORD).await;
+        if status == 429 {
+            break;
+        }
+        assert_eq!(status, 401);
+        allowed += 1;
+    }
+    let refills = started.elapsed().as_secs() + 1;
+    assert!(
+        (20..=20 + refills).contains(&allowed),
+        "{allowed} attempts from one /64: the client bucket holds 20 plus one a second"
+    );
+    // Another /64 is another client.
+    assert_eq!(
+        login_from(&p, "2001:db8:aa:bc::1", &email(), PASSWORD).await,
+        401
     );
 }
 
