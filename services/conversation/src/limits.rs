@@ -5,12 +5,10 @@
 //! replica; in-process when Redis is away); a refusal is a 429 with
 //! `Retry-After` and counts in `kai_rate_limited_total{outcome=<limit>}`.
 
-use std::time::Duration;
-
 use kai_http::ApiError;
 use kai_platform::Platform;
 use kai_shared::metrics::OutcomeCounter;
-use kai_shared::ratelimit::{Limit, Limited, Running, Slot};
+use kai_shared::ratelimit::{Limit, Running, Slot};
 use uuid::Uuid;
 
 use crate::config::UserLimits;
@@ -95,27 +93,18 @@ impl Limits {
     /// One export started: its slot among the user's running exports (held
     /// until the stream ends or its client leaves), then the rate.
     pub async fn export(&self, p: &Platform, user: Uuid) -> Result<Slot, ApiError> {
-        let slot = self
-            .running
-            .acquire(
-                &user.to_string(),
-                self.exports_running,
-                Duration::from_secs(2),
-            )
-            .map_err(|e| refused(p, EXPORTS_RUNNING, e))?;
+        let slot = p.running_slot(
+            &RATE_LIMITED,
+            &self.running,
+            EXPORTS_RUNNING,
+            self.exports_running,
+            user,
+        )?;
         take(p, &self.exports, user).await?;
         Ok(slot)
     }
 }
 
 async fn take(p: &Platform, limit: &Limit, user: Uuid) -> Result<(), ApiError> {
-    p.limiter
-        .check(limit, &user.to_string())
-        .await
-        .map_err(|e| refused(p, limit.name, e))
-}
-
-fn refused(p: &Platform, name: &'static str, e: Limited) -> ApiError {
-    p.metrics.count_outcome(&RATE_LIMITED, name);
-    e.into()
+    p.take_per_user(&RATE_LIMITED, limit, user).await
 }

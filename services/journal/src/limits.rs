@@ -3,12 +3,10 @@
 //! shared by every replica); and on creates (a burst, then a steady rate). Each refusal is a 429 with `Retry-After`, counted in
 //! `kai_rate_limited_total{outcome=<limit>}`.
 
-use std::time::Duration;
-
 use kai_http::ApiError;
 use kai_platform::Platform;
 use kai_shared::metrics::OutcomeCounter;
-use kai_shared::ratelimit::{Limit, Limited, Running, Slot};
+use kai_shared::ratelimit::{Limit, Running, Slot};
 use uuid::Uuid;
 
 use crate::config::JournalSettings;
@@ -52,34 +50,20 @@ impl Limits {
 
     /// One entry created.
     pub async fn create(&self, p: &Platform, user: Uuid) -> Result<(), ApiError> {
-        p.limiter
-            .check(&self.creates, &user.to_string())
-            .await
-            .map_err(|e| {
-                p.metrics.count_outcome(&RATE_LIMITED, CREATES);
-                ApiError::from(e)
-            })
+        p.take_per_user(&RATE_LIMITED, &self.creates, user).await
     }
 
     /// One export started: its slot among the user's running exports (held
     /// until the stream ends or its client leaves), then the rate.
     pub async fn export(&self, p: &Platform, user: Uuid) -> Result<Slot, ApiError> {
-        let refused = |name: &'static str, e: Limited| {
-            p.metrics.count_outcome(&RATE_LIMITED, name);
-            ApiError::from(e)
-        };
-        let slot = self
-            .running
-            .acquire(
-                &user.to_string(),
-                self.exports_running,
-                Duration::from_secs(2),
-            )
-            .map_err(|e| refused(EXPORTS_RUNNING, e))?;
-        p.limiter
-            .check(&self.exports, &user.to_string())
-            .await
-            .map_err(|e| refused(EXPORTS, e))?;
+        let slot = p.running_slot(
+            &RATE_LIMITED,
+            &self.running,
+            EXPORTS_RUNNING,
+            self.exports_running,
+            user,
+        )?;
+        p.take_per_user(&RATE_LIMITED, &self.exports, user).await?;
         Ok(slot)
     }
 }

@@ -208,6 +208,43 @@ impl Platform {
 }
 
 impl Platform {
+    /// One token of a service's per-user `limit` for `user`, or a 429 with
+    /// `Retry-After` counted in `refusals` under the limit's name.
+    pub async fn take_per_user(
+        &self,
+        refusals: &kai_shared::metrics::OutcomeCounter,
+        limit: &kai_shared::ratelimit::Limit,
+        user: Uuid,
+    ) -> Result<(), kai_http::ApiError> {
+        self.limiter
+            .check(limit, &user.to_string())
+            .await
+            .map_err(|e| {
+                self.metrics.count_outcome(refusals, limit.name);
+                e.into()
+            })
+    }
+
+    /// A slot among `user`'s running pieces of work (`max` at once on this
+    /// replica), or a 429 with `Retry-After` counted in `refusals` as `name`.
+    pub fn running_slot(
+        &self,
+        refusals: &kai_shared::metrics::OutcomeCounter,
+        running: &kai_shared::ratelimit::Running,
+        name: &'static str,
+        max: u32,
+        user: Uuid,
+    ) -> Result<kai_shared::ratelimit::Slot, kai_http::ApiError> {
+        running
+            .acquire(&user.to_string(), max, Duration::from_secs(2))
+            .map_err(|e| {
+                self.metrics.count_outcome(refusals, name);
+                e.into()
+            })
+    }
+}
+
+impl Platform {
     /// The `limit` and `cursor` of a cursor-mode list, for `user`, bound to this
     /// service (a 400 naming the parameter at fault).
     pub fn cursor_query(
