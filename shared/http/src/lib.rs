@@ -35,18 +35,16 @@ use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use kai_shared::metrics::Metrics;
-
 pub use errors::{ApiError, FieldError};
 pub use json::{Json, MAX_BODY_BYTES};
 pub use query::Query;
 pub use settings::HttpSettings;
 pub use valid::{Valid, Validate};
 
-/// What [`stamp`] records into, as app data: the service's registry, its
-/// per-route statistics, and when a request is slow or sampled for the log.
+/// What [`stamp`] records into, as app data: the per-route statistics, and
+/// when a request is slow or sampled for the log. (The HTTP metrics are
+/// actix-web-prom's: [`prometheus_middleware`].)
 pub struct Observe {
-    pub metrics: Metrics,
     pub stats: std::sync::Arc<stats::EndpointStats>,
     pub slow_request_threshold: std::time::Duration,
     pub access_log_sample: f64,
@@ -417,19 +415,7 @@ mod metrics_tests {
         ), "{text}");
     }
 
-    /// A `Write` that keeps what the log wrote.
-    #[derive(Clone, Default)]
-    struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Lines {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::telemetry::tests::Lines;
 
     /// actix-web-prom logs a WARN for every docs asset it sees (it cannot format
     /// the `{_:.*}` pattern, upstream issue #82); the service's log never shows it.

@@ -154,9 +154,6 @@ pub struct Platform {
     pub auth: Arc<Authenticator>,
     pub metrics: Metrics,
     pub stats: Arc<EndpointStats>,
-    pub migrations: MigrationSet,
-    /// The newest migration this binary embeds (readiness requires it).
-    pub migration_version: i32,
     pub started: Instant,
     pub limiter: kai_shared::ratelimit::RateLimiter,
     /// The service's Redis (none without `REDIS_URL`/`REDIS_CLUSTER_NODES`).
@@ -292,7 +289,6 @@ impl Platform {
             session_check: def.session_check.map(|make| make(db.clone())),
         });
         let observe = web::Data::new(Observe {
-            metrics: metrics.clone(),
             stats: stats.clone(),
             slow_request_threshold: settings.http.slow_request_threshold,
             access_log_sample: settings.http.access_log_sample,
@@ -326,8 +322,6 @@ impl Platform {
             stats,
             gate,
             observe,
-            migrations: def.migrations,
-            migration_version: def.migrations.latest_version(),
             started: Instant::now(),
         })
     }
