@@ -75,6 +75,15 @@ def composed(obj: dict, name: str, secret: str) -> str:
     return value
 
 
+def own_secret(obj: dict) -> str:
+    """The one Secret a workload's credentials come from: its service's
+    (kai-journal-credentials), or a migration Job's own
+    (kai-journal-migrate-credentials)."""
+    service = obj["metadata"]["labels"]["app.kubernetes.io/name"].removesuffix("-service")
+    migrate = obj["kind"] == "Job"
+    return f"kai-{service}-migrate-credentials" if migrate else f"kai-{service}-credentials"
+
+
 def api_deployments() -> list[dict]:
     return [d for n, d in by_name(PROD, "Deployment").items() if n in BINARIES]
 
@@ -90,9 +99,8 @@ def test_prod_has_the_workloads():
 @pytest.mark.parametrize("kind", ["Deployment", "Job"])
 def test_prod_postgresql_is_verify_full_against_a_mounted_ca(kind):
     workloads = api_deployments() if kind == "Deployment" else migration_jobs()
-    secret = "kai-secrets" if kind == "Deployment" else "kai-migrate-secrets"
     for w in workloads:
-        url = urlsplit(composed(w, "DATABASE_URL", secret))
+        url = urlsplit(composed(w, "DATABASE_URL", own_secret(w)))
         assert url.scheme in ("postgres", "postgresql")
         assert parse_qs(url.query).get("sslmode") == ["verify-full"], url.geturl()
         assert url.hostname and not re.fullmatch(r"[\d.]+", url.hostname), "verify-full needs a host name"
@@ -105,7 +113,7 @@ def test_prod_redis_is_tls_as_an_acl_user_against_a_mounted_ca():
     for d in api_deployments():
         env = env_of(d)
         assert "REDIS_CLUSTER_NODES" not in env or "REDIS_URL" not in env
-        url = urlsplit(composed(d, "REDIS_URL", "kai-secrets"))
+        url = urlsplit(composed(d, "REDIS_URL", own_secret(d)))
         assert url.scheme == "rediss", url.geturl()
         ca = config(d).get("REDIS_CA_FILE")
         assert ca, f"{d['metadata']['name']}: REDIS_CA_FILE unset"

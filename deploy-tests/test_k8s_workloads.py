@@ -103,7 +103,8 @@ def test_serving_pods_never_migrate(target, binary):
     env = {e["name"]: e.get("value") for e in container(deployment(target, binary)).get("env", [])}
     assert env.get("RUN_MIGRATIONS") == "false", "the release's migration Job migrates, not the serving pods"
     refs = {src.get("secretRef", {}).get("name") for src in container(deployment(target, binary))["envFrom"]}
-    assert "kai-migrate-secrets" not in refs, "serving pods must not hold the migration role's credentials"
+    assert not {r for r in refs if r and r.endswith("-migrate-credentials")}, \
+        "serving pods must not hold a migration role's credentials"
 
 
 def test_one_service_account_per_service(target, binary):
@@ -225,6 +226,59 @@ def test_secrets_are_examples_only(target):
         values = " ".join(str(v) for v in s.get("stringData", {}).values()).lower()
         if "AUTH_SECRET" in s.get("stringData", {}):
             raise AssertionError(f"Secret {name}: AUTH_SECRET is gone (EdDSA keys, SPEC §2)")
+
+
+def secrets_referenced(pod_spec: dict) -> set[str]:
+    """Every Secret a pod names: envFrom, env valueFrom and volumes."""
+    names = set()
+    for c in pod_spec.get("initContainers", []) + pod_spec["containers"]:
+        names |= {src["secretRef"]["name"] for src in c.get("envFrom", []) if "secretRef" in src}
+        names |= {
+            e["valueFrom"]["secretKeyRef"]["name"]
+            for e in c.get("env", [])
+            if "secretKeyRef" in e.get("valueFrom", {})
+        }
+    names |= {v["secret"]["secretName"] for v in pod_spec.get("volumes", []) if "secret" in v}
+    names |= {
+        s["secret"]["name"]
+        for v in pod_spec.get("volumes", [])
+        for s in v.get("projected", {}).get("sources", [])
+        if "secret" in s
+    }
+    return names
+
+
+# What each service's pods may hold (SPEC §7 "Least privilege", issue 29): its
+# own credentials (its PostgreSQL serving role and Redis ACL user); profile the
+# signing key, conversation the LLM key. Nothing of another service.
+OWN_SECRETS = {
+    "journal-service": {"kai-journal-credentials"},
+    "conversation-service": {"kai-conversation-credentials", "kai-llm-secrets"},
+    "profile-service": {"kai-profile-credentials", "kai-signing-key"},
+}
+
+
+def test_each_deployment_names_only_its_own_secrets(target, binary):
+    spec = deployment(target, binary)["spec"]["template"]["spec"]
+    service = binary.removesuffix("-service")
+    names = secrets_referenced(spec)
+    assert f"kai-{service}-credentials" in names, f"{binary}: its own credentials"
+    assert names <= OWN_SECRETS[binary], f"{binary} names {sorted(names - OWN_SECRETS[binary])}"
+    others = set().union(*(v for k, v in OWN_SECRETS.items() if k != binary))
+    assert not names & others, f"{binary} names another service's Secret"
+    assert "kai-secrets" not in names and "kai-migrate-secrets" not in names
+
+
+def test_no_workload_shares_a_secret_with_another(target):
+    """Every Secret is named by the pods of one workload only (the credentials
+    of one Deployment, or of one migration Job)."""
+    owners: dict[str, set[str]] = {}
+    for kind in ("Deployment", "Job"):
+        for o in objects(target, kind):
+            for name in secrets_referenced(o["spec"]["template"]["spec"]):
+                owners.setdefault(name, set()).add(f"{kind}/{o['metadata']['name']}")
+    shared = {n: sorted(w) for n, w in owners.items() if len(w) > 1}
+    assert not shared, f"Secrets named by more than one workload: {shared}"
 
 
 def test_only_profile_mounts_the_signing_key(target):
@@ -366,8 +420,9 @@ def test_migration_job(overlay, binary):
     assert not names - SERVICE_ENV - CREDENTIAL_PARTS_ENV
     assert {"DATABASE_URL", "AUTH_VERIFYING_KEYS_FILE"} <= names or target == "overlays/prod"
     # the migration role, not the serving one
-    refs = {src["secretRef"]["name"] for src in c["envFrom"] if "secretRef" in src}
-    assert refs == {"kai-migrate-secrets"}
+    service = binary.removesuffix("-service")
+    assert secrets_referenced(spec) == {f"kai-{service}-migrate-credentials"}, \
+        "a migration Job holds its own migration role's credentials and nothing else"
     assert spec["serviceAccountName"] == "kai-migrate"
     assert spec.get("automountServiceAccountToken") is False
     # same image as the service it migrates

@@ -37,7 +37,7 @@ import pytest
 import yaml
 
 from conftest import kubectl, objects, render
-from contract import BINARIES, K8S, OVERLAYS
+from contract import BINARIES, K8S, OVERLAYS, SERVICES
 
 NEXT_TAG = "9.8.7"
 # A second Ed25519 public key (its private half was thrown away): what an
@@ -47,7 +47,11 @@ MCowBQYDK2VwAyEAcz80MHnJKugETRhD/2lBo6qMFVXlEOcw2IPqTY3q27w=
 -----END PUBLIC KEY-----
 """
 # Secrets prod expects to exist already (created out of band, k8s/README.md).
-OUT_OF_BAND_SECRETS = {"kai-secrets", "kai-migrate-secrets", "kai-signing-key", "kai-llm-secrets"}
+OUT_OF_BAND_SECRETS = (
+    {f"kai-{s}-credentials" for s in SERVICES}
+    | {f"kai-{s}-migrate-credentials" for s in SERVICES}
+    | {"kai-signing-key", "kai-llm-secrets"}
+)
 
 
 def container(o: dict) -> dict:

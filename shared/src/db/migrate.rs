@@ -72,12 +72,20 @@ impl MigrationSet {
 }
 
 /// Applies pending migrations; returns how many were applied.
+///
+/// A database that already has every migration this binary embeds is found so
+/// with two reads and nothing else — no lock, no DDL — so `serve` with
+/// `RUN_MIGRATIONS` left on starts under a serving role that may not change the
+/// schema (SPEC §7); only a pending migration needs the migration role.
 pub async fn migrate(db: &Db, set: MigrationSet) -> anyhow::Result<usize> {
     let mut conn = db
         .conn()
         .await
         .context("connecting to PostgreSQL to migrate")?;
     let client: &mut tokio_postgres::Client = &mut conn;
+    if all_applied(client, set).await? {
+        return Ok(0);
+    }
     // Polled, not waited for in `pg_advisory_lock`: a session blocked there is
     // an open transaction, and `CREATE INDEX CONCURRENTLY` in the lock holder
     // waits for every open transaction to end — a deadlock between migrators.
@@ -120,6 +128,29 @@ pub async fn migrate(db: &Db, set: MigrationSet) -> anyhow::Result<usize> {
         );
     }
     Ok(applied.len())
+}
+
+/// Whether the history already has every migration `set` embeds (read-only).
+async fn all_applied(client: &tokio_postgres::Client, set: MigrationSet) -> anyhow::Result<bool> {
+    let applied = applied_versions(client, &format!("{}.refinery_history", set.schema)).await?;
+    let runner = (set.runner)();
+    let known = runner.get_migrations();
+    let Some(&newest) = applied.iter().max() else {
+        return Ok(false);
+    };
+    if !known.iter().all(|m| applied.contains(&m.version())) {
+        return Ok(false);
+    }
+    let binary = set.latest_version();
+    if binary < newest {
+        tracing::info!(
+            schema = set.schema,
+            database = newest,
+            binary,
+            "the schema is ahead of this binary (a newer release migrated): nothing to apply"
+        );
+    }
+    Ok(true)
 }
 
 /// [`apply_locked`] with the timeouts set for this session, and reset after

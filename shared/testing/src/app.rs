@@ -57,9 +57,12 @@ pub struct TestApp {
 }
 
 impl TestApp {
-    /// Builds and starts `def` with `settings` (migrations applied) on a free port.
+    /// Builds and starts `def` with `settings` (migrations applied) on a free port;
+    /// on a [`super::TestDb`], migrated as the service's migration role and served
+    /// as its serving role ([`super::roles`]).
     pub async fn start(def: ServiceDef, settings: Settings) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let settings = super::roles::serve_as_roles(settings, def.name, def.migrations).await;
         let app = Application::build(
             settings,
             def,

@@ -6,7 +6,7 @@
 //!
 //! One module per concern, everything re-exported here: [`auth`] (keys, tokens,
 //! users), [`postgres`], [`redis_server`], [`app`] (a running service), [`http`] (client
-//! and assertions), [`net`] (ports, a cuttable TCP proxy), [`tls`] (a private CA),
+//! and assertions), [`net`] (ports, a cuttable TCP proxy), [`roles`] (the shipped PostgreSQL roles), [`tls`] (a private CA),
 //! [`process`] (child processes, scratch directories).
 
 pub mod app;
@@ -16,6 +16,7 @@ pub mod net;
 pub mod postgres;
 pub mod process;
 pub mod redis_server;
+pub mod roles;
 pub mod tls;
 
 pub use app::*;

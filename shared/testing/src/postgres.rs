@@ -14,7 +14,8 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-/// A throwaway database, dropped (with its connections) when this is dropped.
+/// A throwaway database, dropped (with its connections) when this is dropped;
+/// set up with the shipped roles' SQL ([`super::roles`]).
 pub struct TestDb {
     pub name: String,
     pub url: String,
@@ -31,11 +32,13 @@ impl TestDb {
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .expect("create test database");
+        super::roles::ensure_cluster_roles(&client).await;
         let base = admin_url();
         let url = match base.rsplit_once('/') {
             Some((head, _)) => format!("{head}/{name}"),
             None => base,
         };
+        super::roles::prepare_database(&url).await;
         Self { name, url }
     }
 
