@@ -224,6 +224,21 @@ def test_compose_env_names_are_the_contract():
             assert not set(env) & LLM_ENV, f"{name}: LLM_* are conversation-only"
 
 
+def test_compose_each_service_uses_its_own_postgresql_role():
+    """SPEC §7: a server connects as its serving role kai_<service>, its
+    migration as kai_<service>_migrate; the roles come from the shipped SQL
+    (k8s/postgres/), which the compose PostgreSQL runs on its first start."""
+    for name, svc in kai_services().items():
+        short = svc["build"]["args"]["SERVICE"]
+        role = f"kai_{short}_migrate" if name.endswith("-migrate") else f"kai_{short}"
+        url = env_of(svc)["DATABASE_URL"]
+        assert url.startswith(f"postgres://{role}:"), f"{name}: {url}"
+    mounts = [str(v) for v in compose()["services"]["postgres"]["volumes"]]
+    for sql in ("01-roles.sql", "02-database.sql"):
+        assert f"../k8s/postgres/{sql}:/docker-entrypoint-initdb.d/{sql}:ro" in mounts
+        assert (K8S / "postgres" / sql).is_file()
+
+
 def test_compose_signing_key_is_an_example_mounted_in_profile_only():
     for name, svc in kai_services().items():
         env = env_of(svc)

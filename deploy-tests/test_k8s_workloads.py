@@ -10,6 +10,7 @@ from conftest import by_name, objects, render
 from contract import (
     BINARIES,
     CREDENTIAL_PARTS_ENV,
+    K8S,
     MONITORED_OVERLAYS,
     MONITORING_COMPONENT,
     LIVENESS_PATH,
@@ -441,3 +442,11 @@ def test_all_pods_restricted(target):
         for c in spec["containers"]:
             assert c["securityContext"]["allowPrivilegeEscalation"] is False, o["metadata"]["name"]
             assert c["securityContext"]["capabilities"]["drop"] == ["ALL"], o["metadata"]["name"]
+
+
+def test_dev_postgresql_runs_the_shipped_roles_sql():
+    """The dev overlay's PostgreSQL is initialised with k8s/postgres/ as it is
+    (the same files compose, the tests and check-observability run)."""
+    (cm,) = [c for n, c in configmaps("overlays/dev").items() if n.startswith("kai-postgres-init")]
+    for sql in ("01-roles.sql", "02-database.sql"):
+        assert cm["data"][sql] == (K8S / "postgres" / sql).read_text()
