@@ -198,3 +198,20 @@ def test_the_check_fails_on_a_committed_pkcs8_key_in_any_form(tmp_path):
     want = _spki(key.public_key())
     for text in (pem, indented, jwk):
         assert [_spki(k.public_key()) for k in private_keys_in(text)] == [want], text
+
+
+def test_the_check_passes_when_prod_appends_a_key_of_its_own(tmp_path):
+    """The rotation's first step done right (a key whose private half is not in
+    the repository) passes, and the render still holds it."""
+    from test_releases import NEW_PUBLIC_KEY
+
+    root = tmp_path / "k8s"
+    shutil.copytree(K8S, root)
+    prod_keys = root / "overlays" / "prod" / "verifying-keys.pem"
+    prod_keys.write_text(prod_keys.read_text().rstrip("\n") + "\n" + NEW_PUBLIC_KEY)
+    proc = subprocess.run([kubectl(), "kustomize", str(root / PROD)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    objs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    new = _spki(serialization.load_pem_public_key(NEW_PUBLIC_KEY.encode()))
+    assert new in {der for _, der in rendered_public_keys(objs)}
+    assert not trusted_committed_keys(objs)

@@ -163,6 +163,12 @@ def _add_key(root: Path, overlay: str) -> None:
     f.write_text(f.read_text().rstrip("\n") + "\n" + NEW_PUBLIC_KEY)
 
 
+def _replace_keys(root: Path, overlay: str) -> None:
+    """Setting up (k8s/README.md, "Signing keys"): the committed placeholder
+    replaced by the deployment's own public key."""
+    verifying_keys_file(root, overlay).write_text(NEW_PUBLIC_KEY)
+
+
 def _replace_ca(root: Path, overlay: str) -> None:
     tls = root / overlay / "tls"
     # another CA certificate in place of the PostgreSQL one
@@ -179,6 +185,7 @@ CHANGES = [
     Change("DB_POOL_SIZE", _pool_size),
     Change("base config value", _base_config),
     Change("public key added", _add_key),
+    Change("public keys replaced", _replace_keys),
     Change("CA bundle replaced", _replace_ca, applies_to=_has_ca_bundles),
 ]
 CASES = [(f"overlays/{o}", c) for o in OVERLAYS for c in CHANGES if c.applies_to(f"overlays/{o}")]

@@ -1,5 +1,6 @@
-//! Test helpers: every test gets its own PostgreSQL database (created empty,
-//! migrated by the application under test, dropped afterwards) and its own Redis
+//! Test helpers: every test gets its own PostgreSQL database (created empty
+//! but for the shipped roles' schemas and grants, migrated as the service's
+//! migration role and served as its serving role, dropped afterwards) and its own Redis
 //! key prefix (deleted afterwards), so tests run in parallel and leave nothing
 //! behind. [`PrivateRedis`] starts a redis-server of the test's own, which the test
 //! may pause, kill and restart.
