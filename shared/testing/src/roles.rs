@@ -134,10 +134,7 @@ pub(crate) async fn serve_as_roles(
     if settings.server.run_migrations {
         let mut as_migrator = settings.database.clone();
         as_migrator.url = migration.url(&url).into();
-        let db = kai_shared::db::Db::new(
-            &as_migrator,
-            &kai_shared::metrics::Metrics::new(service),
-        );
+        let db = kai_shared::db::Db::new(&as_migrator, &kai_shared::metrics::Metrics::new(service));
         kai_shared::db::migrate(&db, migrations)
             .await
             .unwrap_or_else(|e| panic!("{service} migrates as {}: {e:#}", migration.name()));

@@ -101,7 +101,12 @@ async fn journals_migration_role_cannot_touch_profiles_schema() {
         .expect("kai_journal_migrate owns its own schema");
     let who = "kai_journal_migrate";
     assert_denied(&migrator, who, "SELECT * FROM profile.users").await;
-    assert_denied(&migrator, who, "UPDATE profile.users SET password_hash = 'x'").await;
+    assert_denied(
+        &migrator,
+        who,
+        "UPDATE profile.users SET password_hash = 'x'",
+    )
+    .await;
     assert_denied(&migrator, who, "ALTER TABLE profile.users ADD COLUMN x int").await;
     assert_denied(&migrator, who, "DROP TABLE profile.outbox").await;
     assert_denied(&migrator, who, "CREATE TABLE profile.planted (id int)").await;
@@ -165,19 +170,18 @@ async fn every_test_service_migrates_as_its_migration_role_and_serves_as_its_ser
         assert_eq!(user, format!("kai_{schema}"));
         // Every table of the schema (history included) belongs to its
         // migration role: the migrations ran as it.
-        let owners: Vec<String> = s
-            .db
-            .connect()
-            .await
-            .query(
-                "SELECT DISTINCT tableowner::text FROM pg_tables WHERE schemaname = $1",
-                &[&schema],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let owners: Vec<String> =
+            s.db.connect()
+                .await
+                .query(
+                    "SELECT DISTINCT tableowner::text FROM pg_tables WHERE schemaname = $1",
+                    &[&schema],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
         assert_eq!(owners, [format!("kai_{schema}_migrate")], "{schema}");
     }
 }
