@@ -88,15 +88,17 @@ async fn the_login_limiter_counts_variants_as_one_address() {
 async fn accounts_written_before_the_canonical_key_are_keyed_by_migration_and_at_start() {
     use kai_testing::{TestApp, TestDb, TestPrefix};
     let db = TestDb::create().await;
-    let mut conn = db.connect().await;
-    conn.batch_execute("CREATE SCHEMA IF NOT EXISTS profile")
-        .await
-        .unwrap();
-    // The schema of the previous release (V1–V4), and its rows.
+    let conn = db.connect().await;
+    // The schema of the previous release (V1–V4), applied as a deployment
+    // applies it (profile's migration role), and its rows.
+    let mut migrator = kai_testing::roles::Role::migration("profile")
+        .unwrap()
+        .connect(&db.url)
+        .await;
     let mut runner =
         (profile_service::MIGRATIONS.runner)().set_target(refinery::Target::Version(4));
     runner.set_migration_table_name("profile.refinery_history");
-    runner.run_async(&mut conn).await.unwrap();
+    runner.run_async(&mut migrator).await.unwrap();
     let hash = profile_service::password::hash(
         profile_service::password::Caller::Anonymous,
         PASSWORD.into(),
@@ -129,7 +131,8 @@ async fn accounts_written_before_the_canonical_key_are_keyed_by_migration_and_at
         &[],
     );
     let app = TestApp::start(profile_service::service(), settings).await;
-    // The start-up pass runs beside serving: wait for its last row.
+    // The start-up pass runs beside serving, in id (random) order: wait for
+    // every row it keys.
     let key_of = |address: &'static str| {
         let conn = &conn;
         async move {
@@ -142,8 +145,15 @@ async fn accounts_written_before_the_canonical_key_are_keyed_by_migration_and_at
             .get::<_, Option<String>>(0)
         }
     };
-    while key_of("İlker@x.tr").await.is_none() {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    for address in [
+        "Sam@Example.org",
+        "ＪＯ@example.org",
+        "STRASSE@x.de",
+        "İlker@x.tr",
+    ] {
+        while key_of(address).await.is_none() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
     assert_eq!(
         key_of("Sam@Example.org").await.as_deref(),
