@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
+use kai_shared::cache::seal::CacheKey;
 use kai_shared::cache::{Cache, Entry, Policy, Scope, entry::etag_of, keys};
 use kai_shared::metrics::Metrics;
 use kai_shared::settings::{CacheSettings, RedisSettings};
@@ -49,6 +50,9 @@ fn settings(redis: Option<&str>) -> (CacheSettings, RedisSettings) {
     let cache = CacheSettings {
         enabled: true,
         l1_max_mb: 32,
+        encryption_key: Some(CacheKey::from_bytes([7; 32])),
+        older_keys: Vec::new(),
+        key_seed: None,
     };
     let redis = RedisSettings {
         url: redis.map(|u| secrecy::SecretString::from(u.to_owned())),
@@ -85,6 +89,7 @@ fn hit_paths(c: &mut Criterion) {
     let l1 = rt.block_on(async {
         let (cache, redis) = settings(None);
         Cache::new(
+            "journal",
             &cache,
             &redis,
             &metrics,
@@ -115,6 +120,7 @@ fn hit_paths(c: &mut Criterion) {
     let l2 = rt.block_on(async {
         let (cache, redis) = settings(Some(&redis));
         Cache::new(
+            "journal",
             &cache,
             &redis,
             &Metrics::new("bench"),
