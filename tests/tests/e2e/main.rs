@@ -11,6 +11,8 @@ mod online;
 mod openapi;
 mod pool;
 mod readme;
+mod redis_acl;
+mod sealed;
 mod security;
 mod steady_state;
 mod storable;
