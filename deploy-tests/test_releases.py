@@ -47,7 +47,15 @@ MCowBQYDK2VwAyEAcz80MHnJKugETRhD/2lBo6qMFVXlEOcw2IPqTY3q27w=
 -----END PUBLIC KEY-----
 """
 # Secrets prod expects to exist already (created out of band, k8s/README.md).
-OUT_OF_BAND_SECRETS = {"kai-secrets", "kai-migrate-secrets", "kai-signing-key", "kai-llm-secrets"}
+OUT_OF_BAND_SECRETS = {
+    "kai-secrets",
+    "kai-migrate-secrets",
+    "kai-signing-key",
+    "kai-llm-secrets",
+    "kai-journal-credentials",
+    "kai-conversation-credentials",
+    "kai-profile-credentials",
+}
 
 
 def container(o: dict) -> dict:
