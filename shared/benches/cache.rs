@@ -90,16 +90,25 @@ fn hit_paths(c: &mut Criterion) {
     // (AES-256-GCM, the key name as associated data) and then decoded. The
     // stored form carries the gzip body too, as every list page does.
     let frame = stored.as_ref().clone().with_gzip().encode();
-    let key = format!("kai:{{journal:{}}}:1765000000000000:journal:list:page:1:size:20", Uuid::new_v4());
+    let key = format!(
+        "kai:{{journal:{}}}:1765000000000000:journal:list:page:1:size:20",
+        Uuid::new_v4()
+    );
     let sealer = Sealer::new(&CacheKey::from_bytes([7; 32]), &[]);
     let sealed = sealer.seal(key.as_bytes(), &frame);
-    println!("stored frame: {} bytes plain, {} sealed", frame.len(), sealed.len());
+    println!(
+        "stored frame: {} bytes plain, {} sealed",
+        frame.len(),
+        sealed.len()
+    );
     g.bench_function("l2_frame_plain_decode", |b| {
         b.iter(|| black_box(Entry::decode(Bytes::from(black_box(&frame).clone())).unwrap()))
     });
     g.bench_function("l2_frame_sealed_open_and_decode", |b| {
         b.iter(|| {
-            let opened = sealer.open(key.as_bytes(), black_box(&sealed).clone()).unwrap();
+            let opened = sealer
+                .open(key.as_bytes(), black_box(&sealed).clone())
+                .unwrap();
             black_box(Entry::decode(Bytes::from(opened)).unwrap())
         })
     });
