@@ -48,12 +48,21 @@ SERVICE_ENV = {
     "RUN_MIGRATIONS",
     "ACCESS_LOG_SAMPLE",
     "CACHE_L1_MAX_MB",
+    "CACHE_ENCRYPTION_KEY",
+    "CACHE_ENCRYPTION_KEYS",
     "REQUEST_BODY_TIMEOUT_MS",
 } | LLM_ENV
 REQUIRED_ENV = {"DATABASE_URL", "AUTH_VERIFYING_KEYS_FILE"}
 # The signing key is a file (AUTH_SIGNING_KEY_FILE names its path), mounted from
 # a Secret into profile-service only.
-SECRET_ENV = {"DATABASE_URL", "REDIS_URL", "REDIS_CLUSTER_NODES", "LLM_API_KEY"}
+SECRET_ENV = {
+    "DATABASE_URL",
+    "REDIS_URL",
+    "REDIS_CLUSTER_NODES",
+    "LLM_API_KEY",
+    "CACHE_ENCRYPTION_KEY",
+    "CACHE_ENCRYPTION_KEYS",
+}
 # Credentials the prod overlay composes DATABASE_URL / REDIS_URL from
 # (`$(DATABASE_USER)` substitution in the pod spec, k8s/overlays/prod/tls/):
 # always from a Secret (valueFrom), never read by the services themselves.

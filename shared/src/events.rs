@@ -8,8 +8,9 @@
 //!
 //! Delivery is at least once, and every handler must be idempotent:
 //! * a handled event is `XACK`ed in the group and acknowledged back to the
-//!   publisher (`SADD` of "`<group> <event id>`" to the stream's ack set, which
-//!   the publisher drains with [`Events::take_acks`] into its outbox);
+//!   publisher (`SADD` of the event id to the group's own ack set,
+//!   `…:acks:<group>` — under its Redis ACL user the only one it may write —
+//!   which the publisher drains with [`Events::take_acks`] into its outbox);
 //! * an event delivered to a replica that died before acknowledging it is claimed
 //!   by another replica after [`CLAIM_IDLE`] (`XAUTOCLAIM`);
 //! * Redis itself may lose everything (restarted without its data): the groups are
@@ -22,7 +23,7 @@
 //! trimmed on publish: anything still unacknowledged by then has been re-sent.
 //!
 //! **Redis Cluster** (`REDIS_CLUSTER_NODES`): a stream and its ack set share one
-//! hash tag (`<prefix>:{events:<stream>}` and `…:acks`), so they live on one slot
+//! hash tag (`<prefix>:{events:<stream>}` and `…:acks:<group>`), so they live on one slot
 //! and the acknowledging pipeline (`XACK` + `SADD`) goes to one node; commands are
 //! routed by that slot through a cluster connection, which follows the slot when
 //! its primary fails over. The consumer blocks in `XREADGROUP` on a cluster
@@ -173,9 +174,9 @@ impl Events {
         format!("{}:{{events:{stream}}}", self.prefix)
     }
 
-    /// The set acknowledgements travel back to the publisher in.
-    pub fn acks_key(&self, stream: &str) -> String {
-        format!("{}:{{events:{stream}}}:acks", self.prefix)
+    /// The set `group`'s acknowledgements travel back to the publisher in.
+    pub fn acks_key(&self, stream: &str, group: &str) -> String {
+        format!("{}:{{events:{stream}}}:acks:{group}", self.prefix)
     }
 
     async fn conn(&self) -> anyhow::Result<Link> {
@@ -226,24 +227,31 @@ impl Events {
         Ok(())
     }
 
-    /// Takes up to `max` acknowledgements: (group, event id) pairs.
+    /// Takes up to `max` acknowledgements of each consumer group of `stream`:
+    /// (group, event id) pairs, the group named by the set it was taken from.
     pub async fn take_acks(
         &self,
         stream: &str,
         max: usize,
     ) -> anyhow::Result<Vec<(String, String)>> {
+        let groups = self.groups(stream).await?;
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut conn = self.conn().await?;
-        let mut cmd = redis::cmd("SPOP");
-        cmd.arg(self.acks_key(stream)).arg(max);
-        let acks: Vec<String> = tokio::time::timeout(COMMAND_TIMEOUT, cmd.query_async(&mut conn))
-            .await
-            .context("SPOP timed out")??;
-        Ok(acks
+        // One pipeline: the sets share the stream's hash tag (one slot).
+        let mut pipe = redis::pipe();
+        for group in &groups {
+            pipe.cmd("SPOP").arg(self.acks_key(stream, group)).arg(max);
+        }
+        let taken: Vec<Vec<String>> =
+            tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async(&mut conn))
+                .await
+                .context("SPOP timed out")??;
+        Ok(groups
             .into_iter()
-            .filter_map(|a| {
-                a.split_once(' ')
-                    .map(|(g, id)| (g.to_owned(), id.to_owned()))
-            })
+            .zip(taken)
+            .flat_map(|(group, ids)| ids.into_iter().map(move |id| (group.clone(), id)))
             .collect())
     }
 
@@ -386,8 +394,8 @@ impl Events {
                     .ignore();
                 if mine {
                     pipe.cmd("SADD")
-                        .arg(self.acks_key(stream))
-                        .arg(format!("{group} {}", event.id))
+                        .arg(self.acks_key(stream, group))
+                        .arg(&event.id)
                         .ignore();
                 }
                 tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async::<()>(&mut conn))

@@ -32,6 +32,10 @@ pub struct Metrics {
     /// (`cache::Refresh`) — `stored` with its bump, `dropped` (another write moved
     /// the scope meanwhile), `failed` (the load failed; a plain bump instead).
     pub cache_refills: IntCounterVec,
+    /// `kai_cache_rejected_total{namespace, reason}`: Redis entries not served
+    /// because they did not open under this service's keys for their key name
+    /// (`forged`: altered or moved; `unknown_key`; `malformed`) — each a miss.
+    pub cache_rejected: IntCounterVec,
     pub db_query_duration: Histogram,
     pub db_slow_queries: IntCounter,
     /// `kai_db_batch_size{batch}`: writes per combined statement (`db::Combiner`).
@@ -92,6 +96,11 @@ impl Metrics {
             "kai_cache_errors_total",
             "Cache (Redis) errors and timeouts by namespace",
             &["namespace"],
+        );
+        let cache_rejected = counter(
+            "kai_cache_rejected_total",
+            "Redis cache entries refused (did not open under this service's keys for their key name) by namespace and reason (forged, unknown_key, malformed); each is a miss",
+            &["namespace", "reason"],
         );
         let cache_refills = counter(
             "kai_cache_refills_total",
@@ -178,6 +187,7 @@ impl Metrics {
             cache_misses,
             cache_errors,
             cache_refills,
+            cache_rejected,
             db_query_duration,
             db_slow_queries,
             db_batch_size,

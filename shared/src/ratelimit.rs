@@ -68,14 +68,19 @@ pub struct Limited {
 #[derive(Clone)]
 pub struct RateLimiter {
     redis: Option<Arc<Redis>>,
+    /// The service whose buckets these are: every key is
+    /// `<prefix>:ratelimit:<service>:<limit>:<hashed subject>` (its own keys only,
+    /// under the service's Redis ACL user).
+    service: &'static str,
     /// The fallback's limiters, by limit (its name and quota).
     local: Arc<Mutex<Limiters>>,
 }
 
 impl RateLimiter {
-    pub fn new(redis: Option<Arc<Redis>>) -> Self {
+    pub fn new(redis: Option<Arc<Redis>>, service: &'static str) -> Self {
         Self {
             redis,
+            service,
             local: Arc::default(),
         }
     }
@@ -88,11 +93,18 @@ impl RateLimiter {
             limit.name,
             hex::encode(&Sha256::digest(subject.as_bytes())[..16])
         );
-        let wait =
-            match token_bucket(self.redis.as_ref(), &key, limit.capacity, limit.per_second).await {
-                Some(wait) => wait,
-                None => self.check_local(&key, limit),
-            };
+        let wait = match token_bucket(
+            self.redis.as_ref(),
+            self.service,
+            &key,
+            limit.capacity,
+            limit.per_second,
+        )
+        .await
+        {
+            Some(wait) => wait,
+            None => self.check_local(&key, limit),
+        };
         match wait {
             None => Ok(()),
             Some(retry_after) => Err(Limited {
@@ -185,17 +197,18 @@ impl Drop for Slot {
     }
 }
 
-/// One token-bucket step in Redis: `Some(None)` allowed, `Some(Some(wait))`
+/// One token-bucket step in Redis, on `<prefix>:ratelimit:<service>:<key>`: `Some(None)` allowed, `Some(Some(wait))`
 /// refused, `None` when Redis is not configured or unavailable (the caller falls
 /// back to an in-process bucket).
 pub async fn token_bucket(
     redis: Option<&Arc<Redis>>,
+    service: &str,
     key: &str,
     capacity: u32,
     per_second: f64,
 ) -> Option<Option<Duration>> {
     let store = redis.filter(|r| r.available())?;
-    let key = format!("{}:ratelimit:{key}", store.prefix());
+    let key = format!("{}:ratelimit:{service}:{key}", store.prefix());
     let (cap, rate) = (capacity.to_string(), per_second.to_string());
     static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(TOKEN_BUCKET));
     let wait_ms: u64 = store
@@ -240,7 +253,7 @@ mod tests {
     /// once, then says when to retry (one token per `1 / per_second`).
     #[tokio::test]
     async fn the_fallback_allows_its_capacity_then_says_when_to_retry() {
-        let limiter = RateLimiter::new(None);
+        let limiter = RateLimiter::new(None, "test");
         for _ in 0..3 {
             assert!(limiter.check(&LIMIT, "sam@example.com").await.is_ok());
         }
@@ -268,7 +281,7 @@ mod tests {
             capacity: 2,
             per_second: 20.0,
         };
-        let limiter = RateLimiter::new(None);
+        let limiter = RateLimiter::new(None, "test");
         assert_eq!(limiter.check_local("k", &limit), None);
         assert_eq!(limiter.check_local("k", &limit), None);
         let wait = limiter.check_local("k", &limit).expect("empty");
@@ -293,7 +306,11 @@ mod tests {
             },
         ] {
             assert!(quota(&limit).is_none());
-            assert!(RateLimiter::new(None).check_local("k", &limit).is_some());
+            assert!(
+                RateLimiter::new(None, "test")
+                    .check_local("k", &limit)
+                    .is_some()
+            );
         }
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use clap::ArgAction;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::cache::seal::CacheKey;
 use crate::tls::CaBundle;
 
 /// A configuration error: which variable, and what is wrong with it.
@@ -223,6 +224,39 @@ pub struct CacheSettings {
         help = "in-process L1 cache bound (MiB of entries): the hot set, since L1 holds \
                 live generations only")]
     pub l1_max_mb: u64,
+    #[arg(id = "cache_encryption_key", long = "cache-encryption-key", env = "CACHE_ENCRYPTION_KEY",
+        value_parser = cache_key,
+        help = "32 bytes, base64: the service's own key for its Redis cache entries (AES-256-GCM, \
+                bound to each entry's key name; a Secret). Unset = derived from the service name \
+                and `DATABASE_URL` (rotating the database password then empties the Redis cache)")]
+    pub encryption_key: Option<CacheKey>,
+    #[arg(id = "cache_encryption_keys", long = "cache-encryption-keys", env = "CACHE_ENCRYPTION_KEYS",
+        default_value = "", value_parser = cache_key_list,
+        help = "comma-separated older keys (base64), still accepted for reading Redis cache \
+                entries during a key rotation; `CACHE_ENCRYPTION_KEY` alone seals")]
+    pub older_keys: ::std::vec::Vec<CacheKey>,
+    /// What the default key is derived from when `encryption_key` is unset: the
+    /// service's `DATABASE_URL`, set by the platform's settings check.
+    #[arg(skip)]
+    pub key_seed: Option<SecretString>,
+}
+
+impl CacheSettings {
+    /// The service's sealing key (configured, or derived — see
+    /// [`CacheKey::derived`]) and the older keys that still open entries.
+    pub fn keys(&self, service: &str) -> Result<(CacheKey, Vec<CacheKey>), ConfigError> {
+        let current = match (&self.encryption_key, &self.key_seed) {
+            (Some(key), _) => key.clone(),
+            (None, Some(seed)) => CacheKey::derived(service, seed.expose_secret().as_bytes()),
+            (None, None) => {
+                return Err(ConfigError {
+                    var: "CACHE_ENCRYPTION_KEY".into(),
+                    message: "required when Redis is configured (32 bytes, base64)".into(),
+                });
+            }
+        };
+        Ok((current, self.older_keys.clone()))
+    }
 }
 
 // ---- value parsers: each returns the message an operator reads after the name ----
@@ -332,6 +366,26 @@ fn redis_url_list(raw: &str) -> Result<Vec<SecretString>, String> {
         .map(str::trim)
         .filter(|n| !n.is_empty())
         .map(redis_url)
+        .collect()
+}
+
+/// 32 bytes in standard base64 (`openssl rand -base64 32`).
+pub fn cache_key(raw: &str) -> Result<CacheKey, String> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(raw.trim())
+        .map_err(|_| "not base64 (make one with `openssl rand -base64 32`)".to_owned())?;
+    let bytes: [u8; crate::cache::seal::KEY_LEN] = bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| format!("{} bytes; a key is 32 bytes", b.len()))?;
+    Ok(CacheKey::from_bytes(bytes))
+}
+
+fn cache_key_list(raw: &str) -> Result<Vec<CacheKey>, String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(cache_key)
         .collect()
 }
 

@@ -158,6 +158,7 @@ async fn cache_for(redis: &RedisConfig, stop: &CancellationToken) -> Cache {
     let prefix = format!("bench-{}", Uuid::new_v4().simple());
     let settings = cache_settings(&prefix, redis);
     let cache = Cache::new(
+        "journal",
         &settings.cache,
         &settings.redis,
         &Metrics::new("bench"),

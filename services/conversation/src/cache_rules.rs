@@ -37,9 +37,11 @@ pub fn user_scope(user_id: Uuid) -> Scope {
     Scope::user("conversation", user_id)
 }
 
-/// A user's cached AI replies (never invalidated by conversation writes).
+/// A user's cached AI replies (never invalidated by conversation writes). Its
+/// tag starts with the service's name, as every scope's (`conversation:ai:<user>`):
+/// the service's Redis ACL user owns `<prefix>:{conversation:*`.
 pub fn ai_scope(user_id: Uuid) -> Scope {
-    Scope::user("ai", user_id)
+    Scope::user("conversation:ai", user_id)
 }
 
 /// What every write of `user_id`'s conversations touches: their conversation

@@ -99,7 +99,10 @@ impl Settings {
     /// What one variable's parser cannot see: rules between variables, and values
     /// derived from another's. Every way of reading settings ends here.
     pub fn check(self) -> Result<Self, ConfigError> {
+        let mut cache = self.cache.clone();
+        cache.key_seed = Some(self.database.url.clone());
         Ok(Self {
+            cache,
             redis: self.redis.check()?,
             auth: self.auth.check()?,
             database: self.database.check()?,

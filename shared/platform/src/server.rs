@@ -275,6 +275,7 @@ impl Platform {
             Arc::new(move |announced: &str| auth.apply_revocation(announced))
         };
         let cache = Cache::with_redis(
+            def.name,
             &settings.cache,
             &settings.redis,
             redis.clone(),
@@ -311,7 +312,7 @@ impl Platform {
         Ok(Platform {
             health,
             service: def.name,
-            limiter: kai_shared::ratelimit::RateLimiter::new(redis.clone()),
+            limiter: kai_shared::ratelimit::RateLimiter::new(redis.clone(), def.name),
             redis,
             cursor_key: kai_http::cursor::CursorKey::from_database_url(&settings.database.url),
             settings,
@@ -337,6 +338,9 @@ fn service_metrics(def: &ServiceDef) -> anyhow::Result<Metrics> {
         metrics.cache_hits.with_label_values(&[ns]);
         metrics.cache_misses.with_label_values(&[ns]);
         metrics.cache_errors.with_label_values(&[ns]);
+        for reason in ["forged", "unknown_key", "malformed"] {
+            metrics.cache_rejected.with_label_values(&[ns, reason]);
+        }
     }
     Ok(metrics)
 }

@@ -1,6 +1,6 @@
-//! Cross-replica invalidation: every replica subscribes to the service's
-//! invalidation channel and forgets a scope's remembered generation when another
-//! replica announces a newer one (the `BUMP` script publishes it in the same round
+//! Cross-replica invalidation: every replica subscribes to its service's own
+//! invalidation channel (`<prefix>:invalidations:<service>`) and forgets a
+//! scope's remembered generation when another replica announces a newer one (the `BUMP` script publishes it in the same round
 //! trip that sets it).
 //!
 //! The subscription is what makes remembered generations — and so L1 hits —
@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::clock::mono_micros;
 use super::generations::Generations;
-use super::keys::{self, Scope};
+use super::keys::Scope;
 use crate::redis::{Redis, revocation};
 
 /// How often the subscriber proves its connection hears Redis. Well inside the
@@ -56,7 +56,7 @@ pub struct Listeners {
 pub async fn subscribe(
     nodes: Vec<redis::Client>,
     redis: Arc<Redis>,
-    prefix: String,
+    channel: String,
     timeout: Duration,
     listeners: Listeners,
     stop: CancellationToken,
@@ -69,7 +69,7 @@ pub async fn subscribe(
         let mut established = false;
         let outcome = tokio::select! {
             _ = stop.cancelled() => return,
-            outcome = listen(client, &redis, &prefix, timeout, &listeners, &mut established) => outcome,
+            outcome = listen(client, &redis, &channel, timeout, &listeners, &mut established) => outcome,
         };
         generations.set_subscribed(false);
         if established {
@@ -95,7 +95,7 @@ pub async fn subscribe(
 async fn listen(
     client: &redis::Client,
     redis: &Redis,
-    prefix: &str,
+    invalidations: &str,
     timeout: Duration,
     listeners: &Listeners,
     established: &mut bool,
@@ -105,13 +105,12 @@ async fn listen(
         on_revoked,
         subscriptions,
     } = listeners;
-    let invalidations = keys::invalidation_channel(prefix);
-    let revocations = revocation::channel(prefix);
+    let revocations = revocation::channel(redis.prefix());
     let patience = timeout.max(Duration::from_millis(500));
     let (mut sink, mut stream) = tokio::time::timeout(patience, client.get_async_pubsub())
         .await??
         .split();
-    tokio::time::timeout(patience, sink.subscribe(&[&invalidations, &revocations])).await??;
+    tokio::time::timeout(patience, sink.subscribe(&[invalidations, &revocations])).await??;
     // Subscribed: from here on we hear every announcement. Generations remembered
     // before are dropped (messages may have been missed).
     generations.set_subscribed(true);

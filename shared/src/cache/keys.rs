@@ -116,9 +116,17 @@ pub fn entry_key(prefix: &str, scope: &Scope, generation: u64, logical: &str) ->
     key
 }
 
-/// The pub/sub channel on which generations are announced.
-pub fn invalidation_channel(prefix: &str) -> String {
-    format!("{prefix}:invalidations")
+/// The pub/sub channel on which `service`'s generations are announced (one per
+/// service: its replicas alone hear it, and under the service's Redis ACL user
+/// it is the one channel it may publish on).
+pub fn invalidation_channel(prefix: &str, service: &str) -> String {
+    format!("{prefix}:invalidations:{service}")
+}
+
+/// The pattern every generation counter of `service` matches (its scopes'
+/// tags start with its name).
+pub fn generation_pattern(prefix: &str, service: &str) -> String {
+    format!("{prefix}:{{{service}:*}}:gen")
 }
 
 /// Redis Cluster's slot of a key (CRC16/XMODEM of the hash tag, mod 16384).

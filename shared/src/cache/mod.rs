@@ -49,6 +49,7 @@ mod invalidation;
 pub mod keys;
 mod local;
 mod redis;
+pub mod seal;
 mod singleflight;
 mod write;
 
@@ -251,6 +252,7 @@ impl Cache {
     /// Builds the cache, on the Redis the settings name (if any); see
     /// [`Cache::with_redis`].
     pub fn new(
+        service: &str,
         settings: &CacheSettings,
         redis_settings: &RedisSettings,
         metrics: &Metrics,
@@ -258,13 +260,24 @@ impl Cache {
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         let redis = Redis::from_settings(redis_settings, metrics)?;
-        Self::with_redis(settings, redis_settings, redis, metrics, on_revoked, stop)
+        Self::with_redis(
+            service,
+            settings,
+            redis_settings,
+            redis,
+            metrics,
+            on_revoked,
+            stop,
+        )
     }
 
-    /// Builds the cache on `redis` (none: L1 only); with Redis, starts the
-    /// invalidation subscriber (stopped by `stop`), which also hears revocations
-    /// (`on_revoked`). Must run inside a Tokio runtime.
+    /// Builds `service`'s cache on `redis` (none: L1 only); with Redis, starts the
+    /// invalidation subscriber (stopped by `stop`) on the service's own channel,
+    /// which also hears revocations (`on_revoked`), and seals what it stores
+    /// under the service's key ([`CacheSettings::keys`]). Must run inside a
+    /// Tokio runtime.
     pub fn with_redis(
+        service: &str,
         settings: &CacheSettings,
         redis_settings: &RedisSettings,
         redis: Option<Arc<Redis>>,
@@ -279,12 +292,18 @@ impl Cache {
             Some(redis) => {
                 let nodes = crate::redis::link::subscriber_nodes(redis_settings)
                     .map_err(anyhow::Error::msg)?;
+                let (key, older) = settings.keys(service)?;
                 let generations = Arc::new(Generations::shared(l1.clone()));
-                let l2 = L2::new(redis.clone(), generations.clone());
+                let l2 = L2::new(
+                    redis.clone(),
+                    generations.clone(),
+                    service,
+                    seal::Sealer::new(&key, &older),
+                );
                 tokio::spawn(invalidation::subscribe(
                     nodes,
                     redis,
-                    prefix.clone(),
+                    l2.channel(),
                     redis_settings.timeout,
                     invalidation::Listeners {
                         generations: generations.clone(),
@@ -478,7 +497,7 @@ impl Cache {
                 }
             };
             if let Some(entry) = raw
-                .and_then(Entry::decode)
+                .and_then(|raw| self.open(l2, policy, &key, raw))
                 .filter(|e| e.expires_at_ms > now_millis())
             {
                 let entry = Arc::new(entry);
@@ -775,7 +794,7 @@ impl Cache {
         let entry = Arc::new(entry);
         if let Some(l2) = &self.inner.l2 {
             let ttl = Duration::from_millis(entry.expires_at_ms.saturating_sub(now_millis()));
-            if let Err(e) = l2.set(&key, &entry.encode(), ttl).await {
+            if let Err(e) = l2.set(&key, &l2.seal(&key, &entry), ttl).await {
                 self.count_error(policy, &e);
             }
         }
@@ -825,6 +844,30 @@ impl Cache {
             .cache_refills
             .with_label_values(&[policy.namespace, outcome])
             .inc();
+    }
+
+    /// The entry Redis holds under `key`, opened ([`seal`]) — or, if it does not
+    /// open under this service's keys for that key name, nothing (a miss),
+    /// counted in `kai_cache_rejected_total`.
+    fn open(&self, l2: &L2, policy: &Policy, key: &str, raw: Bytes) -> Option<Entry> {
+        match l2.open(key, raw) {
+            Ok(entry) => Some(entry),
+            Err(rejected) => {
+                // DEBUG: an entry sealed under a rotated-out key is expected
+                // after a rotation; the counter is what an alert watches.
+                tracing::debug!(
+                    namespace = policy.namespace,
+                    reason = rejected.reason(),
+                    "cache entry in Redis refused; treated as a miss"
+                );
+                self.inner
+                    .metrics
+                    .cache_rejected
+                    .with_label_values(&[policy.namespace, rejected.reason()])
+                    .inc();
+                None
+            }
+        }
     }
 
     fn count_error(&self, policy: &Policy, e: &Failure) {

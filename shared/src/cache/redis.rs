@@ -10,13 +10,19 @@ use std::time::Duration;
 
 use redis::Script;
 
+use super::entry::Entry;
 use super::generations::Generations;
 use super::keys::{self, Scope};
+use super::seal::{Rejected, Sealer};
 use crate::redis::{Command, Failure, Hooks, Redis};
 
 /// At most this many scopes are remembered for replay; beyond it, recovery drops
 /// every generation counter of this service instead (re-seeded from the clock).
 const MAX_PENDING: usize = 50_000;
+/// A refill proposes a generation this far behind this host's clock, so a
+/// server clock up to this much behind still accepts it (behind the clock is
+/// safe: generations re-seeded from the clock later are still above it).
+const PROPOSAL_SKEW_MICROS: u64 = 1_000_000;
 /// Generation counters outlive every entry (the longest TTL is 24 h).
 const GENERATION_TTL_SECS: u64 = 7 * 24 * 3600;
 
@@ -38,25 +44,33 @@ return {g, redis.call('GET', ARGV[1] .. g .. ARGV[2])}
 
 /// Moves a scope to a new generation, above both the old one and the server clock,
 /// and announces it to every replica. With a refill (ARGV[4]: the generation its
-/// entries were loaded under; ARGV[5]: the entry key head; then key tail, value,
-/// milliseconds to live, for each entry) the entries are stored under the new
-/// generation — only if the scope was still at the refill's generation, so no
-/// other write moved it while they were loaded. Returns the new generation and
-/// whether the entries were stored.
+/// entries were loaded under; ARGV[5]: the entry key head; ARGV[6]: the new
+/// generation the entries were sealed for; then key tail, value, milliseconds to
+/// live, for each entry) the entries are stored under the new generation — only
+/// if the scope was still at the refill's generation, so no other write moved it
+/// while they were loaded, and only if the proposed generation is one a plain
+/// bump could have made (above the old one, not above the server clock unless by
+/// the old one's successor): entries are sealed for their full key, generation
+/// included ([`super::seal`]), so the generation is chosen before the script
+/// runs. Returns the new generation and whether the entries were stored.
 const BUMP: &str = r"
 local raw = redis.call('GET', KEYS[1])
 local cur = tonumber(raw or '0')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local nxt = string.format('%.0f', math.max(cur + 1, now))
-redis.call('SET', KEYS[1], nxt, 'EX', ARGV[3])
 local stored = 0
-if #ARGV > 5 and raw == ARGV[4] then
-  for i = 6, #ARGV, 3 do
-    redis.call('SET', ARGV[5] .. nxt .. ARGV[i], ARGV[i + 1], 'PX', ARGV[i + 2])
+if #ARGV > 6 and raw == ARGV[4] then
+  local proposed = tonumber(ARGV[6])
+  if proposed > cur and proposed <= math.max(cur + 1, now) then
+    nxt = ARGV[6]
+    for i = 7, #ARGV, 3 do
+      redis.call('SET', ARGV[5] .. nxt .. ARGV[i], ARGV[i + 1], 'PX', ARGV[i + 2])
+    end
+    stored = 1
   end
-  stored = 1
 end
+redis.call('SET', KEYS[1], nxt, 'EX', ARGV[3])
 redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. nxt)
 return {nxt, stored}
 ";
@@ -71,6 +85,11 @@ pub struct Refill<'a> {
 
 pub struct L2 {
     redis: Arc<Redis>,
+    /// The service whose cache this is: its invalidation channel and the
+    /// counters a recovery may drop are its own.
+    service: String,
+    /// Seals what is stored, opens what is read ([`super::seal`]).
+    sealer: Sealer,
     pending: Mutex<HashSet<Scope>>,
     overflowed: AtomicBool,
     generation_and_get: Script,
@@ -82,9 +101,16 @@ impl L2 {
     /// forgotten (this replica's own invalidations may not reach Redis from now
     /// on; trust itself follows the heartbeat); before it closes, pending
     /// invalidations are replayed.
-    pub fn new(redis: Arc<Redis>, generations: Arc<Generations>) -> Arc<Self> {
+    pub fn new(
+        redis: Arc<Redis>,
+        generations: Arc<Generations>,
+        service: &str,
+        sealer: Sealer,
+    ) -> Arc<Self> {
         let l2 = Arc::new(Self {
             redis: redis.clone(),
+            service: service.to_owned(),
+            sealer,
             pending: Mutex::default(),
             overflowed: AtomicBool::new(false),
             generation_and_get: Script::new(GENERATION_AND_GET),
@@ -131,7 +157,7 @@ impl L2 {
             let gen_key = keys::generation_key(self.redis.prefix(), scope);
             let mut inv = self.bump.prepare_invoke();
             inv.key(&gen_key)
-                .arg(keys::invalidation_channel(self.redis.prefix()))
+                .arg(self.channel())
                 .arg(scope.tag())
                 .arg(GENERATION_TTL_SECS);
             tokio::time::timeout(
@@ -146,13 +172,30 @@ impl L2 {
             // Too many scopes to remember: drop every generation of this service
             // (recovery only, never on a request path). Re-seeded counters start at
             // the clock, above every generation handed out before.
-            let pattern = format!("{}:{{*}}:gen", self.redis.prefix());
+            let pattern = keys::generation_pattern(self.redis.prefix(), &self.service);
             // Every primary of a cluster: the counters are spread over all slots.
             conn.inner
                 .unlink_matching(&pattern, self.redis.timeout() * 10)
                 .await?;
         }
         Ok(scopes.len())
+    }
+
+    /// This service's invalidation channel.
+    pub fn channel(&self) -> String {
+        keys::invalidation_channel(self.redis.prefix(), &self.service)
+    }
+
+    /// `entry` sealed for storage under `key` (its full Redis key).
+    pub fn seal(&self, key: &str, entry: &Entry) -> Vec<u8> {
+        self.sealer.seal(key.as_bytes(), &entry.encode())
+    }
+
+    /// The entry stored under `key`, if it opens under this service's keys for
+    /// exactly that key name and decodes.
+    pub fn open(&self, key: &str, raw: bytes::Bytes) -> Result<Entry, Rejected> {
+        let frame = self.sealer.open(key.as_bytes(), Vec::from(raw))?;
+        Entry::decode(bytes::Bytes::from(frame)).ok_or(Rejected::Malformed)
     }
 
     /// The scope's generation and, if `logical` is given, the entry under it.
@@ -211,9 +254,9 @@ impl L2 {
     ) -> Result<(u64, bool), Failure> {
         let prefix = self.redis.prefix();
         let gen_key = keys::generation_key(prefix, scope);
-        let channel = keys::invalidation_channel(prefix);
+        let channel = self.channel();
         let ttl = GENERATION_TTL_SECS.to_string();
-        // The refill's arguments (owned: the entries are encoded here), after the
+        // The refill's arguments (owned: the entries are sealed here), after the
         // three every bump passes.
         let mut refill_args: Vec<Vec<u8>> = Vec::new();
         if let Some(refill) = refill {
@@ -224,11 +267,18 @@ impl L2 {
                 .filter(|(_, e)| e.expires_at_ms > now_ms)
                 .collect();
             if !live.is_empty() {
+                // The generation the entries are sealed for: the refill's
+                // successor, or this host's clock (µs) less a second of skew —
+                // at most what the script itself would pick, or it stores nothing.
+                let proposed = (refill.generation + 1)
+                    .max(super::clock::now_micros().saturating_sub(PROPOSAL_SKEW_MICROS));
                 refill_args.push(refill.generation.to_string().into_bytes());
                 refill_args.push(keys::entry_key_head(prefix, scope).into_bytes());
+                refill_args.push(proposed.to_string().into_bytes());
                 for (logical, entry) in live {
                     refill_args.push(format!(":{logical}").into_bytes());
-                    refill_args.push(entry.encode());
+                    let key = keys::entry_key(prefix, scope, proposed, logical);
+                    refill_args.push(self.seal(&key, entry));
                     refill_args.push((entry.expires_at_ms - now_ms).to_string().into_bytes());
                 }
             }

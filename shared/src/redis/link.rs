@@ -12,8 +12,14 @@
 
 use crate::tls::CaBundle;
 
-/// A client for one Redis node.
+/// A client for one Redis node. It sends no `CLIENT SETINFO` on connecting:
+/// the services' Redis ACL users (`docker/redis/users.acl`) are not granted it
+/// (it does not exist before Redis 7.2, where the file must load too), so each
+/// connection would leave a denial in `ACL LOG`.
 pub fn client(url: &str, ca: Option<&CaBundle>) -> Result<redis::Client, String> {
+    let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| e.to_string())?;
+    let settings = info.redis_settings().clone().set_skip_set_lib_name();
+    let url = info.set_redis_settings(settings);
     match ca {
         None => redis::Client::open(url).map_err(|e| e.to_string()),
         Some(ca) => {

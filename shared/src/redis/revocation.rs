@@ -37,32 +37,39 @@ pub async fn revoke(store: &Arc<Redis>, session_id: &str, expires_at: i64) -> Re
         .arg(session_id);
     let mut publish = redis::cmd("PUBLISH");
     publish.arg(channel(store.prefix())).arg(session_id);
+    // Expired revocations are dropped here, by the writer (readers only read:
+    // their Redis ACL users may not write the set).
+    let mut expired = redis::cmd("ZREMRANGEBYSCORE");
+    expired
+        .arg(key(store.prefix()))
+        .arg("-inf")
+        .arg(chrono::Utc::now().timestamp());
     if store.target().is_cluster() {
         // A cluster routes PUBLISH by its channel's slot, which is not the
         // set's: two commands (stored first, so a replica subscribing between
         // them still reads it), each routed on its own.
         store.run::<()>(Command::Plain(zadd)).await?;
+        store.run::<()>(Command::Plain(expired)).await?;
         return store.run::<()>(Command::Plain(publish)).await;
     }
     let mut pipe = redis::pipe();
     pipe.add_command(zadd).ignore();
+    pipe.add_command(expired).ignore();
     pipe.add_command(publish).ignore();
     store.run(Command::Pipeline(pipe)).await
 }
 
-/// Drops expired revocations and returns the live ones (the subscriber reads
-/// them once subscribed). Routed by key, so it works on a cluster too; does
-/// not touch the circuit (the subscriber retries on its own).
+/// The live revocations (the subscriber reads them once subscribed): a read
+/// only (`ZRANGE … BYSCORE`, unexpired ones), which every service's Redis ACL
+/// user may do. Routed by key, so it works on a cluster too; does not touch the
+/// circuit (the subscriber retries on its own).
 pub async fn revoked_sessions(store: &Redis, patience: Duration) -> Result<Vec<String>, Failure> {
-    let key = key(store.prefix());
     let now = chrono::Utc::now().timestamp();
-    let mut pipe = redis::pipe();
-    pipe.cmd("ZREMRANGEBYSCORE")
-        .arg(&key)
-        .arg("-inf")
-        .arg(now)
-        .ignore();
-    pipe.cmd("ZRANGE").arg(&key).arg(0).arg(-1);
-    let (revoked,): (Vec<String>,) = store.run_quietly(patience, Command::Pipeline(pipe)).await?;
-    Ok(revoked)
+    let mut range = redis::cmd("ZRANGE");
+    range
+        .arg(key(store.prefix()))
+        .arg(format!("({now}"))
+        .arg("+inf")
+        .arg("BYSCORE");
+    store.run_quietly(patience, Command::Plain(range)).await
 }

@@ -16,6 +16,7 @@ pub mod http;
 pub mod net;
 pub mod postgres;
 pub mod process;
+pub mod redis_acl;
 pub mod redis_server;
 pub mod roles;
 pub mod tls;

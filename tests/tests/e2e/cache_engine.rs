@@ -59,6 +59,7 @@ async fn replica_with(redis: Option<&str>, prefix: &str, timeout_ms: &str) -> Re
     let metrics = Metrics::new("test");
     let settings = settings(redis, prefix, timeout_ms);
     let cache = Cache::new(
+        "journal",
         &settings.cache,
         &settings.redis,
         &metrics,

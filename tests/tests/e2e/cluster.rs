@@ -55,6 +55,7 @@ async fn replica(cluster: &PrivateCluster, prefix: &str, timeout_ms: &str) -> Re
         ],
     );
     let cache = Cache::new(
+        "journal",
         &settings.cache,
         &settings.redis,
         &Metrics::new("test"),
@@ -317,12 +318,12 @@ async fn the_cache_guarantees_hold_on_a_redis_cluster() {
     // The login rate limiter: one bucket in the cluster, shared by the replicas.
     for _ in 0..3 {
         assert_eq!(
-            token_bucket(a.cache.redis().as_ref(), "login:sam", 3, 0.01).await,
+            token_bucket(a.cache.redis().as_ref(), "profile", "login:sam", 3, 0.01).await,
             Some(None)
         );
     }
     assert!(matches!(
-        token_bucket(b.cache.redis().as_ref(), "login:sam", 3, 0.01).await,
+        token_bucket(b.cache.redis().as_ref(), "profile", "login:sam", 3, 0.01).await,
         Some(Some(_))
     ));
 }

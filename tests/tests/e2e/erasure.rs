@@ -31,9 +31,22 @@ struct Stack {
     profile: Option<TestApp>,
     journal: Vec<TestApp>,
     conversation: Option<TestApp>,
+    /// Each service connects as its own user of the shipped ACL file.
+    acl: bool,
 }
 
 impl Stack {
+    /// The settings of `service` (connecting as `kai-<service>` under `acl`).
+    fn settings_of(&self, service: &str) -> kai_platform::config::Settings {
+        match &self.redis {
+            Redis::Node(r) if self.acl => {
+                let url = testing::redis_acl::url_as(&r.url(), &format!("kai-{service}"));
+                testing::settings(&self.db.url, Some(&url), &self.prefix, &[])
+            }
+            _ => self.settings(),
+        }
+    }
+
     fn settings(&self) -> kai_platform::config::Settings {
         match &self.redis {
             Redis::Node(r) => testing::settings(&self.db.url, Some(&r.url()), &self.prefix, &[]),
@@ -51,8 +64,20 @@ impl Stack {
     }
 
     async fn start_on(redis: Redis) -> Self {
+        Self::start_as(redis, false).await
+    }
+
+    /// With `acl`, the shipped ACL file's users are created (for this test's
+    /// prefix) and each service connects as its own.
+    async fn start_as(redis: Redis, acl: bool) -> Self {
         let db = TestDb::create().await;
         let prefix = format!("kai-test-{}", Uuid::new_v4().simple());
+        if acl {
+            let Redis::Node(node) = &redis else {
+                panic!("ACL users on one redis-server")
+            };
+            testing::redis_acl::apply(&mut node.connection(), &prefix);
+        }
         let mut me = Self {
             db,
             redis,
@@ -60,8 +85,10 @@ impl Stack {
             profile: None,
             journal: Vec::new(),
             conversation: None,
+            acl,
         };
-        me.profile = Some(TestApp::start(profile_service::service(), me.settings()).await);
+        me.profile =
+            Some(TestApp::start(profile_service::service(), me.settings_of("profile")).await);
         me.start_journal_and_conversation().await;
         me
     }
@@ -106,14 +133,15 @@ impl Stack {
 
     async fn start_journal_and_conversation(&mut self) {
         for _ in 0..2 {
-            self.journal
-                .push(TestApp::start(journal_service::service(), self.settings()).await);
+            self.journal.push(
+                TestApp::start(journal_service::service(), self.settings_of("journal")).await,
+            );
         }
         self.start_conversation().await;
     }
 
     async fn start_conversation(&mut self) {
-        let s = self.settings();
+        let s = self.settings_of("conversation");
         self.conversation = Some(
             TestApp::start(
                 conversation_service::service(&testing::service_settings(&[])),
@@ -451,6 +479,56 @@ async fn deleting_an_account_erases_it_from_every_service_and_cache() {
     refused_everywhere_within_a_second(&s, &p, started).await;
     purged_within_thirty_seconds(&s, &p, &bystander, started, true).await;
     purged_once_per_service(&s).await;
+}
+
+/// The whole story of [`deleting_an_account_erases_it_from_every_service_and_cache`]
+/// — registration, login, every service's writes and cached reads (L2 hits on
+/// a second journal replica, an invalidation heard across the two), a profile
+/// change, the deletion's revocation and erasure through the stream and its
+/// acknowledgements — with each service connected as its own user of the
+/// shipped ACL file (`docker/redis/users.acl`): Redis refused nothing
+/// (`ACL LOG` is empty).
+#[tokio::test]
+async fn every_service_runs_under_its_own_redis_acl_user_with_no_denial() {
+    let s = Stack::start_as(Redis::Node(PrivateRedis::start()), true).await;
+    let bystander = person(&s, "stays@example.org").await;
+    let p = person(&s, "leaves@example.org").await;
+    // A write on one journal replica is seen by the other (its invalidation
+    // channel), which answered the list from its memory before.
+    let (_, _, before) = s.journal[1].read(&p.token, "/api/journal/entries").await;
+    let (status, _) = call(
+        &s.journal[0],
+        Method::POST,
+        "/api/journal/entries",
+        Some(&p.token),
+        Some(json!({"content": "one more"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    loop {
+        let (_, _, after) = s.journal[1].read(&p.token, "/api/journal/entries").await;
+        if after["total"] == before["total"].as_i64().unwrap() + 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // An L2 hit on the second replica (its memory emptied first): the sealed
+    // entry it stored on its last miss opens.
+    s.journal[1].platform.cache.clear_l1();
+    let (status, cache, _) = s.journal[1].read(&p.token, "/api/journal/entries").await;
+    assert_eq!((status, cache.as_str()), (200, "HIT"));
+
+    delete_account(&s, &p).await;
+    let started = Instant::now();
+    refused_everywhere_within_a_second(&s, &p, started).await;
+    purged_within_thirty_seconds(&s, &p, &bystander, started, true).await;
+    purged_once_per_service(&s).await;
+
+    let log: Vec<redis::Value> = redis::cmd("ACL")
+        .arg("LOG")
+        .query(&mut s.node().connection())
+        .unwrap();
+    assert!(log.is_empty(), "Redis refused a service: {log:?}");
 }
 
 #[tokio::test]

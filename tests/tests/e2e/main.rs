@@ -12,6 +12,8 @@ mod openapi;
 mod pool;
 mod readme;
 mod roles;
+mod redis_acl;
+mod sealed;
 mod security;
 mod steady_state;
 mod storable;
