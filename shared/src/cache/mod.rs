@@ -61,7 +61,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 pub use entry::Entry;
-pub use invalidation::OnRevoked;
+pub use invalidation::{OnLoaded, OnRevoked};
 pub use keys::Scope;
 pub use write::{Hot, Refresh, Written};
 
@@ -258,18 +258,26 @@ impl Cache {
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         let redis = Redis::from_settings(redis_settings, metrics)?;
-        Self::with_redis(settings, redis_settings, redis, metrics, on_revoked, stop)
+        Self::with_redis(
+            settings,
+            redis_settings,
+            redis,
+            metrics,
+            (on_revoked, None),
+            stop,
+        )
     }
 
     /// Builds the cache on `redis` (none: L1 only); with Redis, starts the
     /// invalidation subscriber (stopped by `stop`), which also hears revocations
-    /// (`on_revoked`). Must run inside a Tokio runtime.
+    /// (`on_revoked`, and the revoked set each time it is read: `on_loaded`).
+    /// Must run inside a Tokio runtime.
     pub fn with_redis(
         settings: &CacheSettings,
         redis_settings: &RedisSettings,
         redis: Option<Arc<Redis>>,
         metrics: &Metrics,
-        on_revoked: OnRevoked,
+        (on_revoked, on_loaded): (OnRevoked, Option<OnLoaded>),
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         let prefix = redis_settings.prefix.clone();
@@ -289,6 +297,7 @@ impl Cache {
                     invalidation::Listeners {
                         generations: generations.clone(),
                         on_revoked,
+                        on_loaded,
                         subscriptions: metrics.cache_subscriptions.clone(),
                     },
                     stop,
