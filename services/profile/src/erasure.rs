@@ -77,7 +77,7 @@ pub const INSERT_EVENT: &str = "INSERT INTO profile.outbox (id, topic, payload, 
 /// The erasure as a user-wide revocation, kept until the tokens issued before
 /// it have expired (`$3` seconds from now).
 pub const INSERT_ERASED: &str = "INSERT INTO profile.erased_accounts (user_id, erased_at, tokens_expire_at)
-     VALUES ($1, $2, $2 + make_interval(secs => $3))
+     VALUES ($1, now(), now() + make_interval(secs => $2))
      ON CONFLICT (user_id) DO NOTHING";
 
 /// Rows awaiting a service that is no participant (learned from the stream's
@@ -110,14 +110,9 @@ pub const DELETE_DONE: &str =
 static WAKE: LazyLock<Notify> = LazyLock::new(Notify::new);
 
 /// Deletes the user (profile and sessions cascade) and records the erasure event
-/// and the erasure as a revocation (`erased_at`, kept `token_ttl` — plus a
-/// minute — after it), in one transaction; false when there was no such user.
-pub async fn delete_account(
-    db: &Db,
-    user_id: Uuid,
-    erased_at: chrono::DateTime<chrono::Utc>,
-    token_ttl: Duration,
-) -> Result<bool, DbError> {
+/// and the erasure as a revocation (kept `token_ttl` — plus a minute — after
+/// it), in one transaction; false when there was no such user.
+pub async fn delete_account(db: &Db, user_id: Uuid, token_ttl: Duration) -> Result<bool, DbError> {
     let mut conn = db.conn().await?;
     let tx = conn.transaction().await?;
     if db.execute(&tx, DELETE_USER, &[&user_id]).await? == 0 {
@@ -131,7 +126,7 @@ pub async fn delete_account(
     )
     .await?;
     let keep_secs = (token_ttl.as_secs() + 60) as f64;
-    db.execute(&tx, INSERT_ERASED, &[&user_id, &erased_at, &keep_secs])
+    db.execute(&tx, INSERT_ERASED, &[&user_id, &keep_secs])
         .await?;
     tx.commit().await?;
     Ok(true)
