@@ -76,7 +76,8 @@ pub const INSERT_EVENT: &str = "INSERT INTO profile.outbox (id, topic, payload, 
 
 /// The erasure as a user-wide revocation, kept until the tokens issued before
 /// it have expired (`$3` seconds from now).
-pub const INSERT_ERASED: &str = "INSERT INTO profile.erased_accounts (user_id, erased_at, tokens_expire_at)
+pub const INSERT_ERASED: &str =
+    "INSERT INTO profile.erased_accounts (user_id, erased_at, tokens_expire_at)
      VALUES ($1, now(), now() + make_interval(secs => $2))
      ON CONFLICT (user_id) DO NOTHING";
 
@@ -122,7 +123,12 @@ pub async fn delete_account(db: &Db, user_id: Uuid, token_ttl: Duration) -> Resu
     db.execute(
         &tx,
         INSERT_EVENT,
-        &[&Uuid::now_v7(), &STREAM, &user_id.to_string(), &participants],
+        &[
+            &Uuid::now_v7(),
+            &STREAM,
+            &user_id.to_string(),
+            &participants,
+        ],
     )
     .await?;
     let keep_secs = (token_ttl.as_secs() + 60) as f64;
@@ -223,7 +229,11 @@ async fn relay(p: web::Data<Platform>, events: Events, stop: CancellationToken) 
 async fn prune_non_participants(p: &Platform) -> Result<(), DbError> {
     let participants: Vec<String> = PARTICIPANTS.iter().map(|p| (*p).to_owned()).collect();
     let conn = p.db.conn().await?;
-    if p.db.execute(&conn, PRUNE_AWAITING, &[&participants]).await? > 0 {
+    if p.db
+        .execute(&conn, PRUNE_AWAITING, &[&participants])
+        .await?
+        > 0
+    {
         p.db.execute(&conn, DELETE_ALL_DONE, &[]).await?;
     }
     Ok(())
@@ -268,7 +278,9 @@ async fn relay_once(p: &Platform, events: &Events) -> anyhow::Result<()> {
             p.revoke_user_sessions(user_id, None).await;
         }
         let signed = signed_event(p, id, &payload)?;
-        events.publish(&topic, &id.to_string(), &signed, &awaiting).await?;
+        events
+            .publish(&topic, &id.to_string(), &signed, &awaiting)
+            .await?;
         db.execute(&tx, MARK_SENT, &[&id]).await?;
     }
     tx.commit().await?;

@@ -181,7 +181,10 @@ fn revocation_listeners(
     auth: &Arc<Authenticator>,
     metrics: &Metrics,
     relies: bool,
-) -> (kai_shared::cache::OnRevoked, Option<kai_shared::cache::OnLoaded>) {
+) -> (
+    kai_shared::cache::OnRevoked,
+    Option<kai_shared::cache::OnLoaded>,
+) {
     use kai_http::auth::control::Kind;
     let rejected = metrics.events_rejected.with_label_values(&["revocations"]);
     let on_revoked = {

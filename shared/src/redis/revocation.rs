@@ -76,7 +76,10 @@ pub async fn markers(store: &Redis) -> Result<Vec<String>, Failure> {
     let mut cmd = redis::cmd("ZRANGEBYSCORE");
     cmd.arg(key(store.prefix())).arg("+inf").arg("+inf");
     store
-        .run_quietly(store.timeout().max(Duration::from_millis(500)), Command::Plain(cmd))
+        .run_quietly(
+            store.timeout().max(Duration::from_millis(500)),
+            Command::Plain(cmd),
+        )
         .await
 }
 
@@ -84,16 +87,25 @@ pub async fn markers(store: &Redis) -> Result<Vec<String>, Failure> {
 pub async fn trim(store: &Redis) -> Result<(), Failure> {
     let now = chrono::Utc::now().timestamp();
     let mut cmd = redis::cmd("ZREMRANGEBYSCORE");
-    cmd.arg(key(store.prefix())).arg("-inf").arg(format!("({now}"));
+    cmd.arg(key(store.prefix()))
+        .arg("-inf")
+        .arg(format!("({now}"));
     store
-        .run_quietly(store.timeout().max(Duration::from_millis(500)), Command::Plain(cmd))
+        .run_quietly(
+            store.timeout().max(Duration::from_millis(500)),
+            Command::Plain(cmd),
+        )
         .await
 }
 
 /// Re-writes the set: every `(expires_at, signed revocation)` of `members`,
 /// then — last, once they are all in — `marker` at `+inf`, replacing any
 /// marker there was (a forged one included).
-pub async fn restore(store: &Redis, members: &[(i64, String)], marker: &str) -> Result<(), Failure> {
+pub async fn restore(
+    store: &Redis,
+    members: &[(i64, String)],
+    marker: &str,
+) -> Result<(), Failure> {
     let key = key(store.prefix());
     let patience = store.timeout().max(Duration::from_secs(2));
     for chunk in members.chunks(RESTORE_CHUNK) {
@@ -102,7 +114,9 @@ pub async fn restore(store: &Redis, members: &[(i64, String)], marker: &str) -> 
         for (score, member) in chunk {
             cmd.arg(*score).arg(member);
         }
-        store.run_quietly::<()>(patience, Command::Plain(cmd)).await?;
+        store
+            .run_quietly::<()>(patience, Command::Plain(cmd))
+            .await?;
     }
     let mut pipe = redis::pipe();
     pipe.atomic()

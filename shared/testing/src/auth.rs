@@ -81,7 +81,8 @@ pub async fn mark_revocations_complete(settings: &kai_platform::config::Settings
     use kai_http::auth::control::Kind;
     use kai_shared::redis::{Redis, revocation};
     let metrics = kai_shared::metrics::Metrics::new("kai-testing");
-    let Some(store) = Redis::from_settings(&settings.redis, &metrics).expect("Redis settings") else {
+    let Some(store) = Redis::from_settings(&settings.redis, &metrics).expect("Redis settings")
+    else {
         return;
     };
     let auth = test_authenticator();

@@ -127,12 +127,10 @@ pub(super) fn verify(
         .and_then(|kid| keys.get(kid))
         .ok_or(Refused::UnknownKey)?;
     let data =
-        jsonwebtoken::decode::<Claims>(message, key, validation).map_err(|e| {
-            match e.kind() {
-                K::InvalidSignature => Refused::BadSignature,
-                K::InvalidAudience | K::InvalidIssuer => Refused::WrongAudience,
-                _ => Refused::Malformed,
-            }
+        jsonwebtoken::decode::<Claims>(message, key, validation).map_err(|e| match e.kind() {
+            K::InvalidSignature => Refused::BadSignature,
+            K::InvalidAudience | K::InvalidIssuer => Refused::WrongAudience,
+            _ => Refused::Malformed,
         })?;
     let claims = data.claims;
     let kind = Kind::parse(&claims.kind).ok_or(Refused::WrongKind)?;
