@@ -75,8 +75,9 @@ pub fn token(user_id: Uuid) -> String {
 
 /// Marks the revoked set of `settings`' Redis complete, as profile-service does
 /// once it has written it from PostgreSQL: its signed marker (test key), unless
-/// a marker that verifies is already there. Without Redis, nothing to do.
-/// Panics when Redis does not answer (a test that wants Redis needs it).
+/// a marker that verifies is already there. Without Redis, nothing to do; a
+/// Redis that does not answer within about a second is left as it is (the
+/// service under test then fails closed, as it should).
 pub async fn mark_revocations_complete(settings: &kai_platform::config::Settings) {
     use kai_http::auth::control::Kind;
     use kai_shared::redis::{Redis, revocation};
@@ -86,8 +87,7 @@ pub async fn mark_revocations_complete(settings: &kai_platform::config::Settings
         return;
     };
     let auth = test_authenticator();
-    let mut last = None;
-    for _ in 0..50 {
+    for _ in 0..5 {
         match revocation::markers(&store).await {
             Ok(markers)
                 if markers
@@ -100,14 +100,12 @@ pub async fn mark_revocations_complete(settings: &kai_platform::config::Settings
                 let marker = auth
                     .sign_control(Kind::Complete, String::new(), None)
                     .expect("the test key signs");
-                match revocation::restore(&store, &[], &marker).await {
-                    Ok(()) => return,
-                    Err(e) => last = Some(e.to_string()),
+                if revocation::restore(&store, &[], &marker).await.is_ok() {
+                    return;
                 }
             }
-            Err(e) => last = Some(e.to_string()),
+            Err(_) => {}
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("could not mark the revoked set complete: {last:?}");
 }
