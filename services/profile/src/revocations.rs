@@ -55,7 +55,7 @@ pub async fn keep(p: web::Data<Platform>, stop: CancellationToken) {
         if let Err(e) = check_once(&p, &store).await {
             tracing::debug!(error = format!("{e:#}"), "revoked set: retrying");
         }
-        if pass % TRIM_EVERY == 0 {
+        if pass.is_multiple_of(TRIM_EVERY) {
             let _ = revocation::trim(&store).await;
             if let Ok(conn) = p.db.conn().await {
                 let _ = p.db.execute(&conn, FORGET_EXPIRED_ERASURES, &[]).await;
