@@ -15,7 +15,10 @@
 //! and remembered in a sorted set (loaded when a replica subscribes); each replica
 //! keeps the revoked session ids in memory until the tokens would have expired
 //! anyway. The service that owns the sessions table additionally checks it
-//! ([`Gate::session_check`]).
+//! ([`Gate::session_check`]). Every revocation through Redis is a signed
+//! control message ([`control`]): one that does not verify is dropped. A
+//! service that learns revocations from Redis only refuses authenticated
+//! requests (503) until it knows them all ([`Authenticator::revocations_known`]).
 //!
 //! "Every session of a user" (log out everywhere, password change, account
 //! deletion) travels the same way as one message, not one per session: a per-user

@@ -144,3 +144,68 @@ pub(super) fn verify(
         body: claims.body,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Authenticator;
+    use crate::auth::keys::{KeyPair, parse_signing_pem, parse_verifying_pems};
+    use std::time::Duration;
+
+    fn auth(pair: &KeyPair) -> Authenticator {
+        Authenticator::new(
+            Some(parse_signing_pem(&pair.private_pem).unwrap()),
+            parse_verifying_pems(&pair.public_pem).unwrap(),
+            Duration::from_secs(60),
+        )
+    }
+
+    #[test]
+    fn signed_messages_verify_and_forgeries_are_refused_with_a_reason() {
+        let pair = KeyPair::generate();
+        let a = auth(&pair);
+        let m = a
+            .sign_control(Kind::AccountErased, "e u".into(), None)
+            .unwrap();
+        let v = a.verify_control(&m, &[Kind::AccountErased]).unwrap();
+        assert_eq!((v.kind, v.body.as_str()), (Kind::AccountErased, "e u"));
+        assert_eq!(
+            a.verify_control(&m, &[Kind::Revocation]),
+            Err(Refused::WrongKind)
+        );
+        let stranger = auth(&KeyPair::generate());
+        let forged = stranger
+            .sign_control(Kind::AccountErased, "e v".into(), None)
+            .unwrap();
+        assert_eq!(
+            a.verify_control(&forged, &[Kind::AccountErased]),
+            Err(Refused::UnknownKey)
+        );
+        // The stranger's claims and signature under the trusted header.
+        let header = m.split('.').next().unwrap();
+        let rest: Vec<&str> = forged.split('.').skip(1).collect();
+        let swapped = format!("{header}.{}", rest.join("."));
+        assert_eq!(
+            a.verify_control(&swapped, &[Kind::AccountErased]),
+            Err(Refused::BadSignature)
+        );
+        for garbage in ["", "x", "a.b.c", "not a message at all"] {
+            assert_eq!(
+                a.verify_control(garbage, &[Kind::AccountErased]),
+                Err(Refused::Malformed)
+            );
+        }
+    }
+
+    #[test]
+    fn a_control_message_is_no_access_token_and_a_token_no_control_message() {
+        let a = auth(&KeyPair::generate());
+        let m = a.sign_control(Kind::Complete, String::new(), None).unwrap();
+        assert!(a.verify(&m).is_err());
+        let (token, _) = a.mint(uuid::Uuid::new_v4(), uuid::Uuid::new_v4()).unwrap();
+        assert!(
+            a.verify_control(&token, &[Kind::Complete, Kind::Revocation])
+                .is_err()
+        );
+    }
+}
