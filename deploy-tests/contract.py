@@ -97,6 +97,7 @@ COUNTERS = {
     "kai_account_purges_total",
     "kai_cache_subscriptions_total",
     "kai_events_failures_total",
+    "kai_events_rejected_total",
 }
 GAUGES = {
     "kai_db_pool_connections",

@@ -325,7 +325,7 @@ def test_redis_conf(path):
     s = redis_settings(path)
     assert s["appendonly"] == "yes"
     assert s["maxmemory"].lower() == "256mb"
-    assert s["maxmemory-policy"] == "allkeys-lru"
+    assert s["maxmemory-policy"] == "volatile-lru"
 
 
 def test_dev_redis_conf_matches_docker():

@@ -167,6 +167,7 @@ REQUIRED_ALERTS = {
     "KaiCacheSubscriptionFlapping": "kai_cache_subscriptions_total",
     "KaiErasureStalled": "kai_erasure_oldest_pending_seconds",
     "KaiEventsFailing": "kai_events_failures_total",
+    "KaiEventsRejected": "kai_events_rejected_total",
     "KaiSlowQueries": "kai_db_slow_queries_total",
 }
 # The four burn-rate tiers (SRE workbook): long window, short window, burn

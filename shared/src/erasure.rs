@@ -4,6 +4,14 @@
 //! own group and purges what it holds of the user — idempotently, each purge
 //! counted in `kai_account_purges_total`. What a service purges is its own
 //! business: it hands [`consume`] the function.
+//!
+//! Every event is signed by the publisher (`kai_http::auth::control`: the
+//! event id, the user id, the kind and when it was issued are in the signed
+//! bytes); each service verifies it ([`consume`]'s `verify`) before purging
+//! anything. An event that does not verify — a forged one, a real one copied
+//! under another event id or with another user id, garbage — purges nothing,
+//! is dropped (acknowledged in the group, never retried) and counted in
+//! `kai_events_rejected_total{stream="account-erased"}`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,7 +19,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::events::{Consumer, Events};
+use crate::events::{Consumer, Events, Outcome};
 use crate::metrics::Metrics;
 use crate::settings::RedisSettings;
 
@@ -24,15 +32,21 @@ pub const PURGES: (&str, &str) = (
     "Account erasures carried out by this service",
 );
 
-/// Starts `group`'s consumer of [`STREAM`]: `purge(ctx, user_id)` (which
-/// returns how many rows it deleted) for each erased account, until `stop`.
-/// Returns the [`Events`] it consumes from; `None` without Redis.
+/// How an event's (id, payload) is checked: the erased user's id, or why the
+/// event was refused (a fixed word).
+pub type Verify = Arc<dyn Fn(&str, &str) -> Result<Uuid, &'static str> + Send + Sync>;
+
+/// Starts `group`'s consumer of [`STREAM`]: each event is `verify`-ed, then
+/// `purge(ctx, user_id)` (which returns how many rows it deleted) runs for the
+/// erased account, until `stop`. Returns the [`Events`] it consumes from;
+/// `None` without Redis.
 pub fn consume<C, F, Fut>(
     ctx: C,
     redis: &RedisSettings,
     metrics: &Metrics,
     stop: CancellationToken,
     group: &'static str,
+    verify: Verify,
     purge: F,
 ) -> Option<Events>
 where
@@ -46,13 +60,17 @@ where
         counted_as: PURGES,
     };
     let purge = Arc::new(purge);
-    consumer.start(ctx, redis, metrics, stop, move |ctx, payload| {
+    consumer.start(ctx, redis, metrics, stop, move |ctx, id, payload| {
         let purge = purge.clone();
+        let verified = verify(&id, &payload);
         async move {
-            let user_id: Uuid = payload.parse()?;
+            let user_id = match verified {
+                Ok(user_id) => user_id,
+                Err(why) => return Ok(Outcome::Rejected(why)),
+            };
             let deleted = purge(ctx, user_id).await?;
             tracing::info!(%user_id, deleted, "account purged");
-            Ok(())
+            Ok(Outcome::Handled)
         }
     })
 }

@@ -8,9 +8,20 @@
 //!
 //! Delivery is at least once, and every handler must be idempotent:
 //! * a handled event is `XACK`ed in the group and acknowledged back to the
-//!   publisher (`SADD` of the event id to the group's own ack set,
-//!   `…:acks:<group>` — under its Redis ACL user the only one it may write —
-//!   which the publisher drains with [`Events::take_acks`] into its outbox);
+//!   publisher (`SADD` of the event id to the group's own ack set
+//!   `<prefix>:{events:<stream>}:acks:<group>`, which the publisher drains with
+//!   [`Events::take_acks`] into its outbox). Each service may write only its own
+//!   ack set (the Redis ACL file), and the publisher counts an acknowledgement
+//!   only for the group whose set it came from: one service cannot acknowledge
+//!   for another. The publisher decides from its own fixed list of
+//!   participants which groups it waits for — never from the groups it finds on
+//!   the stream — so a forged group is no participant, and a moved group
+//!   (`XGROUP SETID … $`) or a forged `XACK` only skip a copy: the publisher
+//!   re-sends what a group has not acknowledged;
+//! * a handler may *reject* an event (it did not verify: forged, altered,
+//!   unparseable): it acts on nothing, is `XACK`ed (never retried), logged at
+//!   WARN without its payload and counted in `kai_events_rejected_total{stream}`;
+//!   it is not acknowledged back;
 //! * an event delivered to a replica that died before acknowledging it is claimed
 //!   by another replica after [`CLAIM_IDLE`] (`XAUTOCLAIM`);
 //! * Redis itself may lose everything (restarted without its data): the groups are
@@ -22,7 +33,7 @@
 //! acknowledges it without handling it again. Entries older than [`RETAIN`] are
 //! trimmed on publish: anything still unacknowledged by then has been re-sent.
 //!
-//! **Redis Cluster** (`REDIS_CLUSTER_NODES`): a stream and its ack set share one
+//! **Redis Cluster** (`REDIS_CLUSTER_NODES`): a stream and its ack sets share one
 //! hash tag (`<prefix>:{events:<stream>}` and `…:acks:<group>`), so they live on one slot
 //! and the acknowledging pipeline (`XACK` + `SADD`) goes to one node; commands are
 //! routed by that slot through a cluster connection, which follows the slot when
@@ -67,9 +78,10 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// Starts consuming in the background (until `stop`): `handle(ctx, payload)`
-    /// runs on each payload (`ctx` is whatever the handler needs, e.g. the
-    /// service's pool), each success is counted on `metrics`. Returns the
+    /// Starts consuming in the background (until `stop`): `handle(ctx, event id,
+    /// payload)` runs on each event (`ctx` is whatever the handler needs, e.g.
+    /// the service's pool), each one handled is counted on `metrics`, each one
+    /// rejected in `kai_events_rejected_total{stream}`. Returns the
     /// [`Events`] it consumes from, or `None` — said in the log — without Redis
     /// (there is no one to hear from) or when it cannot be set up.
     pub fn start<C, F, Fut>(
@@ -82,8 +94,8 @@ impl Consumer {
     ) -> Option<Events>
     where
         C: Clone + Send + Sync + 'static,
-        F: Fn(C, String) -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+        F: Fn(C, String, String) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = anyhow::Result<Outcome>> + Send + 'static,
     {
         let (name, help) = self.counted_as;
         let handled = match metrics.counter(name, help) {
@@ -102,20 +114,28 @@ impl Consumer {
         };
         let handle = Arc::new(handle);
         let failures = metrics.events_failures.with_label_values(&[self.stream]);
-        let handler: Handler = Arc::new(move |payload: String| {
-            let (ctx, handle, handled, failures) = (
+        let rejected = metrics.events_rejected.with_label_values(&[self.stream]);
+        let handler: Handler = Arc::new(move |id: String, payload: String| {
+            let (ctx, handle, handled, failures, rejected) = (
                 ctx.clone(),
                 handle.clone(),
                 handled.clone(),
                 failures.clone(),
+                rejected.clone(),
             );
             Box::pin(async move {
-                if let Err(e) = handle(ctx, payload).await {
-                    failures.inc();
-                    return Err(e);
+                // An entry without an id is not the publisher's.
+                let outcome = if id.is_empty() {
+                    Ok(Outcome::Rejected("malformed"))
+                } else {
+                    handle(ctx, id, payload).await
+                };
+                match &outcome {
+                    Err(_) => failures.inc(),
+                    Ok(Outcome::Handled) => handled.inc(),
+                    Ok(Outcome::Rejected(_)) => rejected.inc(),
                 }
-                handled.inc();
-                Ok(())
+                outcome
             })
         });
         tokio::spawn(
@@ -127,8 +147,20 @@ impl Consumer {
     }
 }
 
-/// Handles one event's payload; an error leaves it unacknowledged (retried).
-pub type Handler = Arc<dyn Fn(String) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
+/// What a handler made of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Acted on: acknowledged in the group and back to the publisher.
+    Handled,
+    /// Did not verify (the reason: a fixed word, no personal data): acted on
+    /// nothing, acknowledged in the group only (never retried), counted.
+    Rejected(&'static str),
+}
+
+/// Handles one event (its id, its payload); an error leaves it unacknowledged
+/// (retried).
+pub type Handler =
+    Arc<dyn Fn(String, String) -> BoxFuture<'static, anyhow::Result<Outcome>> + Send + Sync>;
 
 /// One event as read from a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,13 +200,14 @@ impl Events {
         }))
     }
 
-    /// The stream's key. Its hash tag puts the stream and its ack set on one
+    /// The stream's key. Its hash tag puts the stream and its ack sets on one
     /// cluster slot.
     pub fn stream_key(&self, stream: &str) -> String {
         format!("{}:{{events:{stream}}}", self.prefix)
     }
 
-    /// The set `group`'s acknowledgements travel back to the publisher in.
+    /// The set `group`'s acknowledgements travel back to the publisher in
+    /// (only that group's service may write it).
     pub fn acks_key(&self, stream: &str, group: &str) -> String {
         format!("{}:{{events:{stream}}}:acks:{group}", self.prefix)
     }
@@ -227,53 +260,21 @@ impl Events {
         Ok(())
     }
 
-    /// Takes up to `max` acknowledgements of each consumer group of `stream`:
-    /// (group, event id) pairs, the group named by the set it was taken from.
+    /// Takes up to `max` acknowledgements of `group`: event ids, from the
+    /// group's own ack set.
     pub async fn take_acks(
         &self,
         stream: &str,
+        group: &str,
         max: usize,
-    ) -> anyhow::Result<Vec<(String, String)>> {
-        let groups = self.groups(stream).await?;
-        if groups.is_empty() {
-            return Ok(Vec::new());
-        }
+    ) -> anyhow::Result<Vec<String>> {
         let mut conn = self.conn().await?;
-        // One pipeline: the sets share the stream's hash tag (one slot).
-        let mut pipe = redis::pipe();
-        for group in &groups {
-            pipe.cmd("SPOP").arg(self.acks_key(stream, group)).arg(max);
-        }
-        let taken: Vec<Vec<String>> =
-            tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async(&mut conn))
-                .await
-                .context("SPOP timed out")??;
-        Ok(groups
-            .into_iter()
-            .zip(taken)
-            .flat_map(|(group, ids)| ids.into_iter().map(move |id| (group.clone(), id)))
-            .collect())
-    }
-
-    /// The consumer groups of `stream` — every service that consumes it, since
-    /// each creates its group when its consumer starts (and again after Redis
-    /// lost its data). Empty while the stream does not exist.
-    pub async fn groups(&self, stream: &str) -> anyhow::Result<Vec<String>> {
-        let mut conn = self.conn().await?;
-        let mut cmd = redis::cmd("XINFO");
-        cmd.arg("GROUPS").arg(self.stream_key(stream));
-        let info = tokio::time::timeout(COMMAND_TIMEOUT, cmd.query_async::<Value>(&mut conn))
+        let mut cmd = redis::cmd("SPOP");
+        cmd.arg(self.acks_key(stream, group)).arg(max);
+        let acks: Vec<String> = tokio::time::timeout(COMMAND_TIMEOUT, cmd.query_async(&mut conn))
             .await
-            .context("XINFO GROUPS timed out")?;
-        let info = match info {
-            Ok(info) => info,
-            Err(e) if e.to_string().contains("no such key") => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        let Value::Array(groups) = info else {
-            return Ok(Vec::new());
-        };
-        Ok(groups.iter().filter_map(group_name).collect())
+            .context("SPOP timed out")??;
+        Ok(acks)
     }
 
     /// Runs `group`'s consumer of `stream` until `stop` is cancelled: reads new
@@ -380,19 +381,31 @@ impl Events {
                 }
             }
             for event in events {
-                let mine = event.to.iter().any(|g| g == group);
-                if mine && let Err(e) = handle(event.payload.clone()).await {
-                    // Left pending: claimed again after CLAIM_IDLE, or re-sent.
-                    tracing::error!(error = format!("{e:#}"), stream, event = %event.id, "event handling failed; it will be retried");
-                    continue;
-                }
+                let mine = event.id.is_empty() || event.to.iter().any(|g| g == group);
+                let acknowledge = if mine {
+                    match handle(event.id.clone(), event.payload.clone()).await {
+                        Err(e) => {
+                            // Left pending: claimed again after CLAIM_IDLE, or re-sent.
+                            tracing::error!(error = format!("{e:#}"), stream, event = %event.id, "event handling failed; it will be retried");
+                            continue;
+                        }
+                        Ok(Outcome::Handled) => true,
+                        Ok(Outcome::Rejected(why)) => {
+                            // Never the payload: it names a user.
+                            tracing::warn!(stream, entry = %event.entry, reason = why, "event rejected: it did not verify; dropped");
+                            false
+                        }
+                    }
+                } else {
+                    false
+                };
                 let mut pipe = redis::pipe();
                 pipe.cmd("XACK")
                     .arg(&key)
                     .arg(group)
                     .arg(&event.entry)
                     .ignore();
-                if mine {
+                if acknowledge {
                     pipe.cmd("SADD")
                         .arg(self.acks_key(stream, group))
                         .arg(&event.id)
@@ -414,23 +427,9 @@ fn text(v: &Value) -> Option<String> {
     }
 }
 
-/// The `name` of one `XINFO GROUPS` answer (field/value pairs, or a map in RESP3).
-fn group_name(group: &Value) -> Option<String> {
-    match group {
-        Value::Array(fields) => fields
-            .chunks(2)
-            .find(|pair| pair.first().and_then(text).as_deref() == Some("name"))
-            .and_then(|pair| pair.get(1).and_then(text)),
-        Value::Map(pairs) => pairs
-            .iter()
-            .find(|(k, _)| text(k).as_deref() == Some("name"))
-            .and_then(|(_, v)| text(v)),
-        _ => None,
-    }
-}
-
-/// `[[entry id, [field, value, …]], …]` → events (entries without the fields
-/// this module writes, or deleted ones, are skipped).
+/// `[[entry id, [field, value, …]], …]` → events (deleted entries are skipped;
+/// an entry without the fields this module writes comes back with an empty id,
+/// for the consumer to reject and acknowledge).
 fn parse_entries(v: &Value) -> Vec<Event> {
     let Value::Array(entries) = v else {
         return Vec::new();
@@ -463,7 +462,7 @@ fn parse_entries(v: &Value) -> Vec<Event> {
                     _ => {}
                 }
             }
-            (!event.id.is_empty()).then_some(event)
+            Some(event)
         })
         .collect()
 }
@@ -498,12 +497,20 @@ mod tests {
         ]);
         assert_eq!(
             parse_entries(&v),
-            vec![Event {
-                entry: "1-0".into(),
-                id: "e1".into(),
-                payload: "p".into(),
-                to: vec!["a".into(), "b".into()],
-            }]
+            vec![
+                Event {
+                    entry: "1-0".into(),
+                    id: "e1".into(),
+                    payload: "p".into(),
+                    to: vec!["a".into(), "b".into()],
+                },
+                Event {
+                    entry: "2-0".into(),
+                    id: String::new(),
+                    payload: String::new(),
+                    to: Vec::new(),
+                }
+            ]
         );
     }
 }

@@ -52,6 +52,11 @@ pub struct Metrics {
     /// `kai_events_failures_total{stream}`: events whose handler failed (left
     /// unacknowledged, retried).
     pub events_failures: IntCounterVec,
+    /// `kai_events_rejected_total{stream}`: control messages that did not
+    /// verify (bad signature, unknown key, unparseable) and acted on nothing:
+    /// `account-erased` (stream entries) and `revocations` (channel messages
+    /// and members of the revoked set). Both exported at 0 from the start.
+    pub events_rejected: IntCounterVec,
     /// The service's own [`OutcomeCounter`]s, by name.
     outcomes: Arc<HashMap<&'static str, IntCounterVec>>,
     /// Tells this registry's series apart from another's in a worker thread's
@@ -173,6 +178,20 @@ impl Metrics {
         registry
             .register(Box::new(events_failures.clone()))
             .expect("metric registered once");
+        let events_rejected = IntCounterVec::new(
+            Opts::new(
+                "kai_events_rejected_total",
+                "Control messages that did not verify (forged, altered, unparseable) and were dropped, by stream",
+            ),
+            &["stream"],
+        )
+        .expect("valid metric");
+        for stream in ["account-erased", "revocations"] {
+            events_rejected.with_label_values(&[stream]);
+        }
+        registry
+            .register(Box::new(events_rejected.clone()))
+            .expect("metric registered once");
         // process_cpu_seconds_total, process_resident_memory_bytes, open fds, …
         #[cfg(target_os = "linux")]
         registry
@@ -195,6 +214,7 @@ impl Metrics {
             redis_commands,
             cache_subscriptions,
             events_failures,
+            events_rejected,
             outcomes: Arc::default(),
             id: {
                 static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -94,7 +94,7 @@ pub async fn delete_account(
     body: Json<DeleteAccount>,
 ) -> Result<HttpResponse, ApiError> {
     reauthenticate(&req, &p, &user, body.into_inner().password).await?;
-    if !erasure::delete_account(&p.db, user.user_id).await? {
+    if !erasure::delete_account(&p.db, user.user_id, p.auth.ttl()).await? {
         return Err(ApiError::not_found());
     }
     p.revoke_user_sessions(user.user_id, None).await;

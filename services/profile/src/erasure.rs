@@ -3,21 +3,28 @@
 //!
 //! ```text
 //! DELETE /api/account ─► one transaction: DELETE users (profile, sessions cascade)
+//!                                         + INSERT erased_accounts (the revocation's truth)
 //!                                         + INSERT outbox 'account-erased' awaiting every participant
 //!                     ─► user-wide revocation announced (every token refused within 1 s)
 //! relay (every profile replica, woken at once, else every second):
-//!     outbox rows due ──XADD──► Redis Stream <prefix>:{events:account-erased}
-//!     acks set ──SPOP──► outbox.awaiting minus the service; row deleted when empty
-//!     consumer groups on the stream ──XINFO GROUPS──► new ones into erasure_participants
-//! each service's consumer group (profile, journal, conversation, …):
-//!     XREADGROUP ─► purge (idempotent) ─► XACK + ack back (SADD)
+//!     outbox rows due ──sign──XADD──► Redis Stream <prefix>:{events:account-erased}
+//!     each participant's ack set ──SPOP──► outbox.awaiting minus that participant;
+//!                                          row deleted when empty
+//! each service's consumer group (profile, journal, conversation):
+//!     XREADGROUP ─► verify the signature ─► purge (idempotent) ─► XACK + ack back
+//!     (SADD to its own …:acks:<service>)
 //! ```
 //!
-//! * **Who is awaited** is learned, not listed: a service that holds personal
-//!   data starts `kai_shared::erasure::consume` with its own group, and the relay
-//!   records every group it sees on the stream in `profile.erasure_participants`
-//!   (PostgreSQL, so a Redis that lost its groups does not make an erasure skip a
-//!   service that is down). Adding a service touches only that service.
+//! * **Who is awaited** is a fixed list ([`PARTICIPANTS`]), never the groups
+//!   found on the stream: a forged consumer group is no participant, and only
+//!   an acknowledgement in a participant's own ack set (which only that
+//!   service may write: the Redis ACL file) counts for it. A moved group
+//!   (`XGROUP SETID … $`) or a forged `XACK` skips a copy of the event, not
+//!   the erasure: the row stays, and is re-sent, until the service acknowledged.
+//!   Adding a service that holds personal data means adding it here.
+//! * **Authenticated**: every event on the stream is signed with this
+//!   service's token-signing key (`kai_http::auth::control`; event id, user id,
+//!   kind and issue time signed); every consumer verifies it before purging.
 //! * **Durable**: the event is a row written with the deletion; Redis carries it
 //!   but is not trusted to keep it. A row not fully acknowledged is re-sent after
 //!   10 s, then 20 s, 40 s … (at most every 5 min), so a service that was down
@@ -33,7 +40,6 @@
 //! Without Redis nothing can be relayed: rows wait in the outbox until it is
 //! configured (the other services could not hear anything either).
 
-use std::collections::BTreeSet;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -61,13 +67,27 @@ pub const DELETE_USER: &str = "DELETE FROM profile.users WHERE id = $1";
 pub const BACKLOG: &str = "SELECT count(*), \
     coalesce(extract(epoch FROM now() - min(created_at))::float8, 0) FROM profile.outbox";
 
-/// The event, awaiting every known participant (and this service, which always is one).
-pub const INSERT_EVENT: &str = "INSERT INTO profile.outbox (id, topic, payload, awaiting)
-     SELECT $1, $2, $3, array(SELECT name FROM profile.erasure_participants UNION SELECT $4 ORDER BY 1)";
+/// The services an erasure waits for (their consumer groups), sorted.
+pub const PARTICIPANTS: [&str; 3] = ["conversation", "journal", "profile"];
 
-/// A consumer group seen on the stream becomes a participant (once).
-pub const ADD_PARTICIPANT: &str =
-    "INSERT INTO profile.erasure_participants (name) VALUES ($1) ON CONFLICT DO NOTHING";
+/// The event, awaiting every participant.
+pub const INSERT_EVENT: &str = "INSERT INTO profile.outbox (id, topic, payload, awaiting)
+     VALUES ($1, $2, $3, $4)";
+
+/// The erasure as a user-wide revocation, kept until the tokens issued before
+/// it have expired (`$3` seconds from now).
+pub const INSERT_ERASED: &str =
+    "INSERT INTO profile.erased_accounts (user_id, erased_at, tokens_expire_at)
+     VALUES ($1, now(), now() + make_interval(secs => $2))
+     ON CONFLICT (user_id) DO NOTHING";
+
+/// Rows awaiting a service that is no participant (learned from the stream's
+/// groups before the list was fixed) await the participants only.
+pub const PRUNE_AWAITING: &str = "UPDATE profile.outbox
+     SET awaiting = array(SELECT a FROM unnest(awaiting) AS a WHERE a = ANY($1) ORDER BY 1)
+     WHERE NOT awaiting <@ $1";
+
+pub const DELETE_ALL_DONE: &str = "DELETE FROM profile.outbox WHERE cardinality(awaiting) = 0";
 
 /// Rows never sent, or not acknowledged in time (backing off to every 5 min),
 /// locked so that concurrent relays of other replicas skip them.
@@ -90,20 +110,30 @@ pub const DELETE_DONE: &str =
 /// Wakes the relays of this process (a deletion was just committed).
 static WAKE: LazyLock<Notify> = LazyLock::new(Notify::new);
 
-/// Deletes the user (profile and sessions cascade) and records the erasure event,
-/// in one transaction; false when there was no such user.
-pub async fn delete_account(db: &Db, user_id: Uuid) -> Result<bool, DbError> {
+/// Deletes the user (profile and sessions cascade) and records the erasure event
+/// and the erasure as a revocation (kept `token_ttl` — plus a minute — after
+/// it), in one transaction; false when there was no such user.
+pub async fn delete_account(db: &Db, user_id: Uuid, token_ttl: Duration) -> Result<bool, DbError> {
     let mut conn = db.conn().await?;
     let tx = conn.transaction().await?;
     if db.execute(&tx, DELETE_USER, &[&user_id]).await? == 0 {
         return Ok(false);
     }
+    let participants: Vec<String> = PARTICIPANTS.iter().map(|p| (*p).to_owned()).collect();
     db.execute(
         &tx,
         INSERT_EVENT,
-        &[&Uuid::now_v7(), &STREAM, &user_id.to_string(), &GROUP],
+        &[
+            &Uuid::now_v7(),
+            &STREAM,
+            &user_id.to_string(),
+            &participants,
+        ],
     )
     .await?;
+    let keep_secs = (token_ttl.as_secs() + 60) as f64;
+    db.execute(&tx, INSERT_ERASED, &[&user_id, &keep_secs])
+        .await?;
     tx.commit().await?;
     Ok(true)
 }
@@ -179,10 +209,10 @@ async fn watch_backlog(p: web::Data<Platform>, stop: CancellationToken) {
 
 /// Moves acknowledgements into the outbox and (re-)sends what is due, until stopped.
 async fn relay(p: web::Data<Platform>, events: Events, stop: CancellationToken) {
-    let mut participants = BTreeSet::new();
+    let mut pruned = false;
     loop {
-        if let Err(e) = learn_participants(&p, &events, &mut participants).await {
-            tracing::debug!(error = format!("{e:#}"), "erasure participants: retrying");
+        if !pruned {
+            pruned = prune_non_participants(&p).await.is_ok();
         }
         if let Err(e) = relay_once(&p, &events).await {
             tracing::debug!(error = format!("{e:#}"), "outbox relay: retrying");
@@ -195,33 +225,40 @@ async fn relay(p: web::Data<Platform>, events: Events, stop: CancellationToken) 
     }
 }
 
-/// Records the consumer groups on the stream that `known` (what this replica
-/// already recorded) lacks: one `XINFO GROUPS` a pass, a write only for a new one.
-async fn learn_participants(
-    p: &Platform,
-    events: &Events,
-    known: &mut BTreeSet<String>,
-) -> anyhow::Result<()> {
-    let groups = events.groups(STREAM).await?;
-    let new: Vec<String> = groups.into_iter().filter(|g| !known.contains(g)).collect();
-    if new.is_empty() {
-        return Ok(());
-    }
+/// Once per start: rows that await a non-participant await the participants only.
+async fn prune_non_participants(p: &Platform) -> Result<(), DbError> {
+    let participants: Vec<String> = PARTICIPANTS.iter().map(|p| (*p).to_owned()).collect();
     let conn = p.db.conn().await?;
-    for group in new {
-        p.db.execute(&conn, ADD_PARTICIPANT, &[&group]).await?;
-        known.insert(group);
+    if p.db
+        .execute(&conn, PRUNE_AWAITING, &[&participants])
+        .await?
+        > 0
+    {
+        p.db.execute(&conn, DELETE_ALL_DONE, &[]).await?;
     }
     Ok(())
 }
 
+/// The event as it travels: signed, its body `<event id> <user id>`.
+fn signed_event(p: &Platform, id: Uuid, payload: &str) -> anyhow::Result<String> {
+    p.auth.sign_control(
+        kai_http::auth::control::Kind::AccountErased,
+        format!("{id} {payload}"),
+        None,
+    )
+}
+
 async fn relay_once(p: &Platform, events: &Events) -> anyhow::Result<()> {
     let db = &p.db;
-    // Acknowledgements first, so a row acknowledged by everyone is not re-sent.
-    let acks = events.take_acks(STREAM, 100).await?;
-    if !acks.is_empty() {
+    // Acknowledgements first, so a row acknowledged by everyone is not re-sent;
+    // each participant's from its own set only.
+    for service in PARTICIPANTS {
+        let acks = events.take_acks(STREAM, service, 100).await?;
+        if acks.is_empty() {
+            continue;
+        }
         let conn = db.conn().await?;
-        for (service, id) in acks {
+        for id in acks {
             let Ok(id) = id.parse::<Uuid>() else { continue };
             db.execute(&conn, ACKNOWLEDGE, &[&id, &service]).await?;
             db.execute(&conn, DELETE_DONE, &[&id]).await?;
@@ -240,8 +277,9 @@ async fn relay_once(p: &Platform, events: &Events) -> anyhow::Result<()> {
             // for replicas that start from now on.
             p.revoke_user_sessions(user_id, None).await;
         }
+        let signed = signed_event(p, id, &payload)?;
         events
-            .publish(&topic, &id.to_string(), &payload, &awaiting)
+            .publish(&topic, &id.to_string(), &signed, &awaiting)
             .await?;
         db.execute(&tx, MARK_SENT, &[&id]).await?;
     }

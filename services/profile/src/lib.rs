@@ -24,6 +24,8 @@ pub mod model;
 pub mod password;
 /// The SQL, one function per statement.
 pub mod queries;
+/// Revocations outlive Redis: the revoked set re-written from PostgreSQL.
+pub mod revocations;
 /// HTTP handlers.
 pub mod routes;
 /// Session bookkeeping: token hashes and the per-request session check.
@@ -48,12 +50,13 @@ pub fn service() -> ServiceDef {
         .on_start(start)
 }
 
-/// The background work: the erasure relay and consumer, and keying accounts that
-/// have no canonical e-mail yet.
+/// The background work: the erasure relay and consumer, the revoked set kept
+/// complete, and keying accounts that have no canonical e-mail yet.
 fn start(
     p: actix_web::web::Data<kai_platform::Platform>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     tokio::spawn(email::key_unkeyed_accounts(p.clone()));
+    tokio::spawn(revocations::keep(p.clone(), stop.clone()));
     erasure::start(p, stop);
 }

@@ -15,7 +15,10 @@
 //! and remembered in a sorted set (loaded when a replica subscribes); each replica
 //! keeps the revoked session ids in memory until the tokens would have expired
 //! anyway. The service that owns the sessions table additionally checks it
-//! ([`Gate::session_check`]).
+//! ([`Gate::session_check`]). Every revocation through Redis is a signed
+//! control message ([`control`]): one that does not verify is dropped. A
+//! service that learns revocations from Redis only refuses authenticated
+//! requests (503) until it knows them all ([`Authenticator::revocations_known`]).
 //!
 //! "Every session of a user" (log out everywhere, password change, account
 //! deletion) travels the same way as one message, not one per session: a per-user
@@ -24,10 +27,11 @@
 //! Session ids are UUIDv7, so a token carries its creation time to the
 //! millisecond (tokens with another kind of session id fall back to `iat`).
 
+pub mod control;
 pub mod keys;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix_web::dev::Payload;
@@ -180,6 +184,11 @@ pub struct Authenticator {
     /// not checked again: nothing was revoked since (revocations only add — a
     /// remembered one is forgotten only once its tokens have expired).
     revocations: AtomicU64,
+    /// Whether this replica knows every live revocation (see
+    /// [`Authenticator::set_revocations_known`]); true unless told otherwise.
+    known: AtomicBool,
+    /// The check of a control message's signature (see [`control`]).
+    control: Validation,
 }
 
 /// A user-wide revocation.
@@ -218,7 +227,50 @@ impl Authenticator {
                 .support_invalidation_closures()
                 .build_with_hasher(kai_shared::FastHash::default()),
             revocations: AtomicU64::new(0),
+            known: AtomicBool::new(true),
+            control: control::validation(),
         }
+    }
+
+    /// Whether this replica knows every live revocation. A service without its
+    /// own session check refuses authenticated requests (503, `Retry-After`)
+    /// and is not ready while it does not: with Redis, from its start until it
+    /// read the revoked set with profile-service's signed completeness marker,
+    /// and again whenever it reads the set without one (Redis lost it) until
+    /// profile-service has restored it from PostgreSQL.
+    pub fn revocations_known(&self) -> bool {
+        self.known.load(Ordering::Acquire)
+    }
+
+    pub fn set_revocations_known(&self, known: bool) {
+        self.known.store(known, Ordering::Release);
+    }
+
+    /// Signs a control message (the token-issuing service only; see [`control`]).
+    pub fn sign_control(
+        &self,
+        kind: control::Kind,
+        body: String,
+        exp: Option<i64>,
+    ) -> anyhow::Result<String> {
+        let signing = self.signing.as_ref().ok_or_else(|| {
+            anyhow::anyhow!("this service holds no signing key (AUTH_SIGNING_KEY_FILE)")
+        })?;
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(signing.kid.clone());
+        header.typ = Some("kai-control".into());
+        let claims = control::Claims::new(kind, body, exp);
+        Ok(jsonwebtoken::encode(&header, &claims, &signing.key)?)
+    }
+
+    /// Verifies a control message signed by the token-issuing service, of one
+    /// of the `expected` kinds.
+    pub fn verify_control(
+        &self,
+        message: &str,
+        expected: &[control::Kind],
+    ) -> Result<control::Control, control::Refused> {
+        control::verify(message, &self.verifying, &self.control, expected)
     }
 
     pub fn ttl(&self) -> Duration {
@@ -480,6 +532,16 @@ impl FromRequest for AuthUser {
                         ApiError::Unauthorized("expected `Authorization: Bearer <token>`".into())
                     })
             });
+        // A service that cannot know every revocation refuses, rather than
+        // serve a token that may have ended (see `revocations_known`).
+        let token = token.and_then(|token| {
+            if gate.session_check.is_none() && !gate.auth.revocations_known() {
+                return Err(ApiError::NotReady(
+                    "revocations are not known yet; retry shortly".into(),
+                ));
+            }
+            Ok(token)
+        });
         let user = token
             .and_then(|token| gate.auth.verify(token))
             .map(|claims| {

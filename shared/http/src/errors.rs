@@ -91,6 +91,10 @@ pub enum ApiError {
     /// 503: the database is unreachable or the pool is exhausted.
     #[error("service unavailable")]
     Unavailable(#[source] anyhow::Error),
+    /// 503 with `Retry-After`: this replica cannot serve authenticated requests
+    /// yet (it does not know every revocation); expected, so not logged.
+    #[error("{0}")]
+    NotReady(String),
     /// 500: anything else; the chain is logged, not sent.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -163,6 +167,7 @@ impl ApiError {
             Self::BadGateway(m) => Self::BadGateway(m.clone()),
             Self::GatewayTimeout(m) => Self::GatewayTimeout(m.clone()),
             Self::Unavailable(e) => Self::Unavailable(anyhow::anyhow!("{e:#}")),
+            Self::NotReady(m) => Self::NotReady(m.clone()),
             Self::Internal(e) => Self::Internal(anyhow::anyhow!("{e:#}")),
         }
     }
@@ -181,7 +186,7 @@ impl ApiError {
             Self::TooManyRequests { .. } => "Too Many Requests",
             Self::BadGateway(_) => "Bad Gateway",
             Self::GatewayTimeout(_) => "Gateway Timeout",
-            Self::Unavailable(_) => "Service Unavailable",
+            Self::Unavailable(_) | Self::NotReady(_) => "Service Unavailable",
             Self::Internal(_) => "Internal Server Error",
         }
     }
@@ -201,7 +206,7 @@ impl ApiError {
             Self::TooManyRequests { .. } => "rate-limited",
             Self::BadGateway(_) => "upstream-error",
             Self::GatewayTimeout(_) => "upstream-timeout",
-            Self::Unavailable(_) => "service-unavailable",
+            Self::Unavailable(_) | Self::NotReady(_) => "service-unavailable",
             Self::Internal(_) => "internal-error",
         }
     }
@@ -330,7 +335,7 @@ impl ResponseError for ApiError {
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -353,7 +358,7 @@ impl ResponseError for ApiError {
                     retry_after.as_secs().max(1).to_string(),
                 ));
             }
-            Self::Unavailable(_) => {
+            Self::Unavailable(_) | Self::NotReady(_) => {
                 res.insert_header((header::RETRY_AFTER, "1"));
             }
             Self::Unauthorized(_) => {

@@ -1,6 +1,8 @@
 //! `/health` (liveness and the startup probe: the process serves; touches
 //! nothing), `/health/ready` (PostgreSQL answers and this binary's migrations are
-//! applied; Redis never fails readiness) and `/health/detailed` (the operator's
+//! applied; Redis never fails readiness — but a service that learns revocations
+//! only from Redis is not ready until it knows every one, see
+//! `kai_http::auth::Authenticator::revocations_known`) and `/health/detailed` (the operator's
 //! view: dependencies, pool, cache, per-route timings, slow queries).
 //!
 //! **Readiness is bounded and never waits on the serving pool.** It asks
@@ -52,6 +54,9 @@ async fn live() -> HttpResponse {
 /// platform).
 pub struct Health {
     pub service: &'static str,
+    /// Not ready while it does not know every revocation (see
+    /// `Authenticator::revocations_known`).
+    pub auth: Arc<kai_http::auth::Authenticator>,
     pub started: Instant,
     pub db: Db,
     pub cache: Cache,
@@ -61,6 +66,11 @@ pub struct Health {
 }
 
 async fn ready(platform: web::Data<Health>) -> Result<HttpResponse, ApiError> {
+    if !platform.auth.revocations_known() {
+        return Err(ApiError::NotReady(
+            "revocations are not known yet: the revoked set is missing its marker".into(),
+        ));
+    }
     match platform.readiness.check().await {
         Ready::Yes => Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "ready" }))),
         Ready::Unanswered { since } => Ok(HttpResponse::Ok().json(serde_json::json!({

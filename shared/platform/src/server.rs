@@ -136,7 +136,97 @@ where
     F: Fn(web::Data<Platform>, Uuid) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = anyhow::Result<u64>> + Send + 'static,
 {
-    kai_shared::erasure::consume(p.clone(), &p.settings.redis, &p.metrics, stop, group, purge)
+    let auth = p.auth.clone();
+    let verify: kai_shared::erasure::Verify =
+        Arc::new(move |id: &str, payload: &str| verify_erasure(&auth, id, payload));
+    kai_shared::erasure::consume(
+        p.clone(),
+        &p.settings.redis,
+        &p.metrics,
+        stop,
+        group,
+        verify,
+        purge,
+    )
+}
+
+/// An erasure event as published: signed by the token-issuing service, its
+/// body `<event id> <user id>` naming the stream entry's own event id (a signed
+/// event copied under another event's id is refused).
+fn verify_erasure(auth: &Authenticator, id: &str, payload: &str) -> Result<Uuid, &'static str> {
+    use kai_http::auth::control::Kind;
+    let control = auth
+        .verify_control(payload, &[Kind::AccountErased])
+        .map_err(|e| match e {
+            kai_http::auth::control::Refused::Malformed => "malformed",
+            kai_http::auth::control::Refused::UnknownKey => "unknown signing key",
+            kai_http::auth::control::Refused::BadSignature => "bad signature",
+            kai_http::auth::control::Refused::WrongAudience => "not a control message",
+            kai_http::auth::control::Refused::WrongKind => "unexpected kind",
+        })?;
+    let (event, user) = control.body.split_once(' ').ok_or("malformed")?;
+    if event != id {
+        return Err("signed for another event");
+    }
+    user.parse().map_err(|_| "malformed")
+}
+
+/// What the subscriber does with revocations: each one is verified (signed by
+/// the token-issuing service) before it is applied; one that does not verify is
+/// dropped, counted in `kai_events_rejected_total{stream="revocations"}` and
+/// logged at WARN (never the message: it names a user). After each read of the
+/// revoked set, a service that relies on it (no session check of its own)
+/// knows every revocation only if the set held the verified marker.
+fn revocation_listeners(
+    auth: &Arc<Authenticator>,
+    metrics: &Metrics,
+    relies: bool,
+) -> (
+    kai_shared::cache::OnRevoked,
+    Option<kai_shared::cache::OnLoaded>,
+) {
+    use kai_http::auth::control::Kind;
+    let rejected = metrics.events_rejected.with_label_values(&["revocations"]);
+    let on_revoked = {
+        let (auth, rejected) = (auth.clone(), rejected.clone());
+        Arc::new(
+            move |message: &str| match auth.verify_control(message, &[Kind::Revocation]) {
+                Ok(control) => auth.apply_revocation(&control.body),
+                Err(why) => {
+                    rejected.inc();
+                    tracing::warn!(reason = %why, "revocation rejected: it did not verify; dropped");
+                }
+            },
+        ) as kai_shared::cache::OnRevoked
+    };
+    let auth = auth.clone();
+    let on_loaded = Arc::new(move |members: &[String]| {
+        let (mut complete, mut refused) = (false, 0u64);
+        let now = chrono::Utc::now().timestamp();
+        for member in members {
+            match auth.verify_control(member, &[Kind::Revocation, Kind::Complete]) {
+                Ok(control) if control.kind == Kind::Complete => complete = true,
+                Ok(control) => {
+                    if control.exp.is_none_or(|exp| exp >= now) {
+                        auth.apply_revocation(&control.body);
+                    }
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        if refused > 0 {
+            rejected.inc_by(refused);
+            tracing::warn!(
+                refused,
+                "revoked set: members that did not verify were dropped"
+            );
+        }
+        if relies {
+            auth.set_revocations_known(complete);
+        }
+        complete
+    }) as kai_shared::cache::OnLoaded;
+    (on_revoked, Some(on_loaded))
 }
 
 /// See [`ServiceDef::on_start`].
@@ -173,7 +263,9 @@ impl Platform {
     /// every service through Redis pub/sub.
     pub async fn revoke_session(&self, session_id: Uuid, expires_at: i64) {
         self.auth.mark_revoked(session_id);
-        let announced = session_id.to_string();
+        let Some(announced) = self.sign_revocation(session_id.to_string(), expires_at) else {
+            return;
+        };
         if !revocation::announce(self.redis.as_ref(), &announced, expires_at).await {
             tracing::warn!(
                 "logout could not be announced through Redis; other services learn it when it answers"
@@ -196,10 +288,31 @@ impl Platform {
         // Kept in Redis as long as a token issued just now could live.
         let expires_at = chrono::Utc::now().timestamp() + self.auth.ttl().as_secs() as i64 + 60;
         let announced = kai_http::auth::user_revocation(user_id, watermark);
+        let Some(announced) = self.sign_revocation(announced, expires_at) else {
+            return;
+        };
         if !revocation::announce(self.redis.as_ref(), &announced, expires_at).await {
             tracing::warn!(
                 "revocation could not be announced through Redis; other services learn it when it answers"
             );
+        }
+    }
+}
+
+impl Platform {
+    /// A revocation as announced: signed with the token-issuing service's key
+    /// (`None`, logged, in a service without one: it issues no token to revoke).
+    pub fn sign_revocation(&self, announced: String, expires_at: i64) -> Option<String> {
+        match self.auth.sign_control(
+            kai_http::auth::control::Kind::Revocation,
+            announced,
+            Some(expires_at),
+        ) {
+            Ok(signed) => Some(signed),
+            Err(e) => {
+                tracing::error!(error = %e, "a revocation cannot be signed here");
+                None
+            }
         }
     }
 }
@@ -270,17 +383,21 @@ impl Platform {
             settings.auth.token_ttl,
         ));
         let redis = redis(&settings, &metrics).await?;
-        let on_revoked = {
-            let auth = auth.clone();
-            Arc::new(move |announced: &str| auth.apply_revocation(announced))
-        };
+        // A service without a session check of its own (journal, conversation)
+        // learns revocations from Redis only: with Redis, it knows none until it
+        // has read the complete revoked set. Without Redis it is one process,
+        // and every revocation is its own (in-process).
+        let relies = def.session_check.is_none();
+        if redis.is_some() && relies {
+            auth.set_revocations_known(false);
+        }
         let cache = Cache::with_redis(
             def.name,
             &settings.cache,
             &settings.redis,
             redis.clone(),
             &metrics,
-            on_revoked,
+            revocation_listeners(&auth, &metrics, relies),
             stop,
         )
         .context("configuring the cache")?;
@@ -302,6 +419,7 @@ impl Platform {
         );
         let health = web::Data::new(crate::health::Health {
             service: def.name,
+            auth: auth.clone(),
             started: Instant::now(),
             db: db.clone(),
             cache: cache.clone(),

@@ -41,14 +41,26 @@ pub const LOST_AFTER: Duration = Duration::from_secs(2);
 /// Wait between reconnection attempts.
 const RETRY_EVERY: Duration = Duration::from_millis(250);
 
-/// Called with each revoked session id.
+/// Called with each revocation announced on the channel (and, without an
+/// [`OnLoaded`], with each member of the revoked set).
 pub type OnRevoked = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Called with the members of the revoked set each time it is read (once
+/// subscribed); answers whether the set was complete (held a verified
+/// completeness marker). While it was not, the set is read again every
+/// [`RELOAD_EVERY`] until it is.
+pub type OnLoaded = Arc<dyn Fn(&[String]) -> bool + Send + Sync>;
+
+/// How often an incomplete revoked set is read again.
+pub const RELOAD_EVERY: Duration = Duration::from_millis(250);
 
 /// What the subscription tells what it hears: the generations (invalidations),
 /// `on_revoked` (revocations), and the count of subscriptions established.
 pub struct Listeners {
     pub generations: Arc<Generations>,
     pub on_revoked: OnRevoked,
+    /// None: every member goes to `on_revoked`, and the set counts as complete.
+    pub on_loaded: Option<OnLoaded>,
     pub subscriptions: prometheus::IntCounter,
 }
 
@@ -103,6 +115,7 @@ async fn listen(
     let Listeners {
         generations,
         on_revoked,
+        on_loaded,
         subscriptions,
     } = listeners;
     let revocations = revocation::channel(redis.prefix());
@@ -117,14 +130,23 @@ async fn listen(
     *established = true;
     subscriptions.inc();
     // Sessions revoked before we subscribed (start-up, or while disconnected).
-    let revoked = revocation::revoked_sessions(redis, patience).await?;
-    for session in &revoked {
-        on_revoked(session);
-    }
-    tracing::info!(
-        revoked = revoked.len(),
-        "invalidation subscription established"
-    );
+    let load = || async {
+        let revoked = revocation::revoked_sessions(redis, patience).await?;
+        let complete = match on_loaded {
+            Some(on_loaded) => on_loaded(&revoked),
+            None => {
+                for session in &revoked {
+                    on_revoked(session);
+                }
+                true
+            }
+        };
+        Ok::<_, anyhow::Error>((revoked.len(), complete))
+    };
+    let (revoked, mut complete) = load().await?;
+    tracing::info!(revoked, complete, "invalidation subscription established");
+    let mut reload = tokio::time::interval(RELOAD_EVERY);
+    reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let apply = |msg: redis::Msg| {
         let payload: String = msg.get_payload().unwrap_or_default();
@@ -171,6 +193,15 @@ async fn listen(
                     apply(msg);
                 }
                 generations.confirm(sent_at);
+            }
+            _ = reload.tick(), if !complete => {
+                // Redis lost the set: read it again until profile-service has
+                // restored it (the marker is back).
+                let (revoked, now_complete) = load().await?;
+                if now_complete {
+                    tracing::info!(revoked, "revoked sessions restored");
+                }
+                complete = now_complete;
             }
             _ = tokio::time::sleep_until(lost_at), if waiting => {
                 anyhow::bail!("no heartbeat answer in {} s", LOST_AFTER.as_secs());

@@ -62,7 +62,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 pub use entry::Entry;
-pub use invalidation::OnRevoked;
+pub use invalidation::{OnLoaded, OnRevoked};
 pub use keys::Scope;
 pub use write::{Hot, Refresh, Written};
 
@@ -266,23 +266,23 @@ impl Cache {
             redis_settings,
             redis,
             metrics,
-            on_revoked,
+            (on_revoked, None),
             stop,
         )
     }
 
     /// Builds `service`'s cache on `redis` (none: L1 only); with Redis, starts the
     /// invalidation subscriber (stopped by `stop`) on the service's own channel,
-    /// which also hears revocations (`on_revoked`), and seals what it stores
-    /// under the service's key ([`CacheSettings::keys`]). Must run inside a
-    /// Tokio runtime.
+    /// which also hears revocations (`on_revoked`, and the revoked set each time
+    /// it is read: `on_loaded`), and seals what it stores under the service's key
+    /// ([`CacheSettings::keys`]). Must run inside a Tokio runtime.
     pub fn with_redis(
         service: &str,
         settings: &CacheSettings,
         redis_settings: &RedisSettings,
         redis: Option<Arc<Redis>>,
         metrics: &Metrics,
-        on_revoked: OnRevoked,
+        (on_revoked, on_loaded): (OnRevoked, Option<OnLoaded>),
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         let prefix = redis_settings.prefix.clone();
@@ -308,6 +308,7 @@ impl Cache {
                     invalidation::Listeners {
                         generations: generations.clone(),
                         on_revoked,
+                        on_loaded,
                         subscriptions: metrics.cache_subscriptions.clone(),
                     },
                     stop,

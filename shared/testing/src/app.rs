@@ -59,8 +59,18 @@ pub struct TestApp {
 impl TestApp {
     /// Builds and starts `def` with `settings` (migrations applied) on a free port;
     /// on a [`super::TestDb`], migrated as the service's migration role and served
-    /// as its serving role ([`super::roles`]).
+    /// as its serving role ([`super::roles`]). With Redis, the revoked set is
+    /// first marked complete (signed with the test key, as profile-service would:
+    /// see [`crate::mark_revocations_complete`]) unless it already is, so journal
+    /// and conversation started without profile-service become ready.
     pub async fn start(def: ServiceDef, settings: Settings) -> Self {
+        crate::mark_revocations_complete(&settings).await;
+        Self::start_as_is(def, settings).await
+    }
+
+    /// [`TestApp::start`] without touching the revoked set (a test of a
+    /// replica that starts while the set is missing its marker).
+    pub async fn start_as_is(def: ServiceDef, settings: Settings) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let settings = super::roles::serve_as_roles(settings, def.name, def.migrations).await;
         let app = Application::build(
@@ -101,6 +111,18 @@ impl TestApp {
         while !self.platform.cache.l1_trusted() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Waits (bounded) until this replica knows every revocation; true if it does.
+    pub async fn wait_revocations_known(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while !self.platform.auth.revocations_known() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -72,3 +72,40 @@ pub fn token(user_id: Uuid) -> String {
         .expect("mint")
         .0
 }
+
+/// Marks the revoked set of `settings`' Redis complete, as profile-service does
+/// once it has written it from PostgreSQL: its signed marker (test key), unless
+/// a marker that verifies is already there. Without Redis, nothing to do; a
+/// Redis that does not answer within about a second is left as it is (the
+/// service under test then fails closed, as it should).
+pub async fn mark_revocations_complete(settings: &kai_platform::config::Settings) {
+    use kai_http::auth::control::Kind;
+    use kai_shared::redis::{Redis, revocation};
+    let metrics = kai_shared::metrics::Metrics::new("kai-testing");
+    let Some(store) = Redis::from_settings(&settings.redis, &metrics).expect("Redis settings")
+    else {
+        return;
+    };
+    let auth = test_authenticator();
+    for _ in 0..5 {
+        match revocation::markers(&store).await {
+            Ok(markers)
+                if markers
+                    .iter()
+                    .any(|m| auth.verify_control(m, &[Kind::Complete]).is_ok()) =>
+            {
+                return;
+            }
+            Ok(_) => {
+                let marker = auth
+                    .sign_control(Kind::Complete, String::new(), None)
+                    .expect("the test key signs");
+                if revocation::restore(&store, &[], &marker).await.is_ok() {
+                    return;
+                }
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -3,6 +3,7 @@
 
 mod cache_engine;
 mod cluster;
+mod control;
 mod erasure;
 mod faults;
 mod hostile;

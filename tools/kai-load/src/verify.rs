@@ -325,8 +325,11 @@ async fn redis_checks(c: &mut Checker, url: &str) {
     match get("maxmemory-policy").await {
         None => c.warn("Redis maxmemory-policy: CONFIG GET not allowed"),
         Some(v) if v == "noeviction" => {
-            c.warn("Redis maxmemory-policy is noeviction (default); recommended allkeys-lru")
+            c.warn("Redis maxmemory-policy is noeviction (default); recommended volatile-lru")
         }
+        Some(v) if v.starts_with("allkeys") => c.warn(format!(
+            "Redis maxmemory-policy {v} may evict the revoked sessions; recommended volatile-lru"
+        )),
         Some(v) => c.ok(format!("Redis maxmemory-policy {v}")),
     }
     match get("appendonly").await {

@@ -170,42 +170,27 @@ async fn without_redis_the_in_process_cache_serves_hits_and_sees_writes() {
 }
 
 #[tokio::test]
-async fn unreachable_redis_degrades_to_postgresql_and_says_so() {
+async fn unreachable_redis_at_start_fails_closed_and_says_so() {
+    // With Redis configured but unreachable at start, journal cannot know which
+    // sessions were revoked (it learns them from Redis only): it refuses
+    // authenticated requests with 503 + Retry-After and is not ready, rather
+    // than serve a token that may have ended. (A Redis lost while serving is
+    // another matter: the replica keeps what it heard; see the faults tests.)
     let closed = kai_testing::free_port();
     let j = spawn_with(Some(&format!("redis://127.0.0.1:{closed}")), &[]).await;
     let user = User::new();
-    let e = j.entry(&user, "still works").await;
-    let id = e["id"].as_str().unwrap();
-    for path in [
-        format!("/api/journal/entries/{id}"),
-        "/api/journal/entries".into(),
-        "/api/journal/entries?limit=3".into(),
-        "/api/journal/stats".into(),
-        "/api/journal/search?q=works".into(),
-    ] {
-        let (status, _, body) = read(&j.app, &user, &path).await;
-        assert_eq!(status, 200, "{path}: {body}");
+    for path in ["/api/journal/entries", "/api/journal/stats"] {
+        let res = j.app.get(&user.token, path).await;
+        assert_eq!(res.status(), 503, "{path}");
+        assert!(res.headers().contains_key("retry-after"));
     }
-    assert_eq!(
-        j.patch(&user, id, json!({"content": "changed"}))
-            .await
-            .status(),
-        200
-    );
-    assert_eq!(
-        read(&j.app, &user, &format!("/api/journal/entries/{id}"))
-            .await
-            .2["content"],
-        "changed"
-    );
-    assert_eq!(j.delete(&user, id).await.status(), 204);
     let health: serde_json::Value = j.app.get_json("/health/detailed").await;
     assert_eq!(health["status"], "degraded", "{health}");
     assert_eq!(health["redis"]["status"], "unhealthy");
     assert_eq!(
         j.app.status("/health/ready").await,
-        200,
-        "Redis never fails readiness"
+        503,
+        "not ready while the revocations are unknown"
     );
 }
 
