@@ -457,7 +457,7 @@ mod tests {
         // replica holds no lease: it gave back the rest with its call).
         while refusals_in_a_row < 14 {
             // A burst on one replica, then on the other.
-            let limiter = if (turn / 7) % 2 == 0 { &a } else { &b };
+            let limiter = if (turn / 7).is_multiple_of(2) { &a } else { &b };
             turn += 1;
             match limiter.check_leased(&tight, "sam").await {
                 Ok(()) => {
