@@ -9,8 +9,6 @@ pub mod config;
 pub mod erasure;
 /// `GET /api/journal/export`: every entry, streamed as NDJSON in keyset batches.
 pub mod export;
-
-pub mod json;
 /// Per-user limits on exports.
 pub mod limits;
 /// Request and response shapes, and their validation.

@@ -9,35 +9,22 @@ use kai_shared::db::{Db, DbError};
 use uuid::Uuid;
 
 use crate::cache_rules::{LIST, list_cursor_key, list_page_key, user_scope};
-use crate::json::Answer;
-use crate::model::{Entry, EntryCursorPage, EntryPage};
+use crate::model::{Entry, EntryPage};
 use crate::queries;
-use kai_http::cursor::CursorQuery;
 
 /// The list's page size when a request names none, in page and cursor mode.
 pub const DEFAULT_PAGE_SIZE: i64 = 20;
 
-/// A page-mode list page, as cached (its JSON written by `json`).
+/// A page-mode list page, as cached.
 pub async fn load_page(
     db: &Db,
     uid: Uuid,
     page: i64,
     page_size: i64,
-) -> Result<Option<Answer<EntryPage>>, DbError> {
+) -> Result<Option<EntryPage>, DbError> {
     queries::list_entries_page(db, uid, page, page_size)
         .await
-        .map(|page| Some(Answer::page(page)))
-}
-
-/// A cursor-mode list page, as cached (its JSON written by `json`).
-pub async fn load_cursor_page(
-    db: &Db,
-    uid: Uuid,
-    q: &CursorQuery,
-) -> Result<Option<Answer<EntryCursorPage>>, DbError> {
-    queries::list_entries_after(db, uid, q)
-        .await
-        .map(|page| Some(Answer::cursor_page(page)))
+        .map(Some)
 }
 
 /// The list's first page in page mode at the default size, if it is hot on this
@@ -63,7 +50,7 @@ pub fn first_pages(
     let mut pages = vec![match hot {
         Some(hot) => Refresh::derived(hot, &LIST, move |old| {
             serde_json::from_slice::<EntryPage>(old)
-                .map(|page| Some(Answer::page(page.with_created(&created))))
+                .map(|page| Some(page.with_created(&created)))
                 .map_err(ApiError::internal)
         }),
         None => Refresh::new(
@@ -78,7 +65,7 @@ pub fn first_pages(
             user_scope(uid),
             &LIST,
             list_cursor_key(uid, None, cq.limit),
-            async move { load_cursor_page(&p.db, uid, &cq).await },
+            async move { queries::list_entries_after(&p.db, uid, &cq).await.map(Some) },
         ));
     }
     pages

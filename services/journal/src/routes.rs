@@ -114,8 +114,8 @@ async fn list_entries(
         let cq = p.cursor_query(uid, q.limit, q.cursor.as_deref())?;
         let key = list_cursor_key(uid, q.cursor.as_deref(), cq.limit);
         p.cache
-            .get_or_load(&user_scope(uid), &LIST, &key, || {
-                crate::pages::load_cursor_page(&p.db, uid, &cq)
+            .get_or_load(&user_scope(uid), &LIST, &key, || async {
+                queries::list_entries_after(&p.db, uid, &cq).await.map(Some)
             })
             .await?
     } else {
