@@ -91,6 +91,9 @@ struct Lease {
     until: std::time::Instant,
     /// What the last call asked for.
     ask: u32,
+    /// Calls to Redis for this bucket running now: while one runs, others ask
+    /// for one token each, so concurrent requests do not each take a lease.
+    in_flight: u32,
 }
 
 /// A bucket: `capacity` requests at once, refilled at `per_second`.
@@ -167,14 +170,28 @@ impl RateLimiter {
                     return Ok(());
                 }
                 Some(lease) => {
-                    let want = if now < lease.until {
+                    let want = if lease.in_flight > 0 {
+                        1
+                    } else if now < lease.until {
                         lease.ask.saturating_mul(2).min(MAX_LEASE)
                     } else {
                         1
                     };
+                    lease.in_flight += 1;
                     (want, std::mem::take(&mut lease.left))
                 }
-                None => (1, 0),
+                None => {
+                    leases.insert(
+                        key.clone(),
+                        Lease {
+                            left: 0,
+                            until: now,
+                            ask: 1,
+                            in_flight: 1,
+                        },
+                    );
+                    (1, 0)
+                }
             }
         };
         let granted = lease_bucket(
@@ -186,26 +203,37 @@ impl RateLimiter {
             refund,
         )
         .await;
+        let now = std::time::Instant::now();
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        if leases.len() >= MAX_LOCAL_KEYS {
+            leases.retain(|_, l| l.until > now || l.in_flight > 0);
+        }
+        let lease = leases.entry(key.clone()).or_insert(Lease {
+            left: 0,
+            until: now,
+            ask: want,
+            in_flight: 1,
+        });
+        lease.in_flight = lease.in_flight.saturating_sub(1);
         let wait = match granted {
             Some(Ok(granted)) => {
-                let now = std::time::Instant::now();
-                let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
-                if leases.len() >= MAX_LOCAL_KEYS {
-                    leases.retain(|_, l| l.until > now);
-                }
-                let lease = leases.entry(key).or_insert(Lease {
-                    left: 0,
-                    until: now,
-                    ask: want,
-                });
                 let kept = if lease.until > now { lease.left } else { 0 };
                 lease.left = kept + granted - 1;
                 lease.until = now + LEASE_TTL;
                 lease.ask = want;
                 None
             }
+            // Refused: a concurrent request of this replica may have leased
+            // tokens meanwhile; those are this subject's to spend.
+            Some(Err(_)) if lease.left > 0 && now < lease.until => {
+                lease.left -= 1;
+                None
+            }
             Some(Err(wait)) => Some(wait),
-            None => self.check_local(&key, limit),
+            None => {
+                drop(leases);
+                self.check_local(&key, limit)
+            }
         };
         refusal(wait)
     }
@@ -480,6 +508,27 @@ mod tests {
         );
         // Another subject has its own bucket.
         assert!(a.check_leased(&tight, "kim").await.is_ok());
+    }
+
+    /// Concurrent requests of one replica do not each take a lease: while one
+    /// call runs the others ask for one token, and a refused one spends what a
+    /// concurrent call leased — 30 at once within a capacity of 40 all pass.
+    #[tokio::test]
+    async fn concurrent_checks_do_not_overdraw_the_bucket() {
+        let prefix = kai_testing::TestPrefix::new(&kai_testing::redis_url());
+        let (limiter, _) = replica(&prefix.prefix);
+        let limit = Limit {
+            name: "burst",
+            capacity: 40,
+            per_second: 0.001,
+        };
+        for _ in 0..5 {
+            limiter.check_leased(&limit, "sam").await.unwrap();
+        }
+        let all =
+            futures_util::future::join_all((0..30).map(|_| limiter.check_leased(&limit, "sam")))
+                .await;
+        assert!(all.iter().all(Result::is_ok), "{all:?}");
     }
 
     #[test]
