@@ -3,6 +3,14 @@
 //! or its circuit is open — so a Redis outage never turns into unlimited login
 //! attempts, only into per-replica limits.
 //!
+//! A busy path (journal's creates) takes its tokens in leases instead
+//! ([`RateLimiter::check_leased`]): one script call takes up to a few dozen
+//! tokens from the same shared bucket, and this process spends them for at most
+//! [`LEASE_TTL`]. The bucket stays the one limit across replicas — no token is
+//! spent that Redis did not hand out — and a user far from the limit costs one
+//! Redis call per lease instead of one per request; near it (a bucket below two
+//! tokens) every request asks Redis for one token, as `check` does.
+//!
 //! The in-process fallback is `governor`'s keyed limiter (GCRA). GCRA with a burst
 //! of `capacity` and one cell every `1 / per_second` is the token bucket the Redis
 //! script keeps: `capacity` requests at once, then one per refill interval, and a
@@ -37,6 +45,56 @@ redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
 redis.call('PEXPIRE', KEYS[1], math.ceil(cap * 1000 / rate) + 1000)
 return wait
 ";
+
+/// Leased tokens: refill by elapsed server time plus what the caller gives back
+/// (the unspent rest of an expired lease), then hand out up to `want` tokens —
+/// never more than half of what is left (at least one), so one replica's lease
+/// leaves the others something — or return the wait in milliseconds.
+/// Returns {granted, wait}.
+const LEASE_BUCKET: &str = r"
+local cap = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local refund = tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1]) or cap
+local ts = tonumber(state[2]) or now
+tokens = math.min(cap, tokens + math.max(0, now - ts) * rate / 1000 + refund)
+local granted = 0
+local wait = 0
+if tokens >= 1 then
+  granted = math.max(1, math.min(want, math.floor(tokens / 2)))
+  tokens = tokens - granted
+else
+  wait = math.ceil((1 - tokens) * 1000 / rate)
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(cap * 1000 / rate) + 1000)
+return {granted, wait}
+";
+
+/// How long this process may spend a lease's tokens; what is left after that
+/// goes back to the bucket with the next call for the same subject.
+pub const LEASE_TTL: Duration = Duration::from_secs(1);
+
+/// The most tokens one lease asks for. A lease doubles (from one) each time
+/// the previous one was spent within [`LEASE_TTL`], so only a subject busy on
+/// this replica asks for many.
+pub const MAX_LEASE: u32 = 64;
+
+/// What this process holds of one bucket.
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    left: u32,
+    until: std::time::Instant,
+    /// What the last call asked for.
+    ask: u32,
+    /// Calls to Redis for this bucket running now: while one runs, others ask
+    /// for one token each, so concurrent requests do not each take a lease.
+    in_flight: u32,
+}
 
 /// A bucket: `capacity` requests at once, refilled at `per_second`.
 #[derive(Debug, Clone, Copy)]
@@ -74,6 +132,8 @@ pub struct RateLimiter {
     service: &'static str,
     /// The fallback's limiters, by limit (its name and quota).
     local: Arc<Mutex<Limiters>>,
+    /// Leases of shared buckets ([`RateLimiter::check_leased`]), by bucket key.
+    leases: Arc<Mutex<HashMap<String, Lease>>>,
 }
 
 impl RateLimiter {
@@ -82,35 +142,123 @@ impl RateLimiter {
             redis,
             service,
             local: Arc::default(),
+            leases: Arc::default(),
         }
     }
 
     /// Takes one token for `subject` under `limit`, or says how long to wait.
     /// `subject` is hashed into the key: e-mail addresses never reach Redis in clear.
     pub async fn check(&self, limit: &Limit, subject: &str) -> Result<(), Limited> {
-        let key = format!(
-            "{}:{}",
-            limit.name,
-            hex::encode(&Sha256::digest(subject.as_bytes())[..16])
-        );
-        let wait = match token_bucket(
+        let key = bucket_key(limit, subject);
+        let wait =
+            match token_bucket(
+                self.redis.as_ref(),
+                self.service,
+                &key,
+                limit.capacity,
+                limit.per_second,
+            )
+            .await
+            {
+                Some(wait) => wait,
+                None => self.check_local(&key, limit),
+            };
+        refusal(wait)
+    }
+
+    /// As [`check`](Self::check), the same bucket, but its tokens taken from
+    /// Redis in leases: a request first spends a token this process leased for
+    /// `subject` in the last [`LEASE_TTL`]; only when none is left does it call
+    /// Redis, for a lease twice the last one's size if that one was spent in
+    /// time (at most [`MAX_LEASE`]), else for one token — giving back the rest of
+    /// an expired lease. Near the limit every request asks Redis for one token.
+    pub async fn check_leased(&self, limit: &Limit, subject: &str) -> Result<(), Limited> {
+        let key = bucket_key(limit, subject);
+        let now = std::time::Instant::now();
+        let (want, refund) = {
+            let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+            match leases.get_mut(&key) {
+                Some(lease) if lease.left > 0 && now < lease.until => {
+                    lease.left -= 1;
+                    return Ok(());
+                }
+                Some(lease) => {
+                    let want = if lease.in_flight > 0 {
+                        1
+                    } else if now < lease.until {
+                        lease.ask.saturating_mul(2).min(MAX_LEASE)
+                    } else {
+                        1
+                    };
+                    lease.in_flight += 1;
+                    (want, std::mem::take(&mut lease.left))
+                }
+                None => {
+                    leases.insert(
+                        key.clone(),
+                        Lease {
+                            left: 0,
+                            until: now,
+                            ask: 1,
+                            in_flight: 1,
+                        },
+                    );
+                    (1, 0)
+                }
+            }
+        };
+        let granted = lease_bucket(
             self.redis.as_ref(),
             self.service,
             &key,
             limit.capacity,
             limit.per_second,
+            want,
+            refund,
         )
-        .await
-        {
-            Some(wait) => wait,
-            None => self.check_local(&key, limit),
-        };
-        match wait {
-            None => Ok(()),
-            Some(retry_after) => Err(Limited {
-                retry_after: retry_after.max(Duration::from_secs(1)),
-            }),
+        .await;
+        let now = std::time::Instant::now();
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        if leases.len() >= MAX_LOCAL_KEYS {
+            leases.retain(|_, l| l.until > now || l.in_flight > 0);
         }
+        let lease = leases.entry(key.clone()).or_insert(Lease {
+            left: 0,
+            until: now,
+            ask: want,
+            in_flight: 1,
+        });
+        lease.in_flight = lease.in_flight.saturating_sub(1);
+        let wait = match granted {
+            Some(Ok(granted)) => {
+                let kept = if lease.until > now { lease.left } else { 0 };
+                lease.left = kept + granted - 1;
+                lease.until = now + LEASE_TTL;
+                lease.ask = want;
+                None
+            }
+            // Refused: a concurrent request of this replica may have leased
+            // tokens meanwhile; those are this subject's to spend.
+            Some(Err(_)) if lease.left > 0 && now < lease.until => {
+                lease.left -= 1;
+                None
+            }
+            Some(Err(wait)) => Some(wait),
+            None => {
+                drop(leases);
+                self.check_local(&key, limit)
+            }
+        };
+        refusal(wait)
+    }
+
+    /// Tokens this process holds of `subject`'s bucket under `limit` (tests).
+    pub fn leased(&self, limit: &Limit, subject: &str) -> u32 {
+        let leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        leases
+            .get(&bucket_key(limit, subject))
+            .filter(|l| l.until > std::time::Instant::now())
+            .map_or(0, |l| l.left)
     }
 
     fn check_local(&self, key: &str, limit: &Limit) -> Option<Duration> {
@@ -136,6 +284,26 @@ impl RateLimiter {
         outcome
             .err()
             .map(|not_until| not_until.wait_time_from(limiter.clock().now()))
+    }
+}
+
+/// A bucket's key under the Redis prefix's `ratelimit:`: the limit's name and
+/// the hashed subject (e-mail addresses never reach Redis in clear).
+fn bucket_key(limit: &Limit, subject: &str) -> String {
+    format!(
+        "{}:{}",
+        limit.name,
+        hex::encode(&Sha256::digest(subject.as_bytes())[..16])
+    )
+}
+
+/// A wait as a refusal (at least a second), or none.
+fn refusal(wait: Option<Duration>) -> Result<(), Limited> {
+    match wait {
+        None => Ok(()),
+        Some(retry_after) => Err(Limited {
+            retry_after: retry_after.max(Duration::from_secs(1)),
+        }),
     }
 }
 
@@ -222,6 +390,44 @@ pub async fn token_bucket(
     Some((wait_ms > 0).then(|| Duration::from_millis(wait_ms)))
 }
 
+/// One lease from a Redis token bucket: `Some(Ok(granted))` (at least one
+/// token), `Some(Err(wait))` refused, `None` when Redis is not configured or
+/// unavailable (the caller falls back to an in-process bucket). `refund` tokens
+/// go back into the bucket first.
+pub async fn lease_bucket(
+    redis: Option<&Arc<Redis>>,
+    service: &str,
+    key: &str,
+    capacity: u32,
+    per_second: f64,
+    want: u32,
+    refund: u32,
+) -> Option<Result<u32, Duration>> {
+    let store = redis.filter(|r| r.available())?;
+    let key = format!("{}:ratelimit:{service}:{key}", store.prefix());
+    let (cap, rate) = (capacity.to_string(), per_second.to_string());
+    let (want, refund) = (want.max(1).to_string(), refund.to_string());
+    static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(LEASE_BUCKET));
+    let (granted, wait_ms): (u32, u64) = store
+        .run(Command::Script(
+            &SCRIPT,
+            &[key.as_str()],
+            &[
+                cap.as_bytes(),
+                rate.as_bytes(),
+                want.as_bytes(),
+                refund.as_bytes(),
+            ],
+        ))
+        .await
+        .ok()?;
+    Some(if granted > 0 {
+        Ok(granted)
+    } else {
+        Err(Duration::from_millis(wait_ms.max(1)))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,6 +437,115 @@ mod tests {
         capacity: 3,
         per_second: 0.5,
     };
+
+    /// A replica's limiter on the shared Redis under `prefix`, and its count of
+    /// Redis commands sent.
+    fn replica(prefix: &str) -> (RateLimiter, prometheus::IntCounter) {
+        let metrics = crate::metrics::Metrics::new("test");
+        let client = redis::Client::open(kai_testing::redis_url()).unwrap();
+        let redis = Redis::new(
+            crate::redis::Target::Node(Box::new(client)),
+            2,
+            Duration::from_secs(5),
+            prefix.to_owned(),
+            metrics.clone(),
+        );
+        let sent = metrics.redis_commands.with_label_values(&["sent"]);
+        (RateLimiter::new(Some(Arc::new(redis)), "test"), sent)
+    }
+
+    /// A busy subject far from its limit: one Redis call per lease, not per
+    /// request (leases double from one to `MAX_LEASE`).
+    #[tokio::test]
+    async fn leased_checks_call_redis_once_per_lease() {
+        let prefix = kai_testing::TestPrefix::new(&kai_testing::redis_url());
+        let (limiter, sent) = replica(&prefix.prefix);
+        let roomy = Limit {
+            name: "roomy",
+            capacity: 100_000,
+            per_second: 1000.0,
+        };
+        for _ in 0..1000 {
+            limiter.check_leased(&roomy, "sam").await.unwrap();
+        }
+        // 1 + 2 + 4 + … + 64 = 127 in 7 calls, then 64 per call: 22 calls for
+        // 1,000 (more only if the machine took over a second between two).
+        assert!(
+            sent.get() <= 30,
+            "{} Redis commands for 1000 checks",
+            sent.get()
+        );
+        assert!(
+            sent.get() >= 7,
+            "the leases came from Redis: {}",
+            sent.get()
+        );
+    }
+
+    /// Two replicas share one bucket: together they get exactly its capacity
+    /// (every token they spent Redis handed out; none is lost while they keep
+    /// asking), and each refusal says when to retry.
+    #[tokio::test]
+    async fn leases_keep_one_exact_limit_across_replicas() {
+        let prefix = kai_testing::TestPrefix::new(&kai_testing::redis_url());
+        let ((a, sent_a), (b, sent_b)) = (replica(&prefix.prefix), replica(&prefix.prefix));
+        let tight = Limit {
+            name: "tight",
+            capacity: 50,
+            // One token back every 1,000 s: none refills during the test.
+            per_second: 0.001,
+        };
+        let (mut allowed, mut refusals_in_a_row) = (0, 0);
+        let mut turn = 0u32;
+        // Until both replicas were refused after the last success (a refused
+        // replica holds no lease: it gave back the rest with its call).
+        while refusals_in_a_row < 14 {
+            // A burst on one replica, then on the other.
+            let limiter = if (turn / 7).is_multiple_of(2) { &a } else { &b };
+            turn += 1;
+            match limiter.check_leased(&tight, "sam").await {
+                Ok(()) => {
+                    allowed += 1;
+                    refusals_in_a_row = 0;
+                }
+                Err(Limited { retry_after }) => {
+                    assert!(retry_after >= Duration::from_secs(1));
+                    refusals_in_a_row += 1;
+                }
+            }
+            assert!(turn < 500, "never refused");
+        }
+        assert_eq!(allowed, 50, "the bucket's capacity, across both replicas");
+        assert_eq!(a.leased(&tight, "sam") + b.leased(&tight, "sam"), 0);
+        let calls = sent_a.get() + sent_b.get();
+        assert!(
+            calls < u64::from(turn),
+            "fewer Redis calls than checks: {calls} for {turn}"
+        );
+        // Another subject has its own bucket.
+        assert!(a.check_leased(&tight, "kim").await.is_ok());
+    }
+
+    /// Concurrent requests of one replica do not each take a lease: while one
+    /// call runs the others ask for one token, and a refused one spends what a
+    /// concurrent call leased — 30 at once within a capacity of 40 all pass.
+    #[tokio::test]
+    async fn concurrent_checks_do_not_overdraw_the_bucket() {
+        let prefix = kai_testing::TestPrefix::new(&kai_testing::redis_url());
+        let (limiter, _) = replica(&prefix.prefix);
+        let limit = Limit {
+            name: "burst",
+            capacity: 40,
+            per_second: 0.001,
+        };
+        for _ in 0..5 {
+            limiter.check_leased(&limit, "sam").await.unwrap();
+        }
+        let all =
+            futures_util::future::join_all((0..30).map(|_| limiter.check_leased(&limit, "sam")))
+                .await;
+        assert!(all.iter().all(Result::is_ok), "{all:?}");
+    }
 
     #[test]
     fn running_work_is_capped_per_subject_and_freed_on_drop() {

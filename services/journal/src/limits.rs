@@ -48,9 +48,17 @@ impl Limits {
         }
     }
 
-    /// One entry created.
+    /// One entry created: a token of the user's shared bucket, leased
+    /// (`RateLimiter::check_leased`): a busy user costs one Redis call per lease
+    /// of up to 64 creates on this replica, not one per create.
     pub async fn create(&self, p: &Platform, user: Uuid) -> Result<(), ApiError> {
-        p.take_per_user(&RATE_LIMITED, &self.creates, user).await
+        p.limiter
+            .check_leased(&self.creates, &user.to_string())
+            .await
+            .map_err(|e| {
+                p.metrics.count_outcome(&RATE_LIMITED, CREATES);
+                e.into()
+            })
     }
 
     /// One export started: its slot among the user's running exports (held

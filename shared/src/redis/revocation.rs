@@ -52,12 +52,10 @@ pub async fn revoke(store: &Arc<Redis>, announced: &str, expires_at: i64) -> Res
         // set's: two commands (stored first, so a replica subscribing between
         // them still reads it), each routed on its own.
         store.run::<()>(Command::Plain(zadd)).await?;
-        store.run::<()>(Command::Plain(expired)).await?;
         return store.run::<()>(Command::Plain(publish)).await;
     }
     let mut pipe = redis::pipe();
     pipe.add_command(zadd).ignore();
-    pipe.add_command(expired).ignore();
     pipe.add_command(publish).ignore();
     store.run(Command::Pipeline(pipe)).await
 }
