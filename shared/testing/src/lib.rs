@@ -16,6 +16,7 @@ pub mod net;
 pub mod postgres;
 pub mod process;
 pub mod redis_server;
+pub mod replica;
 pub mod tls;
 
 pub use app::*;
@@ -25,4 +26,5 @@ pub use net::*;
 pub use postgres::*;
 pub use process::*;
 pub use redis_server::*;
+pub use replica::*;
 pub use tls::*;

@@ -11,6 +11,7 @@ mod online;
 mod openapi;
 mod pool;
 mod readme;
+mod replicas;
 mod security;
 mod steady_state;
 mod storable;
