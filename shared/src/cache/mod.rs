@@ -400,7 +400,11 @@ impl Cache {
     {
         let inner = &self.inner;
         if !inner.enabled {
-            let entry = load_entry(policy, load).await.map_err(LoadFailure::typed)?;
+            // Writes still record their positions: a replica may answer.
+            let at = self.read_position(scope).await;
+            let entry = crate::db::read_at(at, load_entry(policy, load))
+                .await
+                .map_err(LoadFailure::typed)?;
             return answer(Arc::new(entry), CacheStatus::Bypass);
         }
 

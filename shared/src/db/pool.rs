@@ -126,7 +126,6 @@ impl Db {
             // A stopped PostgreSQL must turn into a 503 within the pool timeout, not a hang.
             settings.pool_timeout.min(Duration::from_secs(5)),
             settings.pool_timeout,
-            None,
         );
         let _ = metrics
             .registry
@@ -390,13 +389,8 @@ impl Db {
 }
 
 /// A pool on `settings`' server: `connect` bounds opening a connection, `wait`
-/// waiting for one; `post_create` runs on each new connection.
-pub(super) fn build_pool(
-    settings: &DatabaseSettings,
-    connect: Duration,
-    wait: Duration,
-    post_create: Option<Hook>,
-) -> Pool {
+/// waiting for one.
+pub(super) fn build_pool(settings: &DatabaseSettings, connect: Duration, wait: Duration) -> Pool {
     let mut pg = settings.pg_config();
     pg.connect_timeout(connect);
     if pg.get_application_name().is_none() {
@@ -428,17 +422,15 @@ pub(super) fn build_pool(
             })
         },
     );
-    let mut builder = Pool::builder(manager)
+    Pool::builder(manager)
         .max_size(settings.pool_size)
         .wait_timeout(Some(wait))
         .create_timeout(Some(connect.max(wait)))
         .recycle_timeout(Some(Duration::from_secs(5)))
         .post_recycle(verify_idle)
-        .runtime(Runtime::Tokio1);
-    if let Some(hook) = post_create {
-        builder = builder.post_create(hook);
-    }
-    builder.build().expect("pool settings validated at start")
+        .runtime(Runtime::Tokio1)
+        .build()
+        .expect("pool settings validated at start")
 }
 
 /// Opens each connection, and runs the task that drives it (the socket's reads

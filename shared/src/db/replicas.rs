@@ -11,12 +11,13 @@
 //! uses a replica whose `pg_last_wal_replay_lsn()` is at or past it. An unknown
 //! position (no Redis, Redis down, no task position) means the primary.
 //!
-//! Each replica's replayed position is remembered (it only grows while the
-//! server runs) and refreshed by a watcher every [`WATCH_EVERY`]; a read whose
-//! position is ahead of the remembered one asks the replica itself once (one
-//! cheap round trip to the replica, none to the primary) before it gives up on
-//! it. A new connection lowers the remembered position to what it finds (a
-//! replica restarted from an older restart point replays again from there). A
+//! Each read asks the replica connection it is about to use how far that
+//! server has replayed (`pg_last_wal_replay_lsn()`: one cheap round trip to
+//! the replica, none to the primary) — per connection, since one URL may be a
+//! managed reader endpoint whose connections land on different servers, each
+//! at its own position, and a server restarted from an older restart point
+//! replays again from there. A watcher refreshes each replica's state and lag
+//! every [`WATCH_EVERY`] for `/health/detailed` and the metrics. A
 //! replica that fails, times out or cannot be connected to within
 //! [`CONNECT_TIMEOUT`] is marked down and skipped until the watcher reaches it
 //! again; the read runs on the primary in the same request.
@@ -26,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use deadpool_postgres::{ClientWrapper, Hook, HookError, Object, Pool};
+use deadpool_postgres::{Object, Pool};
 use prometheus::{GaugeVec, IntGaugeVec, Opts};
 use serde::Serialize;
 use tokio_postgres::types::PgLsn;
@@ -93,8 +94,6 @@ pub struct Replica {
     index: usize,
     address: String,
     pool: Pool,
-    /// The remembered replay position (0: unknown).
-    replayed: Arc<AtomicU64>,
     up: AtomicBool,
     in_recovery: AtomicBool,
     paused: AtomicBool,
@@ -115,18 +114,11 @@ impl Replicas {
             .into_iter()
             .enumerate()
             .map(|(index, replica)| {
-                let replayed = Arc::new(AtomicU64::new(0));
-                let pool = super::pool::build_pool(
-                    &replica,
-                    CONNECT_TIMEOUT,
-                    WAIT_TIMEOUT,
-                    Some(lower_on_connect(replayed.clone())),
-                );
+                let pool = super::pool::build_pool(&replica, CONNECT_TIMEOUT, WAIT_TIMEOUT);
                 Arc::new(Replica {
                     index,
                     address: address(&replica),
                     pool,
-                    replayed,
                     up: AtomicBool::new(false),
                     in_recovery: AtomicBool::new(false),
                     paused: AtomicBool::new(false),
@@ -185,7 +177,6 @@ impl Replicas {
             if !replica.up.load(Ordering::Acquire) || !replica.in_recovery.load(Ordering::Acquire) {
                 continue;
             }
-            let known = replica.replayed.load(Ordering::Acquire);
             let conn = match replica.pool.get().await {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -193,16 +184,11 @@ impl Replicas {
                     continue;
                 }
             };
-            // Read after the connection was made: a new connection may have
-            // lowered it.
-            let known = known.min(replica.replayed.load(Ordering::Acquire));
-            if known >= position {
-                return Some((replica.clone(), conn));
-            }
-            // Behind as far as we know: ask it (it may have replayed since).
+            // Asked on the connection the read will use: behind one URL there
+            // may be several servers (a managed reader endpoint), each at its
+            // own position, so no position remembered for the URL is trusted.
             match tokio::time::timeout(READ_TIMEOUT, replay_position(&conn)).await {
                 Ok(Ok(Some(now))) => {
-                    replica.replayed.fetch_max(now, Ordering::AcqRel);
                     if now >= position {
                         return Some((replica.clone(), conn));
                     }
@@ -240,7 +226,6 @@ impl Replica {
     }
 
     fn mark_down(&self, why: &str) {
-        self.replayed.store(0, Ordering::Release);
         if self.up.swap(false, Ordering::AcqRel) {
             tracing::info!(replica = self.index, address = %self.address, why, "read replica down; reads go to the primary");
         }
@@ -281,23 +266,6 @@ async fn replay_position(conn: &Object) -> Result<Option<u64>, tokio_postgres::E
     Ok(row.get::<_, Option<PgLsn>>(0).map(u64::from))
 }
 
-/// A new connection lowers the remembered replay position to the server's: a
-/// replica restarted since the last one may have replayed less.
-fn lower_on_connect(replayed: Arc<AtomicU64>) -> Hook {
-    Hook::async_fn(move |client: &mut ClientWrapper, _| {
-        let replayed = replayed.clone();
-        Box::pin(async move {
-            let row = client
-                .query_one("SELECT pg_last_wal_replay_lsn()", &[])
-                .await
-                .map_err(HookError::Backend)?;
-            let now = row.get::<_, Option<PgLsn>>(0).map_or(0, u64::from);
-            replayed.fetch_min(now, Ordering::AcqRel);
-            Ok(())
-        })
-    })
-}
-
 const WATCH_REPLICA: &str = "SELECT pg_last_wal_replay_lsn(),
         pg_is_in_recovery() AND pg_is_wal_replay_paused(),
         CASE WHEN pg_last_wal_receive_lsn() IS NULL OR pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn()
@@ -328,7 +296,6 @@ async fn watch(replicas: Weak<Replicas>, replica: Arc<Replica>, stop: Cancellati
                     .lag_micros
                     .store((lag.max(0.0) * 1e6) as u64, Ordering::Release);
                 if let Some(replayed) = replayed {
-                    replica.replayed.fetch_max(replayed, Ordering::AcqRel);
                     let primary = all.primary_position.load(Ordering::Acquire);
                     replica
                         .lag_bytes
