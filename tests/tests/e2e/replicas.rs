@@ -258,3 +258,81 @@ async fn health_and_metrics_list_the_replica_without_credentials() {
     assert!(!metrics.contains("postgres@"), "no URL in the metrics");
     c.pg.resume_replay().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversation_reads_its_writes_on_both_service_replicas_with_replay_paused() {
+    let pg = tokio::task::spawn_blocking(ReplicatedPostgres::start)
+        .await
+        .expect("replicated PostgreSQL");
+    let prefix = TestPrefix::new(&testing::redis_url());
+    let replica = pg.replica_url();
+    let settings = || {
+        testing::settings(
+            &pg.primary_url(),
+            Some(&prefix.url),
+            &prefix.prefix,
+            &[("DATABASE_REPLICA_URLS", replica.as_str())],
+        )
+    };
+    let service = || conversation_service::service(&testing::service_settings(&[]));
+    let a = TestApp::start(service(), settings()).await;
+    let b = TestApp::start(service(), settings()).await;
+    let token = testing::token(Uuid::new_v4());
+    let start = |app: &TestApp, title: &str| {
+        app.client
+            .post(app.url("/api/conversations"))
+            .bearer_auth(&token)
+            .json(&json!({ "title": title }))
+            .send()
+    };
+    assert_eq!(start(&a, "first").await.unwrap().status().as_u16(), 201);
+    pg.wait_caught_up().await;
+    // Wait until the watcher saw the replica, then a miss runs on it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut size = 1;
+    loop {
+        let before = reads(&a);
+        assert_eq!(conversation_titles(&a, &token, size).await, ["first"]);
+        size += 1;
+        if reads(&a).1 > before.1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replica never served a read");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pg.pause_replay().await;
+    assert_eq!(start(&b, "second").await.unwrap().status().as_u16(), 201);
+    // The writer (b) and the other (a) both see it, from the primary.
+    let (before_a, before_b) = (reads(&a), reads(&b));
+    assert_eq!(
+        conversation_titles(&b, &token, 50).await,
+        ["second", "first"]
+    );
+    assert_eq!(
+        conversation_titles(&a, &token, 49).await,
+        ["second", "first"]
+    );
+    assert_eq!(reads(&a).1, before_a.1);
+    assert_eq!(reads(&b).1, before_b.1);
+    let export = b
+        .get(&token, "/api/conversations/export")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(export.contains("second"), "{export}");
+    pg.resume_replay().await;
+}
+
+async fn conversation_titles(app: &TestApp, token: &str, limit: u32) -> Vec<String> {
+    let (status, _, page) = app
+        .read(token, &format!("/api/conversations?limit={limit}"))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    page["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["title"].as_str().unwrap().to_owned())
+        .collect()
+}
