@@ -179,6 +179,13 @@ impl Replicas {
             }
             let conn = match replica.pool.get().await {
                 Ok(conn) => conn,
+                // Every connection busy: this read goes elsewhere, the replica
+                // is not down for it.
+                Err(deadpool_postgres::PoolError::Timeout(
+                    deadpool_postgres::TimeoutType::Wait,
+                )) => {
+                    continue;
+                }
                 Err(e) => {
                     replica.mark_down(&format!("{e}"));
                     continue;
