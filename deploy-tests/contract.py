@@ -28,6 +28,7 @@ SERVICE_ENV = {
     "REDIS_URL",
     "REDIS_CLUSTER_NODES",
     "DATABASE_CA_FILE",
+    "DATABASE_REPLICA_URLS",
     "REDIS_CA_FILE",
     "HOST",
     "PORT",
@@ -98,6 +99,7 @@ COUNTERS = {
     "kai_cache_subscriptions_total",
     "kai_events_failures_total",
     "kai_events_rejected_total",
+    "kai_db_reads_total",
 }
 GAUGES = {
     "kai_db_pool_connections",
@@ -107,6 +109,8 @@ GAUGES = {
     "kai_redis_pool_max_connections",
     "kai_erasure_backlog",
     "kai_erasure_oldest_pending_seconds",
+    "kai_db_replica_lag_seconds",
+    "kai_db_replica_up",
 }
 HISTOGRAMS = {"kai_http_requests_duration_seconds", "kai_db_query_duration_seconds"}
 METRICS = COUNTERS | GAUGES | HISTOGRAMS
@@ -124,6 +128,9 @@ PARTIAL_METRICS = {
     "kai_redis_pool_connections",
     "kai_redis_pool_max_connections",
     "kai_events_failures_total",
+    # Only with read replicas configured (DATABASE_REPLICA_URLS).
+    "kai_db_replica_lag_seconds",
+    "kai_db_replica_up",
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 

@@ -163,6 +163,7 @@ REQUIRED_ALERTS = {
     "KaiDbPoolWaiting": "kai_db_pool_connections",
     "KaiDbPoolSaturated": "kai_db_pool_max_connections",
     "KaiRedisDegraded": "kai_redis_up",
+    "KaiDbReplicaLagging": "kai_db_replica_lag_seconds",
     "KaiRedisPoolSaturated": "kai_redis_pool_max_connections",
     "KaiCacheSubscriptionFlapping": "kai_cache_subscriptions_total",
     "KaiErasureStalled": "kai_erasure_oldest_pending_seconds",

@@ -132,6 +132,12 @@ pub struct DatabaseSettings {
         default_value = "100", value_parser = millis,
         help = "slower statements are logged as `slow query` (SQL only, never parameters) and counted")]
     pub slow_query_threshold: Duration,
+    #[arg(id = "database_replica_urls", long = "database-replica-urls", env = "DATABASE_REPLICA_URLS",
+        default_value = "", value_parser = postgres_url_list,
+        help = "comma-separated PostgreSQL URLs of streaming read replicas of DATABASE_URL's server \
+                (same forms, `sslmode` and CA); reads go to one only when it has replayed past the \
+                last write of what is read")]
+    pub replica_urls: ::std::vec::Vec<SecretString>,
 }
 
 impl DatabaseSettings {
@@ -143,6 +149,26 @@ impl DatabaseSettings {
             .and_then(SslMode::parse)
             .unwrap_or(SslMode::Prefer);
         Ok(self)
+    }
+
+    /// The settings of each read replica: this group with the replica's URL (its
+    /// own `sslmode`; the same CA, pool size and thresholds).
+    pub fn replica_settings(&self) -> Vec<DatabaseSettings> {
+        self.replica_urls
+            .iter()
+            .map(|url| {
+                let (_, mode) = split_sslmode(url.expose_secret());
+                DatabaseSettings {
+                    url: url.clone(),
+                    ssl_mode: mode
+                        .as_deref()
+                        .and_then(SslMode::parse)
+                        .unwrap_or(SslMode::Prefer),
+                    replica_urls: Vec::new(),
+                    ..self.clone()
+                }
+            })
+            .collect()
     }
 
     /// The PostgreSQL configuration (already validated when parsed).
@@ -352,6 +378,16 @@ fn postgres_url(raw: &str) -> Result<SecretString, String> {
         .parse::<tokio_postgres::Config>()
         .map_err(|e| format!("not a PostgreSQL URL: {e}"))?;
     secret(raw)
+}
+
+/// Comma-separated PostgreSQL URLs (`DATABASE_REPLICA_URLS`), each checked as
+/// `DATABASE_URL` is; empty = none.
+fn postgres_url_list(raw: &str) -> Result<Vec<SecretString>, String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(postgres_url)
+        .collect()
 }
 
 /// A URL is checked for its form only; the password in it never reaches a message.

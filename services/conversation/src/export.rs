@@ -25,7 +25,7 @@ use kai_http::ApiError;
 use kai_http::auth::AuthUser;
 use kai_http::respond;
 use kai_platform::Platform;
-use kai_shared::db::{Db, DbError};
+use kai_shared::db::{Db, DbError, read_at};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -96,34 +96,36 @@ struct State {
 }
 
 async fn conversations(db: &Db, user_id: Uuid, after: Option<Key>) -> Result<Vec<Head>, DbError> {
-    let conn = db.conn().await?;
-    let rows = match after {
-        None => {
-            db.query(
-                &conn,
-                CONVERSATIONS_FIRST,
-                &[&user_id, &CONVERSATIONS_PER_BATCH],
-            )
-            .await?
-        }
-        Some((at, id)) => {
-            db.query(
-                &conn,
-                CONVERSATIONS_AFTER,
-                &[&user_id, &CONVERSATIONS_PER_BATCH, &at, &id],
-            )
-            .await?
-        }
-    };
-    Ok(rows
-        .iter()
-        .map(|r| Head {
-            id: r.get("id"),
-            title: r.get("title"),
-            created_at: r.get("created_at"),
-            updated_at: r.get("updated_at"),
-        })
-        .collect())
+    db.read(|conn| async move {
+        let rows = match after {
+            None => {
+                db.query(
+                    &conn,
+                    CONVERSATIONS_FIRST,
+                    &[&user_id, &CONVERSATIONS_PER_BATCH],
+                )
+                .await?
+            }
+            Some((at, id)) => {
+                db.query(
+                    &conn,
+                    CONVERSATIONS_AFTER,
+                    &[&user_id, &CONVERSATIONS_PER_BATCH, &at, &id],
+                )
+                .await?
+            }
+        };
+        Ok(rows
+            .iter()
+            .map(|r| Head {
+                id: r.get("id"),
+                title: r.get("title"),
+                created_at: r.get("created_at"),
+                updated_at: r.get("updated_at"),
+            })
+            .collect())
+    })
+    .await
 }
 
 async fn messages(
@@ -131,30 +133,32 @@ async fn messages(
     conversation: Uuid,
     after: Option<Key>,
 ) -> Result<Vec<Message>, DbError> {
-    let conn = db.conn().await?;
-    let rows = match after {
-        None => {
-            db.query(&conn, MESSAGES_FIRST, &[&conversation, &MESSAGES_PER_BATCH])
+    db.read(|conn| async move {
+        let rows = match after {
+            None => {
+                db.query(&conn, MESSAGES_FIRST, &[&conversation, &MESSAGES_PER_BATCH])
+                    .await?
+            }
+            Some((at, id)) => {
+                db.query(
+                    &conn,
+                    MESSAGES_AFTER,
+                    &[&conversation, &MESSAGES_PER_BATCH, &at, &id],
+                )
                 .await?
-        }
-        Some((at, id)) => {
-            db.query(
-                &conn,
-                MESSAGES_AFTER,
-                &[&conversation, &MESSAGES_PER_BATCH, &at, &id],
-            )
-            .await?
-        }
-    };
-    Ok(rows
-        .iter()
-        .map(|r| Message {
-            id: r.get("id"),
-            role: r.get("role"),
-            content: r.get("content"),
-            created_at: r.get("created_at"),
-        })
-        .collect())
+            }
+        };
+        Ok(rows
+            .iter()
+            .map(|r| Message {
+                id: r.get("id"),
+                role: r.get("role"),
+                content: r.get("content"),
+                created_at: r.get("created_at"),
+            })
+            .collect())
+    })
+    .await
 }
 
 impl State {
@@ -232,11 +236,17 @@ pub async fn export_conversations(
         more_after: None,
         open: None,
     };
-    let first = conversations(&state.db, user.user_id, None).await?;
+    // Every batch on a replica only if it replayed past the user's last write
+    // as of now (SPEC §7), else on the primary.
+    let at = p
+        .cache
+        .read_position(&crate::cache_rules::user_scope(user.user_id))
+        .await;
+    let first = read_at(at, conversations(&state.db, user.user_id, None)).await?;
     state.enqueue(first);
-    let body = futures_util::stream::unfold(Some((state, slot)), |state| async move {
+    let body = futures_util::stream::unfold(Some((state, slot)), move |state| async move {
         let (mut state, slot) = state?;
-        match state.next_chunk().await {
+        match read_at(at, state.next_chunk()).await {
             Ok(Some(chunk)) => Some((Ok(chunk), Some((state, slot)))),
             Ok(None) => None,
             Err(e) => {

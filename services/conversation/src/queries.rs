@@ -162,26 +162,28 @@ pub async fn list_conversations(
     user_id: Uuid,
     q: &CursorQuery,
 ) -> Result<ConversationPage, DbError> {
-    let conn = db.conn().await?;
-    let rows = match q.after {
-        None => db.query(&conn, FIRST_PAGE, &[&user_id, &q.fetch()]).await?,
-        Some(c) => {
-            db.query(&conn, NEXT_PAGE, &[&user_id, &q.fetch(), &c.at, &c.id])
-                .await?
-        }
-    };
-    let page = q.page(
-        rows.iter().map(summary).collect(),
-        |c: &ConversationSummary| Cursor {
-            at: c.updated_at,
-            id: c.id,
-        },
-    );
-    Ok(ConversationPage {
-        conversations: page.items,
-        next_cursor: page.next_cursor,
-        has_more: page.has_more,
+    db.read(|conn| async move {
+        let rows = match q.after {
+            None => db.query(&conn, FIRST_PAGE, &[&user_id, &q.fetch()]).await?,
+            Some(c) => {
+                db.query(&conn, NEXT_PAGE, &[&user_id, &q.fetch(), &c.at, &c.id])
+                    .await?
+            }
+        };
+        let page = q.page(
+            rows.iter().map(summary).collect(),
+            |c: &ConversationSummary| Cursor {
+                at: c.updated_at,
+                id: c.id,
+            },
+        );
+        Ok(ConversationPage {
+            conversations: page.items,
+            next_cursor: page.next_cursor,
+            has_more: page.has_more,
+        })
     })
+    .await
 }
 
 /// The conversation and its latest `limit` messages (two statements), or `None`
@@ -192,20 +194,22 @@ pub async fn get_conversation(
     id: Uuid,
     limit: i64,
 ) -> Result<Option<(ConversationSummary, Vec<Message>)>, DbError> {
-    let conn = db.conn().await?;
-    let Some(row) = db
-        .query_opt(&conn, GET_CONVERSATION, &[&id, &user_id])
-        .await?
-    else {
-        return Ok(None);
-    };
-    let messages = db
-        .query(&conn, LATEST_MESSAGES, &[&id, &limit])
-        .await?
-        .iter()
-        .map(message)
-        .collect();
-    Ok(Some((summary(&row), messages)))
+    db.read(|conn| async move {
+        let Some(row) = db
+            .query_opt(&conn, GET_CONVERSATION, &[&id, &user_id])
+            .await?
+        else {
+            return Ok(None);
+        };
+        let messages = db
+            .query(&conn, LATEST_MESSAGES, &[&id, &limit])
+            .await?
+            .iter()
+            .map(message)
+            .collect();
+        Ok(Some((summary(&row), messages)))
+    })
+    .await
 }
 
 /// Stores one message; `None` when the conversation is not the user's.

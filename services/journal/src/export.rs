@@ -24,7 +24,7 @@ use kai_http::ApiError;
 use kai_http::auth::AuthUser;
 use kai_http::respond;
 use kai_platform::Platform;
-use kai_shared::db::{Db, DbError};
+use kai_shared::db::{Db, DbError, read_at};
 use uuid::Uuid;
 
 use crate::model::Entry;
@@ -58,15 +58,17 @@ async fn batch(
     user_id: Uuid,
     after: Option<(DateTime<Utc>, Uuid)>,
 ) -> Result<Vec<Entry>, DbError> {
-    let conn = db.conn().await?;
-    let rows = match after {
-        None => db.query(&conn, EXPORT_FIRST, &[&user_id, &BATCH]).await?,
-        Some((at, id)) => {
-            db.query(&conn, EXPORT_AFTER, &[&user_id, &BATCH, &at, &id])
-                .await?
-        }
-    };
-    Ok(rows.iter().map(entry).collect())
+    db.read(|conn| async move {
+        let rows = match after {
+            None => db.query(&conn, EXPORT_FIRST, &[&user_id, &BATCH]).await?,
+            Some((at, id)) => {
+                db.query(&conn, EXPORT_AFTER, &[&user_id, &BATCH, &at, &id])
+                    .await?
+            }
+        };
+        Ok(rows.iter().map(entry).collect())
+    })
+    .await
 }
 
 /// The batch as NDJSON lines, and where the next one starts.
@@ -99,7 +101,14 @@ pub async fn export_entries(
     let slot = std::sync::Arc::new(limits.export(&p, user.user_id).await?);
     let db = p.db.clone();
     let user_id = user.user_id;
-    let (first, next) = encode(&batch(&db, user_id, None).await?)?;
+    // Every batch on a replica only if it replayed past the user's last write
+    // as of now (SPEC §7), else on the primary.
+    let at = p
+        .cache
+        .read_position(&crate::cache_rules::user_scope(user_id))
+        .await;
+    let (first, next) = encode(&read_at(at, batch(&db, user_id, None)).await?)?;
+    let position = at;
     let rest = futures_util::stream::unfold(next, move |next| {
         let db = db.clone();
         let slot = slot.clone();
@@ -108,7 +117,7 @@ pub async fn export_entries(
             let Next::After(at, id) = next else {
                 return None;
             };
-            let chunk = match batch(&db, user_id, Some((at, id))).await {
+            let chunk = match read_at(position, batch(&db, user_id, Some((at, id)))).await {
                 Ok(entries) if entries.is_empty() => return None,
                 Ok(entries) => encode(&entries),
                 Err(e) => Err(ApiError::from(e)),

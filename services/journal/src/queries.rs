@@ -220,12 +220,14 @@ async fn insert_many(
 }
 
 pub async fn get_entry(db: &Db, user_id: Uuid, id: Uuid) -> Result<Option<Entry>, DbError> {
-    let conn = db.conn().await?;
-    Ok(db
-        .query_opt(&conn, GET, &[&id, &user_id])
-        .await?
-        .as_ref()
-        .map(entry))
+    db.read(|conn| async move {
+        Ok(db
+            .query_opt(&conn, GET, &[&id, &user_id])
+            .await?
+            .as_ref()
+            .map(entry))
+    })
+    .await
 }
 
 /// Page mode: one statement whatever the table holds.
@@ -235,24 +237,26 @@ pub async fn list_entries_page(
     page: i64,
     page_size: i64,
 ) -> Result<EntryPage, DbError> {
-    let conn = db.conn().await?;
-    let offset = (page - 1) * page_size;
-    let rows = db
-        .query(&conn, PAGE, &[&user_id, &page_size, &offset])
-        .await?;
-    let total: i64 = rows.first().map_or(0, |r| r.get("total"));
-    let entries: Vec<Entry> = rows
-        .iter()
-        .filter(|r| r.get::<_, Option<Uuid>>("id").is_some())
-        .map(entry)
-        .collect();
-    Ok(EntryPage {
-        has_more: offset + (entries.len() as i64) < total,
-        entries,
-        total,
-        page,
-        page_size,
+    db.read(|conn| async move {
+        let offset = (page - 1) * page_size;
+        let rows = db
+            .query(&conn, PAGE, &[&user_id, &page_size, &offset])
+            .await?;
+        let total: i64 = rows.first().map_or(0, |r| r.get("total"));
+        let entries: Vec<Entry> = rows
+            .iter()
+            .filter(|r| r.get::<_, Option<Uuid>>("id").is_some())
+            .map(entry)
+            .collect();
+        Ok(EntryPage {
+            has_more: offset + (entries.len() as i64) < total,
+            entries,
+            total,
+            page,
+            page_size,
+        })
     })
+    .await
 }
 
 /// Cursor mode: one statement, asking for one row more than the page to learn
@@ -262,30 +266,32 @@ pub async fn list_entries_after(
     user_id: Uuid,
     q: &CursorQuery,
 ) -> Result<EntryCursorPage, DbError> {
-    let conn = db.conn().await?;
-    let rows = match q.after {
-        None => {
-            db.query(&conn, FIRST_PAGE_BY_CURSOR, &[&user_id, &q.fetch()])
+    db.read(|conn| async move {
+        let rows = match q.after {
+            None => {
+                db.query(&conn, FIRST_PAGE_BY_CURSOR, &[&user_id, &q.fetch()])
+                    .await?
+            }
+            Some(c) => {
+                db.query(
+                    &conn,
+                    NEXT_PAGE_BY_CURSOR,
+                    &[&user_id, &q.fetch(), &c.at, &c.id],
+                )
                 .await?
-        }
-        Some(c) => {
-            db.query(
-                &conn,
-                NEXT_PAGE_BY_CURSOR,
-                &[&user_id, &q.fetch(), &c.at, &c.id],
-            )
-            .await?
-        }
-    };
-    let page = q.page(rows.iter().map(entry).collect(), |e: &Entry| Cursor {
-        at: e.created_at,
-        id: e.id,
-    });
-    Ok(EntryCursorPage {
-        entries: page.items,
-        next_cursor: page.next_cursor,
-        has_more: page.has_more,
+            }
+        };
+        let page = q.page(rows.iter().map(entry).collect(), |e: &Entry| Cursor {
+            at: e.created_at,
+            id: e.id,
+        });
+        Ok(EntryCursorPage {
+            entries: page.items,
+            next_cursor: page.next_cursor,
+            has_more: page.has_more,
+        })
     })
+    .await
 }
 
 pub async fn patch_entry(
@@ -334,42 +340,46 @@ pub async fn search_entries(
     q: &str,
     limit: i64,
 ) -> Result<Vec<Entry>, DbError> {
-    let conn = db.conn().await?;
-    Ok(db
-        .query(&conn, SEARCH, &[&user_id, &q, &limit])
-        .await?
-        .iter()
-        .map(entry)
-        .collect())
+    db.read(|conn| async move {
+        Ok(db
+            .query(&conn, SEARCH, &[&user_id, &q, &limit])
+            .await?
+            .iter()
+            .map(entry)
+            .collect())
+    })
+    .await
 }
 
 pub async fn entry_stats(db: &Db, user_id: Uuid, days: i64) -> Result<Stats, DbError> {
-    let conn = db.conn().await?;
-    let days_i32 = days as i32;
-    let rows = db
-        .query(&conn, STATS_BY_DAY, &[&user_id, &days_i32])
-        .await?;
-    let (mut total, mut mood_sum, mut mood_count) = (0i64, 0i64, 0i64);
-    let days = rows
-        .iter()
-        .map(|r| {
-            let (count, sum, moods): (i64, i64, i64) =
-                (r.get("entries"), r.get("mood_sum"), r.get("mood_count"));
-            total += count;
-            mood_sum += sum;
-            mood_count += moods;
-            DayStats {
-                date: r.get::<_, NaiveDate>("day"),
-                count,
-                average_mood: average(sum, moods),
-            }
+    db.read(|conn| async move {
+        let days_i32 = days as i32;
+        let rows = db
+            .query(&conn, STATS_BY_DAY, &[&user_id, &days_i32])
+            .await?;
+        let (mut total, mut mood_sum, mut mood_count) = (0i64, 0i64, 0i64);
+        let days = rows
+            .iter()
+            .map(|r| {
+                let (count, sum, moods): (i64, i64, i64) =
+                    (r.get("entries"), r.get("mood_sum"), r.get("mood_count"));
+                total += count;
+                mood_sum += sum;
+                mood_count += moods;
+                DayStats {
+                    date: r.get::<_, NaiveDate>("day"),
+                    count,
+                    average_mood: average(sum, moods),
+                }
+            })
+            .collect();
+        Ok(Stats {
+            total_entries: total,
+            average_mood: average(mood_sum, mood_count),
+            days,
         })
-        .collect();
-    Ok(Stats {
-        total_entries: total,
-        average_mood: average(mood_sum, mood_count),
-        days,
     })
+    .await
 }
 
 fn average(sum: i64, count: i64) -> Option<f64> {

@@ -241,7 +241,13 @@ async fn search_entries(
             entries: Vec::new(),
         }));
     }
-    let entries = queries::search_entries(&p.db, user.user_id, &query, limit).await?;
+    // Uncached: on a replica only if it replayed past the user's last write.
+    let at = p.cache.read_position(&user_scope(user.user_id)).await;
+    let entries = kai_shared::db::read_at(
+        at,
+        queries::search_entries(&p.db, user.user_id, &query, limit),
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(SearchResults { entries }))
 }
 

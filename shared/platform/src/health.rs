@@ -99,6 +99,10 @@ struct DatabaseHealth {
     status: &'static str,
     response_time_ms: Option<f64>,
     pool: PoolStatus,
+    /// Each read replica (`DATABASE_REPLICA_URLS`) with its state and lag;
+    /// absent without replicas.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replicas: Option<Vec<kai_shared::db::ReplicaHealth>>,
 }
 
 #[derive(Serialize)]
@@ -121,11 +125,13 @@ async fn detailed(platform: web::Data<Health>) -> HttpResponse {
             status: "healthy",
             response_time_ms: Some(millis(rtt)),
             pool: platform.db.status(),
+            replicas: platform.db.replicas().map(|r| r.health()),
         },
         Err(_) => DatabaseHealth {
             status: "unhealthy",
             response_time_ms: None,
             pool: platform.db.status(),
+            replicas: platform.db.replicas().map(|r| r.health()),
         },
     };
     let redis = redis.unwrap_or(RedisHealth {

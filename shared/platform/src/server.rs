@@ -377,6 +377,7 @@ impl Platform {
     ) -> anyhow::Result<Self> {
         let metrics = service_metrics(def)?;
         let db = database(&settings, def, &metrics).await?;
+        db.attach_replicas(&settings.database, stop.clone());
         let auth = Arc::new(Authenticator::new(
             settings.auth.signing_key.clone(),
             settings.auth.verifying_keys.clone(),
@@ -401,6 +402,9 @@ impl Platform {
             stop,
         )
         .context("configuring the cache")?;
+        if let Some(replicas) = db.replicas() {
+            cache.track_positions(replicas.clone());
+        }
         let stats = Arc::new(EndpointStats::default());
         let gate = web::Data::new(Gate {
             auth: auth.clone(),

@@ -48,6 +48,7 @@ mod generations;
 mod invalidation;
 pub mod keys;
 mod local;
+mod positions;
 mod redis;
 pub mod seal;
 mod singleflight;
@@ -229,6 +230,10 @@ struct Inner {
     misses: AtomicU64,
     errors: AtomicU64,
     early_refreshes: AtomicU64,
+    /// The Redis the cache runs on (for [`positions`]).
+    redis: Option<Arc<Redis>>,
+    /// Write positions for read replicas ([`Cache::track_positions`]).
+    positions: std::sync::OnceLock<Arc<positions::Positions>>,
     #[cfg(any(test, feature = "testing"))]
     store_hook: std::sync::RwLock<Option<StoreHook>>,
 }
@@ -287,6 +292,7 @@ impl Cache {
     ) -> anyhow::Result<Self> {
         let prefix = redis_settings.prefix.clone();
         let l1 = L1::new(settings.l1_max_mb.saturating_mul(1024 * 1024));
+        let redis_for_positions = redis.clone();
         let (l2, generations) = match redis {
             None => (None, Arc::new(Generations::local_only(l1.clone()))),
             Some(redis) => {
@@ -331,6 +337,8 @@ impl Cache {
                 misses: AtomicU64::new(0),
                 errors: AtomicU64::new(0),
                 early_refreshes: AtomicU64::new(0),
+                redis: redis_for_positions,
+                positions: std::sync::OnceLock::new(),
                 #[cfg(any(test, feature = "testing"))]
                 store_hook: std::sync::RwLock::new(None),
             }),
@@ -412,7 +420,11 @@ impl Cache {
     {
         let inner = &self.inner;
         if !inner.enabled {
-            let entry = load_entry(policy, load).await.map_err(LoadFailure::typed)?;
+            // Writes still record their positions: a replica may answer.
+            let at = self.read_position(scope).await;
+            let entry = crate::db::read_at(at, load_entry(policy, load))
+                .await
+                .map_err(LoadFailure::typed)?;
             return answer(Arc::new(entry), CacheStatus::Bypass);
         }
 
@@ -567,6 +579,7 @@ impl Cache {
     /// ([`Cache::invalidate`]): the way a service's write path answers.
     pub async fn commit<T>(&self, written: Written<T>) -> T {
         let (value, touched) = written.into_parts();
+        self.record_positions(&touched).await;
         // Each scope at once, each its own round trip: in a cluster their
         // generation keys live in different slots.
         futures_util::future::join_all(touched.iter().map(|s| self.invalidate(s))).await;
@@ -605,6 +618,7 @@ impl Cache {
                 value
             })
             .collect();
+        self.record_positions(&scopes).await;
         let work = scopes.iter().map(|scope| {
             let (mine, rest) = refresh.drain(..).partition(|r| r.scope == *scope);
             refresh = rest;
@@ -746,11 +760,17 @@ impl Cache {
     }
 
     async fn purge_once(&self, scope: &Scope) -> anyhow::Result<u64> {
+        // The erasure's position first, and again once the sweep removed it
+        // with the scope's other keys: no replica that has not replayed the
+        // erasure answers a read of the scope.
+        self.record_positions(std::slice::from_ref(scope)).await;
         self.invalidate(scope).await;
-        match &self.inner.l2 {
-            None => Ok(0),
-            Some(l2) => Ok(l2.unlink_scope(scope).await?),
-        }
+        let removed = match &self.inner.l2 {
+            None => 0,
+            Some(l2) => l2.unlink_scope(scope).await?,
+        };
+        self.record_positions(std::slice::from_ref(scope)).await;
+        Ok(removed)
     }
 
     /// Redis unreachable (circuit open or a failed read): straight to PostgreSQL.
@@ -789,7 +809,12 @@ impl Cache {
         {
             return Ok(entry);
         }
-        let entry = load_entry(policy, load).await?.with_gzip();
+        // Read after the generation: a replica may answer only if it has
+        // replayed every write that generation includes.
+        let at = self.read_position(scope).await;
+        let entry = crate::db::read_at(at, load_entry(policy, load))
+            .await?
+            .with_gzip();
         #[cfg(any(test, feature = "testing"))]
         self.run_store_hook(&key).await;
         let entry = Arc::new(entry);
@@ -881,6 +906,56 @@ impl Cache {
             .cache_errors
             .with_label_values(&[policy.namespace])
             .inc();
+    }
+
+    /// Records write positions for `replicas` (SPEC §7 "Read replicas", see
+    /// [`positions`]): from now on every write records where the primary's WAL
+    /// was after it committed, and cached reads may run on a replica that
+    /// replayed past it. Without Redis positions are unknown: reads stay on the
+    /// primary.
+    pub fn track_positions(&self, replicas: Arc<crate::db::replicas::Replicas>) {
+        if let Some(redis) = &self.inner.redis {
+            let _ = self
+                .inner
+                .positions
+                .set(Arc::new(positions::Positions::new(redis.clone(), replicas)));
+        }
+    }
+
+    /// The WAL position a read of `scope` must see now (`None`: read on the
+    /// primary). For reads that are not cached (search, export): run them in
+    /// [`crate::db::read_at`] with it.
+    pub async fn read_position(&self, scope: &Scope) -> Option<u64> {
+        self.inner.positions.get()?.read(scope).await
+    }
+
+    /// After writes committed, before their scopes' generations move: each
+    /// scope's position is raised to the primary's position now.
+    async fn record_positions(&self, scopes: &[Scope]) {
+        let Some(positions) = self.inner.positions.get() else {
+            return;
+        };
+        if scopes.is_empty() {
+            return;
+        }
+        let at = positions.after_commit().await;
+        let recorded = futures_util::future::join_all(scopes.iter().map(|s| async {
+            match at {
+                Some(at) => positions.record(s, at).await,
+                None => positions.record_unknown(s).await,
+            }
+        }))
+        .await;
+        if recorded.contains(&false) && positions.claim_retry() {
+            // Recorded later, then each such scope bumped again: a fill a
+            // replica answered meanwhile lands under a dead generation.
+            let (this, positions) = (self.clone(), positions.clone());
+            tokio::spawn(async move {
+                for scope in positions.retry().await {
+                    this.invalidate(&scope).await;
+                }
+            });
+        }
     }
 
     pub fn totals(&self) -> CacheTotals {

@@ -11,6 +11,7 @@ mod combine;
 mod jsonb;
 mod migrate;
 mod pool;
+pub mod replicas;
 
 pub use combine::{Combiner, Lost};
 pub use jsonb::Jsonb;
@@ -18,5 +19,6 @@ pub use migrate::{
     LOCK_TIMEOUT, MigrationSet, NO_TRANSACTION, STATEMENT_TIMEOUT, is_current, migrate,
 };
 pub use pool::{Db, DbError, PoolStatus, SlowQuery, VERIFY_IF_IDLE_FOR};
+pub use replicas::{ReplicaHealth, read_at};
 pub use tokio_postgres::Row;
 pub use tokio_postgres::types::ToSql;

@@ -112,57 +112,36 @@ struct Inner {
     slow_threshold: Duration,
     statements: AtomicU64,
     slow_log: Mutex<VecDeque<SlowQuery>>,
+    /// `kai_db_reads_total{target}` (SPEC §5).
+    reads: prometheus::IntCounterVec,
+    /// The read replicas (`DATABASE_REPLICA_URLS`), once [`Db::attach_replicas`] ran.
+    replicas: std::sync::OnceLock<Arc<super::replicas::Replicas>>,
 }
 
 impl Db {
     /// Builds the pool (connections are opened lazily) and registers its gauges.
     pub fn new(settings: &DatabaseSettings, metrics: &Metrics) -> Self {
-        let mut pg = settings.pg_config();
-        // A stopped PostgreSQL must turn into a 503 within the pool timeout, not a hang.
-        pg.connect_timeout(settings.pool_timeout.min(Duration::from_secs(5)));
-        if pg.get_application_name().is_none() {
-            pg.application_name("kai");
-        }
-        let manager = Manager::from_connect(
-            pg,
-            DrivenAtHome {
-                tls: tls_connector(settings),
-                home: Home::here(),
-            },
-            ManagerConfig {
-                // Closed connections are dropped here; the hook below verifies
-                // the ones that sat idle.
-                recycling_method: RecyclingMethod::Fast,
-            },
+        let pool = build_pool(
+            settings,
+            // A stopped PostgreSQL must turn into a 503 within the pool timeout, not a hang.
+            settings.pool_timeout.min(Duration::from_secs(5)),
+            settings.pool_timeout,
         );
-        let verify_idle = Hook::async_fn(
-            |client: &mut ClientWrapper, metrics: &deadpool_postgres::Metrics| {
-                Box::pin(async move {
-                    if metrics.last_used() < VERIFY_IF_IDLE_FOR {
-                        return Ok(());
-                    }
-                    match tokio::time::timeout(Duration::from_secs(5), client.simple_query(""))
-                        .await
-                    {
-                        Ok(Ok(_)) => Ok(()),
-                        Ok(Err(e)) => Err(HookError::Backend(e)),
-                        Err(_) => Err(HookError::message("verification timed out")),
-                    }
-                })
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(settings.pool_size)
-            .wait_timeout(Some(settings.pool_timeout))
-            .create_timeout(Some(settings.pool_timeout))
-            .recycle_timeout(Some(Duration::from_secs(5)))
-            .post_recycle(verify_idle)
-            .runtime(Runtime::Tokio1)
-            .build()
-            .expect("pool settings validated at start");
         let _ = metrics
             .registry
             .register(Box::new(PoolCollector::new(pool.clone())));
+        let reads = prometheus::IntCounterVec::new(
+            Opts::new(
+                "kai_db_reads_total",
+                "Reads that may use a read replica, by where they ran (primary, replica)",
+            ),
+            &["target"],
+        )
+        .expect("valid metric");
+        for target in ["primary", "replica"] {
+            reads.with_label_values(&[target]);
+        }
+        let _ = metrics.registry.register(Box::new(reads.clone()));
         Self {
             pool,
             inner: Arc::new(Inner {
@@ -170,6 +149,8 @@ impl Db {
                 slow_threshold: settings.slow_query_threshold,
                 statements: AtomicU64::new(0),
                 slow_log: Mutex::new(VecDeque::with_capacity(SLOW_LOG_LEN)),
+                reads,
+                replicas: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -325,9 +306,131 @@ impl Db {
         Ok(started.elapsed())
     }
 
+    /// Adds the read replicas `settings` names (`DATABASE_REPLICA_URLS`; none:
+    /// nothing changes) and starts watching them until `stop`. Reads through
+    /// [`Db::read`] may then run on one of them (see [`super::replicas`]).
+    pub fn attach_replicas(
+        &self,
+        settings: &DatabaseSettings,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        if settings.replica_urls.is_empty() {
+            return;
+        }
+        let replicas = super::replicas::Replicas::start(self, settings, &self.inner.metrics, stop);
+        let _ = self.inner.replicas.set(replicas);
+    }
+
+    /// The read replicas, if any are configured.
+    pub fn replicas(&self) -> Option<&Arc<super::replicas::Replicas>> {
+        self.inner.replicas.get()
+    }
+
+    /// A read that may run on a replica: on one that has replayed past the
+    /// position [`super::read_at`] set for this task (none set: the primary),
+    /// else — and whenever the replica fails or is too slow — on the primary,
+    /// in the same call. Counted in `kai_db_reads_total{target}`.
+    ///
+    /// `work` gets the connection it runs on (and may be called twice: on the
+    /// replica, then on the primary).
+    pub async fn read<T, Fut>(&self, work: impl Fn(Object) -> Fut) -> Result<T, DbError>
+    where
+        Fut: Future<Output = Result<T, DbError>>,
+    {
+        if let Some(replicas) = self.inner.replicas.get()
+            && let Some(position) = super::replicas::position()
+            && let Some((replica, conn)) = replicas.pick(position).await
+        {
+            match tokio::time::timeout(super::replicas::READ_TIMEOUT, work(conn)).await {
+                Ok(Ok(value)) => {
+                    self.count_read("replica");
+                    return Ok(value);
+                }
+                Ok(Err(e)) => replica.failed(&e),
+                Err(_) => replica.timed_out(),
+            }
+        }
+        self.count_read("primary");
+        let conn = self.conn().await?;
+        work(conn).await
+    }
+
+    /// A connection for a long read (an export's stream): a replica's that
+    /// replayed past this task's [`super::read_at`] position, else the primary's.
+    /// Counted like [`Db::read`]. (A replica failing mid-stream fails the stream,
+    /// as the primary would.)
+    pub async fn read_conn(&self) -> Result<Object, DbError> {
+        if let Some(replicas) = self.inner.replicas.get()
+            && let Some(position) = super::replicas::position()
+            && let Some((_, conn)) = replicas.pick(position).await
+        {
+            self.count_read("replica");
+            return Ok(conn);
+        }
+        self.count_read("primary");
+        self.conn().await
+    }
+
+    fn count_read(&self, target: &str) {
+        self.inner.reads.with_label_values(&[target]).inc();
+    }
+
+    /// Reads counted per target since start: (primary, replica).
+    pub fn reads(&self) -> (u64, u64) {
+        (
+            self.inner.reads.with_label_values(&["primary"]).get(),
+            self.inner.reads.with_label_values(&["replica"]).get(),
+        )
+    }
+
     pub fn pool(&self) -> &Pool {
         &self.pool
     }
+}
+
+/// A pool on `settings`' server: `connect` bounds opening a connection, `wait`
+/// waiting for one.
+pub(super) fn build_pool(settings: &DatabaseSettings, connect: Duration, wait: Duration) -> Pool {
+    let mut pg = settings.pg_config();
+    pg.connect_timeout(connect);
+    if pg.get_application_name().is_none() {
+        pg.application_name("kai");
+    }
+    let manager = Manager::from_connect(
+        pg,
+        DrivenAtHome {
+            tls: tls_connector(settings),
+            home: Home::here(),
+        },
+        ManagerConfig {
+            // Closed connections are dropped here; the hook below verifies
+            // the ones that sat idle.
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let verify_idle = Hook::async_fn(
+        |client: &mut ClientWrapper, metrics: &deadpool_postgres::Metrics| {
+            Box::pin(async move {
+                if metrics.last_used() < VERIFY_IF_IDLE_FOR {
+                    return Ok(());
+                }
+                match tokio::time::timeout(Duration::from_secs(5), client.simple_query("")).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(HookError::Backend(e)),
+                    Err(_) => Err(HookError::message("verification timed out")),
+                }
+            })
+        },
+    );
+    Pool::builder(manager)
+        .max_size(settings.pool_size)
+        .wait_timeout(Some(wait))
+        .create_timeout(Some(connect.max(wait)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .post_recycle(verify_idle)
+        .runtime(Runtime::Tokio1)
+        .build()
+        .expect("pool settings validated at start")
 }
 
 /// Opens each connection, and runs the task that drives it (the socket's reads

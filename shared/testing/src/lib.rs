@@ -18,6 +18,7 @@ pub mod postgres;
 pub mod process;
 pub mod redis_acl;
 pub mod redis_server;
+pub mod replica;
 pub mod roles;
 pub mod tls;
 
@@ -28,4 +29,5 @@ pub use net::*;
 pub use postgres::*;
 pub use process::*;
 pub use redis_server::*;
+pub use replica::*;
 pub use tls::*;

@@ -273,7 +273,7 @@ impl Drop for PrivatePostgres {
 }
 
 /// The newest installed PostgreSQL's binaries (Debian: /usr/lib/postgresql/<v>/bin).
-fn postgres_bin() -> std::path::PathBuf {
+pub(crate) fn postgres_bin() -> std::path::PathBuf {
     let mut versions: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .expect("PostgreSQL server binaries in /usr/lib/postgresql")
         .filter_map(Result::ok)

@@ -4,6 +4,7 @@
 pub mod costs;
 pub mod load;
 pub mod metrics;
+pub mod replica;
 pub mod report;
 pub mod scenarios;
 pub mod seed;

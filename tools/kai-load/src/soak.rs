@@ -78,6 +78,11 @@ pub struct SoakArgs {
     /// Directory for the spawned services' logs
     #[arg(long, default_value = "reports/soak/logs")]
     pub log_dir: PathBuf,
+    /// Spawn mode: run on a private PostgreSQL primary with a streaming read
+    /// replica (`DATABASE_REPLICA_URLS`; `--database-url`'s database name is
+    /// kept), and report the reads each served
+    #[arg(long, conflicts_with = "journal_a")]
+    pub with_replica: bool,
 }
 
 /// One service process (spawned) or URL (targeted).
@@ -129,6 +134,7 @@ pub async fn main(argv: Vec<String>) -> Result<()> {
     // 1. The system: spawned (fresh database, private Redis) or targeted.
     let mut keep: Vec<spawn::Spawned> = Vec::new();
     let mut _redis_child: Option<PrivateRedisServer> = None;
+    let mut _postgres: Option<crate::replica::Replicated> = None;
     let (mut nodes, redis_url) = if let Some(a) = &args.journal_a {
         let url = |s: &Option<String>| s.clone().expect("clap requires it");
         let nodes = vec![
@@ -148,9 +154,27 @@ pub async fn main(argv: Vec<String>) -> Result<()> {
                 url
             }
         };
-        fresh_database(&args.database_url).await?;
+        let (database_url, replica_url) = if args.with_replica {
+            let pg = crate::replica::Replicated::start()?;
+            let config: tokio_postgres::Config =
+                args.database_url.parse().context("--database-url")?;
+            let db = config.get_dbname().unwrap_or("kai_soak").to_owned();
+            let urls = (
+                crate::replica::Replicated::url(pg.primary_port, &db),
+                Some(crate::replica::Replicated::url(pg.replica_port, &db)),
+            );
+            eprintln!(
+                "soak: private primary on port {}, streaming replica on port {}",
+                pg.primary_port, pg.replica_port
+            );
+            _postgres = Some(pg);
+            urls
+        } else {
+            (args.database_url.clone(), None)
+        };
+        fresh_database(&database_url).await?;
         let mut env = vec![
-            ("DATABASE_URL".to_owned(), args.database_url.clone()),
+            ("DATABASE_URL".to_owned(), database_url.clone()),
             ("REDIS_URL".to_owned(), redis_url.clone()),
             ("TRUSTED_PROXIES".to_owned(), "127.0.0.0/8".to_owned()),
             ("LOG_FORMAT".to_owned(), "json".to_owned()),
@@ -172,6 +196,9 @@ pub async fn main(argv: Vec<String>) -> Result<()> {
                 "1000000".to_owned(),
             ),
         ];
+        if let Some(url) = replica_url {
+            env.push(("DATABASE_REPLICA_URLS".to_owned(), url));
+        }
         env.extend(crate::dev_auth_env());
         for bin in ["journal-service", "conversation-service", "profile-service"] {
             spawn::migrate(&spawn::binary(&args.bin_dir, bin)?, &env).await?;
@@ -322,6 +349,7 @@ pub async fn main(argv: Vec<String>) -> Result<()> {
     let subscribe_calls_after = subscribe_calls(&mut rconn).await?;
     let connections_after = connections_received(&mut rconn).await?;
     let cache_after = cache_totals(&http, &nodes).await?;
+    let reads = reads_by_target(&http, &nodes).await;
     for n in &mut nodes {
         if let Some(now) = n.pid.and_then(spawn::rss_mib) {
             n.rss.end = Some(now);
@@ -348,6 +376,7 @@ pub async fn main(argv: Vec<String>) -> Result<()> {
         subscribers: (subscribers_before.len(), subscribers_after.len(), replaced),
         subscribe_calls: subscribe_calls_after.saturating_sub(subscribe_calls_before),
         connections_opened: connections_after.saturating_sub(connections_before),
+        reads: &reads,
     });
     println!("{report}");
     if let Some(dir) = args.report.parent() {
@@ -688,6 +717,8 @@ struct Render<'a> {
     subscribers: (usize, usize, usize),
     subscribe_calls: u64,
     connections_opened: u64,
+    /// `kai_db_reads_total` per node: (primary, replica).
+    reads: &'a [(u64, u64)],
 }
 
 fn render(r: &Render<'_>) -> String {
@@ -699,14 +730,19 @@ fn render(r: &Render<'_>) -> String {
         out,
         "Soak: {} users for {:.0} s ({:.0} % writes), two journal replicas, one conversation \
          and one profile service, one Redis; {} × {}.\n\
-         Command: `kai-load soak --duration {} --users {}`\n",
+         Command: `kai-load soak --duration {} --users {}{}`\n",
         r.users,
         r.ran.as_secs_f64(),
         r.args.write_share * 100.0,
         r.machine.cpus,
         r.machine.cpu_model,
         humantime(r.args.duration),
-        r.args.users
+        r.args.users,
+        if r.args.with_replica {
+            " --with-replica"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(out, "| what | value |\n|---|---:|");
     let _ = writeln!(
@@ -742,6 +778,20 @@ fn render(r: &Render<'_>) -> String {
             a.3,
             a.4 as f64 / 1_048_576.0
         );
+    }
+    if r.args.with_replica {
+        for (n, (primary, replica)) in r.nodes.iter().zip(r.reads) {
+            let all = (primary + replica).max(1) as f64;
+            let _ = writeln!(
+                out,
+                "| {} reads that may use the replica (`kai_db_reads_total`) | {} : replica {} ({:.1} %), primary {} |",
+                n.name,
+                primary + replica,
+                replica,
+                *replica as f64 * 100.0 / all,
+                primary
+            );
+        }
     }
     let (before, after, replaced) = r.subscribers;
     let _ = writeln!(
@@ -783,6 +833,28 @@ fn render(r: &Render<'_>) -> String {
             f(n.rss.peak),
             f(n.rss.end)
         );
+    }
+    out
+}
+
+/// `kai_db_reads_total{target}` of each node, (primary, replica), from `/metrics`.
+async fn reads_by_target(http: &reqwest::Client, nodes: &[Node]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for n in nodes {
+        let text = match http.get(format!("{}/metrics", n.url)).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let count = |target: &str| -> u64 {
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("kai_db_reads_total{")
+                        && l.contains(&format!("target=\"{target}\""))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64
+        };
+        out.push((count("primary"), count("replica")));
     }
     out
 }
