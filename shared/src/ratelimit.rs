@@ -150,19 +150,18 @@ impl RateLimiter {
     /// `subject` is hashed into the key: e-mail addresses never reach Redis in clear.
     pub async fn check(&self, limit: &Limit, subject: &str) -> Result<(), Limited> {
         let key = bucket_key(limit, subject);
-        let wait =
-            match token_bucket(
-                self.redis.as_ref(),
-                self.service,
-                &key,
-                limit.capacity,
-                limit.per_second,
-            )
-            .await
-            {
-                Some(wait) => wait,
-                None => self.check_local(&key, limit),
-            };
+        let wait = match token_bucket(
+            self.redis.as_ref(),
+            self.service,
+            &key,
+            limit.capacity,
+            limit.per_second,
+        )
+        .await
+        {
+            Some(wait) => wait,
+            None => self.check_local(&key, limit),
+        };
         refusal(wait)
     }
 
