@@ -15,12 +15,27 @@ use caseless::Caseless;
 use unicode_normalization::UnicodeNormalization;
 use unicode_security::MixedScript;
 
-use crate::model::is_email;
-
 /// Why an address has no canonical form (the field error's message).
 pub const INVISIBLE: &str = "must not contain invisible, format or text-direction characters";
 pub const MIXED_SCRIPT: &str = "must not mix writing systems within a name (lookalike characters)";
 pub const NOT_AN_ADDRESS: &str = "must be an e-mail address";
+
+/// The longest address SMTP carries (RFC 5321: 254 characters in a path).
+pub const MAX_EMAIL_CHARS: usize = 254;
+
+/// Deliberately simple: one `@`, something before it, a dotted domain after it, no
+/// spaces. The only real check of an address is mail that arrives.
+pub fn is_email(email: &str) -> bool {
+    let Some((local, domain)) = email.split_once('@') else {
+        return false;
+    };
+    email.chars().count() <= MAX_EMAIL_CHARS
+        && !local.is_empty()
+        && !domain.contains('@')
+        && domain.split('.').count() >= 2
+        && domain.split('.').all(|label| !label.is_empty())
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+}
 
 /// The canonical form of `raw`, or why it has none.
 pub fn canonical(raw: &str) -> Result<String, &'static str> {
@@ -47,39 +62,6 @@ pub fn canonical(raw: &str) -> Result<String, &'static str> {
         return Err(MIXED_SCRIPT);
     }
     Ok(key.to_owned())
-}
-
-/// Gives every account without a canonical key (non-ASCII addresses written
-/// before V5, or by an older release) the key this module computes. An address
-/// with no canonical form, or whose key another account holds, stays unkeyed and
-/// is logged: that account cannot log in until an operator resolves it.
-pub async fn key_unkeyed_accounts(p: actix_web::web::Data<kai_platform::Platform>) {
-    let users = match crate::queries::unkeyed_users(&p.db).await {
-        Ok(users) => users,
-        Err(e) => {
-            tracing::warn!(error = %e, "canonical e-mail keys: cannot list unkeyed accounts");
-            return;
-        }
-    };
-    let (mut keyed, mut left) = (0usize, 0usize);
-    for (user_id, address) in users {
-        let result = match canonical(&address) {
-            Ok(key) => crate::queries::set_email_key(&p.db, user_id, &key)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(why) => Err(why.to_owned()),
-        };
-        match result {
-            Ok(()) => keyed += 1,
-            Err(why) => {
-                left += 1;
-                tracing::warn!(%user_id, why, "account left without a canonical e-mail key");
-            }
-        }
-    }
-    if keyed + left > 0 {
-        tracing::info!(keyed, left, "canonical e-mail keys assigned");
-    }
 }
 
 /// Control, default-ignorable (Unicode's DerivedCoreProperties), format (Cf) or

@@ -14,6 +14,8 @@ pub mod cache_rules;
 pub mod device;
 /// The canonical form of an e-mail address (limiter, lookup, unique index).
 pub mod email;
+/// The start-up pass that keys accounts written before the canonical e-mail key.
+pub mod email_keys;
 /// Account erasure: purging a deleted user's data when profile-service says so.
 pub mod erasure;
 /// Abuse limits and the client address they are keyed by.
@@ -56,7 +58,7 @@ fn start(
     p: actix_web::web::Data<kai_platform::Platform>,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    tokio::spawn(email::key_unkeyed_accounts(p.clone()));
+    tokio::spawn(email_keys::key_unkeyed_accounts(p.clone()));
     tokio::spawn(revocations::keep(p.clone(), stop.clone()));
     erasure::start(p, stop);
 }

@@ -18,7 +18,6 @@ use uuid::Uuid;
 pub const MIN_PASSWORD_CHARS: usize = 8;
 /// Argon2 would hash anything; the cap keeps one request from buying seconds of CPU.
 pub const MAX_PASSWORD_CHARS: usize = 1024;
-pub const MAX_EMAIL_CHARS: usize = 254;
 pub const MAX_DISPLAY_NAME_CHARS: usize = 100;
 pub const MAX_COMMUNICATION_STYLE_CHARS: usize = 200;
 
@@ -302,20 +301,6 @@ fn present<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Value>, D::Error> 
     Value::deserialize(de).map(Some)
 }
 
-/// Deliberately simple: one `@`, something before it, a dotted domain after it, no
-/// spaces. The only real check of an address is mail that arrives.
-pub fn is_email(email: &str) -> bool {
-    let Some((local, domain)) = email.split_once('@') else {
-        return false;
-    };
-    email.chars().count() <= MAX_EMAIL_CHARS
-        && !local.is_empty()
-        && !domain.contains('@')
-        && domain.split('.').count() >= 2
-        && domain.split('.').all(|label| !label.is_empty())
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
-}
-
 /// Checked as sent (what the document states); trimmed afterwards.
 fn check_display_name(name: &str, errors: &mut Vec<FieldError>) {
     check_non_blank("display_name", name, MAX_DISPLAY_NAME_CHARS, errors);
@@ -324,6 +309,7 @@ fn check_display_name(name: &str, errors: &mut Vec<FieldError>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::email::is_email;
 
     #[test]
     fn plausible_addresses_pass_and_others_do_not() {

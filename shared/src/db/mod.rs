@@ -8,17 +8,21 @@
 //! data — when it is slower than `SLOW_QUERY_THRESHOLD_MS`.
 
 mod combine;
+mod connect;
+mod error;
 mod jsonb;
 mod migrate;
 mod pool;
 pub mod replicas;
 
 pub use combine::{Combiner, Lost};
+pub use connect::VERIFY_IF_IDLE_FOR;
+pub use error::DbError;
 pub use jsonb::Jsonb;
 pub use migrate::{
     LOCK_TIMEOUT, MigrationSet, NO_TRANSACTION, STATEMENT_TIMEOUT, is_current, migrate,
 };
-pub use pool::{Db, DbError, PoolStatus, SlowQuery, VERIFY_IF_IDLE_FOR};
+pub use pool::{Db, PoolStatus, SlowQuery};
 pub use replicas::{ReplicaHealth, read_at};
 pub use tokio_postgres::Row;
 pub use tokio_postgres::types::ToSql;

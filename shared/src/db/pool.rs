@@ -11,77 +11,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::{
-    ClientWrapper, GenericClient, Hook, HookError, Manager, ManagerConfig, Object, Pool, PoolError,
-    RecyclingMethod, Runtime,
-};
+use deadpool_postgres::{GenericClient, Object, Pool, PoolError};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntGauge, IntGaugeVec, Opts};
 use serde::Serialize;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
-use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::home::Home;
+use super::connect::build_pool;
+use super::error::DbError;
 use crate::metrics::Metrics;
-use crate::settings::{DatabaseSettings, SslMode};
-
-/// A pooled connection unused for this long is verified (an empty query, one
-/// round trip) before it is handed out; one used more recently only has to be
-/// open. HikariCP's `aliveBypassWindowMs` is the same idea with 500 ms: a
-/// connection that answered a moment ago is alive, and verifying it on every
-/// checkout cost a round trip per write and per cache miss (a fifth of the
-/// statements PostgreSQL ran in the 90/10 benchmark).
-pub const VERIFY_IF_IDLE_FOR: Duration = Duration::from_millis(500);
+use crate::settings::DatabaseSettings;
 
 /// How many recent slow queries `/health/detailed` shows.
 const SLOW_LOG_LEN: usize = 20;
-
-/// A database failure: getting a connection, or running a statement.
-#[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    #[error("could not get a database connection")]
-    Pool(#[from] PoolError),
-    #[error("database statement failed")]
-    Query(#[from] tokio_postgres::Error),
-}
-
-impl DbError {
-    /// The violated constraint's name, when a statement broke one.
-    pub fn constraint(&self) -> Option<&str> {
-        match self {
-            Self::Query(e) => e.as_db_error().and_then(|d| d.constraint()),
-            Self::Pool(_) => None,
-        }
-    }
-
-    /// A named constraint as a caller's error (realworld-axum-sqlx's
-    /// `on_constraint`): a violation of `name` becomes `to_error()`'s error (the
-    /// HTTP layer makes a unique key's a 409), anything else this error, converted.
-    pub fn on_constraint<E: From<DbError>>(self, name: &str, to_error: impl FnOnce() -> E) -> E {
-        if self.constraint() == Some(name) {
-            to_error()
-        } else {
-            self.into()
-        }
-    }
-
-    /// True when PostgreSQL answered the statement with an error: it did not run
-    /// (an autocommitted statement wrote nothing), as opposed to a connection
-    /// lost on the way, after which nobody knows.
-    pub fn is_refused(&self) -> bool {
-        matches!(self, Self::Query(e) if e.as_db_error().is_some())
-    }
-
-    /// True when the database could not be reached (as opposed to a bad statement).
-    pub fn is_unavailable(&self) -> bool {
-        match self {
-            Self::Pool(_) => true,
-            Self::Query(e) => e.is_closed() || e.as_db_error().is_none(),
-        }
-    }
-}
 
 /// One slow statement, as `/health/detailed` reports it.
 #[derive(Debug, Clone, Serialize)]
@@ -317,7 +261,8 @@ impl Db {
         if settings.replica_urls.is_empty() {
             return;
         }
-        let replicas = super::replicas::Replicas::start(self, settings, &self.inner.metrics, stop);
+        let replicas =
+            super::replicas::Replicas::start(self.pool(), settings, &self.inner.metrics, stop);
         let _ = self.inner.replicas.set(replicas);
     }
 
@@ -386,117 +331,6 @@ impl Db {
     pub fn pool(&self) -> &Pool {
         &self.pool
     }
-}
-
-/// A pool on `settings`' server: `connect` bounds opening a connection, `wait`
-/// waiting for one.
-pub(super) fn build_pool(settings: &DatabaseSettings, connect: Duration, wait: Duration) -> Pool {
-    let mut pg = settings.pg_config();
-    pg.connect_timeout(connect);
-    if pg.get_application_name().is_none() {
-        pg.application_name("kai");
-    }
-    let manager = Manager::from_connect(
-        pg,
-        DrivenAtHome {
-            tls: tls_connector(settings),
-            home: Home::here(),
-        },
-        ManagerConfig {
-            // Closed connections are dropped here; the hook below verifies
-            // the ones that sat idle.
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    let verify_idle = Hook::async_fn(
-        |client: &mut ClientWrapper, metrics: &deadpool_postgres::Metrics| {
-            Box::pin(async move {
-                if metrics.last_used() < VERIFY_IF_IDLE_FOR {
-                    return Ok(());
-                }
-                match tokio::time::timeout(Duration::from_secs(5), client.simple_query("")).await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(HookError::Backend(e)),
-                    Err(_) => Err(HookError::message("verification timed out")),
-                }
-            })
-        },
-    );
-    Pool::builder(manager)
-        .max_size(settings.pool_size)
-        .wait_timeout(Some(wait))
-        .create_timeout(Some(connect.max(wait)))
-        .recycle_timeout(Some(Duration::from_secs(5)))
-        .post_recycle(verify_idle)
-        .runtime(Runtime::Tokio1)
-        .build()
-        .expect("pool settings validated at start")
-}
-
-/// Opens each connection, and runs the task that drives it (the socket's reads
-/// and writes), on the runtime that built the pool (see [`Home`]) instead of on
-/// whichever HTTP worker first needed the connection.
-struct DrivenAtHome {
-    tls: MakeRustlsConnect,
-    home: Home,
-}
-
-impl deadpool_postgres::Connect for DrivenAtHome {
-    fn connect(
-        &self,
-        pg: &tokio_postgres::Config,
-    ) -> futures_util::future::BoxFuture<
-        '_,
-        Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
-    > {
-        // The socket belongs to the runtime it is opened on: open it there too.
-        let (opened, client) = tokio::sync::oneshot::channel();
-        let (tls, config) = (self.tls.clone(), pg.clone());
-        let open_and_drive = async move {
-            match config.connect(tls).await {
-                Ok((client, connection)) => {
-                    let _ = opened.send(Ok(client));
-                    drive(connection).await;
-                }
-                Err(e) => {
-                    let _ = opened.send(Err(e));
-                }
-            }
-        };
-        let task = self.home.spawn(open_and_drive);
-        let pg = pg.clone();
-        Box::pin(async move {
-            if let Ok(opened) = client.await {
-                return opened.map(|client| (client, task));
-            }
-            // That runtime is shutting down: open it on this one.
-            let (client, connection) = pg.connect(self.tls.clone()).await?;
-            Ok((client, tokio::spawn(drive(connection))))
-        })
-    }
-}
-
-async fn drive<S, T>(connection: tokio_postgres::Connection<S, T>)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    if let Err(e) = connection.await {
-        tracing::warn!(target: "deadpool.postgres", "Connection error: {e}");
-    }
-}
-
-/// The rustls connector for `sslmode` (under `disable` it is never called).
-fn tls_connector(settings: &DatabaseSettings) -> MakeRustlsConnect {
-    use crate::tls::Verify;
-    let verify = match settings.ssl_mode {
-        SslMode::VerifyFull => Verify::Full,
-        SslMode::VerifyCa => Verify::Chain,
-        // libpq: a root certificate file upgrades require (and prefer) to verify-ca.
-        SslMode::Require | SslMode::Prefer if settings.ca.is_some() => Verify::Chain,
-        SslMode::Require | SslMode::Prefer | SslMode::Disable => Verify::Nothing,
-    };
-    MakeRustlsConnect::new(crate::tls::client_config(settings.ca.as_ref(), verify))
 }
 
 /// The TLS part of a connection failure, if TLS is what failed.

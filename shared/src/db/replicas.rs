@@ -33,7 +33,7 @@ use serde::Serialize;
 use tokio_postgres::types::PgLsn;
 use tokio_util::sync::CancellationToken;
 
-use super::{Db, DbError};
+use super::DbError;
 use crate::metrics::Metrics;
 use crate::settings::DatabaseSettings;
 
@@ -104,7 +104,7 @@ pub struct Replica {
 
 impl Replicas {
     pub(super) fn start(
-        primary: &Db,
+        primary: &Pool,
         settings: &DatabaseSettings,
         metrics: &Metrics,
         stop: CancellationToken,
@@ -114,7 +114,7 @@ impl Replicas {
             .into_iter()
             .enumerate()
             .map(|(index, replica)| {
-                let pool = super::pool::build_pool(&replica, CONNECT_TIMEOUT, WAIT_TIMEOUT);
+                let pool = super::connect::build_pool(&replica, CONNECT_TIMEOUT, WAIT_TIMEOUT);
                 Arc::new(Replica {
                     index,
                     address: address(&replica),
@@ -129,7 +129,7 @@ impl Replicas {
             .collect();
         let replicas = Arc::new(Self {
             list,
-            primary: primary.pool().clone(),
+            primary: primary.clone(),
             primary_position: AtomicU64::new(0),
             next: AtomicUsize::new(0),
         });
