@@ -204,11 +204,14 @@ pub async fn main(argv: Vec<String>) -> Result<()> {
             spawn::migrate(&spawn::binary(&args.bin_dir, bin)?, &env).await?;
         }
         let mut nodes = Vec::new();
+        // profile first: it marks the revoked set complete in Redis, which
+        // journal and conversation wait for before they are ready (they fail
+        // closed without it).
         for (name, bin) in [
+            ("profile", "profile-service"),
             ("journal-a", "journal-service"),
             ("journal-b", "journal-service"),
             ("conversation", "conversation-service"),
-            ("profile", "profile-service"),
         ] {
             let s = spawn::start(
                 name,
@@ -227,6 +230,8 @@ pub async fn main(argv: Vec<String>) -> Result<()> {
             });
             keep.push(s);
         }
+        // The report's order: journal-a, journal-b, conversation, profile.
+        nodes.rotate_left(1);
         (nodes, redis_url)
     };
     let redis = redis::Client::open(redis_url.as_str())?;

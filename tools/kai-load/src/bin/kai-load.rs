@@ -264,11 +264,14 @@ async fn run(args: Args) -> Result<()> {
         }
         let mut uncached_env = env.clone();
         uncached_env.push(("CACHE_ENABLED".into(), "false".into()));
+        // profile first: it marks the revoked set complete in Redis, which
+        // journal and conversation wait for before they are ready (they fail
+        // closed without it).
         for (name, bin, env) in [
+            ("profile", "profile-service", &env),
             ("journal", "journal-service", &env),
             ("journal-uncached", "journal-service", &uncached_env),
             ("conversation", "conversation-service", &env),
-            ("profile", "profile-service", &env),
         ] {
             let s = spawn::start(
                 name,
@@ -287,10 +290,10 @@ async fn run(args: Args) -> Result<()> {
             idle_rss.push(spawn::rss_mib(s.pid));
             spawned.push(s);
         }
-        journal = spawned[0].target.clone();
-        journal_uncached = Some(spawned[1].target.clone());
-        conversation = Some(spawned[2].target.clone());
-        profile = Some(spawned[3].target.clone());
+        profile = Some(spawned[0].target.clone());
+        journal = spawned[1].target.clone();
+        journal_uncached = Some(spawned[2].target.clone());
+        conversation = Some(spawned[3].target.clone());
     } else {
         journal = Target::parse(&args.journal)?;
         journal_uncached = args
