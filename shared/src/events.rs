@@ -260,21 +260,32 @@ impl Events {
         Ok(())
     }
 
-    /// Takes up to `max` acknowledgements of `group`: event ids, from the
-    /// group's own ack set.
-    pub async fn take_acks(
+    /// Takes up to `max` acknowledgements of each of `groups`: (group, event id)
+    /// pairs, each from the group's own ack set — one round trip (the sets share
+    /// the stream's hash tag, so one slot on a cluster).
+    pub async fn take_acks<'g>(
         &self,
         stream: &str,
-        group: &str,
+        groups: &[&'g str],
         max: usize,
-    ) -> anyhow::Result<Vec<String>> {
+    ) -> anyhow::Result<Vec<(&'g str, String)>> {
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut conn = self.conn().await?;
-        let mut cmd = redis::cmd("SPOP");
-        cmd.arg(self.acks_key(stream, group)).arg(max);
-        let acks: Vec<String> = tokio::time::timeout(COMMAND_TIMEOUT, cmd.query_async(&mut conn))
-            .await
-            .context("SPOP timed out")??;
-        Ok(acks)
+        let mut pipe = redis::pipe();
+        for group in groups {
+            pipe.cmd("SPOP").arg(self.acks_key(stream, group)).arg(max);
+        }
+        let taken: Vec<Vec<String>> =
+            tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async(&mut conn))
+                .await
+                .context("SPOP timed out")??;
+        Ok(groups
+            .iter()
+            .zip(taken)
+            .flat_map(|(group, ids)| ids.into_iter().map(move |id| (*group, id)))
+            .collect())
     }
 
     /// Runs `group`'s consumer of `stream` until `stop` is cancelled: reads new

@@ -251,14 +251,11 @@ fn signed_event(p: &Platform, id: Uuid, payload: &str) -> anyhow::Result<String>
 async fn relay_once(p: &Platform, events: &Events) -> anyhow::Result<()> {
     let db = &p.db;
     // Acknowledgements first, so a row acknowledged by everyone is not re-sent;
-    // each participant's from its own set only.
-    for service in PARTICIPANTS {
-        let acks = events.take_acks(STREAM, service, 100).await?;
-        if acks.is_empty() {
-            continue;
-        }
+    // each participant's from its own set only (all of them in one round trip).
+    let acks = events.take_acks(STREAM, &PARTICIPANTS, 100).await?;
+    if !acks.is_empty() {
         let conn = db.conn().await?;
-        for id in acks {
+        for (service, id) in acks {
             let Ok(id) = id.parse::<Uuid>() else { continue };
             db.execute(&conn, ACKNOWLEDGE, &[&id, &service]).await?;
             db.execute(&conn, DELETE_DONE, &[&id]).await?;
