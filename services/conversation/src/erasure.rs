@@ -4,7 +4,9 @@
 //! receives the user id and purges:
 //!
 //! 1. every conversation of the user, and with it every message (`ON DELETE
-//!    CASCADE`, through `messages_conversation_created`) — one statement;
+//!    CASCADE`, through `messages_conversation_created`) and each conversation's
+//!    row of `conversation.message_counts` (the messages' delete trigger,
+//!    migrations/conversation/V4__message_counts.sql) — one statement;
 //! 2. the user's two cache scopes — conversations and AI replies: a generation
 //!    bump each (every replica stops using its L1 copies) and every Redis key of
 //!    both unlinked.
@@ -23,7 +25,8 @@ use crate::cache_rules::{ai_scope, user_scope};
 /// This service's consumer group.
 pub const GROUP: &str = "conversation";
 
-/// Messages go with their conversations (`ON DELETE CASCADE`).
+/// Messages go with their conversations (`ON DELETE CASCADE`), their counts with
+/// the messages (a trigger).
 pub const PURGE: &str = "DELETE FROM conversation.conversations WHERE user_id = $1";
 
 /// Deletes everything of `user_id` this service holds; returns the rows deleted.

@@ -29,15 +29,19 @@ pub const INSERT_CONVERSATION: &str = "INSERT INTO conversation.conversations (i
 
 /// A page of a user's conversations with each one's message count and last
 /// message, in one statement: the page is cut first (index order, `LIMIT`), then
-/// two LATERAL lookups per row of the page use the messages index — no N+1.
+/// two lookups per row of the page — no N+1. The count is the conversation's row
+/// of `conversation.message_counts` (kept by triggers, see
+/// migrations/conversation/V4__message_counts.sql; no row = 0): one primary-key
+/// lookup, not a count(*) over the conversation's messages; the last message is
+/// the first entry of `messages_conversation_created`.
 pub const FIRST_PAGE: &str = "SELECT c.id, c.title, c.created_at, c.updated_at,
-            counted.message_count, last.role AS last_role, last.content AS last_content, last.created_at AS last_created_at
+            coalesce((SELECT n.messages FROM conversation.message_counts n WHERE n.conversation_id = c.id), 0)::bigint AS message_count,
+            last.role AS last_role, last.content AS last_content, last.created_at AS last_created_at
      FROM (SELECT id, title, created_at, updated_at
            FROM conversation.conversations
            WHERE user_id = $1
            ORDER BY updated_at DESC, id DESC
            LIMIT $2) c
-     CROSS JOIN LATERAL (SELECT count(*) AS message_count FROM conversation.messages m WHERE m.conversation_id = c.id) counted
      LEFT JOIN LATERAL (SELECT m.role, m.content, m.created_at
                         FROM conversation.messages m
                         WHERE m.conversation_id = c.id
@@ -47,13 +51,13 @@ pub const FIRST_PAGE: &str = "SELECT c.id, c.title, c.created_at, c.updated_at,
 
 /// [`FIRST_PAGE`] after a cursor.
 pub const NEXT_PAGE: &str = "SELECT c.id, c.title, c.created_at, c.updated_at,
-            counted.message_count, last.role AS last_role, last.content AS last_content, last.created_at AS last_created_at
+            coalesce((SELECT n.messages FROM conversation.message_counts n WHERE n.conversation_id = c.id), 0)::bigint AS message_count,
+            last.role AS last_role, last.content AS last_content, last.created_at AS last_created_at
      FROM (SELECT id, title, created_at, updated_at
            FROM conversation.conversations
            WHERE user_id = $1 AND (updated_at, id) < ($3, $4)
            ORDER BY updated_at DESC, id DESC
            LIMIT $2) c
-     CROSS JOIN LATERAL (SELECT count(*) AS message_count FROM conversation.messages m WHERE m.conversation_id = c.id) counted
      LEFT JOIN LATERAL (SELECT m.role, m.content, m.created_at
                         FROM conversation.messages m
                         WHERE m.conversation_id = c.id
@@ -63,9 +67,9 @@ pub const NEXT_PAGE: &str = "SELECT c.id, c.title, c.created_at, c.updated_at,
 
 /// One conversation of its owner, with count and last message.
 pub const GET_CONVERSATION: &str = "SELECT c.id, c.title, c.created_at, c.updated_at,
-            counted.message_count, last.role AS last_role, last.content AS last_content, last.created_at AS last_created_at
+            coalesce((SELECT n.messages FROM conversation.message_counts n WHERE n.conversation_id = c.id), 0)::bigint AS message_count,
+            last.role AS last_role, last.content AS last_content, last.created_at AS last_created_at
      FROM conversation.conversations c
-     CROSS JOIN LATERAL (SELECT count(*) AS message_count FROM conversation.messages m WHERE m.conversation_id = c.id) counted
      LEFT JOIN LATERAL (SELECT m.role, m.content, m.created_at
                         FROM conversation.messages m
                         WHERE m.conversation_id = c.id

@@ -5,6 +5,7 @@
 mod batch;
 mod cache;
 mod conversations;
+mod counts;
 mod export;
 mod fake_llm;
 mod helpers;
