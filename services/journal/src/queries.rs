@@ -11,7 +11,7 @@ use chrono::NaiveDate;
 use kai_http::ApiError;
 use kai_http::Valid;
 use kai_shared::cache::Written;
-use kai_shared::db::{Db, DbError, Row};
+use kai_shared::db::{Db, DbError, Row, ToSql, Type};
 use uuid::Uuid;
 
 use crate::cache_rules::write_touches;
@@ -78,10 +78,71 @@ pub const PATCH: &str = "UPDATE journal.journal_entries SET
 pub const SOFT_DELETE: &str = "UPDATE journal.journal_entries SET deleted_at = now()
      WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL";
 
-pub const SEARCH: &str = "SELECT id, title, content, mood, tags, created_at, updated_at
-     FROM journal.journal_entries, websearch_to_tsquery('english', $2) AS query
-     WHERE user_id = $1 AND deleted_at IS NULL AND search @@ query
-     ORDER BY ts_rank(search, query) DESC, created_at DESC, id DESC
+/// Search ranks (`ts_rank`) at most this many matches: the user's newest
+/// matching entries. A journal with more matches gets the best match among its
+/// newest `SEARCH_CANDIDATES` matches first, so the ranking's work stays bounded
+/// however often a word occurs (ranking every one of 10,000 matches was most of
+/// a common word's cost at 1,000,000 entries; docs/PERFORMANCE.md, "Cost as data
+/// grows").
+pub const SEARCH_CANDIDATES: i64 = 1_000;
+
+/// [`SEARCH`] looks for the candidates among the user's newest
+/// `SEARCH_WINDOW` live entries; only when those hold fewer than
+/// [`SEARCH_CANDIDATES`] matches and the journal is longer does
+/// [`SEARCH_ALL_MATCHES`] look at every match.
+pub const SEARCH_WINDOW: i64 = 10_000;
+
+/// Search, first statement: the newest `$4` ([`SEARCH_CANDIDATES`]) matches
+/// among the user's newest `$5` ([`SEARCH_WINDOW`]) live entries, ranked, best
+/// first, `$3` of them. `complete` (on every row; one row of NULLs when nothing
+/// matched) says whether those are the newest `$4` matches of the whole journal:
+/// the window held `$4` matches, or the window is the whole journal. Otherwise
+/// the caller runs [`SEARCH_ALL_MATCHES`].
+///
+/// Bounded either way, whatever PostgreSQL picks by the word's frequency: a
+/// common word walks `journal_entries_user_created_live` newest first and stops
+/// at `$4` matches, within the window (at most `$5` entries: never the whole
+/// index of a large journal, even for a word other users write often and this
+/// user never does); a rare word takes its few matches from the GIN index
+/// (`journal_entries_search`). Sent unprepared
+/// ([`kai_shared::db::Db::query_planned_per_values`]): planned for the word each
+/// time, never a generic plan that cannot know how often it occurs.
+pub const SEARCH: &str = "WITH window_end AS MATERIALIZED (
+         SELECT created_at FROM journal.journal_entries
+         WHERE user_id = $1 AND deleted_at IS NULL
+         ORDER BY created_at DESC, id DESC
+         OFFSET $5 - 1 LIMIT 1),
+     hits AS MATERIALIZED (
+         SELECT id, title, content, mood, tags, created_at, updated_at, search
+         FROM journal.journal_entries
+         WHERE user_id = $1 AND deleted_at IS NULL AND search @@ websearch_to_tsquery('english', $2)
+           AND created_at >= (SELECT coalesce(min(created_at), '-infinity') FROM window_end)
+         ORDER BY created_at DESC, id DESC
+         LIMIT $4)
+     SELECT e.id, e.title, e.content, e.mood, e.tags, e.created_at, e.updated_at, s.complete
+     FROM (SELECT (SELECT count(*) FROM hits) = $4 OR NOT EXISTS (SELECT FROM window_end) AS complete) s
+     LEFT JOIN LATERAL (
+         SELECT id, title, content, mood, tags, created_at, updated_at
+         FROM hits
+         ORDER BY ts_rank(search, websearch_to_tsquery('english', $2)) DESC, created_at DESC, id DESC
+         LIMIT $3) e ON s.complete";
+
+/// Search, second statement (only when [`SEARCH`] was not complete: a journal
+/// longer than the window whose newest entries hold few matches): the newest
+/// `$4` of all the user's matches, ranked, `$3` of them. The inner `OFFSET 0`
+/// keeps PostgreSQL from walking the list index newest first in the hope of
+/// finding `$4` matches soon (the window just showed they are sparse): it
+/// fetches every match, from the GIN index or the user's index, whichever holds
+/// fewer, and ranks the newest `$4`.
+pub const SEARCH_ALL_MATCHES: &str = "SELECT id, title, content, mood, tags, created_at, updated_at
+     FROM (SELECT id, title, content, mood, tags, created_at, updated_at, search
+           FROM (SELECT id, title, content, mood, tags, created_at, updated_at, search
+                 FROM journal.journal_entries
+                 WHERE user_id = $1 AND deleted_at IS NULL AND search @@ websearch_to_tsquery('english', $2)
+                 OFFSET 0) matches
+           ORDER BY created_at DESC, id DESC
+           LIMIT $4) newest
+     ORDER BY ts_rank(search, websearch_to_tsquery('english', $2)) DESC, created_at DESC, id DESC
      LIMIT $3";
 
 /// One pass over the window, grouped by UTC day; totals are summed in Rust.
@@ -334,6 +395,9 @@ pub async fn soft_delete_entry(db: &Db, user_id: Uuid, id: Uuid) -> Result<Writt
     Ok(Written::if_changed(deleted, write_touches(user_id)))
 }
 
+/// The best `limit` of the user's newest [`SEARCH_CANDIDATES`] matches: one
+/// statement, or two for a journal longer than [`SEARCH_WINDOW`] whose newest
+/// entries hold fewer matches than that.
 pub async fn search_entries(
     db: &Db,
     user_id: Uuid,
@@ -341,8 +405,23 @@ pub async fn search_entries(
     limit: i64,
 ) -> Result<Vec<Entry>, DbError> {
     db.read(|conn| async move {
+        let params: [(&(dyn ToSql + Sync), Type); 5] = [
+            (&user_id, Type::UUID),
+            (&q, Type::TEXT),
+            (&limit, Type::INT8),
+            (&SEARCH_CANDIDATES, Type::INT8),
+            (&SEARCH_WINDOW, Type::INT8),
+        ];
+        let rows = db.query_planned_per_values(&conn, SEARCH, &params).await?;
+        if rows.first().is_none_or(|r| r.get("complete")) {
+            return Ok(rows
+                .iter()
+                .filter(|r| r.get::<_, Option<Uuid>>("id").is_some())
+                .map(entry)
+                .collect());
+        }
         Ok(db
-            .query(&conn, SEARCH, &[&user_id, &q, &limit])
+            .query_planned_per_values(&conn, SEARCH_ALL_MATCHES, &params[..4])
             .await?
             .iter()
             .map(entry)
@@ -392,5 +471,6 @@ pub const HOT_QUERIES: &[(&str, &str)] = &[
     ("list by cursor", NEXT_PAGE_BY_CURSOR),
     ("get", GET),
     ("search", SEARCH),
+    ("search, every match", SEARCH_ALL_MATCHES),
     ("stats", STATS_BY_DAY),
 ];

@@ -25,4 +25,4 @@ pub use migrate::{
 pub use pool::{Db, PoolStatus, SlowQuery};
 pub use replicas::{ReplicaHealth, read_at};
 pub use tokio_postgres::Row;
-pub use tokio_postgres::types::ToSql;
+pub use tokio_postgres::types::{ToSql, Type};

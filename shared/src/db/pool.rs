@@ -17,7 +17,7 @@ use prometheus::proto::MetricFamily;
 use prometheus::{IntGauge, IntGaugeVec, Opts};
 use serde::Serialize;
 use tokio_postgres::Row;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 
 use super::connect::build_pool;
 use super::error::DbError;
@@ -142,6 +142,24 @@ impl Db {
             c.query(&stmt, params).await
         })
         .await
+    }
+
+    /// [`Db::query`] planned for its parameters' values at every execution: sent
+    /// as the unnamed statement (Parse, Bind, Execute in one round trip, the
+    /// parameters' types given), never as the connection's cached prepared
+    /// statement. PostgreSQL may switch a prepared statement to a generic plan
+    /// after five executions, and a generic plan cannot see the values — for a
+    /// full-text search, how many rows a word matches, which decides between
+    /// walking an index and a bitmap of the word's matches. For the few
+    /// statements whose best plan depends on the values; costs a parse and a
+    /// plan per execution (a custom plan is made per execution anyway).
+    pub async fn query_planned_per_values(
+        &self,
+        c: &tokio_postgres::Client,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<Row>, DbError> {
+        self.timed(sql, c.query_typed(sql, params)).await
     }
 
     pub async fn query_opt(

@@ -161,3 +161,131 @@ async fn generated_operator_soup_gets_results_or_a_400_never_a_500() {
     let (_, _, body) = read(&j.app, &user, "/api/journal/search?q=---tea%20-coffee").await;
     assert_eq!(body["entries"].as_array().unwrap().len(), 0, "{body}");
 }
+
+/// Inserts `n` entries of `user` by SQL, one minute apart, the newest first
+/// (`g` = 1 is the newest): title `e<g>`, content from `content(g)` (a SQL
+/// expression over `g`).
+async fn entries_by_sql(j: &crate::helpers::Journal, user: &User, n: i64, content: &str) {
+    j.db.connect()
+        .await
+        .execute(
+            &format!(
+                "INSERT INTO journal.journal_entries (id, user_id, title, content, created_at)
+                 SELECT gen_random_uuid(), $1, 'e' || g, {content}, now() - g * interval '1 minute'
+                 FROM generate_series(1, $2::bigint) g"
+            ),
+            &[&user.id, &n],
+        )
+        .await
+        .unwrap();
+}
+
+fn titles(body: &Value) -> Vec<String> {
+    body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["title"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// More matches than `SEARCH_CANDIDATES`: the best match among the newest
+/// `SEARCH_CANDIDATES` comes first, not an older entry that would rank higher,
+/// and it costs one statement. (Ranking every match, the older entries with the
+/// word four times would come first.)
+#[tokio::test]
+async fn with_more_matches_than_candidates_the_best_of_the_newest_comes_first_in_one_statement() {
+    use journal_service::queries::{SEARCH_CANDIDATES, SEARCH_WINDOW};
+    let j = spawn().await;
+    let user = User::new();
+    let k = SEARCH_CANDIDATES;
+    // The newest k entries name the lantern once, e500 twice; the 200 older ones
+    // four times.
+    entries_by_sql(
+        &j,
+        &user,
+        k + 200,
+        &format!(
+            "CASE WHEN g > {k} THEN 'lantern lantern lantern lantern'
+                  WHEN g = 500 THEN 'the lantern, the lantern again'
+                  ELSE 'a lantern' END"
+        ),
+    )
+    .await;
+    assert!(k + 200 < SEARCH_WINDOW, "the journal fits the window");
+    let before = j.app.statements();
+    let (status, _, body) = read(&j.app, &user, "/api/journal/search?q=lantern&limit=3").await;
+    assert_eq!(status, 200);
+    assert_eq!(j.app.statements() - before, 1, "one statement");
+    // e500 first; then the newest of the equally ranked (e1, e2).
+    assert_eq!(titles(&body), ["e500", "e1", "e2"], "{body}");
+}
+
+/// A journal longer than `SEARCH_WINDOW`: a word only its oldest entry holds is
+/// found (a second statement looks past the window); a word every entry holds
+/// is answered from the window in one statement, newest first among equals.
+#[tokio::test]
+async fn a_journal_longer_than_the_window_finds_its_oldest_match() {
+    use journal_service::queries::SEARCH_WINDOW;
+    let j = spawn().await;
+    let user = User::new();
+    let n = SEARCH_WINDOW + 50;
+    entries_by_sql(
+        &j,
+        &user,
+        n,
+        &format!("CASE WHEN g = {n} THEN 'a zephyr, once' ELSE 'an ordinary day' END"),
+    )
+    .await;
+    let before = j.app.statements();
+    let (status, _, body) = read(&j.app, &user, "/api/journal/search?q=zephyr").await;
+    assert_eq!(status, 200);
+    assert_eq!(titles(&body), [format!("e{n}")], "{body}");
+    assert_eq!(
+        j.app.statements() - before,
+        2,
+        "the window, then every match"
+    );
+    let before = j.app.statements();
+    let (_, _, body) = read(&j.app, &user, "/api/journal/search?q=ordinary&limit=2").await;
+    assert_eq!(titles(&body), ["e1", "e2"], "{body}");
+    assert_eq!(j.app.statements() - before, 1, "found in the window");
+    let (_, _, body) = read(&j.app, &user, "/api/journal/search?q=xylophone").await;
+    assert_eq!(titles(&body), Vec::<String>::new());
+}
+
+/// Search is planned for its words at every execution: it is never a prepared
+/// statement of the connection (whose plan PostgreSQL may make generic after five
+/// executions, blind to how often the word occurs), while the list is.
+#[tokio::test]
+async fn search_is_never_a_prepared_statement() {
+    let j =
+        crate::helpers::spawn_with(Some(&kai_testing::redis_url()), &[("DB_POOL_SIZE", "1")]).await;
+    let user = User::new();
+    j.entry(&user, "tea by the river").await;
+    for word in ["tea", "river", "tea", "river", "tea", "river", "coffee"] {
+        let (status, _, _) = read(&j.app, &user, &format!("/api/journal/search?q={word}")).await;
+        assert_eq!(status, 200);
+    }
+    let (status, _, _) = read(&j.app, &user, "/api/journal/entries?limit=5").await;
+    assert_eq!(status, 200);
+    // The pool's one connection, the one every request above used.
+    let conn = j.app.platform.db.conn().await.unwrap();
+    let prepared: Vec<String> = conn
+        .query("SELECT statement FROM pg_prepared_statements", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        prepared
+            .iter()
+            .any(|s| s.contains("journal.journal_entries")),
+        "the list is prepared on this connection: {prepared:?}"
+    );
+    assert!(
+        !prepared.iter().any(|s| s.contains("websearch_to_tsquery")),
+        "search is not: {prepared:?}"
+    );
+}
