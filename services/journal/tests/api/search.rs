@@ -219,6 +219,26 @@ async fn with_more_matches_than_candidates_the_best_of_the_newest_comes_first_in
     assert_eq!(j.app.statements() - before, 1, "one statement");
     // e500 first; then the newest of the equally ranked (e1, e2).
     assert_eq!(titles(&body), ["e500", "e1", "e2"], "{body}");
+    // The API document says so, with the same number.
+    let doc: Value = j
+        .app
+        .client
+        .get(j.app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let description = doc["paths"]["/api/journal/search"]["get"]["description"]
+        .as_str()
+        .unwrap_or_default()
+        .replace('\n', " ");
+    let thousands = format!("{},{:03}", k / 1000, k % 1000);
+    assert!(
+        description.contains(&format!("ranked over its newest {thousands} matches")),
+        "{description}"
+    );
 }
 
 /// A journal longer than `SEARCH_WINDOW`: a word only its oldest entry holds is
