@@ -287,3 +287,47 @@ fn scans_of(node: &Value, out: &mut Vec<(String, String, f64)>) {
         scans_of(child, out);
     }
 }
+
+/// A rolling update runs the previous release's pods on V4's schema: they write
+/// messages with the same statements, as the serving role — the triggers count
+/// those writes with the serving role's privileges — and they read the count
+/// with count(*), which agrees with the kept count.
+#[tokio::test]
+async fn the_previous_releases_statements_write_and_read_on_v4_as_the_serving_role() {
+    const V3_GET: &str = "SELECT c.id, counted.message_count
+         FROM conversation.conversations c
+         CROSS JOIN LATERAL (SELECT count(*) AS message_count FROM conversation.messages m WHERE m.conversation_id = c.id) counted
+         WHERE c.id = $1 AND c.user_id = $2";
+    let s = spawn_offline().await;
+    let user = User::new();
+    let id = uuid(&s.conversation(&user, "rolling").await);
+    let serving = kai_testing::roles::Role::serving("conversation")
+        .unwrap()
+        .connect(&s.db.url)
+        .await;
+    for i in 0..3 {
+        let written = serving
+            .query_opt(
+                conversation_service::queries::APPEND_MESSAGE,
+                &[&id, &user.id, &Uuid::now_v7(), &"user", &format!("m{i}")],
+            )
+            .await
+            .expect("the serving role runs the insert and its trigger");
+        assert!(written.is_some());
+    }
+    let old: i64 = serving
+        .query_one(V3_GET, &[&id, &user.id])
+        .await
+        .unwrap()
+        .get(1);
+    let kept: i64 = serving
+        .query_one(
+            conversation_service::queries::GET_CONVERSATION,
+            &[&id, &user.id],
+        )
+        .await
+        .unwrap()
+        .get("message_count");
+    assert_eq!((old, kept), (3, 3));
+    assert_eq!(drifted(&s).await, 0);
+}
