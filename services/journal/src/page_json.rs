@@ -407,16 +407,18 @@ mod tests {
         }
     }
 
-    fn an_entry(
-        (content, title, tags, mood, (created, updated), id): (
-            String,
-            Option<String>,
-            Vec<String>,
-            Option<i16>,
-            (i64, i64),
-            u128,
-        ),
-    ) -> Entry {
+    /// An entry's drawn fields: content, title, tags, mood, (created,
+    /// updated) in microseconds, id.
+    type Drawn = (
+        String,
+        Option<String>,
+        Vec<String>,
+        Option<i16>,
+        (i64, i64),
+        u128,
+    );
+
+    fn an_entry((content, title, tags, mood, (created, updated), id): Drawn) -> Entry {
         let at = |micros| DateTime::<Utc>::from_timestamp_micros(micros).unwrap();
         Entry {
             id: Uuid::from_u128(id),
