@@ -13,6 +13,8 @@ pub mod export;
 pub mod limits;
 /// Request and response shapes, and their validation.
 pub mod model;
+/// The list's pages as JSON, written from the query's rows.
+pub mod page_json;
 /// The list's first pages: their loader and the refreshes a create hands back.
 pub mod pages;
 /// The SQL, one function per statement.

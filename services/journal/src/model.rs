@@ -206,7 +206,7 @@ impl EntryPage {
     /// This page as it is once `created` (the user's newly committed entries)
     /// are stored too: they join the page in list order (newest first: created
     /// time, then id, as `queries::PAGE` orders), the page keeps its size, the
-    /// total counts them. What `queries::list_entries_page` would now return,
+    /// total counts them. What `queries::list_entries_page` would now write,
     /// provided nothing else changed in between (`Refresh::derived` stores it
     /// only then).
     pub fn with_created(mut self, created: &[Entry]) -> Self {

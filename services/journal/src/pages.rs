@@ -3,8 +3,9 @@
 //! and the refreshes a create hands to `Cache::commit_all`.
 
 use kai_http::ApiError;
+use kai_http::cursor::CursorQuery;
 use kai_platform::Platform;
-use kai_shared::cache::{Hot, Refresh};
+use kai_shared::cache::{Hot, Json, Refresh};
 use kai_shared::db::{Db, DbError};
 use uuid::Uuid;
 
@@ -15,16 +16,25 @@ use crate::queries;
 /// The list's page size when a request names none, in page and cursor mode.
 pub const DEFAULT_PAGE_SIZE: i64 = 20;
 
-/// A page-mode list page, as cached.
+/// A page-mode list page, as cached (its JSON written from the rows).
 pub async fn load_page(
     db: &Db,
     uid: Uuid,
     page: i64,
     page_size: i64,
-) -> Result<Option<EntryPage>, DbError> {
+) -> Result<Option<Json>, DbError> {
     queries::list_entries_page(db, uid, page, page_size)
         .await
         .map(Some)
+}
+
+/// A cursor-mode list page, as cached (its JSON written from the rows).
+pub async fn load_cursor_page(
+    db: &Db,
+    uid: Uuid,
+    q: &CursorQuery,
+) -> Result<Option<Json>, DbError> {
+    queries::list_entries_after(db, uid, q).await.map(Some)
 }
 
 /// The list's first page in page mode at the default size, if it is hot on this
@@ -65,7 +75,7 @@ pub fn first_pages(
             user_scope(uid),
             &LIST,
             list_cursor_key(uid, None, cq.limit),
-            async move { queries::list_entries_after(&p.db, uid, &cq).await.map(Some) },
+            async move { load_cursor_page(&p.db, uid, &cq).await },
         ));
     }
     pages

@@ -10,13 +10,14 @@ use chrono::NaiveDate;
 
 use kai_http::ApiError;
 use kai_http::Valid;
-use kai_shared::cache::Written;
+use kai_shared::cache::{Json, Written};
 use kai_shared::db::{Db, DbError, Row, ToSql, Type};
 use uuid::Uuid;
 
 use crate::cache_rules::write_touches;
-use crate::model::{CreateEntry, DayStats, Entry, EntryCursorPage, EntryPage, PatchEntry, Stats};
-use kai_http::cursor::{Cursor, CursorQuery};
+use crate::model::{CreateEntry, DayStats, Entry, PatchEntry, Stats};
+use crate::page_json;
+use kai_http::cursor::CursorQuery;
 
 pub const INSERT: &str =
     "INSERT INTO journal.journal_entries (id, user_id, title, content, mood, tags)
@@ -291,42 +292,28 @@ pub async fn get_entry(db: &Db, user_id: Uuid, id: Uuid) -> Result<Option<Entry>
     .await
 }
 
-/// Page mode: one statement whatever the table holds.
+/// Page mode: one statement whatever the table holds. The page's JSON, written
+/// from the rows ([`crate::page_json`]).
 pub async fn list_entries_page(
     db: &Db,
     user_id: Uuid,
     page: i64,
     page_size: i64,
-) -> Result<EntryPage, DbError> {
+) -> Result<Json, DbError> {
     db.read(|conn| async move {
         let offset = (page - 1) * page_size;
         let rows = db
             .query(&conn, PAGE, &[&user_id, &page_size, &offset])
             .await?;
-        let total: i64 = rows.first().map_or(0, |r| r.get("total"));
-        let entries: Vec<Entry> = rows
-            .iter()
-            .filter(|r| r.get::<_, Option<Uuid>>("id").is_some())
-            .map(entry)
-            .collect();
-        Ok(EntryPage {
-            has_more: offset + (entries.len() as i64) < total,
-            entries,
-            total,
-            page,
-            page_size,
-        })
+        page_json::page_from_rows(&rows, page, page_size)
     })
     .await
 }
 
 /// Cursor mode: one statement, asking for one row more than the page to learn
-/// whether another page exists.
-pub async fn list_entries_after(
-    db: &Db,
-    user_id: Uuid,
-    q: &CursorQuery,
-) -> Result<EntryCursorPage, DbError> {
+/// whether another page exists. The page's JSON, written from the rows
+/// ([`crate::page_json`]).
+pub async fn list_entries_after(db: &Db, user_id: Uuid, q: &CursorQuery) -> Result<Json, DbError> {
     db.read(|conn| async move {
         let rows = match q.after {
             None => {
@@ -342,15 +329,7 @@ pub async fn list_entries_after(
                 .await?
             }
         };
-        let page = q.page(rows.iter().map(entry).collect(), |e: &Entry| Cursor {
-            at: e.created_at,
-            id: e.id,
-        });
-        Ok(EntryCursorPage {
-            entries: page.items,
-            next_cursor: page.next_cursor,
-            has_more: page.has_more,
-        })
+        page_json::cursor_page_from_rows(&rows, q)
     })
     .await
 }

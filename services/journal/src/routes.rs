@@ -18,7 +18,7 @@ use crate::model::{
     CreateEntry, DayStats, Entry, EntryCursorPage, EntryPage, ListQuery, MAX_QUERY_CHARS,
     PatchEntry, SearchQuery, SearchResults, Stats, StatsQuery,
 };
-use crate::pages::{DEFAULT_PAGE_SIZE, load_page};
+use crate::pages::{DEFAULT_PAGE_SIZE, load_cursor_page, load_page};
 use crate::queries;
 use crate::writer::EntryWriter;
 
@@ -114,8 +114,8 @@ async fn list_entries(
         let cq = p.cursor_query(uid, q.limit, q.cursor.as_deref())?;
         let key = list_cursor_key(uid, q.cursor.as_deref(), cq.limit);
         p.cache
-            .get_or_load(&user_scope(uid), &LIST, &key, || async {
-                queries::list_entries_after(&p.db, uid, &cq).await.map(Some)
+            .get_or_load(&user_scope(uid), &LIST, &key, || {
+                load_cursor_page(&p.db, uid, &cq)
             })
             .await?
     } else {

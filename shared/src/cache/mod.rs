@@ -42,6 +42,7 @@
 //! With `REDIS_URL` unset the same API runs on L1 alone (one replica); with
 //! `CACHE_ENABLED=false` every read goes to the loader (`X-Cache: BYPASS`).
 
+mod body;
 mod clock;
 pub mod entry;
 mod generations;
@@ -62,6 +63,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+pub use body::{Body, Json};
 pub use entry::Entry;
 pub use invalidation::{OnLoaded, OnRevoked};
 pub use keys::Scope;
@@ -358,7 +360,7 @@ impl Cache {
         load: F,
     ) -> Result<Cached, LoadError<E>>
     where
-        T: Serialize,
+        T: Body,
         E: Send + Sync + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<T>, E>>,
@@ -413,7 +415,7 @@ impl Cache {
         load: F,
     ) -> Result<Cached, LoadError<E>>
     where
-        T: Serialize,
+        T: Body,
         E: Send + Sync + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<T>, E>>,
@@ -776,7 +778,7 @@ impl Cache {
     /// Redis unreachable (circuit open or a failed read): straight to PostgreSQL.
     async fn uncached<T, E, F, Fut>(&self, policy: &Policy, load: F) -> Result<Cached, LoadError<E>>
     where
-        T: Serialize,
+        T: Body,
         E: Send + Sync + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<T>, E>>,
@@ -796,7 +798,7 @@ impl Cache {
         load: F,
     ) -> LoadResult
     where
-        T: Serialize,
+        T: Body,
         E: Send + Sync + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<T>, E>>,
@@ -1044,7 +1046,7 @@ impl Cache {
 /// Runs the loader and turns its answer into a stored entry.
 async fn load_entry<T, E, F, Fut>(policy: &Policy, load: F) -> Result<Entry, LoadFailure>
 where
-    T: Serialize,
+    T: Body,
     E: Send + Sync + 'static,
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<Option<T>, E>>,
@@ -1054,8 +1056,10 @@ where
     let delta_ms = started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32;
     Ok(match loaded {
         Some(value) => {
-            let body = serde_json::to_vec(&value).map_err(|e| LoadFailure::Encode(Arc::new(e)))?;
-            Entry::found(Bytes::from(body), expiry(policy.ttl), delta_ms)
+            let body = value
+                .into_json()
+                .map_err(|e| LoadFailure::Encode(Arc::new(e)))?;
+            Entry::found(body, expiry(policy.ttl), delta_ms)
         }
         None => Entry::not_found(expiry(policy.negative_ttl), delta_ms),
     })

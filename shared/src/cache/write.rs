@@ -13,11 +13,9 @@
 
 use std::future::Future;
 
-use futures_util::future::BoxFuture;
-use serde::Serialize;
-
 use super::entry::Entry;
-use super::{LoadFailure, Policy, Scope};
+use super::{Body, LoadFailure, Policy, Scope};
+use futures_util::future::BoxFuture;
 
 /// A committed write's result, held until the scopes it changed are invalidated.
 #[derive(Debug)]
@@ -115,7 +113,7 @@ impl<'a> Refresh<'a> {
         load: Fut,
     ) -> Self
     where
-        T: Serialize,
+        T: Body,
         E: Send + Sync + 'static,
         Fut: Future<Output = Result<Option<T>, E>> + Send + 'a,
     {
@@ -149,7 +147,7 @@ impl Refresh<'static> {
         derive: impl FnOnce(&[u8]) -> Result<Option<T>, E> + Send + 'static,
     ) -> Self
     where
-        T: Serialize + Send,
+        T: Body + Send,
         E: Send + Sync + 'static,
     {
         let policy = *policy;

@@ -226,3 +226,128 @@ async fn cursors_are_signed_and_bound_to_the_user_and_the_limit() {
         );
     }
 }
+
+/// The list pages are written from the rows by `page_json`, the single entry by
+/// serde_json from an `Entry`: for the same rows — text built to need every
+/// escape — a page is byte for byte its entries' own answers, in list order,
+/// inside serde_json's page object (both modes). The columns `page_json` reads
+/// by position are the ones the statements return there.
+#[tokio::test]
+async fn list_pages_are_the_bytes_serde_json_writes_for_their_entries() {
+    use journal_service::page_json::col;
+    use journal_service::queries;
+
+    let j = spawn().await;
+    let user = User::new();
+    let conn = j.db.connect().await;
+    for sql in [
+        queries::PAGE,
+        queries::FIRST_PAGE_BY_CURSOR,
+        queries::NEXT_PAGE_BY_CURSOR,
+    ] {
+        let statement = conn.prepare(sql).await.unwrap();
+        let names: Vec<&str> = statement.columns().iter().map(|c| c.name()).collect();
+        for (at, name) in [
+            (col::ID, "id"),
+            (col::TITLE, "title"),
+            (col::CONTENT, "content"),
+            (col::MOOD, "mood"),
+            (col::TAGS, "tags"),
+            (col::CREATED_AT, "created_at"),
+            (col::UPDATED_AT, "updated_at"),
+        ] {
+            assert_eq!(names.get(at), Some(&name), "{sql}");
+        }
+        if sql == queries::PAGE {
+            assert_eq!(names.get(col::TOTAL), Some(&"total"));
+        }
+    }
+    // Every control character PostgreSQL stores (all but NUL), quotes,
+    // backslashes, DEL, multi-byte text, at every offset of an 8-byte word.
+    let controls: String = (1u8..0x20).map(char::from).collect();
+    let mut texts = vec![
+        controls.clone(),
+        format!("\"{controls}\\\u{7f}é€😀\u{2028}"),
+        "plain text, nothing to escape here at all".to_owned(),
+        "ends with a quote\"".to_owned(),
+        "\\".to_owned(),
+    ];
+    for at in 0..9 {
+        texts.push(format!("{}\n{}\"é", "x".repeat(at), "y".repeat(at)));
+    }
+    let n = texts.len() as i64;
+    for (i, text) in texts.iter().enumerate() {
+        let i = i as i64;
+        let title =
+            (i % 3 != 0).then(|| format!("t{i}\t\"{}\"", text.chars().take(4).collect::<String>()));
+        let mood = (i % 4 != 0).then_some((1 + i % 10) as i16);
+        let tags = match i % 3 {
+            0 => vec![],
+            1 => vec!["a\"b".to_owned(), "c\\d".to_owned()],
+            _ => vec!["é\u{1}".to_owned()],
+        };
+        conn.execute(
+            "INSERT INTO journal.journal_entries (id, user_id, title, content, mood, tags, created_at, updated_at)
+             VALUES (gen_random_uuid(), $1, $2, $3, $4, $5,
+                     timestamptz '2026-01-01 00:00Z' + $6::int8 * interval '1 second 123457 microseconds',
+                     timestamptz '2026-02-01 00:00Z' + $6::int8 * interval '1 millisecond')",
+            &[&user.id, &title, text, &mood, &tags, &i],
+        )
+        .await
+        .unwrap();
+    }
+    let body = |path: String| {
+        let request = j.get(&user, &path);
+        async move {
+            let res = request.send().await.unwrap();
+            assert_eq!(res.status(), 200, "{path}");
+            res.bytes().await.unwrap().to_vec()
+        }
+    };
+    let page = body("/api/journal/entries?page=1&page_size=100".into()).await;
+    let parsed: serde_json::Value = serde_json::from_slice(&page).unwrap();
+    let ids: Vec<String> = parsed["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len() as i64, n);
+    let mut each = Vec::new();
+    for id in &ids {
+        each.push(String::from_utf8(body(format!("/api/journal/entries/{id}")).await).unwrap());
+    }
+    assert_eq!(
+        String::from_utf8(page).unwrap(),
+        format!(
+            "{{\"entries\":[{}],\"total\":{n},\"page\":1,\"page_size\":100,\"has_more\":false}}",
+            each.join(",")
+        )
+    );
+    // Cursor mode, page after page: each but the last has a next cursor
+    // (URL-safe base64: nothing to escape).
+    let mut path = "/api/journal/entries?limit=5".to_owned();
+    for (i, entries) in each.chunks(5).enumerate() {
+        let page = body(path.clone()).await;
+        let next = serde_json::from_slice::<serde_json::Value>(&page).unwrap()["next_cursor"]
+            .as_str()
+            .map(str::to_owned);
+        let last = (i + 1) * 5 >= each.len();
+        let tail = match &next {
+            Some(cursor) if !last => format!("\"{cursor}\",\"has_more\":true"),
+            None if last => "null,\"has_more\":false".to_owned(),
+            other => panic!("page {i}: next_cursor {other:?}"),
+        };
+        assert_eq!(
+            String::from_utf8(page).unwrap(),
+            format!(
+                "{{\"entries\":[{}],\"next_cursor\":{tail}}}",
+                entries.join(",")
+            )
+        );
+        path = format!(
+            "/api/journal/entries?limit=5&cursor={}",
+            next.unwrap_or_default()
+        );
+    }
+}
