@@ -3,8 +3,10 @@
 //! on the kai-shared platform.
 //!
 //! It owns the `sessions` table, so besides the platform's revocation set (fed
-//! by Redis pub/sub) it checks each request's session in PostgreSQL: a logout is
-//! effective here at once, with or without Redis.
+//! by Redis pub/sub) it checks each request's session in PostgreSQL, remembering
+//! a live one for a quarter second (`sessions`): a logout is effective on the
+//! replica that performed it at once, and on every other within 1 s, with or
+//! without Redis.
 
 /// Password change, log out everywhere, account deletion.
 pub mod account;
@@ -48,7 +50,7 @@ pub fn service() -> ServiceDef {
     ServiceDef::new::<routes::ApiDoc>(BINARY, MIGRATIONS, routes::configure)
         .checking_sessions(sessions::session_check)
         .caching(&cache_rules::CACHED)
-        .counting(&[password::VERIFICATIONS])
+        .counting(&[password::VERIFICATIONS, sessions::CHECKS])
         .on_start(start)
 }
 

@@ -15,7 +15,9 @@
 //! and remembered in a sorted set (loaded when a replica subscribes); each replica
 //! keeps the revoked session ids in memory until the tokens would have expired
 //! anyway. The service that owns the sessions table additionally checks it
-//! ([`Gate::session_check`]). Every revocation through Redis is a signed
+//! ([`Gate::session_check`]), after [`Authenticator::verify`]: a revocation this
+//! replica knows is refused before that check (or any memo it keeps) is asked.
+//! Every revocation through Redis is a signed
 //! control message ([`control`]): one that does not verify is dropped. A
 //! service that learns revocations from Redis only refuses authenticated
 //! requests (503) until it knows them all ([`Authenticator::revocations_known`]).
@@ -244,6 +246,15 @@ impl Authenticator {
 
     pub fn set_revocations_known(&self, known: bool) {
         self.known.store(known, Ordering::Release);
+    }
+
+    /// How many revocations this replica has recorded — its own and those it
+    /// heard or loaded — raised after each one is recorded. A caller that reads
+    /// it before some work and again after learns whether a revocation was
+    /// recorded meanwhile (profile-service's memo of live sessions keeps nothing
+    /// a check overlapping a revocation found).
+    pub fn revocations_recorded(&self) -> u64 {
+        self.revocations.load(Ordering::Acquire)
     }
 
     /// Signs a control message (the token-issuing service only; see [`control`]).
@@ -556,7 +567,8 @@ impl FromRequest for AuthUser {
         match (user, gate.session_check.clone()) {
             (Err(e), _) => Either::Left(ready(Err(e))),
             (Ok(user), None) => Either::Left(ready(Ok(user))),
-            // The service that owns the sessions adds its own check.
+            // The service that owns the sessions adds its own check, after
+            // `verify` refused every revocation this replica knows.
             (Ok(user), Some(check)) => Either::Right(Box::pin(async move {
                 check(user.session_id).await?;
                 Ok(user)

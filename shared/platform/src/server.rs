@@ -45,6 +45,11 @@ use crate::config::{self, Settings};
 
 pub use kai_http::auth::SessionCheck;
 
+/// Builds a service's own per-request session check from what it may use: the
+/// pool, the authenticator (whose revocation count it may watch) and the
+/// service's metrics (its outcome counters are registered by then).
+pub type MakeSessionCheck = fn(Db, Arc<Authenticator>, &Metrics) -> SessionCheck;
+
 /// How long in-flight requests may take to finish after SIGTERM.
 pub const DRAIN: Duration = Duration::from_secs(30);
 
@@ -65,8 +70,8 @@ pub struct ServiceDef {
     /// Counters of the service's outbound calls by outcome, registered (every
     /// outcome at zero) on the service's registry at start.
     pub outcome_counters: &'static [kai_shared::metrics::OutcomeCounter],
-    /// Builds an extra per-request session check from the pool.
-    pub session_check: Option<fn(Db) -> SessionCheck>,
+    /// Builds an extra per-request session check.
+    pub session_check: Option<MakeSessionCheck>,
     /// Starts the service's background tasks once the platform is built; they
     /// must end when the token is cancelled (when the replica starts shutting
     /// down, before its in-flight requests have drained).
@@ -108,7 +113,7 @@ impl ServiceDef {
     }
 
     /// An extra per-request session check.
-    pub fn checking_sessions(mut self, check: fn(Db) -> SessionCheck) -> Self {
+    pub fn checking_sessions(mut self, check: MakeSessionCheck) -> Self {
         self.session_check = Some(check);
         self
     }
@@ -408,7 +413,9 @@ impl Platform {
         let stats = Arc::new(EndpointStats::default());
         let gate = web::Data::new(Gate {
             auth: auth.clone(),
-            session_check: def.session_check.map(|make| make(db.clone())),
+            session_check: def
+                .session_check
+                .map(|make| make(db.clone(), auth.clone(), &metrics)),
         });
         let observe = web::Data::new(Observe {
             stats: stats.clone(),

@@ -40,10 +40,33 @@ pub async fn spawn_behind_proxy() -> Profiles {
 }
 
 pub async fn spawn_with_env(redis: Option<&str>, extra: &[(&str, &str)]) -> Profiles {
+    spawn_service(profile_service::service(), redis, extra).await
+}
+
+/// A profile-service whose memo of live sessions keeps each answer for an hour
+/// (`sessions::remembering_for`): whether a check is answered from the memo
+/// then depends on the order of events only, not on the machine's speed.
+pub async fn spawn_remembering_for_an_hour(redis: Option<&str>) -> Profiles {
+    let def = profile_service::service().checking_sessions(|db, auth, metrics| {
+        profile_service::sessions::remembering_for(
+            std::time::Duration::from_secs(3600),
+            db,
+            auth,
+            metrics,
+        )
+    });
+    spawn_service(def, redis, &[]).await
+}
+
+async fn spawn_service(
+    def: kai_platform::ServiceDef,
+    redis: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Profiles {
     let db = TestDb::create().await;
     let prefix = TestPrefix::new(redis.unwrap_or(&testing::redis_url()));
     let settings = testing::settings(&db.url, redis, &prefix.prefix, extra);
-    let app = TestApp::start(profile_service::service(), settings).await;
+    let app = TestApp::start(def, settings).await;
     Profiles {
         app,
         db,
@@ -169,4 +192,18 @@ pub async fn verifications(p: &Profiles) -> u64 {
         .filter(|l| l.starts_with("kai_password_verifications_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
+}
+
+/// Session checks `app` ran so far (`kai_session_checks_total`): answered from
+/// its memo of live sessions, and by PostgreSQL (one `SESSION_LIVE` each).
+pub async fn session_checks(app: &TestApp) -> (u64, u64) {
+    let text = app.metrics().await;
+    let count = |outcome: &str| {
+        let series = format!("kai_session_checks_total{{outcome=\"{outcome}\",");
+        text.lines()
+            .find(|l| l.starts_with(&series))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{series} exported")) as u64
+    };
+    (count("memo"), count("db"))
 }
