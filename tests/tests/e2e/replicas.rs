@@ -50,15 +50,7 @@ impl Cluster {
     async fn wait_state(&self, app: &TestApp, state: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let health: Value = app
-                .client
-                .get(app.url("/health/detailed"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let health = app.get_json("/health/detailed").await;
             let replica = health["database"]["replicas"][0].clone();
             if replica["state"] == state {
                 return replica;
@@ -237,15 +229,7 @@ async fn health_and_metrics_list_the_replica_without_credentials() {
     let token = testing::token(Uuid::new_v4());
     create(&c.a, &token, "x").await;
     titles(&c.a, &token, 1).await;
-    let metrics =
-        c.a.client
-            .get(c.a.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+    let metrics = c.a.metrics().await;
     for series in [
         "kai_db_reads_total{target=\"primary\",service=\"journal\"}",
         "kai_db_reads_total{target=\"replica\",service=\"journal\"}",

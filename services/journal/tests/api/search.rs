@@ -220,16 +220,7 @@ async fn with_more_matches_than_candidates_the_best_of_the_newest_comes_first_in
     // e500 first; then the newest of the equally ranked (e1, e2).
     assert_eq!(titles(&body), ["e500", "e1", "e2"], "{body}");
     // The API document says so, with the same number.
-    let doc: Value = j
-        .app
-        .client
-        .get(j.app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = j.app.get_json("/openapi.json").await;
     let description = doc["paths"]["/api/journal/search"]["get"]["description"]
         .as_str()
         .unwrap_or_default()
