@@ -58,6 +58,10 @@ pub enum Failure {
     Pool(String),
 }
 
+/// Redis connections each replica keeps open however idle (fewer if
+/// `REDIS_POOL_SIZE` is smaller): enough for a new replica's first burst.
+const WARM_CONNECTIONS: u32 = 8;
+
 /// Redis as `/health/detailed` sees it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RedisHealth {
@@ -117,7 +121,12 @@ impl Redis {
             Target::Node(client) => Links::Pool(
                 bb8::Pool::builder()
                     .max_size(pool_size)
-                    .min_idle(Some(1))
+                    // Opened in the background as the pool is built and kept
+                    // open: a replica's first burst (a rolling update's share
+                    // arriving at once) finds them ready instead of waiting on
+                    // connects, where a wait past REDIS_TIMEOUT_MS opened the
+                    // circuit at start (kai-load soak's first second).
+                    .min_idle(Some(pool_size.min(WARM_CONNECTIONS)))
                     // A short wait (REDIS_TIMEOUT_MS), not bb8's 30 s, and the
                     // connect errors logged: with Redis down a checkout fails
                     // fast and says why.
