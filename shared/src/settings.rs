@@ -138,6 +138,11 @@ pub struct DatabaseSettings {
                 (same forms, `sslmode` and CA); reads go to one only when it has replayed past the \
                 last write of what is read")]
     pub replica_urls: ::std::vec::Vec<SecretString>,
+    #[arg(id = "db_pipeline_lanes", long = "db-pipeline-lanes", env = "DB_PIPELINE_LANES",
+        default_value = "2", value_parser = number::<usize>,
+        help = "pooled connections shared by concurrent short reads, pipelined (at most half of \
+                DB_POOL_SIZE); 0: every read on a connection of its own")]
+    pub pipeline_lanes: usize,
 }
 
 impl DatabaseSettings {
@@ -149,6 +154,12 @@ impl DatabaseSettings {
             .and_then(SslMode::parse)
             .unwrap_or(SslMode::Prefer);
         Ok(self)
+    }
+
+    /// The pipelined lanes the pool keeps: `DB_PIPELINE_LANES`, at most half of
+    /// `DB_POOL_SIZE` (the rest serve writes, transactions and long reads).
+    pub fn lanes(&self) -> usize {
+        self.pipeline_lanes.min(self.pool_size / 2)
     }
 
     /// The settings of each read replica: this group with the replica's URL (its

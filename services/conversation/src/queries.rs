@@ -166,11 +166,14 @@ pub async fn list_conversations(
     user_id: Uuid,
     q: &CursorQuery,
 ) -> Result<ConversationPage, DbError> {
-    db.read(|conn| async move {
+    db.read_pipelined(|conn| async move {
         let rows = match q.after {
-            None => db.query(&conn, FIRST_PAGE, &[&user_id, &q.fetch()]).await?,
+            None => {
+                db.query(&*conn, FIRST_PAGE, &[&user_id, &q.fetch()])
+                    .await?
+            }
             Some(c) => {
-                db.query(&conn, NEXT_PAGE, &[&user_id, &q.fetch(), &c.at, &c.id])
+                db.query(&*conn, NEXT_PAGE, &[&user_id, &q.fetch(), &c.at, &c.id])
                     .await?
             }
         };
@@ -198,15 +201,15 @@ pub async fn get_conversation(
     id: Uuid,
     limit: i64,
 ) -> Result<Option<(ConversationSummary, Vec<Message>)>, DbError> {
-    db.read(|conn| async move {
+    db.read_pipelined(|conn| async move {
         let Some(row) = db
-            .query_opt(&conn, GET_CONVERSATION, &[&id, &user_id])
+            .query_opt(&*conn, GET_CONVERSATION, &[&id, &user_id])
             .await?
         else {
             return Ok(None);
         };
         let messages = db
-            .query(&conn, LATEST_MESSAGES, &[&id, &limit])
+            .query(&*conn, LATEST_MESSAGES, &[&id, &limit])
             .await?
             .iter()
             .map(message)

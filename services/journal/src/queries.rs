@@ -282,9 +282,9 @@ async fn insert_many(
 }
 
 pub async fn get_entry(db: &Db, user_id: Uuid, id: Uuid) -> Result<Option<Entry>, DbError> {
-    db.read(|conn| async move {
+    db.read_pipelined(|conn| async move {
         Ok(db
-            .query_opt(&conn, GET, &[&id, &user_id])
+            .query_opt(&*conn, GET, &[&id, &user_id])
             .await?
             .as_ref()
             .map(entry))
@@ -300,10 +300,10 @@ pub async fn list_entries_page(
     page: i64,
     page_size: i64,
 ) -> Result<Json, DbError> {
-    db.read(|conn| async move {
+    db.read_pipelined(|conn| async move {
         let offset = (page - 1) * page_size;
         let rows = db
-            .query(&conn, PAGE, &[&user_id, &page_size, &offset])
+            .query(&*conn, PAGE, &[&user_id, &page_size, &offset])
             .await?;
         page_json::page_from_rows(&rows, page, page_size)
     })
@@ -314,15 +314,15 @@ pub async fn list_entries_page(
 /// whether another page exists. The page's JSON, written from the rows
 /// ([`crate::page_json`]).
 pub async fn list_entries_after(db: &Db, user_id: Uuid, q: &CursorQuery) -> Result<Json, DbError> {
-    db.read(|conn| async move {
+    db.read_pipelined(|conn| async move {
         let rows = match q.after {
             None => {
-                db.query(&conn, FIRST_PAGE_BY_CURSOR, &[&user_id, &q.fetch()])
+                db.query(&*conn, FIRST_PAGE_BY_CURSOR, &[&user_id, &q.fetch()])
                     .await?
             }
             Some(c) => {
                 db.query(
-                    &conn,
+                    &*conn,
                     NEXT_PAGE_BY_CURSOR,
                     &[&user_id, &q.fetch(), &c.at, &c.id],
                 )

@@ -156,12 +156,14 @@ pub async fn revoke_session(db: &Db, session_id: Uuid, user_id: Uuid) -> Result<
 }
 
 pub async fn get_profile(db: &Db, user_id: Uuid) -> Result<Option<Profile>, DbError> {
-    let conn = db.conn().await?;
-    Ok(db
-        .query_opt(&conn, GET_PROFILE, &[&user_id])
-        .await?
-        .as_ref()
-        .map(profile))
+    db.read_pipelined(|conn| async move {
+        Ok(db
+            .query_opt(&*conn, GET_PROFILE, &[&user_id])
+            .await?
+            .as_ref()
+            .map(profile))
+    })
+    .await
 }
 
 /// The stored password hash of a user, if the account exists.

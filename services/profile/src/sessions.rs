@@ -138,12 +138,15 @@ impl LiveSessions {
         let recorded = self.auth.revocations_recorded();
         let began = Instant::now();
         self.from_db.inc();
-        let conn = self.db.conn().await?;
-        let live = self
-            .db
-            .query_opt(&conn, SESSION_LIVE, &[&session_id])
-            .await?
-            .is_some_and(|row| row.get::<_, bool>(0));
+        let db = &self.db;
+        let live = db
+            .read_pipelined(|conn| async move {
+                Ok(db
+                    .query_opt(&*conn, SESSION_LIVE, &[&session_id])
+                    .await?
+                    .is_some_and(|row| row.get::<_, bool>(0)))
+            })
+            .await?;
         if !live {
             return Err(ApiError::Unauthorized(
                 "the session has ended; log in again".into(),

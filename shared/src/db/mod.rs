@@ -11,6 +11,7 @@ mod combine;
 mod connect;
 mod error;
 mod jsonb;
+mod lanes;
 mod migrate;
 mod pool;
 pub mod replicas;
@@ -19,6 +20,7 @@ pub use combine::{Combiner, Lost};
 pub use connect::VERIFY_IF_IDLE_FOR;
 pub use error::DbError;
 pub use jsonb::Jsonb;
+pub use lanes::{LANE_DEPTH, Lease};
 pub use migrate::{
     LOCK_TIMEOUT, MigrationSet, NO_TRANSACTION, STATEMENT_TIMEOUT, is_current, migrate,
 };

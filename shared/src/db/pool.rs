@@ -21,6 +21,7 @@ use tokio_postgres::types::{ToSql, Type};
 
 use super::connect::build_pool;
 use super::error::DbError;
+use super::lanes::{Lanes, Lease};
 use crate::metrics::Metrics;
 use crate::settings::DatabaseSettings;
 
@@ -60,6 +61,8 @@ struct Inner {
     reads: prometheus::IntCounterVec,
     /// The read replicas (`DATABASE_REPLICA_URLS`), once [`Db::attach_replicas`] ran.
     replicas: std::sync::OnceLock<Arc<super::replicas::Replicas>>,
+    /// The primary's connections shared by pipelined reads (`DB_PIPELINE_LANES`).
+    lanes: Lanes,
 }
 
 impl Db {
@@ -87,7 +90,7 @@ impl Db {
         }
         let _ = metrics.registry.register(Box::new(reads.clone()));
         Self {
-            pool,
+            pool: pool.clone(),
             inner: Arc::new(Inner {
                 metrics: metrics.clone(),
                 slow_threshold: settings.slow_query_threshold,
@@ -95,6 +98,7 @@ impl Db {
                 slow_log: Mutex::new(VecDeque::with_capacity(SLOW_LOG_LEN)),
                 reads,
                 replicas: std::sync::OnceLock::new(),
+                lanes: Lanes::new(pool.clone(), settings.lanes()),
             }),
         }
     }
@@ -316,6 +320,51 @@ impl Db {
         self.count_read("primary");
         let conn = self.conn().await?;
         work(conn).await
+    }
+
+    /// [`Db::read`] for a short read — statements each bounded by an index and a
+    /// LIMIT, or a primary-key lookup — that on the primary shares one of the
+    /// pool's pipelined connections with other reads in flight (see
+    /// [`super::lanes`]; `DB_PIPELINE_LANES`, 0: a connection of its own, as
+    /// [`Db::read`]). Never for a statement that may take long (a search, an
+    /// export's batch): the reads queued behind it on its lane would wait for it.
+    ///
+    /// `work` may be called twice: on a replica then on the primary, as
+    /// [`Db::read`], or on a lane whose connection closed under it, then on a
+    /// connection of its own.
+    pub async fn read_pipelined<T, Fut>(&self, work: impl Fn(Lease) -> Fut) -> Result<T, DbError>
+    where
+        Fut: Future<Output = Result<T, DbError>>,
+    {
+        if let Some(replicas) = self.inner.replicas.get()
+            && let Some(position) = super::replicas::position()
+            && let Some((replica, conn)) = replicas.pick(position).await
+        {
+            match tokio::time::timeout(super::replicas::READ_TIMEOUT, work(Lease::own(conn))).await
+            {
+                Ok(Ok(value)) => {
+                    self.count_read("replica");
+                    return Ok(value);
+                }
+                Ok(Err(e)) => replica.failed(&e),
+                Err(_) => replica.timed_out(),
+            }
+        }
+        self.count_read("primary");
+        let lease = self.inner.lanes.lease().await?;
+        let lane = lease.lane();
+        match work(lease).await {
+            Err(_) if lane.is_some_and(|conn| conn.is_closed()) => {
+                work(Lease::own(self.conn().await?)).await
+            }
+            done => done,
+        }
+    }
+
+    /// How many pipelined lanes hold an open connection (at most
+    /// `DB_PIPELINE_LANES`).
+    pub fn lanes_open(&self) -> usize {
+        self.inner.lanes.open()
     }
 
     /// A connection for a long read (an export's stream): a replica's that

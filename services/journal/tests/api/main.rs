@@ -7,6 +7,7 @@ mod entries;
 mod export;
 mod helpers;
 mod lists;
+mod pipelined;
 mod platform;
 mod search;
 mod shutdown;
