@@ -194,6 +194,95 @@ pub fn cursor_page_json<T: AsRef<str>>(
     written(result, out)
 }
 
+/// The first page (page mode) after `created` were stored, written from the
+/// page it replaces (`old`, this module's or serde_json's bytes of an
+/// [`crate::model::EntryPage`] with `page` 1): the bytes
+/// [`crate::model::EntryPage::with_created`] would serialize, without parsing
+/// the old entries into `Entry` values or writing them again — each is copied
+/// as it stands (a borrowed [`RawValue`]: its text is scanned, never
+/// allocated). `None` when a created entry does not sort before every entry of
+/// the old page (a clock that went back): the caller then takes the serde
+/// path, which sorts.
+pub fn page_with_created(
+    old: &[u8],
+    created: &[crate::model::Entry],
+) -> serde_json::Result<Option<Vec<u8>>> {
+    use serde::Deserialize;
+    use serde_json::value::RawValue;
+
+    #[derive(Deserialize)]
+    struct Page<'a> {
+        #[serde(borrow)]
+        entries: Vec<&'a RawValue>,
+        total: i64,
+        page: i64,
+        page_size: i64,
+    }
+    #[derive(Deserialize)]
+    struct Key {
+        id: Uuid,
+        created_at: DateTime<Utc>,
+    }
+
+    let old: Page<'_> = serde_json::from_slice(old)?;
+    if old.page != 1 {
+        return Ok(None);
+    }
+    let mut created: Vec<&crate::model::Entry> = created.iter().collect();
+    created.sort_by_key(|e| std::cmp::Reverse((e.created_at, e.id)));
+    if let (Some(newest_old), Some(oldest_new)) = (old.entries.first(), created.last()) {
+        let newest_old: Key = serde_json::from_str(newest_old.get())?;
+        if (oldest_new.created_at, oldest_new.id) <= (newest_old.created_at, newest_old.id) {
+            return Ok(None);
+        }
+    }
+    let total = old.total.saturating_add(created.len() as i64);
+    let size = usize::try_from(old.page_size).unwrap_or(usize::MAX);
+    created.truncate(size);
+    let kept = &old.entries[..old.entries.len().min(size - created.len())];
+    let has_more = ((created.len() + kept.len()) as i64) < total;
+
+    let refs: Vec<EntryRef<'_, String>> = created
+        .iter()
+        .map(|e| EntryRef {
+            id: e.id,
+            title: e.title.as_deref(),
+            content: &e.content,
+            mood: e.mood,
+            tags: &e.tags,
+            created_at: e.created_at,
+            updated_at: e.updated_at,
+        })
+        .collect();
+    let kept_len: usize = kept.iter().map(|r| r.get().len() + 1).sum();
+    let mut out = Vec::with_capacity(capacity(&refs) + kept_len);
+    let result = (|| -> io::Result<()> {
+        let f = &mut CompactFormatter;
+        out.extend_from_slice(b"{\"entries\":[");
+        for (i, e) in refs.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            entry(&mut out, e)?;
+        }
+        for (i, raw) in kept.iter().enumerate() {
+            if i > 0 || !refs.is_empty() {
+                out.push(b',');
+            }
+            out.extend_from_slice(raw.get().as_bytes());
+        }
+        out.extend_from_slice(b"],\"total\":");
+        f.write_i64(&mut out, total)?;
+        out.extend_from_slice(b",\"page\":1,\"page_size\":");
+        f.write_i64(&mut out, old.page_size)?;
+        out.extend_from_slice(b",\"has_more\":");
+        f.write_bool(&mut out, has_more)?;
+        out.push(b'}');
+        Ok(())
+    })();
+    Ok(Some(written(result, out)))
+}
+
 /// Writing into a `Vec` does not fail (`io::Write for Vec<u8>` always
 /// succeeds), nor does a timestamp; should it ever, the page is cut short —
 /// which the tests would catch — rather than the request panicking.
@@ -470,6 +559,49 @@ mod tests {
                 cursor_page_json(&refs, next_cursor.as_deref(), has_more),
                 serde_json::to_vec(&EntryCursorPage { entries, next_cursor, has_more }).unwrap()
             );
+        }
+
+        #[test]
+        fn a_first_page_with_created_entries_is_the_bytes_with_created_serializes(
+            old in proptest::collection::vec((
+                adversarial(),
+                proptest::option::of(adversarial()),
+                proptest::collection::vec(adversarial(), 0..3),
+                proptest::option::of(any::<i16>()),
+                (0i64..100_000_000_000_000_000, 0i64..253_402_300_799_000_000),
+                any::<u128>(),
+            ), 0..6),
+            new in proptest::collection::vec((
+                adversarial(),
+                proptest::option::of(adversarial()),
+                proptest::collection::vec(adversarial(), 0..3),
+                proptest::option::of(any::<i16>()),
+                (0i64..253_402_300_799_000_000, 0i64..253_402_300_799_000_000),
+                any::<u128>(),
+            ), 0..5),
+            page_size in 1i64..8,
+            extra in 0i64..100,
+        ) {
+            let mut old: Vec<Entry> = old.into_iter().map(an_entry).collect();
+            old.sort_by_key(|e| std::cmp::Reverse((e.created_at, e.id)));
+            old.truncate(page_size as usize);
+            let total = old.len() as i64 + if old.len() as i64 == page_size { extra } else { 0 };
+            let page = EntryPage {
+                has_more: (old.len() as i64) < total,
+                entries: old,
+                total,
+                page: 1,
+                page_size,
+            };
+            let bytes = serde_json::to_vec(&page).unwrap();
+            let created: Vec<Entry> = new.into_iter().map(an_entry).collect();
+            let derived = page_with_created(&bytes, &created).unwrap();
+            let newest_old = page.entries.first().map(|e| (e.created_at, e.id));
+            let all_newer = created.iter().all(|e| newest_old.is_none_or(|k| (e.created_at, e.id) > k));
+            prop_assert_eq!(derived.is_some(), all_newer);
+            if let Some(derived) = derived {
+                prop_assert_eq!(derived, serde_json::to_vec(&page.with_created(&created)).unwrap());
+            }
         }
     }
 }

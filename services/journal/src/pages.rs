@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::cache_rules::{LIST, list_cursor_key, list_page_key, user_scope};
 use crate::model::{Entry, EntryPage};
+use crate::page_json;
 use crate::queries;
 
 /// The list's page size when a request names none, in page and cursor mode.
@@ -59,9 +60,17 @@ pub fn first_pages(
 ) -> Vec<Refresh<'_>> {
     let mut pages = vec![match hot {
         Some(hot) => Refresh::derived(hot, &LIST, move |old| {
-            serde_json::from_slice::<EntryPage>(old)
-                .map(|page| Some(page.with_created(&created)))
-                .map_err(ApiError::internal)
+            // The old entries copied as bytes; through serde (parse, sort,
+            // write every entry again) only when the created ones do not all
+            // come first.
+            match page_json::page_with_created(old, &created) {
+                Ok(Some(page)) => Ok(Some(Json::new(page))),
+                Ok(None) => serde_json::from_slice::<EntryPage>(old)
+                    .and_then(|page| serde_json::to_vec(&page.with_created(&created)))
+                    .map(|page| Some(Json::new(page))),
+                Err(e) => Err(e),
+            }
+            .map_err(ApiError::internal)
         }),
         None => Refresh::new(
             user_scope(uid),
