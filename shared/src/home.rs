@@ -26,6 +26,11 @@ impl Home {
         Self(Handle::try_current().ok())
     }
 
+    /// No home: [`Home::spawn`] runs tasks on the runtime of whoever spawns them.
+    pub(crate) fn caller() -> Self {
+        Self(None)
+    }
+
     /// Runs `task` at home.
     pub(crate) fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
     where

@@ -140,8 +140,8 @@ pub struct DatabaseSettings {
     pub replica_urls: ::std::vec::Vec<SecretString>,
     #[arg(id = "db_pipeline_lanes", long = "db-pipeline-lanes", env = "DB_PIPELINE_LANES",
         default_value = "2", value_parser = number::<usize>,
-        help = "pooled connections shared by concurrent short reads, pipelined (at most half of \
-                DB_POOL_SIZE); 0: every read on a connection of its own")]
+        help = "pooled connections shared by concurrent short reads, pipelined: one per HTTP worker, \
+                at most this many and half of DB_POOL_SIZE; 0: every read on a connection of its own")]
     pub pipeline_lanes: usize,
 }
 

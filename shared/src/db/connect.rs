@@ -23,6 +23,27 @@ pub const VERIFY_IF_IDLE_FOR: Duration = Duration::from_millis(500);
 /// A pool on `settings`' server: `connect` bounds opening a connection, `wait`
 /// waiting for one.
 pub(super) fn build_pool(settings: &DatabaseSettings, connect: Duration, wait: Duration) -> Pool {
+    build_pool_driven(settings, settings.pool_size, connect, wait, Home::here())
+}
+
+/// A pool of `size` whose connections are each driven on the runtime that
+/// opens it (the thread of the read that needed it: see [`super::lanes`]).
+pub(super) fn build_pool_driven_where_opened(
+    settings: &DatabaseSettings,
+    size: usize,
+    connect: Duration,
+    wait: Duration,
+) -> Pool {
+    build_pool_driven(settings, size, connect, wait, Home::caller())
+}
+
+fn build_pool_driven(
+    settings: &DatabaseSettings,
+    size: usize,
+    connect: Duration,
+    wait: Duration,
+    home: Home,
+) -> Pool {
     let mut pg = settings.pg_config();
     pg.connect_timeout(connect);
     if pg.get_application_name().is_none() {
@@ -32,7 +53,7 @@ pub(super) fn build_pool(settings: &DatabaseSettings, connect: Duration, wait: D
         pg,
         DrivenAtHome {
             tls: tls_connector(settings),
-            home: Home::here(),
+            home,
         },
         ManagerConfig {
             // Closed connections are dropped here; the hook below verifies
@@ -55,7 +76,7 @@ pub(super) fn build_pool(settings: &DatabaseSettings, connect: Duration, wait: D
         },
     );
     Pool::builder(manager)
-        .max_size(settings.pool_size)
+        .max_size(size)
         .wait_timeout(Some(wait))
         .create_timeout(Some(connect.max(wait)))
         .recycle_timeout(Some(Duration::from_secs(5)))

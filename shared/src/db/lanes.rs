@@ -12,14 +12,25 @@
 //! of PostgreSQL CPU per 20-row statement from 32 connections one statement at a
 //! time, 72 µs from 4, 31 µs pipelined 8 deep on 4.
 //!
-//! How: `lanes` connections are taken from the pool on first use and kept; a
-//! read takes the next lane round-robin if fewer than `depth` reads are in
-//! flight on it, else the next, else a pooled connection of its own as before
-//! (so a burst deeper than the lanes degrades to the pool, never queues behind
-//! an unbounded pipeline). A lane whose connection closed is emptied and opened
-//! again by the next read; [`crate::db::Db::read_pipelined`] runs a read that
-//! failed on a lane whose connection closed again on a connection of its own
-//! (reads are idempotent).
+//! How: each HTTP worker thread (a single-threaded runtime) gets a lane of its
+//! own, a connection opened by that thread and driven on its runtime, so the
+//! worker that asks is the one that reads the answers: no hop to another
+//! thread and back per statement. Up to `DB_PIPELINE_LANES` lanes (their
+//! connections are part of `DB_POOL_SIZE`: the main pool has the rest). A
+//! read takes its thread's lane if fewer than [`LANE_DEPTH`] reads are in
+//! flight on it; else, on a thread without a lane (the main runtime, whose
+//! tasks move between threads), or when every lane connection is taken, a
+//! connection of its own from the main pool, as before — a burst deeper than
+//! the lane degrades to the pool, never queues behind an unbounded pipeline. A
+//! lane whose connection closed is forgotten and opened again by its thread's
+//! next read; [`crate::db::Db::read_pipelined`] runs a read that failed on a
+//! lane whose connection closed again on a connection of its own (reads are
+//! idempotent).
+//!
+//! Measured side by side (`scripts/bench-side-by-side --groups uncached
+//! --kai-b-env DB_PIPELINE_LANES=0`, docs/PERFORMANCE.md "Round five"): lanes
+//! shared round-robin and driven on the main runtime served 1.23 x the
+//! uncached lists of no lanes; a lane per worker, driven there, 2.35 x.
 //!
 //! For short statements only (an index range with a LIMIT, a primary-key
 //! lookup): statements on a lane run one after the other, so a slow one would
@@ -27,8 +38,8 @@
 //! [`Lease`] only lends `&Object`; `transaction()` needs `&mut`).
 
 use std::ops::Deref;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::ThreadId;
 
 use deadpool_postgres::{Object, Pool};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -37,7 +48,7 @@ use super::error::DbError;
 
 /// Reads in flight on one lane before the next read takes another lane (or a
 /// connection of its own).
-pub const LANE_DEPTH: usize = 16;
+pub const LANE_DEPTH: usize = 32;
 
 /// A connection lent to one read: a lane's, shared with other reads in flight,
 /// or one of its own from the pool.
@@ -83,84 +94,104 @@ impl Deref for Lease {
 }
 
 pub(super) struct Lanes {
+    /// The lanes' own pool (`lanes` connections, each driven on the runtime of
+    /// the thread that opened it); the rest of `DB_POOL_SIZE` is the main pool's.
     pool: Pool,
-    lanes: Box<[Lane]>,
-    next: AtomicUsize,
-}
-
-struct Lane {
-    conn: Mutex<Option<Arc<Object>>>,
-    in_flight: Arc<Semaphore>,
-    /// Held while this lane's connection is taken from the pool, so that one
-    /// read opens it and the others arriving meanwhile wait for that one.
+    /// `DB_PIPELINE_LANES` (0: every read on a connection of its own).
+    lanes: usize,
+    /// The main pool: reads that find their thread's lane full, or no lane.
+    fallback: Pool,
+    /// One lane per thread that reads (an HTTP worker), opened by that thread.
+    by_thread: Mutex<Vec<(ThreadId, Arc<Lane>)>>,
+    /// Held while a lane is opened: the reads of a thread that arrive meanwhile
+    /// wait for its one lane instead of each taking a lane connection.
     opening: tokio::sync::Mutex<()>,
 }
 
+struct Lane {
+    conn: Arc<Object>,
+    in_flight: Arc<Semaphore>,
+}
+
 impl Lanes {
-    pub(super) fn new(pool: Pool, lanes: usize) -> Self {
+    pub(super) fn new(pool: Pool, fallback: Pool, lanes: usize) -> Self {
         Self {
             pool,
-            lanes: (0..lanes)
-                .map(|_| Lane {
-                    conn: Mutex::new(None),
-                    in_flight: Arc::new(Semaphore::new(LANE_DEPTH)),
-                    opening: tokio::sync::Mutex::new(()),
-                })
-                .collect(),
-            next: AtomicUsize::new(0),
+            lanes,
+            fallback,
+            by_thread: Mutex::new(Vec::new()),
+            opening: tokio::sync::Mutex::new(()),
         }
     }
 
     /// How many lanes hold an open connection now.
     pub(super) fn open(&self) -> usize {
-        self.lanes
-            .iter()
-            .filter(|lane| lane.current().is_some())
-            .count()
+        let lanes = self.by_thread.lock().expect("lanes lock");
+        lanes.iter().filter(|(_, l)| !l.conn.is_closed()).count()
     }
 
-    /// A lane with room, else a pooled connection of its own (waiting for one as
-    /// [`crate::db::Db::conn`] does).
+    /// This thread's lane if it has room (opened first if the lanes' pool has a
+    /// connection left), else a connection of its own from the main pool
+    /// (waiting for one as [`crate::db::Db::conn`] does).
     pub(super) async fn lease(&self) -> Result<Lease, DbError> {
-        let n = self.lanes.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        for i in 0..n {
-            let lane = &self.lanes[(start + i) % n];
-            let Ok(permit) = lane.in_flight.clone().try_acquire_owned() else {
-                continue;
-            };
-            if let Some(conn) = lane.current() {
-                return Ok(Lease {
-                    conn: Conn::Shared(conn, permit),
-                });
-            }
-            let _opening = lane.opening.lock().await;
-            if let Some(conn) = lane.current() {
-                return Ok(Lease {
-                    conn: Conn::Shared(conn, permit),
-                });
-            }
-            let conn = Arc::new(self.pool.get().await?);
-            *lane.conn.lock().expect("lane lock") = Some(conn.clone());
+        if self.lanes == 0 || !on_a_worker() {
+            return Ok(Lease::own(self.fallback.get().await?));
+        }
+        let here = std::thread::current().id();
+        let lane = self.lane(here);
+        let lane = match lane {
+            Some(lane) => Some(lane),
+            None => self.open_here(here).await,
+        };
+        if let Some(lane) = lane
+            && let Ok(permit) = lane.in_flight.clone().try_acquire_owned()
+        {
             return Ok(Lease {
-                conn: Conn::Shared(conn, permit),
+                conn: Conn::Shared(lane.conn.clone(), permit),
             });
         }
-        Ok(Lease::own(self.pool.get().await?))
+        Ok(Lease::own(self.fallback.get().await?))
+    }
+
+    /// `thread`'s lane, if it has one still open (a closed one is forgotten).
+    fn lane(&self, thread: ThreadId) -> Option<Arc<Lane>> {
+        let mut lanes = self.by_thread.lock().expect("lanes lock");
+        lanes.retain(|(_, l)| !l.conn.is_closed());
+        lanes
+            .iter()
+            .find(|(t, _)| *t == thread)
+            .map(|(_, l)| l.clone())
+    }
+
+    /// Opens a lane for `thread` (driven on this thread's runtime), unless
+    /// every lane connection is taken.
+    async fn open_here(&self, thread: ThreadId) -> Option<Arc<Lane>> {
+        let _opening = self.opening.lock().await;
+        if let Some(lane) = self.lane(thread) {
+            return Some(lane);
+        }
+        let timeouts = deadpool_postgres::Timeouts {
+            wait: Some(std::time::Duration::ZERO),
+            ..self.pool.timeouts()
+        };
+        let conn = self.pool.timeout_get(&timeouts).await.ok()?;
+        let lane = Arc::new(Lane {
+            conn: Arc::new(conn),
+            in_flight: Arc::new(Semaphore::new(LANE_DEPTH)),
+        });
+        self.by_thread
+            .lock()
+            .expect("lanes lock")
+            .push((thread, lane.clone()));
+        Some(lane)
     }
 }
 
-impl Lane {
-    /// The lane's connection, if it has one that is still open.
-    fn current(&self) -> Option<Arc<Object>> {
-        let mut slot = self.conn.lock().expect("lane lock");
-        match &*slot {
-            Some(conn) if !conn.is_closed() => Some(conn.clone()),
-            Some(_) => {
-                *slot = None;
-                None
-            }
-            None => None,
-        }
-    }
+/// Whether this read runs on a single-threaded runtime — an HTTP worker's —
+/// whose thread keeps running it: a lane is driven there. Not on the main
+/// runtime, whose tasks move between its threads (a batch's refresh, say):
+/// those take a connection of their own, so the lanes stay the workers'.
+fn on_a_worker() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
 }

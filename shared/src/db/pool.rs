@@ -49,6 +49,9 @@ pub struct PoolStatus {
 #[derive(Clone)]
 pub struct Db {
     pool: Pool,
+    /// The main pool and, with pipelined lanes, the lanes' (see
+    /// [`super::lanes`]): `DB_POOL_SIZE` connections in all.
+    pools: Arc<[Pool]>,
     inner: Arc<Inner>,
 }
 
@@ -68,15 +71,30 @@ struct Inner {
 impl Db {
     /// Builds the pool (connections are opened lazily) and registers its gauges.
     pub fn new(settings: &DatabaseSettings, metrics: &Metrics) -> Self {
-        let pool = build_pool(
+        // A stopped PostgreSQL must turn into a 503 within the pool timeout, not a hang.
+        let connect = settings.pool_timeout.min(Duration::from_secs(5));
+        // DB_POOL_SIZE in all: the pipelined lanes' connections, the rest the
+        // main pool's.
+        let lanes = settings.lanes();
+        let main = DatabaseSettings {
+            pool_size: settings.pool_size - lanes,
+            ..settings.clone()
+        };
+        let pool = build_pool(&main, connect, settings.pool_timeout);
+        let lane_pool = super::connect::build_pool_driven_where_opened(
             settings,
-            // A stopped PostgreSQL must turn into a 503 within the pool timeout, not a hang.
-            settings.pool_timeout.min(Duration::from_secs(5)),
+            lanes.max(1),
+            connect,
             settings.pool_timeout,
         );
+        let pools = if lanes > 0 {
+            vec![pool.clone(), lane_pool.clone()]
+        } else {
+            vec![pool.clone()]
+        };
         let _ = metrics
             .registry
-            .register(Box::new(PoolCollector::new(pool.clone())));
+            .register(Box::new(PoolCollector::new(pools.clone())));
         let reads = prometheus::IntCounterVec::new(
             Opts::new(
                 "kai_db_reads_total",
@@ -91,6 +109,7 @@ impl Db {
         let _ = metrics.registry.register(Box::new(reads.clone()));
         Self {
             pool: pool.clone(),
+            pools: pools.into(),
             inner: Arc::new(Inner {
                 metrics: metrics.clone(),
                 slow_threshold: settings.slow_query_threshold,
@@ -98,7 +117,7 @@ impl Db {
                 slow_log: Mutex::new(VecDeque::with_capacity(SLOW_LOG_LEN)),
                 reads,
                 replicas: std::sync::OnceLock::new(),
-                lanes: Lanes::new(pool.clone(), settings.lanes()),
+                lanes: Lanes::new(lane_pool.clone(), pool.clone(), lanes),
             }),
         }
     }
@@ -254,14 +273,10 @@ impl Db {
         )
     }
 
+    /// Both pools together (the main one and the lanes'): `max_size` is
+    /// `DB_POOL_SIZE`.
     pub fn status(&self) -> PoolStatus {
-        let s = self.pool.status();
-        PoolStatus {
-            size: s.size,
-            max_size: s.max_size,
-            available: s.available,
-            waiting: s.waiting,
-        }
+        combined(&self.pools)
     }
 
     /// Round trip to PostgreSQL (readiness, detailed health).
@@ -426,8 +441,26 @@ fn tls_failure(e: &DbError) -> Option<String> {
 
 /// Reports `kai_db_pool_connections{state}` from the pool's own counters at scrape
 /// time, so the gauge is never stale and costs nothing between scrapes.
+/// The occupancy of `pools` together.
+fn combined(pools: &[Pool]) -> PoolStatus {
+    pools.iter().map(Pool::status).fold(
+        PoolStatus {
+            size: 0,
+            max_size: 0,
+            available: 0,
+            waiting: 0,
+        },
+        |sum, s| PoolStatus {
+            size: sum.size + s.size,
+            max_size: sum.max_size + s.max_size,
+            available: sum.available + s.available,
+            waiting: sum.waiting + s.waiting,
+        },
+    )
+}
+
 struct PoolCollector {
-    pool: Pool,
+    pools: Vec<Pool>,
     gauge: IntGaugeVec,
     /// The pool's maximum: saturation is `in_use / max`, not `in_use` over the
     /// connections opened so far (a pool that opened 2 of 20 is not saturated).
@@ -435,7 +468,7 @@ struct PoolCollector {
 }
 
 impl PoolCollector {
-    fn new(pool: Pool) -> Self {
+    fn new(pools: Vec<Pool>) -> Self {
         let gauge = IntGaugeVec::new(
             Opts::new(
                 "kai_db_pool_connections",
@@ -449,7 +482,7 @@ impl PoolCollector {
             "The PostgreSQL pool's maximum size (DB_POOL_SIZE)",
         )
         .expect("valid metric");
-        Self { pool, gauge, max }
+        Self { pools, gauge, max }
     }
 }
 
@@ -461,7 +494,7 @@ impl Collector for PoolCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let s = self.pool.status();
+        let s = combined(&self.pools);
         let in_use = s.size.saturating_sub(s.available);
         self.gauge
             .with_label_values(&["idle"])

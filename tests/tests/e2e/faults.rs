@@ -149,7 +149,14 @@ async fn an_exhausted_pool_answers_503_after_the_pool_timeout_and_recovers() {
         &db.url,
         Some(&prefix.url),
         &prefix.prefix,
-        &[("DB_POOL_SIZE", "2"), ("DB_POOL_TIMEOUT_SECS", "1")],
+        // No pipelined lanes: the whole DB_POOL_SIZE is the pool writes wait
+        // for (with lanes, those connections are the lanes' and reads'; see
+        // shared/src/db/lanes.rs).
+        &[
+            ("DB_POOL_SIZE", "2"),
+            ("DB_POOL_TIMEOUT_SECS", "1"),
+            ("DB_PIPELINE_LANES", "0"),
+        ],
     );
     let app = TestApp::start(journal_service::service(), settings).await;
     let token = testing::token(Uuid::new_v4());
