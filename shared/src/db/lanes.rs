@@ -57,14 +57,15 @@ pub struct Lease {
 }
 
 enum Conn {
-    Shared(Arc<Object>, #[allow(dead_code)] OwnedSemaphorePermit),
-    Own(Object),
+    /// The lane's connection, and this read's place among its reads in flight.
+    Shared(Arc<Object>, OwnedSemaphorePermit),
+    Own(Box<Object>),
 }
 
 impl Lease {
     pub(super) fn own(conn: Object) -> Self {
         Self {
-            conn: Conn::Own(conn),
+            conn: Conn::Own(Box::new(conn)),
         }
     }
 
@@ -76,7 +77,7 @@ impl Lease {
     /// Another handle on the lane's connection, when this read shares one.
     pub(super) fn lane(&self) -> Option<Arc<Object>> {
         match &self.conn {
-            Conn::Shared(conn, _) => Some(conn.clone()),
+            Conn::Shared(conn, _permit) => Some(conn.clone()),
             Conn::Own(_) => None,
         }
     }
