@@ -319,22 +319,38 @@ impl Db {
     where
         Fut: Future<Output = Result<T, DbError>>,
     {
-        if let Some(replicas) = self.inner.replicas.get()
-            && let Some(position) = super::replicas::position()
-            && let Some((replica, conn)) = replicas.pick(position).await
-        {
-            match tokio::time::timeout(super::replicas::READ_TIMEOUT, work(conn)).await {
-                Ok(Ok(value)) => {
-                    self.count_read("replica");
-                    return Ok(value);
-                }
-                Ok(Err(e)) => replica.failed(&e),
-                Err(_) => replica.timed_out(),
-            }
+        if let Some(value) = self.on_replica(&work).await {
+            return Ok(value);
         }
         self.count_read("primary");
         let conn = self.conn().await?;
         work(conn).await
+    }
+
+    /// `work` on a replica that has replayed past the position [`super::read_at`]
+    /// set for this task, if there is one and it answers in time (a failure or a
+    /// timeout marks the replica, and the caller goes to the primary).
+    async fn on_replica<T, Fut>(&self, work: impl FnOnce(Object) -> Fut) -> Option<T>
+    where
+        Fut: Future<Output = Result<T, DbError>>,
+    {
+        let replicas = self.inner.replicas.get()?;
+        let position = super::replicas::position()?;
+        let (replica, conn) = replicas.pick(position).await?;
+        match tokio::time::timeout(super::replicas::READ_TIMEOUT, work(conn)).await {
+            Ok(Ok(value)) => {
+                self.count_read("replica");
+                Some(value)
+            }
+            Ok(Err(e)) => {
+                replica.failed(&e);
+                None
+            }
+            Err(_) => {
+                replica.timed_out();
+                None
+            }
+        }
     }
 
     /// [`Db::read`] for a short read — statements each bounded by an index and a
@@ -351,19 +367,8 @@ impl Db {
     where
         Fut: Future<Output = Result<T, DbError>>,
     {
-        if let Some(replicas) = self.inner.replicas.get()
-            && let Some(position) = super::replicas::position()
-            && let Some((replica, conn)) = replicas.pick(position).await
-        {
-            match tokio::time::timeout(super::replicas::READ_TIMEOUT, work(Lease::own(conn))).await
-            {
-                Ok(Ok(value)) => {
-                    self.count_read("replica");
-                    return Ok(value);
-                }
-                Ok(Err(e)) => replica.failed(&e),
-                Err(_) => replica.timed_out(),
-            }
+        if let Some(value) = self.on_replica(|conn| work(Lease::own(conn))).await {
+            return Ok(value);
         }
         self.count_read("primary");
         let lease = self.inner.lanes.lease().await?;
