@@ -48,7 +48,7 @@ use super::error::DbError;
 
 /// Reads in flight on one lane before the next read takes another lane (or a
 /// connection of its own).
-pub const LANE_DEPTH: usize = 32;
+const LANE_DEPTH: usize = 32;
 
 /// A connection lent to one read: a lane's, shared with other reads in flight,
 /// or one of its own from the pool.
@@ -67,11 +67,6 @@ impl Lease {
         Self {
             conn: Conn::Own(Box::new(conn)),
         }
-    }
-
-    /// True when this read shares a lane.
-    pub fn is_shared(&self) -> bool {
-        matches!(self.conn, Conn::Shared(..))
     }
 
     /// Another handle on the lane's connection, when this read shares one.
@@ -107,6 +102,11 @@ pub(super) struct Lanes {
     /// Held while a lane is opened: the reads of a thread that arrive meanwhile
     /// wait for its one lane instead of each taking a lane connection.
     opening: tokio::sync::Mutex<()>,
+    /// Attempts to open a lane that failed so far: a read that waited for
+    /// `opening` while one failed does not try again (PostgreSQL unreachable:
+    /// each waiting read would otherwise wait for one connect timeout after the
+    /// other) — it takes a connection of its own, which fails as fast.
+    failed_opens: std::sync::atomic::AtomicU64,
 }
 
 struct Lane {
@@ -122,6 +122,7 @@ impl Lanes {
             fallback,
             by_thread: Mutex::new(Vec::new()),
             opening: tokio::sync::Mutex::new(()),
+            failed_opens: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -154,28 +155,46 @@ impl Lanes {
         Ok(Lease::own(self.fallback.get().await?))
     }
 
-    /// `thread`'s lane, if it has one still open (a closed one is forgotten).
+    /// `thread`'s lane, if it has one still open (a closed one is forgotten by
+    /// [`Lanes::open_here`], which opens its replacement).
     fn lane(&self, thread: ThreadId) -> Option<Arc<Lane>> {
-        let mut lanes = self.by_thread.lock().expect("lanes lock");
-        lanes.retain(|(_, l)| !l.conn.is_closed());
+        let lanes = self.by_thread.lock().expect("lanes lock");
         lanes
             .iter()
-            .find(|(t, _)| *t == thread)
+            .find(|(t, l)| *t == thread && !l.conn.is_closed())
             .map(|(_, l)| l.clone())
     }
 
     /// Opens a lane for `thread` (driven on this thread's runtime), unless
     /// every lane connection is taken.
     async fn open_here(&self, thread: ThreadId) -> Option<Arc<Lane>> {
+        use std::sync::atomic::Ordering;
+        let seen = self.failed_opens.load(Ordering::Acquire);
         let _opening = self.opening.lock().await;
         if let Some(lane) = self.lane(thread) {
             return Some(lane);
         }
+        if self.failed_opens.load(Ordering::Acquire) != seen {
+            // An attempt failed while this read waited: not another one now.
+            return None;
+        }
+        // Closed lanes go (their connections back to the lanes' pool, which
+        // drops them) before a new one takes a connection.
+        self.by_thread
+            .lock()
+            .expect("lanes lock")
+            .retain(|(_, l)| !l.conn.is_closed());
         let timeouts = deadpool_postgres::Timeouts {
             wait: Some(std::time::Duration::ZERO),
             ..self.pool.timeouts()
         };
-        let conn = self.pool.timeout_get(&timeouts).await.ok()?;
+        let conn = match self.pool.timeout_get(&timeouts).await {
+            Ok(conn) => conn,
+            Err(_) => {
+                self.failed_opens.fetch_add(1, Ordering::AcqRel);
+                return None;
+            }
+        };
         let lane = Arc::new(Lane {
             conn: Arc::new(conn),
             in_flight: Arc::new(Semaphore::new(LANE_DEPTH)),

@@ -20,7 +20,7 @@ pub use combine::{Combiner, Lost};
 pub use connect::VERIFY_IF_IDLE_FOR;
 pub use error::DbError;
 pub use jsonb::Jsonb;
-pub use lanes::{LANE_DEPTH, Lease};
+pub use lanes::Lease;
 pub use migrate::{
     LOCK_TIMEOUT, MigrationSet, NO_TRANSACTION, STATEMENT_TIMEOUT, is_current, migrate,
 };
