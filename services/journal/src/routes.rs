@@ -217,8 +217,10 @@ pub const SEARCH_PER_USER: kai_shared::ratelimit::Limit = kai_shared::ratelimit:
 
 /// Full-text search over title and content, best match first.
 ///
-/// A journal with more than 1,000 matching entries is ranked over its newest
-/// 1,000 matches: the answer is the best of those, best first.
+/// Ranked over the matches among the journal's newest 2,000 entries (at most
+/// the newest 1,000 of them): the answer is the best of those, best first.
+/// When those entries hold fewer matches than `limit`, it is ranked over the
+/// newest 1,000 matches of the whole journal instead.
 #[utoipa::path(get, path = "/api/journal/search", tag = "insights", params(SearchQuery),
     responses((status = 200, body = SearchResults),
         (status = 429, description = "Too many searches by this user")))]

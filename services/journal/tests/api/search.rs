@@ -225,11 +225,60 @@ async fn with_more_matches_than_candidates_the_best_of_the_newest_comes_first_in
         .as_str()
         .unwrap_or_default()
         .replace('\n', " ");
-    let thousands = format!("{},{:03}", k / 1000, k % 1000);
-    assert!(
-        description.contains(&format!("ranked over its newest {thousands} matches")),
-        "{description}"
+    let thousands = |n: i64| format!("{},{:03}", n / 1000, n % 1000);
+    for said in [
+        format!("newest {} entries", thousands(SEARCH_WINDOW)),
+        format!("newest {} of them", thousands(k)),
+        format!("newest {} matches of the whole journal", thousands(k)),
+    ] {
+        assert!(description.contains(&said), "{said:?} in {description}");
+    }
+}
+
+/// A journal longer than `SEARCH_WINDOW`: when its newest entries hold as many
+/// matches as the page asks for, the answer is ranked among those in one
+/// statement, and older entries that would rank higher are not looked at; when
+/// they hold fewer, the newest `SEARCH_CANDIDATES` matches of the whole journal
+/// are ranked (a second statement), so the older, better matches come first.
+#[tokio::test]
+async fn a_long_journal_is_ranked_within_its_window_when_the_window_fills_the_page() {
+    use journal_service::queries::SEARCH_WINDOW;
+    let j = spawn().await;
+    let user = User::new();
+    let n = SEARCH_WINDOW + 100;
+    // The newest five name the lantern once; the 100 oldest, past the window,
+    // four times.
+    entries_by_sql(
+        &j,
+        &user,
+        n,
+        &format!(
+            "CASE WHEN g <= 5 THEN 'a lantern'
+                  WHEN g > {SEARCH_WINDOW} THEN 'lantern lantern lantern lantern'
+                  ELSE 'an ordinary day' END"
+        ),
+    )
+    .await;
+    let before = j.app.statements();
+    let (status, _, body) = read(&j.app, &user, "/api/journal/search?q=lantern&limit=5").await;
+    assert_eq!(status, 200);
+    assert_eq!(j.app.statements() - before, 1, "the window fills the page");
+    assert_eq!(titles(&body), ["e1", "e2", "e3", "e4", "e5"], "{body}");
+
+    let before = j.app.statements();
+    let (status, _, body) = read(&j.app, &user, "/api/journal/search?q=lantern&limit=6").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        j.app.statements() - before,
+        2,
+        "the window, then every match"
     );
+    let found = titles(&body);
+    assert_eq!(found.len(), 6, "{body}");
+    // Ranked over all 105 matches: the four-times entries first, newest first
+    // among equals.
+    let oldest: Vec<String> = (1..=6).map(|i| format!("e{}", SEARCH_WINDOW + i)).collect();
+    assert_eq!(found, oldest, "{body}");
 }
 
 /// A journal longer than `SEARCH_WINDOW`: a word only its oldest entry holds is
