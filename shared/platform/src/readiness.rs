@@ -55,6 +55,11 @@ impl Readiness {
         }
     }
 
+    /// Closes the probe's connection (shutdown; see [`Db::close`]).
+    pub async fn close(&self, within: std::time::Duration) {
+        self.db.close(within).await;
+    }
+
     pub async fn check(&self) -> Ready {
         let asked = tokio::time::timeout(
             PROBE_TIMEOUT,

@@ -53,6 +53,10 @@ pub type MakeSessionCheck = fn(Db, Arc<Authenticator>, &Metrics) -> SessionCheck
 /// How long in-flight requests may take to finish after SIGTERM.
 pub const DRAIN: Duration = Duration::from_secs(30);
 
+/// How long shutdown waits for PostgreSQL connections to close properly: the
+/// lanes' when it starts, every other once the server stopped.
+const CLOSE_CONNECTIONS: Duration = Duration::from_secs(1);
+
 /// What a service tells the platform about itself.
 #[derive(Clone)]
 pub struct ServiceDef {
@@ -668,10 +672,20 @@ impl Application {
     /// requests have finished.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         if self.handle_signals {
-            tokio::spawn(stop_on_signal(self.server.handle(), self.draining.clone()));
+            tokio::spawn(stop_on_signal(
+                self.server.handle(),
+                self.draining.clone(),
+                self.platform.db.clone(),
+            ));
         }
         let result = self.server.await;
         self.stop.cancel();
+        // Every connection says goodbye to PostgreSQL (Terminate) instead of
+        // being reset when the process ends.
+        tokio::join!(
+            self.platform.db.close(CLOSE_CONNECTIONS),
+            self.platform.health.readiness.close(CLOSE_CONNECTIONS),
+        );
         result
     }
 }
@@ -682,7 +696,11 @@ impl Application {
 /// listened for, a signal no longer terminates the process by itself, and actix
 /// handles one stop at a time, so a second Ctrl-C would otherwise wait out the
 /// drain.
-async fn stop_on_signal(server: actix_web::dev::ServerHandle, draining: CancellationToken) {
+async fn stop_on_signal(
+    server: actix_web::dev::ServerHandle,
+    draining: CancellationToken,
+    db: kai_shared::db::Db,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
         signal(SignalKind::terminate()),
@@ -706,6 +724,9 @@ async fn stop_on_signal(server: actix_web::dev::ServerHandle, draining: Cancella
         stopping = true;
         tracing::info!(signal = name, graceful, "shutting down");
         draining.cancel();
+        // The lanes' connections are driven by the HTTP workers: closed while
+        // those still run (later reads take a connection of their own).
+        db.close_lanes(CLOSE_CONNECTIONS).await;
         // The command is sent now; the server's own future ends when it is done.
         drop(server.stop(graceful));
     }

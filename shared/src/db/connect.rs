@@ -2,6 +2,8 @@
 //! TLS as its `sslmode` says, each connection driven on the runtime that built
 //! the pool.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::{
@@ -20,9 +22,57 @@ use crate::settings::{DatabaseSettings, SslMode};
 /// statements PostgreSQL ran in the 90/10 benchmark).
 pub const VERIFY_IF_IDLE_FOR: Duration = Duration::from_millis(500);
 
+/// How long a connection whose client is gone may take to say goodbye
+/// (PostgreSQL's Terminate message, then closing the socket) before its task
+/// drops it anyway.
+const GOODBYE: Duration = Duration::from_secs(1);
+
+/// The connections a pool's tasks drive, counted: shutdown closes the pool and
+/// waits for them to end ([`Drivers::ended`]).
+#[derive(Clone, Default)]
+pub(super) struct Drivers(Arc<AtomicUsize>);
+
+/// One driven connection, counted while its task runs.
+struct Driving(Arc<AtomicUsize>);
+
+impl Drivers {
+    fn enter(&self) -> Driving {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        Driving(self.0.clone())
+    }
+
+    /// How many connections are driven now.
+    pub(super) fn live(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Waits until no connection is driven, or `within` passed.
+    pub(super) async fn ended(&self, within: Duration) {
+        let until = tokio::time::Instant::now() + within;
+        while self.live() > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for Driving {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A pool on `settings`' server: `connect` bounds opening a connection, `wait`
 /// waiting for one.
 pub(super) fn build_pool(settings: &DatabaseSettings, connect: Duration, wait: Duration) -> Pool {
+    build_pool_driven(settings, settings.pool_size, connect, wait, Home::here()).0
+}
+
+/// [`build_pool`], and the count of the connections it drives.
+pub(super) fn build_pool_counted(
+    settings: &DatabaseSettings,
+    connect: Duration,
+    wait: Duration,
+) -> (Pool, Drivers) {
     build_pool_driven(settings, settings.pool_size, connect, wait, Home::here())
 }
 
@@ -33,7 +83,7 @@ pub(super) fn build_pool_driven_where_opened(
     size: usize,
     connect: Duration,
     wait: Duration,
-) -> Pool {
+) -> (Pool, Drivers) {
     build_pool_driven(settings, size, connect, wait, Home::caller())
 }
 
@@ -43,7 +93,8 @@ fn build_pool_driven(
     connect: Duration,
     wait: Duration,
     home: Home,
-) -> Pool {
+) -> (Pool, Drivers) {
+    let drivers = Drivers::default();
     let mut pg = settings.pg_config();
     pg.connect_timeout(connect);
     if pg.get_application_name().is_none() {
@@ -54,6 +105,7 @@ fn build_pool_driven(
         DrivenAtHome {
             tls: tls_connector(settings),
             home,
+            drivers: drivers.clone(),
         },
         ManagerConfig {
             // Closed connections are dropped here; the hook below verifies
@@ -75,7 +127,7 @@ fn build_pool_driven(
             })
         },
     );
-    Pool::builder(manager)
+    let pool = Pool::builder(manager)
         .max_size(size)
         .wait_timeout(Some(wait))
         .create_timeout(Some(connect.max(wait)))
@@ -83,15 +135,25 @@ fn build_pool_driven(
         .post_recycle(verify_idle)
         .runtime(Runtime::Tokio1)
         .build()
-        .expect("pool settings validated at start")
+        .expect("pool settings validated at start");
+    (pool, drivers)
 }
 
 /// Opens each connection, and runs the task that drives it (the socket's reads
 /// and writes), on the runtime that built the pool (see [`Home`]) instead of on
 /// whichever HTTP worker first needed the connection.
+///
+/// deadpool aborts the task whose handle it is given when it drops a
+/// connection: given the driver's, PostgreSQL saw the socket reset mid-session
+/// and logged `could not receive data from client: Connection reset by peer`
+/// for every connection of every service that stopped. It is given a
+/// watchdog's instead: the watchdog's end tells the driver its client is gone,
+/// and the driver lets tokio-postgres send Terminate and close the socket (at
+/// most [`GOODBYE`]).
 struct DrivenAtHome {
     tls: MakeRustlsConnect,
     home: Home,
+    drivers: Drivers,
 }
 
 impl deadpool_postgres::Connect for DrivenAtHome {
@@ -104,37 +166,69 @@ impl deadpool_postgres::Connect for DrivenAtHome {
     > {
         // The socket belongs to the runtime it is opened on: open it there too.
         let (opened, client) = tokio::sync::oneshot::channel();
+        let (alive, gone) = tokio::sync::oneshot::channel::<()>();
         let (tls, config) = (self.tls.clone(), pg.clone());
+        let driving = self.drivers.enter();
         let open_and_drive = async move {
+            let _driving = driving;
             match config.connect(tls).await {
                 Ok((client, connection)) => {
                     let _ = opened.send(Ok(client));
-                    drive(connection).await;
+                    drive(connection, gone).await;
                 }
                 Err(e) => {
                     let _ = opened.send(Err(e));
                 }
             }
         };
-        let task = self.home.spawn(open_and_drive);
+        drop(self.home.spawn(open_and_drive));
         let pg = pg.clone();
         Box::pin(async move {
+            let watchdog = async move {
+                let _alive = alive;
+                std::future::pending::<()>().await
+            };
             if let Ok(opened) = client.await {
-                return opened.map(|client| (client, task));
+                return opened.map(|client| (client, self.home.spawn(watchdog)));
             }
             // That runtime is shutting down: open it on this one.
             let (client, connection) = pg.connect(self.tls.clone()).await?;
-            Ok((client, tokio::spawn(drive(connection))))
+            let (alive, gone) = tokio::sync::oneshot::channel::<()>();
+            let driving = self.drivers.enter();
+            tokio::spawn(async move {
+                let _driving = driving;
+                drive(connection, gone).await;
+            });
+            Ok((
+                client,
+                tokio::spawn(async move {
+                    let _alive = alive;
+                    std::future::pending::<()>().await
+                }),
+            ))
         })
     }
 }
 
-async fn drive<S, T>(connection: tokio_postgres::Connection<S, T>)
-where
+/// Drives `connection` until it ends; once its client is gone (`gone`: the
+/// watchdog deadpool holds ended), for at most [`GOODBYE`] more, in which
+/// tokio-postgres, its client dropped, sends Terminate and closes the socket.
+async fn drive<S, T>(
+    connection: tokio_postgres::Connection<S, T>,
+    gone: tokio::sync::oneshot::Receiver<()>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    if let Err(e) = connection.await {
+    tokio::pin!(connection);
+    let ended = tokio::select! {
+        ended = &mut connection => ended,
+        _ = gone => match tokio::time::timeout(GOODBYE, &mut connection).await {
+            Ok(ended) => ended,
+            Err(_) => Ok(()),
+        },
+    };
+    if let Err(e) = ended {
         tracing::warn!(target: "deadpool.postgres", "Connection error: {e}");
     }
 }

@@ -126,6 +126,14 @@ impl Lanes {
         }
     }
 
+    /// No lane from now on: the lanes' pool is closed (a lane's connection
+    /// is dropped once the reads holding it are done), and reads take a
+    /// connection of their own (an attempt to open a lane fails at once).
+    pub(super) fn close(&self) {
+        self.pool.close();
+        self.by_thread.lock().expect("lanes lock").clear();
+    }
+
     /// How many lanes hold an open connection now.
     pub(super) fn open(&self) -> usize {
         let lanes = self.by_thread.lock().expect("lanes lock");

@@ -19,7 +19,7 @@ use serde::Serialize;
 use tokio_postgres::Row;
 use tokio_postgres::types::{ToSql, Type};
 
-use super::connect::build_pool;
+use super::connect::{Drivers, build_pool_counted};
 use super::error::DbError;
 use super::lanes::{Lanes, Lease};
 use crate::metrics::Metrics;
@@ -66,6 +66,10 @@ struct Inner {
     replicas: std::sync::OnceLock<Arc<super::replicas::Replicas>>,
     /// The primary's connections shared by pipelined reads (`DB_PIPELINE_LANES`).
     lanes: Lanes,
+    /// The connections each pool's tasks drive (the main pool's, the lanes'),
+    /// which [`Db::close`] and [`Db::close_lanes`] wait for.
+    drivers: Drivers,
+    lane_drivers: Drivers,
 }
 
 impl Db {
@@ -80,8 +84,8 @@ impl Db {
             pool_size: settings.pool_size - lanes,
             ..settings.clone()
         };
-        let pool = build_pool(&main, connect, settings.pool_timeout);
-        let lane_pool = super::connect::build_pool_driven_where_opened(
+        let (pool, drivers) = build_pool_counted(&main, connect, settings.pool_timeout);
+        let (lane_pool, lane_drivers) = super::connect::build_pool_driven_where_opened(
             settings,
             lanes.max(1),
             connect,
@@ -118,6 +122,8 @@ impl Db {
                 reads,
                 replicas: std::sync::OnceLock::new(),
                 lanes: Lanes::new(lane_pool.clone(), pool.clone(), lanes),
+                drivers,
+                lane_drivers,
             }),
         }
     }
@@ -379,6 +385,33 @@ impl Db {
             }
             done => done,
         }
+    }
+
+    /// Closes the pipelined lanes (shutdown, while the HTTP workers that drive
+    /// them still run): later reads take a connection of their own, and each
+    /// lane's connection ends with PostgreSQL's Terminate message once the reads
+    /// on it are done. Waits up to `within` for that.
+    pub async fn close_lanes(&self, within: Duration) {
+        self.inner.lanes.close();
+        self.inner.lane_drivers.ended(within).await;
+    }
+
+    /// Closes every pool (shutdown, once nothing serves requests): each
+    /// connection ends with PostgreSQL's Terminate message instead of a socket
+    /// dropped with the process. Waits up to `within` for that.
+    pub async fn close(&self, within: Duration) {
+        self.inner.lanes.close();
+        for pool in self.pools.iter() {
+            pool.close();
+        }
+        self.inner.drivers.ended(within).await;
+        self.inner.lane_drivers.ended(within).await;
+    }
+
+    /// Connections this process drives to the primary now (the main pool's
+    /// and the lanes'; tests).
+    pub fn connections_driven(&self) -> usize {
+        self.inner.drivers.live() + self.inner.lane_drivers.live()
     }
 
     /// How many pipelined lanes hold an open connection (at most

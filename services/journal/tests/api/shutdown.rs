@@ -236,3 +236,75 @@ async fn a_second_signal_during_the_drain_ends_the_process_at_once() {
     );
     locker.batch_execute("ROLLBACK").await.unwrap();
 }
+
+/// After SIGTERM every PostgreSQL connection the service held ends with the
+/// protocol's goodbye (Terminate), so PostgreSQL counts none of its sessions as
+/// abandoned (`pg_stat_database.sessions_abandoned`: a socket that closed or
+/// reset without it, which PostgreSQL's log reports as `could not receive data
+/// from client: Connection reset by peer` — every connection of every service
+/// that stopped, before the pools were closed at shutdown).
+#[tokio::test]
+async fn sigterm_ends_every_postgresql_connection_with_a_goodbye() {
+    let db = TestDb::create().await;
+    let (mut child, base, client) = start(&db).await;
+    let token = testing::token(Uuid::new_v4());
+    // Connections of every kind: the pipelined lanes (concurrent reads on the
+    // HTTP workers), the main pool (a create, the combiner's batch).
+    let res = client
+        .post(format!("{base}/api/journal/entries"))
+        .bearer_auth(&token)
+        .json(&json!({"content": "before the goodbye"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let reads: Vec<_> = (0..16)
+        .map(|i| {
+            let (client, token) = (client.clone(), token.clone());
+            let url = format!("{base}/api/journal/entries?limit={}", 1 + i % 5);
+            tokio::spawn(async move { client.get(url).bearer_auth(&token).send().await })
+        })
+        .collect();
+    for r in reads {
+        assert_eq!(r.await.unwrap().unwrap().status(), 200);
+    }
+    let observer = db.connect().await;
+    let service_backends = "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'kai'";
+    let abandoned =
+        "SELECT sessions_abandoned FROM pg_stat_database WHERE datname = current_database()";
+    let open: i64 = observer
+        .query_one(service_backends, &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(open >= 2, "the service holds {open} connections");
+    let before: i64 = observer.query_one(abandoned, &[]).await.unwrap().get(0);
+
+    signal(&child, "TERM");
+    let status = exit_within(&mut child, Duration::from_secs(35)).await;
+    assert!(status.success(), "exit status {status:?}");
+    // Their backends gone (each reports its session's end as it exits).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: i64 = observer
+            .query_one(service_backends, &[])
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} backends of the service still open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after: i64 = observer.query_one(abandoned, &[]).await.unwrap().get(0);
+    assert_eq!(
+        after - before,
+        0,
+        "sessions of the service abandoned instead of ended ({open} were open)"
+    );
+}
