@@ -184,12 +184,8 @@ impl deadpool_postgres::Connect for DrivenAtHome {
         drop(self.home.spawn(open_and_drive));
         let pg = pg.clone();
         Box::pin(async move {
-            let watchdog = async move {
-                let _alive = alive;
-                std::future::pending::<()>().await
-            };
             if let Ok(opened) = client.await {
-                return opened.map(|client| (client, self.home.spawn(watchdog)));
+                return opened.map(|client| (client, self.home.spawn(watchdog(alive))));
             }
             // That runtime is shutting down: open it on this one.
             let (client, connection) = pg.connect(self.tls.clone()).await?;
@@ -199,15 +195,17 @@ impl deadpool_postgres::Connect for DrivenAtHome {
                 let _driving = driving;
                 drive(connection, gone).await;
             });
-            Ok((
-                client,
-                tokio::spawn(async move {
-                    let _alive = alive;
-                    std::future::pending::<()>().await
-                }),
-            ))
+            Ok((client, tokio::spawn(watchdog(alive))))
         })
     }
+}
+
+/// The task deadpool holds for a connection: it ends only when deadpool aborts
+/// it (dropping the connection), and its end (`alive` dropped) is what the
+/// driver hears as "the client is gone".
+async fn watchdog(alive: tokio::sync::oneshot::Sender<()>) {
+    let _alive = alive;
+    std::future::pending::<()>().await
 }
 
 /// Drives `connection` until it ends; once its client is gone (`gone`: the
