@@ -61,13 +61,8 @@ impl Drop for Driving {
     }
 }
 
-/// A pool on `settings`' server: `connect` bounds opening a connection, `wait`
-/// waiting for one.
-pub(super) fn build_pool(settings: &DatabaseSettings, connect: Duration, wait: Duration) -> Pool {
-    build_pool_driven(settings, settings.pool_size, connect, wait, Home::here()).0
-}
-
-/// [`build_pool`], and the count of the connections it drives.
+/// A pool on `settings`' server (`connect` bounds opening a connection, `wait`
+/// waiting for one), and the count of the connections it drives.
 pub(super) fn build_pool_counted(
     settings: &DatabaseSettings,
     connect: Duration,

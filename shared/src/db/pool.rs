@@ -396,16 +396,25 @@ impl Db {
         self.inner.lane_drivers.ended(within).await;
     }
 
-    /// Closes every pool (shutdown, once nothing serves requests): each
-    /// connection ends with PostgreSQL's Terminate message instead of a socket
-    /// dropped with the process. Waits up to `within` for that.
+    /// Closes every pool — the primary's, the lanes', each read replica's
+    /// (shutdown, once nothing serves requests): each connection ends with
+    /// PostgreSQL's Terminate message instead of a socket dropped with the
+    /// process. Waits up to `within` for that.
     pub async fn close(&self, within: Duration) {
         self.inner.lanes.close();
         for pool in self.pools.iter() {
             pool.close();
         }
-        self.inner.drivers.ended(within).await;
-        self.inner.lane_drivers.ended(within).await;
+        let replicas = async {
+            if let Some(replicas) = self.inner.replicas.get() {
+                replicas.close(within).await;
+            }
+        };
+        tokio::join!(
+            self.inner.drivers.ended(within),
+            self.inner.lane_drivers.ended(within),
+            replicas,
+        );
     }
 
     /// Connections this process drives to the primary now (the main pool's

@@ -94,6 +94,8 @@ pub struct Replica {
     index: usize,
     address: String,
     pool: Pool,
+    /// Its pool's connections, which [`Replicas::close`] waits for.
+    drivers: super::connect::Drivers,
     up: AtomicBool,
     in_recovery: AtomicBool,
     paused: AtomicBool,
@@ -114,11 +116,13 @@ impl Replicas {
             .into_iter()
             .enumerate()
             .map(|(index, replica)| {
-                let pool = super::connect::build_pool(&replica, CONNECT_TIMEOUT, WAIT_TIMEOUT);
+                let (pool, drivers) =
+                    super::connect::build_pool_counted(&replica, CONNECT_TIMEOUT, WAIT_TIMEOUT);
                 Arc::new(Replica {
                     index,
                     address: address(&replica),
                     pool,
+                    drivers,
                     up: AtomicBool::new(false),
                     in_recovery: AtomicBool::new(false),
                     paused: AtomicBool::new(false),
@@ -209,6 +213,18 @@ impl Replicas {
     }
 
     /// Every replica, for `/health/detailed`.
+    /// Closes every replica's pool (shutdown): each connection ends with
+    /// PostgreSQL's Terminate message (see [`super::Db::close`]); waits up to
+    /// `within` for them.
+    pub(super) async fn close(&self, within: std::time::Duration) {
+        for replica in &self.list {
+            replica.pool.close();
+        }
+        for replica in &self.list {
+            replica.drivers.ended(within).await;
+        }
+    }
+
     pub fn health(&self) -> Vec<ReplicaHealth> {
         self.list.iter().map(|r| r.health()).collect()
     }

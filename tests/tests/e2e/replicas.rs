@@ -320,3 +320,59 @@ async fn conversation_titles(app: &TestApp, token: &str, limit: u32) -> Vec<Stri
         .map(|c| c["title"].as_str().unwrap().to_owned())
         .collect()
 }
+
+/// At shutdown a service closes its read replicas' pools as it closes the
+/// primary's: each replica connection ends with the protocol's goodbye
+/// (Terminate), so the replica counts none of them as abandoned (the log line
+/// `could not receive data from client: Connection reset by peer` otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_database_ends_the_replica_connections_with_a_goodbye() {
+    let c = cluster().await;
+    let token = testing::token(Uuid::new_v4());
+    create(&c.a, &token, "one").await;
+    c.pg.wait_caught_up().await;
+    let before = reads(&c.a);
+    for size in 1..=4 {
+        assert_eq!(titles(&c.a, &token, size).await.1, ["one"]);
+    }
+    assert!(reads(&c.a).1 > before.1, "reads ran on the replica");
+    let (replica, conn) = tokio_postgres::connect(&c.pg.replica_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let service_backends = "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'kai'";
+    let abandoned =
+        "SELECT sessions_abandoned FROM pg_stat_database WHERE datname = current_database()";
+    let open: i64 = replica
+        .query_one(service_backends, &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(open >= 1, "the services hold {open} replica connections");
+    let was: i64 = replica.query_one(abandoned, &[]).await.unwrap().get(0);
+
+    tokio::join!(
+        c.a.platform.db.close(Duration::from_secs(1)),
+        c.b.platform.db.close(Duration::from_secs(1)),
+    );
+    // Their backends gone, each reporting its session's end as it exits.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: i64 = replica
+            .query_one(service_backends, &[])
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} replica connections still open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let now: i64 = replica.query_one(abandoned, &[]).await.unwrap().get(0);
+    assert_eq!(now - was, 0, "replica sessions abandoned instead of ended");
+}
