@@ -417,12 +417,6 @@ impl Db {
         );
     }
 
-    /// Connections this process drives to the primary now (the main pool's
-    /// and the lanes'; tests).
-    pub fn connections_driven(&self) -> usize {
-        self.inner.drivers.live() + self.inner.lane_drivers.live()
-    }
-
     /// How many pipelined lanes hold an open connection (at most
     /// `DB_PIPELINE_LANES`).
     pub fn lanes_open(&self) -> usize {
