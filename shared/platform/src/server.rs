@@ -8,7 +8,11 @@
 //! erasure relays and consumers) are told to stop at once, the server stops
 //! accepting and lets in-flight requests finish (up to [`DRAIN`]), then the
 //! platform's tasks (invalidations, revocations) are cancelled. SIGINT and SIGQUIT
-//! stop without the drain (actix's meanings of the three).
+//! stop without the drain (actix's meanings of the three). PostgreSQL
+//! connections end with the protocol's Terminate: the pipelined lanes' as the
+//! drain starts (their HTTP workers still drive them; this delays the stop
+//! command by at most `CLOSE_CONNECTIONS`, a few milliseconds when no read
+//! holds a lane), every other pool's once the server stopped (`Db::close`).
 //!
 //! Why the service's tasks stop first: they use the pools, and nothing should be
 //! half-way through a write when the process ends. (Pooled connections, and the

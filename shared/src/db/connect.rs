@@ -165,11 +165,10 @@ impl deadpool_postgres::Connect for DrivenAtHome {
         let (tls, config) = (self.tls.clone(), pg.clone());
         let driving = self.drivers.enter();
         let open_and_drive = async move {
-            let _driving = driving;
             match config.connect(tls).await {
                 Ok((client, connection)) => {
                     let _ = opened.send(Ok(client));
-                    drive(connection, gone).await;
+                    drive(connection, gone, driving).await;
                 }
                 Err(e) => {
                     let _ = opened.send(Err(e));
@@ -185,11 +184,7 @@ impl deadpool_postgres::Connect for DrivenAtHome {
             // That runtime is shutting down: open it on this one.
             let (client, connection) = pg.connect(self.tls.clone()).await?;
             let (alive, gone) = tokio::sync::oneshot::channel::<()>();
-            let driving = self.drivers.enter();
-            tokio::spawn(async move {
-                let _driving = driving;
-                drive(connection, gone).await;
-            });
+            tokio::spawn(drive(connection, gone, self.drivers.enter()));
             Ok((client, tokio::spawn(watchdog(alive))))
         })
     }
@@ -206,9 +201,11 @@ async fn watchdog(alive: tokio::sync::oneshot::Sender<()>) {
 /// Drives `connection` until it ends; once its client is gone (`gone`: the
 /// watchdog deadpool holds ended), for at most [`GOODBYE`] more, in which
 /// tokio-postgres, its client dropped, sends Terminate and closes the socket.
+/// Counted (`_driving`) until it returns.
 async fn drive<S, T>(
     connection: tokio_postgres::Connection<S, T>,
     gone: tokio::sync::oneshot::Receiver<()>,
+    _driving: Driving,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,

@@ -38,6 +38,21 @@ impl DbError {
         matches!(self, Self::Query(e) if e.as_db_error().is_some())
     }
 
+    /// True when the connection the statement was sent on is gone: closed, lost
+    /// on the way, or ended by the server (SQLSTATE class 57P: an
+    /// administrator's `pg_terminate_backend`, a shutdown, a crash). Another
+    /// connection may well succeed.
+    pub fn ended_its_connection(&self) -> bool {
+        match self {
+            Self::Pool(_) => false,
+            Self::Query(e) => {
+                e.is_closed()
+                    || e.as_db_error()
+                        .is_none_or(|d| d.code().code().starts_with("57P"))
+            }
+        }
+    }
+
     /// True when the database could not be reached (as opposed to a bad statement).
     pub fn is_unavailable(&self) -> bool {
         match self {

@@ -24,7 +24,7 @@
 //! the lane degrades to the pool, never queues behind an unbounded pipeline. A
 //! lane whose connection closed is forgotten and opened again by its thread's
 //! next read; [`crate::db::Db::read_pipelined`] runs a read that failed on a
-//! lane whose connection closed again on a connection of its own (reads are
+//! lane whose connection closed or ended under it again on a connection of its own (reads are
 //! idempotent).
 //!
 //! Measured side by side (`scripts/bench-side-by-side --groups uncached

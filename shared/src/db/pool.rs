@@ -380,7 +380,10 @@ impl Db {
         let lease = self.inner.lanes.lease().await?;
         let lane = lease.lane();
         match work(lease).await {
-            Err(_) if lane.is_some_and(|conn| conn.is_closed()) => {
+            // The lane's connection ended under this read (the error may come
+            // before the lane's task has seen the socket close: `is_closed` alone
+            // raced with it, and a read killed with its backend answered 500).
+            Err(e) if lane.is_some_and(|conn| conn.is_closed() || e.ended_its_connection()) => {
                 work(Lease::own(self.conn().await?)).await
             }
             done => done,
@@ -480,8 +483,6 @@ fn tls_failure(e: &DbError) -> Option<String> {
     Some(parts.join(": "))
 }
 
-/// Reports `kai_db_pool_connections{state}` from the pool's own counters at scrape
-/// time, so the gauge is never stale and costs nothing between scrapes.
 /// The occupancy of `pools` together.
 fn combined(pools: &[Pool]) -> PoolStatus {
     pools.iter().map(Pool::status).fold(
@@ -500,6 +501,8 @@ fn combined(pools: &[Pool]) -> PoolStatus {
     )
 }
 
+/// Reports `kai_db_pool_connections{state}` from the pools' own counters at
+/// scrape time, so the gauge is never stale and costs nothing between scrapes.
 struct PoolCollector {
     pools: Vec<Pool>,
     gauge: IntGaugeVec,

@@ -212,7 +212,6 @@ impl Replicas {
         None
     }
 
-    /// Every replica, for `/health/detailed`.
     /// Closes every replica's pool (shutdown): each connection ends with
     /// PostgreSQL's Terminate message (see [`super::Db::close`]); waits up to
     /// `within` for them.
@@ -225,6 +224,7 @@ impl Replicas {
         }
     }
 
+    /// Every replica, for `/health/detailed`.
     pub fn health(&self) -> Vec<ReplicaHealth> {
         self.list.iter().map(|r| r.health()).collect()
     }

@@ -76,6 +76,53 @@ impl Drop for TestDb {
     }
 }
 
+/// Sessions of `client`'s database that PostgreSQL counted as abandoned: their
+/// client's socket closed or reset without the protocol's goodbye (Terminate),
+/// which its log reports as `could not receive data from client: Connection
+/// reset by peer` (`pg_stat_database.sessions_abandoned`).
+pub async fn sessions_abandoned(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT sessions_abandoned FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .expect("pg_stat_database")
+        .get(0)
+}
+
+/// How many backends of `client`'s database a Kai service holds (its
+/// connections' `application_name` is `kai`).
+pub async fn service_backends(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'kai'",
+            &[],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0)
+}
+
+/// Waits until no Kai service holds a backend of `client`'s database (each
+/// backend reports its session's end, abandoned or not, as it exits); fails
+/// after 10 s.
+pub async fn until_no_service_backends(client: &tokio_postgres::Client) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = service_backends(client).await;
+        if left == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} backends of the service still open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// PostgreSQL's `host:port` from the test configuration (the proxy's target).
 pub fn postgres_address() -> String {
     let cfg: tokio_postgres::Config = admin_url().parse().expect("TEST_DATABASE_URL parses");

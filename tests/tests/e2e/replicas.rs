@@ -340,39 +340,18 @@ async fn closing_the_database_ends_the_replica_connections_with_a_goodbye() {
         .await
         .unwrap();
     tokio::spawn(conn);
-    let service_backends = "SELECT count(*) FROM pg_stat_activity
-         WHERE datname = current_database() AND application_name = 'kai'";
-    let abandoned =
-        "SELECT sessions_abandoned FROM pg_stat_database WHERE datname = current_database()";
-    let open: i64 = replica
-        .query_one(service_backends, &[])
-        .await
-        .unwrap()
-        .get(0);
+    let open = testing::service_backends(&replica).await;
     assert!(open >= 1, "the services hold {open} replica connections");
-    let was: i64 = replica.query_one(abandoned, &[]).await.unwrap().get(0);
+    let was = testing::sessions_abandoned(&replica).await;
 
     tokio::join!(
         c.a.platform.db.close(Duration::from_secs(1)),
         c.b.platform.db.close(Duration::from_secs(1)),
     );
-    // Their backends gone, each reporting its session's end as it exits.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left: i64 = replica
-            .query_one(service_backends, &[])
-            .await
-            .unwrap()
-            .get(0);
-        if left == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{left} replica connections still open"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let now: i64 = replica.query_one(abandoned, &[]).await.unwrap().get(0);
-    assert_eq!(now - was, 0, "replica sessions abandoned instead of ended");
+    testing::until_no_service_backends(&replica).await;
+    assert_eq!(
+        testing::sessions_abandoned(&replica).await - was,
+        0,
+        "replica sessions abandoned instead of ended"
+    );
 }

@@ -115,3 +115,50 @@ async fn a_lane_whose_connection_died_is_replaced_without_failing_a_read() {
     assert!(!now.is_empty() && !now.contains(&lane[0]), "{now:?}");
     assert_eq!(j.app.platform.db.lanes_open(), 1);
 }
+
+/// An operator who sets only `DB_POOL_SIZE`, small, keeps the default
+/// `DB_PIPELINE_LANES` (2): the lanes take at most half the pool (1 of 2, none
+/// of 1), and reads, writes and search arriving together all answer — none
+/// waits out the pool timeout for a connection a lane holds.
+#[tokio::test]
+async fn a_small_db_pool_size_alone_serves_reads_writes_and_search_at_once() {
+    for size in ["1", "2"] {
+        let j = spawn_with(
+            Some(&kai_testing::redis_url()),
+            &[("CACHE_ENABLED", "false"), ("DB_POOL_SIZE", size)],
+        )
+        .await;
+        let user = User::new();
+        j.entry(&user, "a walk by the river").await;
+        let reads = join_all((0..12).map(|i| {
+            let path = match i % 3 {
+                0 => "/api/journal/entries".to_string(),
+                1 => format!("/api/journal/entries?limit={}", 1 + i % 4),
+                _ => "/api/journal/search?q=river".to_string(),
+            };
+            let (app, user) = (&j.app, &user);
+            async move { read(app, user, &path).await.0 }
+        }));
+        let writes = join_all(
+            (0..4).map(|i| j.create(&user, serde_json::json!({ "content": format!("w{i}") }))),
+        );
+        let (reads, writes) = futures_util::join!(reads, writes);
+        assert!(
+            reads.iter().all(|s| *s == 200),
+            "DB_POOL_SIZE={size}: {reads:?}"
+        );
+        assert!(
+            writes.iter().all(|r| r.status() == 201),
+            "DB_POOL_SIZE={size}: {:?}",
+            writes.iter().map(|r| r.status()).collect::<Vec<_>>()
+        );
+        assert!(
+            j.app.platform.db.lanes_open() <= 1,
+            "DB_POOL_SIZE={size}: at most half the pool in lanes"
+        );
+        assert_eq!(
+            j.app.platform.db.status().max_size,
+            size.parse::<usize>().unwrap()
+        );
+    }
+}

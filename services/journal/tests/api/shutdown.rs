@@ -269,41 +269,16 @@ async fn sigterm_ends_every_postgresql_connection_with_a_goodbye() {
         assert_eq!(r.await.unwrap().unwrap().status(), 200);
     }
     let observer = db.connect().await;
-    let service_backends = "SELECT count(*) FROM pg_stat_activity
-         WHERE datname = current_database() AND application_name = 'kai'";
-    let abandoned =
-        "SELECT sessions_abandoned FROM pg_stat_database WHERE datname = current_database()";
-    let open: i64 = observer
-        .query_one(service_backends, &[])
-        .await
-        .unwrap()
-        .get(0);
+    let open = testing::service_backends(&observer).await;
     assert!(open >= 2, "the service holds {open} connections");
-    let before: i64 = observer.query_one(abandoned, &[]).await.unwrap().get(0);
+    let before = testing::sessions_abandoned(&observer).await;
 
     signal(&child, "TERM");
     let status = exit_within(&mut child, Duration::from_secs(35)).await;
     assert!(status.success(), "exit status {status:?}");
-    // Their backends gone (each reports its session's end as it exits).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left: i64 = observer
-            .query_one(service_backends, &[])
-            .await
-            .unwrap()
-            .get(0);
-        if left == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{left} backends of the service still open"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let after: i64 = observer.query_one(abandoned, &[]).await.unwrap().get(0);
+    testing::until_no_service_backends(&observer).await;
     assert_eq!(
-        after - before,
+        testing::sessions_abandoned(&observer).await - before,
         0,
         "sessions of the service abandoned instead of ended ({open} were open)"
     );
