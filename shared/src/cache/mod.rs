@@ -53,6 +53,7 @@ mod positions;
 mod redis;
 pub mod seal;
 mod singleflight;
+mod tally;
 mod write;
 
 use std::sync::Arc;
@@ -227,8 +228,8 @@ struct Inner {
     /// L2 reads in progress, by key (one `GET` for concurrent readers).
     l2_reads: SingleFlight<Option<Bytes>>,
     metrics: Metrics,
-    hits: AtomicU64,
-    l1_hits: AtomicU64,
+    /// Hits, and those L1 served (sharded: every hit adds to them).
+    hits: tally::HitTally,
     misses: AtomicU64,
     errors: AtomicU64,
     early_refreshes: AtomicU64,
@@ -334,8 +335,7 @@ impl Cache {
                 flights: SingleFlight::default(),
                 l2_reads: SingleFlight::default(),
                 metrics: metrics.clone(),
-                hits: AtomicU64::new(0),
-                l1_hits: AtomicU64::new(0),
+                hits: tally::HitTally::default(),
                 misses: AtomicU64::new(0),
                 errors: AtomicU64::new(0),
                 early_refreshes: AtomicU64::new(0),
@@ -367,8 +367,7 @@ impl Cache {
     {
         let probe = match self.probe(scope, logical) {
             Probe::Hit(entry) => {
-                self.inner.l1_hits.fetch_add(1, Ordering::Relaxed);
-                return self.hit(policy, entry);
+                return self.hit(policy, entry, true);
             }
             other => other,
         };
@@ -443,8 +442,7 @@ impl Cache {
             } => (generation, key, due),
             // Not reached (the caller answers a hit), but a hit is a hit.
             Probe::Hit(entry) => {
-                inner.l1_hits.fetch_add(1, Ordering::Relaxed);
-                return self.hit(policy, entry);
+                return self.hit(policy, entry, true);
             }
             // The probe found no generation on this replica (without Redis it
             // always does): Redis has it, and the entry, in one round trip — or
@@ -469,8 +467,7 @@ impl Cache {
                 // 2. L1 (an entry due for early refresh is kept as a fallback).
                 let due = match inner.l1.get(&key) {
                     Some(entry) if !refresh_early(&entry) => {
-                        inner.l1_hits.fetch_add(1, Ordering::Relaxed);
-                        return self.hit(policy, entry);
+                        return self.hit(policy, entry, true);
                     }
                     due => due,
                 };
@@ -487,7 +484,7 @@ impl Cache {
         {
             return match result {
                 Ok(entry) => {
-                    self.count(policy, CacheStatus::Miss);
+                    self.count_miss(policy);
                     answer(entry, CacheStatus::Miss)
                 }
                 Err(e) => Err(e.typed()),
@@ -522,7 +519,7 @@ impl Cache {
                         .insert(scope, generation, key.clone(), entry.clone());
                 }
                 if !refresh_early(&entry) {
-                    return self.hit(policy, entry);
+                    return self.hit(policy, entry, false);
                 }
                 due = Some(entry);
             }
@@ -533,7 +530,7 @@ impl Cache {
         if let Some(entry) = &due
             && inner.flights.is_running(&key)
         {
-            return self.hit(policy, entry.clone());
+            return self.hit(policy, entry.clone(), false);
         }
         let refreshing = due.is_some();
         let (result, led) = inner
@@ -548,11 +545,11 @@ impl Cache {
         }
         match (result, due) {
             (Ok(entry), _) => {
-                self.count(policy, CacheStatus::Miss);
+                self.count_miss(policy);
                 answer(entry, CacheStatus::Miss)
             }
             // The early refresh failed but the entry is still alive: serve it.
-            (Err(_), Some(entry)) => self.hit(policy, entry),
+            (Err(_), Some(entry)) => self.hit(policy, entry, false),
             (Err(e), None) => Err(e.typed()),
         }
     }
@@ -784,7 +781,7 @@ impl Cache {
         Fut: Future<Output = Result<Option<T>, E>>,
     {
         let entry = load_entry(policy, load).await.map_err(LoadFailure::typed)?;
-        self.count(policy, CacheStatus::Miss);
+        self.count_miss(policy);
         answer(Arc::new(entry), CacheStatus::Miss)
     }
 
@@ -846,24 +843,16 @@ impl Cache {
         policy.in_memory || self.inner.l2.is_none()
     }
 
-    fn hit<E>(&self, policy: &Policy, entry: Arc<Entry>) -> Result<Cached, LoadError<E>> {
-        self.count(policy, CacheStatus::Hit);
+    /// A hit, answered; `l1` when this replica's memory held it.
+    fn hit<E>(&self, policy: &Policy, entry: Arc<Entry>, l1: bool) -> Result<Cached, LoadError<E>> {
+        self.inner.hits.hit(l1);
+        self.inner.metrics.count_cache(true, policy.namespace);
         answer(entry, CacheStatus::Hit)
     }
 
-    fn count(&self, policy: &Policy, status: CacheStatus) {
-        let m = &self.inner.metrics;
-        match status {
-            CacheStatus::Hit => {
-                self.inner.hits.fetch_add(1, Ordering::Relaxed);
-                m.count_cache(true, policy.namespace);
-            }
-            CacheStatus::Miss => {
-                self.inner.misses.fetch_add(1, Ordering::Relaxed);
-                m.count_cache(false, policy.namespace);
-            }
-            CacheStatus::Bypass => {}
-        }
+    fn count_miss(&self, policy: &Policy) {
+        self.inner.misses.fetch_add(1, Ordering::Relaxed);
+        self.inner.metrics.count_cache(false, policy.namespace);
     }
 
     fn count_refill(&self, policy: &Policy, outcome: &str) {
@@ -961,8 +950,7 @@ impl Cache {
     }
 
     pub fn totals(&self) -> CacheTotals {
-        let hits = self.inner.hits.load(Ordering::Relaxed);
-        let l1_hits = self.inner.l1_hits.load(Ordering::Relaxed).min(hits);
+        let (hits, l1_hits) = self.inner.hits.totals();
         let misses = self.inner.misses.load(Ordering::Relaxed);
         let errors = self.inner.errors.load(Ordering::Relaxed);
         let lookups = hits + misses;
@@ -1083,13 +1071,29 @@ fn jittered(ttl: Duration) -> Duration {
 
 /// XFetch: refresh early with a probability that rises as expiry nears and with
 /// how long the value took to load: `now − Δ·β·ln(rand()) ≥ expiry`.
+///
+/// Far from expiry no draw can refresh: `−ln(rand)` is at most [`XFETCH_MAX_LN`]
+/// (`rand` ≥ the smallest positive `f64`), so a hit that far away skips the
+/// random number and the logarithm — the answer is the same.
 fn refresh_early(entry: &Entry) -> bool {
+    let now_ms = now_millis();
+    if !may_refresh_early(now_ms, entry.delta_ms, entry.expires_at_ms) {
+        return false;
+    }
     xfetch(
-        now_millis(),
+        now_ms,
         entry.delta_ms,
         entry.expires_at_ms,
         rand::random::<f64>(),
     )
+}
+
+/// `−ln(f64::MIN_POSITIVE)`, rounded up: the largest step [`xfetch`] can take.
+const XFETCH_MAX_LN: f64 = 709.0;
+
+/// Whether any draw of [`xfetch`] could refresh at `now_ms`.
+fn may_refresh_early(now_ms: u64, delta_ms: u32, expires_at_ms: u64) -> bool {
+    now_ms as f64 + f64::from(delta_ms) * XFETCH_BETA * XFETCH_MAX_LN >= expires_at_ms as f64
 }
 
 fn xfetch(now_ms: u64, delta_ms: u32, expires_at_ms: u64, rand: f64) -> bool {
@@ -1115,6 +1119,28 @@ mod tests {
                 "{j:?}"
             );
         }
+    }
+
+    #[test]
+    fn no_draw_refreshes_where_the_early_out_says_none_can() {
+        // The smallest draw `xfetch` uses, and others: the smallest take the largest step.
+        let draws = [f64::MIN_POSITIVE, 1e-300, 1e-200, 1e-9, 0.5, 1.0];
+        for (delta, expires) in [(10u32, 1_000_000u64), (100, 1_000_000), (4_000, 90_000_000)] {
+            let reach = (f64::from(delta) * XFETCH_BETA * XFETCH_MAX_LN) as u64;
+            for now in (expires - reach - 3..=expires + 1).step_by(1 + (reach as usize / 500)) {
+                for r in draws {
+                    if xfetch(now, delta, expires, r) {
+                        assert!(
+                            may_refresh_early(now, delta, expires),
+                            "{now} {delta} {expires} {r}"
+                        );
+                    }
+                }
+            }
+            assert!(!may_refresh_early(expires - reach - 2, delta, expires));
+            assert!(may_refresh_early(expires, delta, expires));
+        }
+        assert!(-f64::MIN_POSITIVE.ln() <= XFETCH_MAX_LN);
     }
 
     #[test]
