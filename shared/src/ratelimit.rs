@@ -460,19 +460,21 @@ mod tests {
         (RateLimiter::new(Some(Arc::new(redis)), "test"), sent)
     }
 
+    /// A limit far above what the lease tests use.
+    const ROOMY: Limit = Limit {
+        name: "roomy",
+        capacity: 100_000,
+        per_second: 1000.0,
+    };
+
     /// A busy subject far from its limit: one Redis call per lease, not per
     /// request (leases double from one to `MAX_LEASE`).
     #[tokio::test]
     async fn leased_checks_call_redis_once_per_lease() {
         let prefix = kai_testing::TestPrefix::new(&kai_testing::redis_url());
         let (limiter, sent) = replica(&prefix.prefix);
-        let roomy = Limit {
-            name: "roomy",
-            capacity: 100_000,
-            per_second: 1000.0,
-        };
         for _ in 0..1000 {
-            limiter.check_leased(&roomy, "sam").await.unwrap();
+            limiter.check_leased(&ROOMY, "sam").await.unwrap();
         }
         // 1 + 2 + 4 + … + 64 = 127 in 7 calls, then 64 per call: 22 calls for
         // 1,000 (more only if the machine took over a second between two).
@@ -495,13 +497,8 @@ mod tests {
     async fn concurrent_bursts_keep_their_leases_large() {
         let prefix = kai_testing::TestPrefix::new(&kai_testing::redis_url());
         let (limiter, sent) = replica(&prefix.prefix);
-        let roomy = Limit {
-            name: "roomy",
-            capacity: 100_000,
-            per_second: 1000.0,
-        };
         for _ in 0..125 {
-            let burst = (0..8).map(|_| limiter.check_leased(&roomy, "sam"));
+            let burst = (0..8).map(|_| limiter.check_leased(&ROOMY, "sam"));
             let all = futures_util::future::join_all(burst).await;
             assert!(all.iter().all(Result::is_ok), "{all:?}");
         }
