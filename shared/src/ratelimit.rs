@@ -96,6 +96,28 @@ struct Lease {
     in_flight: u32,
 }
 
+/// A lease call in flight, counted in its [`Lease`] until answered; dropped
+/// unanswered (the request was cancelled), it takes itself off the count. What
+/// that call took from Redis, or gave back, is lost to this process: the bucket
+/// is never overdrawn, at worst underspent.
+struct InFlight<'a> {
+    leases: &'a Mutex<HashMap<String, Lease>>,
+    key: &'a str,
+    answered: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(lease) = leases.get_mut(self.key) {
+            lease.in_flight = lease.in_flight.saturating_sub(1);
+        }
+    }
+}
+
 /// A bucket: `capacity` requests at once, refilled at `per_second`.
 #[derive(Debug, Clone, Copy)]
 pub struct Limit {
@@ -209,6 +231,13 @@ impl RateLimiter {
                 }
             }
         };
+        // A request dropped while the call runs (its client went away) must not
+        // leave the call counted: every later one would take a single token.
+        let mut in_flight = InFlight {
+            leases: &self.leases,
+            key: &key,
+            answered: false,
+        };
         let granted = lease_bucket(
             self.redis.as_ref(),
             self.service,
@@ -219,6 +248,7 @@ impl RateLimiter {
             refund,
         )
         .await;
+        in_flight.answered = true;
         let now = std::time::Instant::now();
         let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
         if leases.len() >= MAX_LOCAL_KEYS {
@@ -510,6 +540,29 @@ mod tests {
             sent.get() <= 250,
             "{} Redis commands for 1000 checks in bursts of 8",
             sent.get()
+        );
+    }
+
+    /// A check dropped while its Redis call runs (the client went away) leaves
+    /// no call counted as in flight: later checks still take growing leases
+    /// rather than one token each, for good.
+    #[tokio::test]
+    async fn a_check_dropped_mid_call_leaves_the_leases_as_they_were() {
+        use futures_util::FutureExt;
+        let prefix = kai_testing::TestPrefix::new(&kai_testing::redis_url());
+        let (limiter, sent) = replica(&prefix.prefix);
+        limiter.check_leased(&ROOMY, "sam").await.unwrap();
+        // Polled once: the lease call is sent, its answer not yet read.
+        let dropped = limiter.check_leased(&ROOMY, "sam").now_or_never();
+        assert!(dropped.is_none(), "the call had to wait for Redis");
+        let before = sent.get();
+        for _ in 0..1000 {
+            limiter.check_leased(&ROOMY, "sam").await.unwrap();
+        }
+        assert!(
+            sent.get() - before <= 30,
+            "{} Redis commands for 1000 checks after a dropped one",
+            sent.get() - before
         );
     }
 
