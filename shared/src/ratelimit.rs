@@ -30,7 +30,7 @@ use crate::redis::{Command, Redis};
 
 /// Token bucket: refill by elapsed server time, take one token or return the wait
 /// in milliseconds. State is a hash {tokens, ts}; it expires once full again.
-const TOKEN_BUCKET: &str = r"
+pub(crate) const TOKEN_BUCKET: &str = r"
 local cap = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
 local t = redis.call('TIME')
@@ -51,7 +51,7 @@ return wait
 /// never more than half of what is left (at least one), so one replica's lease
 /// leaves the others something — or return the wait in milliseconds.
 /// Returns {granted, wait}.
-const LEASE_BUCKET: &str = r"
+pub(crate) const LEASE_BUCKET: &str = r"
 local cap = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
 local want = tonumber(ARGV[3])

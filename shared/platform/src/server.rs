@@ -508,6 +508,7 @@ async fn redis(settings: &Settings, metrics: &Metrics) -> anyhow::Result<Option<
     let redis = Redis::from_settings(&settings.redis, metrics)?;
     if let Some(redis) = &redis {
         redis.check_configuration_at_start().await?;
+        redis.preload_scripts(&kai_shared::LUA_SCRIPTS).await;
     }
     Ok(redis)
 }

@@ -51,6 +51,14 @@ pub mod keys;
 mod local;
 mod positions;
 mod redis;
+
+/// The cache's Lua scripts (their sources), for [`crate::LUA_SCRIPTS`].
+pub(crate) const LUA_SCRIPTS: [&str; 4] = [
+    redis::GENERATION_AND_GET,
+    redis::BUMP,
+    positions::RECORD,
+    positions::READ,
+];
 pub mod seal;
 mod singleflight;
 mod tally;

@@ -40,7 +40,7 @@ const POSITION_TTL_SECS: u64 = 7 * 24 * 3600;
 const RETRY_EVERY: Duration = Duration::from_millis(100);
 
 /// Raises the position to ARGV[1] (never lowers it).
-const RECORD: &str = r"
+pub(crate) const RECORD: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if not cur or ARGV[1] > cur then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
@@ -49,7 +49,7 @@ return 1
 ";
 
 /// The position, seeded with ARGV[1] (if given) when there is none.
-const READ: &str = r"
+pub(crate) const READ: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if cur or ARGV[1] == '' then return cur end
 redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2])

@@ -29,7 +29,7 @@ const GENERATION_TTL_SECS: u64 = 7 * 24 * 3600;
 /// Reads a scope's generation (seeding it from the server clock if absent — never
 /// from 0, so a counter evicted by `allkeys-lru` never repeats a generation) and
 /// the entry under it, in one round trip.
-const GENERATION_AND_GET: &str = r"
+pub(crate) const GENERATION_AND_GET: &str = r"
 local g = redis.call('GET', KEYS[1])
 if not g then
   local t = redis.call('TIME')
@@ -53,7 +53,7 @@ return {g, redis.call('GET', ARGV[1] .. g .. ARGV[2])}
 /// the old one's successor): entries are sealed for their full key, generation
 /// included ([`super::seal`]), so the generation is chosen before the script
 /// runs. Returns the new generation and whether the entries were stored.
-const BUMP: &str = r"
+pub(crate) const BUMP: &str = r"
 local raw = redis.call('GET', KEYS[1])
 local cur = tonumber(raw or '0')
 local t = redis.call('TIME')

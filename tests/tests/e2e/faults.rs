@@ -363,3 +363,56 @@ async fn with_redis_paused_reads_alone_open_the_circuit_once_and_then_skip_redis
     assert_eq!(app.platform.cache.redis_available(), Some(false));
     redis.resume();
 }
+
+/// Which of the Lua scripts Kai runs Redis's script cache holds.
+fn scripts_loaded(redis: &PrivateRedis) -> Vec<bool> {
+    let hashes: Vec<String> = kai_shared::LUA_SCRIPTS
+        .iter()
+        .map(|source| redis::Script::new(source).get_hash().to_owned())
+        .collect();
+    redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(&hashes)
+        .query(&mut redis.connection())
+        .unwrap()
+}
+
+/// The service loads every Lua script it runs into Redis at start — so a fresh
+/// Redis's first burst does not pay three round trips per script within one
+/// command's timeout (which opened the circuit in `kai-load soak`'s first
+/// seconds) — and again once a restarted Redis (an empty script cache) answers.
+/// The read-replica positions' scripts prove it: this service, without
+/// replicas, never calls them.
+#[tokio::test]
+async fn lua_scripts_are_loaded_at_start_and_after_redis_comes_back() {
+    let mut redis = PrivateRedis::start();
+    let db = TestDb::create().await;
+    let settings = testing::settings(&db.url, Some(&redis.url()), "scripts", &[]);
+    let app = TestApp::start(journal_service::service(), settings).await;
+    assert_eq!(
+        scripts_loaded(&redis),
+        vec![true; kai_shared::LUA_SCRIPTS.len()],
+        "loaded before any request"
+    );
+
+    redis.restart();
+    assert_eq!(
+        scripts_loaded(&redis),
+        vec![false; kai_shared::LUA_SCRIPTS.len()]
+    );
+    // The first write finds its connection gone: the circuit opens, and the
+    // probe that closes it loads the scripts again.
+    let token = testing::token(Uuid::new_v4());
+    post_entry(&app, &token, "after the restart").await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while scripts_loaded(&redis).contains(&false) {
+        assert!(
+            Instant::now() < deadline,
+            "still missing after 15 s: {:?}",
+            scripts_loaded(&redis)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let res = post_entry(&app, &token, "once Redis answers").await;
+    assert_eq!(res.status(), 201);
+}
