@@ -33,14 +33,13 @@ pub mod tls;
 
 /// Every Lua script this crate runs on Redis (their sources), loaded into
 /// Redis's script cache at start ([`redis::Redis::preload_scripts`]).
-pub const LUA_SCRIPTS: [&str; 6] = [
-    cache::LUA_SCRIPTS[0],
-    cache::LUA_SCRIPTS[1],
-    cache::LUA_SCRIPTS[2],
-    cache::LUA_SCRIPTS[3],
-    ratelimit::TOKEN_BUCKET,
-    ratelimit::LEASE_BUCKET,
-];
+pub fn lua_scripts() -> Vec<&'static str> {
+    cache::LUA_SCRIPTS
+        .iter()
+        .chain(ratelimit::LUA_SCRIPTS.iter())
+        .copied()
+        .collect()
+}
 
 /// The hasher of the in-process caches on the request path (tokens, L1,
 /// generations, revocations): foldhash with a per-process random seed. moka's

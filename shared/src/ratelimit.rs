@@ -30,7 +30,7 @@ use crate::redis::{Command, Redis};
 
 /// Token bucket: refill by elapsed server time, take one token or return the wait
 /// in milliseconds. State is a hash {tokens, ts}; it expires once full again.
-pub(crate) const TOKEN_BUCKET: &str = r"
+const TOKEN_BUCKET: &str = r"
 local cap = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
 local t = redis.call('TIME')
@@ -51,7 +51,7 @@ return wait
 /// never more than half of what is left (at least one), so one replica's lease
 /// leaves the others something — or return the wait in milliseconds.
 /// Returns {granted, wait}.
-pub(crate) const LEASE_BUCKET: &str = r"
+const LEASE_BUCKET: &str = r"
 local cap = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
 local want = tonumber(ARGV[3])
@@ -74,6 +74,9 @@ redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
 redis.call('PEXPIRE', KEYS[1], math.ceil(cap * 1000 / rate) + 1000)
 return {granted, wait}
 ";
+
+/// The limiter's Lua scripts (their sources), for [`crate::lua_scripts`].
+pub(crate) const LUA_SCRIPTS: [&str; 2] = [TOKEN_BUCKET, LEASE_BUCKET];
 
 /// How long this process may spend a lease's tokens; what is left after that
 /// goes back to the bucket with the next call for the same subject.

@@ -95,10 +95,10 @@ async fn create_entry(
         body = inline(ListAnswer)), (status = 304)))]
 async fn list_entries(
     req: HttpRequest,
+    p: web::Data<Platform>,
     AuthUser { user_id: uid, .. }: AuthUser,
     Query(q): Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = Platform::of(&req)?;
     let cursor_mode = q.limit.is_some() || q.cursor.is_some();
     if cursor_mode && (q.page.is_some() || q.page_size.is_some()) {
         return Err(ApiError::validation(vec![FieldError::new(

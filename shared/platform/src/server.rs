@@ -30,16 +30,16 @@ use std::time::{Duration, Instant};
 use actix_cors::Cors;
 use actix_web::dev::Server;
 use actix_web::middleware::{Compress, Condition, ErrorHandlers, from_fn};
-use actix_web::{App, HttpRequest, HttpServer, web};
+use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use utoipa_swagger_ui::SwaggerUi;
 use uuid::Uuid;
 
+use kai_http::Observe;
 use kai_http::auth::{Authenticator, Gate};
 use kai_http::stats::EndpointStats;
-use kai_http::{ApiError, Observe};
 use kai_shared::cache::Cache;
 use kai_shared::db::{Db, MigrationSet};
 use kai_shared::metrics::Metrics;
@@ -272,16 +272,6 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// The platform of the app serving `req`, borrowed. For the hottest read
-    /// paths: extracting `web::Data<Platform>` adds to and drops one reference
-    /// count that every worker thread shares, which moves its cache line
-    /// between the cores twice per request (docs/PERFORMANCE.md, "Round seven").
-    pub fn of(req: &HttpRequest) -> Result<&Platform, ApiError> {
-        req.app_data::<web::Data<Platform>>()
-            .map(|p| &***p)
-            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("platform missing")))
-    }
-
     /// Ends a session everywhere: this replica at once, every other replica of
     /// every service through Redis pub/sub.
     pub async fn revoke_session(&self, session_id: Uuid, expires_at: i64) {
@@ -508,7 +498,7 @@ async fn redis(settings: &Settings, metrics: &Metrics) -> anyhow::Result<Option<
     let redis = Redis::from_settings(&settings.redis, metrics)?;
     if let Some(redis) = &redis {
         redis.check_configuration_at_start().await?;
-        redis.preload_scripts(&kai_shared::LUA_SCRIPTS).await;
+        redis.preload_scripts(kai_shared::lua_scripts()).await;
     }
     Ok(redis)
 }

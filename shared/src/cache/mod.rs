@@ -52,7 +52,7 @@ mod local;
 mod positions;
 mod redis;
 
-/// The cache's Lua scripts (their sources), for [`crate::LUA_SCRIPTS`].
+/// The cache's Lua scripts (their sources), for [`crate::lua_scripts`].
 pub(crate) const LUA_SCRIPTS: [&str; 4] = [
     redis::GENERATION_AND_GET,
     redis::BUMP,

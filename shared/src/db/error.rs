@@ -48,7 +48,8 @@ impl DbError {
             Self::Query(e) => {
                 e.is_closed()
                     || e.as_db_error()
-                        .is_none_or(|d| d.code().code().starts_with("57P"))
+                        .is_some_and(|d| d.code().code().starts_with("57P"))
+                    || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
             }
         }
     }

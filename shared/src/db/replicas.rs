@@ -219,9 +219,7 @@ impl Replicas {
         for replica in &self.list {
             replica.pool.close();
         }
-        for replica in &self.list {
-            replica.drivers.ended(within).await;
-        }
+        futures_util::future::join_all(self.list.iter().map(|r| r.drivers.ended(within))).await;
     }
 
     /// Every replica, for `/health/detailed`.

@@ -86,7 +86,7 @@ pub struct Redis {
     probing: AtomicBool,
     hooks: OnceLock<Hooks>,
     /// Lua sources loaded at start and after each outage ([`Redis::preload_scripts`]).
-    scripts: OnceLock<&'static [&'static str]>,
+    scripts: OnceLock<Vec<&'static str>>,
     metrics: Metrics,
     /// `kai_redis_commands_total{outcome="sent"}` and `{outcome="skipped"}`.
     sent: prometheus::IntCounter,
@@ -362,7 +362,7 @@ impl Redis {
     /// Redis: 4 of 8 starts; against one that held the scripts, 0 of 4). One node
     /// only: a cluster's nodes each load a script on its first call there. A
     /// failure is not an error: every script still loads on its first call.
-    pub async fn preload_scripts(&self, sources: &'static [&'static str]) {
+    pub async fn preload_scripts(&self, sources: Vec<&'static str>) {
         let _ = self.scripts.set(sources);
         self.load_scripts().await;
     }

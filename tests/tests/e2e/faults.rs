@@ -366,8 +366,8 @@ async fn with_redis_paused_reads_alone_open_the_circuit_once_and_then_skip_redis
 
 /// Which of the Lua scripts Kai runs Redis's script cache holds.
 fn scripts_loaded(redis: &PrivateRedis) -> Vec<bool> {
-    let hashes: Vec<String> = kai_shared::LUA_SCRIPTS
-        .iter()
+    let hashes: Vec<String> = kai_shared::lua_scripts()
+        .into_iter()
         .map(|source| redis::Script::new(source).get_hash().to_owned())
         .collect();
     redis::cmd("SCRIPT")
@@ -391,14 +391,14 @@ async fn lua_scripts_are_loaded_at_start_and_after_redis_comes_back() {
     let app = TestApp::start(journal_service::service(), settings).await;
     assert_eq!(
         scripts_loaded(&redis),
-        vec![true; kai_shared::LUA_SCRIPTS.len()],
+        vec![true; kai_shared::lua_scripts().len()],
         "loaded before any request"
     );
 
     redis.restart();
     assert_eq!(
         scripts_loaded(&redis),
-        vec![false; kai_shared::LUA_SCRIPTS.len()]
+        vec![false; kai_shared::lua_scripts().len()]
     );
     // The first write finds its connection gone: the circuit opens, and the
     // probe that closes it loads the scripts again.
