@@ -28,6 +28,8 @@ pub mod ratelimit;
 pub mod redis;
 /// The settings groups of the parts below, and the value parsers they use.
 pub mod settings;
+/// The shard of a per-thread counter this thread adds to.
+pub mod shard;
 /// TLS client configurations (rustls + ring) for PostgreSQL and Redis.
 pub mod tls;
 

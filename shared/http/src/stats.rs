@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-/// Shards per route: worker threads take them in turn.
-const SHARDS: usize = 8;
+// Shards per route: worker threads take them in turn (kai_shared::shard).
+use kai_shared::shard::SHARDS;
 
 #[derive(Debug)]
 #[repr(align(128))]
@@ -92,10 +92,7 @@ thread_local! {
     static MEMO: RefCell<Memo> = RefCell::new(Memo {
         routes: HashMap::new(),
         hasher: kai_shared::FastHash::default(),
-        shard: {
-            static NEXT: AtomicU64 = AtomicU64::new(0);
-            NEXT.fetch_add(1, Ordering::Relaxed) as usize % SHARDS
-        },
+        shard: kai_shared::shard::this_thread(),
     });
 }
 

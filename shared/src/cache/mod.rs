@@ -51,14 +51,6 @@ pub mod keys;
 mod local;
 mod positions;
 mod redis;
-
-/// The cache's Lua scripts (their sources), for [`crate::lua_scripts`].
-pub(crate) const LUA_SCRIPTS: [&str; 4] = [
-    redis::GENERATION_AND_GET,
-    redis::BUMP,
-    positions::RECORD,
-    positions::READ,
-];
 pub mod seal;
 mod singleflight;
 mod tally;
@@ -77,6 +69,14 @@ pub use entry::Entry;
 pub use invalidation::{OnLoaded, OnRevoked};
 pub use keys::Scope;
 pub use write::{Hot, Refresh, Written};
+
+/// The cache's Lua scripts (their sources), for [`crate::lua_scripts`].
+pub(crate) const LUA_SCRIPTS: [&str; 4] = [
+    redis::GENERATION_AND_GET,
+    redis::BUMP,
+    positions::RECORD,
+    positions::READ,
+];
 
 /// Why a cached read has no answer. The HTTP layer answers each kind in one
 /// place (a 404 for [`LoadError::NotFound`], the loader's own error otherwise).

@@ -1,15 +1,10 @@
-//! Hit counts that worker threads add to without sharing a cache line.
-//!
-//! Every cached read counts a hit (and whether L1 served it). Two counters that
-//! every worker thread increments bounce their cache line between the cores on
-//! each hit; here each thread adds to a shard of its own (padded to its own
-//! line, as `kai_http::stats` does for the per-route figures) and a reader adds
-//! the shards up. Exact: every increment lands in some shard.
+//! Hit counts that worker threads add to without sharing a cache line: every
+//! cached read counts a hit (and whether L1 served it), each thread in its own
+//! shard ([`crate::shard`]), padded to its own line.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Shards: worker threads take them in turn (more threads than shards share).
-const SHARDS: usize = 8;
+use crate::shard::{self, SHARDS};
 
 #[derive(Default)]
 #[repr(align(128))]
@@ -24,18 +19,10 @@ pub struct HitTally {
     shards: [Shard; SHARDS],
 }
 
-fn shard() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
-    }
-    SHARD.with(|s| *s)
-}
-
 impl HitTally {
     /// One hit; `l1` when this replica's memory served it.
     pub fn hit(&self, l1: bool) {
-        let shard = &self.shards[shard()];
+        let shard = &self.shards[shard::this_thread()];
         shard.hits.fetch_add(1, Ordering::Relaxed);
         if l1 {
             shard.l1_hits.fetch_add(1, Ordering::Relaxed);
