@@ -114,7 +114,7 @@ pub const SEARCH_WINDOW: i64 = 2_000;
 /// walk `journal_entries_user_created_live` for the window's `$5` rows and test
 /// each, at most ~2,000 rows (1.2–2.2 ms at 1,000 to 1,000,000 entries, for
 /// common, rare, absent words and words only other users write). Left to
-/// choose, PostgreSQL took the GIN index (`journal_entries_search`) whenever it
+/// choose, PostgreSQL took the GIN index (then `journal_entries_search`) whenever it
 /// guessed the user's share of the table and the window's bound badly, and that
 /// index's matches are every user's: 97 ms for a word in 1 % of a
 /// 100,000-entry journal that 31,000 entries of the table hold
@@ -150,8 +150,12 @@ pub const SEARCH: &str = "WITH window_end AS MATERIALIZED (
 /// `$4` of all the user's matches, ranked, `$3` of them. The inner `OFFSET 0`
 /// keeps PostgreSQL from walking the list index newest first in the hope of
 /// finding `$4` matches soon (the window just showed they are sparse): it
-/// fetches every match, from the GIN index or the user's index, whichever holds
-/// fewer, and ranks the newest `$4`.
+/// fetches every match and ranks the newest `$4`. The matches come from
+/// `journal_entries_user_search`, a GIN index of each entry's words keyed with
+/// its user (migrations/journal/V7__search_by_user.sql): the user's matches
+/// only, never the other users' entries holding the word, which the words-only
+/// index it replaced made PostgreSQL read and drop (30–77 ms for a word 20,000
+/// other entries hold, growing with the table; docs/PERFORMANCE.md).
 pub const SEARCH_ALL_MATCHES: &str = "SELECT id, title, content, mood, tags, created_at, updated_at
      FROM (SELECT id, title, content, mood, tags, created_at, updated_at, search
            FROM (SELECT id, title, content, mood, tags, created_at, updated_at, search
