@@ -61,11 +61,17 @@ pub const METRICS: &[&str] = &[
 /// …and conversation-service (the one that calls the LLM) this one too.
 pub const LLM_METRIC: &str = "kai_llm_requests_total";
 
-/// Each service's index migration (SPEC §7), read at compile time.
+/// Each service's migrations that create or drop the indexes SPEC §7 asks for,
+/// read at compile time, in the order they apply: journal's V7 replaced V2's
+/// words-only search index with one keyed by user.
 pub const INDEX_MIGRATIONS: &[(&str, &str)] = &[
     (
         "journal",
         include_str!("../../../migrations/journal/V2__indexes.sql"),
+    ),
+    (
+        "journal",
+        include_str!("../../../migrations/journal/V7__search_by_user.sql"),
     ),
     (
         "conversation",
@@ -77,16 +83,63 @@ pub const INDEX_MIGRATIONS: &[(&str, &str)] = &[
     ),
 ];
 
+/// `(service, schema, index)` for every index [`INDEX_MIGRATIONS`] leave in place:
+/// each one created and not dropped by a later one.
+pub fn expected_indexes() -> Vec<(&'static str, String, String)> {
+    let mut out: Vec<(&str, String, String)> = Vec::new();
+    for (service, sql) in INDEX_MIGRATIONS {
+        for (schema, index) in dropped_index_names(sql) {
+            out.retain(|(_, s, i)| (s, i) != (&schema, &index));
+        }
+        for (schema, index) in index_names(sql) {
+            out.push((service, schema, index));
+        }
+    }
+    out
+}
+
+/// `(schema, index)` for every `DROP INDEX [CONCURRENTLY] [IF EXISTS] schema.name`.
+pub fn dropped_index_names(sql: &str) -> Vec<(String, String)> {
+    let words = sql_words(sql);
+    let mut out = Vec::new();
+    for (i, w) in words.iter().enumerate() {
+        if !w.eq_ignore_ascii_case("INDEX")
+            || !words
+                .get(i.wrapping_sub(1))
+                .is_some_and(|d| d.eq_ignore_ascii_case("DROP"))
+        {
+            continue;
+        }
+        let mut j = i + 1;
+        for kw in ["CONCURRENTLY", "IF", "EXISTS"] {
+            if words.get(j).is_some_and(|x| x.eq_ignore_ascii_case(kw)) {
+                j += 1;
+            }
+        }
+        if let Some((schema, name)) = words
+            .get(j)
+            .and_then(|n| n.trim_end_matches(';').split_once('.'))
+        {
+            out.push((schema.to_owned(), name.to_owned()));
+        }
+    }
+    out
+}
+
+/// The words of `sql`, comments left out.
+fn sql_words(sql: &str) -> Vec<&str> {
+    sql.lines()
+        .map(|l| l.split("--").next().unwrap_or(""))
+        .flat_map(str::split_whitespace)
+        .collect()
+}
+
 /// `(schema, index)` for every `CREATE [UNIQUE] INDEX name ON schema.table`.
 pub fn index_names(sql: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let words: Vec<&str> = sql
-        .lines()
-        .map(|l| l.split("--").next().unwrap_or(""))
-        .flat_map(str::split_whitespace)
-        .collect();
+    let words = sql_words(sql);
     for (i, w) in words.iter().enumerate() {
-        if !w.eq_ignore_ascii_case("INDEX") || i == 0 {
+        if !w.eq_ignore_ascii_case("INDEX") || i == 0 || words[i - 1].eq_ignore_ascii_case("DROP") {
             continue;
         }
         let mut j = i + 1;
@@ -342,26 +395,24 @@ async fn redis_checks(c: &mut Checker, url: &str) {
 async fn pg_checks(c: &mut Checker, url: &str) -> Result<()> {
     let config: tokio_postgres::Config = url.parse().context("--database-url")?;
     let db = crate::seed::connect(&config).await?;
-    for (service, sql) in INDEX_MIGRATIONS {
-        for (schema, index) in index_names(sql) {
-            let found = db
-                .query_opt(
-                    "SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND indexname = $2",
-                    &[&schema, &index],
-                )
-                .await?;
-            c.check(
-                found.is_some(),
-                format!(
-                    "{service}: index {schema}.{index} {}",
-                    if found.is_some() {
-                        "present"
-                    } else {
-                        "MISSING"
-                    }
-                ),
-            );
-        }
+    for (service, schema, index) in expected_indexes() {
+        let found = db
+            .query_opt(
+                "SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND indexname = $2",
+                &[&schema, &index],
+            )
+            .await?;
+        c.check(
+            found.is_some(),
+            format!(
+                "{service}: index {schema}.{index} {}",
+                if found.is_some() {
+                    "present"
+                } else {
+                    "MISSING"
+                }
+            ),
+        );
     }
     let hot: [(&str, &[(&str, &str)]); 3] = [
         ("journal", journal_service::queries::HOT_QUERIES),
@@ -593,12 +644,29 @@ mod tests {
     fn finds_every_index_of_the_migrations() {
         let names = index_names(INDEX_MIGRATIONS[0].1);
         assert!(names.contains(&("journal".into(), "journal_entries_user_created_live".into())));
-        let profile = index_names(INDEX_MIGRATIONS[2].1);
+        let profile = index_names(INDEX_MIGRATIONS[3].1);
         assert!(profile.contains(&("profile".into(), "users_email_lower_key".into())));
         assert!(
             index_names("-- CREATE INDEX x ON a.b (c);\nCREATE INDEX IF NOT EXISTS y ON s.t (c);")
                 == vec![("s".to_owned(), "y".to_owned())]
         );
+    }
+
+    #[test]
+    fn an_index_a_later_migration_drops_is_not_expected() {
+        assert_eq!(
+            dropped_index_names("DROP INDEX CONCURRENTLY IF EXISTS s.x;\n-- DROP INDEX s.y;"),
+            vec![("s".to_owned(), "x".to_owned())]
+        );
+        assert!(index_names("DROP INDEX CONCURRENTLY s.x ON s.t;").is_empty());
+        let expected: Vec<(String, String)> = expected_indexes()
+            .into_iter()
+            .map(|(_, schema, index)| (schema, index))
+            .collect();
+        let search = |name: &str| ("journal".to_owned(), name.to_owned());
+        assert!(expected.contains(&search("journal_entries_user_search")));
+        assert!(!expected.contains(&search("journal_entries_search")));
+        assert!(expected.contains(&search("journal_entries_user_created_live")));
     }
 
     #[test]
