@@ -180,6 +180,34 @@ async fn entries_by_sql(j: &crate::helpers::Journal, user: &User, n: i64, conten
         .unwrap();
 }
 
+/// `EXPLAIN <options> <sql>` of one of search's statements for `user` and
+/// `word`, its parameters typed as the service sends them (`search_entries`):
+/// the user, the word, the page's 20, the candidates, and the window for
+/// [`SEARCH`](journal_service::queries::SEARCH), which takes it.
+async fn explain_search(
+    conn: &tokio_postgres::Client,
+    options: &str,
+    sql: &str,
+    user: &User,
+    word: &str,
+) -> Vec<tokio_postgres::Row> {
+    use journal_service::queries::{SEARCH_CANDIDATES, SEARCH_WINDOW};
+    use tokio_postgres::types::Type;
+    let limit = 20i64;
+    let mut params: Vec<(&(dyn tokio_postgres::types::ToSql + Sync), Type)> = vec![
+        (&user.id, Type::UUID),
+        (&word, Type::TEXT),
+        (&limit, Type::INT8),
+        (&SEARCH_CANDIDATES, Type::INT8),
+    ];
+    if sql.contains("$5") {
+        params.push((&SEARCH_WINDOW, Type::INT8));
+    }
+    conn.query_typed(&format!("EXPLAIN {options} {sql}"), &params)
+        .await
+        .unwrap()
+}
+
 fn titles(body: &Value) -> Vec<String> {
     body["entries"]
         .as_array()
@@ -356,8 +384,7 @@ async fn search_is_never_a_prepared_statement() {
 /// 1 % of 100,000 entries, when PostgreSQL chose that index).
 #[tokio::test]
 async fn the_windows_statement_never_reads_every_users_matches() {
-    use journal_service::queries::{SEARCH, SEARCH_CANDIDATES, SEARCH_WINDOW};
-    use tokio_postgres::types::Type;
+    use journal_service::queries::SEARCH;
     let j = spawn().await;
     let (user, other) = (User::new(), User::new());
     entries_by_sql(&j, &user, 300, "'an ordinary day in the garden'").await;
@@ -368,21 +395,8 @@ async fn the_windows_statement_never_reads_every_users_matches() {
         .await
         .unwrap();
     for word in ["garden", "ordinary", "xylophone"] {
-        let limit = 20i64;
-        // Typed as the service sends them (`search_entries`).
-        let plan: Vec<String> = conn
-            .query_typed(
-                &format!("EXPLAIN {SEARCH}"),
-                &[
-                    (&user.id, Type::UUID),
-                    (&word, Type::TEXT),
-                    (&limit, Type::INT8),
-                    (&SEARCH_CANDIDATES, Type::INT8),
-                    (&SEARCH_WINDOW, Type::INT8),
-                ],
-            )
+        let plan: Vec<String> = explain_search(&conn, "", SEARCH, &user, word)
             .await
-            .unwrap()
             .iter()
             .map(|r| r.get(0))
             .collect();
@@ -407,8 +421,7 @@ async fn the_windows_statement_never_reads_every_users_matches() {
 /// would read every entry of the journal.
 #[tokio::test]
 async fn every_match_is_read_from_this_users_matching_entries_only() {
-    use journal_service::queries::{SEARCH_ALL_MATCHES, SEARCH_CANDIDATES};
-    use tokio_postgres::types::Type;
+    use journal_service::queries::SEARCH_ALL_MATCHES;
     let j = spawn().await;
     let (user, other, crowd) = (User::new(), User::new(), User::new());
     // The word in 10 of the user's 5,000 entries, and in all 1,000 of another's;
@@ -427,24 +440,15 @@ async fn every_match_is_read_from_this_users_matching_entries_only() {
     conn.execute("ANALYZE journal.journal_entries", &[])
         .await
         .unwrap();
-    let (word, limit) = ("lighthouse", 20i64);
-    // Typed as the service sends them (`search_entries`).
-    let plan: String = conn
-        .query_typed(
-            &format!("EXPLAIN (ANALYZE, FORMAT JSON) {SEARCH_ALL_MATCHES}"),
-            &[
-                (&user.id, Type::UUID),
-                (&word, Type::TEXT),
-                (&limit, Type::INT8),
-                (&SEARCH_CANDIDATES, Type::INT8),
-            ],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get::<_, serde_json::Value>(0).to_string())
-        .collect();
-    let plan: Value = serde_json::from_str(&plan).unwrap();
+    let plan: Value = explain_search(
+        &conn,
+        "(ANALYZE, FORMAT JSON)",
+        SEARCH_ALL_MATCHES,
+        &user,
+        "lighthouse",
+    )
+    .await[0]
+        .get(0);
     // Rows each scan of the table produced or read and dropped.
     fn table_rows(node: &Value, rows: &mut f64, indexes: &mut Vec<String>) {
         if node["Relation Name"] == "journal_entries" {
