@@ -402,7 +402,7 @@ async fn the_windows_statement_never_reads_every_users_matches() {
             .collect();
         let plan = plan.join("\n");
         assert!(plan.contains("journal_entries_user_created_live"), "{plan}");
-        // Neither GIN index: not the words-only one of V1, nor V7's by user.
+        // Neither GIN index: not the words-only one of V2, nor V7's by user.
         assert!(!plan.contains("journal_entries_search"), "{word}: {plan}");
         assert!(
             !plan.contains("journal_entries_user_search"),
