@@ -11,8 +11,10 @@
 --
 -- Built without blocking writes; each statement runs on its own (the runner
 -- splits at a `;` that ends a line). If the build fails half-way PostgreSQL
--- leaves an INVALID index of that name: drop it (`DROP INDEX CONCURRENTLY
--- journal.journal_entries_user_search`) before the Job retries.
+-- leaves an INVALID index of that name, and the runner refuses to run this
+-- migration again until it is dropped (`DROP INDEX CONCURRENTLY
+-- journal.journal_entries_user_search`), so the words-only index below is
+-- never dropped beside a broken replacement.
 CREATE INDEX CONCURRENTLY IF NOT EXISTS journal_entries_user_search
     ON journal.journal_entries USING gin (user_id, search)
     WHERE deleted_at IS NULL;

@@ -225,6 +225,7 @@ async fn apply_locked(
         if sql.trim_start().starts_with(NO_TRANSACTION) {
             // Everything before it first, then it alone.
             done.extend(run_refinery(client, set, &table, version - 1).await?);
+            refuse_invalid_indexes(client, set, *version, name).await?;
             // One statement at a time: a multi-statement query is an implicit
             // transaction, which CONCURRENTLY refuses.
             for statement in statements(sql) {
@@ -254,6 +255,47 @@ async fn apply_locked(
     let last = known.last().map_or(0, |m| m.0);
     done.extend(run_refinery(client, set, &table, last).await?);
     Ok(done)
+}
+
+/// Stops before a [`NO_TRANSACTION`] migration while the schema holds an index
+/// PostgreSQL marked INVALID — what a `CREATE INDEX CONCURRENTLY` that failed
+/// half-way leaves behind. Its retry's `IF NOT EXISTS` would skip the broken
+/// index and record the migration as applied (and a statement after it, such
+/// as dropping the index it replaces, would run), leaving the service on an
+/// index PostgreSQL never uses. The error names each index and how to drop it.
+async fn refuse_invalid_indexes(
+    client: &tokio_postgres::Client,
+    set: MigrationSet,
+    version: i32,
+    name: &str,
+) -> anyhow::Result<()> {
+    let invalid: Vec<String> = client
+        .query(
+            "SELECT c.relname::text FROM pg_index i \
+             JOIN pg_class c ON c.oid = i.indexrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND NOT i.indisvalid ORDER BY 1",
+            &[&set.schema],
+        )
+        .await
+        .with_context(|| format!("looking for invalid indexes in schema {}", set.schema))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if invalid.is_empty() {
+        return Ok(());
+    }
+    let drops: Vec<String> = invalid
+        .iter()
+        .map(|index| format!("DROP INDEX CONCURRENTLY {}.{index};", set.schema))
+        .collect();
+    anyhow::bail!(
+        "not applying {}.V{version}__{name}: the schema holds invalid indexes (a concurrent \
+         build that failed, or one still running): {}. Drop them, then migrate again: {}",
+        set.schema,
+        invalid.join(", "),
+        drops.join(" ")
+    )
 }
 
 /// The statements of a [`NO_TRANSACTION`] migration: split where a `;` ends a

@@ -115,6 +115,71 @@ async fn a_no_transaction_migration_builds_its_index_concurrently_and_is_recorde
     assert!(report.applied_migrations().is_empty());
 }
 
+/// A `CREATE INDEX CONCURRENTLY` that failed half-way leaves an INVALID index
+/// behind; a retried no-transaction migration's `IF NOT EXISTS` would skip it
+/// and record itself as applied. The runner stops before such a migration,
+/// naming the index and its `DROP`, and applies it once the index is gone.
+#[tokio::test]
+async fn a_no_transaction_migration_waits_until_an_invalid_index_is_dropped() {
+    let db = TestDb::create().await;
+    let pool = pool(&db);
+    let conn = db.connect().await;
+    // A real failed concurrent build in the set's schema: a unique index over
+    // duplicate values.
+    conn.batch_execute(
+        "CREATE SCHEMA online_test; \
+         CREATE TABLE online_test.other (x int); \
+         INSERT INTO online_test.other VALUES (1), (1);",
+    )
+    .await
+    .unwrap();
+    conn.batch_execute("CREATE UNIQUE INDEX CONCURRENTLY other_x ON online_test.other (x)")
+        .await
+        .expect_err("duplicate values: the build fails");
+    let err = format!(
+        "{:#}",
+        migrate(&pool, online_set::MIGRATIONS)
+            .await
+            .expect_err("an invalid index stops the no-transaction migration")
+    );
+    assert!(err.contains("V2__items_label"), "{err}");
+    assert!(
+        err.contains("DROP INDEX CONCURRENTLY online_test.other_x"),
+        "{err}"
+    );
+    let versions = |conn: tokio_postgres::Client| async move {
+        conn.query(
+            "SELECT version FROM online_test.refinery_history ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, i32>(0))
+        .collect::<Vec<_>>()
+    };
+    assert_eq!(versions(db.connect().await).await, [1], "V1 only");
+    let built: i64 = conn
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relname = 'items_label'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(built, 0, "V2's statements did not run");
+    conn.batch_execute("DROP INDEX CONCURRENTLY online_test.other_x")
+        .await
+        .unwrap();
+    assert_eq!(
+        migrate(&pool, online_set::MIGRATIONS)
+            .await
+            .expect("migrate"),
+        2
+    );
+    assert_eq!(versions(db.connect().await).await, [1, 2, 3]);
+}
+
 #[tokio::test]
 async fn release_n_serves_on_release_n_plus_1s_schema() {
     let db = TestDb::create().await;
